@@ -1,0 +1,124 @@
+"""Typed settings: every environment variable of design.md section 3, read once.
+
+Entry points call :func:`get_settings` (cached); tests build ``Settings(...)`` directly with
+``tmp_path`` values instead of patching the environment.  Invalid values raise
+:class:`ConfigError`, whose message names the variable and the problem.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used: the message names the file or variable and the problem."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Auth and source keys (secrets never appear in repr, logs or responses).
+    trainer_api_key: SecretStr | None = None
+    unsplash_access_key: SecretStr | None = None
+    pexels_api_key: SecretStr | None = None
+    civitai_api_key: SecretStr | None = None
+
+    unsplash_api_url: str = "https://api.unsplash.com"
+    pexels_api_url: str = "https://api.pexels.com/v1"
+    civitai_api_url: str = "https://civitai.com/api/v1"
+    exposr_core_endpoint: str = "http://localhost:8000/api/v1/analyze"
+    exposr_core_score_field: str = "ai_probability"
+
+    storage_driver: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = ""
+    s3_endpoint_url: str | None = None
+
+    dataset_dir: Path = Path("datasets")
+    models_dir: Path = Path("models")
+    log_dir: Path = Path("logs")
+    database_url: str | None = None
+    sources_config: Path = Path("config/sources.yaml")
+
+    scrape_every_hours: float = Field(12, gt=0)
+    train_every_days: float = Field(7, gt=0)
+    scheduler_enabled: bool = True
+
+    min_train_samples: int = Field(50, ge=2)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    model_name: str = Field("vit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    train_arch: str = "vit_small_patch16_224"
+    train_pretrained: bool = True
+    train_pretrained_file: Path | None = None
+    train_image_size: int = Field(224, ge=16, le=1024)
+    train_epochs: int = Field(5, ge=1)
+    train_batch_size: int = Field(32, ge=1)
+    train_lr: float = Field(3e-4, gt=0)
+    train_seed: int = 0
+    train_device: Literal["auto", "cpu", "cuda"] = "auto"
+    train_workers: int = Field(2, ge=0)
+
+    upload_max_bytes: int = Field(20_000_000, gt=0)
+    max_image_pixels: int = Field(50_000_000, gt=0)
+    min_image_side: int = Field(32, ge=1)
+    near_dup_max_distance: int = Field(6, ge=0, le=32)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator(
+        "trainer_api_key", "unsplash_access_key", "pexels_api_key", "civitai_api_key",
+        "s3_bucket", "s3_endpoint_url", "database_url", "train_pretrained_file", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # `FOO=` in a .env file means "not set", not "set to the empty string".
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> "Settings":
+        if self.storage_driver == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy async URL of the dedupe index and job history."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.dataset_dir}/dedupe.db"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment and `.env`, turning validation errors into ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source="environment/.env")) from exc
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        name = where.upper() if source.startswith("environment") else where
+        lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})"
+                     if "input" in err and not _is_secret(where) else f"  {name}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _is_secret(field: str) -> bool:
+    return field.endswith(("_key", "api_key")) or "secret" in field
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path):
+    """Build Settings rooted in tmp_path; keyword overrides win. Never reads the developer's .env."""
+
+    def build(**overrides) -> Settings:
+        values = dict(
+            dataset_dir=tmp_path / "datasets",
+            models_dir=tmp_path / "models",
+            log_dir=tmp_path / "logs",
+            sources_config=Path(__file__).resolve().parents[1] / "config" / "sources.yaml",
+            scheduler_enabled=False,
+            trainer_api_key="test-token",
+            train_pretrained=False,
+            train_device="cpu",
+            min_image_side=16,
+        )
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings) -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_env(monkeypatch):
+    """Tests build their own Settings; keys from the developer's shell must not leak in."""
+    import os
+
+    for name in list(os.environ):
+        if name.endswith(("_API_KEY", "_ACCESS_KEY")) or name in {
+            "TRAINER_API_KEY", "STORAGE_DRIVER", "DATABASE_URL", "DATASET_DIR", "MODELS_DIR",
+        }:
+            monkeypatch.delenv(name, raising=False)
