@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     civitai_api_url: str = "https://civitai.com/api/v1"
     exposr_core_endpoint: str = "http://localhost:8000/api/v1/analyze"
     exposr_core_score_field: str = "ai_probability"
+    exposr_core_timeout: float = Field(30, gt=0)
+    exposr_core_concurrency: int = Field(4, ge=1, le=64)
+    review_real_max_score: float = Field(0.8, ge=0, le=1)
+    review_ai_min_score: float = Field(0.2, ge=0, le=1)
 
     storage_driver: Literal["local", "s3"] = "local"
     s3_bucket: str | None = None
