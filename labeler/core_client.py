@@ -1,0 +1,177 @@
+"""Exposr-Core's analyze endpoint as a scorer: one image in, P(ai-generated) out.
+
+Request: ``POST {EXPOSR_CORE_ENDPOINT}`` with a multipart ``file`` part holding the original bytes.
+Answer: JSON with the probability at ``EXPOSR_CORE_SCORE_FIELD`` (a dotted path such as
+``result.ai_probability``) and, optionally, a ``model_version`` (or ``version``) string at the top level.
+
+Exceptions (``kind`` is the name the labeler counts the failure under):
+
+    CoreError                 base class
+    ├── CoreUnavailable       no usable answer after bounded retries: ``timeout``, ``unreachable``,
+    │                         ``http_429``, ``http_5xx`` (the real status code)
+    └── CoreBadAnswer         Core answered, but not with a probability: ``http_4xx`` (the real
+                              status code), ``bad_json``, ``missing_field``, ``not_a_number``,
+                              ``out_of_range``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4          # one request plus three retries, like the source APIs
+BASE_DELAY_S = 0.5        # first backoff step; doubles each retry
+MAX_DELAY_S = 30.0        # cap for both the backoff and a server's Retry-After
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class CoreError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class CoreUnavailable(CoreError):
+    """Core did not answer usefully even after retries (network, timeouts, 429, 5xx)."""
+
+
+class CoreBadAnswer(CoreError):
+    """Core answered, but the answer is not a probability we may store."""
+
+
+@dataclass(frozen=True)
+class CoreScore:
+    probability: float
+    version: str | None
+
+
+class CoreClient:
+    """Scores images with Exposr-Core through a caller-owned ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+        max_attempts: int = MAX_ATTEMPTS,
+    ) -> None:
+        self.endpoint = settings.exposr_core_endpoint
+        self.score_field = settings.exposr_core_score_field
+        self.timeout = settings.exposr_core_timeout
+        self._client = client
+        self._sleep = sleep
+        self._rng = rng
+        self._max_attempts = max_attempts
+
+    async def score(self, data: bytes, filename: str, content_type: str) -> CoreScore:
+        response = await self._post_with_retries(data, filename, content_type)
+        return parse_answer(response, self.score_field)
+
+    async def _post_with_retries(self, data: bytes, filename: str, content_type: str) -> httpx.Response:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                response = await self._client.post(
+                    self.endpoint, files={"file": (filename, data, content_type)}, timeout=self.timeout
+                )
+            except httpx.TimeoutException as exc:
+                failure = CoreUnavailable("timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})")
+                retry_after = None
+            except httpx.TransportError as exc:
+                failure = CoreUnavailable("unreachable", f"Exposr-Core at {self.endpoint}: {exc!r}")
+                retry_after = None
+            else:
+                if response.status_code < 400:
+                    return response
+                failure = _status_failure(response)
+                if isinstance(failure, CoreBadAnswer):
+                    raise failure  # a 4xx will not change on retry
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if attempt == self._max_attempts:
+                raise failure
+            delay = self._backoff(attempt, retry_after)
+            log.info("Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
+                     failure.kind, attempt, self._max_attempts, delay)
+            await self._sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_DELAY_S)
+        # Full jitter: concurrent workers that failed together do not retry together.
+        return self._rng() * min(MAX_DELAY_S, BASE_DELAY_S * 2 ** (attempt - 1))
+
+
+def _status_failure(response: httpx.Response) -> CoreError:
+    code = response.status_code
+    message = f"Exposr-Core answered HTTP {code}: {response.text[:200]!r}"
+    if code == 429 or code >= 500:
+        return CoreUnavailable(f"http_{code}", message)
+    return CoreBadAnswer(f"http_{code}", message)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def parse_answer(response: httpx.Response, score_field: str) -> CoreScore:
+    """The probability at the dotted ``score_field``; anything else is a CoreBadAnswer, never a score."""
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise CoreBadAnswer("bad_json", f"Exposr-Core answered non-JSON: {response.text[:200]!r}") from exc
+    value = _dig(body, score_field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CoreBadAnswer("not_a_number", f"Exposr-Core's {score_field!r} is {value!r}, not a number")
+    probability = float(value)
+    if not math.isfinite(probability):
+        raise CoreBadAnswer("not_a_number", f"Exposr-Core's {score_field!r} is {probability}")
+    if not 0.0 <= probability <= 1.0:
+        raise CoreBadAnswer("out_of_range", f"Exposr-Core's {score_field!r} is {probability}, outside [0, 1]")
+    return CoreScore(probability, _version(body))
+
+
+def _dig(body: object, dotted: str) -> object:
+    node = body
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise CoreBadAnswer(
+                "missing_field", f"Exposr-Core's answer has no {dotted!r} (set EXPOSR_CORE_SCORE_FIELD)"
+            )
+        node = node[part]
+    return node
+
+
+def _version(body: object) -> str | None:
+    if not isinstance(body, dict):
+        return None
+    for key in ("model_version", "version"):
+        value = body.get(key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    return None
