@@ -1,0 +1,267 @@
+"""Storage drivers: one interface, a local folder or an S3-compatible bucket, same keys on both.
+
+Keys are relative, '/'-separated paths: ``images/YYYY/MM/DD/{uuid}.{ext}`` and
+``meta/YYYY/MM/DD/{uuid}.json`` (see :func:`image_key`, :func:`meta_key`).
+
+Exceptions::
+
+    StorageError          the backend failed (disk full, permission, S3 error): not the data's fault
+    └── StorageKeyError   get() of a key that does not exist (also a KeyError)
+
+Drivers are synchronous (boto3 is) and picklable: DataLoader workers and other processes get a
+copy and open their own connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-"
+
+
+class StorageError(Exception):
+    """The storage backend failed; the message says where and why (never a secret)."""
+
+
+class StorageKeyError(StorageError, KeyError):
+    """The key does not exist."""
+
+    def __str__(self) -> str:  # KeyError's str() would add quotes around the message
+        return str(self.args[0]) if self.args else "missing key"
+
+
+def image_key(image_id: str, ext: str, when: datetime) -> str:
+    return f"images/{when:%Y/%m/%d}/{image_id}.{ext}"
+
+
+def meta_key(image_id: str, when: datetime) -> str:
+    return f"meta/{when:%Y/%m/%d}/{image_id}.json"
+
+
+def check_key(key: str) -> str:
+    """Refuse keys that could escape the root or that no driver stores the same way."""
+    parts = PurePosixPath(key).parts
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}: use a relative path like 'images/2025/01/01/x.jpg'")
+    return key
+
+
+class StorageDriver(ABC):
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Store data under key; atomic: readers see the complete object or nothing."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The bytes under key; StorageKeyError if there are none."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove key; a missing key is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Keys under prefix (e.g. 'images/'), relative to the root."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the data lives, for logs and /status: never a secret."""
+
+
+class LocalStorage(StorageDriver):
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_atomic(path, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {key} under {self.root}: {exc.strerror or exc}") from exc
+
+    @staticmethod
+    def _write_atomic(path: Path, data: bytes) -> None:
+        # Temp file in the same folder so os.replace is a rename on one filesystem; fsync before
+        # the rename so a power cut cannot leave a complete-looking name over incomplete data.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageKeyError(f"no object {key} in {self.describe()}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {key} under {self.root}: {exc.strerror or exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key} under {self.root}: {exc.strerror or exc}") from exc
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if not name.startswith(TMP_PREFIX):  # a put in flight (or killed mid-write)
+                    yield Path(dirpath, name).relative_to(self.root).as_posix()
+
+    def describe(self) -> str:
+        return f"local:{self.root}"
+
+
+class S3Storage(StorageDriver):
+    """An S3 bucket (AWS, MinIO, any S3-compatible endpoint). Credentials: boto3's usual chain."""
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint_url = endpoint_url
+        self._client: Any = None
+        self._client_pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        # boto3 clients are neither picklable nor safe across fork: each process makes its own.
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_client_pid"] = None
+        return state
+
+    @property
+    def client(self) -> Any:
+        if self._client is None or self._client_pid != os.getpid():
+            import boto3
+
+            # verify=True: TLS certificates are always checked (an http:// endpoint has no TLS).
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, verify=True)
+            self._client_pid = os.getpid()
+        return self._client
+
+    def _full(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        # A single PutObject is atomic in S3: the object appears complete or not at all.
+        with self._errors("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors("read", key):
+                return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and _error_code(cause) in ("NoSuchKey", "404"):
+                raise StorageKeyError(f"no object {key} in {self.describe()}") from cause
+            raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            return True
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot check {key} in {self.describe()}: {_error_code(exc)}") from exc
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+    def list(self, prefix: str) -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._errors("list", prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(self.prefix):]
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """Turn boto errors into StorageError with a message a person can act on."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        what = f"cannot {action} {key} in {self.describe()}"
+        try:
+            yield
+        except ClientError as exc:
+            detail = exc.response.get("Error", {}).get("Message", "")
+            raise StorageError(f"{what}: {_error_code(exc)} {detail}".strip()) from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{what}: {exc}") from exc
+
+
+def _error_code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not every platform/filesystem allows opening a directory.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+STORAGE_DRIVERS = {"local", "s3"}
+
+
+def make_storage(settings: Settings) -> StorageDriver:
+    """The driver STORAGE_DRIVER names, configured from settings."""
+    if settings.storage_driver == "local":
+        return LocalStorage(settings.dataset_dir)
+    if settings.storage_driver == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
+        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
+    raise ValueError(
+        f"unknown STORAGE_DRIVER {settings.storage_driver!r}: use one of {sorted(STORAGE_DRIVERS)}"
+    )
