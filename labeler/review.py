@@ -1,0 +1,131 @@
+"""The review queue: images that need a person, and recording that person's label.
+
+Who is in the queue:
+
+* ``unlabeled``: every image labelled ``unlabeled`` (uploads without a label). Unlabeled images
+  never enter training, so each one a person labels is a new training sample.
+* ``disagreement``: an image labelled ``real`` whose score is above ``REVIEW_REAL_MAX_SCORE``, or
+  labelled ``ai`` whose score is below ``REVIEW_AI_MIN_SCORE``. A label a person already gave
+  (``label_source.kind == "person"``) is settled and never queued again.
+
+Order (the rule the API documents): disagreements first, strongest first (``|score - target|``
+descending, target 0 for real and 1 for ai), because a wrong label already harms every training;
+then unlabeled images, most uncertain first (``|score - 0.5|`` ascending; an image without a score
+counts as fully uncertain). Ties: oldest first, then id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from datetime import UTC, datetime
+
+from PIL import Image, UnidentifiedImageError
+
+from config.settings import Settings
+
+PERSON_LABELS = ("real", "ai")
+KINDS = ("all", "disagreement", "unlabeled")
+METADATA_READS_AT_ONCE = 64
+
+
+class InvalidImageId(ValueError):
+    """Not a UUID: no image can have this id (raised before any lookup)."""
+
+
+def parse_image_id(raw: str) -> str:
+    """The canonical form of a UUID image id; InvalidImageId otherwise. Paths are never built from raw."""
+    try:
+        return str(uuid.UUID(raw))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidImageId(f"{raw!r} is not an image id: ids are UUIDs such as {uuid.uuid4()}") from exc
+
+
+def review_reason(meta: dict, settings: Settings) -> tuple[str, float, str] | None:
+    """(kind, sort key, why) when the image needs a person, else None. Smaller sort keys come first."""
+    label, score = meta.get("label"), meta.get("confidence")
+    if label == "unlabeled":
+        if score is None:
+            return "unlabeled", 0.0, "unlabeled and not scored yet"
+        return "unlabeled", abs(score - 0.5), f"unlabeled, scored {score:.2f}"
+    if score is None or (meta.get("label_source") or {}).get("kind") == "person":
+        return None
+    real_max, ai_min = settings.review_real_max_score, settings.review_ai_min_score
+    if label == "real" and score > real_max:
+        why = f"labelled real but scored {score:.2f} (above REVIEW_REAL_MAX_SCORE={real_max})"
+        return "disagreement", -score, why
+    if label == "ai" and score < ai_min:
+        why = f"labelled ai but scored {score:.2f} (below REVIEW_AI_MIN_SCORE={ai_min})"
+        return "disagreement", -(1.0 - score), why
+    return None
+
+
+def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[dict]:
+    """Queue entries in review order (see the module docstring)."""
+    ranked = []
+    for meta in metas:
+        found = review_reason(meta, settings)
+        if found is None or kind not in ("all", found[0]):
+            continue
+        group = 0 if found[0] == "disagreement" else 1
+        ranked.append(((group, found[1], meta.get("timestamp") or "", meta["id"]), queue_entry(meta, *found)))
+    ranked.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in ranked]
+
+
+def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
+    return {
+        "id": meta["id"],
+        "reason": kind,
+        "why": why,
+        "label": meta.get("label"),
+        "score": meta.get("confidence"),
+        "scorer": meta.get("scorer"),
+        "source": meta.get("source"),
+        "attribution": meta.get("attribution") or {},
+        "timestamp": meta.get("timestamp"),
+        "image_url": f"/images/{meta['id']}",
+    }
+
+
+async def review_queue(dataset, settings: Settings, *, kind: str = "all", limit: int = 50,
+                       offset: int = 0) -> dict:
+    """One page of the queue: ``{total, limit, offset, kind, items}``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    queue = build_queue(await load_candidates(dataset), settings, kind)
+    return {"total": len(queue), "limit": limit, "offset": offset, "kind": kind,
+            "items": queue[offset:offset + limit]}
+
+
+async def load_candidates(dataset) -> list[dict]:
+    """Metadata of every image; the queue needs score, label and label_source, which live there."""
+    samples = await dataset.samples(labels=("real", "ai", "unlabeled"))
+    metas: list[dict] = []
+    for start in range(0, len(samples), METADATA_READS_AT_ONCE):
+        chunk = samples[start:start + METADATA_READS_AT_ONCE]
+        found = await asyncio.gather(*(dataset.get_metadata(s.id) for s in chunk))
+        metas.extend(m for m in found if m is not None)
+    return metas
+
+
+async def record_person_label(dataset, image_id: str, label: str, reviewer: str | None = None) -> dict:
+    """Store a person's label; the metadata keeps who and when as ``label_source``."""
+    if label not in PERSON_LABELS:
+        raise ValueError(f"label must be 'real' or 'ai', got {label!r}")
+    label_source = {"kind": "person", "by": reviewer or "api", "at": utc_now_iso()}
+    return await dataset.set_label(image_id, label, label_source)
+
+
+def image_media_type(data: bytes) -> str:
+    """The content type from the bytes themselves (the stored extension came from them too)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return Image.MIME.get(img.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError):
+        return "application/octet-stream"
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
