@@ -1,0 +1,227 @@
+"""The dedupe index: one SQL row per stored image (SQLAlchemy async, SQLite by default).
+
+Exact duplicates: ``sha256`` is UNIQUE, so two identical images racing each other (in one
+process or several) end with one row; the loser gets :class:`DuplicateHash` with the winner's id.
+Near duplicates: :class:`PhashCache` keeps every 64-bit perceptual hash in a numpy array and
+answers "nearest within distance d" with XOR + popcount over the whole array (a few ms per
+million hashes); it catches up with rows other processes inserted by reading ``seq > last``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+images = Table(
+    "images",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),  # insertion order, for the cache
+    Column("id", String(36), nullable=False, unique=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("phash", BigInteger, nullable=False),  # signed 64-bit in SQL, see to_signed()
+    Column("label", String(16), nullable=False, index=True),
+    Column("confidence", Float, nullable=True),
+    Column("source", String(64), nullable=False, index=True),
+    Column("image_key", String(200), nullable=False),
+    Column("meta_key", String(200), nullable=False),
+    Column("format", String(16), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("created_at", String(32), nullable=False),  # ISO 8601 UTC, as in the metadata file
+)
+
+
+class DuplicateHash(Exception):
+    """An image with the same SHA-256 is already indexed."""
+
+    def __init__(self, existing_id: str) -> None:
+        super().__init__(f"duplicate of {existing_id}")
+        self.existing_id = existing_id
+
+
+def to_signed(h: int) -> int:
+    """SQL integers are signed 64-bit: store the unsigned pHash bit pattern as its signed twin."""
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def to_unsigned(h: int) -> int:
+    return h + (1 << 64) if h < 0 else h
+
+
+@dataclass(frozen=True)
+class NearMatch:
+    id: str
+    distance: int
+
+
+class PhashCache:
+    """All indexed pHashes in memory; grows by doubling so appends stay cheap."""
+
+    def __init__(self) -> None:
+        self.hashes = np.zeros(1024, dtype=np.uint64)
+        self.ids: list[str | None] = []
+        self.positions: dict[str, int] = {}
+        self.last_seq = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, rows: list[tuple[int, str, int]]) -> None:
+        """rows: (seq, id, signed phash) in seq order."""
+        if not rows:
+            return
+        n, k = len(self.ids), len(rows)
+        if n + k > len(self.hashes):
+            grown = np.zeros(max(2 * len(self.hashes), n + k), dtype=np.uint64)
+            grown[:n] = self.hashes[:n]
+            self.hashes = grown
+        self.hashes[n:n + k] = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
+        self.positions.update((r[1], n + j) for j, r in enumerate(rows))
+        self.ids.extend(r[1] for r in rows)
+        self.last_seq = rows[-1][0]
+
+    def forget(self, image_id: str) -> None:
+        # Keep positions stable: blank the id; its slot can never match again.
+        pos = self.positions.pop(image_id, None)
+        if pos is not None:
+            self.ids[pos] = None
+
+    def nearest(self, phash: int, max_distance: int) -> NearMatch | None:
+        n = len(self.ids)
+        if n == 0 or max_distance <= 0:
+            return None
+        dist = np.bitwise_count(self.hashes[:n] ^ np.uint64(phash))
+        order = np.flatnonzero(dist <= max_distance)
+        best = sorted(order.tolist(), key=lambda i: (int(dist[i]), i))
+        for i in best:
+            if self.ids[i] is not None:
+                return NearMatch(self.ids[i], int(dist[i]))
+        return None
+
+
+def make_engine(db_url: str) -> AsyncEngine:
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite":
+        return create_async_engine(db_url)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    # timeout: wait for another writer (another process) instead of failing with "database is locked".
+    engine = create_async_engine(db_url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers never block the writer
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
+
+
+class DedupeIndex:
+    def __init__(self, db_url: str) -> None:
+        self.db_url = db_url
+        self.engine = make_engine(db_url)
+        self.cache = PhashCache()
+
+    async def open(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        await self.refresh()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def refresh(self) -> None:
+        """Pull rows inserted since the last look (by this or any other process)."""
+        q = (select(images.c.seq, images.c.id, images.c.phash)
+             .where(images.c.seq > self.cache.last_seq).order_by(images.c.seq))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        self.cache.add([tuple(r) for r in rows])
+
+    async def reload(self) -> None:
+        self.cache = PhashCache()
+        await self.refresh()
+
+    async def find_sha(self, sha256: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(images.c.id).where(images.c.sha256 == sha256))).scalar()
+
+    async def find_near(self, phash: int, max_distance: int) -> NearMatch | None:
+        await self.refresh()
+        match = self.cache.nearest(phash, max_distance)
+        if match is not None and await self.get(match.id) is None:
+            # Deleted by another process (check --repair): rebuild so dead hashes stop matching.
+            await self.reload()
+            match = self.cache.nearest(phash, max_distance)
+        return match
+
+    async def insert(self, row: dict) -> None:
+        """Insert one image row; DuplicateHash if its SHA-256 is already there."""
+        values = dict(row, phash=to_signed(row["phash"]))
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(images).values(**values))
+        except IntegrityError as exc:
+            existing = await self.find_sha(row["sha256"])
+            if existing is None:  # the UNIQUE that failed was not the hash (id collision): a real bug
+                raise
+            raise DuplicateHash(existing) from exc
+
+    async def get(self, image_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(images).where(images.c.id == image_id))).mappings().first()
+        return _row_dict(row) if row else None
+
+    async def all_rows(self, labels: tuple[str, ...] | None = None) -> list[dict]:
+        q = select(images).order_by(images.c.seq)
+        if labels is not None:
+            q = q.where(images.c.label.in_(labels))
+        async with self.engine.connect() as conn:
+            return [_row_dict(r) for r in (await conn.execute(q)).mappings()]
+
+    async def update(self, image_id: str, **values) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(images).where(images.c.id == image_id).values(**values))
+
+    async def delete(self, image_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(images).where(images.c.id == image_id))
+        self.cache.forget(image_id)
+
+    async def count_by_label_source(self) -> list[tuple[str, str, int]]:
+        q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)
+        async with self.engine.connect() as conn:
+            return [tuple(r) for r in (await conn.execute(q)).all()]
+
+
+def _row_dict(row) -> dict:
+    d = dict(row)
+    d["phash"] = to_unsigned(d["phash"])
+    return d

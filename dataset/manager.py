@@ -1,0 +1,267 @@
+"""DatasetManager: the one way images enter, leave and change in the dataset.
+
+Ingest order: validate and hash (in a worker thread) -> exact duplicate? -> near duplicate? ->
+write image -> write metadata -> insert the index row. The row comes last, so a crash leaves at
+worst files without a row (orphans that ``check(repair=True)`` removes), never a row without
+files; every write is atomic, so no half-written file is ever visible.
+
+Per-image failures are outcomes, not exceptions: a bad image is ``rejected`` with a reason, a
+storage failure (full disk, S3 down) is ``error`` / ``storage_error`` and the next image goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from config.settings import Settings
+from dataset.images import ImageInfo, ImageRejected, inspect_image
+from dataset.index import DedupeIndex, DuplicateHash
+from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
+
+log = logging.getLogger(__name__)
+
+LABELS = ("real", "ai", "unlabeled")
+COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
+
+
+class UnknownImage(KeyError):
+    """No image with this id in the index."""
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    status: str  # "stored" | "duplicate" | "near_duplicate" | "rejected" | "error"
+    id: str | None = None  # the new id (stored) or the existing image's id (duplicates)
+    reason: str | None = None  # rejection reason code, or "storage_error" / "index_error"
+    message: str | None = None  # for a person
+    distance: int | None = None  # Hamming distance for near_duplicate
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    label: str
+    source: str
+    image_key: str
+    meta_key: str
+    sha256: str
+    phash: int
+    width: int
+    height: int
+    created_at: str
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class DatasetManager:
+    """``async with DatasetManager(settings) as dm: await dm.ingest(data, meta)``."""
+
+    def __init__(self, settings: Settings, storage: StorageDriver | None = None) -> None:
+        self.settings = settings
+        self.storage = storage or make_storage(settings)
+        self.index = DedupeIndex(settings.db_url)
+        self._meta_lock = asyncio.Lock()  # serialises read-modify-write of metadata files
+
+    async def open(self) -> DatasetManager:
+        await self.index.open()
+        log.info("dataset at %s, index %s rows", self.storage.describe(), len(self.index.cache))
+        return self
+
+    async def close(self) -> None:
+        await self.index.close()
+
+    async def __aenter__(self) -> DatasetManager:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- ingest -------------------------------------------------------------------------------
+
+    async def ingest(self, data: bytes, metadata: dict) -> IngestOutcome:
+        label = metadata.get("label")
+        if label not in LABELS:
+            return IngestOutcome("rejected", reason="bad_label",
+                                 message=f"label {label!r} is not one of {', '.join(LABELS)}")
+        try:
+            info = await asyncio.to_thread(
+                inspect_image, data, max_bytes=self.settings.upload_max_bytes,
+                min_side=self.settings.min_image_side, max_pixels=self.settings.max_image_pixels,
+            )
+        except ImageRejected as exc:
+            return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
+        existing = await self.index.find_sha(info.sha256)
+        if existing is not None:
+            return _duplicate(existing)
+        near = await self.index.find_near(info.phash, self.settings.near_dup_max_distance)
+        if near is not None:
+            return IngestOutcome("near_duplicate", id=near.id, distance=near.distance,
+                                 message=f"within {near.distance} bits of image {near.id}")
+        return await self._store(data, metadata, info)
+
+    async def _store(self, data: bytes, metadata: dict, info: ImageInfo) -> IngestOutcome:
+        image_id, now = str(uuid.uuid4()), utc_now()
+        keys = (image_key(image_id, info.ext, now), meta_key(image_id, now))
+        doc = build_metadata(metadata, image_id, now, info)
+        written: list[str] = []
+        try:
+            await self._put(keys[0], data, written)
+            await self._put(keys[1], json_bytes(doc), written)
+            await self.index.insert(index_row(doc, info, keys))
+        except DuplicateHash as dup:  # lost a race with an identical image: keep the winner only
+            await self._discard(written)
+            return _duplicate(dup.existing_id)
+        except StorageError as exc:
+            await self._discard(written)
+            log.warning("storage error while storing %s: %s", image_id, exc)
+            return IngestOutcome("error", reason="storage_error", message=str(exc))
+        except SQLAlchemyError as exc:  # e.g. the database file's disk is full
+            await self._discard(written)
+            log.warning("index error while storing %s: %s", image_id, exc)
+            return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {exc}")
+        except BaseException:  # cancelled or a bug: still leave nothing behind
+            await self._discard(written)
+            raise
+        return IngestOutcome("stored", id=image_id)
+
+    async def _put(self, key: str, data: bytes, written: list[str]) -> None:
+        written.append(key)  # before the put: a failed put may still have left something to remove
+        await asyncio.to_thread(self.storage.put, key, data)
+
+    async def _discard(self, keys: list[str]) -> None:
+        for key in reversed(keys):  # metadata first, so an image never loses its record first
+            try:
+                await asyncio.to_thread(self.storage.delete, key)
+            except StorageError as exc:  # leaves an orphan; `check --repair` removes it
+                log.warning("could not remove %s after a failed ingest: %s", key, exc)
+
+    # ---- queries ------------------------------------------------------------------------------
+
+    async def counts(self) -> dict:
+        totals = {name: 0 for name in COUNT_NAMES.values()}
+        by_source: dict[str, dict[str, int]] = {}
+        for label, source, n in await self.index.count_by_label_source():
+            name = COUNT_NAMES.get(label, label)
+            totals[name] = totals.get(name, 0) + n
+            src = by_source.setdefault(source, {"total": 0, **{k: 0 for k in COUNT_NAMES.values()}})
+            src[name] = src.get(name, 0) + n
+            src["total"] += n
+        return {"total": sum(totals.values()), **totals, "by_source": by_source}
+
+    async def samples(self, labels: tuple[str, ...] | list[str] = ("real", "ai")) -> list[Sample]:
+        rows = await self.index.all_rows(tuple(labels))
+        return [Sample(**{f: r[f] for f in Sample.__dataclass_fields__}) for r in rows]
+
+    async def get_metadata(self, image_id: str) -> dict | None:
+        row = await self.index.get(image_id)
+        if row is None:
+            return None
+        try:
+            return json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+        except StorageKeyError:
+            log.warning("image %s has an index row but no metadata file: run `check`", image_id)
+            return None
+
+    async def read_image(self, image_id: str) -> bytes:
+        row = await self._row(image_id)
+        return await asyncio.to_thread(self.storage.get, row["image_key"])
+
+    # ---- updates ------------------------------------------------------------------------------
+
+    async def set_label(self, image_id: str, label: str, label_source: dict) -> dict:
+        """A person's (or reviewer's) label: recorded with who and when, in file and index."""
+        if label not in LABELS:
+            raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
+        source = {"at": iso(utc_now()), **label_source}
+        async with self._meta_lock:
+            doc = await self._rewrite_meta(image_id, lambda d: d.update(label=label, label_source=source))
+            await self.index.update(image_id, label=label)
+        return doc
+
+    async def set_score(self, image_id: str, confidence: float, scorer: dict) -> dict:
+        """A model's P(ai): stored as confidence; the label is never touched."""
+        if not 0.0 <= float(confidence) <= 1.0:
+            raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
+        scored_by = {"at": iso(utc_now()), **scorer}
+        async with self._meta_lock:
+            doc = await self._rewrite_meta(
+                image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by))
+            await self.index.update(image_id, confidence=float(confidence))
+        return doc
+
+    async def _rewrite_meta(self, image_id: str, change) -> dict:
+        row = await self._row(image_id)
+        doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+        change(doc)
+        await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
+        return doc
+
+    async def _row(self, image_id: str) -> dict:
+        row = await self.index.get(image_id)
+        if row is None:
+            raise UnknownImage(f"no image with id {image_id!r}")
+        return row
+
+    async def check(self, repair: bool = False) -> dict:
+        from dataset.check import check_dataset
+
+        return await check_dataset(self, repair)
+
+
+def _duplicate(existing_id: str) -> IngestOutcome:
+    return IngestOutcome("duplicate", id=existing_id, message=f"identical to image {existing_id}")
+
+
+def build_metadata(given: dict, image_id: str, now: datetime, info: ImageInfo) -> dict[str, Any]:
+    """The seed's schema (design.md section 5) plus the given extra fields and image facts."""
+    doc: dict[str, Any] = {
+        "id": image_id, "source": str(given.get("source") or "unknown"), "label": given["label"],
+        "confidence": _confidence(given.get("confidence")), "timestamp": iso(now), "hash": info.sha256,
+        "attribution": given.get("attribution") or {}, "api_data": given.get("api_data") or {},
+    }
+    extras = {k: v for k, v in given.items() if k not in doc}
+    image = {"format": info.format, "width": info.width, "height": info.height, "phash": f"{info.phash:016x}"}
+    doc.update({k: v for k, v in image.items() if k not in extras}, **extras)
+    return doc
+
+
+def _confidence(value: object) -> float | None:
+    try:
+        return None if value is None else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str]) -> dict:
+    return dict(
+        id=doc["id"], sha256=info.sha256, phash=info.phash, label=doc["label"],
+        confidence=doc.get("confidence"), source=doc["source"], image_key=keys[0], meta_key=keys[1],
+        format=info.format, width=info.width, height=info.height, created_at=doc["timestamp"],
+    )
+
+
+def json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+
+
+async def run_check(settings: Settings, repair: bool = False) -> dict:
+    """Entry point for `exposr-trainer check [--repair]`."""
+    async with DatasetManager(settings) as dm:
+        return await dm.check(repair)
