@@ -1,0 +1,142 @@
+"""The source contract (design.md section 4) and what every fetcher shares.
+
+A source implements ``fetch_images(limit)`` and ``get_source_name()``, exactly as the seed's guide
+shows. Built-in sources also override ``iter_images(limit)`` so images are ingested while they
+arrive (memory stays bounded), and may override ``on_stored`` (Unsplash reports the download).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from config.settings import Settings
+from config.sources import SourceConfig
+from scraper.http import FetchError, SourceHttp, default_is_rate_limited
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class SourceUnavailable(Exception):
+    """The source cannot run at all (no key, no folder): it is skipped with this message."""
+
+
+class BaseFetcher(ABC):
+    """One source of labelled images.
+
+    The manager builds it as ``cls(config=..., settings=..., http=...)``: ``config`` is the
+    `sources.yaml` entry, ``http`` the source's rate-limited view of the shared client.
+    """
+
+    #: Settings field that must be set for the source to run (e.g. "pexels_api_key"), or None.
+    required_key: str | None = None
+    #: Which failed responses mean "rate limited" (retried with backoff) for this source's API.
+    is_rate_limited = staticmethod(default_is_rate_limited)
+
+    def __init__(self, config: SourceConfig, settings: Settings, http: SourceHttp):
+        self.config = config
+        self.settings = settings
+        self.http = http
+        # Per-item outcomes the fetcher decides itself (filtered items, failed downloads).
+        self.rejected: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+
+    @abstractmethod
+    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+        """Up to ``limit`` images as (bytes, metadata) pairs; metadata per design.md section 5."""
+
+    @abstractmethod
+    def get_source_name(self) -> str:
+        """The name this source is registered under in ``FETCHERS``."""
+
+    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
+        """Images one by one as they arrive; by default whatever ``fetch_images`` returns."""
+        for item in await self.fetch_images(limit):
+            yield item
+
+    async def on_stored(self, metadata: dict) -> None:
+        """Called once for each image the dataset stored (not for duplicates or rejects)."""
+        return None
+
+    def check_available(self) -> None:
+        """Raise SourceUnavailable with a message for a person when the source cannot run."""
+        if self.required_key and getattr(self.settings, self.required_key, None) is None:
+            raise SourceUnavailable(
+                f"{self.required_key.upper()} is not set; skipping source '{self.get_source_name()}' "
+                f"(set it in the environment or .env, or disable the source in "
+                f"{self.settings.sources_config})"
+            )
+
+    def planned_limit(self) -> int:
+        """How many images one run asks for: limit_per_query for each query (or once without)."""
+        return self.config.limit_per_query * max(1, len(self.config.queries))
+
+    def secret(self) -> str:
+        """The source's key in clear, for a request header only."""
+        value = getattr(self.settings, self.required_key or "", None)
+        return value.get_secret_value() if value is not None else ""
+
+    def base_metadata(self) -> dict[str, Any]:
+        return {"source": self.get_source_name(), "label": self.config.label}
+
+    def count_error(self, kind: str, message: str) -> None:
+        self.errors[kind] += 1
+        logger.warning("%s: %s", self.get_source_name(), message)
+
+    def count_rejected(self, reason: str, message: str) -> None:
+        self.rejected[reason] += 1
+        logger.info("%s: %s", self.get_source_name(), message)
+
+    async def download_item(self, url: str, metadata: dict) -> tuple[bytes, dict] | None:
+        """Download one listed image; a failure is counted and gives None, never an exception."""
+        try:
+            return await self.http.download(url), metadata
+        except FetchError as exc:
+            self.count_error(f"download_{exc.kind}", exc.message)
+            return None
+
+    async def download_all(self, listed: list[tuple[str, dict]]) -> AsyncIterator[tuple[bytes, dict]]:
+        """Download (url, metadata) pairs with the source's bounded concurrency."""
+        async for result in bounded_map(listed, lambda pair: self.download_item(*pair),
+                                        self.http.download_concurrency):
+            if result is not None:
+                yield result
+
+    async def collect(self, limit: int) -> list[tuple[bytes, dict]]:
+        """``fetch_images`` for sources that stream: gather what ``iter_images`` yields."""
+        return [item async for item in self.iter_images(limit)]
+
+
+async def bounded_map(
+    items: Iterable[T], func: Callable[[T], Awaitable[R]], concurrency: int
+) -> AsyncIterator[R]:
+    """Run ``func`` over ``items`` with at most ``concurrency`` in flight, yielding in completion order.
+
+    A new call starts only after a result was handed on, so at most ``concurrency`` results
+    (downloaded images) are held at any time.
+    """
+    pending: set[asyncio.Task[R]] = set()
+    iterator = iter(items)
+    try:
+        for item in iterator:
+            pending.add(asyncio.ensure_future(func(item)))
+            if len(pending) >= concurrency:
+                break
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+                nxt = next(iterator, None)
+                if nxt is not None:
+                    pending.add(asyncio.ensure_future(func(nxt)))
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

@@ -1,0 +1,180 @@
+"""CivitAI: AI-generated images from /images, cursor paging only (source-apis.md section 3).
+
+/images has no keyword search (unknown parameters are silently dropped and return the global
+feed), so each configured query is mapped onto what the API can filter by: ``/models?query=...``
+finds models, and the images made with each model's newest version are listed by
+``modelVersionId``. Without queries the global ``sort=Newest`` feed is used.
+
+The content filter is explicit on both sides: every request sends ``browsingLevel`` (default 1 =
+PG) and ``type=image``, and every item is checked again here, since the server cap is not
+reliably enforced. Paging uses ``metadata.nextCursor`` only, on our own base URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from scraper.base_fetcher import BaseFetcher
+from scraper.http import FetchError
+
+logger = logging.getLogger(__name__)
+
+LIMIT_MAX = 200
+LEGACY_LEVELS = {"None": 1, "Soft": 2, "Mature": 4, "X": 8, "Blocked": 32}
+
+
+class CivitaiFetcher(BaseFetcher):
+    required_key = None   # the API is public; CIVITAI_API_KEY is sent as a Bearer token when set
+
+    def get_source_name(self) -> str:
+        return "civitai"
+
+    @property
+    def browsing_level(self) -> int:
+        return int(self.config.option("browsing_level", 1))
+
+    def api_headers(self) -> dict[str, str]:
+        key = self.settings.civitai_api_key
+        return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+        return await self.collect(limit)
+
+    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
+        self.seen: set[Any] = set()
+        if not self.config.queries:
+            async for item in self._image_stream({}, None, limit):
+                yield item
+            return
+        for query in self.config.queries:
+            wanted = min(limit, self.config.limit_per_query)
+            for version_id in await self._model_versions(query):
+                if wanted <= 0:
+                    break
+                async for item in self._image_stream({"modelVersionId": version_id}, query, wanted):
+                    wanted -= 1
+                    limit -= 1
+                    yield item
+            if limit <= 0:
+                return
+
+    async def _model_versions(self, query: str) -> list[int]:
+        """Newest version ids of the SFW models that match ``query``."""
+        count = int(self.config.option("models_per_query", 3))
+        params = {"query": query, "limit": count, "nsfw": "false", "sort": "Most Downloaded"}
+        try:
+            body = await self.http.get_json(f"{self.settings.civitai_api_url}/models", params,
+                                            self.api_headers())
+            models = body["items"]
+        except FetchError as exc:
+            self.count_error(exc.kind, f"model lookup {query!r}: {exc.message}")
+            return []
+        except (KeyError, TypeError):
+            self.count_error("missing_fields", f"model lookup {query!r}: no 'items' list")
+            return []
+        versions = []
+        for model in models:
+            if not isinstance(model, dict) or model.get("nsfw"):
+                continue
+            first = (model.get("modelVersions") or [{}])[0]
+            if isinstance(first, dict) and isinstance(first.get("id"), int):
+                versions.append(first["id"])
+        if not versions:
+            logger.info("civitai: no SFW model matches %r", query)
+        return versions
+
+    async def _image_stream(self, filters: dict, query: str | None, wanted: int
+                            ) -> AsyncIterator[tuple[bytes, dict]]:
+        cursor: Any = None
+        while wanted > 0:
+            page = await self._images_page(filters, cursor, min(LIMIT_MAX, wanted))
+            if page is None:
+                return
+            items, cursor = page
+            listed = [pair for item in items if (pair := self._listing(item, query))][:wanted]
+            async for result in self.download_all(listed):
+                wanted -= 1
+                yield result
+            if cursor is None or not items:
+                return
+
+    async def _images_page(self, filters: dict, cursor: Any, limit: int) -> tuple[list, Any] | None:
+        # The same filters and sort go with every cursor, as the pagination guide requires.
+        params = {**filters, "limit": limit, "sort": "Newest", "type": "image",
+                  "browsingLevel": self.browsing_level, "withMeta": "true", "flatMeta": "true"}
+        if cursor is not None:
+            params["cursor"] = cursor
+        try:
+            body = await self.http.get_json(f"{self.settings.civitai_api_url}/images", params,
+                                            self.api_headers())
+        except FetchError as exc:
+            self.count_error(exc.kind, f"images {filters or 'feed'}: {exc.message}")
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            self.count_error("missing_fields", f"images {filters or 'feed'}: no 'items' list")
+            return None
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        return body["items"], metadata.get("nextCursor")
+
+    def allowed(self, item: dict) -> str | None:
+        """None when the item passes the content filter, else the reason it does not."""
+        if item.get("type", "image") != "image":
+            return "not_an_image_type"
+        level = item.get("browsingLevel")
+        if not isinstance(level, int):
+            level = LEGACY_LEVELS.get(item.get("nsfwLevel"))
+        if level is None:
+            return "nsfw_level_unknown"
+        if level <= 0 or level & ~self.browsing_level:
+            return "nsfw_filtered"
+        return None
+
+    def _listing(self, item: Any, query: str | None) -> tuple[str, dict] | None:
+        try:
+            image_id, url = item["id"], item["url"]
+        except (KeyError, TypeError) as exc:
+            self.count_error("missing_fields", f"image without {exc}: skipped")
+            return None
+        if image_id in self.seen:
+            return None
+        self.seen.add(image_id)
+        reason = self.allowed(item)
+        if reason:
+            self.count_rejected(reason, f"image {image_id} skipped: {reason}")
+            return None
+        return _original_url(url), self._metadata(item, query)
+
+    def _metadata(self, item: dict, query: str | None) -> dict:
+        meta = _unwrap_meta(item.get("meta"))
+        return {
+            **self.base_metadata(),
+            "attribution": {
+                "platform": "CivitAI",
+                "photographer": item.get("username"),
+                "license": None,   # /images carries no licence field; rights stay with the uploader
+                "url": f"https://civitai.com/images/{item['id']}",
+            },
+            "api_data": {
+                "photo_id": item["id"], "width": item.get("width"), "height": item.get("height"),
+                "baseModel": item.get("baseModel"), "prompt": meta.get("prompt"),
+                "browsingLevel": item.get("browsingLevel"), "postId": item.get("postId"),
+                "modelVersionIds": item.get("modelVersionIds"), "query": query,
+            },
+        }
+
+
+def _unwrap_meta(meta: Any) -> dict:
+    """Generation metadata; the legacy path nests it as {id, meta} even when flatMeta was asked."""
+    if not isinstance(meta, dict):
+        return {}
+    if set(meta) == {"id", "meta"}:
+        return meta["meta"] if isinstance(meta["meta"], dict) else {}
+    return meta
+
+
+def _original_url(url: str) -> str:
+    """Older responses carry /width=450/ in the URL; ask for the original instead."""
+    return re.sub(r"/width=\d+/", "/original=true/", url)

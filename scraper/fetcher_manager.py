@@ -1,0 +1,179 @@
+"""The one source registry, and the scrape run: every enabled source, ingested as it arrives.
+
+To add a source, write ``scraper/mysource_fetcher.py`` (a ``BaseFetcher``), add one line to
+``FETCHERS`` below, and an entry to ``sources.yaml`` (docs/sources.md, "Adding a source").
+
+``FetcherManager.run()`` runs the enabled sources side by side on one shared ``httpx.AsyncClient``;
+a source that is skipped (no key) or fails never stops the others. Each image is handed to
+``DatasetManager.ingest`` as soon as it is downloaded, so memory holds a handful of images at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from config.settings import Settings
+from config.sources import SourceConfig, SourcesFile, load_sources
+from scraper.base_fetcher import BaseFetcher, SourceUnavailable
+from scraper.civitai_fetcher import CivitaiFetcher
+from scraper.folder_fetcher import FolderFetcher
+from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client
+from scraper.pexels_fetcher import PexelsFetcher
+from scraper.report import SourceReport, format_report_table, totals
+from scraper.unsplash_fetcher import UnsplashFetcher
+
+if TYPE_CHECKING:
+    from dataset.manager import DatasetManager
+
+__all__ = ["FETCHERS", "FetcherManager", "format_report_table", "get_fetcher_class",
+           "known_source_names", "run_scrape"]
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+
+FETCHERS: dict[str, type[BaseFetcher]] = {
+    "unsplash": UnsplashFetcher,
+    "pexels": PexelsFetcher,
+    "civitai": CivitaiFetcher,
+    "folder": FolderFetcher,
+}
+
+
+def get_fetcher_class(name: str) -> type[BaseFetcher]:
+    try:
+        return FETCHERS[name]
+    except KeyError:
+        raise KeyError(f"unknown source {name!r}; known sources: {', '.join(sorted(FETCHERS))}") from None
+
+
+def known_source_names() -> list[str]:
+    return sorted(FETCHERS)
+
+
+class FetcherManager:
+    def __init__(self, settings: Settings, sources: SourcesFile, dataset: DatasetManager,
+                 client: httpx.AsyncClient | None = None, *, sleep: Sleep = asyncio.sleep,
+                 retry: RetryPolicy | None = None, download_concurrency: int = 4):
+        self.settings = settings
+        self.sources = sources
+        self.dataset = dataset
+        self.client = client
+        self.sleep = sleep            # injectable so tests never really wait
+        self.retry = retry or RetryPolicy()
+        self.download_concurrency = download_concurrency
+
+    async def run(self, progress: Progress | None = None) -> dict[str, Any]:
+        """Scrape every enabled source; returns {"sources": {key: report}, "totals": {...}, "duration_s"}."""
+        started = time.monotonic()
+        client = self.client or make_client()
+        try:
+            entries = _unique_keys(self.sources.enabled())
+            reports = await asyncio.gather(*(self._run_source(key, cfg, client, progress)
+                                             for key, cfg in entries))
+        finally:
+            if self.client is None:   # close only what this run created
+                await client.aclose()
+        by_key = {key: r.to_dict() for (key, _), r in zip(entries, reports, strict=True)}
+        result = {"sources": by_key, "totals": totals(list(by_key.values())),
+                  "duration_s": round(time.monotonic() - started, 3)}
+        logger.info("scrape finished in %.1fs: %s", result["duration_s"], result["totals"])
+        return result
+
+    async def _run_source(self, key: str, cfg: SourceConfig, client: httpx.AsyncClient,
+                          progress: Progress | None) -> SourceReport:
+        report = SourceReport(source=key, label=cfg.label)
+        started = time.monotonic()
+        fetcher: BaseFetcher | None = None
+        try:
+            fetcher = self._build(cfg, client)
+            fetcher.check_available()
+            await self._pump(fetcher, report, progress)
+        except SourceUnavailable as exc:
+            report.status, report.message = "skipped", str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken (user-written) source must not stop the others
+            report.status, report.message = "failed", f"{type(exc).__name__}: {exc}"
+            report.errors["source_failed"] += 1
+            logger.exception("source %s failed", key)
+        finally:
+            if fetcher is not None:
+                report.rejected.update(fetcher.rejected)
+                report.errors.update(fetcher.errors)
+                report.api_requests = fetcher.http.stats.api_requests
+                report.retries = fetcher.http.stats.retries
+            report.duration_s = time.monotonic() - started
+        (logger.warning if report.status != "ok" else logger.info)("%s", report.summary())
+        return report
+
+    def _build(self, cfg: SourceConfig, client: httpx.AsyncClient) -> BaseFetcher:
+        cls = get_fetcher_class(cfg.name)
+        http = SourceHttp(
+            client, bucket_for(cfg.name, cfg.rate_limit_per_hour), max_bytes=self.settings.upload_max_bytes,
+            retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
+            download_concurrency=int(cfg.option("download_concurrency", self.download_concurrency)),
+        )
+        return cls(config=cfg, settings=self.settings, http=http)
+
+    async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
+        total = fetcher.planned_limit()
+        name = fetcher.config.name
+        _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
+        async for data, metadata in fetcher.iter_images(total):
+            report.downloaded += 1
+            metadata.setdefault("source", name)
+            metadata.setdefault("label", fetcher.config.label)
+            await self._ingest(fetcher, data, metadata, report)
+            _notify(progress, {"source": report.source, "done": report.downloaded, "total": total,
+                               "stored": report.stored})
+
+    async def _ingest(self, fetcher: BaseFetcher, data: bytes, metadata: dict, report: SourceReport) -> None:
+        try:
+            outcome = await self.dataset.ingest(data, metadata)
+        except Exception as exc:  # noqa: BLE001 - a storage fault is counted per image; the run goes on
+            report.errors[f"ingest_{type(exc).__name__}"] += 1
+            logger.warning("%s: ingest failed: %s", report.source, exc)
+            return
+        status = outcome.status
+        if status == "stored":
+            report.stored += 1
+            await fetcher.on_stored(metadata)
+        elif status == "duplicate":
+            report.duplicates += 1
+        elif status == "near_duplicate":
+            report.near_duplicates += 1
+        elif status == "rejected":
+            report.rejected[outcome.reason or "rejected"] += 1
+        else:
+            report.errors[f"ingest_{outcome.reason or status}"] += 1
+
+
+def _notify(progress: Progress | None, event: dict) -> None:
+    if progress is not None:
+        progress(event)
+
+
+def _unique_keys(entries: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
+    """Report keys: the source name, with ``#2``, ``#3`` ... when a name is configured twice."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for cfg in entries:
+        seen[cfg.name] = seen.get(cfg.name, 0) + 1
+        keyed.append((cfg.name if seen[cfg.name] == 1 else f"{cfg.name}#{seen[cfg.name]}", cfg))
+    return keyed
+
+
+async def run_scrape(settings: Settings, progress: Progress | None = None,
+                     client: httpx.AsyncClient | None = None) -> dict[str, Any]:
+    """Load ``settings.sources_config``, open the dataset, scrape every enabled source (job runner, CLI)."""
+    # Deferred: the registry (used to validate sources.yaml) stays importable without the database layer.
+    from dataset.manager import DatasetManager
+
+    sources = load_sources(settings.sources_config, known_source_names())
+    async with DatasetManager(settings) as dataset:
+        return await FetcherManager(settings, sources, dataset, client).run(progress)

@@ -1,0 +1,153 @@
+"""Unsplash: /search/photos with page numbers (source-apis.md section 1).
+
+Auth is ``Authorization: Client-ID <key>`` plus ``Accept-Version: v1``. Pages hold at most 30
+photos and search stops at page 200. Rate limiting comes back as 429 or as a 403 whose plain-text
+body says "Rate Limit Exceeded"; both are treated alike. Each *stored* image triggers one
+authorised call to its ``download_location``, as the API guidelines require.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from scraper.base_fetcher import BaseFetcher
+from scraper.http import FetchError, RateLimited, decode_json
+
+logger = logging.getLogger(__name__)
+
+PER_PAGE_MAX = 30
+PAGE_CAP = 200
+UTM = "utm_source=exposr_trainer&utm_medium=referral"
+
+
+def is_unsplash_rate_limited(response: httpx.Response) -> bool:
+    if response.status_code == 429:
+        return True
+    return response.status_code == 403 and (
+        "rate limit exceeded" in response.text.lower()
+        or response.headers.get("X-Ratelimit-Remaining") == "0"
+    )
+
+
+class UnsplashFetcher(BaseFetcher):
+    required_key = "unsplash_access_key"
+    is_rate_limited = staticmethod(is_unsplash_rate_limited)
+
+    def get_source_name(self) -> str:
+        return "unsplash"
+
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Client-ID {self.secret()}", "Accept-Version": "v1"}
+
+    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+        return await self.collect(limit)
+
+    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
+        self.quota_left: int | None = None
+        for query in self.config.queries:
+            if limit <= 0 or self.quota_left == 0:
+                break
+            wanted = min(limit, self.config.limit_per_query)
+            async for item in self._query_images(query, wanted):
+                limit -= 1
+                yield item
+
+    async def _query_images(self, query: str, wanted: int) -> AsyncIterator[tuple[bytes, dict]]:
+        page = 1
+        while wanted > 0 and page <= PAGE_CAP and self.quota_left != 0:
+            body = await self._search_page(query, page, min(PER_PAGE_MAX, wanted))
+            if body is None:
+                return
+            listed = [pair for photo in body["results"][:wanted] if (pair := self._listing(photo, query))]
+            async for item in self.download_all(listed):
+                wanted -= 1
+                yield item
+            if not body["results"] or page >= int(body.get("total_pages") or 0):
+                return
+            page += 1
+
+    async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
+        params = {"query": query, "page": page, "per_page": per_page,
+                  "content_filter": self.config.option("content_filter", "high")}
+        try:
+            response = await self.http.api_get(f"{self.settings.unsplash_api_url}/search/photos",
+                                               params, self.api_headers())
+            self._note_quota(response)
+            body = decode_json(response)
+        except RateLimited as exc:
+            self.quota_left = 0   # no reset header exists: stop this source for the run
+            self.count_error(exc.kind, f"{exc.message}; stopping Unsplash for this run")
+            return None
+        except FetchError as exc:
+            self.count_error(exc.kind, f"search {query!r} page {page}: {exc.message}")
+            return None
+        if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+            self.count_error("missing_fields", f"search {query!r} page {page}: no 'results' list")
+            return None
+        return body
+
+    def _note_quota(self, response: httpx.Response) -> None:
+        remaining = response.headers.get("X-Ratelimit-Remaining", "")
+        if remaining.isdigit():
+            self.quota_left = int(remaining)
+            if self.quota_left == 0:
+                logger.warning("unsplash: hourly quota used up (X-Ratelimit-Remaining: 0); stopping")
+
+    def _listing(self, photo: Any, query: str) -> tuple[str, dict] | None:
+        """(download URL, metadata) for one search result, or None (counted) when fields are missing."""
+        try:
+            raw = photo["urls"]["raw"]
+            user = photo.get("user") or {}
+            metadata = {
+                **self.base_metadata(),
+                "attribution": {
+                    "platform": "Unsplash",
+                    "photographer": user.get("name") or user.get("username"),
+                    "photographer_url": _with_utm((user.get("links") or {}).get("html")),
+                    "license": "Unsplash License (API terms restrict ML use; see docs/sources.md)",
+                    "url": _with_utm(photo["links"]["html"]),
+                },
+                "api_data": {
+                    "photo_id": photo["id"], "width": photo.get("width"), "height": photo.get("height"),
+                    "username": user.get("username"), "query": query,
+                    "download_location": photo["links"].get("download_location"),
+                },
+            }
+        except (KeyError, TypeError) as exc:
+            self.count_error("missing_fields", f"search result without {exc}: skipped")
+            return None
+        width = int(self.config.option("image_width", 1600))
+        # raw is an imgix URL: add size parameters and keep ixid, as the guidelines require.
+        return str(httpx.URL(raw).copy_merge_params({"w": width, "fm": "jpg", "q": 85})), metadata
+
+    async def on_stored(self, metadata: dict) -> None:
+        """Report the download to Unsplash: authorised, once per stored image."""
+        api = metadata.get("api_data") or {}
+        url = self._download_event_url(api)
+        if url is None:
+            return
+        try:
+            await self.http.api_get(url, headers=self.api_headers())
+        except FetchError as exc:
+            self.count_error(f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: "
+                             f"{exc.message}")
+
+    def _download_event_url(self, api: dict) -> str | None:
+        """download_location rebuilt on our own API base, so the key only goes to the API host."""
+        location = api.get("download_location")
+        if not location or not api.get("photo_id"):
+            return None
+        query = urlsplit(location).query
+        base = f"{self.settings.unsplash_api_url}/photos/{api['photo_id']}/download"
+        return f"{base}?{query}" if query else base
+
+
+def _with_utm(url: str | None) -> str | None:
+    if not url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{UTM}"
