@@ -1,0 +1,172 @@
+"""The job runner: one place that starts scrape and training jobs, for the API and the scheduler.
+
+Single flight per kind: while a job of a kind is queued or running, a manual request for the same
+kind raises :class:`JobBusy` (the API answers 409 naming the running job) and a scheduled one is
+recorded as a ``skipped`` row. Job kinds are a registry (``JOB_KINDS``: kind -> async callable
+``fn(settings, progress) -> report dict``); adding a kind is one entry.
+
+Exceptions: :class:`JobBusy` (caller's request conflicts), :class:`UnknownJobKind` (no such kind).
+A job's own failure is never raised to the caller: it is the job row's ``failed`` state and error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+from app.jobstore import JobStore, utc_now
+from app.processes import run_in_process
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+JobFunction = Callable[[Settings, Progress], Awaitable[dict]]
+PROGRESS_FLUSH_SECONDS = 2.0
+
+
+async def scrape_job(settings: Settings, progress: Progress) -> dict:
+    """Scraping is network-bound: it runs in the service's event loop (or a thread if synchronous)."""
+    from scraper.fetcher_manager import run_scrape
+
+    if inspect.iscoroutinefunction(run_scrape):
+        return await run_scrape(settings, progress)
+    return await asyncio.to_thread(run_scrape, settings, progress)
+
+
+async def train_job(settings: Settings, progress: Progress) -> dict:
+    """Training is CPU-bound: a separate process, so the API keeps answering."""
+    return await run_in_process("trainer.train_vit:train_model", settings, progress, name="train")
+
+
+JOB_KINDS: dict[str, JobFunction] = {"scrape": scrape_job, "train": train_job}
+
+
+class JobBusy(Exception):
+    def __init__(self, job: dict) -> None:
+        super().__init__(f"a {job['kind']} job is already {job['state']}: {job['id']}")
+        self.job = job
+
+
+class UnknownJobKind(KeyError):
+    pass
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None):
+        self.settings = settings
+        self.store = store
+        self.kinds = dict(JOB_KINDS if kinds is None else kinds)
+        self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def start(self) -> None:
+        await self.store.create_tables()
+        leftovers = await self.store.interrupt_leftovers()
+        if leftovers:
+            log.warning("marked %d job(s) left running by a previous process as interrupted", leftovers)
+
+    def running(self, kind: str) -> dict | None:
+        return self._active.get(kind)
+
+    def active_jobs(self) -> list[dict]:
+        return list(self._active.values())
+
+    async def submit(self, kind: str, trigger: str = "manual") -> dict:
+        """Start a job of ``kind`` now; raise JobBusy if one of that kind is active."""
+        if kind not in self.kinds:
+            raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {', '.join(sorted(self.kinds))}")
+        if kind in self._active:
+            raise JobBusy(self._active[kind])
+        # Claim the kind before the first await so two concurrent submits cannot both pass the check.
+        job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None}
+        self._active[kind] = job
+        try:
+            job.update(await self.store.insert(**job))
+        except BaseException:
+            self._active.pop(kind, None)
+            raise
+        self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
+        log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
+        return dict(job)
+
+    async def submit_scheduled(self, kind: str) -> dict:
+        """The scheduler's entry: like submit, but a busy kind is recorded as a skipped run."""
+        try:
+            return await self.submit(kind, trigger="scheduled")
+        except JobBusy as busy:
+            now = utc_now()
+            reason = f"skipped: {busy}"
+            log.warning("scheduled %s run %s", kind, reason)
+            return await self.store.insert(
+                id=str(uuid.uuid4()), kind=kind, trigger="scheduled", state="skipped",
+                started_at=now, finished_at=now, error=reason,
+            )
+
+    async def get(self, job_id: str) -> dict | None:
+        for job in self._active.values():
+            if job["id"] == job_id:
+                return dict(job)
+        return await self.store.get(job_id)
+
+    async def list(self, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[dict]:
+        rows = await self.store.list(limit=limit, kind=kind, state=state)
+        live = {job["id"]: job for job in self._active.values()}
+        return [dict(live.get(row["id"], row)) for row in rows]
+
+    async def wait(self, job_id: str) -> dict | None:
+        """Await a job's end (tests, CLI); returns its final row."""
+        task = self._tasks.get(job_id)
+        if task:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        return await self.store.get(job_id)
+
+    async def shutdown(self) -> None:
+        """Cancel running jobs (children are terminated); each is recorded as interrupted."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, job: dict) -> None:
+        kind, job_id = job["kind"], job["id"]
+        flusher = None
+        try:
+            await self._set(job, state="running", started_at=utc_now())
+            log.info("job %s (%s) running", job_id, kind)
+            flusher = asyncio.create_task(self._flush_progress(job))
+            result = await self.kinds[kind](self.settings, lambda data: job.__setitem__("progress", data))
+            await self._finish(job, "succeeded", result=result)
+        except asyncio.CancelledError:
+            await self._finish(job, "interrupted", error="interrupted by service shutdown")
+        except Exception as exc:  # the job's boundary: its failure is the row's state, not a crash
+            log.exception("job %s (%s) failed", job_id, kind)
+            await self._finish(job, "failed", error=str(exc) or type(exc).__name__)
+        finally:
+            if flusher:
+                flusher.cancel()
+            self._active.pop(kind, None)
+            self._tasks.pop(job_id, None)
+
+    async def _finish(self, job: dict, state: str, **values) -> None:
+        await self._set(job, state=state, finished_at=utc_now(), progress=job.get("progress"), **values)
+        log.info("job %s (%s) %s%s", job["id"], job["kind"], state,
+                 f": {values['error']}" if values.get("error") else "")
+
+    async def _set(self, job: dict, **values) -> None:
+        job.update(values)
+        await self.store.update(job["id"], **values)
+
+    async def _flush_progress(self, job: dict) -> None:
+        """Persist in-memory progress every few seconds (progress may arrive per batch)."""
+        written = None
+        while True:
+            await asyncio.sleep(PROGRESS_FLUSH_SECONDS)
+            if job.get("progress") != written:
+                written = job.get("progress")
+                await self.store.update(job["id"], progress=written)

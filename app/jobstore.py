@@ -1,0 +1,106 @@
+"""Job history in the database (table ``jobs``, same DATABASE_URL as the dedupe index).
+
+States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``interrupted``; a scheduled run
+that finds its kind already running is recorded directly as ``skipped``. Timestamps are ISO-8601
+UTC strings, which sort correctly as text on every backend.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, MetaData, String, Table, Text, func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from config.settings import Settings
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
+
+metadata = MetaData()
+jobs_table = Table(
+    "jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(32), nullable=False, index=True),
+    Column("trigger", String(16), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_at", String(32), nullable=False, index=True),
+    Column("started_at", String(32)),
+    Column("finished_at", String(32)),
+    Column("progress", JSON),
+    Column("result", JSON),
+    Column("error", Text),
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    """An engine on settings.db_url; SQLite waits for a writer instead of failing at once."""
+    url = settings.db_url
+    if url.startswith("sqlite"):
+        settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+        return create_async_engine(url, connect_args={"timeout": 30})
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create_tables(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def insert(self, **row: Any) -> dict:
+        row.setdefault("created_at", utc_now())
+        async with self.engine.begin() as conn:
+            await conn.execute(jobs_table.insert().values(**row))
+        return await self.get(row["id"]) or row
+
+    async def update(self, job_id: str, **values: Any) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(jobs_table).where(jobs_table.c.id == job_id).values(**values))
+
+    async def get(self, job_id: str) -> dict | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(jobs_table).where(jobs_table.c.id == job_id))).first()
+        return dict(row._mapping) if row else None
+
+    async def list(self, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[dict]:
+        query = select(jobs_table).order_by(jobs_table.c.created_at.desc()).limit(limit)
+        if kind:
+            query = query.where(jobs_table.c.kind == kind)
+        if state:
+            query = query.where(jobs_table.c.state == state)
+        async with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+    async def interrupt_leftovers(self) -> int:
+        """Mark rows a previous process left queued/running (shutdown, kill -9) as interrupted."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs_table)
+                .where(jobs_table.c.state.in_(ACTIVE_STATES))
+                .values(state="interrupted", finished_at=utc_now(),
+                        error="the service stopped while this job was running (found at start-up)")
+            )
+        return result.rowcount or 0
+
+    async def latest_by_kind(self, state: str | None = None) -> dict[str, dict]:
+        """The newest job of each kind (optionally only in ``state``), as {kind: row}."""
+        newest = select(jobs_table.c.kind, func.max(jobs_table.c.created_at).label("created_at"))
+        if state:
+            newest = newest.where(jobs_table.c.state == state)
+        newest = newest.group_by(jobs_table.c.kind).subquery()
+        query = select(jobs_table).join(
+            newest, (jobs_table.c.kind == newest.c.kind) & (jobs_table.c.created_at == newest.c.created_at)
+        )
+        if state:
+            query = query.where(jobs_table.c.state == state)
+        async with self.engine.connect() as conn:
+            return {r.kind: dict(r._mapping) for r in (await conn.execute(query)).all()}

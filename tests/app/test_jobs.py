@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from app.jobs import JobBusy, JobRunner, UnknownJobKind
+from app.jobstore import JobStore, make_engine
+from app.processes import run_in_process
+
+
+async def ok_job(settings, progress):
+    progress({"step": 1, "total": 1})
+    return {"stored": 3}
+
+
+async def failing_job(settings, progress):
+    raise ValueError("dataset too small: 3 images, MIN_TRAIN_SAMPLES is 50")
+
+
+def blocking_kinds(event: asyncio.Event):
+    async def blocked(settings, progress):
+        progress({"waiting": True})
+        await event.wait()
+        return {"released": True}
+
+    return {"scrape": blocked, "train": blocked}
+
+
+@pytest.fixture
+async def store(settings):
+    engine = make_engine(settings)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+async def make_runner(settings, store, kinds):
+    runner = JobRunner(settings, store, kinds)
+    await runner.start()
+    return runner
+
+
+async def test_job_succeeds_with_result_and_progress(settings, store):
+    runner = await make_runner(settings, store, {"scrape": ok_job})
+    job = await runner.submit("scrape")
+    assert job["state"] == "queued" and job["trigger"] == "manual"
+    final = await runner.wait(job["id"])
+    assert final["state"] == "succeeded"
+    assert final["result"] == {"stored": 3}
+    assert final["progress"] == {"step": 1, "total": 1}
+    assert final["started_at"] <= final["finished_at"]
+    assert runner.running("scrape") is None
+
+
+async def test_failing_job_records_the_reason(settings, store):
+    runner = await make_runner(settings, store, {"train": failing_job})
+    final = await runner.wait((await runner.submit("train"))["id"])
+    assert final["state"] == "failed"
+    assert "MIN_TRAIN_SAMPLES" in final["error"]
+
+
+async def test_second_job_of_a_kind_is_refused_and_scheduled_one_skipped(settings, store):
+    release = asyncio.Event()
+    runner = await make_runner(settings, store, blocking_kinds(release))
+    first = await runner.submit("scrape")
+    with pytest.raises(JobBusy) as busy:
+        await runner.submit("scrape")
+    assert busy.value.job["id"] == first["id"]
+    skipped = await runner.submit_scheduled("scrape")
+    assert skipped["state"] == "skipped" and first["id"] in skipped["error"]
+    other = await runner.submit("train")  # another kind is independent
+    release.set()
+    assert (await runner.wait(first["id"]))["state"] == "succeeded"
+    assert (await runner.wait(other["id"]))["state"] == "succeeded"
+    states = sorted(j["state"] for j in await runner.list())
+    assert states == ["skipped", "succeeded", "succeeded"]
+
+
+async def test_unknown_kind_names_the_known_ones(settings, store):
+    runner = await make_runner(settings, store, {"scrape": ok_job})
+    with pytest.raises(UnknownJobKind, match="known kinds: scrape"):
+        await runner.submit("dance")
+
+
+async def test_shutdown_interrupts_and_restart_marks_leftovers(settings, store):
+    runner = await make_runner(settings, store, blocking_kinds(asyncio.Event()))
+    job = await runner.submit("train")
+    await asyncio.sleep(0)
+    await runner.shutdown()
+    row = await store.get(job["id"])
+    assert row["state"] == "interrupted" and "shutdown" in row["error"]
+    # A process killed with -9 leaves its row running: the next start marks it interrupted.
+    await store.insert(id="left-over", kind="scrape", trigger="manual", state="running")
+    await make_runner(settings, store, {"scrape": ok_job})
+    assert (await store.get("left-over"))["state"] == "interrupted"
+
+
+async def test_process_job_reports_progress_and_result(settings):
+    seen = []
+    result = await run_in_process("tests.app.helpers:quick", settings, seen.append)
+    assert [p["step"] for p in seen] == [1, 2]
+    assert result["pid"] != os.getpid() and result["pid"] == seen[0]["pid"]
+    assert result["models_dir"] == str(settings.models_dir)  # made JSON-safe
+
+
+async def test_process_job_error_message_reaches_the_job_row(settings, store):
+    async def too_small(s, progress):
+        return await run_in_process("tests.app.helpers:too_small", s, progress)
+
+    runner = await make_runner(settings, store, {"train": too_small})
+    final = await runner.wait((await runner.submit("train"))["id"])
+    assert final["state"] == "failed"
+    assert final["error"] == "need at least 50 labelled images, found 3"
+
+
+async def test_shutdown_terminates_the_child_process(settings, store):
+    async def slow(s, progress):
+        return await run_in_process("tests.app.helpers:slow", s, progress)
+
+    runner = await make_runner(settings, store, {"train": slow})
+    job = await runner.submit("train")
+    for _ in range(200):  # wait until the child has reported its pid
+        if (runner.running("train") or {}).get("progress"):
+            break
+        await asyncio.sleep(0.05)
+    pid = runner.running("train")["progress"]["pid"]
+    await runner.shutdown()
+    assert (await store.get(job["id"]))["state"] == "interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
