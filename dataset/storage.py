@@ -21,7 +21,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def meta_key(image_id: str, when: datetime) -> str:
 
 def check_key(key: str) -> str:
     """Refuse keys that could escape the root or that no driver stores the same way."""
-    parts = PurePosixPath(key).parts
+    parts = key.split("/")
     if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid storage key {key!r}: use a relative path like 'images/2025/01/01/x.jpg'")
     return key

@@ -1,0 +1,77 @@
+"""Dataset fixtures: every storage test runs against both drivers.
+
+The S3 run talks HTTP to moto's standalone server on 127.0.0.1 (a free port), exactly as the
+product talks to MinIO or AWS; nothing in boto3 is patched.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import boto3
+import pytest
+
+from dataset.manager import DatasetManager
+from dataset.storage import LocalStorage, S3Storage
+
+DRIVERS = ["local", "s3"]
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    # Dummy credentials for the loopback server; boto3 reads them through its usual chain.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def s3_bucket(request, aws_env):
+    """A fresh bucket on the loopback server; returns (endpoint, bucket)."""
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = f"test-bucket-{next(_bucket_numbers)}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return endpoint, bucket
+
+
+@pytest.fixture(params=DRIVERS)
+def driver_settings(request, make_settings):
+    """Settings for each storage driver (local folder, S3 on loopback under a prefix)."""
+    if request.param == "local":
+        return make_settings()
+    endpoint, bucket = request.getfixturevalue("s3_bucket")
+    return make_settings(storage_driver="s3", s3_bucket=bucket, s3_prefix="ds/", s3_endpoint_url=endpoint)
+
+
+@pytest.fixture
+def storage(driver_settings):
+    from dataset.storage import make_storage
+
+    driver = make_storage(driver_settings)
+    assert isinstance(driver, LocalStorage if driver_settings.storage_driver == "local" else S3Storage)
+    return driver
+
+
+@pytest.fixture
+async def dm(driver_settings):
+    async with DatasetManager(driver_settings) as manager:
+        yield manager
+
+
+def meta_in(label: str = "real", source: str = "test", **extra) -> dict:
+    return {"source": source, "label": label, "attribution": {"platform": "Test", "url": "http://x/1"},
+            "api_data": {"photo_id": 1}, **extra}
