@@ -81,7 +81,7 @@ def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
         "why": why,
         "label": meta.get("label"),
         "score": meta.get("confidence"),
-        "scorer": meta.get("scorer"),
+        "scored_by": meta.get("scored_by"),
         "source": meta.get("source"),
         "attribution": meta.get("attribution") or {},
         "timestamp": meta.get("timestamp"),

@@ -1,0 +1,278 @@
+"""The labeler job: fill ``confidence`` = P(ai-generated) for images lacking a score from the current scorer.
+
+Scorer order: Exposr-Core when it answers (probed with the first image that needs it), else the
+promoted local model, else nothing, and the report says why. Each stored score carries
+``scored_by = {name, version[, model], at}``; an image whose stored scorer matches the current one is
+skipped, so a new Core model or a newly promoted local model re-scores the dataset. Labels are
+never touched: ``DatasetManager.set_score`` writes only the score fields.
+
+Per-image failures (unreadable file, Core garbage, a failed prediction) are counted in
+``errors`` by kind and the run goes on; a Core that stops answering mid-run ends the run early
+(``aborted``) instead of spending its backoff budget on every remaining image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import mimetypes
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import httpx
+
+from config.settings import Settings
+from dataset.manager import DatasetManager
+from labeler.core_client import CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
+from trainer.registry import promoted_entry
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+
+BATCH_SIZE = 32              # images read and scored per step; bounds memory and progress granularity
+CORE_GIVE_UP_AFTER = 5       # consecutive "unavailable" answers that mean Core went away mid-run
+IDENTITY_KEYS = ("name", "model", "version")
+
+
+@dataclass
+class Item:
+    id: str
+    image_key: str
+    scorer: dict | None      # the stored scorer identity, None when never scored
+
+
+async def run_labeler(
+    settings: Settings,
+    progress: Progress | None = None,
+    *,
+    client: httpx.AsyncClient | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> dict:
+    """Score the dataset with the best available scorer; returns the report (see module docstring)."""
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(httpx.AsyncClient())
+        dataset = await stack.enter_async_context(DatasetManager(settings))
+        labeler = Labeler(settings, dataset, CoreClient(settings, client, sleep=sleep), progress)
+        return await labeler.run()
+
+
+class Labeler:
+    def __init__(self, settings: Settings, dataset: DatasetManager, core: CoreClient,
+                 progress: Progress | None) -> None:
+        self.settings = settings
+        self.dataset = dataset
+        self.core = core
+        self.progress = progress or (lambda _event: None)
+        self.errors: Counter[str] = Counter()
+        self.scored = 0
+        self.report: dict = {
+            "scorer": None, "reason": None, "aborted": None, "total": 0, "pending": 0, "skipped": 0,
+            "scored": 0, "errors": {}, "core": {"endpoint": core.endpoint, "available": False},
+        }
+
+    async def run(self) -> dict:
+        items = await self._load_items()
+        self.report["total"] = len(items)
+        if not items:
+            self.report["reason"] = "the dataset has no images yet: nothing to score"
+            return self._finish()
+        probe = await self._probe_core(items)
+        if probe is not None:
+            probed, result, probe_scored = probe
+            identity = core_identity(result)
+            rest = [i for i in items if i is not probed]
+            await self._score_with_core(self._pending(rest, identity, also_scored=probe_scored), identity)
+        else:
+            await self._score_with_local_model(items)
+        return self._finish()
+
+    def _finish(self) -> dict:
+        self.report["scored"] = self.scored
+        self.report["errors"] = dict(self.errors)
+        log.info("labeler: %s", self.report)
+        return self.report
+
+    def _pending(self, items: list[Item], identity: dict, also_scored: bool = False) -> list[Item]:
+        """Items the current scorer has not scored; ``also_scored``: the probe image was one of them."""
+        pending = [i for i in items if not same_scorer(i.scorer, identity)]
+        self.report["scorer"] = identity
+        self.report["pending"] = len(pending) + also_scored
+        self.report["skipped"] = self.report["total"] - self.report["pending"]
+        return pending
+
+    async def _load_items(self) -> list[Item]:
+        samples = await self.dataset.samples(labels=("real", "ai", "unlabeled"))
+        items = []
+        for chunk in chunks(samples, BATCH_SIZE):
+            metas = await asyncio.gather(*(self.dataset.get_metadata(s.id) for s in chunk))
+            for sample, meta in zip(chunk, metas, strict=True):
+                if meta is None:
+                    self.errors["missing_metadata"] += 1
+                    continue
+                items.append(Item(sample.id, sample.image_key, identity_of(meta.get("scored_by"))))
+        return items
+
+    # -- Exposr-Core -------------------------------------------------------------------------
+
+    async def _probe_core(self, items: list[Item]) -> tuple[Item, CoreScore, bool] | None:
+        """Score the first readable image Core has not scored: (item, answer, stored?), or None if Core
+        fails (the reason goes to the report)."""
+        ordered = sorted(items, key=lambda i: (i.scorer or {}).get("name") == "exposr-core")
+        for item in ordered:
+            data = await self._read(item)
+            if data is None:
+                continue
+            try:
+                result = await self.core.score(data, *file_details(item))
+            except CoreError as exc:
+                self.report["core"].update(error=exc.kind, message=exc.message)
+                log.warning("Exposr-Core not used: %s", exc.message)
+                return None
+            self.report["core"]["available"] = True
+            needed = not same_scorer(item.scorer, core_identity(result))
+            if needed:
+                await self._store(item, result.probability, core_identity(result))
+            return item, result, needed
+        self.report["core"].update(error="no_readable_image", message="no image could be read to probe Core")
+        return None
+
+    async def _score_with_core(self, pending: list[Item], identity: dict) -> None:
+        limit = asyncio.Semaphore(self.settings.exposr_core_concurrency)
+        state = {"unavailable_in_a_row": 0}
+
+        async def score_one(item: Item) -> None:
+            async with limit:
+                if self.report["aborted"]:
+                    return
+                data = await self._read(item)
+                if data is None:
+                    return
+                try:
+                    result = await self.core.score(data, *file_details(item))
+                except CoreError as exc:
+                    self._count_core_failure(exc, state)
+                    return
+                state["unavailable_in_a_row"] = 0
+                await self._store(item, result.probability, core_identity(result))
+
+        await self._in_batches(pending, identity, score_one)
+
+    def _count_core_failure(self, exc: CoreError, state: dict) -> None:
+        self.errors[f"core_{exc.kind}"] += 1
+        log.info("Exposr-Core failed on an image: %s", exc.message)
+        if not isinstance(exc, CoreUnavailable):
+            return
+        state["unavailable_in_a_row"] += 1
+        if state["unavailable_in_a_row"] >= CORE_GIVE_UP_AFTER and not self.report["aborted"]:
+            self.report["aborted"] = (
+                f"Exposr-Core stopped answering ({exc.kind} {CORE_GIVE_UP_AFTER} times in a row); "
+                "the remaining images are scored by the next run"
+            )
+
+    # -- local model -------------------------------------------------------------------------
+
+    async def _score_with_local_model(self, items: list[Item]) -> None:
+        try:
+            entry = promoted_entry(self.settings.models_dir, self.settings.model_name)
+        except ValueError as exc:  # a registry.json that cannot be read
+            self.report["reason"] = f"Exposr-Core did not answer and the model registry is unusable: {exc}"
+            return
+        if entry is None:
+            self.report["reason"] = (
+                f"Exposr-Core did not answer ({self.report['core'].get('message')}) and no model "
+                f"{self.settings.model_name!r} is promoted in {self.settings.models_dir}: start Exposr-Core "
+                "(EXPOSR_CORE_ENDPOINT) or train one (POST /train), then run the labeler again"
+            )
+            return
+        identity = {"name": "local-model", "model": entry["model"], "version": entry["version"]}
+        pending = self._pending(items, identity)
+        if not pending:
+            return
+        # Imported here: torch loads only when the local model is really needed.
+        from trainer.predict import load_promoted
+
+        predictor = await asyncio.to_thread(load_promoted, self.settings)
+
+        async def score_batch(batch: list[Item]) -> None:
+            readable = [(item, data) for item in batch if (data := await self._read(item)) is not None]
+            probabilities = await self._predict(predictor, [data for _, data in readable])
+            for (item, _), probability in zip(readable, probabilities, strict=True):
+                if probability is None or not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+                    self.errors["prediction_failed"] += 1
+                    continue
+                await self._store(item, probability, identity)
+
+        await self._in_batches(pending, identity, score_batch, per_item=False)
+
+    async def _predict(self, predictor, images: list[bytes]) -> list[float | None]:
+        """One batch off the event loop; when it fails, image by image so one bad file costs one score."""
+        try:
+            return [float(p) for p in await asyncio.to_thread(predictor.predict_bytes, images)]
+        except (OSError, ValueError, RuntimeError) as exc:
+            if len(images) == 1:
+                log.info("local model could not score an image: %r", exc)
+                return [None]
+        return [(await self._predict(predictor, [one]))[0] for one in images]
+
+    # -- shared steps ------------------------------------------------------------------------
+
+    async def _in_batches(self, pending: list[Item], identity: dict, work, per_item: bool = True) -> None:
+        done = 0
+        for batch in chunks(pending, BATCH_SIZE):
+            if self.report["aborted"]:
+                break
+            if per_item:
+                await asyncio.gather(*(work(item) for item in batch))
+            else:
+                await work(batch)
+            done += len(batch)
+            self.progress({"stage": "scoring", "scorer": identity["name"], "done": done,
+                           "total": len(pending), "scored": self.scored})
+
+    async def _read(self, item: Item) -> bytes | None:
+        try:
+            return await self.dataset.read_image(item.id)
+        except (KeyError, OSError) as exc:
+            self.errors["unreadable_image"] += 1
+            log.warning("labeler: image %s unreadable: %r", item.id, exc)
+            return None
+
+    async def _store(self, item: Item, probability: float, identity: dict) -> None:
+        try:
+            await self.dataset.set_score(item.id, probability, identity)
+        except (KeyError, OSError) as exc:
+            self.errors["store_failed"] += 1
+            log.warning("labeler: score for %s not stored: %r", item.id, exc)
+            return
+        item.scorer = identity
+        self.scored += 1
+
+
+def core_identity(result: CoreScore) -> dict:
+    return {"name": "exposr-core", "version": result.version or "unknown"}
+
+
+def identity_of(scorer: object) -> dict | None:
+    """The parts of a stored scorer that say who scored (not when)."""
+    if not isinstance(scorer, dict):
+        return None
+    return {k: scorer[k] for k in IDENTITY_KEYS if k in scorer}
+
+
+def same_scorer(stored: dict | None, current: dict) -> bool:
+    return stored is not None and identity_of(stored) == identity_of(current)
+
+
+def file_details(item: Item) -> tuple[str, str]:
+    name = PurePosixPath(item.image_key).name
+    return name, mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def chunks(seq: list, size: int) -> Iterable[list]:
+    return (seq[i:i + size] for i in range(0, len(seq), size))
