@@ -173,4 +173,4 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     # Pillow's convert("L") clips 16-bit values at 255 (almost everything turns white): scale instead.
     arr = np.asarray(img, dtype=np.float64)
     top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))

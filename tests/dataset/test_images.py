@@ -1,0 +1,137 @@
+"""Validation reasons and RGB decoding, each with real bytes made by Pillow (or crafted headers)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset.images import REASONS, ImageRejected, decode_rgb, inspect_image
+from tests.images import encode, jpeg, png, scene
+
+LIMITS = dict(max_bytes=5_000_000, min_side=16, max_pixels=50_000_000)
+
+
+def reject_reason(data: bytes, **limits) -> str:
+    with pytest.raises(ImageRejected) as info:
+        inspect_image(data, **{**LIMITS, **limits})
+    assert info.value.reason in REASONS
+    assert info.value.message  # always something a person can act on
+    return info.value.reason
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height: decoding it would allocate gigabytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_accepts_jpeg_png_webp_with_extension_from_the_real_format():
+    cases = [(jpeg(1), "JPEG", "jpg"), (png(1), "PNG", "png"), (encode(scene(1), "WEBP"), "WEBP", "webp"),
+             (encode(scene(1), "GIF"), "GIF", "gif")]
+    for data, fmt, ext in cases:
+        info = inspect_image(data, **LIMITS)
+        assert (info.format, info.ext, info.width, info.height) == (fmt, ext, 96, 72)
+        assert len(info.sha256) == 64 and 0 <= info.phash < 2**64
+
+
+def test_hashes_are_stable_and_distinguish_images():
+    a, b = inspect_image(jpeg(1), **LIMITS), inspect_image(jpeg(1), **LIMITS)
+    assert a == b
+    other = inspect_image(jpeg(2), **LIMITS)
+    assert other.sha256 != a.sha256 and bin(other.phash ^ a.phash).count("1") > 10
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, this is text", b"GIF89a"])
+def test_not_an_image(data):
+    assert reject_reason(data) == "not_an_image"
+
+
+@pytest.mark.parametrize("maker", [lambda: jpeg(3, (300, 200)), lambda: png(3, (300, 200))])
+def test_truncated(maker):
+    data = maker()
+    assert reject_reason(data[: len(data) // 2]) == "truncated"
+
+
+def test_decompression_bomb_over_the_configured_limit_is_rejected_before_decoding():
+    assert reject_reason(png(1, (100, 100)), max_pixels=5_000) == "decompression_bomb"
+    # 30000 x 30000 declared, 90 bytes of data: must be refused from the header alone.
+    assert reject_reason(png_declaring(30_000, 30_000), max_pixels=10**12) == "decompression_bomb"
+
+
+def test_pillow_bomb_warning_becomes_a_rejection():
+    # 10000 x 10000 is above Pillow's MAX_IMAGE_PIXELS (warning zone) but under our max_pixels here.
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < 10_000**2
+    assert reject_reason(png_declaring(10_000, 10_000), max_pixels=10**9) == "decompression_bomb"
+
+
+def test_too_small():
+    assert reject_reason(jpeg(1, (40, 10)), min_side=16) == "too_small"
+
+
+def test_too_large():
+    data = jpeg(1)
+    assert reject_reason(data, max_bytes=len(data) - 1) == "too_large"
+    assert inspect_image(data, **{**LIMITS, "max_bytes": len(data)}).ext == "jpg"
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_animated(fmt):
+    frames = [scene(1), scene(2), scene(3)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:], duration=100)
+    assert reject_reason(buf.getvalue()) == "animated"
+
+
+def test_unsupported_formats():
+    assert reject_reason(encode(scene(1), "PCX")) == "unsupported_format"
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0mif1heic" + b"\0" * 64
+    assert reject_reason(heic) == "unsupported_format"
+
+
+def test_exif_orientation_is_applied_before_hashing():
+    upright = scene(5, (120, 80))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes: pixels sideways
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    tagged = encode(stored, "JPEG", quality=95, exif=exif.tobytes())
+    untagged = encode(stored, "JPEG", quality=95)
+    base = inspect_image(encode(upright, "JPEG", quality=95), **LIMITS).phash
+    assert decode_rgb(tagged).size == (120, 80)
+    assert bin(inspect_image(tagged, **LIMITS).phash ^ base).count("1") <= 4
+    assert bin(inspect_image(untagged, **LIMITS).phash ^ base).count("1") > 10
+
+
+def test_alpha_is_composited_on_white():
+    img = Image.new("RGBA", (32, 32), (255, 0, 0, 0))  # fully transparent red
+    img.paste((0, 0, 255, 255), (0, 0, 16, 32))  # opaque blue left half
+    rgb = decode_rgb(encode(img, "PNG"))
+    assert rgb.mode == "RGB"
+    assert rgb.getpixel((24, 10)) == (255, 255, 255)
+    assert rgb.getpixel((4, 10)) == (0, 0, 255)
+
+
+def test_palette_with_transparency_and_cmyk_become_rgb():
+    pal = scene(1).convert("P")
+    pal.info["transparency"] = 0
+    assert decode_rgb(encode(pal, "PNG")).mode == "RGB"
+    cmyk = decode_rgb(encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG"))
+    r, g, b = cmyk.getpixel((5, 5))
+    assert cmyk.mode == "RGB" and r > 200 and g < 60 and b < 60  # cyan/magenta/yellow ink -> red
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    arr = np.full((32, 32), 30_000, dtype=np.uint16)
+    data = encode(Image.fromarray(arr), "PNG")
+    rgb = decode_rgb(data)
+    assert rgb.mode == "RGB"
+    assert abs(rgb.getpixel((3, 3))[0] - 30_000 * 255 / 65_535) <= 1.5  # ~117, not 255
+    assert inspect_image(data, **LIMITS).format == "PNG"
