@@ -1,0 +1,175 @@
+"""``exposr-trainer``: serve, scrape, train, status, predict, check.
+
+Commands are a registry (``COMMANDS``: name -> (add_arguments, run)); adding one is one entry.
+Bad configuration (settings or sources.yaml) prints the message naming the file or variable and
+exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from app.cli_views import console, print_mapping, progress_bar
+from config.settings import ConfigError, Settings, load_settings
+
+EXIT_CONFIG = 2
+
+
+def validate_sources(settings: Settings) -> None:
+    """sources.yaml must parse and name only registered fetchers (ConfigError otherwise)."""
+    from config.sources import load_sources
+    from scraper.fetcher_manager import FETCHERS
+
+    load_sources(settings.sources_config, FETCHERS.keys())
+
+
+def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    validate_sources(settings)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
+                access_log=False, timeout_graceful_shutdown=30)
+    return 0
+
+
+def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
+    from scraper.fetcher_manager import format_report_table, run_scrape
+
+    validate_sources(settings)
+    with progress_bar("scrape") as report_progress:
+        report = asyncio.run(run_scrape(settings, report_progress))
+    console.print(format_report_table(report))
+    return 0
+
+
+def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+    from trainer.train_vit import train_model
+
+    from trainer.errors import TrainingError
+
+    try:
+        with progress_bar("train") as report_progress:
+            result = train_model(settings, report_progress)
+    except TrainingError as exc:
+        print(f"training failed: {exc}", file=sys.stderr)
+        return 1
+    print_mapping("Training result", result)
+    return 0
+
+
+def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.jobstore import JobStore, make_engine
+    from app.overview import collect_status
+    from dataset.manager import DatasetManager
+
+    async def collect() -> dict:
+        engine = make_engine(settings)
+        try:
+            store = JobStore(engine)
+            await store.create_tables()
+            async with DatasetManager(settings) as dataset:
+                return await collect_status(settings, dataset, store)
+        finally:
+            await engine.dispose()
+
+    status = asyncio.run(collect())
+    last_jobs = status.pop("last_jobs")
+    print_mapping("Status", status)
+    print_mapping("Last job of each kind",
+                  {kind: f"{job['state']} {job.get('finished_at') or job['created_at']} ({job['id']})"
+                   for kind, job in last_jobs.items()})
+    return 0
+
+
+def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
+    from trainer.predict import load_promoted
+
+    from trainer.errors import ModelNotFound
+
+    try:
+        predictor = load_promoted(settings)
+    except ModelNotFound as exc:
+        print(f"no model to predict with: {exc}", file=sys.stderr)
+        return 1
+    images = [Path(p) for p in args.images]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        print(f"not a file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    scores = predictor.predict_bytes([p.read_bytes() for p in images])
+    for path, score in zip(images, scores, strict=True):
+        print(f"{score:.4f}  {path}")
+    return 0
+
+
+def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dataset.manager import run_check
+
+    report = run_check(settings, args.repair)
+    if asyncio.iscoroutine(report):
+        report = asyncio.run(report)
+    print_mapping("Dataset check" + (" (repaired)" if args.repair else ""), report)
+    return 0
+
+
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface to bind (0.0.0.0 for all; default %(default)s)")
+    parser.add_argument("--port", type=int, default=8001, help="default %(default)s")
+
+
+def _predict_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="image files to score")
+
+
+def _check_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repair", action="store_true", help="fix drift between files and index")
+
+
+def _no_args(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Settings, argparse.Namespace], int]]
+COMMANDS: dict[str, Command] = {
+    "serve": ("run the HTTP API and the scheduler", _serve_args, run_serve),
+    "scrape": ("scrape every enabled source now (foreground)", _no_args, run_scrape_command),
+    "train": ("train a model now (foreground)", _no_args, run_train_command),
+    "status": ("dataset counts, models and last jobs", _no_args, run_status_command),
+    "predict": ("print P(ai) per image with the promoted model", _predict_args, run_predict_command),
+    "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="exposr-trainer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_arguments, _) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        from app.logging_setup import configure_logging
+
+        configure_logging(settings)
+        return COMMANDS[args.command][2](settings, args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

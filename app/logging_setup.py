@@ -1,0 +1,79 @@
+"""Logging, configured once at the entry point (CLI, uvicorn app factory, training child).
+
+Lines go to stderr and to ``LOG_DIR/trainer.log`` (rotated). A filter on every handler replaces
+any configured secret value (API keys, tokens) with ``***`` as a safety net: no code path is meant
+to log a secret, and this makes sure a mistake does not leak one.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+from collections.abc import Iterable
+
+from config.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+_SECRET_FIELDS = ("trainer_api_key", "unsplash_access_key", "pexels_api_key", "civitai_api_key")
+_HANDLER_MARK = "_exposr_handler"
+
+
+class RedactSecretsFilter(logging.Filter):
+    """Replace every known secret value in a record's final message with ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        # Longest first, so a secret that contains another is redacted whole.
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "***")
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            for secret in self.secrets:
+                record.exc_text = record.exc_text.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = []
+    for field in _SECRET_FIELDS:
+        secret = getattr(settings, field, None)
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
+
+
+def configure_logging(settings: Settings) -> None:
+    """Install the stderr and rotating-file handlers on the root logger (replacing our earlier ones)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(handler)
+        handler.close()
+    redact = RedactSecretsFilter(secret_values(settings))
+    formatter = logging.Formatter(LOG_FORMAT)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [
+        logging.StreamHandler(),
+        logging.handlers.RotatingFileHandler(
+            settings.log_dir / "trainer.log", maxBytes=10_000_000, backupCount=5, encoding="utf-8"
+        ),
+    ]
+    for handler in handlers:
+        setattr(handler, _HANDLER_MARK, True)
+        handler.setFormatter(formatter)
+        handler.addFilter(redact)
+        root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    # Our own one-line-per-request log replaces uvicorn's access log (which logs query strings).
+    logging.getLogger("uvicorn.access").disabled = True
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "PIL", "apscheduler.executors"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,96 @@
+"""The FastAPI application: lifespan (database, dataset, job runner, scheduler), routers, request log.
+
+``create_app(settings)`` builds an app (tests pass their own Settings); ``app`` is what
+``uvicorn app.main:app`` serves, with settings read from the environment and ``.env``.
+Routers are a list (``ROUTERS``): adding one is a one-line change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from app.jobs import JobRunner
+from app.jobstore import JobStore, make_engine, utc_now
+from app.routes import jobs, models, status, upload
+from app.scheduler import JobScheduler
+from config.settings import Settings, get_settings
+from dataset.manager import DatasetManager
+
+log = logging.getLogger(__name__)
+request_log = logging.getLogger("app.requests")
+
+ROUTERS = [status.router, jobs.router, upload.router, models.router]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    async with AsyncExitStack() as stack:
+        engine = make_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        app.state.dataset = await stack.enter_async_context(DatasetManager(settings))
+        runner = JobRunner(settings, JobStore(engine), kinds=app.state.job_kinds)
+        await runner.start()
+        stack.push_async_callback(runner.shutdown)
+        scheduler = JobScheduler(settings, runner)
+        scheduler.start()
+        stack.callback(scheduler.shutdown)
+        app.state.runner, app.state.scheduler = runner, scheduler
+        app.state.started_at, app.state.started_monotonic = utc_now(), time.monotonic()
+        log.info("service started (storage %s)", app.state.dataset.storage.describe())
+        yield
+        log.info("service stopping: scheduler, running jobs, database")
+
+
+async def log_requests(request: Request, call_next) -> Response:
+    """One line per request: method, path, status, milliseconds. Never headers or query strings."""
+    start = time.perf_counter()
+    status_code = 500
+    try:
+        response = await call_next(request)
+        status_code = response.status_code
+        return response
+    finally:
+        ms = (time.perf_counter() - start) * 1000
+        request_log.info("%s %s %d %.1fms", request.method, request.url.path, status_code, ms)
+
+
+def create_app(settings: Settings | None = None, job_kinds: dict | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Exposr Trainer",
+        version="0.1.0",
+        description="Collects labelled images, trains a real-vs-AI detector, serves its weights. "
+        "Every endpoint except /status, /healthz and the docs needs "
+        "'Authorization: Bearer <TRAINER_API_KEY>'.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.job_kinds = job_kinds
+    app.middleware("http")(log_requests)
+    for router in ROUTERS:
+        app.include_router(router)
+    return app
+
+
+def _app_from_environment() -> FastAPI:
+    """For ``uvicorn app.main:app``: configure logging once; bad configuration stops start-up."""
+    from app.logging_setup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `app` is built on first access, so importing this module (tests, the CLI) reads no environment.
+    if name == "app":
+        globals()["app"] = application = _app_from_environment()
+        return application
+    raise AttributeError(name)

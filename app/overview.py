@@ -1,0 +1,80 @@
+"""What /status, /metrics and ``exposr-trainer status`` report, built from cheap reads.
+
+Counts come from the dataset index (GROUP BY), the registry from ``registry.json`` (no torch),
+job facts from the jobs table. Each is a few milliseconds; a short cache keeps /status flat
+under polling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from app.jobstore import JobStore
+from config.settings import Settings
+from trainer.registry import load_registry, promoted_entry
+
+log = logging.getLogger(__name__)
+COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
+
+
+class TTLCache:
+    """Remember an async function's value for ``ttl`` seconds (one value, no arguments)."""
+
+    def __init__(self, ttl: float, load: Callable[[], Awaitable[Any]]) -> None:
+        self.ttl, self.load = ttl, load
+        self._value: Any = None
+        self._expires = 0.0
+
+    async def get(self) -> Any:
+        now = time.monotonic()
+        if now >= self._expires:
+            self._value = await self.load()
+            self._expires = time.monotonic() + self.ttl
+        return self._value
+
+
+def dataset_counts(counts: dict) -> dict[str, int]:
+    return {key: int(counts.get(key, 0)) for key in COUNT_KEYS}
+
+
+def model_facts(settings: Settings) -> dict[str, Any]:
+    """Registry facts: entries, the promoted model, the newest training time."""
+    try:
+        entries = load_registry(settings.models_dir)
+        promoted = promoted_entry(settings.models_dir, settings.model_name)
+    except ValueError as exc:  # a corrupt registry.json must not take /status down
+        log.error("cannot read the model registry: %s", exc)
+        entries, promoted = [], None
+    timestamps = [e.get("timestamp") for e in entries if e.get("timestamp")]
+    latest = None
+    if promoted:
+        latest = {key: promoted.get(key) for key in ("model", "version", "timestamp", "val_acc", "val_auc")}
+    return {"models_trained": len(entries), "last_training": max(timestamps) if timestamps else None,
+            "promoted": latest}
+
+
+async def job_facts(store: JobStore) -> dict[str, Any]:
+    last = await store.latest_by_kind()
+    succeeded = await store.latest_by_kind(state="succeeded")
+    return {"last_jobs": last,
+            "last_scrape": (succeeded.get("scrape") or {}).get("finished_at"),
+            "last_train_job": (succeeded.get("train") or {}).get("finished_at")}
+
+
+async def collect_status(settings: Settings, dataset: Any, store: JobStore) -> dict[str, Any]:
+    """The time-independent part of /status (the caller adds uptime and live jobs)."""
+    counts = await dataset.counts()
+    models = model_facts(settings)
+    jobs = await job_facts(store)
+    return {
+        "last_scrape": jobs["last_scrape"],
+        "last_train": models["last_training"] or jobs["last_train_job"],
+        "dataset_counts": dataset_counts(counts),
+        "by_source": counts.get("by_source") or {},
+        "last_jobs": jobs["last_jobs"],
+        "latest_model": models["promoted"],
+        "models_trained": models["models_trained"],
+    }

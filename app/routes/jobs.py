@@ -1,0 +1,56 @@
+"""POST /scrape, POST /train (202 + job id, 409 when running), GET /jobs, GET /jobs/{id}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from app.deps import Authorized, RunnerDep
+from app.jobs import JobBusy
+from app.schemas import ErrorOut, JobAccepted, JobList, JobOut
+
+router = APIRouter(tags=["jobs"], dependencies=[Authorized])
+
+_CONFLICT = {409: {"model": ErrorOut, "description": "a job of this kind is already running"}}
+
+
+async def start_job(runner, kind: str) -> dict:
+    try:
+        job = await runner.submit(kind, trigger="manual")
+    except JobBusy as busy:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"a {kind} job is already {busy.job['state']}: {busy.job['id']}; "
+            f"follow it at /jobs/{busy.job['id']} and retry when it has finished",
+        ) from busy
+    return {"job_id": job["id"], "kind": kind, "state": job["state"], "status_url": f"/jobs/{job['id']}"}
+
+
+@router.post("/scrape", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
+             summary="Start a scrape of every enabled source")
+async def post_scrape(runner: RunnerDep) -> dict:
+    return await start_job(runner, "scrape")
+
+
+@router.post("/train", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
+             summary="Start a training run (separate process)")
+async def post_train(runner: RunnerDep) -> dict:
+    return await start_job(runner, "train")
+
+
+@router.get("/jobs", response_model=JobList, summary="Job history, newest first")
+async def list_jobs(
+    runner: RunnerDep,
+    limit: int = Query(50, ge=1, le=500),
+    kind: str | None = Query(None, description="only jobs of this kind"),
+    state: str | None = Query(None, description="only jobs in this state"),
+) -> dict:
+    return {"jobs": await runner.list(limit=limit, kind=kind, state=state)}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}},
+            summary="One job: state, timestamps, progress, result or error")
+async def get_job(job_id: str, runner: RunnerDep) -> dict:
+    job = await runner.get(job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no job {job_id!r}; list jobs at /jobs")
+    return job

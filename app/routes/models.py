@@ -1,0 +1,52 @@
+"""GET /models/latest and GET /models/{name}/{version}/weights.pt (streamed, with ETag).
+
+The weights path is never built from the request: the name and version are looked up in the
+registry, and the path comes from that validated entry (trainer.model_sync.get_model_path).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import FileResponse
+from trainer.model_sync import get_model_path, push_latest_model
+
+from app.deps import Authorized, SettingsDep
+from app.schemas import ErrorOut, LatestModel
+from trainer.registry import find_entry
+
+router = APIRouter(tags=["models"], dependencies=[Authorized])
+
+
+def weights_sha256(entry: dict) -> str | None:
+    return entry.get("weights_sha256") or entry.get("sha256")
+
+
+@router.get("/models/latest", response_model=LatestModel, responses={404: {"model": ErrorOut}},
+            summary="The promoted model: version, metrics and download_url")
+async def latest_model(settings: SettingsDep) -> dict:
+    latest = push_latest_model(settings)
+    if latest is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail="no model trained yet: POST /train once the dataset is large enough")
+    return latest
+
+
+@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}},
+            summary="Download a registered model's weights")
+async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
+    entry = find_entry(settings.models_dir, name, version)
+    if entry is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"no model {name!r} version {version!r} in the registry; "
+                            "see /models/latest")
+    path = get_model_path(settings, entry["model"], entry["version"])
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"model {name} {version} is registered but its weights file is missing")
+    sha = weights_sha256(entry)
+    headers = {"ETag": f'"{sha}"'} if sha else {}
+    if sha and request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{name}-{version}-weights.pt",
+                        headers=headers)

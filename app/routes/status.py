@@ -1,0 +1,63 @@
+"""GET /status (public), GET /healthz (public), GET /metrics (bearer)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from app.deps import Authorized, RunnerDep, SchedulerDep
+from app.overview import TTLCache, collect_status
+from app.schemas import Health, MetricsOut, StatusOut
+
+router = APIRouter(tags=["status"])
+STATUS_CACHE_SECONDS = 1.0
+
+
+async def _overview(request: Request) -> dict:
+    """collect_status, cached briefly per app: pollers must not turn into a query storm."""
+    state = request.app.state
+    if getattr(state, "overview_cache", None) is None:
+        state.overview_cache = TTLCache(
+            STATUS_CACHE_SECONDS, lambda: collect_status(state.settings, state.dataset, state.runner.store)
+        )
+    return await state.overview_cache.get()
+
+
+@router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")
+async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDep) -> dict:
+    overview = await _overview(request)
+    last_jobs = dict(overview["last_jobs"])
+    for job in runner.active_jobs():  # live progress beats the cached row
+        last_jobs[job["kind"]] = job
+    return {
+        **overview,
+        "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
+        "started_at": request.app.state.started_at,
+        "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
+        "last_jobs": last_jobs,
+        "running_jobs": runner.active_jobs(),
+    }
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_model=MetricsOut, dependencies=[Authorized],
+            summary="Dataset size and model quality, for Exposr-Core")
+async def get_metrics(request: Request, runner: RunnerDep) -> dict:
+    overview = await _overview(request)
+    promoted = overview["latest_model"] or {}
+    return {
+        "total_images": overview["dataset_counts"]["total"],
+        "models_trained": overview["models_trained"],
+        "last_training": overview["last_train"],
+        "validation_accuracy": promoted.get("val_acc"),
+        "validation_auc": promoted.get("val_auc"),
+        "model_version": promoted.get("version"),
+        "dataset_counts": overview["dataset_counts"],
+        "by_source": overview["by_source"],
+        "jobs_running": [job["kind"] for job in runner.active_jobs()],
+    }

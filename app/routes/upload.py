@@ -1,0 +1,117 @@
+"""POST /upload: one image (multipart ``file``) with a ``label``, through DatasetManager.ingest.
+
+The size limit is enforced before and while the body arrives: a Content-Length over the limit is
+refused at once, and the body is counted chunk by chunk as Starlette's multipart parser reads it
+(it spools file parts to disk past 1 MB), so an oversized or lying upload is cut off early.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from app.deps import Authorized, DatasetDep, SettingsDep
+from app.schemas import ErrorOut, UploadOut
+from dataset.storage import StorageError
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["dataset"], dependencies=[Authorized])
+
+LABELS = ("real", "ai", "unlabeled")
+ENVELOPE_SLACK = 64 * 1024  # multipart boundaries, headers and the label field
+REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413}
+
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["file", "label"],
+            "properties": {
+                "file": {"type": "string", "format": "binary", "description": "the image file"},
+                "label": {"type": "string", "enum": list(LABELS)},
+            },
+        }}},
+    }
+}
+_ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        detail=f"upload larger than UPLOAD_MAX_BYTES ({limit} bytes); send a smaller image",
+    )
+
+
+def _unavailable(reason: str | None) -> HTTPException:
+    log.error("upload not stored: %s", reason)
+    return HTTPException(503, detail=f"storage unavailable, nothing was stored ({reason}); retry later")
+
+
+def _counting_request(request: Request, max_body: int) -> Request:
+    """The same request, whose body stream raises BodyTooLarge once more than max_body bytes came in."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > max_body:
+            raise BodyTooLarge
+        return message
+
+    return Request(request.scope, receive)
+
+
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | None]:
+    """Parse the multipart body within the limit; return (image bytes, label, file name)."""
+    max_body = limit + ENVELOPE_SLACK
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_body:
+        raise _too_large(limit)
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        raise HTTPException(400, detail="send multipart/form-data with a 'file' part and a 'label' field")
+    try:
+        async with _counting_request(request, max_body).form(max_files=1, max_fields=4) as form:
+            file, label = form.get("file"), form.get("label")
+            if not isinstance(file, UploadFile):
+                raise HTTPException(400, detail="missing 'file' part: attach the image as field 'file'")
+            data, filename = await file.read(limit + 1), file.filename
+    except BodyTooLarge:
+        raise _too_large(limit) from None
+    if len(data) > limit:
+        raise _too_large(limit)
+    if not isinstance(label, str) or label not in LABELS:
+        raise HTTPException(400, detail=f"label must be one of {', '.join(LABELS)} (got {label!r})")
+    return data, label, (filename or None) and filename[-200:]
+
+
+@router.post("/upload", status_code=201, response_model=UploadOut, openapi_extra=_BODY_SCHEMA,
+             responses={200: {"model": UploadOut, "description": "duplicate or near-duplicate"}, **_ERRORS},
+             summary="Add one labelled image to the dataset")
+async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
+    data, label, filename = await read_upload(request, settings.upload_max_bytes)
+    metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
+                "api_data": {"filename": filename}}
+    try:
+        outcome = await dataset.ingest(data, metadata)
+    except (StorageError, OperationalError) as exc:
+        raise _unavailable(str(exc)) from exc
+    if outcome.status == "error":
+        raise _unavailable(outcome.message)
+    if outcome.status == "rejected":
+        code = REJECTED_STATUS.get(outcome.reason, 400)
+        raise HTTPException(code, detail=f"{outcome.reason}: {outcome.message}")
+    body = UploadOut(id=outcome.id, status=outcome.status, label=label, message=outcome.message,
+                     distance=outcome.distance)
+    return JSONResponse(body.model_dump(), status_code=201 if outcome.status == "stored" else 200)

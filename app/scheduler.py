@@ -1,0 +1,132 @@
+"""The in-process scheduler: scrape every SCRAPE_EVERY_HOURS, train every TRAIN_EVERY_DAYS.
+
+Runs go through the same :class:`JobRunner` as the API, so scheduled and manual runs never
+overlap: a scheduled run that finds its kind busy is recorded as a ``skipped`` job row. A run the
+scheduler missed (the process was busy past the grace time) is logged and recorded the same way.
+
+Only one scheduler may run per dataset: with two workers (or two services on one DATASET_DIR) the
+second cannot take the exclusive lock file ``DATASET_DIR/scheduler.lock`` and refuses to start,
+with a log line saying so; its API still works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import IO
+
+from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from app.jobs import JobRunner
+from app.jobstore import utc_now
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "scheduler.lock"
+
+
+class SchedulerLock:
+    """An exclusive, non-blocking flock held for the process lifetime (released when it exits)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until release()
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        fh.truncate(0)
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+def job_intervals(settings: Settings) -> dict[str, timedelta]:
+    return {
+        "scrape": timedelta(hours=settings.scrape_every_hours),
+        "train": timedelta(days=settings.train_every_days),
+    }
+
+
+def misfire_grace(interval: timedelta) -> int:
+    """A run late by up to a quarter of its interval (at most an hour) still runs; later is missed."""
+    return int(min(interval.total_seconds() / 4, 3600))
+
+
+class JobScheduler:
+    def __init__(self, settings: Settings, runner: JobRunner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.lock = SchedulerLock(settings.dataset_dir / LOCK_NAME)
+        self.scheduler: AsyncIOScheduler | None = None
+        self.state = "disabled"
+
+    def start(self) -> None:
+        if not self.settings.scheduler_enabled:
+            log.info("scheduler disabled (SCHEDULER_ENABLED=false)")
+            return
+        if not self.lock.acquire():
+            self.state = "refused"
+            log.warning("scheduler NOT started: another process holds %s (a second worker or service on "
+                        "the same DATASET_DIR); this process serves the API only", self.lock.path)
+            return
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        for kind, interval in job_intervals(self.settings).items():
+            self.scheduler.add_job(
+                self.runner.submit_scheduled, "interval", args=[kind], id=kind,
+                seconds=interval.total_seconds(), coalesce=True, max_instances=1,
+                misfire_grace_time=misfire_grace(interval), replace_existing=True,
+            )
+        self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
+        self.scheduler.start()
+        self.state = "running"
+        intervals = job_intervals(self.settings).items()
+        log.info("scheduler started: %s", ", ".join(f"{k} every {v}" for k, v in intervals))
+
+    def next_runs(self) -> dict[str, str | None]:
+        if self.scheduler is None:
+            return {}
+        runs = {}
+        for job in self.scheduler.get_jobs():
+            runs[job.id] = job.next_run_time.isoformat() if job.next_run_time else None
+        return runs
+
+    def shutdown(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.scheduler = None
+        self.lock.release()
+        if self.state == "running":
+            self.state = "stopped"
+
+    def _on_missed(self, event: JobExecutionEvent) -> None:
+        log.warning("scheduled %s run due at %s was missed (past its grace time); recording it as skipped",
+                    event.job_id, event.scheduled_run_time)
+        asyncio.get_running_loop().create_task(self._record_missed(event))
+
+    async def _record_missed(self, event: JobExecutionEvent) -> None:
+        now = utc_now()
+        await self.runner.store.insert(
+            id=str(uuid.uuid4()), kind=event.job_id, trigger="scheduled", state="skipped",
+            started_at=now, finished_at=now,
+            error=f"missed: the run due at {event.scheduled_run_time.isoformat()} was past its grace time",
+        )

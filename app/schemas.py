@@ -1,0 +1,104 @@
+"""Response models of the HTTP API (they are also the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DatasetCounts(BaseModel):
+    total: int = Field(description="images in the dataset index")
+    real: int
+    ai_generated: int
+    unlabeled: int
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str = Field(description="scrape, train, ...")
+    trigger: Literal["manual", "scheduled"]
+    state: Literal["queued", "running", "succeeded", "failed", "interrupted", "skipped"]
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: dict[str, Any] | None = Field(None, description="latest progress report of the job")
+    result: dict[str, Any] | None = Field(None, description="the job's report when it succeeded")
+    error: str | None = Field(None, description="why it failed, was interrupted or skipped")
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    kind: str
+    state: str
+    status_url: str = Field(description="GET this to follow the job")
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class SchedulerInfo(BaseModel):
+    state: Literal["disabled", "running", "refused", "stopped"]
+    next_runs: dict[str, str | None] = Field(default_factory=dict, description="kind -> next run (UTC)")
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    version: str
+    timestamp: str | None = None
+    val_acc: float | None = None
+    val_auc: float | None = None
+
+
+class StatusOut(BaseModel):
+    uptime: float = Field(description="seconds since the service started")
+    started_at: str
+    last_scrape: str | None = Field(description="when the last successful scrape finished")
+    last_train: str | None = Field(description="when the latest model was trained")
+    dataset_counts: DatasetCounts
+    scheduler: SchedulerInfo
+    last_jobs: dict[str, JobOut] = Field(description="the newest job of each kind")
+    running_jobs: list[JobOut]
+    latest_model: ModelInfo | None = Field(description="the promoted (served) model")
+
+
+class MetricsOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    total_images: int
+    models_trained: int = Field(description="registry entries (all versions, promoted or not)")
+    last_training: str | None
+    validation_accuracy: float | None = Field(description="of the promoted model")
+    validation_auc: float | None = None
+    model_version: str | None = None
+    dataset_counts: DatasetCounts
+    by_source: dict[str, dict[str, int]] = Field(default_factory=dict)
+    jobs_running: list[str] = Field(default_factory=list, description="kinds running now")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class UploadOut(BaseModel):
+    id: str = Field(description="the stored image's id, or the existing one for a duplicate")
+    status: Literal["stored", "duplicate", "near_duplicate"]
+    label: str
+    message: str | None = None
+    distance: int | None = Field(None, description="Hamming distance of a near-duplicate's perceptual hash")
+
+
+class LatestModel(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model_version: str
+    timestamp: str | None
+    metrics: dict[str, Any]
+    download_url: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
