@@ -42,6 +42,9 @@ class FetchError(Exception):
         self.message = message
         self.status = status
 
+    def __str__(self) -> str:
+        return self.message   # callers may append detail to .message
+
 
 class RateLimited(FetchError):
     def __init__(self, message: str, status: int | None = None):
