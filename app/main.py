@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine, utc_now
-from app.routes import jobs, models, status, upload
+from app.routes import jobs, models, review, status, upload
 from app.scheduler import JobScheduler
 from config.settings import Settings, get_settings
 from dataset.manager import DatasetManager
@@ -25,7 +25,7 @@ from dataset.manager import DatasetManager
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("app.requests")
 
-ROUTERS = [status.router, jobs.router, upload.router, models.router]
+ROUTERS = [status.router, jobs.router, upload.router, models.router, review.router]
 
 
 @asynccontextmanager

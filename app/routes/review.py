@@ -1,0 +1,116 @@
+"""The review workflow: GET /review (the queue), GET /images/{id} (bytes), PATCH /images/{id} (a label).
+
+Ids are parsed as UUIDs before any lookup, so no path is ever built from what a client sent; an
+id that is not a UUID, or that no image has, is a 404 with the reason. The queue's order is
+documented in :mod:`labeler.review`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import Authorized, DatasetDep, SettingsDep
+from dataset.manager import UnknownImage
+from dataset.storage import StorageError, StorageKeyError
+from labeler.review import (
+    InvalidImageId,
+    image_media_type,
+    parse_image_id,
+    record_person_label,
+    review_queue,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["review"], dependencies=[Authorized])
+
+
+class ReviewItem(BaseModel):
+    id: str
+    reason: Literal["unlabeled", "disagreement"]
+    why: str = Field(description="why a person should look, in words")
+    label: str
+    score: float | None = Field(description="P(ai-generated) from the labeler, null if not scored yet")
+    scored_by: dict[str, Any] | None = None
+    source: str | None
+    attribution: dict[str, Any]
+    timestamp: str | None
+    image_url: str = Field(description="GET it with the same bearer token")
+
+
+class ReviewPage(BaseModel):
+    total: int = Field(description="images in the queue (all pages)")
+    limit: int
+    offset: int
+    kind: str
+    items: list[ReviewItem]
+
+
+class LabelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Literal["real", "ai"]
+    reviewer: str | None = Field(None, max_length=64, pattern=r"^[\w .@-]+$",
+                                 description="who labelled it (kept in label_source); default 'api'")
+
+
+class LabelOut(BaseModel):
+    id: str
+    label: str
+    label_source: dict[str, Any]
+    score: float | None
+
+
+def _image_id(raw: str) -> str:
+    try:
+        return parse_image_id(raw)
+    except InvalidImageId as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+
+
+def _not_found(image_id: str) -> HTTPException:
+    return HTTPException(404, detail=f"no image with id {image_id}; GET /review lists the images to review")
+
+
+@router.get("/review", response_model=ReviewPage, summary="Images that need a person, most useful first")
+async def get_review(
+    settings: SettingsDep,
+    dataset: DatasetDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    kind: Literal["all", "disagreement", "unlabeled"] = "all",
+) -> dict:
+    return await review_queue(dataset, settings, kind=kind, limit=limit, offset=offset)
+
+
+@router.get("/images/{image_id}", summary="The stored image bytes",
+            responses={200: {"content": {"image/*": {}}}, 404: {"description": "unknown id"}})
+async def get_image(image_id: str, dataset: DatasetDep) -> Response:
+    image_id = _image_id(image_id)
+    try:
+        data = await dataset.read_image(image_id)
+    except (UnknownImage, StorageKeyError):
+        raise _not_found(image_id) from None
+    except StorageError as exc:
+        raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
+    # An id's bytes never change; only the holder of the token may keep a copy.
+    headers = {"Cache-Control": "private, max-age=86400"}
+    return Response(data, media_type=image_media_type(data), headers=headers)
+
+
+@router.patch("/images/{image_id}", response_model=LabelOut, summary="Record a person's label")
+async def patch_image(image_id: str, body: LabelIn, dataset: DatasetDep) -> dict:
+    image_id = _image_id(image_id)
+    try:
+        doc = await record_person_label(dataset, image_id, body.label, body.reviewer)
+    except (UnknownImage, StorageKeyError):
+        raise _not_found(image_id) from None
+    except StorageError as exc:
+        raise HTTPException(503, detail=f"storage unavailable, label not recorded: {exc}; retry") from exc
+    log.info("image %s labelled %s by a person", image_id, body.label)
+    return {"id": image_id, "label": doc["label"], "label_source": doc["label_source"],
+            "score": doc.get("confidence")}
