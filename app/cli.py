@@ -49,9 +49,9 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
-    from trainer.train_vit import train_model
-
     from trainer.errors import TrainingError
+    from trainer.summary import summary_table
+    from trainer.train_vit import train_model
 
     try:
         with progress_bar("train") as report_progress:
@@ -59,7 +59,7 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
-    print_mapping("Training result", result)
+    console.print(summary_table(result))
     return 0
 
 
@@ -88,9 +88,8 @@ def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
-    from trainer.predict import load_promoted
-
     from trainer.errors import ModelNotFound
+    from trainer.predict import load_promoted
 
     try:
         predictor = load_promoted(settings)

@@ -63,6 +63,7 @@ class JobRunner:
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
+        self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
 
     async def start(self) -> None:
         await self.store.create_tables()
@@ -90,6 +91,7 @@ class JobRunner:
         except BaseException:
             self._active.pop(kind, None)
             raise
+        self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
         log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
         return dict(job)
@@ -102,10 +104,12 @@ class JobRunner:
             now = utc_now()
             reason = f"skipped: {busy}"
             log.warning("scheduled %s run %s", kind, reason)
-            return await self.store.insert(
+            row = await self.store.insert(
                 id=str(uuid.uuid4()), kind=kind, trigger="scheduled", state="skipped",
                 started_at=now, finished_at=now, error=reason,
             )
+            self._changed()
+            return row
 
     async def get(self, job_id: str) -> dict | None:
         for job in self._active.values():
@@ -161,6 +165,11 @@ class JobRunner:
     async def _set(self, job: dict, **values) -> None:
         job.update(values)
         await self.store.update(job["id"], **values)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     async def _flush_progress(self, job: dict) -> None:
         """Persist in-memory progress every few seconds (progress may arrive per batch)."""

@@ -42,6 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
         stack.callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
+        app.state.overview = status.overview_cache(app.state)
         app.state.started_at, app.state.started_monotonic = utc_now(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield

@@ -28,6 +28,9 @@ class TTLCache:
         self._value: Any = None
         self._expires = 0.0
 
+    def invalidate(self) -> None:
+        self._expires = 0.0
+
     async def get(self) -> Any:
         now = time.monotonic()
         if now >= self._expires:

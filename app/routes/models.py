@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
-from trainer.model_sync import get_model_path, push_latest_model
 
 from app.deps import Authorized, SettingsDep
 from app.schemas import ErrorOut, LatestModel
+from trainer.errors import ModelNotFound
+from trainer.model_sync import get_model_path, push_latest_model
 from trainer.registry import find_entry
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])
@@ -40,10 +41,10 @@ async def download_weights(name: str, version: str, settings: SettingsDep, reque
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no model {name!r} version {version!r} in the registry; "
                             "see /models/latest")
-    path = get_model_path(settings, entry["model"], entry["version"])
-    if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"model {name} {version} is registered but its weights file is missing")
+    try:
+        path = get_model_path(settings, entry["model"], entry["version"])
+    except ModelNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
     sha = weights_sha256(entry)
     headers = {"ETag": f'"{sha}"'} if sha else {}
     if sha and request.headers.get("if-none-match") == headers["ETag"]:

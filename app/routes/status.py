@@ -14,14 +14,16 @@ router = APIRouter(tags=["status"])
 STATUS_CACHE_SECONDS = 1.0
 
 
+def overview_cache(state) -> TTLCache:
+    """collect_status, cached briefly: pollers must not turn into a query storm. Job changes reset it."""
+    cache = TTLCache(STATUS_CACHE_SECONDS,
+                     lambda: collect_status(state.settings, state.dataset, state.runner.store))
+    state.runner.on_change.append(cache.invalidate)
+    return cache
+
+
 async def _overview(request: Request) -> dict:
-    """collect_status, cached briefly per app: pollers must not turn into a query storm."""
-    state = request.app.state
-    if getattr(state, "overview_cache", None) is None:
-        state.overview_cache = TTLCache(
-            STATUS_CACHE_SECONDS, lambda: collect_status(state.settings, state.dataset, state.runner.store)
-        )
-    return await state.overview_cache.get()
+    return await request.app.state.overview.get()
 
 
 @router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")

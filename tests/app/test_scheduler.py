@@ -40,7 +40,8 @@ async def test_scheduler_adds_both_jobs_and_a_second_one_refuses(make_settings, 
         assert set(jobs) == {"scrape", "train"}
         assert jobs["scrape"].trigger.interval.total_seconds() == 12 * 3600
         assert jobs["train"].trigger.interval.total_seconds() == 7 * 86400
-        assert all(j.coalesce and j.max_instances == 1 and j.misfire_grace_time == 3600 for j in jobs.values())
+        for job in jobs.values():
+            assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 3600
         assert set(first.next_runs()) == {"scrape", "train"}
         with caplog.at_level(logging.WARNING, logger="app.scheduler"):
             second.start()
