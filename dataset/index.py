@@ -170,6 +170,9 @@ class DedupeIndex:
         await self.refresh()
 
     async def find_sha(self, sha256: str) -> str | None:
+        return await self._id_for_sha(sha256)
+
+    async def _id_for_sha(self, sha256: str) -> str | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(images.c.id).where(images.c.sha256 == sha256))).scalar()
 
@@ -189,7 +192,7 @@ class DedupeIndex:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(images).values(**values))
         except IntegrityError as exc:
-            existing = await self.find_sha(row["sha256"])
+            existing = await self._id_for_sha(row["sha256"])
             if existing is None:  # the UNIQUE that failed was not the hash (id collision): a real bug
                 raise
             raise DuplicateHash(existing) from exc

@@ -1,0 +1,148 @@
+"""DatasetManager against both storage drivers and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from dataset.manager import DatasetManager, UnknownImage, run_check
+from tests.dataset.conftest import meta_in
+from tests.images import encode, jpeg, png, scene
+
+
+async def test_stored_image_has_files_metadata_and_row(dm):
+    data = jpeg(1)
+    out = await dm.ingest(data, meta_in("real", "pexels", photographer_note="kept"))
+    assert out.status == "stored" and out.reason is None
+    sample = (await dm.samples())[0]
+    assert sample.id == out.id and sample.label == "real" and sample.source == "pexels"
+    assert sample.image_key.startswith("images/") and sample.image_key.endswith(f"/{out.id}.jpg")
+    assert sample.meta_key.endswith(f"/{out.id}.json") and (sample.width, sample.height) == (96, 72)
+    assert await dm.read_image(out.id) == data
+    meta = await dm.get_metadata(out.id)
+    seed_fields = {"id", "source", "label", "confidence", "timestamp", "hash", "attribution", "api_data"}
+    assert seed_fields <= set(meta)
+    assert meta["id"] == out.id and meta["hash"] == sample.sha256 and meta["confidence"] is None
+    assert meta["attribution"]["platform"] == "Test" and meta["api_data"] == {"photo_id": 1}
+    assert meta["photographer_note"] == "kept" and meta["timestamp"].endswith("Z")
+    assert json.loads(dm.storage.get(sample.meta_key)) == meta
+
+
+async def test_exact_and_near_duplicates(dm):
+    first = await dm.ingest(jpeg(1, (200, 150)), meta_in())
+    again = await dm.ingest(jpeg(1, (200, 150)), meta_in("ai", "other"))
+    assert (again.status, again.id) == ("duplicate", first.id)
+    smaller = encode(scene(1, (200, 150)).resize((150, 112)), "JPEG", quality=70)
+    near = await dm.ingest(smaller, meta_in())
+    assert (near.status, near.id) == ("near_duplicate", first.id)
+    assert 0 <= near.distance <= dm.settings.near_dup_max_distance
+    distinct = await dm.ingest(jpeg(2, (200, 150)), meta_in())
+    assert distinct.status == "stored"
+    assert (await dm.counts())["total"] == 2
+
+
+async def test_near_duplicate_detection_can_be_turned_off(make_settings):
+    async with DatasetManager(make_settings(near_dup_max_distance=0)) as dm:
+        await dm.ingest(jpeg(1), meta_in())
+        assert (await dm.ingest(jpeg(1, quality=60), meta_in())).status == "stored"
+
+
+@pytest.mark.parametrize("label", ["fake", "", None, "REAL"])
+async def test_bad_label_is_a_rejection(dm, label):
+    out = await dm.ingest(jpeg(1), {"source": "t", "label": label})
+    assert (out.status, out.reason) == ("rejected", "bad_label")
+    assert "real, ai, unlabeled" in out.message
+
+
+async def test_bad_image_is_a_rejection_with_reason(dm):
+    out = await dm.ingest(jpeg(1)[:300], meta_in())
+    assert (out.status, out.reason) == ("rejected", "truncated")
+    out = await dm.ingest(jpeg(1, (10, 10)), meta_in())
+    assert (out.status, out.reason) == ("rejected", "too_small")
+    assert (await dm.counts())["total"] == 0
+
+
+async def test_counts_by_label_and_source(dm):
+    for i, (label, source) in enumerate([("real", "pexels"), ("real", "unsplash"), ("ai", "civitai"),
+                                         ("unlabeled", "upload"), ("real", "pexels")]):
+        assert (await dm.ingest(jpeg(10 + i), meta_in(label, source))).status == "stored"
+    counts = await dm.counts()
+    assert {k: counts[k] for k in ("total", "real", "ai_generated", "unlabeled")} == {
+        "total": 5, "real": 3, "ai_generated": 1, "unlabeled": 1}
+    assert counts["by_source"]["pexels"] == {"total": 2, "real": 2, "ai_generated": 0, "unlabeled": 0}
+    assert counts["by_source"]["upload"]["unlabeled"] == 1
+    assert {s.label for s in await dm.samples()} == {"real", "ai"}
+    assert [s.label for s in await dm.samples(("unlabeled",))] == ["unlabeled"]
+
+
+async def test_set_label_records_who_and_updates_index(dm):
+    out = await dm.ingest(jpeg(1), meta_in("unlabeled", "upload"))
+    meta = await dm.set_label(out.id, "ai", {"by": "reviewer@example.org"})
+    assert meta["label"] == "ai" and meta["label_source"]["by"] == "reviewer@example.org"
+    assert meta["label_source"]["at"].endswith("Z")
+    assert (await dm.get_metadata(out.id)) == meta
+    assert [s.id for s in await dm.samples(("ai",))] == [out.id]
+    with pytest.raises(ValueError, match="not one of"):
+        await dm.set_label(out.id, "maybe", {"by": "x"})
+
+
+async def test_set_score_never_changes_the_label(dm):
+    out = await dm.ingest(jpeg(1), meta_in("real", "pexels"))
+    meta = await dm.set_score(out.id, 0.93, {"by": "exposr-core", "model": "v3"})
+    assert meta["label"] == "real" and meta["confidence"] == 0.93 and meta["scored_by"]["model"] == "v3"
+    assert (await dm.samples())[0].label == "real"
+    assert (await dm.index.get(out.id))["confidence"] == 0.93
+    with pytest.raises(ValueError):
+        await dm.set_score(out.id, 1.5, {"by": "x"})
+
+
+async def test_unknown_id(dm):
+    assert await dm.get_metadata("no-such-id") is None
+    with pytest.raises(UnknownImage):
+        await dm.read_image("no-such-id")
+    with pytest.raises(KeyError):
+        await dm.set_label("no-such-id", "real", {"by": "x"})
+
+
+async def test_concurrent_identical_ingests_store_one(dm):
+    data = png(7, (120, 90))
+    outs = await asyncio.gather(*[dm.ingest(data, meta_in()) for _ in range(6)])
+    stored = [o for o in outs if o.status == "stored"]
+    assert len(stored) == 1
+    assert all(o.status == "duplicate" and o.id == stored[0].id for o in outs if o is not stored[0])
+    assert len(list(dm.storage.list("images/"))) == 1 and len(list(dm.storage.list("meta/"))) == 1
+
+
+async def test_the_unique_constraint_decides_a_lost_race(dm, monkeypatch):
+    # Widen the race window: the pre-check never sees the winner, only the UNIQUE insert does.
+    async def never_seen(sha256):
+        return None
+
+    monkeypatch.setattr(dm.index, "find_sha", never_seen)
+    monkeypatch.setattr(dm.settings, "near_dup_max_distance", 0)
+    first = await dm.ingest(jpeg(3), meta_in())
+    second = await dm.ingest(jpeg(3), meta_in())
+    assert first.status == "stored" and (second.status, second.id) == ("duplicate", first.id)
+    assert len(list(dm.storage.list("images/"))) == 1 and len(list(dm.storage.list("meta/"))) == 1
+
+
+async def test_two_managers_on_one_database_store_one(driver_settings):
+    data = jpeg(8, (120, 90))
+    async with DatasetManager(driver_settings) as a, DatasetManager(driver_settings) as b:
+        outs = await asyncio.gather(*[m.ingest(data, meta_in()) for m in (a, b, a, b)])
+        assert sorted(o.status for o in outs) == ["duplicate", "duplicate", "duplicate", "stored"]
+        assert len({o.id for o in outs}) == 1
+        # b sees a's rows for near-duplicates too (the in-memory hashes catch up from the DB).
+        near = await b.ingest(encode(scene(8, (120, 90)), "JPEG", quality=60), meta_in())
+        assert near.status == "near_duplicate"
+        assert (await a.counts())["total"] == 1
+        assert len(list(a.storage.list("images/"))) == 1
+
+
+async def test_run_check_entry_point(settings):
+    async with DatasetManager(settings) as dm:
+        await dm.ingest(jpeg(1), meta_in())
+    report = await run_check(settings, repair=False)
+    assert report["ok"] and report["rows"] == 1 and report["image_files"] == 1
