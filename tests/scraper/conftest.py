@@ -52,6 +52,11 @@ def source(name: str, **fields) -> SourceConfig:
     return SourceConfig(**values)
 
 
+def folder_source(path, label: str = "real", **fields) -> SourceConfig:
+    """A folder entry as a user writes it: no queries, no limit (the whole folder)."""
+    return SourceConfig(name="folder", label=label, path=str(path), **fields)
+
+
 @pytest.fixture
 def make_manager(settings, dataset, sleeps):
     """A FetcherManager over the real DatasetManager, with recorded sleeps and seeded jitter."""

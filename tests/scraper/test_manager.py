@@ -1,0 +1,156 @@
+"""FetcherManager: the registry, skipped and failing sources, folder import, duplicates across sources,
+progress events, the report table, and the client it owns (or not)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+from rich.console import Console
+
+from config.settings import ConfigError
+from config.sources import load_sources
+from scraper.base_fetcher import BaseFetcher
+from scraper.fetcher_manager import (
+    FETCHERS,
+    FetcherManager,
+    format_report_table,
+    get_fetcher_class,
+    known_source_names,
+    run_scrape,
+)
+from tests.images import jpeg, png
+from tests.scraper.apis import pexels_search
+from tests.scraper.conftest import folder_source, source
+
+
+def test_registry_lookup_lists_valid_names_on_error():
+    assert get_fetcher_class("pexels").__name__ == "PexelsFetcher"
+    with pytest.raises(KeyError, match="known sources: civitai, folder, pexels, unsplash"):
+        get_fetcher_class("flickr")
+    assert known_source_names() == sorted(FETCHERS)
+
+
+def test_sources_yaml_with_an_unknown_source_names_the_entry(tmp_path):
+    path = tmp_path / "sources.yaml"
+    path.write_text("sources:\n  - {name: flickr, label: real}\n")
+    with pytest.raises(ConfigError, match=r"sources\[0\] \(name 'flickr'\).*known sources: civitai, folder"):
+        load_sources(path, known_source_names())
+
+
+def test_shipped_sources_yaml_loads_with_the_registry(settings):
+    names = [s.name for s in load_sources(settings.sources_config, known_source_names()).sources]
+    assert {"unsplash", "pexels", "civitai"} <= set(names)
+
+
+def write_folder(root, images: dict[str, bytes]):
+    for rel, data in images.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+async def test_folder_source_imports_recursively_with_label(make_manager, dataset, tmp_path):
+    root = write_folder(tmp_path / "photos", {
+        "a.jpg": jpeg(1), "trip/b.PNG": png(2), "trip/deeper/c.jpeg": jpeg(3),
+        ".hidden/d.jpg": jpeg(4), "notes.txt": b"hello", "broken.jpg": b"not an image",
+    })
+    report = await make_manager(folder_source(root, label="ai")).run()
+    r = report["sources"]["folder"]
+    assert (r["downloaded"], r["stored"], r["api_requests"]) == (4, 3, 0)
+    assert r["rejected"] == {"not_an_image": 1}
+    counts = await dataset.counts()
+    assert counts["ai_generated"] == 3 and counts["real"] == 0
+    paths = {(await dataset.get_metadata(s.id))["api_data"]["path"] for s in await dataset.samples()}
+    assert paths == {"a.jpg", "trip/b.PNG", "trip/deeper/c.jpeg"}
+
+
+async def test_folder_limit_applies_only_when_set(make_manager, tmp_path):
+    root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(60 + i) for i in range(4)})
+    report = await make_manager(folder_source(root, limit_per_query=2)).run()
+    assert report["sources"]["folder"]["stored"] == 2
+
+
+async def test_missing_keys_and_folder_are_skipped_with_a_message_and_others_run(
+        make_settings, dataset, sleeps, tmp_path):
+    root = write_folder(tmp_path / "p", {"x.jpg": jpeg(70)})
+    from config.sources import SourcesFile
+
+    sources = SourcesFile(sources=[source("unsplash"), source("pexels"),
+                                   folder_source(tmp_path / "missing"),
+                                   folder_source(root)])
+    report = await FetcherManager(make_settings(), sources, dataset, sleep=sleeps).run()
+    s = report["sources"]
+    assert s["unsplash"]["status"] == "skipped" and "UNSPLASH_ACCESS_KEY is not set" in s["unsplash"]["message"]
+    assert s["pexels"]["status"] == "skipped" and "PEXELS_API_KEY" in s["pexels"]["message"]
+    assert s["folder"]["status"] == "skipped" and "is not a folder" in s["folder"]["message"]
+    assert s["folder#2"]["stored"] == 1
+    assert report["totals"]["stored"] == 1
+
+
+class ExplodingFetcher(BaseFetcher):
+    def get_source_name(self) -> str:
+        return "exploding"
+
+    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+        raise RuntimeError("the upstream SDK broke")
+
+
+async def test_a_crashing_source_is_reported_and_never_stops_the_others(make_manager, monkeypatch, tmp_path):
+    monkeypatch.setitem(FETCHERS, "exploding", ExplodingFetcher)
+    root = write_folder(tmp_path / "p", {"x.jpg": jpeg(80)})
+    report = await make_manager(source("exploding"), folder_source(root)).run()
+    assert report["sources"]["exploding"]["status"] == "failed"
+    assert "the upstream SDK broke" in report["sources"]["exploding"]["message"]
+    assert report["sources"]["folder"]["stored"] == 1
+
+
+@respx.mock
+async def test_duplicates_across_sources_are_counted_once_stored(make_manager, dataset, tmp_path):
+    shared = jpeg(90)
+    root = write_folder(tmp_path / "p", {"same.jpg": shared})
+    respx.get("https://api.pexels.com/v1/search").mock(
+        return_value=httpx.Response(200, json=pexels_search([1, 2], page=1, per_page=5, has_next=False)))
+    respx.get(url__regex=r"https://images\.pexels\.com/photos/1/.*").mock(
+        return_value=httpx.Response(200, content=shared))
+    respx.get(url__regex=r"https://images\.pexels\.com/photos/2/.*").mock(
+        return_value=httpx.Response(200, content=jpeg(91)))
+    first = await make_manager(folder_source(root)).run()
+    second = await make_manager(source("pexels")).run()
+    assert first["sources"]["folder"]["stored"] == 1
+    assert (second["sources"]["pexels"]["stored"], second["sources"]["pexels"]["duplicates"]) == (1, 1)
+    assert (await dataset.counts())["total"] == 2
+
+
+async def test_progress_events_and_report_table(make_manager, tmp_path):
+    root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(100 + i) for i in range(3)})
+    events: list[dict] = []
+    report = await make_manager(folder_source(root)).run(events.append)
+    assert events[0] == {"source": "folder", "done": 0, "total": 3, "stored": 0}
+    assert events[-1] == {"source": "folder", "done": 3, "total": 3, "stored": 3}
+    console = Console(record=True, width=200)
+    console.print(format_report_table(report))
+    text = console.export_text()
+    assert "folder" in text and "total" in text and " 3 " in text
+
+
+async def test_a_client_passed_in_stays_open_and_one_created_is_closed(make_manager, tmp_path):
+    root = write_folder(tmp_path / "p", {"x.jpg": jpeg(110)})
+    async with httpx.AsyncClient() as client:
+        await make_manager(folder_source(root), client=client).run()
+        assert not client.is_closed
+    manager = make_manager(folder_source(root))
+    await manager.run()
+    assert manager.client is None
+
+
+async def test_run_scrape_loads_the_sources_file_and_opens_the_dataset(make_settings, tmp_path):
+    root = write_folder(tmp_path / "p", {"x.jpg": jpeg(120), "y.jpg": jpeg(121)})
+    config = tmp_path / "sources.yaml"
+    config.write_text(f"reddit: {{enabled: false}}\nsources:\n"
+                      f"  - {{name: folder, label: real, path: '{root}'}}\n"
+                      f"  - {{name: pexels, enabled: false, label: real}}\n")
+    report = await run_scrape(make_settings(sources_config=config))
+    assert list(report["sources"]) == ["folder"]
+    assert report["totals"]["stored"] == 2
