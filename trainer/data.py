@@ -1,0 +1,125 @@
+"""A torch Dataset that streams images from the storage driver, and the transforms both classes share.
+
+Only keys and labels live in memory; each worker reads its images from the (picklable) storage
+driver as the DataLoader asks for them.  Real and AI images go through exactly the same steps --
+decode to RGB, resize/crop, flip, JPEG re-compression at a random quality -- so neither file format
+nor size can become the feature the model learns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from dataset.images import ImageRejected, decode_rgb
+from dataset.storage import StorageDriver, StorageError
+
+log = logging.getLogger(__name__)
+
+TRAIN_JPEG_QUALITY = (50, 95)  # re-compression range during training
+EVAL_JPEG_QUALITY = 90         # one fixed re-compression at evaluation/prediction: same path as training
+EVAL_CROP_PCT = 0.875          # resize the shorter side to size / crop_pct, then centre-crop
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a consumer needs to feed the model the way it was trained (stored in model.json)."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float = EVAL_CROP_PCT
+    jpeg_quality: int = EVAL_JPEG_QUALITY
+
+    def as_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+                "crop_pct": self.crop_pct, "jpeg_quality": self.jpeg_quality,
+                "interpolation": "bilinear", "resize": "shorter_side"}
+
+
+def preprocessing_for(model: torch.nn.Module, image_size: int) -> Preprocessing:
+    """Mean/std from the model's pretrained config (timm.data), at our image size."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
+    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+
+
+def train_transform(pre: Preprocessing) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToImage(),
+        v2.JPEG(TRAIN_JPEG_QUALITY),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pre.mean, pre.std),
+    ])
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    return v2.Compose([
+        v2.Resize(int(round(pre.image_size / pre.crop_pct)), antialias=True),
+        v2.CenterCrop(pre.image_size),
+        v2.ToImage(),
+        v2.JPEG(pre.jpeg_quality),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(pre.mean, pre.std),
+    ])
+
+
+class StoredImages(Dataset):
+    """(image tensor, class index, position) per stored key; an unreadable image yields None."""
+
+    def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
+                 transform, max_pixels: int) -> None:
+        self.storage = storage
+        self.keys = list(keys)
+        self.labels = list(labels)
+        self.transform = transform
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int):
+        image = self.load(index)
+        if image is None:
+            return None
+        return self.transform(image), self.labels[index], index
+
+    def load(self, index: int) -> Image.Image | None:
+        key = self.keys[index]
+        try:
+            return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels)
+        except (StorageError, ImageRejected, OSError) as exc:
+            # One broken file must not end a training run: it is skipped and counted.
+            log.warning("skipping %s: %s", key, exc)
+            return None
+
+
+def collate_skipping_broken(batch: list):
+    """Stack the readable items; returns (images, labels, positions, skipped count)."""
+    items = [item for item in batch if item is not None]
+    skipped = len(batch) - len(items)
+    if not items:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
+    images, labels, positions = zip(*items, strict=True)
+    return (torch.stack(images), torch.tensor(labels, dtype=torch.long),
+            torch.tensor(positions, dtype=torch.long), skipped)
+
+
+def make_loader(data: StoredImages, *, batch_size: int, shuffle: bool, workers: int, seed: int,
+                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds follow TRAIN_SEED
+    return DataLoader(
+        data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+        collate_fn=collate_skipping_broken, pin_memory=pin_memory, drop_last=drop_last,
+        generator=generator, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,48 @@
+"""What Exposr-Core pulls: the promoted model's version, metrics and where to download its weights.
+
+No torch import: the API answers /models/latest from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from config.settings import Settings
+from trainer.errors import ModelNotFound
+from trainer.registry import find_entry, promoted_entry
+
+METRIC_KEYS = ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")
+
+
+def push_latest_model(config: Settings) -> dict | None:
+    """{model_version, timestamp, metrics, download_url} of the promoted model, None if there is none."""
+    entry = promoted_entry(config.models_dir, config.model_name)
+    if entry is None:
+        return None
+    return {
+        "model_version": entry["version"],
+        "timestamp": entry.get("timestamp"),
+        "metrics": {k: entry.get(k) for k in METRIC_KEYS},
+        "download_url": f"/models/{entry['model']}/{entry['version']}/weights.pt",
+        "model": entry["model"],
+        "architecture": entry.get("architecture"),
+        "sha256": entry.get("sha256"),
+    }
+
+
+def get_model_path(config: Settings, model_name: str | None = None, version: str | None = None) -> Path:
+    """Path of a registered version's weights.pt (the promoted one when ``version`` is None).
+
+    Raises ModelNotFound when no such version is registered or its weights file is missing; only
+    registered names and versions are looked up, so a request cannot point outside models_dir.
+    """
+    name = model_name or config.model_name
+    entry = (promoted_entry(config.models_dir, name) if version is None
+             else find_entry(config.models_dir, name, version))
+    if entry is None:
+        what = "no promoted version" if version is None else f"no version {version!r}"
+        raise ModelNotFound(f"model {name!r} has {what} in {config.models_dir / 'registry.json'}")
+    path = Path(config.models_dir) / entry["model"] / entry["version"] / "weights.pt"
+    if not path.is_file():
+        raise ModelNotFound(f"{path} is registered but missing on disk; retrain or restore it")
+    return path

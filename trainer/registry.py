@@ -1,0 +1,207 @@
+"""models/registry.json: the list of trained versions and which one is served.
+
+No torch here: the API reads the registry on every /models request and must start fast.
+
+Layout under ``models_dir``::
+
+    registry.json                    JSON array of entries, oldest first
+    .registry.lock                   fcntl lock: training runs in another process than the API
+    .staging-{pid}-{hex}/            a training in progress writes here, never into a version folder
+    {model}/{version}/weights.pt     committed artifacts (plus model.json)
+
+A version folder appears only in :func:`commit_version`, under the lock and together with its
+registry entry, so a training that fails or is killed leaves the registry and the version folders
+as they were.  :func:`clean_stale` removes what a killed process left behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REGISTRY_FILE = "registry.json"
+LOCK_FILE = ".registry.lock"
+STAGING_PREFIX = ".staging-"
+_VERSION_RE = re.compile(r"^v(\d+)$")
+
+
+def load_registry(models_dir: Path) -> list[dict]:
+    """All entries, oldest first; an absent registry is an empty one."""
+    path = Path(models_dir) / REGISTRY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it from a backup or remove it") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON array of entries, found {type(data).__name__}")
+    return data
+
+
+def promoted_entry(models_dir: Path, model_name: str) -> dict | None:
+    """The entry served as "latest": the most recent promoted version of ``model_name``."""
+    for entry in reversed(load_registry(models_dir)):
+        if entry.get("model") == model_name and entry.get("promoted"):
+            return entry
+    return None
+
+
+def find_entry(models_dir: Path, model_name: str, version: str) -> dict | None:
+    for entry in load_registry(models_dir):
+        if entry.get("model") == model_name and entry.get("version") == version:
+            return entry
+    return None
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Readers see the old file or the new one, never half of one (temp file, fsync, os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; a best effort where directories cannot be opened.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def registry_lock(models_dir: Path) -> Iterator[None]:
+    """Exclusive lock over registry.json and the version folders, across processes."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / LOCK_FILE, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def make_staging_dir(models_dir: Path) -> Path:
+    """A private folder inside models_dir (same filesystem, so the final rename is atomic)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    path.mkdir()
+    return path
+
+
+def next_version(entries: list[dict], model_dir: Path) -> str:
+    """v1, v2, ...: one past the highest number in the registry or on disk, never reused."""
+    numbers = [_version_number(e.get("version", "")) for e in entries]
+    if model_dir.is_dir():
+        numbers += [_version_number(p.name) for p in model_dir.iterdir()]
+    return f"v{max([n for n in numbers if n is not None], default=0) + 1}"
+
+
+def _version_number(name: str) -> int | None:
+    match = _VERSION_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def commit_version(models_dir: Path, staging: Path, entry: dict, *, compared_with: str | None) -> dict:
+    """Move ``staging`` into ``{model}/{vN}`` and append its entry, as one step under the lock.
+
+    ``entry["promoted"]`` is the caller's decision against the version ``compared_with`` (the one
+    promoted when the caller scored it); if another training promoted a different version in the
+    meantime, the decision no longer holds and the new version is kept unpromoted.
+    """
+    models_dir = Path(models_dir)
+    with registry_lock(models_dir):
+        entries = load_registry(models_dir)
+        model_dir = models_dir / entry["model"]
+        version = next_version(entries, model_dir)
+        entry = {**entry, "version": version, "weights": f"{entry['model']}/{version}/weights.pt"}
+        if entry.get("promoted") and _current_promoted(entries, entry["model"]) != compared_with:
+            entry["promoted"] = False
+            entry["promotion_reason"] = "another version was promoted while this one trained"
+        _stamp_model_json(staging / "model.json", version)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, model_dir / version)
+        write_json_atomic(models_dir / REGISTRY_FILE, [*entries, entry])
+    log.info("registered %s %s (promoted=%s)", entry["model"], version, entry["promoted"])
+    return entry
+
+
+def _current_promoted(entries: list[dict], model_name: str) -> str | None:
+    for entry in reversed(entries):
+        if entry.get("model") == model_name and entry.get("promoted"):
+            return entry.get("version")
+    return None
+
+
+def _stamp_model_json(path: Path, version: str) -> None:
+    if path.exists():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        write_json_atomic(path, {**data, "version": version})
+
+
+def clean_stale(models_dir: Path) -> list[Path]:
+    """Remove staging folders of dead processes and version folders no registry entry names.
+
+    Safe under the lock: only :func:`commit_version` creates version folders, and it writes the
+    entry before releasing the lock, so an unregistered folder is the remains of a killed commit.
+    """
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    removed: list[Path] = []
+    with registry_lock(models_dir):
+        known = {(e.get("model"), e.get("version")) for e in load_registry(models_dir)}
+        for path in models_dir.iterdir():
+            if path.name.startswith(STAGING_PREFIX) and not _owner_alive(path.name):
+                removed.append(path)
+            elif path.is_dir() and not path.name.startswith("."):
+                removed += [v for v in path.iterdir()
+                            if v.is_dir() and _version_number(v.name) and (path.name, v.name) not in known]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+    if removed:
+        log.warning("removed %d stale training folder(s): %s", len(removed), [p.name for p in removed])
+    return removed
+
+
+def _owner_alive(staging_name: str) -> bool:
+    try:
+        pid = int(staging_name[len(STAGING_PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

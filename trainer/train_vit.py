@@ -1,0 +1,199 @@
+"""Training, top to bottom: load -> split -> build -> loop -> evaluate -> save -> register.
+
+``train_model`` is synchronous and long: the app runs it in its own process, the CLI in the
+foreground.  It either registers a new version or raises ``TrainingError`` and leaves
+``models/`` as it was (see trainer/registry.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+from config.settings import Settings
+from dataset.manager import DatasetManager, Sample
+from dataset.storage import StorageDriver
+from trainer.data import StoredImages, eval_transform, make_loader, preprocessing_for, train_transform
+from trainer.errors import TrainingError
+from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
+from trainer.modeling import build_model, pick_device, save_artifacts
+from trainer.promotion import decide_promotion
+from trainer.registry import clean_stale, commit_version, make_staging_dir
+from trainer.split import split_samples
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[dict], None]
+WEIGHT_DECAY = 0.05
+WARMUP_FRACTION = 0.1  # of all optimiser steps, linear warm-up before the cosine decay
+
+
+def train_model(settings: Settings, progress: Progress | None = None) -> dict:
+    """Train on the labelled dataset and register the result; returns the registry entry + metrics."""
+    samples, storage = load_samples(settings)
+    return train_on_samples(settings, samples, storage, progress)
+
+
+def train_on_samples(settings: Settings, samples: list[Sample], storage: StorageDriver,
+                     progress: Progress | None = None) -> dict:
+    started = time.monotonic()
+    samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
+    check_dataset(samples, settings.min_train_samples)
+    clean_stale(settings.models_dir)
+
+    train_set, val_set = split_samples(samples, settings.val_fraction, settings.train_seed,
+                                       settings.near_dup_max_distance)
+    log.info("split: %d train, %d validation (near-dup radius %d)",
+             len(train_set), len(val_set), settings.near_dup_max_distance)
+
+    seed_everything(settings.train_seed)
+    device, amp_dtype = pick_device(settings.train_device)
+    model = build_model(settings).to(device)
+    pre = preprocessing_for(model, settings.train_image_size)
+    loader_args = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
+                       seed=settings.train_seed, pin_memory=device.type == "cuda")
+    train_loader = make_loader(_images(storage, train_set, train_transform(pre), settings),
+                               shuffle=True, drop_last=len(train_set) > settings.train_batch_size,
+                               **loader_args)
+    val_data = _images(storage, val_set, eval_transform(pre), settings)
+    val_loader = make_loader(val_data, shuffle=False, **loader_args)
+
+    total_steps = settings.train_epochs * len(train_loader)
+    optimizer = create_optimizer_v2(model, "adamw", lr=settings.train_lr, weight_decay=WEIGHT_DECAY)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=settings.train_lr * 0.01,
+                                  warmup_t=max(1, int(total_steps * WARMUP_FRACTION)),
+                                  warmup_lr_init=settings.train_lr * 0.01, t_in_epochs=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    staging = make_staging_dir(settings.models_dir)
+    try:
+        step, skipped = 0, 0
+        for epoch in range(1, settings.train_epochs + 1):
+            train_loss, step, n_skipped = train_one_epoch(model, train_loader, optimizer, scheduler,
+                                                          scaler, device, amp_dtype, step)
+            scores = evaluate(model, val_loader, device, amp_dtype)
+            skipped += n_skipped + scores.skipped
+            metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
+            _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
+                               "train_loss": train_loss, "val_loss": metrics["val_loss"],
+                               "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
+                               "lr": optimizer.param_groups[0]["lr"]})
+        metrics["by_source"] = accuracy_by_source(
+            scores.labels, scores.probs, [val_set[i].source for i in scores.positions])
+        if len(scores.labels) == 0:
+            raise TrainingError("no validation image could be read; run the dataset check command")
+
+        promotion = decide_promotion(settings, metrics, val_data, device, amp_dtype)
+        sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
+        info = {"model": settings.model_name, "architecture": settings.train_arch,
+                "metrics": metrics, **sizes, "seed": settings.train_seed, "epochs": settings.train_epochs,
+                "trained_at": _now()}
+        sha256 = save_artifacts(staging, model, pre, info)
+        entry = commit_version(settings.models_dir, staging, _registry_entry(
+            settings, metrics, sizes, sha256, promotion, device), compared_with=promotion["compared_with"])
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
+        raise
+    return {**entry, "metrics": metrics, "skipped_images": skipped,
+            "duration_s": round(time.monotonic() - started, 1)}
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp_dtype,
+                    step: int) -> tuple[float, int, int]:
+    """One pass over the training loader; returns (mean loss, optimiser steps so far, skipped images)."""
+    model.train()
+    loss_sum, seen, skipped = 0.0, 0, 0
+    for images, targets, _, n_skipped in loader:
+        skipped += n_skipped
+        if len(targets) == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = F.cross_entropy(model(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        scheduler.step_update(num_updates=step)
+        loss_sum += loss.item() * len(targets)
+        seen += len(targets)
+    if seen and not math.isfinite(loss_sum):
+        raise TrainingError("training loss diverged (not finite); lower TRAIN_LR")
+    return (loss_sum / seen if seen else float("nan")), step, skipped
+
+
+def check_dataset(samples: list[Sample], min_samples: int) -> None:
+    """Refuse datasets too small or with one class missing, saying what there is."""
+    counts = Counter(s.label for s in samples)
+    have = f"{len(samples)} labelled images ({counts['real']} real, {counts['ai']} ai)"
+    if len(samples) < min_samples:
+        raise TrainingError(f"not enough data to train: {have}, MIN_TRAIN_SAMPLES={min_samples}. "
+                            "Scrape or upload more labelled images first.")
+    missing = [label for label in CLASS_INDEX if counts[label] < 2]
+    if missing:
+        raise TrainingError(f"both classes are needed, at least 2 images each: {have}. "
+                            f"Add labelled images of: {', '.join(missing)}.")
+
+
+def load_samples(settings: Settings) -> tuple[list[Sample], StorageDriver]:
+    """Labelled samples and the storage driver, from the dataset index."""
+    async def collect():
+        async with DatasetManager(settings) as dm:
+            return await dm.samples(("real", "ai")), dm.storage
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(collect())
+    with ThreadPoolExecutor(1) as pool:  # called from async code: run the loop in another thread
+        return pool.submit(asyncio.run, collect()).result()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _images(storage, samples: list[Sample], transform, settings: Settings) -> StoredImages:
+    return StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
+                        transform, settings.max_image_pixels)
+
+
+def _registry_entry(settings: Settings, metrics: dict, sizes: dict, sha256: str, promotion: dict,
+                    device: torch.device) -> dict:
+    return {
+        "model": settings.model_name, "timestamp": _now(), **sizes,
+        **{k: metrics[k] for k in ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")},
+        "architecture": settings.train_arch, "image_size": settings.train_image_size,
+        "sha256": sha256, "promoted": promotion["promoted"], "promotion_reason": promotion["reason"],
+        "compared_with": promotion["compared_with"], "incumbent_metrics": promotion["incumbent_metrics"],
+        "epochs": settings.train_epochs, "device": device.type,
+    }
+
+
+def _report(progress: Progress | None, event: dict) -> None:
+    log.info("epoch %(epoch)d/%(epochs)d train_loss=%(train_loss).4f val_loss=%(val_loss)s "
+             "val_auc=%(val_auc)s", event)
+    if progress is not None:
+        progress(event)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
