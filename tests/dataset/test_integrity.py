@@ -1,0 +1,142 @@
+"""Failures injected at each ingest step, and `check` finding and repairing drift (both drivers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from dataset.manager import DatasetManager
+from dataset.storage import StorageDriver, StorageError, make_storage
+from tests.dataset.conftest import meta_in
+from tests.images import jpeg
+
+
+class FlakyStorage(StorageDriver):
+    """The real driver, except that the Nth put (1-based) fails like a full disk; deletes can fail too."""
+
+    def __init__(self, inner: StorageDriver, fail_put: int | None = None, fail_delete: bool = False):
+        self.inner, self.fail_put, self.fail_delete, self.puts = inner, fail_put, fail_delete, 0
+
+    def put(self, key, data):
+        self.puts += 1
+        if self.puts == self.fail_put:
+            raise StorageError(f"cannot write {key}: No space left on device")
+        self.inner.put(key, data)
+
+    def delete(self, key):
+        if self.fail_delete:
+            raise StorageError(f"cannot delete {key}: connection reset")
+        self.inner.delete(key)
+
+    def get(self, key):
+        return self.inner.get(key)
+
+    def exists(self, key):
+        return self.inner.exists(key)
+
+    def list(self, prefix):
+        return self.inner.list(prefix)
+
+    def describe(self):
+        return self.inner.describe()
+
+
+def files(storage) -> list[str]:
+    return sorted(storage.list("images/")) + sorted(storage.list("meta/"))
+
+
+@pytest.mark.parametrize("fail_put", [1, 2])  # 1: the image write, 2: the metadata write
+async def test_storage_failure_is_an_error_outcome_and_leaves_nothing(driver_settings, fail_put):
+    flaky = FlakyStorage(make_storage(driver_settings), fail_put=fail_put)
+    async with DatasetManager(driver_settings, storage=flaky) as dm:
+        out = await dm.ingest(jpeg(1), meta_in())
+        assert (out.status, out.reason) == ("error", "storage_error")
+        assert "No space left" in out.message
+        assert files(flaky) == [] and (await dm.counts())["total"] == 0
+        assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"  # the next one goes on
+        assert len(files(flaky)) == 2
+
+
+async def test_unexpected_index_failure_removes_the_written_files(dm, monkeypatch):
+    async def crash(row):
+        raise RuntimeError("simulated crash in the index insert")
+
+    monkeypatch.setattr(dm.index, "insert", crash)
+    with pytest.raises(RuntimeError, match="simulated"):
+        await dm.ingest(jpeg(1), meta_in())
+    assert files(dm.storage) == []
+    monkeypatch.undo()
+    assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
+
+
+async def test_database_error_is_an_index_error_outcome(dm, monkeypatch):
+    async def locked(row):
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(dm.index, "insert", locked)
+    out = await dm.ingest(jpeg(1), meta_in())
+    assert (out.status, out.reason) == ("error", "index_error")
+    assert files(dm.storage) == []
+
+
+async def test_crash_orphans_are_found_and_repaired(driver_settings, monkeypatch):
+    # A crash after both writes, before the row, with cleanup impossible: files without a row.
+    flaky = FlakyStorage(make_storage(driver_settings), fail_delete=True)
+    async with DatasetManager(driver_settings, storage=flaky) as dm:
+        async def crash(row):
+            raise RuntimeError("killed")
+
+        monkeypatch.setattr(dm.index, "insert", crash)
+        with pytest.raises(RuntimeError):
+            await dm.ingest(jpeg(1), meta_in())
+        monkeypatch.undo()
+        flaky.fail_delete = False
+        orphans = files(flaky)
+        assert len(orphans) == 2 and (await dm.counts())["total"] == 0  # never a row without files
+
+        report = await dm.check()
+        assert not report["ok"] and report["orphan_images"] + report["orphan_meta"] == orphans
+        assert files(flaky) == orphans  # reporting changes nothing
+        report = await dm.check(repair=True)
+        assert report["repaired"]["files_deleted"] == 2 and files(flaky) == []
+        assert (await dm.check())["ok"]
+        assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
+
+
+async def test_dead_rows_are_found_and_repaired(dm):
+    lost = await dm.ingest(jpeg(1), meta_in())
+    kept = await dm.ingest(jpeg(2), meta_in())
+    row = await dm.index.get(lost.id)
+    dm.storage.delete(row["image_key"])
+    report = await dm.check()
+    assert [d["id"] for d in report["dead_rows"]] == [lost.id]
+    assert report["dead_rows"][0]["missing"] == [row["image_key"]]
+    report = await dm.check(repair=True)
+    assert report["repaired"]["rows_deleted"] == 1
+    assert [s.id for s in await dm.samples()] == [kept.id]
+    assert not dm.storage.exists(row["meta_key"])
+    # The removed image no longer counts as a duplicate or near-duplicate of anything.
+    assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
+
+
+async def test_metadata_disagreeing_with_the_index(dm):
+    out = await dm.ingest(jpeg(1), meta_in("real"))
+    row = await dm.index.get(out.id)
+    doc = json.loads(dm.storage.get(row["meta_key"]))
+    doc["label"] = "ai"  # e.g. set_label wrote the file, then the process died before the index
+    dm.storage.put(row["meta_key"], json.dumps(doc).encode())
+    report = await dm.check()
+    assert report["mismatched"] == [{"id": out.id, "field": "label", "meta": "ai", "index": "real"}]
+    await dm.check(repair=True)
+    assert (await dm.index.get(out.id))["label"] == "ai" and (await dm.check())["ok"]
+
+
+async def test_unreadable_metadata_is_reported_not_deleted(dm):
+    out = await dm.ingest(jpeg(1), meta_in())
+    row = await dm.index.get(out.id)
+    dm.storage.put(row["meta_key"], b"{not json")
+    report = await dm.check(repair=True)
+    assert [u["id"] for u in report["unreadable_meta"]] == [out.id] and not report["ok"]
+    assert dm.storage.get(row["meta_key"]) == b"{not json"
