@@ -1,4 +1,4 @@
-"""``exposr-trainer``: serve, scrape, train, status, predict, check.
+"""``exposr-trainer``: serve, scrape, train, status, predict, check, label, review.
 
 Commands are a registry (``COMMANDS``: name -> (add_arguments, run)); adding one is one entry.
 Bad configuration (settings or sources.yaml) prints the message naming the file or variable and
@@ -117,6 +117,33 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
+    from labeler.scoring import run_labeler
+
+    with progress_bar("label") as report_progress:
+        report = asyncio.run(run_labeler(settings, report_progress))
+    print_mapping("Labeler report", report)
+    return 1 if report["scorer"] is None and report["total"] else 0
+
+
+def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dataset.manager import DatasetManager
+    from labeler.review import review_queue, review_table
+
+    async def collect() -> dict:
+        async with DatasetManager(settings) as dataset:
+            return await review_queue(dataset, settings, kind=args.kind, limit=args.limit, offset=args.offset)
+
+    console.print(review_table(asyncio.run(collect())))
+    return 0
+
+
+def _review_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=("all", "disagreement", "unlabeled"), default="all")
+    parser.add_argument("--limit", type=int, default=50, help="default %(default)s")
+    parser.add_argument("--offset", type=int, default=0, help="default %(default)s")
+
+
 def _serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="interface to bind (0.0.0.0 for all; default %(default)s)")
@@ -143,6 +170,8 @@ COMMANDS: dict[str, Command] = {
     "status": ("dataset counts, models and last jobs", _no_args, run_status_command),
     "predict": ("print P(ai) per image with the promoted model", _predict_args, run_predict_command),
     "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
+    "label": ("score images with Exposr-Core or the promoted model (foreground)", _no_args, run_label_command),
+    "review": ("print the review queue: unlabeled and disputed images", _review_args, run_review_command),
 }
 
 

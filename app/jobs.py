@@ -43,7 +43,19 @@ async def train_job(settings: Settings, progress: Progress) -> dict:
     return await run_in_process("trainer.train_vit:train_model", settings, progress, name="train")
 
 
-JOB_KINDS: dict[str, JobFunction] = {"scrape": scrape_job, "train": train_job}
+async def label_job(settings: Settings, progress: Progress) -> dict:
+    """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
+    return await run_in_process("labeler.scoring:run_labeler_sync", settings, progress, name="label")
+
+
+JOB_KINDS: dict[str, JobFunction] = {"scrape": scrape_job, "train": train_job, "label": label_job}
+
+# Jobs that start after another succeeds: kind -> [(follow-up kind, wanted(result))]. New images
+# and a newly promoted model both leave images without a score from the current scorer.
+FOLLOW_UPS: dict[str, list[tuple[str, Callable[[dict], bool]]]] = {
+    "scrape": [("label", lambda result: True)],
+    "train": [("label", lambda result: bool(result.get("promoted")))],
+}
 
 
 class JobBusy(Exception):
@@ -156,6 +168,13 @@ class JobRunner:
                 flusher.cancel()
             self._active.pop(kind, None)
             self._tasks.pop(job_id, None)
+        if job["state"] == "succeeded":
+            await self._start_follow_ups(kind, job.get("result") or {})
+
+    async def _start_follow_ups(self, kind: str, result: dict) -> None:
+        for follow_up, wanted in FOLLOW_UPS.get(kind, []):
+            if follow_up in self.kinds and wanted(result):
+                await self.submit_scheduled(follow_up)  # a busy kind is recorded as skipped
 
     async def _finish(self, job: dict, state: str, **values) -> None:
         await self._set(job, state=state, finished_at=utc_now(), progress=job.get("progress"), **values)

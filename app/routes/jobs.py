@@ -1,4 +1,4 @@
-"""POST /scrape, POST /train (202 + job id, 409 when running), GET /jobs, GET /jobs/{id}."""
+"""POST /scrape, POST /train, POST /label (202 + job id, 409 when running), GET /jobs, GET /jobs/{id}."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ async def post_scrape(runner: RunnerDep) -> dict:
              summary="Start a training run (separate process)")
 async def post_train(runner: RunnerDep) -> dict:
     return await start_job(runner, "train")
+
+
+@router.post("/label", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
+             summary="Score images that lack a score from the current scorer (Exposr-Core or local model)")
+async def post_label(runner: RunnerDep) -> dict:
+    return await start_job(runner, "label")
 
 
 @router.get("/jobs", response_model=JobList, summary="Job history, newest first")

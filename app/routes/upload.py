@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.datastructures import UploadFile
@@ -48,7 +48,7 @@ class BodyTooLarge(Exception):
 
 def _too_large(limit: int) -> HTTPException:
     return HTTPException(
-        status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        413,
         detail=f"upload larger than UPLOAD_MAX_BYTES ({limit} bytes); send a smaller image",
     )
 
