@@ -1,0 +1,65 @@
+"""The pHash cache and index rows, checked against a brute-force answer."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dataset.index import DedupeIndex, PhashCache, to_signed, to_unsigned
+
+
+def brute_nearest(hashes: list[int], q: int, max_d: int) -> int | None:
+    dists = [bin(h ^ q).count("1") for h in hashes]
+    best = min(dists) if dists else None
+    return best if best is not None and best <= max_d else None
+
+
+@pytest.mark.parametrize("h", [0, 1, 2**63 - 1, 2**63, 2**64 - 1, 0xDEADBEEFCAFEF00D])
+def test_signed_round_trip(h):
+    assert -(2**63) <= to_signed(h) < 2**63
+    assert to_unsigned(to_signed(h)) == h
+
+
+def test_cache_nearest_matches_brute_force_and_grows():
+    rng = random.Random(1)
+    hashes = [rng.getrandbits(64) for _ in range(3000)]  # more than the initial 1024 slots
+    cache = PhashCache()
+    cache.add([(i + 1, f"id{i}", to_signed(h)) for i, h in enumerate(hashes)])
+    assert len(cache) == 3000 and cache.last_seq == 3000
+    for _ in range(50):
+        q = hashes[rng.randrange(3000)] ^ (1 << rng.randrange(64)) ^ (1 << rng.randrange(64))
+        match = cache.nearest(q, 6)
+        assert match is not None and match.distance == brute_nearest(hashes, q, 6)
+        assert bin(hashes[int(match.id[2:])] ^ q).count("1") == match.distance
+    far = rng.getrandbits(64)
+    assert (cache.nearest(far, 3) is None) == (brute_nearest(hashes, far, 3) is None)
+    assert cache.nearest(hashes[0], 0) is None  # distance 0 turns the lookup off
+
+
+def test_forgotten_ids_never_match():
+    cache = PhashCache()
+    cache.add([(1, "a", to_signed(0xFF)), (2, "b", to_signed(0xFFFF))])
+    assert cache.nearest(0xFF, 10).id == "a"
+    cache.forget("a")
+    assert cache.nearest(0xFF, 10).id == "b"
+
+
+async def test_a_second_index_sees_rows_inserted_by_the_first(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/dedupe.db"
+    a, b = DedupeIndex(url), DedupeIndex(url)
+    await a.open()
+    await b.open()
+    try:
+        row = dict(id="x1", sha256="0" * 64, phash=2**64 - 2, label="real", confidence=None, source="s",
+                   image_key="images/k.jpg", meta_key="meta/k.json", format="JPEG", width=10, height=10,
+                   created_at="2025-01-01T00:00:00Z")
+        await a.insert(row)
+        near = await b.find_near(2**64 - 1, 4)
+        assert (near.id, near.distance) == ("x1", 1)
+        assert (await b.get("x1"))["phash"] == 2**64 - 2  # unsigned again after the SQL round trip
+        await a.delete("x1")
+        assert await b.find_near(2**64 - 1, 4) is None  # b notices the row is gone
+    finally:
+        await a.close()
+        await b.close()
