@@ -45,7 +45,8 @@ def pexels_search(ids: list[int], page: int, per_page: int, has_next: bool, quer
     body = {"total_results": 1000, "page": page, "per_page": per_page,
             "photos": [pexels_photo(i, cdn) for i in ids]}
     if has_next:
-        body["next_page"] = f"https://api.pexels.com/v1/search/?page={page + 1}&per_page={per_page}&query={query}"
+        body["next_page"] = (f"https://api.pexels.com/v1/search/?page={page + 1}"
+                             f"&per_page={per_page}&query={query}")
     return body
 
 

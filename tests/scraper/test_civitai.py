@@ -76,7 +76,8 @@ async def test_browsing_level_option_widens_the_filter_explicitly(make_manager):
 @respx.mock
 async def test_503_with_retry_after_then_success(make_manager, sleeps):
     respx.get(f"{API}/images").mock(side_effect=[
-        httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "Server busy, please retry shortly."}),
+        httpx.Response(503, headers={"Retry-After": "2"},
+                       json={"error": "Server busy, please retry shortly."}),
         httpx.Response(200, json=civitai_images([civitai_image(7)], None)),
     ])
     serve_images()

@@ -89,8 +89,10 @@ async def test_5xx_then_success_retries_with_growing_jittered_backoff(sleeps):
 
 @respx.mock
 async def test_retry_after_is_honoured_on_503(sleeps):
-    respx.get(API).mock(side_effect=[httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "busy"}),
-                                     httpx.Response(200, json=[])])
+    respx.get(API).mock(side_effect=[
+        httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "busy"}),
+        httpx.Response(200, json=[]),
+    ])
     async with make_client() as client:
         assert await make_http(client, sleeps).get_json(API) == []
     assert 2.0 <= sleeps.calls[0] <= 3.0
@@ -141,7 +143,8 @@ async def test_timeouts_and_connection_errors_are_retried_then_reported(sleeps):
 @respx.mock
 async def test_html_error_page_and_malformed_json_are_typed_errors(sleeps):
     respx.get(API).mock(side_effect=[
-        httpx.Response(200, text="<html><body>Cloudflare</body></html>", headers={"Content-Type": "text/html"}),
+        httpx.Response(200, text="<html><body>Cloudflare</body></html>",
+                       headers={"Content-Type": "text/html"}),
         httpx.Response(200, text='{"items": [', headers={"Content-Type": "application/json"}),
     ])
     async with make_client() as client:

@@ -82,7 +82,8 @@ async def test_missing_keys_and_folder_are_skipped_with_a_message_and_others_run
                                    folder_source(root)])
     report = await FetcherManager(make_settings(), sources, dataset, sleep=sleeps).run()
     s = report["sources"]
-    assert s["unsplash"]["status"] == "skipped" and "UNSPLASH_ACCESS_KEY is not set" in s["unsplash"]["message"]
+    assert s["unsplash"]["status"] == "skipped"
+    assert "UNSPLASH_ACCESS_KEY is not set" in s["unsplash"]["message"]
     assert s["pexels"]["status"] == "skipped" and "PEXELS_API_KEY" in s["pexels"]["message"]
     assert s["folder"]["status"] == "skipped" and "is not a folder" in s["folder"]["message"]
     assert s["folder#2"]["stored"] == 1

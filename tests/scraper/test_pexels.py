@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import httpx
 import respx
 
@@ -45,7 +43,8 @@ async def test_follows_next_page_to_the_end_with_raw_key_and_user_agent(make_man
     assert second.url.host == "api.pexels.com"
     assert all("size=large2x" in str(c.request.url) for c in cdn.calls)
     meta = await dataset.get_metadata((await dataset.samples())[0].id)
-    assert meta["attribution"]["platform"] == "Pexels" and meta["attribution"]["photographer"] == "Joey Farina"
+    assert meta["attribution"]["platform"] == "Pexels"
+    assert meta["attribution"]["photographer"] == "Joey Farina"
     assert meta["api_data"]["photo_id"] in range(1, 8) and meta["api_data"]["width"] == 3024
 
 
@@ -89,7 +88,8 @@ async def test_html_body_with_200_is_an_html_page_error(make_manager):
 @respx.mock
 async def test_bad_bytes_and_timeouts_are_counted_per_image(make_manager):
     respx.get(f"{API}/search").mock(
-        return_value=httpx.Response(200, json=pexels_search([1, 2, 3, 4], page=1, per_page=5, has_next=False)))
+        return_value=httpx.Response(200, json=pexels_search([1, 2, 3, 4], page=1, per_page=5,
+                                                            has_next=False)))
     serve_photos({1: jpeg(41), 2: b"<html>not an image</html>", 3: jpeg(41)[:200],
                   4: httpx.ReadTimeout("slow CDN")})
     report = await make_manager(source("pexels")).run()
