@@ -8,6 +8,7 @@ nor size can become the feature the model learns.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,12 +52,33 @@ def preprocessing_for(model: torch.nn.Module, image_size: int) -> Preprocessing:
     return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
 
 
+class JpegRecompress:
+    """Re-encode a PIL image as JPEG at a quality drawn from [low, high] (torch RNG: seeded per worker).
+
+    Pillow rather than torchvision.io, whose JPEG codec is deprecated; it is also what encodes the
+    JPEGs the scrapers download, so the artefacts match.
+    """
+
+    def __init__(self, low: int, high: int | None = None) -> None:
+        self.low, self.high = low, high if high is not None else low
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        quality = int(torch.randint(self.low, self.high + 1, ()).item()) if self.high > self.low else self.low
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=quality)
+        buf.seek(0)
+        return Image.open(buf).convert("RGB")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(quality={self.low}..{self.high})"
+
+
 def train_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([
         v2.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),
+        JpegRecompress(*TRAIN_JPEG_QUALITY),
         v2.ToImage(),
-        v2.JPEG(TRAIN_JPEG_QUALITY),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(pre.mean, pre.std),
     ])
@@ -66,8 +88,8 @@ def eval_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([
         v2.Resize(int(round(pre.image_size / pre.crop_pct)), antialias=True),
         v2.CenterCrop(pre.image_size),
+        JpegRecompress(pre.jpeg_quality),
         v2.ToImage(),
-        v2.JPEG(pre.jpeg_quality),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(pre.mean, pre.std),
     ])

@@ -1,0 +1,189 @@
+"""Real (tiny) trainings: a timm test architecture on 32 px images, seconds each."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from sklearn.metrics import log_loss, roc_auc_score
+from torchvision.transforms import v2
+
+from dataset.images import decode_rgb
+from dataset.storage import LocalStorage
+from tests.trainer.builders import make_samples
+from trainer.errors import TrainingError
+from trainer.predict import load_promoted
+from trainer.registry import load_registry, promoted_entry
+from trainer.split import split_samples
+from trainer.train_vit import train_on_samples
+
+ARCH = "test_resnet"
+
+
+@pytest.fixture
+def tiny(make_settings):
+    def build(**overrides):
+        values = dict(train_arch=ARCH, train_image_size=32, train_epochs=4, train_batch_size=16,
+                      train_lr=3e-3, train_workers=0, val_fraction=0.25, min_train_samples=20)
+        return make_settings(**{**values, **overrides})
+    return build
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return LocalStorage(tmp_path / "datasets")
+
+
+def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, storage):
+    settings = tiny()
+    samples = make_samples(storage, 120)
+    events = []
+    result = train_on_samples(settings, samples, storage, progress=events.append)
+
+    assert [e["epoch"] for e in events] == [1, 2, 3, 4] and all(e["epochs"] == 4 for e in events)
+    assert {"train_loss", "val_loss", "val_auc"} <= set(events[-1])
+    assert result["val_auc"] > 0.9 and result["version"] == "v1" and result["promoted"] is True
+    assert (result["dataset_size"], result["train_size"] + result["val_size"]) == (120, 120)
+
+    entry = load_registry(settings.models_dir)[0]
+    for field in ("model", "version", "timestamp", "dataset_size", "train_size", "val_size", "val_acc",
+                  "val_auc", "val_loss", "precision", "recall", "architecture", "weights", "sha256"):
+        assert entry[field] is not None, field
+    # Rebuild from model.json alone, as Exposr-Core would, and reproduce the trainer's scores.
+    folder = settings.models_dir / "vit" / "v1"
+    card = json.loads((folder / "model.json").read_text())
+    assert card["class_index"] == {"real": 0, "ai": 1} and card["architecture"] == ARCH
+    model = timm.create_model(card["architecture"], pretrained=False, num_classes=card["num_classes"])
+    model.load_state_dict(torch.load(folder / "weights.pt", weights_only=True))
+    model.eval()
+    _, val = split_samples(samples, 0.25, settings.train_seed, settings.near_dup_max_distance)
+    images = [storage.get(s.image_key) for s in val]
+    probs = _probs_from_card(model, card, images)
+    labels = [card["class_index"][s.label] for s in val]
+    assert roc_auc_score(labels, probs) == pytest.approx(entry["val_auc"], abs=1e-6)
+    assert log_loss(labels, probs) == pytest.approx(entry["val_loss"], abs=1e-4)
+    # The Predictor the CLI and labeler use gives the same probabilities.
+    assert load_promoted(settings).predict_bytes(images) == pytest.approx(probs, abs=1e-5)
+
+
+def _probs_from_card(model, card, images: list[bytes]) -> list[float]:
+    pre = card["preprocessing"]
+    transform = v2.Compose([
+        v2.Resize(int(round(pre["image_size"] / pre["crop_pct"])), antialias=True),
+        v2.CenterCrop(pre["image_size"]), _pillow_jpeg(pre["jpeg_quality"]), v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(card["mean"], card["std"]),
+    ])
+    batch = torch.stack([transform(decode_rgb(b)) for b in images])
+    with torch.no_grad():
+        return model(batch).softmax(dim=1)[:, card["class_index"]["ai"]].tolist()
+
+
+def _pillow_jpeg(quality: int):
+    def recompress(image: Image.Image) -> Image.Image:
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return recompress
+
+
+def test_random_labels_stay_near_chance(tiny, storage):
+    result = train_on_samples(tiny(), make_samples(storage, 120, learnable=False), storage)
+    assert result["val_auc"] < 0.75
+
+
+def test_too_few_samples_names_the_counts(tiny, storage):
+    samples = make_samples(storage, 10)
+    with pytest.raises(TrainingError, match=r"10 labelled images \(5 real, 5 ai\).*MIN_TRAIN_SAMPLES=20"):
+        train_on_samples(tiny(), samples, storage)
+
+
+def test_one_class_only_is_refused_and_unlabeled_never_counts(tiny, storage):
+    samples = [s for s in make_samples(storage, 60) if s.label == "real"]
+    samples += [s.__class__(**{**s.__dict__, "id": s.id + "u", "label": "unlabeled"}) for s in samples]
+    with pytest.raises(TrainingError, match=r"30 labelled images \(30 real, 0 ai\).*ai"):
+        train_on_samples(tiny(), samples, storage)
+
+
+def test_unreachable_pretrained_weights_name_both_settings(tiny, storage, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no internet: fail fast
+    with pytest.raises(TrainingError) as info:
+        train_on_samples(tiny(train_arch="resnet10t", train_pretrained=True), make_samples(storage, 40),
+                         storage)
+    assert "TRAIN_PRETRAINED" in str(info.value) and "TRAIN_PRETRAINED_FILE" in str(info.value)
+
+
+def test_missing_pretrained_file_is_named(tiny, storage, tmp_path):
+    with pytest.raises(TrainingError, match="TRAIN_PRETRAINED_FILE=.*does not exist"):
+        train_on_samples(tiny(train_pretrained_file=tmp_path / "nope.pth"), make_samples(storage, 40),
+                         storage)
+
+
+def test_pretrained_file_is_loaded_except_the_head(tiny, storage, tmp_path):
+    from trainer.modeling import build_model
+
+    source = timm.create_model(ARCH, pretrained=False, num_classes=1000)
+    torch.save(source.state_dict(), tmp_path / "ckpt.pth")
+    model = build_model(tiny(train_pretrained_file=tmp_path / "ckpt.pth"))
+    name = next(k for k in source.state_dict() if k.endswith("weight") and "conv" in k)
+    assert torch.equal(model.state_dict()[name], source.state_dict()[name])
+    assert model.get_classifier().out_features == 2
+
+
+def test_unknown_architecture_is_explained(tiny, storage):
+    with pytest.raises(TrainingError, match="TRAIN_ARCH='no_such_net' is not a timm architecture"):
+        train_on_samples(tiny(train_arch="no_such_net"), make_samples(storage, 40), storage)
+
+
+def test_unreadable_image_is_skipped_and_counted(tiny, storage):
+    samples = make_samples(storage, 60)
+    (storage.root / samples[0].image_key).unlink()
+    result = train_on_samples(tiny(train_epochs=1), samples, storage)
+    assert result["skipped_images"] == 1 and result["version"] == "v1"
+
+
+def test_promotion_keeps_the_better_model_served(tiny, storage):
+    samples = make_samples(storage, 120)
+    first = train_on_samples(tiny(), samples, storage)
+    same = train_on_samples(tiny(), samples, storage)  # same data and seed: a tie is "as good"
+    worse = train_on_samples(tiny(train_lr=1e-9, train_epochs=1), samples, storage)
+    assert (first["promoted"], same["promoted"], worse["promoted"]) == (True, True, False)
+    assert worse["compared_with"] == "v2" and worse["incumbent_metrics"]["val_auc"] > worse["val_auc"]
+    settings = tiny()
+    assert promoted_entry(settings.models_dir, "vit")["version"] == "v2"
+    assert [e["promoted"] for e in load_registry(settings.models_dir)] == [True, True, False]
+    assert (settings.models_dir / "vit" / "v3" / "weights.pt").is_file()  # rejected, but kept
+
+
+def test_failure_mid_run_leaves_models_as_they_were(tiny, storage):
+    samples = make_samples(storage, 60)
+    settings = tiny(train_epochs=2)
+    train_on_samples(settings, samples, storage)
+    before = _snapshot(settings.models_dir)
+
+    def explode(event):
+        if event["epoch"] == 2:
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train_on_samples(settings, samples, storage, progress=explode)
+    assert _snapshot(settings.models_dir) == before
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".registry.lock"}
+
+
+def test_probabilities_are_well_formed(tiny, storage):
+    settings = tiny(train_epochs=1)
+    samples = make_samples(storage, 40)
+    train_on_samples(settings, samples, storage)
+    probs = np.array(load_promoted(settings).predict_bytes([storage.get(s.image_key) for s in samples]))
+    assert probs.shape == (40,) and ((probs >= 0) & (probs <= 1)).all()
