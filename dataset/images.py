@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+EXIF_ORIENTATION = 0x0112
 
 REASONS = {
     "not_an_image": "the bytes are not an image Pillow recognises",
@@ -164,6 +165,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def _exif_transposed(img: Image.Image) -> Image.Image:
     try:
+        if img.getexif().get(EXIF_ORIENTATION, 1) == 1:
+            return img  # upright already: exif_transpose would still copy every pixel
         return ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001 - includes Pillow's "Corrupt EXIF" warning when warnings are errors
         return img  # broken EXIF: keep the pixels as stored rather than reject a good picture

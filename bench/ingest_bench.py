@@ -1,0 +1,107 @@
+"""Ingest throughput per core, against plain decoding of the same files; near-dup lookup cost.
+
+    python bench/ingest_bench.py [--folder /work/shared/acceptance-data/real] [--n 24]
+
+1. Baseline: Pillow decode of each file to RGB (what any consumer of the bytes pays at least).
+2. Pipeline: DatasetManager.ingest of the same files, one at a time (= one core): validate
+   (full decode) + SHA-256 + pHash + near-dup lookup + image/metadata writes + index insert, on a
+   local dataset in a temp folder. Ratio = pipeline time / decode time.
+3. Near-duplicate lookup per image with 10k, 100k and 1M hashes in the in-memory index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PIL import Image  # noqa: E402
+
+from config.settings import Settings  # noqa: E402
+from dataset.index import PhashCache, to_signed  # noqa: E402
+from dataset.manager import DatasetManager  # noqa: E402
+from tests.images import scene  # noqa: E402
+
+SIZES = [(1280, 960), (1920, 1080), (2048, 1536), (2304, 1728)]  # 1.2 to 4 MP
+
+
+def generated_jpegs(n: int) -> list[bytes]:
+    """Photo-sized JPEGs with texture (noise over a scene) so they compress like photographs."""
+    out = []
+    for i in range(n):
+        size = SIZES[i % len(SIZES)]
+        base = scene(500 + i, (size[0] // 4, size[1] // 4)).resize(size, Image.Resampling.BICUBIC)
+        grain = Image.effect_noise(size, 40).convert("RGB")
+        buf = io.BytesIO()
+        Image.blend(base, grain, 0.12).save(buf, format="JPEG", quality=88)
+        out.append(buf.getvalue())
+    return out
+
+
+def folder_images(folder: Path, n: int) -> list[bytes]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    return [p.read_bytes() for p in files[:n]]
+
+
+def decode_all(images: list[bytes]) -> float:
+    start = time.perf_counter()
+    for data in images:
+        with Image.open(io.BytesIO(data)) as img:
+            img.convert("RGB")
+    return time.perf_counter() - start
+
+
+async def ingest_all(images: list[bytes]) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(_env_file=None, dataset_dir=Path(tmp) / "datasets", scheduler_enabled=False)
+        async with DatasetManager(settings) as dm:
+            start = time.perf_counter()
+            outcomes = [await dm.ingest(data, {"source": "bench", "label": "real"}) for data in images]
+            elapsed = time.perf_counter() - start
+    statuses: dict[str, int] = {}
+    for o in outcomes:
+        key = o.status if o.reason is None else f"{o.status}:{o.reason}"
+        statuses[key] = statuses.get(key, 0) + 1
+    return elapsed, statuses
+
+
+def lookup_ms(n_hashes: int, queries: int = 200) -> float:
+    rng = random.Random(n_hashes)
+    cache = PhashCache()
+    cache.add([(i + 1, f"id{i}", to_signed(rng.getrandbits(64))) for i in range(n_hashes)])
+    probes = [rng.getrandbits(64) for _ in range(queries)]
+    start = time.perf_counter()
+    for q in probes:
+        cache.nearest(q, 6)
+    return (time.perf_counter() - start) / queries * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder", type=Path, help="take images from this folder instead of generating")
+    ap.add_argument("--n", type=int, default=24)
+    args = ap.parse_args()
+    images = folder_images(args.folder, args.n) if args.folder else generated_jpegs(args.n)
+    mpx = sum(Image.open(io.BytesIO(d)).size[0] * Image.open(io.BytesIO(d)).size[1] for d in images)
+    print(f"{len(images)} images, {mpx / len(images) / 1e6:.1f} MP and "
+          f"{sum(map(len, images)) / len(images) / 1e6:.2f} MB on average, one core")
+    decode_all(images[:2])  # warm-up: plugin imports, allocator
+    t_decode = decode_all(images)
+    t_ingest, statuses = asyncio.run(ingest_all(images))
+    for name, t in (("plain decode", t_decode), ("ingest", t_ingest)):
+        print(f"{name:<13}: {len(images) / t:7.1f} images/s ({t / len(images) * 1000:.1f} ms/image)")
+    print(f"ingest outcomes: {statuses}")
+    print(f"ratio ingest/decode time: {t_ingest / t_decode:.2f}x")
+    for n in (10_000, 100_000, 1_000_000):
+        print(f"near-dup lookup with {n:>9,} hashes: {lookup_ms(n):.3f} ms/image")
+
+
+if __name__ == "__main__":
+    main()
