@@ -123,7 +123,10 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
     with progress_bar("label") as report_progress:
         report = asyncio.run(run_labeler(settings, report_progress))
     print_mapping("Labeler report", report)
-    return 1 if report["scorer"] is None and report["total"] else 0
+    if report["scorer"] is None and report["total"]:
+        print(f"nothing scored: {report['reason']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -140,8 +143,9 @@ def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def _review_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=("all", "disagreement", "unlabeled"), default="all")
-    parser.add_argument("--limit", type=int, default=50, help="default %(default)s")
-    parser.add_argument("--offset", type=int, default=0, help="default %(default)s")
+    parser.add_argument("--limit", type=int, default=50, choices=range(1, 501), metavar="1..500",
+                        help="rows to show (default %(default)s)")
+    parser.add_argument("--offset", type=int, default=0, help="rows to skip (default %(default)s)")
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
@@ -170,7 +174,7 @@ COMMANDS: dict[str, Command] = {
     "status": ("dataset counts, models and last jobs", _no_args, run_status_command),
     "predict": ("print P(ai) per image with the promoted model", _predict_args, run_predict_command),
     "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
-    "label": ("score images with Exposr-Core or the promoted model (foreground)", _no_args, run_label_command),
+    "label": ("score images with Exposr-Core or the local model (foreground)", _no_args, run_label_command),
     "review": ("print the review queue: unlabeled and disputed images", _review_args, run_review_command),
 }
 

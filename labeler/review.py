@@ -22,6 +22,7 @@ import uuid
 from datetime import UTC, datetime
 
 from PIL import Image, UnidentifiedImageError
+from rich.table import Table
 
 from config.settings import Settings
 
@@ -94,6 +95,7 @@ async def review_queue(dataset, settings: Settings, *, kind: str = "all", limit:
     """One page of the queue: ``{total, limit, offset, kind, items}``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    offset = max(0, offset)  # a negative offset would count from the end
     queue = build_queue(await load_candidates(dataset), settings, kind)
     return {"total": len(queue), "limit": limit, "offset": offset, "kind": kind,
             "items": queue[offset:offset + limit]}
@@ -116,6 +118,20 @@ async def record_person_label(dataset, image_id: str, label: str, reviewer: str 
         raise ValueError(f"label must be 'real' or 'ai', got {label!r}")
     label_source = {"kind": "person", "by": reviewer or "api", "at": utc_now_iso()}
     return await dataset.set_label(image_id, label, label_source)
+
+
+def review_table(page: dict) -> Table:
+    """The queue page as a rich table for ``exposr-trainer review``."""
+    shown = f"{page['offset'] + 1}-{page['offset'] + len(page['items'])}" if page["items"] else "none"
+    table = Table(title=f"Review queue ({page['kind']}): {shown} of {page['total']}")
+    for column in ("id", "reason", "label", "score", "source", "attribution", "why"):
+        table.add_column(column, justify="right" if column == "score" else "left", no_wrap=column == "id")
+    for item in page["items"]:
+        score = "" if item["score"] is None else f"{item['score']:.3f}"
+        credit = item["attribution"].get("photographer") or item["attribution"].get("platform") or ""
+        table.add_row(item["id"], item["reason"], item["label"], score, item["source"] or "", str(credit),
+                      item["why"])
+    return table
 
 
 def image_media_type(data: bytes) -> str:

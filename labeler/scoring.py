@@ -62,6 +62,11 @@ async def run_labeler(
         return await labeler.run()
 
 
+def run_labeler_sync(settings: Settings, progress: Progress | None = None) -> dict:
+    """For the job runner's worker process (and any synchronous caller): one event loop per run."""
+    return asyncio.run(run_labeler(settings, progress))
+
+
 class Labeler:
     def __init__(self, settings: Settings, dataset: DatasetManager, core: CoreClient,
                  progress: Progress | None) -> None:
