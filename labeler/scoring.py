@@ -26,8 +26,10 @@ from pathlib import PurePosixPath
 import httpx
 
 from config.settings import Settings
+from dataset.images import ImageRejected
 from dataset.manager import DatasetManager
 from labeler.core_client import CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
+from trainer.errors import ModelNotFound
 from trainer.registry import promoted_entry
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,11 @@ class Labeler:
         # Imported here: torch loads only when the local model is really needed.
         from trainer.predict import load_promoted
 
-        predictor = await asyncio.to_thread(load_promoted, self.settings)
+        try:
+            predictor = await asyncio.to_thread(load_promoted, self.settings)
+        except ModelNotFound as exc:  # promoted in the registry, but its files are gone
+            self.report["reason"] = f"the promoted model could not be loaded: {exc}"
+            return
 
         async def score_batch(batch: list[Item]) -> None:
             readable = [(item, data) for item in batch if (data := await self._read(item)) is not None]
@@ -219,7 +225,7 @@ class Labeler:
         """One batch off the event loop; when it fails, image by image so one bad file costs one score."""
         try:
             return [float(p) for p in await asyncio.to_thread(predictor.predict_bytes, images)]
-        except (OSError, ValueError, RuntimeError) as exc:
+        except (ImageRejected, OSError, ValueError, RuntimeError) as exc:
             if len(images) == 1:
                 log.info("local model could not score an image: %r", exc)
                 return [None]
