@@ -9,6 +9,7 @@ million hashes); it catches up with rows other processes inserted by reading ``s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,8 @@ class PhashCache:
         return len(self.ids)
 
     def add(self, rows: list[tuple[int, str, int]]) -> None:
-        """rows: (seq, id, signed phash) in seq order."""
+        """rows: (seq, id, signed phash) in seq order; rows already seen are skipped."""
+        rows = [r for r in rows if r[0] > self.last_seq]
         if not rows:
             return
         n, k = len(self.ids), len(rows)
@@ -148,6 +150,7 @@ class DedupeIndex:
         self.db_url = db_url
         self.engine = make_engine(db_url)
         self.cache = PhashCache()
+        self._refresh_lock = asyncio.Lock()
 
     async def open(self) -> None:
         async with self.engine.begin() as conn:
@@ -159,11 +162,12 @@ class DedupeIndex:
 
     async def refresh(self) -> None:
         """Pull rows inserted since the last look (by this or any other process)."""
-        q = (select(images.c.seq, images.c.id, images.c.phash)
-             .where(images.c.seq > self.cache.last_seq).order_by(images.c.seq))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        self.cache.add([tuple(r) for r in rows])
+        async with self._refresh_lock:  # concurrent ingests share one catch-up query
+            q = (select(images.c.seq, images.c.id, images.c.phash)
+                 .where(images.c.seq > self.cache.last_seq).order_by(images.c.seq))
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+            self.cache.add([tuple(r) for r in rows])
 
     async def reload(self) -> None:
         self.cache = PhashCache()

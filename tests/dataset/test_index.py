@@ -37,6 +37,14 @@ def test_cache_nearest_matches_brute_force_and_grows():
     assert cache.nearest(hashes[0], 0) is None  # distance 0 turns the lookup off
 
 
+def test_rows_already_seen_are_not_added_twice():
+    cache = PhashCache()
+    rows = [(1, "a", 5), (2, "b", 6)]
+    cache.add(rows)
+    cache.add(rows + [(3, "c", 7)])  # two refreshes that overlapped
+    assert cache.ids == ["a", "b", "c"] and cache.last_seq == 3
+
+
 def test_forgotten_ids_never_match():
     cache = PhashCache()
     cache.add([(1, "a", to_signed(0xFF)), (2, "b", to_signed(0xFFFF))])
