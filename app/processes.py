@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10
+EXIT_GRACE_SECONDS = 30
 
 
 class ChildFailed(Exception):
@@ -42,10 +43,13 @@ async def run_in_process(
     proc = ctx.Process(target=child_main, args=(target, settings, messages, os.getpid()), name=name)
     proc.start()
     log.info("started %s in process %s (%s)", name, proc.pid, target)
+    finished = False
     try:
-        return await _follow(proc, messages, progress)
+        result = await _follow(proc, messages, progress)
+        finished = True
+        return result
     finally:
-        await _stop(proc, name)
+        await _stop(proc, name, finished)
         messages.close()
 
 
@@ -74,7 +78,9 @@ def _drain(messages: Any) -> list[dict]:
             return drained
 
 
-async def _stop(proc: Any, name: str) -> None:
+async def _stop(proc: Any, name: str, finished: bool) -> None:
+    if finished:  # the child sent its result and is exiting: let it (torch teardown takes a moment)
+        await asyncio.to_thread(proc.join, EXIT_GRACE_SECONDS)
     if proc.is_alive():
         log.warning("terminating %s process %s", name, proc.pid)
         proc.terminate()

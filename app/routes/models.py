@@ -1,10 +1,13 @@
-"""GET /models/latest and GET /models/{name}/{version}/weights.pt (streamed, with ETag).
+"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag) and model.json.
 
 The weights path is never built from the request: the name and version are looked up in the
 registry, and the path comes from that validated entry (trainer.model_sync.get_model_path).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
@@ -32,19 +35,35 @@ async def latest_model(settings: SettingsDep) -> dict:
     return latest
 
 
-@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}},
-            summary="Download a registered model's weights")
-async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
+def registered_weights(settings, name: str, version: str) -> tuple[dict, Path]:
+    """The registry entry and weights path of name/version; 404 unless both are registered and on disk."""
     entry = find_entry(settings.models_dir, name, version)
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no model {name!r} version {version!r} in the registry; "
                             "see /models/latest")
     try:
-        path = get_model_path(settings, entry["model"], entry["version"])
+        return entry, get_model_path(settings, entry["model"], entry["version"])
     except ModelNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+
+
+@router.get("/models/{name}/{version}/model.json", responses={404: {"model": ErrorOut}},
+            summary="A registered model's card: architecture, preprocessing, class map, metrics")
+async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
+    _, weights = registered_weights(settings, name, version)
+    try:
+        return json.loads((weights.parent / "model.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"model {name} {version} has no readable model.json ({exc})") from exc
+
+
+@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}},
+            summary="Download a registered model's weights")
+async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
+    entry, path = registered_weights(settings, name, version)
     sha = weights_sha256(entry)
     headers = {"ETag": f'"{sha}"'} if sha else {}
     if sha and request.headers.get("if-none-match") == headers["ETag"]:

@@ -32,10 +32,10 @@ def test_near_duplicate_answers_200_with_the_existing_id(client):
     assert near.json()["distance"] is not None
 
 
-@pytest.mark.parametrize(("label", "fragment"), [("fake", "label must be one of"), ("", "label must be one of")])
-def test_bad_label_is_400(client, label, fragment):
+@pytest.mark.parametrize("label", ["fake", "", "REAL"])
+def test_bad_label_is_400(client, label):
     response = upload(client, jpeg(2), label)
-    assert response.status_code == 400 and fragment in response.json()["detail"]
+    assert response.status_code == 400 and "label must be one of" in response.json()["detail"]
 
 
 def test_missing_file_and_wrong_content_type_are_400(client):
