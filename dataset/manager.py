@@ -12,6 +12,7 @@ storage failure (full disk, S3 down) is ``error`` / ``storage_error`` and the ne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -45,7 +46,7 @@ class IngestOutcome:
     distance: int | None = None  # Hamming distance for near_duplicate
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
