@@ -1,0 +1,193 @@
+"""Training throughput of the trainer's data path against raw model steps, and peak memory.
+
+    python bench/train_bench.py [--arch resnet10t] [--image-size 64] [--batch 32] [--workers 2]
+                                [--images 512] [--device auto] [--source-size 320x240] [--folder DIR]
+    python bench/train_bench.py --mode memory --sizes 1000,10000 [same options]
+
+throughput mode, in one run on one device:
+1. Baseline ("raw step"): optimiser steps of the same model, batch and image size on random
+   tensors already on the device, through the trainer's own train_one_epoch (AMP on CUDA).
+2. Trainer: train_one_epoch over a DataLoader of stored JPEGs (LocalStorage in a temp folder, or
+   --folder), with decode, crop, flip, JPEG re-compression and normalisation in --workers
+   processes.  The second epoch is timed (workers already started).
+   Ratio = trainer images/s / raw images/s: how much the data path costs (1.0 = free).
+memory mode: a whole train_on_samples run (split, 1 epoch, evaluation, save, register) per
+dataset size, each in a fresh process; prints its peak RSS and the peak of its worker processes.
+The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from config.settings import Settings  # noqa: E402
+from dataset.manager import Sample  # noqa: E402
+from dataset.storage import LocalStorage  # noqa: E402
+from trainer.data import StoredImages, make_loader, preprocessing_for, train_transform  # noqa: E402
+from trainer.modeling import build_model, pick_device  # noqa: E402
+from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
+
+
+def generate_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:
+    """``n`` JPEGs in a LocalStorage under ``root``, half labelled each class (random pHashes)."""
+    storage, rng = LocalStorage(root), np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+        grain = rng.integers(-20, 21, (size[1], size[0], 3))
+        img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + grain, 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        key = f"images/2026/01/01/{i:07d}.jpg"
+        storage.put(key, buf.getvalue())
+        samples.append(_sample(str(i), "ai" if i % 2 else "real", key, rng))
+    return samples
+
+
+def folder_dataset(folder: Path, n: int) -> tuple[LocalStorage, list[Sample]]:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+    rng = np.random.default_rng(0)
+    samples = [_sample(str(i), "ai" if i % 2 else "real", str(p.relative_to(folder)), rng)
+               for i, p in enumerate(files[:n])]
+    return LocalStorage(folder), samples
+
+
+def _sample(image_id: str, label: str, key: str, rng) -> Sample:
+    return Sample(id=image_id, label=label, source="bench", image_key=key, meta_key=f"meta/{image_id}.json",
+                  sha256=image_id, phash=int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2)),
+                  width=0, height=0, created_at="2026-01-01T00:00:00Z")
+
+
+def _settings(args, tmp: Path, **extra) -> Settings:
+    return Settings(_env_file=None, dataset_dir=tmp / "datasets", models_dir=tmp / "models",
+                    train_arch=args.arch, train_pretrained=False, train_image_size=args.image_size,
+                    train_batch_size=args.batch, train_workers=args.workers, train_device=args.device,
+                    min_train_samples=2, train_epochs=1, **extra)
+
+
+def _steps(model, loader, device, amp_dtype, lr: float) -> float:
+    """Seconds of one train_one_epoch over ``loader``, synchronised on CUDA."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = _ConstantLR()
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    _sync(device)
+    start = time.perf_counter()
+    train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp_dtype, 0)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+class _ConstantLR:
+    def step_update(self, num_updates: int) -> None:  # the benchmark measures steps, not schedules
+        pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def throughput(args) -> None:
+    seed_everything(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = _settings(args, Path(tmp))
+        storage, samples = (folder_dataset(args.folder, args.images) if args.folder
+                            else (LocalStorage(Path(tmp) / "datasets"),
+                                  generate_dataset(Path(tmp) / "datasets", args.images, args.source_size)))
+        device, amp_dtype = pick_device(args.device)
+        model = build_model(settings).to(device)
+        pre = preprocessing_for(model, args.image_size)
+        data = StoredImages(storage, [s.image_key for s in samples], [int(s.label == "ai") for s in samples],
+                            train_transform(pre), settings.max_image_pixels)
+        loader = make_loader(data, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
+                             pin_memory=device.type == "cuda", drop_last=True)
+        steps = len(loader)
+        raw = _memory_batches(args, device, steps)
+        _steps(model, raw[:2], device, amp_dtype, settings.train_lr)     # warm-up: kernels, allocator
+        raw_s = _steps(model, raw, device, amp_dtype, settings.train_lr)
+        _steps(model, loader, device, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
+        real_s = _steps(model, loader, device, amp_dtype, settings.train_lr)
+    raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    source = args.folder or "x".join(map(str, args.source_size))
+    print(f"device={device} ({name}) amp={amp_dtype} arch={args.arch} image_size={args.image_size} "
+          f"batch={args.batch} workers={args.workers} images={len(samples)} source={source}")
+    print(f"raw step (tensors on device): {raw_ips:9.1f} images/s")
+    print(f"trainer (stored JPEGs):       {real_ips:9.1f} images/s")
+    print(f"ratio trainer/raw:            {real_ips / raw_ips:9.3f}")
+
+
+def _memory_batches(args, device, steps: int) -> list:
+    """``steps`` batches on the device, cycling over a few distinct tensors (memory stays small)."""
+    distinct = [(torch.randn(args.batch, 3, args.image_size, args.image_size, device=device),
+                 torch.randint(0, 2, (args.batch,), device=device)) for _ in range(min(steps, 4))]
+    return [(*distinct[i % len(distinct)], None, 0) for i in range(steps)]
+
+
+def memory(args) -> None:
+    print(f"memory mode: arch={args.arch} image_size={args.image_size} batch={args.batch} "
+          f"workers={args.workers} source={args.source_size}")
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "--mode", "rss-child", "--images", str(n), "--arch", args.arch,
+               "--image-size", str(args.image_size), "--batch", str(args.batch), "--workers",
+               str(args.workers), "--device", args.device, "--source-size",
+               f"{args.source_size[0]}x{args.source_size[1]}"]
+        child = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out = json.loads(child.stdout.splitlines()[-1])
+        print(f"{n:>7} images: trainer peak RSS {out['self_mb']:7.1f} MB, worker peak RSS "
+              f"{out['children_mb']:7.1f} MB, training {out['train_s']:.1f} s ({out['ips']:.0f} images/s)")
+
+
+def rss_child(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = generate_dataset(Path(tmp) / "datasets", args.images, args.source_size)
+        storage = LocalStorage(Path(tmp) / "datasets")
+        start = time.perf_counter()
+        train_on_samples(_settings(args, Path(tmp), val_fraction=0.1), samples, storage)
+        elapsed = time.perf_counter() - start
+    kb = 1024.0  # ru_maxrss is in KiB on Linux
+    print(json.dumps({"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
+                      "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb,
+                      "train_s": elapsed, "ips": args.images / elapsed}))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mode", choices=["throughput", "memory", "rss-child"], default="throughput")
+    p.add_argument("--arch", default="resnet10t")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(320, 240),
+                   help="WxH of the generated JPEGs")
+    p.add_argument("--folder", type=Path, help="use the images of this folder instead of generated ones")
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000])
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    random.seed(0)
+    {"throughput": throughput, "memory": memory, "rss-child": rss_child}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
