@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.cli_views import console, print_mapping, progress_bar
+from app.logging_setup import configure_logging
 from config.settings import ConfigError, Settings, load_settings
 
 EXIT_CONFIG = 2
@@ -191,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        from app.logging_setup import configure_logging
-
         configure_logging(settings)
         return COMMANDS[args.command][2](settings, args)
     except ConfigError as exc:
