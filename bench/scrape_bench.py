@@ -63,6 +63,19 @@ def write_sources(path: Path, per_source: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+async def ingest_only(images: list[bytes]) -> float:
+    """The dataset's share: ingest the same bytes from memory, one after the other, no HTTP."""
+    from dataset.manager import DatasetManager
+
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(_env_file=None, dataset_dir=Path(tmp) / "datasets", scheduler_enabled=False)
+        async with DatasetManager(settings) as dataset:
+            started = time.perf_counter()
+            for data in images:
+                await dataset.ingest(data, {"source": "bench", "label": "real"})
+            return time.perf_counter() - started
+
+
 async def scrape_once(api: FakeSourceApi, per_source: int) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -87,14 +100,19 @@ async def main() -> None:
             api.image(i)   # draw every image before any clock starts
         mean_kb = sum(len(api.image(i)) for i in range(total)) / total / 1024
         bare = min([await bare_loop(urls) for _ in range(args.repeats)])
+        ingest = min([await ingest_only([api.image(i) for i in range(total)]) for _ in range(args.repeats)])
         runs = [await scrape_once(api, args.per_source) for _ in range(args.repeats)]
     elapsed, report = min(runs, key=lambda run: run[0])
-    stored = report["totals"]["stored"]
+    t = report["totals"]
+    handled = t["downloaded"]
     print(f"images: {total} ({mean_kb:.0f} KiB mean JPEG), best of {args.repeats} runs")
-    print(f"baseline bare httpx download loop : {total / bare:8.1f} images/s  ({bare:.2f}s)")
-    print(f"full scrape (fetch+validate+dedupe+store): {stored / elapsed:8.1f} images/s  ({elapsed:.2f}s, "
-          f"{stored} stored, {report['totals']['api_requests']} API requests)")
-    print(f"ratio scrape / baseline: {(stored / elapsed) / (total / bare):.2f}")
+    print(f"baseline  bare httpx download loop        : {total / bare:7.1f} images/s ({bare:.2f}s)")
+    print(f"reference dataset ingest only, no HTTP    : {total / ingest:7.1f} images/s ({ingest:.2f}s)")
+    print(f"scrape    fetch+validate+dedupe+store     : {handled / elapsed:7.1f} images/s ({elapsed:.2f}s)")
+    print(f"          {t['api_requests']} API requests, {handled} downloaded, {t['stored']} stored, "
+          f"{t['duplicates']} duplicates, {t['near_duplicates']} near-duplicates, "
+          f"rejected {t['rejected']}, errors {t['errors']}")
+    print(f"ratio scrape / baseline: {(handled / elapsed) / (total / bare):.2f}")
 
 
 if __name__ == "__main__":

@@ -93,13 +93,14 @@ class CivitaiFetcher(BaseFetcher):
             page = await self._images_page(filters, cursor, min(LIMIT_MAX, wanted))
             if page is None:
                 return
-            items, cursor = page
+            items, next_cursor = page
             listed = [pair for item in items if (pair := self._listing(item, query))][:wanted]
             async for result in self.download_all(listed):
                 wanted -= 1
                 yield result
-            if cursor is None or not items:
-                return
+            if next_cursor is None or next_cursor == cursor or not items:
+                return   # the end, or a feed that repeats its cursor (would loop forever)
+            cursor = next_cursor
 
     async def _images_page(self, filters: dict, cursor: Any, limit: int) -> tuple[list, Any] | None:
         # The same filters and sort go with every cursor, as the pagination guide requires.

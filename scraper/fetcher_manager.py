@@ -124,25 +124,35 @@ class FetcherManager:
         total = fetcher.planned_limit()
         name = fetcher.config.name
         _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
-        async for data, metadata in fetcher.iter_images(total):
-            report.downloaded += 1
-            metadata.setdefault("source", name)
-            metadata.setdefault("label", fetcher.config.label)
-            await self._ingest(fetcher, data, metadata, report)
-            _notify(progress, {"source": report.source, "done": report.downloaded, "total": total,
-                               "stored": report.stored})
+        # on_stored hooks (Unsplash's download event) run beside the next downloads, not before them.
+        hooks: set[asyncio.Task] = set()
+        try:
+            async for data, metadata in fetcher.iter_images(total):
+                report.downloaded += 1
+                metadata.setdefault("source", name)
+                metadata.setdefault("label", fetcher.config.label)
+                if await self._ingest(data, metadata, report):
+                    hooks.add(asyncio.ensure_future(fetcher.on_stored(metadata)))
+                _notify(progress, {"source": report.source, "done": report.downloaded, "total": total,
+                                   "stored": report.stored})
+            for result in await asyncio.gather(*hooks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    report.errors[f"on_stored_{type(result).__name__}"] += 1
+        finally:
+            for task in hooks:
+                task.cancel()
 
-    async def _ingest(self, fetcher: BaseFetcher, data: bytes, metadata: dict, report: SourceReport) -> None:
+    async def _ingest(self, data: bytes, metadata: dict, report: SourceReport) -> bool:
+        """Hand one image to the dataset and count the outcome; True when it was stored."""
         try:
             outcome = await self.dataset.ingest(data, metadata)
         except Exception as exc:  # noqa: BLE001 - a storage fault is counted per image; the run goes on
             report.errors[f"ingest_{type(exc).__name__}"] += 1
             logger.warning("%s: ingest failed: %s", report.source, exc)
-            return
+            return False
         status = outcome.status
         if status == "stored":
             report.stored += 1
-            await fetcher.on_stored(metadata)
         elif status == "duplicate":
             report.duplicates += 1
         elif status == "near_duplicate":
@@ -151,6 +161,7 @@ class FetcherManager:
             report.rejected[outcome.reason or "rejected"] += 1
         else:
             report.errors[f"ingest_{outcome.reason or status}"] += 1
+        return status == "stored"
 
 
 def _notify(progress: Progress | None, event: dict) -> None:

@@ -50,7 +50,8 @@ class PexelsFetcher(BaseFetcher):
             async for item in self.download_all(listed):
                 wanted -= 1
                 yield item
-            page = _next_page_number(body.get("next_page")) if body["photos"] else None
+            following = _next_page_number(body.get("next_page")) if body["photos"] else None
+            page = following if following is not None and following > page else None
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page}

@@ -118,3 +118,15 @@ async def test_api_key_is_sent_as_bearer_when_set(make_settings, dataset, sleeps
     sources = SourcesFile(sources=[source("civitai", label="ai", queries=[])])
     await FetcherManager(settings, sources, dataset, sleep=sleeps).run()
     assert images.calls[0].request.headers["Authorization"] == "Bearer civ-key"
+
+
+@respx.mock
+async def test_a_repeated_cursor_ends_the_stream_instead_of_looping(make_manager):
+    images = respx.get(f"{API}/images").mock(side_effect=[
+        httpx.Response(200, json=civitai_images([civitai_image(1)], "7|1")),
+        httpx.Response(200, json=civitai_images([civitai_image(2)], "7|1")),
+        httpx.Response(200, json=civitai_images([civitai_image(3)], "7|1")),
+    ])
+    serve_images()
+    report = await make_manager(source("civitai", label="ai", queries=[], limit_per_query=10)).run()
+    assert images.call_count == 2 and report["sources"]["civitai"]["stored"] == 2
