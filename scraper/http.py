@@ -234,8 +234,8 @@ class SourceHttp:
                 if size > self.max_bytes:
                     raise FetchError("too_large", f"{_strip_query(url)}: more than {self.max_bytes} bytes")
                 chunks.append(chunk)
-            response._content = b"".join(chunks)   # noqa: SLF001 - keeps the Response API for callers
-            return response
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  content=b"".join(chunks), request=response.request)
 
     async def _with_retries(self, url: str, send: Callable[[], Awaitable[httpx.Response]]) -> Any:
         policy = self.retry

@@ -24,6 +24,7 @@ SIZES = ("original", "large2x", "large", "medium", "small", "portrait", "landsca
 
 class PexelsFetcher(BaseFetcher):
     required_key = "pexels_api_key"
+    quota_left: int | None = None   # from X-Ratelimit-Remaining; 0 stops the source
 
     def get_source_name(self) -> str:
         return "pexels"
@@ -32,7 +33,6 @@ class PexelsFetcher(BaseFetcher):
         return await self.collect(limit)
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        self.quota_left: int | None = None
         for query in self.config.queries:
             if limit <= 0 or self.quota_left == 0:
                 break

@@ -37,6 +37,7 @@ def is_unsplash_rate_limited(response: httpx.Response) -> bool:
 class UnsplashFetcher(BaseFetcher):
     required_key = "unsplash_access_key"
     is_rate_limited = staticmethod(is_unsplash_rate_limited)
+    quota_left: int | None = None   # from X-Ratelimit-Remaining; 0 stops the source
 
     def get_source_name(self) -> str:
         return "unsplash"
@@ -48,7 +49,6 @@ class UnsplashFetcher(BaseFetcher):
         return await self.collect(limit)
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        self.quota_left: int | None = None
         for query in self.config.queries:
             if limit <= 0 or self.quota_left == 0:
                 break

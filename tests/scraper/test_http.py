@@ -191,3 +191,24 @@ def test_shared_client_verifies_tls():
         import asyncio
 
         asyncio.run(client.aclose())
+
+
+async def test_bounded_map_keeps_at_most_n_in_flight_and_yields_everything():
+    import asyncio
+
+    from scraper.base_fetcher import bounded_map
+
+    in_flight, peak = 0, 0
+
+    async def work(i: int) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        for _ in range(i % 3 + 1):
+            await asyncio.sleep(0)
+        in_flight -= 1
+        return i * 10
+
+    results = [r async for r in bounded_map(range(20), work, 3)]
+    assert sorted(results) == [i * 10 for i in range(20)]
+    assert peak == 3

@@ -131,3 +131,14 @@ async def test_search_result_missing_fields_is_counted_not_fatal(make_manager):
     report = await make_manager(source("unsplash")).run()
     r = report["sources"]["unsplash"]
     assert r["errors"] == {"missing_fields": 1} and r["stored"] == 1
+
+
+@respx.mock
+async def test_search_never_asks_beyond_page_200(make_manager):
+    search = respx.get(f"{API}/search/photos").mock(side_effect=lambda request: httpx.Response(
+        200, json=unsplash_search([f"p{request.url.params['page']}"], total_pages=500)))
+    respx.get(url__regex=PHOTO.pattern).mock(return_value=httpx.Response(404))
+    report = await make_manager(source("unsplash", limit_per_query=100000)).run()
+    assert search.call_count == 200
+    assert search.calls.last.request.url.params["page"] == "200"
+    assert report["sources"]["unsplash"]["errors"] == {"download_http_404": 200}
