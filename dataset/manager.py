@@ -61,6 +61,7 @@ class Sample:
     width: int
     height: int
     created_at: str
+    confidence: float | None = None  # the latest P(ai) from the labeler (index column), None if unscored
 
 
 def utc_now() -> datetime:
@@ -113,6 +114,10 @@ class DatasetManager:
             return _duplicate(existing)
         near = await self.index.find_near(info.phash, self.settings.near_dup_max_distance)
         if near is not None:
+            # An identical image may have been inserted since the exact check: say so precisely.
+            existing = await self.index.find_sha(info.sha256)
+            if existing is not None:
+                return _duplicate(existing)
             return IngestOutcome("near_duplicate", id=near.id, distance=near.distance,
                                  message=f"within {near.distance} bits of image {near.id}")
         return await self._store(data, metadata, info)

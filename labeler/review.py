@@ -62,17 +62,22 @@ def review_reason(meta: dict, settings: Settings) -> tuple[str, float, str] | No
     return None
 
 
-def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[dict]:
-    """Queue entries in review order (see the module docstring)."""
+def rank(entries: list[dict], settings: Settings, kind: str = "all") -> list[tuple[dict, tuple]]:
+    """(entry, (kind, key, why)) in review order (see the module docstring)."""
     ranked = []
-    for meta in metas:
-        found = review_reason(meta, settings)
+    for entry in entries:
+        found = review_reason(entry, settings)
         if found is None or kind not in ("all", found[0]):
             continue
         group = 0 if found[0] == "disagreement" else 1
-        ranked.append(((group, found[1], meta.get("timestamp") or "", meta["id"]), queue_entry(meta, *found)))
-    ranked.sort(key=lambda pair: pair[0])
-    return [entry for _, entry in ranked]
+        ranked.append(((group, found[1], entry.get("timestamp") or "", entry["id"]), entry, found))
+    ranked.sort(key=lambda item: item[0])
+    return [(entry, found) for _, entry, found in ranked]
+
+
+def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[dict]:
+    """Queue entries in review order, from full metadata documents."""
+    return [queue_entry(meta, *found) for meta, found in rank(metas, settings, kind)]
 
 
 def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
@@ -92,23 +97,32 @@ def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
 
 async def review_queue(dataset, settings: Settings, *, kind: str = "all", limit: int = 50,
                        offset: int = 0) -> dict:
-    """One page of the queue: ``{total, limit, offset, kind, items}``."""
+    """One page of the queue: ``{total, limit, offset, kind, items}``.
+
+    Ranked from the index (label, score, time); metadata files are read only for disputed images
+    (is the label a person's?) and for the page's entries (attribution), not for the whole dataset.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     offset = max(0, offset)  # a negative offset would count from the end
-    queue = build_queue(await load_candidates(dataset), settings, kind)
-    return {"total": len(queue), "limit": limit, "offset": offset, "kind": kind,
-            "items": queue[offset:offset + limit]}
+    rows = [{"id": s.id, "label": s.label, "confidence": s.confidence, "timestamp": s.created_at,
+             "source": s.source} for s in await dataset.samples(labels=("real", "ai", "unlabeled"))]
+    disputed = [row for row in rows if row["label"] != "unlabeled" and review_reason(row, settings)]
+    for row, meta in zip(disputed, await read_metadata(dataset, disputed), strict=True):
+        row["label_source"] = (meta or {}).get("label_source")
+    ranked = rank(rows, settings, kind)
+    page = ranked[offset:offset + limit]
+    metas = await read_metadata(dataset, [row for row, _ in page])
+    items = [queue_entry(meta or row, *found) for (row, found), meta in zip(page, metas, strict=True)]
+    return {"total": len(ranked), "limit": limit, "offset": offset, "kind": kind, "items": items}
 
 
-async def load_candidates(dataset) -> list[dict]:
-    """Metadata of every image; the queue needs score, label and label_source, which live there."""
-    samples = await dataset.samples(labels=("real", "ai", "unlabeled"))
-    metas: list[dict] = []
-    for start in range(0, len(samples), METADATA_READS_AT_ONCE):
-        chunk = samples[start:start + METADATA_READS_AT_ONCE]
-        found = await asyncio.gather(*(dataset.get_metadata(s.id) for s in chunk))
-        metas.extend(m for m in found if m is not None)
+async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
+    """The metadata documents of ``rows``, in order, a bounded number of reads at a time."""
+    metas: list[dict | None] = []
+    for start in range(0, len(rows), METADATA_READS_AT_ONCE):
+        chunk = rows[start:start + METADATA_READS_AT_ONCE]
+        metas.extend(await asyncio.gather(*(dataset.get_metadata(row["id"]) for row in chunk)))
     return metas
 
 
