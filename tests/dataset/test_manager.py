@@ -128,6 +128,19 @@ async def test_the_unique_constraint_decides_a_lost_race(dm, monkeypatch):
     assert len(list(dm.storage.list("images/"))) == 1 and len(list(dm.storage.list("meta/"))) == 1
 
 
+async def test_identical_image_arriving_between_the_checks_is_a_duplicate(dm, monkeypatch):
+    first = await dm.ingest(jpeg(4), meta_in())
+    real_find_sha, calls = dm.index.find_sha, []
+
+    async def first_check_misses(sha256):  # the winner's row lands just after the exact check
+        calls.append(sha256)
+        return None if len(calls) == 1 else await real_find_sha(sha256)
+
+    monkeypatch.setattr(dm.index, "find_sha", first_check_misses)
+    out = await dm.ingest(jpeg(4), meta_in())
+    assert (out.status, out.id) == ("duplicate", first.id)
+
+
 async def test_two_managers_on_one_database_store_one(driver_settings):
     data = jpeg(8, (120, 90))
     async with DatasetManager(driver_settings) as a, DatasetManager(driver_settings) as b:
