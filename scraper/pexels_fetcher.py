@@ -41,9 +41,11 @@ class PexelsFetcher(BaseFetcher):
                 yield item
 
     async def _query_images(self, query: str, wanted: int) -> AsyncIterator[tuple[bytes, dict]]:
+        # One page size for the whole query: the API pages by offset (page - 1) * per_page.
         page: int | None = 1
+        per_page = min(PER_PAGE_MAX, wanted)
         while wanted > 0 and page is not None and self.quota_left != 0:
-            body = await self._search_page(query, page, min(PER_PAGE_MAX, wanted))
+            body = await self._search_page(query, page, per_page)
             if body is None:
                 return
             listed = [pair for photo in body["photos"][:wanted] if (pair := self._listing(photo, query))]
