@@ -140,3 +140,13 @@ async def test_unreadable_metadata_is_reported_not_deleted(dm):
     report = await dm.check(repair=True)
     assert [u["id"] for u in report["unreadable_meta"]] == [out.id] and not report["ok"]
     assert dm.storage.get(row["meta_key"]) == b"{not json"
+
+
+async def test_unreachable_bucket_is_a_storage_error_outcome(make_settings, s3_server, aws_env):
+    settings = make_settings(storage_driver="s3", s3_bucket="bucket-that-does-not-exist",
+                             s3_endpoint_url=s3_server)
+    async with DatasetManager(settings) as dm:
+        out = await dm.ingest(jpeg(1), meta_in())
+        assert (out.status, out.reason) == ("error", "storage_error")
+        assert "bucket-that-does-not-exist" in out.message and "testing-secret" not in out.message
+        assert (await dm.counts())["total"] == 0
