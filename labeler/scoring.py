@@ -28,6 +28,7 @@ import httpx
 from config.settings import Settings
 from dataset.images import ImageRejected
 from dataset.manager import DatasetManager
+from dataset.storage import StorageError
 from labeler.core_client import CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
 from trainer.errors import ModelNotFound
 from trainer.registry import promoted_entry
@@ -249,7 +250,7 @@ class Labeler:
     async def _read(self, item: Item) -> bytes | None:
         try:
             return await self.dataset.read_image(item.id)
-        except (KeyError, OSError) as exc:
+        except (KeyError, OSError, StorageError) as exc:  # gone since listed, or the store failed
             self.errors["unreadable_image"] += 1
             log.warning("labeler: image %s unreadable: %r", item.id, exc)
             return None
@@ -257,7 +258,7 @@ class Labeler:
     async def _store(self, item: Item, probability: float, identity: dict) -> None:
         try:
             await self.dataset.set_score(item.id, probability, identity)
-        except (KeyError, OSError) as exc:
+        except (KeyError, OSError, StorageError) as exc:
             self.errors["store_failed"] += 1
             log.warning("labeler: score for %s not stored: %r", item.id, exc)
             return
