@@ -84,7 +84,10 @@ async def get_review(
     offset: Annotated[int, Query(ge=0)] = 0,
     kind: Literal["all", "disagreement", "unlabeled"] = "all",
 ) -> dict:
-    return await review_queue(dataset, settings, kind=kind, limit=limit, offset=offset)
+    try:
+        return await review_queue(dataset, settings, kind=kind, limit=limit, offset=offset)
+    except StorageError as exc:
+        raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
 
 
 @router.get("/images/{image_id}", summary="The stored image bytes",
