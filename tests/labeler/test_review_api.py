@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from dataset.storage import StorageError
 from tests.images import jpeg, png
 
 AUTH = {"Authorization": "Bearer test-token"}
@@ -136,3 +137,18 @@ def test_confirming_a_disputed_label_settles_it(client):
     assert client.get("/review", headers=AUTH).json()["total"] == 1
     assert client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "real"}).status_code == 200
     assert client.get("/review", headers=AUTH).json()["total"] == 0
+
+
+def test_storage_failure_is_503_with_the_reason(client):
+    image_id = upload(client, jpeg(11), "unlabeled")
+
+    class Broken(type(client.app.state.dataset.storage)):
+        def get(self, key: str) -> bytes:
+            raise StorageError(f"disk unavailable while reading {key}")
+
+    dataset = client.app.state.dataset
+    dataset.storage = Broken(client.app.state.settings.dataset_dir)
+    for response in (client.get(f"/images/{image_id}", headers=AUTH), client.get("/review", headers=AUTH),
+                     client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "ai"})):
+        assert response.status_code == 503
+        assert "storage unavailable" in response.json()["detail"]
