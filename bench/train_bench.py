@@ -1,7 +1,7 @@
 """Training throughput of the trainer's data path against raw model steps, and peak memory.
 
     python bench/train_bench.py [--arch resnet10t] [--image-size 64] [--batch 32] [--workers 2]
-                                [--images 512] [--device auto] [--source-size 320x240] [--folder DIR]
+                                [--images 512] [--device auto] [--source-size 1080x720] [--folder DIR]
     python bench/train_bench.py --mode memory --sizes 1000,10000 [same options]
 
 throughput mode, in one run on one device:
@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from dataset.manager import Sample  # noqa: E402
 from dataset.storage import LocalStorage  # noqa: E402
-from trainer.data import StoredImages, make_loader, preprocessing_for, train_transform  # noqa: E402
+from trainer.data import Normalizer, StoredImages, make_loader, preprocessing_for, train_transform  # noqa: E402
 from trainer.modeling import build_model, pick_device  # noqa: E402
 from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
 
@@ -81,15 +81,15 @@ def _settings(args, tmp: Path, **extra) -> Settings:
                     min_train_samples=2, train_epochs=1, **extra)
 
 
-def _steps(model, loader, device, amp_dtype, lr: float) -> float:
+def _steps(model, loader, prepare, amp_dtype, lr: float) -> float:
     """Seconds of one train_one_epoch over ``loader``, synchronised on CUDA."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     scheduler = _ConstantLR()
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    _sync(device)
+    _sync(prepare.device)
     start = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp_dtype, 0)
-    _sync(device)
+    train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype, 0)
+    _sync(prepare.device)
     return time.perf_counter() - start
 
 
@@ -114,15 +114,15 @@ def throughput(args) -> None:
         model = build_model(settings).to(device)
         pre = preprocessing_for(model, args.image_size)
         data = StoredImages(storage, [s.image_key for s in samples], [int(s.label == "ai") for s in samples],
-                            train_transform(pre), settings.max_image_pixels)
+                            train_transform(pre), settings.max_image_pixels, reduce_to=pre.decode_side)
         loader = make_loader(data, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
                              pin_memory=device.type == "cuda", drop_last=True)
-        steps = len(loader)
+        steps, prepare = len(loader), Normalizer(pre, device)
         raw = _memory_batches(args, device, steps)
-        _steps(model, raw[:2], device, amp_dtype, settings.train_lr)     # warm-up: kernels, allocator
-        raw_s = _steps(model, raw, device, amp_dtype, settings.train_lr)
-        _steps(model, loader, device, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
-        real_s = _steps(model, loader, device, amp_dtype, settings.train_lr)
+        _steps(model, raw[:2], prepare, amp_dtype, settings.train_lr)     # warm-up: kernels, allocator
+        raw_s = _steps(model, raw, prepare, amp_dtype, settings.train_lr)
+        _steps(model, loader, prepare, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
+        real_s = _steps(model, loader, prepare, amp_dtype, settings.train_lr)
     raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     source = args.folder or "x".join(map(str, args.source_size))
@@ -135,7 +135,8 @@ def throughput(args) -> None:
 
 def _memory_batches(args, device, steps: int) -> list:
     """``steps`` batches on the device, cycling over a few distinct tensors (memory stays small)."""
-    distinct = [(torch.randn(args.batch, 3, args.image_size, args.image_size, device=device),
+    shape = (args.batch, 3, args.image_size, args.image_size)
+    distinct = [(torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
                  torch.randint(0, 2, (args.batch,), device=device)) for _ in range(min(steps, 4))]
     return [(*distinct[i % len(distinct)], None, 0) for i in range(steps)]
 
@@ -176,7 +177,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(320, 240),
+    p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(1080, 720),
                    help="WxH of the generated JPEGs")
     p.add_argument("--folder", type=Path, help="use the images of this folder instead of generated ones")
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000])

@@ -31,17 +31,19 @@ class Scores:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> Scores:
-    """Score every readable image of ``loader`` (batches of images, labels, positions, skipped)."""
+def evaluate(model: torch.nn.Module, loader, prepare, amp_dtype: torch.dtype | None = None) -> Scores:
+    """Score every readable image of ``loader`` (batches of images, labels, positions, skipped).
+
+    ``prepare`` moves a batch to the model's device and normalises it (trainer.data.Normalizer).
+    """
     model.eval()
     probs, labels, positions, loss_sum, skipped = [], [], [], 0.0, 0
     for images, targets, where, n_skipped in loader:
         skipped += n_skipped
         if len(targets) == 0:
             continue
-        images = images.to(device, non_blocking=True)
-        with _autocast(device, amp_dtype):
+        images = prepare(images)
+        with _autocast(images.device, amp_dtype):
             logits = model(images)
         logits = logits.float().cpu()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()

@@ -14,7 +14,7 @@ import torch
 
 from config.settings import Settings
 from dataset.images import decode_rgb
-from trainer.data import eval_transform
+from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
 from trainer.modeling import load_artifacts, pick_device
@@ -31,6 +31,7 @@ class Predictor:
         self.device, self.amp_dtype = pick_device(device)
         self.model, self.pre, self.card = load_artifacts(folder, self.device)
         self.transform = eval_transform(self.pre)
+        self.normalize = Normalizer(self.pre, self.device)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
@@ -43,9 +44,12 @@ class Predictor:
         probs: list[float] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            batch = torch.stack([self.transform(decode_rgb(b, max_pixels=self.max_pixels)) for b in chunk])
+            batch = torch.stack([self.transform(self._decode(b)) for b in chunk])
             probs += self._forward(batch)
         return probs
+
+    def _decode(self, data: bytes):
+        return decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side)
 
     def predict_paths(self, paths: Sequence[Path | str]) -> list[float]:
         return self.predict_bytes([Path(p).read_bytes() for p in paths])
@@ -53,7 +57,7 @@ class Predictor:
     @torch.no_grad()
     def _forward(self, batch: torch.Tensor) -> list[float]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(batch.to(self.device, non_blocking=True))
+            logits = self.model(self.normalize(batch))
         return logits.float().softmax(dim=1)[:, CLASS_INDEX["ai"]].cpu().tolist()
 
 

@@ -14,7 +14,7 @@ import logging
 import torch
 
 from config.settings import Settings
-from trainer.data import StoredImages, eval_transform, make_loader
+from trainer.data import Normalizer, StoredImages, eval_transform, make_loader
 from trainer.errors import ModelNotFound
 from trainer.evaluate import classification_metrics, evaluate
 from trainer.modeling import load_artifacts
@@ -58,11 +58,11 @@ def score_saved_model(folder, val_data: StoredImages, settings: Settings, device
     """Metrics of a saved model on ``val_data``, with that model's own preprocessing."""
     model, pre, _ = load_artifacts(folder, device)
     data = copy.copy(val_data)
-    data.transform = eval_transform(pre)
+    data.transform, data.reduce_to = eval_transform(pre), pre.decode_side
     loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False,
                          workers=settings.train_workers, seed=settings.train_seed,
                          pin_memory=device.type == "cuda")
-    scores = evaluate(model, loader, device, amp_dtype)
+    scores = evaluate(model, loader, Normalizer(pre, device), amp_dtype)
     return classification_metrics(scores.labels, scores.probs, scores.loss)
 
 

@@ -27,7 +27,14 @@ from timm.scheduler import CosineLRScheduler
 from config.settings import Settings
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver
-from trainer.data import StoredImages, eval_transform, make_loader, preprocessing_for, train_transform
+from trainer.data import (
+    Normalizer,
+    StoredImages,
+    eval_transform,
+    make_loader,
+    preprocessing_for,
+    train_transform,
+)
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
@@ -64,12 +71,13 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
     pre = preprocessing_for(model, settings.train_image_size)
+    prepare = Normalizer(pre, device)
     loader_args = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
                        seed=settings.train_seed, pin_memory=device.type == "cuda")
-    train_loader = make_loader(_images(storage, train_set, train_transform(pre), settings),
+    train_loader = make_loader(_images(storage, train_set, train_transform(pre), pre, settings),
                                shuffle=True, drop_last=len(train_set) > settings.train_batch_size,
                                **loader_args)
-    val_data = _images(storage, val_set, eval_transform(pre), settings)
+    val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
     val_loader = make_loader(val_data, shuffle=False, **loader_args)
 
     total_steps = settings.train_epochs * len(train_loader)
@@ -83,9 +91,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     try:
         step, skipped = 0, 0
         for epoch in range(1, settings.train_epochs + 1):
-            train_loss, step, n_skipped = train_one_epoch(model, train_loader, optimizer, scheduler,
-                                                          scaler, device, amp_dtype, step)
-            scores = evaluate(model, val_loader, device, amp_dtype)
+            train_loss, step, n_skipped = train_one_epoch(model, train_loader, prepare, optimizer,
+                                                          scheduler, scaler, amp_dtype, step)
+            scores = evaluate(model, val_loader, prepare, amp_dtype)
             skipped += n_skipped + scores.skipped
             metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
             _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
@@ -112,18 +120,21 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
             "duration_s": round(time.monotonic() - started, 1)}
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, amp_dtype,
+def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
                     step: int) -> tuple[float, int, int]:
-    """One pass over the training loader; returns (mean loss, optimiser steps so far, skipped images)."""
+    """One pass over the training loader; returns (mean loss, optimiser steps so far, skipped images).
+
+    ``prepare`` moves a uint8 batch to the device and normalises it (trainer.data.Normalizer).
+    """
     model.train()
     loss_sum, seen, skipped = 0.0, 0, 0
     for images, targets, _, n_skipped in loader:
         skipped += n_skipped
         if len(targets) == 0:
             continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        images = prepare(images)
+        targets = targets.to(images.device, non_blocking=True)
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = F.cross_entropy(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -171,9 +182,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _images(storage, samples: list[Sample], transform, settings: Settings) -> StoredImages:
+def _images(storage, samples: list[Sample], transform, pre, settings: Settings) -> StoredImages:
     return StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
-                        transform, settings.max_image_pixels)
+                        transform, settings.max_image_pixels, reduce_to=pre.decode_side)
 
 
 def _registry_entry(settings: Settings, metrics: dict, sizes: dict, sha256: str, promotion: dict,
