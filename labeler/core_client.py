@@ -4,6 +4,10 @@ Request: ``POST {EXPOSR_CORE_ENDPOINT}`` with a multipart ``file`` part holding 
 Answer: JSON with the probability at ``EXPOSR_CORE_SCORE_FIELD`` (a dotted path such as
 ``result.ai_probability``) and, optionally, a ``model_version`` (or ``version``) string at the top level.
 
+Retries follow the source APIs' policy (``scraper.http.RetryPolicy``): exponential backoff with
+full jitter, ``Retry-After`` honoured (a longer one than the policy waits gives up at once),
+bounded attempts.
+
 Exceptions (``kind`` is the name the labeler counts the failure under):
 
     CoreError                 base class
@@ -17,25 +21,21 @@ Exceptions (``kind`` is the name the labeler counts the failure under):
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
 import random
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 
 from config.settings import Settings
+from scraper.http import RetryPolicy, Sleep, parse_retry_after
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 4          # one request plus three retries, like the source APIs
-BASE_DELAY_S = 0.5        # first backoff step; doubles each retry
-MAX_DELAY_S = 30.0        # cap for both the backoff and a server's Retry-After
-
-Sleep = Callable[[float], Awaitable[None]]
+# Core is a sibling service, not a rate-limited public API: shorter waits than the sources'.
+CORE_RETRY = RetryPolicy(attempts=4, base_delay=0.5, max_delay=30.0, max_retry_after=120.0)
+MAX_ATTEMPTS = CORE_RETRY.attempts
 
 
 class CoreError(Exception):
@@ -43,6 +43,9 @@ class CoreError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+    def __str__(self) -> str:
+        return self.message  # the message may gain detail after construction
 
 
 class CoreUnavailable(CoreError):
@@ -68,23 +71,24 @@ class CoreClient:
         client: httpx.AsyncClient,
         *,
         sleep: Sleep = asyncio.sleep,
-        rng: Callable[[], float] = random.random,
-        max_attempts: int = MAX_ATTEMPTS,
+        rng: random.Random | None = None,
+        retry: RetryPolicy = CORE_RETRY,
     ) -> None:
         self.endpoint = settings.exposr_core_endpoint
         self.score_field = settings.exposr_core_score_field
         self.timeout = settings.exposr_core_timeout
         self._client = client
         self._sleep = sleep
-        self._rng = rng
-        self._max_attempts = max_attempts
+        self._rng = rng or random.Random()
+        self._retry = retry
 
     async def score(self, data: bytes, filename: str, content_type: str) -> CoreScore:
         response = await self._post_with_retries(data, filename, content_type)
         return parse_answer(response, self.score_field)
 
     async def _post_with_retries(self, data: bytes, filename: str, content_type: str) -> httpx.Response:
-        for attempt in range(1, self._max_attempts + 1):
+        attempts = self._retry.attempts
+        for attempt in range(attempts):
             try:
                 response = await self._client.post(
                     self.endpoint, files={"file": (filename, data, content_type)}, timeout=self.timeout
@@ -102,19 +106,22 @@ class CoreClient:
                 if isinstance(failure, CoreBadAnswer):
                     raise failure  # a 4xx will not change on retry
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if attempt == self._max_attempts:
+                if retry_after is not None and retry_after > self._retry.max_retry_after:
+                    failure.message += f" (Retry-After {retry_after:.0f}s is longer than the labeler waits)"
+                    raise failure
+            if attempt == attempts - 1:
                 raise failure
             delay = self._backoff(attempt, retry_after)
             log.info("Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
-                     failure.kind, attempt, self._max_attempts, delay)
+                     failure.kind, attempt + 1, attempts, delay)
             await self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            return min(retry_after, MAX_DELAY_S)
+            return retry_after + self._rng.uniform(0, 1)  # as the sources: a little jitter past the date
         # Full jitter: concurrent workers that failed together do not retry together.
-        return self._rng() * min(MAX_DELAY_S, BASE_DELAY_S * 2 ** (attempt - 1))
+        return self._retry.backoff(attempt, self._rng)
 
 
 def _status_failure(response: httpx.Response) -> CoreError:
@@ -123,20 +130,6 @@ def _status_failure(response: httpx.Response) -> CoreError:
     if code == 429 or code >= 500:
         return CoreUnavailable(f"http_{code}", message)
     return CoreBadAnswer(f"http_{code}", message)
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def parse_answer(response: httpx.Response, score_field: str) -> CoreScore:

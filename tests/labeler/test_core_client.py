@@ -6,16 +6,17 @@ import httpx
 import pytest
 import respx
 
-from labeler.core_client import (
-    MAX_ATTEMPTS,
-    CoreBadAnswer,
-    CoreClient,
-    CoreUnavailable,
-    parse_retry_after,
-)
+from labeler.core_client import MAX_ATTEMPTS, CoreBadAnswer, CoreClient, CoreUnavailable
 from tests.images import jpeg
 
 ENDPOINT = "https://core.test/api/v1/analyze"
+
+
+class MaxJitter:
+    """A random source pinned to the top of every jitter range."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
 
 
 class Sleeps:
@@ -37,7 +38,7 @@ def sleeps() -> Sleeps:
 async def core(make_settings, sleeps):
     settings = make_settings(exposr_core_endpoint=ENDPOINT, exposr_core_score_field="result.ai_probability")
     async with httpx.AsyncClient() as client:
-        yield CoreClient(settings, client, sleep=sleeps, rng=lambda: 1.0)
+        yield CoreClient(settings, client, sleep=sleeps, rng=MaxJitter())
 
 
 async def score(core: CoreClient):
@@ -68,7 +69,7 @@ async def test_retries_5xx_with_exponential_backoff_then_succeeds(core, sleeps):
     result = await score(core)
     assert result.probability == 0.0
     assert result.version is None
-    assert sleeps.delays == [0.5, 1.0]  # rng pinned to 1.0: the jitter's upper bound
+    assert sleeps.delays == [0.5, 1.0]  # the jitter's upper bounds: 0.5 s, then doubled
 
 
 @respx.mock
@@ -78,7 +79,16 @@ async def test_retry_after_is_honoured(core, sleeps):
         httpx.Response(200, json={"result": {"ai_probability": 1}}),
     ]
     assert (await score(core)).probability == 1.0
-    assert sleeps.delays == [7.0]
+    assert sleeps.delays == [8.0]  # Retry-After plus at most 1 s of jitter, as for the sources
+
+
+@respx.mock
+async def test_a_retry_after_longer_than_the_labeler_waits_gives_up_at_once(core, sleeps):
+    route = respx.post(ENDPOINT).respond(503, headers={"Retry-After": "3600"})
+    with pytest.raises(CoreUnavailable, match="longer than the labeler waits") as info:
+        await score(core)
+    assert info.value.kind == "http_503"
+    assert (route.call_count, sleeps.delays) == (1, [])
 
 
 @respx.mock
@@ -140,10 +150,3 @@ async def test_garbage_is_a_bad_answer_never_a_score(core, response, kind):
     with pytest.raises(CoreBadAnswer) as info:
         await score(core)
     assert info.value.kind == kind
-
-
-def test_parse_retry_after_forms():
-    assert parse_retry_after("12") == 12.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
