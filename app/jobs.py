@@ -182,8 +182,9 @@ class JobRunner:
                  f": {values['error']}" if values.get("error") else "")
 
     async def _set(self, job: dict, **values) -> None:
-        job.update(values)
+        # Database first: whoever sees the new state in memory can also read it from the database.
         await self.store.update(job["id"], **values)
+        job.update(values)
         self._changed()
 
     def _changed(self) -> None:

@@ -7,6 +7,7 @@ under polling.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,22 +22,42 @@ COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
 
 
 class TTLCache:
-    """Remember an async function's value for ``ttl`` seconds (one value, no arguments)."""
+    """One async value, served from memory; after ``ttl`` seconds it is refreshed in the background
+    (callers keep getting the previous value meanwhile), after ``invalidate()`` it is reloaded
+    before the next answer. So a poller never waits on the database except after a change."""
 
     def __init__(self, ttl: float, load: Callable[[], Awaitable[Any]]) -> None:
         self.ttl, self.load = ttl, load
         self._value: Any = None
+        self._loaded = False
         self._expires = 0.0
+        self._refresh: asyncio.Task | None = None
+        self._generation = 0
 
     def invalidate(self) -> None:
-        self._expires = 0.0
+        self._generation += 1
+        self._loaded = False
 
     async def get(self) -> Any:
-        now = time.monotonic()
-        if now >= self._expires:
-            self._value = await self.load()
-            self._expires = time.monotonic() + self.ttl
+        if not self._loaded:
+            return await self._reload()
+        if time.monotonic() >= self._expires and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._reload_quietly())
         return self._value
+
+    async def _reload(self) -> Any:
+        generation = self._generation
+        value = await self.load()
+        if generation == self._generation:  # a load begun before an invalidate() is not kept
+            self._value, self._loaded = value, True
+            self._expires = time.monotonic() + self.ttl
+        return value
+
+    async def _reload_quietly(self) -> None:
+        try:
+            await self._reload()
+        except Exception:  # the next request retries; the old value stays served meanwhile
+            log.exception("refreshing the status overview failed")
 
 
 def dataset_counts(counts: dict) -> dict[str, int]:

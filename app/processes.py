@@ -15,6 +15,8 @@ import logging
 import multiprocessing as mp
 import os
 import queue as queue_mod
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -96,6 +98,8 @@ def child_main(target: str, settings: Settings, messages: Any, parent_pid: int) 
 
     configure_logging(settings)
     _exit_with_parent(parent_pid)
+    # SIGTERM from the service raises SystemExit, so `finally` blocks and DataLoader workers unwind.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     module_name, _, func_name = target.partition(":")
     func = getattr(importlib.import_module(module_name), func_name)
 

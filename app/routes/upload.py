@@ -112,6 +112,8 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
     if outcome.status == "rejected":
         code = REJECTED_STATUS.get(outcome.reason, 400)
         raise HTTPException(code, detail=f"{outcome.reason}: {outcome.message}")
+    if outcome.status == "stored":
+        request.app.state.overview.invalidate()  # /status counts move at once
     body = UploadOut(id=outcome.id, status=outcome.status, label=label, message=outcome.message,
                      distance=outcome.distance)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.status == "stored" else 200)
