@@ -75,6 +75,7 @@ class CoreClient:
         retry: RetryPolicy = CORE_RETRY,
     ) -> None:
         self.endpoint = settings.exposr_core_endpoint
+        self.shown_endpoint = redact_url(self.endpoint)  # for logs and reports
         self.score_field = settings.exposr_core_score_field
         self.timeout = settings.exposr_core_timeout
         self._client = client
@@ -97,7 +98,7 @@ class CoreClient:
                 failure = CoreUnavailable("timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})")
                 retry_after = None
             except httpx.TransportError as exc:
-                failure = CoreUnavailable("unreachable", f"Exposr-Core at {self.endpoint}: {exc!r}")
+                failure = CoreUnavailable("unreachable", f"Exposr-Core at {self.shown_endpoint}: {exc!r}")
                 retry_after = None
             else:
                 if response.status_code < 400:
@@ -122,6 +123,15 @@ class CoreClient:
             return retry_after + self._rng.uniform(0, 1)  # as the sources: a little jitter past the date
         # Full jitter: concurrent workers that failed together do not retry together.
         return self._retry.backoff(attempt, self._rng)
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info or query string, which may carry credentials."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        return "(invalid URL)"
+    return str(parsed.copy_with(username=None, password=None, query=None, fragment=None))
 
 
 def _status_failure(response: httpx.Response) -> CoreError:

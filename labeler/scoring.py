@@ -81,7 +81,7 @@ class Labeler:
         self.scored = 0
         self.report: dict = {
             "scorer": None, "reason": None, "aborted": None, "total": 0, "pending": 0, "skipped": 0,
-            "scored": 0, "errors": {}, "core": {"endpoint": core.endpoint, "available": False},
+            "scored": 0, "errors": {}, "core": {"endpoint": core.shown_endpoint, "available": False},
         }
 
     async def run(self) -> dict:

@@ -187,3 +187,18 @@ async def test_missing_image_file_is_counted_and_the_rest_go_on(core_settings, s
     report = await label(core_settings)
     assert report["errors"] == {"unreadable_image": 1}
     assert report["scored"] == 5
+
+
+@respx.mock
+async def test_credentials_in_the_endpoint_stay_out_of_report_and_logs(make_settings, caplog):
+    settings = make_settings(exposr_core_endpoint="https://bot:s3cret@core.test/api/v1/analyze?key=k3y")
+    async with DatasetManager(settings) as dm:
+        await dm.ingest(jpeg(1), {"source": "upload", "label": "unlabeled"})
+    respx.route(host="core.test").mock(side_effect=httpx.ConnectError("connection refused"))
+
+    with caplog.at_level("DEBUG"):
+        report = await label(settings)
+
+    assert report["core"]["endpoint"] == "https://core.test/api/v1/analyze"
+    text = repr(report) + caplog.text
+    assert "s3cret" not in text and "k3y" not in text
