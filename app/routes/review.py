@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -106,7 +106,7 @@ async def get_image(image_id: str, dataset: DatasetDep) -> Response:
 
 
 @router.patch("/images/{image_id}", response_model=LabelOut, summary="Record a person's label")
-async def patch_image(image_id: str, body: LabelIn, dataset: DatasetDep) -> dict:
+async def patch_image(image_id: str, body: LabelIn, dataset: DatasetDep, request: Request) -> dict:
     image_id = _image_id(image_id)
     try:
         doc = await record_person_label(dataset, image_id, body.label, body.reviewer)
@@ -114,6 +114,7 @@ async def patch_image(image_id: str, body: LabelIn, dataset: DatasetDep) -> dict
         raise _not_found(image_id) from None
     except StorageError as exc:
         raise HTTPException(503, detail=f"storage unavailable, label not recorded: {exc}; retry") from exc
+    request.app.state.overview.invalidate()  # /status counts move at once
     log.info("image %s labelled %s by a person", image_id, body.label)
     return {"id": image_id, "label": doc["label"], "label_source": doc["label_source"],
             "score": doc.get("confidence")}

@@ -113,6 +113,8 @@ def test_invalid_label_bodies_are_422(client, body):
 def test_a_persons_label_moves_status_counts_and_enters_training(client):
     upload(client, jpeg(8), "real")
     image_id = upload(client, jpeg(9), "unlabeled")
+    before = client.get("/status").json()["dataset_counts"]
+    assert before == {"total": 2, "real": 1, "ai_generated": 0, "unlabeled": 1}
 
     response = client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "ai", "reviewer": "ann"})
     assert response.status_code == 200
@@ -121,7 +123,7 @@ def test_a_persons_label_moves_status_counts_and_enters_training(client):
     assert (body["label_source"]["kind"], body["label_source"]["by"]) == ("person", "ann")
     assert body["label_source"]["at"].endswith("Z")
 
-    counts = client.get("/status").json()["dataset_counts"]  # first /status of this app: nothing cached
+    counts = client.get("/status").json()["dataset_counts"]
     assert counts == {"total": 2, "real": 1, "ai_generated": 1, "unlabeled": 0}
     dataset = client.app.state.dataset
     samples = client.portal.call(dataset.samples)  # what the next training reads
