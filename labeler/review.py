@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from datetime import UTC, datetime
 
 from PIL import Image, UnidentifiedImageError
 from rich.table import Table
@@ -127,11 +126,10 @@ async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
 
 
 async def record_person_label(dataset, image_id: str, label: str, reviewer: str | None = None) -> dict:
-    """Store a person's label; the metadata keeps who and when as ``label_source``."""
+    """Store a person's label; ``label_source`` keeps who (the dataset adds when)."""
     if label not in PERSON_LABELS:
         raise ValueError(f"label must be 'real' or 'ai', got {label!r}")
-    label_source = {"kind": "person", "by": reviewer or "api", "at": utc_now_iso()}
-    return await dataset.set_label(image_id, label, label_source)
+    return await dataset.set_label(image_id, label, {"kind": "person", "by": reviewer or "api"})
 
 
 def review_table(page: dict) -> Table:
@@ -155,7 +153,3 @@ def image_media_type(data: bytes) -> str:
             return Image.MIME.get(img.format or "", "application/octet-stream")
     except (UnidentifiedImageError, OSError):
         return "application/octet-stream"
-
-
-def utc_now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
