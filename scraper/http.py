@@ -62,7 +62,9 @@ def make_client() -> httpx.AsyncClient:
 class TokenBucket:
     """At most ``per_hour`` requests an hour, with a burst of one minute's worth (at least one).
 
-    No lock: asyncio runs one coroutine at a time and nothing awaits between check and take.
+    Each caller takes its token at once, going into debt when the bucket is empty, and then
+    sleeps until that debt is repaid: callers are served in order and no one polls. No lock is
+    needed: asyncio runs one coroutine at a time and nothing awaits between reading and taking.
     ``per_hour == 0`` means no client-side limit.
     """
 
@@ -79,19 +81,18 @@ class TokenBucket:
         self.tokens = min(self.tokens, self.capacity)
 
     async def acquire(self, sleep: Sleep) -> float:
-        """Take one token, sleeping until one is there; returns the seconds waited."""
-        waited = 0.0
-        while self.per_hour > 0:
-            now = self.clock()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.per_hour / 3600)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return waited
-            delay = (1 - self.tokens) * 3600 / self.per_hour
-            waited += delay
-            await sleep(delay)
-        return waited
+        """Take one token, sleeping until it is ours; returns the seconds waited."""
+        if self.per_hour <= 0:
+            return 0.0
+        now = self.clock()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.per_hour / 3600)
+        self.updated = now
+        self.tokens -= 1
+        if self.tokens >= 0:
+            return 0.0
+        delay = -self.tokens * 3600 / self.per_hour
+        await sleep(delay)
+        return delay
 
 
 # One bucket per source name for the whole process, so a scheduled and a manual scrape (or two

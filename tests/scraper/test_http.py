@@ -212,3 +212,14 @@ async def test_bounded_map_keeps_at_most_n_in_flight_and_yields_everything():
     results = [r async for r in bounded_map(range(20), work, 3)]
     assert sorted(results) == [i * 10 for i in range(20)]
     assert peak == 3
+
+
+async def test_token_bucket_serves_simultaneous_callers_in_turn():
+    import asyncio
+
+    async def no_sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    bucket = TokenBucket(60, clock=lambda: 1000.0)     # one a minute, burst of one; time stands still
+    waits = await asyncio.gather(*(bucket.acquire(no_sleep) for _ in range(3)))
+    assert waits == [0.0, pytest.approx(60.0), pytest.approx(120.0)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 import respx
 
 from tests.images import jpeg
@@ -107,3 +108,20 @@ async def test_quota_exhausted_on_a_2xx_stops_further_searches(make_manager):
     serve_photos({9: jpeg(50)})
     report = await make_manager(source("pexels", queries=["a", "b"])).run()
     assert search.call_count == 1 and report["sources"]["pexels"]["stored"] == 1
+
+
+@respx.mock
+async def test_rate_limit_per_hour_paces_api_requests_across_runs_not_downloads(make_manager, sleeps):
+    respx.get(f"{API}/search").mock(side_effect=[
+        httpx.Response(200, json=pexels_search([1], page=1, per_page=1, has_next=True)),
+        httpx.Response(200, json=pexels_search([2], page=2, per_page=1, has_next=False)),
+        httpx.Response(200, json=pexels_search([3], page=1, per_page=1, has_next=False)),
+    ])
+    serve_photos({1: jpeg(51), 2: jpeg(52), 3: jpeg(53)})
+    await make_manager(source("pexels", limit_per_query=2, rate_limit_per_hour=60)).run()
+    # Burst of one, then one a minute: the second search waits; the three downloads never do.
+    assert sleeps.calls == [pytest.approx(60, abs=1)]
+    report = await make_manager(source("pexels", limit_per_query=1, rate_limit_per_hour=60)).run()
+    # A second run in the same process draws on the same bucket, so it waits too.
+    assert sleeps.calls[1] == pytest.approx(120, abs=1)
+    assert report["sources"]["pexels"]["stored"] == 1
