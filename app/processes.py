@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10
 EXIT_GRACE_SECONDS = 30
+CHILD_NICENESS = 10
 
 
 class ChildFailed(Exception):
@@ -98,6 +99,8 @@ def child_main(target: str, settings: Settings, messages: Any, parent_pid: int) 
 
     configure_logging(settings)
     _exit_with_parent(parent_pid)
+    # Lower priority (inherited by DataLoader workers): the API process wins the CPU when it needs it.
+    os.nice(CHILD_NICENESS)
     # SIGTERM from the service raises SystemExit, so `finally` blocks and DataLoader workers unwind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     module_name, _, func_name = target.partition(":")

@@ -1,6 +1,6 @@
 """Latency of GET /status and GET /metrics on a running server, idle versus during training.
 
-    python bench/api_bench.py [--folder DIR] [--images 40] [--requests 300]
+    python bench/api_bench.py [--folder DIR] [--images 40] [--requests 1000]
                               [--arch resnet10t] [--image-size 96] [--workers 2]
 
 In one run: starts `exposr-trainer serve` on a free loopback port with a temporary dataset
@@ -158,7 +158,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", help="a folder with real/ and ai/ image folders (default: generated)")
     parser.add_argument("--images", type=int, default=40, help="generated images per class")
-    parser.add_argument("--requests", type=int, default=300, help="timed requests per endpoint and phase")
+    parser.add_argument("--requests", type=int, default=1000, help="timed requests per endpoint and phase")
     parser.add_argument("--arch", default="resnet10t")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--workers", type=int, default=2, help="training DataLoader workers")
