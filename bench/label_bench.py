@@ -7,6 +7,7 @@
 2. Labeler: ``run_labeler`` with ``EXPOSR_CORE_CONCURRENCY`` requests in flight: reads each image
    from the dataset, validates Core's answer, rewrites metadata and the index row.
    Ratio = baseline time / labeler time (above 1: bounded concurrency pays for the extra work).
+   A second run (nothing new: one probe, every metadata file read to check its scorer) is timed too.
 3. Review queue: ``review_queue`` over the whole dataset (it reads every metadata file) against
    ``DatasetManager.samples()`` alone (one index query). Ratio = queue time / index time.
 """
@@ -93,6 +94,9 @@ async def main(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         report = await run_labeler(settings)
         label_s = time.perf_counter() - start
+        start = time.perf_counter()
+        again = await run_labeler(settings)  # what every scrape's follow-up costs when nothing is new
+        noop_s = time.perf_counter() - start
 
         async with DatasetManager(settings) as dm:
             start = time.perf_counter()
@@ -109,6 +113,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"labeler: {label_s:.2f} s ({report['scored'] / label_s:.1f} images/s), scored {report['scored']}, "
           f"errors {report['errors']}")
     print(f"ratio labeler speed / baseline speed: {base_s / label_s:.2f}x")
+    print(f"second run, nothing new: {noop_s * 1000:.0f} ms (skipped {again['skipped']}, one probe request); "
+          f"ratio to the first run {noop_s / label_s:.2f}x")
     print(f"index query (samples): {index_s * 1000:.1f} ms; review queue ({page['total']} entries): "
           f"{queue_s * 1000:.1f} ms; ratio {queue_s / index_s:.1f}x")
 
