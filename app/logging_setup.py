@@ -75,5 +75,5 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # Our own one-line-per-request log replaces uvicorn's access log (which logs query strings).
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "PIL", "apscheduler.executors"):
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "PIL", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
