@@ -12,7 +12,9 @@ storage failure (full disk, S3 down) is ``error`` / ``storage_error`` and the ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import json
 import logging
 import uuid
@@ -80,6 +82,9 @@ class DatasetManager:
         self.storage = storage or make_storage(settings)
         self.index = DedupeIndex(settings.db_url)
         self._meta_lock = asyncio.Lock()  # serialises read-modify-write of metadata files
+        # ... and this file lock does the same across processes (the label job runs in a worker
+        # process while the API records a person's label on the same image).
+        self._meta_lock_path = settings.dataset_dir / ".metadata.lock"
 
     async def open(self) -> DatasetManager:
         await self.index.open()
@@ -196,7 +201,7 @@ class DatasetManager:
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
         source = {"at": iso(utc_now()), **label_source}
-        async with self._meta_lock:
+        async with self._metadata_update():
             doc = await self._rewrite_meta(image_id, lambda d: d.update(label=label, label_source=source))
             await self.index.update(image_id, label=label)
         return doc
@@ -206,11 +211,23 @@ class DatasetManager:
         if not 0.0 <= float(confidence) <= 1.0:
             raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
         scored_by = {"at": iso(utc_now()), **scorer}
-        async with self._meta_lock:
+        async with self._metadata_update():
             doc = await self._rewrite_meta(
                 image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by))
             await self.index.update(image_id, confidence=float(confidence))
         return doc
+
+    @contextlib.asynccontextmanager
+    async def _metadata_update(self):
+        """Exclusive read-modify-write of metadata, within this process and across processes."""
+        async with self._meta_lock:
+            self._meta_lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self._meta_lock_path, "a+b") as handle:
+                await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     async def _rewrite_meta(self, image_id: str, change) -> dict:
         row = await self._row(image_id)
