@@ -18,6 +18,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
+from app.filelock import ProcessLock
 from app.jobstore import JobStore, utc_now
 from app.processes import run_in_process
 from config.settings import Settings
@@ -75,10 +76,17 @@ class JobRunner:
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
+        self.leftovers_lock = ProcessLock(settings.dataset_dir / "jobs.lock")
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
 
     async def start(self) -> None:
         await self.store.create_tables()
+        # Rows left queued/running belong to a dead process, unless another live process (a second
+        # worker on the same DATASET_DIR) holds the lock: then they may be its jobs, left alone.
+        if not self.leftovers_lock.acquire():
+            log.info("another process on %s is running; its jobs are left as they are",
+                     self.settings.dataset_dir)
+            return
         leftovers = await self.store.interrupt_leftovers()
         if leftovers:
             log.warning("marked %d job(s) left running by a previous process as interrupted", leftovers)
@@ -148,6 +156,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.leftovers_lock.release()
 
     async def _run(self, job: dict) -> None:
         kind, job_id = job["kind"], job["id"]

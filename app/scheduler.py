@@ -12,17 +12,14 @@ with a log line saying so; its API still works.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import uuid
 from datetime import timedelta
-from pathlib import Path
-from typing import IO
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from app.filelock import ProcessLock
 from app.jobs import JobRunner
 from app.jobstore import utc_now
 from config.settings import Settings
@@ -30,34 +27,6 @@ from config.settings import Settings
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "scheduler.lock"
-
-
-class SchedulerLock:
-    """An exclusive, non-blocking flock held for the process lifetime (released when it exits)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held open until release()
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        fh.truncate(0)
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        self._fh = fh
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 def job_intervals(settings: Settings) -> dict[str, timedelta]:
@@ -76,7 +45,7 @@ class JobScheduler:
     def __init__(self, settings: Settings, runner: JobRunner) -> None:
         self.settings = settings
         self.runner = runner
-        self.lock = SchedulerLock(settings.dataset_dir / LOCK_NAME)
+        self.lock = ProcessLock(settings.dataset_dir / LOCK_NAME)
         self.scheduler: AsyncIOScheduler | None = None
         self.state = "disabled"
 

@@ -129,3 +129,13 @@ async def test_shutdown_terminates_the_child_process(settings, store):
     assert (await store.get(job["id"]))["state"] == "interrupted"
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+async def test_a_second_live_process_leaves_the_first_ones_running_jobs_alone(settings, store):
+    first = await make_runner(settings, store, blocking_kinds(asyncio.Event()))
+    job = await first.submit("train")
+    await asyncio.sleep(0)
+    await make_runner(settings, store, {"train": ok_job})  # a second worker starting up
+    assert (await store.get(job["id"]))["state"] == "running"
+    await first.shutdown()
+    assert (await store.get(job["id"]))["state"] == "interrupted"

@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import logging
 
+from app.filelock import ProcessLock
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
-from app.scheduler import JobScheduler, SchedulerLock, misfire_grace
+from app.scheduler import JobScheduler, misfire_grace
 
 
 async def ok_job(settings, progress):
@@ -12,7 +13,7 @@ async def ok_job(settings, progress):
 
 
 def test_lock_is_exclusive_until_released(tmp_path):
-    first, second = SchedulerLock(tmp_path / "s.lock"), SchedulerLock(tmp_path / "s.lock")
+    first, second = ProcessLock(tmp_path / "s.lock"), ProcessLock(tmp_path / "s.lock")
     assert first.acquire()
     assert not second.acquire()
     first.release()
