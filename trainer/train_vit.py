@@ -72,19 +72,8 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     model = build_model(settings).to(device)
     pre = preprocessing_for(model, settings.train_image_size)
     prepare = Normalizer(pre, device)
-    loader_args = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
-                       seed=settings.train_seed, pin_memory=device.type == "cuda")
-    train_loader = make_loader(_images(storage, train_set, train_transform(pre), pre, settings),
-                               shuffle=True, drop_last=len(train_set) > settings.train_batch_size,
-                               **loader_args)
-    val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
-    val_loader = make_loader(val_data, shuffle=False, **loader_args)
-
-    total_steps = settings.train_epochs * len(train_loader)
-    optimizer = create_optimizer_v2(model, "adamw", lr=settings.train_lr, weight_decay=WEIGHT_DECAY)
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=settings.train_lr * 0.01,
-                                  warmup_t=max(1, int(total_steps * WARMUP_FRACTION)),
-                                  warmup_lr_init=settings.train_lr * 0.01, t_in_epochs=False)
+    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device)
+    optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     staging = make_staging_dir(settings.models_dir)
@@ -100,10 +89,10 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
                                "train_loss": train_loss, "val_loss": metrics["val_loss"],
                                "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
                                "lr": optimizer.param_groups[0]["lr"]})
-        metrics["by_source"] = accuracy_by_source(
-            scores.labels, scores.probs, [val_set[i].source for i in scores.positions])
         if len(scores.labels) == 0:
             raise TrainingError("no validation image could be read; run the dataset check command")
+        metrics["by_source"] = accuracy_by_source(
+            scores.labels, scores.probs, [val_set[i].source for i in scores.positions])
 
         promotion = decide_promotion(settings, metrics, val_data, device, amp_dtype)
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
@@ -118,6 +107,27 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
         raise
     return {**entry, "metrics": metrics, "skipped_images": skipped,
             "duration_s": round(time.monotonic() - started, 1)}
+
+
+def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
+                  settings: Settings, device: torch.device):
+    """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
+    common = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
+                  seed=settings.train_seed, pin_memory=device.type == "cuda")
+    train_data = _images(storage, train_set, train_transform(pre), pre, settings)
+    train_loader = make_loader(train_data, shuffle=True,
+                               drop_last=len(train_set) > settings.train_batch_size, **common)
+    val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
+    return train_loader, val_data, make_loader(val_data, shuffle=False, **common)
+
+
+def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int):
+    """AdamW (no decay on norms and biases), linear warm-up then cosine decay, stepped per batch."""
+    optimizer = create_optimizer_v2(model, "adamw", lr=settings.train_lr, weight_decay=WEIGHT_DECAY)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps), lr_min=settings.train_lr * 0.01,
+                                  warmup_t=max(1, int(total_steps * WARMUP_FRACTION)),
+                                  warmup_lr_init=settings.train_lr * 0.01, t_in_epochs=False)
+    return optimizer, scheduler
 
 
 def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
