@@ -16,11 +16,13 @@ from trainer.summary import summary_table
 from trainer.train_vit import train_model
 
 ROOT = Path(__file__).resolve().parents[2]
+# Real worker processes, but no more than the CPUs (more makes torch warn, and warnings are errors).
+WORKERS = min(2, len(os.sched_getaffinity(0)))
 
 
 def _tiny(make_settings, **overrides):
     values = dict(train_arch="test_resnet", train_image_size=32, train_epochs=2, train_batch_size=16,
-                  train_lr=3e-3, train_workers=2, val_fraction=0.25, min_train_samples=20)
+                  train_lr=3e-3, train_workers=WORKERS, val_fraction=0.25, min_train_samples=20)
     return make_settings(**{**values, **overrides})
 
 
