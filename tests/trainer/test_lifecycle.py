@@ -10,10 +10,10 @@ from pathlib import Path
 
 from dataset.manager import DatasetManager
 from tests.images import encode
-from tests.trainer.builders import tinted
+from tests.trainer.builders import make_samples, tinted
 from trainer.registry import load_registry
 from trainer.summary import summary_table
-from trainer.train_vit import train_model
+from trainer.train_vit import train_model, train_on_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 # Real worker processes, but no more than the CPUs (more makes torch warn, and warnings are errors).
@@ -47,6 +47,12 @@ async def test_train_model_reads_the_dataset_with_workers_and_skips_unlabeled(ma
     assert table.row_count >= 8 and "vit v1" in str(table.title)
 
 
+def test_trains_from_s3_storage_in_worker_processes(make_settings, s3_storage):
+    samples = make_samples(s3_storage, 40)
+    result = train_on_samples(_tiny(make_settings, train_workers=1), samples, s3_storage)
+    assert result["version"] == "v1" and result["skipped_images"] == 0 and result["val_auc"] > 0.8
+
+
 def test_killed_training_leaves_models_as_they_were_and_is_cleaned_up(make_settings, tmp_path):
     settings = _tiny(make_settings, train_workers=0)
     import asyncio
@@ -57,7 +63,7 @@ def test_killed_training_leaves_models_as_they_were_and_is_cleaned_up(make_setti
     script = textwrap.dedent(f"""
         import os
         from config.settings import Settings
-        from trainer.train_vit import train_model
+        from trainer.train_vit import train_model, train_on_samples
         settings = Settings(_env_file=None, **{settings.model_dump(mode="json", include=_FIELDS)!r})
         train_model(settings, progress=lambda event: os._exit(9))  # dies like a SIGKILL mid-run
     """)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -92,4 +93,5 @@ def test_atomic_write_leaves_no_temp_files_and_corrupt_registry_is_explained(tmp
 def test_registry_module_does_not_import_torch():
     code = ("import sys, trainer.registry, trainer.model_sync; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    root = Path(__file__).resolve().parents[2]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
