@@ -14,9 +14,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
+import httpx
+
 from config.settings import Settings
 from config.sources import SourceConfig
-from scraper.http import FetchError, SourceHttp, default_is_rate_limited
+from scraper.http import FetchError, RateLimited, SourceHttp, decode_json, default_is_rate_limited
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ class BaseFetcher(ABC):
     required_key: str | None = None
     #: Which failed responses mean "rate limited" (retried with backoff) for this source's API.
     is_rate_limited = staticmethod(default_is_rate_limited)
+    #: Whether a rate-limited answer without Retry-After is retried at all (see SourceHttp).
+    retry_rate_limited = True
+    #: API statuses that will not change for the rest of the run (a rejected key): they stop the source.
+    fatal_statuses: frozenset[int] = frozenset()
 
     def __init__(self, config: SourceConfig, settings: Settings, http: SourceHttp):
         self.config = config
@@ -47,6 +53,8 @@ class BaseFetcher(ABC):
         # Per-item outcomes the fetcher decides itself (filtered items, failed downloads).
         self.rejected: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        # Set when the source gave up early (rate limit, quota, a rejected key); the report shows it.
+        self.stop_reason: str | None = None
 
     @abstractmethod
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
@@ -90,9 +98,43 @@ class BaseFetcher(ABC):
         self.errors[kind] += 1
         logger.warning("%s: %s", self.get_source_name(), message)
 
+    def stop(self, reason: str) -> None:
+        """End this source for the run: no further API requests; the report says why."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            logger.warning("%s: stopping for this run: %s", self.get_source_name(), reason)
+
+    def stop_rate_limited(self, exc: RateLimited) -> None:
+        self.stop(f"rate limited by the API (HTTP {exc.status}); the next scrape continues")
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop_reason is not None
+
     def count_rejected(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
         logger.info("%s: %s", self.get_source_name(), message)
+
+    async def get_page(self, url: str, params: dict[str, Any], headers: dict[str, str],
+                       what: str) -> Any | None:
+        """One API page's JSON, or None with the failure counted; a rate limit that outlasted the
+        retries, or a status in ``fatal_statuses``, also stops the source for the run."""
+        try:
+            response = await self.http.api_get(url, params, headers)
+            self.note_quota(response)
+            return decode_json(response)
+        except RateLimited as exc:
+            self.count_error(exc.kind, f"{what}: {exc.message}")
+            self.stop_rate_limited(exc)
+        except FetchError as exc:
+            self.count_error(exc.kind, f"{what}: {exc.message}")
+            if exc.status in self.fatal_statuses:
+                self.stop(f"{exc.message}; check {(self.required_key or 'the key').upper()}")
+        return None
+
+    def note_quota(self, response: httpx.Response) -> None:
+        """Read the API's quota headers from a successful answer (sources that have them)."""
+        return None
 
     async def download_item(self, url: str, metadata: dict) -> tuple[bytes, dict] | None:
         """Download one listed image; a failure is counted and gives None, never an exception."""

@@ -103,6 +103,8 @@ class FetcherManager:
             logger.exception("source %s failed", key)
         finally:
             if fetcher is not None:
+                if fetcher.stop_reason and report.status == "ok":
+                    report.status, report.message = "stopped", fetcher.stop_reason
                 report.rejected.update(fetcher.rejected)
                 report.errors.update(fetcher.errors)
                 report.api_requests = fetcher.http.stats.api_requests
@@ -116,6 +118,7 @@ class FetcherManager:
         http = SourceHttp(
             client, bucket_for(cfg.name, cfg.rate_limit_per_hour), max_bytes=self.settings.upload_max_bytes,
             retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
+            retry_rate_limited=cls.retry_rate_limited,
             download_concurrency=int(cfg.option("download_concurrency", self.download_concurrency)),
         )
         return cls(config=cfg, settings=self.settings, http=http)

@@ -173,6 +173,7 @@ class SourceHttp:
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         is_rate_limited: Callable[[httpx.Response], bool] = default_is_rate_limited,
+        retry_rate_limited: bool = True,
         download_concurrency: int = 4,
         rng: random.Random | None = None,
     ):
@@ -183,6 +184,9 @@ class SourceHttp:
         self.retry = retry or RetryPolicy()
         self.sleep = sleep
         self.is_rate_limited = is_rate_limited
+        # False for an API whose limit is a whole window with no reset time (Unsplash): retrying
+        # a rate-limited answer without Retry-After only spends requests that cannot succeed.
+        self.retry_rate_limited = retry_rate_limited
         self.download_slots = asyncio.Semaphore(download_concurrency)
         self.download_concurrency = download_concurrency
         self.rng = rng or random.Random()
@@ -278,6 +282,8 @@ class SourceHttp:
                 error.message += f" (Retry-After {retry_after:.0f}s is longer than this run waits)"
                 return error, None
             return error, retry_after + self.rng.uniform(0, 1)
+        if rate_limited and not self.retry_rate_limited:
+            return error, None
         return error, self.retry.backoff(attempt, self.rng)
 
 

@@ -2,21 +2,19 @@
 
 Auth is the raw key in ``Authorization`` and a descriptive ``User-Agent`` (Pexels' edge answers
 403 to library defaults). Pages hold at most 80 photos. A 429 carries no headers, so the quota
-left is remembered from the last 2xx (``X-Ratelimit-Remaining``) and the source stops at zero.
+left is read from each 2xx (``X-Ratelimit-Remaining``) and the source stops at zero; a 429 is
+retried with backoff, and when it outlasts the retries the source stops for the run, as it does
+when the key (401) or the client (403) is refused.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from scraper.base_fetcher import BaseFetcher
-from scraper.http import FetchError, RateLimited, decode_json
-
-logger = logging.getLogger(__name__)
 
 PER_PAGE_MAX = 80
 SIZES = ("original", "large2x", "large", "medium", "small", "portrait", "landscape", "tiny")
@@ -24,7 +22,8 @@ SIZES = ("original", "large2x", "large", "medium", "small", "portrait", "landsca
 
 class PexelsFetcher(BaseFetcher):
     required_key = "pexels_api_key"
-    quota_left: int | None = None   # from X-Ratelimit-Remaining; 0 stops the source
+    # 401: the key was refused; 403: Pexels' edge refused the client. Neither improves this run.
+    fatal_statuses = frozenset({401, 403})
 
     def get_source_name(self) -> str:
         return "pexels"
@@ -34,7 +33,7 @@ class PexelsFetcher(BaseFetcher):
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         for query in self.config.queries:
-            if limit <= 0 or self.quota_left == 0:
+            if limit <= 0 or self.stopped:
                 break
             async for item in self._query_images(query, min(limit, self.config.limit_per_query)):
                 limit -= 1
@@ -44,7 +43,7 @@ class PexelsFetcher(BaseFetcher):
         # One page size for the whole query: the API pages by offset (page - 1) * per_page.
         page: int | None = 1
         per_page = min(PER_PAGE_MAX, wanted)
-        while wanted > 0 and page is not None and self.quota_left != 0:
+        while wanted > 0 and page is not None and not self.stopped:
             body = await self._search_page(query, page, per_page)
             if body is None:
                 return
@@ -57,30 +56,18 @@ class PexelsFetcher(BaseFetcher):
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page}
-        headers = {"Authorization": self.secret()}
-        try:
-            response = await self.http.api_get(f"{self.settings.pexels_api_url}/search", params, headers)
-            self._note_quota(response)
-            body = decode_json(response)
-        except RateLimited as exc:
-            self.quota_left = 0
-            self.count_error(exc.kind, f"{exc.message}; stopping Pexels for this run")
-            return None
-        except FetchError as exc:
-            self.count_error(exc.kind, f"search {query!r} page {page}: {exc.message}")
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("photos"), list):
+        body = await self.get_page(f"{self.settings.pexels_api_url}/search", params,
+                                   {"Authorization": self.secret()}, f"search {query!r} page {page}")
+        if body is not None and not (isinstance(body, dict) and isinstance(body.get("photos"), list)):
             self.count_error("missing_fields", f"search {query!r} page {page}: no 'photos' list")
             return None
         return body
 
-    def _note_quota(self, response: httpx.Response) -> None:
-        remaining = response.headers.get("X-Ratelimit-Remaining", "")
-        if remaining.isdigit():
-            self.quota_left = int(remaining)
-            if self.quota_left == 0:
-                logger.warning("pexels: monthly quota used up until X-Ratelimit-Reset=%s; stopping",
-                               response.headers.get("X-Ratelimit-Reset"))
+    def note_quota(self, response: httpx.Response) -> None:
+        """Only 2xx answers carry the (monthly) quota left, a 429 carries nothing: stop at 0."""
+        if response.headers.get("X-Ratelimit-Remaining", "").strip() == "0":
+            self.stop(f"monthly quota used up (X-Ratelimit-Remaining: 0) until X-Ratelimit-Reset="
+                      f"{response.headers.get('X-Ratelimit-Reset', '?')}")
 
     def _listing(self, photo: Any, query: str) -> tuple[str, dict] | None:
         size = self.config.option("image_size", "large2x")

@@ -15,8 +15,8 @@ COUNTS = ("api_requests", "retries", "downloaded", "stored", "duplicates", "near
 class SourceReport:
     source: str
     label: str
-    status: str = "ok"          # ok | skipped | failed
-    message: str | None = None  # why a source was skipped or failed, for a person
+    status: str = "ok"          # ok | stopped (gave up early: rate limit, quota, key) | skipped | failed
+    message: str | None = None  # why a source stopped, was skipped or failed, for a person
     api_requests: int = 0
     retries: int = 0
     downloaded: int = 0

@@ -2,13 +2,14 @@
 
 Auth is ``Authorization: Client-ID <key>`` plus ``Accept-Version: v1``. Pages hold at most 30
 photos and search stops at page 200. Rate limiting comes back as 429 or as a 403 whose plain-text
-body says "Rate Limit Exceeded"; both are treated alike. Each *stored* image triggers one
-authorised call to its ``download_location``, as the API guidelines require.
+body says "Rate Limit Exceeded"; both are treated alike: the limit is an hourly window with no
+reset time, so the source stops for the run (``X-Ratelimit-Remaining: 0`` stops it before that,
+a rejected key as well). Each *stored* image triggers one authorised call to its
+``download_location``, as the API guidelines require.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,9 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from scraper.base_fetcher import BaseFetcher
-from scraper.http import FetchError, RateLimited, decode_json
-
-logger = logging.getLogger(__name__)
+from scraper.http import FetchError, RateLimited
 
 PER_PAGE_MAX = 30
 PAGE_CAP = 200
@@ -37,7 +36,10 @@ def is_unsplash_rate_limited(response: httpx.Response) -> bool:
 class UnsplashFetcher(BaseFetcher):
     required_key = "unsplash_access_key"
     is_rate_limited = staticmethod(is_unsplash_rate_limited)
-    quota_left: int | None = None   # from X-Ratelimit-Remaining; 0 stops the source
+    # The limit is an hourly window and Unsplash sends no reset time: a rate-limited answer
+    # stops the source for this run at once (unless it carries Retry-After).
+    retry_rate_limited = False
+    fatal_statuses = frozenset({401})
 
     def get_source_name(self) -> str:
         return "unsplash"
@@ -50,7 +52,7 @@ class UnsplashFetcher(BaseFetcher):
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         for query in self.config.queries:
-            if limit <= 0 or self.quota_left == 0:
+            if limit <= 0 or self.stopped:
                 break
             wanted = min(limit, self.config.limit_per_query)
             async for item in self._query_images(query, wanted):
@@ -60,7 +62,7 @@ class UnsplashFetcher(BaseFetcher):
     async def _query_images(self, query: str, wanted: int) -> AsyncIterator[tuple[bytes, dict]]:
         # One page size for the whole query: the API pages by offset (page - 1) * per_page.
         page, per_page = 1, min(PER_PAGE_MAX, wanted)
-        while wanted > 0 and page <= PAGE_CAP and self.quota_left != 0:
+        while wanted > 0 and page <= PAGE_CAP and not self.stopped:
             body = await self._search_page(query, page, per_page)
             if body is None:
                 return
@@ -75,29 +77,17 @@ class UnsplashFetcher(BaseFetcher):
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page,
                   "content_filter": self.config.option("content_filter", "high")}
-        try:
-            response = await self.http.api_get(f"{self.settings.unsplash_api_url}/search/photos",
-                                               params, self.api_headers())
-            self._note_quota(response)
-            body = decode_json(response)
-        except RateLimited as exc:
-            self.quota_left = 0   # no reset header exists: stop this source for the run
-            self.count_error(exc.kind, f"{exc.message}; stopping Unsplash for this run")
-            return None
-        except FetchError as exc:
-            self.count_error(exc.kind, f"search {query!r} page {page}: {exc.message}")
-            return None
-        if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+        body = await self.get_page(f"{self.settings.unsplash_api_url}/search/photos", params,
+                                   self.api_headers(), f"search {query!r} page {page}")
+        if body is not None and not (isinstance(body, dict) and isinstance(body.get("results"), list)):
             self.count_error("missing_fields", f"search {query!r} page {page}: no 'results' list")
             return None
         return body
 
-    def _note_quota(self, response: httpx.Response) -> None:
-        remaining = response.headers.get("X-Ratelimit-Remaining", "")
-        if remaining.isdigit():
-            self.quota_left = int(remaining)
-            if self.quota_left == 0:
-                logger.warning("unsplash: hourly quota used up (X-Ratelimit-Remaining: 0); stopping")
+    def note_quota(self, response: httpx.Response) -> None:
+        """Search answers and download events both carry the hourly quota left; stop at 0."""
+        if response.headers.get("X-Ratelimit-Remaining", "").strip() == "0":
+            self.stop("hourly quota used up (X-Ratelimit-Remaining: 0); the next scrape continues")
 
     def _listing(self, photo: Any, query: str) -> tuple[str, dict] | None:
         """(download URL, metadata) for one search result, or None (counted) when fields are missing."""
@@ -133,7 +123,11 @@ class UnsplashFetcher(BaseFetcher):
         if url is None:
             return
         try:
-            await self.http.api_get(url, headers=self.api_headers())
+            self.note_quota(await self.http.api_get(url, headers=self.api_headers()))
+        except RateLimited as exc:
+            self.count_error(f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: "
+                             f"{exc.message}")
+            self.stop_rate_limited(exc)
         except FetchError as exc:
             self.count_error(f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: "
                              f"{exc.message}")

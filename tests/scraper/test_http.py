@@ -223,3 +223,18 @@ async def test_token_bucket_serves_simultaneous_callers_in_turn():
     bucket = TokenBucket(60, clock=lambda: 1000.0)     # one a minute, burst of one; time stands still
     waits = await asyncio.gather(*(bucket.acquire(no_sleep) for _ in range(3)))
     assert waits == [0.0, pytest.approx(60.0), pytest.approx(120.0)]
+
+
+@respx.mock
+async def test_rate_limits_without_a_reset_time_can_be_left_unretried_but_retry_after_still_counts(sleeps):
+    route = respx.get(API).mock(side_effect=[
+        httpx.Response(429), httpx.Response(429, headers={"Retry-After": "3"}),
+        httpx.Response(200, json={"ok": 1}),
+    ])
+    async with make_client() as client:
+        http = make_http(client, sleeps, retry_rate_limited=False)
+        with pytest.raises(RateLimited):
+            await http.get_json(API)
+        assert sleeps.calls == []
+        assert await http.get_json(API) == {"ok": 1}
+    assert route.call_count == 3 and 3.0 <= sleeps.calls[0] <= 4.0

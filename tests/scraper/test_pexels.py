@@ -70,12 +70,25 @@ async def test_429_without_headers_backs_off_then_succeeds(make_manager, sleeps)
 
 
 @respx.mock
-async def test_cloudflare_html_error_page_is_counted_with_its_status(make_manager):
-    respx.get(f"{API}/search").mock(return_value=httpx.Response(
+async def test_cloudflare_html_403_stops_the_source_with_its_reason(make_manager):
+    search = respx.get(f"{API}/search").mock(return_value=httpx.Response(
         403, text="<!DOCTYPE html><html><title>Attention Required! | Cloudflare</title></html>",
         headers={"Content-Type": "text/html"}))
-    report = await make_manager(source("pexels")).run()
-    assert report["sources"]["pexels"]["errors"] == {"http_403": 1}
+    report = await make_manager(source("pexels", queries=["a", "b"])).run()
+    r = report["sources"]["pexels"]
+    assert r["errors"] == {"http_403": 1} and search.call_count == 1
+    assert r["status"] == "stopped" and "HTTP 403: HTML error page" in r["message"]
+    assert "PEXELS_API_KEY" in r["message"]
+
+
+@respx.mock
+async def test_429_that_outlasts_the_retries_stops_the_source(make_manager, sleeps):
+    search = respx.get(f"{API}/search").mock(return_value=httpx.Response(429))
+    report = await make_manager(source("pexels", queries=["a", "b"])).run()
+    r = report["sources"]["pexels"]
+    assert search.call_count == 3 and len(sleeps.calls) == 2      # RetryPolicy(attempts=3) in conftest
+    assert (r["status"], r["errors"]) == ("stopped", {"rate_limited": 1})
+    assert "rate limited by the API (HTTP 429)" in r["message"]
 
 
 @respx.mock
@@ -108,6 +121,7 @@ async def test_quota_exhausted_on_a_2xx_stops_further_searches(make_manager):
     serve_photos({9: jpeg(50)})
     report = await make_manager(source("pexels", queries=["a", "b"])).run()
     assert search.call_count == 1 and report["sources"]["pexels"]["stored"] == 1
+    assert "X-Ratelimit-Reset=1790000000" in report["sources"]["pexels"]["message"]
 
 
 @respx.mock

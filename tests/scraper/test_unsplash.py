@@ -74,15 +74,37 @@ async def test_metadata_carries_attribution_and_api_data(make_manager, dataset):
 
 
 @respx.mock
-async def test_rate_limit_403_with_plain_text_body_stops_the_source(make_manager, sleeps):
+async def test_rate_limit_403_with_plain_text_body_stops_the_source_at_once(make_manager, sleeps):
     search = respx.get(f"{API}/search/photos").mock(
         return_value=httpx.Response(403, text="Rate Limit Exceeded", headers={"Content-Type": "text/plain"}))
     report = await make_manager(source("unsplash", queries=["a", "b", "c"])).run()
     r = report["sources"]["unsplash"]
     assert r["errors"] == {"rate_limited": 1}
-    assert search.call_count == 3            # the retries of the first query, then no other query
-    assert len(sleeps.calls) == 2
-    assert r["stored"] == 0 and r["status"] == "ok"
+    # An hourly window with no reset time: no retries, no other query.
+    assert search.call_count == 1 and sleeps.calls == []
+    assert r["status"] == "stopped" and "rate limited by the API (HTTP 403)" in r["message"]
+    assert r["stored"] == 0
+
+
+@respx.mock
+async def test_a_plain_429_stops_the_source_too(make_manager, sleeps):
+    search = respx.get(f"{API}/search/photos").mock(return_value=httpx.Response(429))
+    report = await make_manager(source("unsplash", queries=["a", "b"])).run()
+    r = report["sources"]["unsplash"]
+    assert search.call_count == 1 and sleeps.calls == []
+    assert (r["status"], r["errors"]) == ("stopped", {"rate_limited": 1})
+
+
+@respx.mock
+async def test_a_forbidden_answer_that_is_not_a_rate_limit_is_counted_per_query(make_manager):
+    search = respx.get(f"{API}/search/photos").mock(side_effect=[
+        httpx.Response(403, json={"errors": ["You do not have access to this resource"]}),
+        httpx.Response(200, json=unsplash_search([], total_pages=0)),
+    ])
+    report = await make_manager(source("unsplash", queries=["a", "b"])).run()
+    r = report["sources"]["unsplash"]
+    assert search.call_count == 2
+    assert (r["status"], r["errors"]) == ("ok", {"http_403": 1})
 
 
 @respx.mock
@@ -107,19 +129,33 @@ async def test_remaining_zero_stops_before_the_next_request(make_manager):
     report = await make_manager(source("unsplash", queries=["x", "y"], limit_per_query=4)).run()
     assert search.call_count == 1
     assert report["sources"]["unsplash"]["downloaded"] == 2
+    assert report["sources"]["unsplash"]["status"] == "stopped"
 
 
 @respx.mock
-async def test_a_bad_key_is_counted_and_the_next_query_still_runs(make_manager):
-    search = respx.get(f"{API}/search/photos").mock(side_effect=[
-        httpx.Response(401, json={"errors": ["OAuth error: The access token is invalid"]}),
-        httpx.Response(200, json=unsplash_search(["q1"], total_pages=1)),
-    ])
-    serve_photos({"q1": jpeg(6)})
-    download_events()
+async def test_a_rejected_key_stops_the_source_and_names_the_variable(make_manager):
+    search = respx.get(f"{API}/search/photos").mock(
+        return_value=httpx.Response(401, json={"errors": ["OAuth error: The access token is invalid"]}))
     report = await make_manager(source("unsplash", queries=["x", "y"])).run()
     r = report["sources"]["unsplash"]
-    assert r["errors"] == {"http_401": 1} and r["stored"] == 1 and search.call_count == 2
+    assert r["errors"] == {"http_401": 1} and search.call_count == 1
+    assert r["status"] == "stopped"
+    assert "OAuth error: The access token is invalid" in r["message"]
+    assert "UNSPLASH_ACCESS_KEY" in r["message"] and "unsplash-test-key" not in r["message"]
+
+
+@respx.mock
+async def test_quota_used_up_by_a_download_event_stops_the_source(make_manager):
+    search = respx.get(f"{API}/search/photos").mock(return_value=httpx.Response(
+        200, json=unsplash_search(["d1"], total_pages=1), headers={"X-Ratelimit-Remaining": "1"}))
+    serve_photos({"d1": jpeg(8)})
+    respx.get(url__regex=rf"{API}/photos/[^/]+/download").mock(return_value=httpx.Response(
+        200, json={"url": "https://images.unsplash.com/x"}, headers={"X-Ratelimit-Remaining": "0"}))
+    report = await make_manager(source("unsplash", queries=["x", "y", "z"])).run()
+    r = report["sources"]["unsplash"]
+    # The event runs beside the next search, so that one search may still go out; no more after it.
+    assert search.call_count <= 2 and r["stored"] == 1
+    assert r["status"] == "stopped" and "X-Ratelimit-Remaining: 0" in r["message"]
 
 
 @respx.mock
