@@ -89,8 +89,9 @@ class CivitaiFetcher(BaseFetcher):
     async def _image_stream(self, filters: dict, query: str | None, wanted: int
                             ) -> AsyncIterator[tuple[bytes, dict]]:
         cursor: Any = None
+        limit = min(LIMIT_MAX, wanted)   # fixed for the stream: every cursor goes with the same params
         while wanted > 0:
-            page = await self._images_page(filters, cursor, min(LIMIT_MAX, wanted))
+            page = await self._images_page(filters, cursor, limit)
             if page is None:
                 return
             items, next_cursor = page

@@ -40,7 +40,8 @@ async def test_query_maps_to_models_and_pages_by_cursor_to_the_end(make_manager,
         assert (params["withMeta"], params["flatMeta"]) == ("true", "true")
         assert "query" not in params and "page" not in params and "nsfw" not in params
     assert "cursor" not in first and second["cursor"] == "1|1784323241003"
-    assert second["modelVersionId"] == "1002"    # the same filters go with the cursor
+    # the same filters, sort and page size go with the cursor
+    assert (second["modelVersionId"], first["limit"], second["limit"]) == ("1002", "10", "10")
     assert {c.request.url.path.split("/")[3] for c in cdn.calls} == {"original=true"}
     meta = await dataset.get_metadata((await dataset.samples(labels=("ai",)))[0].id)
     assert meta["label"] == "ai" and meta["attribution"]["platform"] == "CivitAI"
