@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         return None if isinstance(v, str) and not v.strip() else v
 
     @model_validator(mode="after")
-    def _s3_needs_bucket(self) -> "Settings":
+    def _s3_needs_bucket(self) -> Settings:
         if self.storage_driver == "s3" and not self.s3_bucket:
             raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
         return self

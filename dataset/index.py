@@ -24,15 +24,17 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     delete,
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ images = Table(
     Column("phash", BigInteger, nullable=False),  # signed 64-bit in SQL, see to_signed()
     Column("label", String(16), nullable=False),
     Column("confidence", Float, nullable=True),
+    # Who produced `confidence` (the scorer dict given to set_score, as sorted JSON): lets the
+    # labeler find "not scored by the current scorer" with one query instead of reading every file.
+    Column("scorer", Text, nullable=True),
     Column("source", String(64), nullable=False),
     Column("image_key", String(200), nullable=False),
     Column("meta_key", String(200), nullable=False),
@@ -57,7 +62,13 @@ images = Table(
     Column("created_at", String(32), nullable=False),  # ISO 8601 UTC, as in the metadata file
     # Covering index: counts() (GROUP BY label, source) and samples(labels) never touch the table.
     Index("ix_images_label_source", "label", "source"),
+    # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a
+    # cache that has read "up to seq N" would never see the new row N.
+    sqlite_autoincrement=True,
 )
+
+# Nullable columns added after the first release: open() adds any that an older dedupe.db lacks.
+ADDED_COLUMNS = {"scorer": "TEXT"}
 
 
 class DuplicateHash(Exception):
@@ -158,7 +169,21 @@ class DedupeIndex:
     async def open(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+        await self._add_missing_columns()
         await self.refresh()
+
+    async def _add_missing_columns(self) -> None:
+        for name, sql_type in ADDED_COLUMNS.items():
+            try:
+                async with self.engine.begin() as conn:
+                    if name not in await conn.run_sync(_column_names):
+                        await conn.exec_driver_sql(f"ALTER TABLE images ADD COLUMN {name} {sql_type}")
+                        log.info("dedupe index: added column %s to an older images table", name)
+            except (OperationalError, ProgrammingError):
+                # Another process opening the same index added it first ("duplicate column").
+                async with self.engine.connect() as conn:
+                    if name not in await conn.run_sync(_column_names):
+                        raise
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -166,15 +191,21 @@ class DedupeIndex:
     async def refresh(self) -> None:
         """Pull rows inserted since the last look (by this or any other process)."""
         async with self._refresh_lock:  # concurrent ingests share one catch-up query
-            q = (select(images.c.seq, images.c.id, images.c.phash)
-                 .where(images.c.seq > self.cache.last_seq).order_by(images.c.seq))
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(q)).all()
-            self.cache.add([tuple(r) for r in rows])
+            await self._pull_into(self.cache)
 
     async def reload(self) -> None:
-        self.cache = PhashCache()
-        await self.refresh()
+        """Rebuild the cache from scratch; lookups keep using the old one until the new one is full."""
+        async with self._refresh_lock:
+            fresh = PhashCache()
+            await self._pull_into(fresh)
+            self.cache = fresh
+
+    async def _pull_into(self, cache: PhashCache) -> None:
+        q = (select(images.c.seq, images.c.id, images.c.phash)
+             .where(images.c.seq > cache.last_seq).order_by(images.c.seq))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        cache.add([tuple(r) for r in rows])
 
     async def find_sha(self, sha256: str) -> str | None:
         return await self._id_for_sha(sha256)
@@ -184,25 +215,43 @@ class DedupeIndex:
             return (await conn.execute(select(images.c.id).where(images.c.sha256 == sha256))).scalar()
 
     async def find_near(self, phash: int, max_distance: int) -> NearMatch | None:
+        return (await self.near_check(phash, max_distance))[0]
+
+    async def near_check(self, phash: int, max_distance: int) -> tuple[NearMatch | None, int]:
+        """The nearest indexed image within max_distance, and the seq up to which rows were looked at
+        (rows after it are for :meth:`near_between` to check once this image's own row is in)."""
         await self.refresh()
-        match = self.cache.nearest(phash, max_distance)
+        match, seen = self.cache.nearest(phash, max_distance), self.cache.last_seq
         if match is not None and await self.get(match.id) is None:
             # Deleted by another process (check --repair): rebuild so dead hashes stop matching.
             await self.reload()
-            match = self.cache.nearest(phash, max_distance)
-        return match
+            match, seen = self.cache.nearest(phash, max_distance), self.cache.last_seq
+        return match, seen
 
-    async def insert(self, row: dict) -> None:
-        """Insert one image row; DuplicateHash if its SHA-256 is already there."""
+    async def near_between(self, phash: int, max_distance: int, after: int, before: int) -> NearMatch | None:
+        """The nearest row with after < seq < before: images inserted while one was being stored."""
+        if max_distance <= 0 or before <= after + 1:  # detection off, or nothing came in between
+            return None
+        q = (select(images.c.seq, images.c.id, images.c.phash)
+             .where(images.c.seq > after, images.c.seq < before))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        found = [(bin(to_unsigned(h) ^ phash).count("1"), seq, image_id) for seq, image_id, h in rows]
+        best = min((f for f in found if f[0] <= max_distance), default=None)
+        return NearMatch(best[2], best[0]) if best else None
+
+    async def insert(self, row: dict) -> int:
+        """Insert one image row and return its seq; DuplicateHash if its SHA-256 is already there."""
         values = dict(row, phash=to_signed(row["phash"]))
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(insert(images).values(**values))
+                result = await conn.execute(insert(images).values(**values))
         except IntegrityError as exc:
             existing = await self._id_for_sha(row["sha256"])
             if existing is None:  # the UNIQUE that failed was not the hash (id collision): a real bug
                 raise
             raise DuplicateHash(existing) from exc
+        return int(result.inserted_primary_key[0])
 
     async def get(self, image_id: str) -> dict | None:
         async with self.engine.connect() as conn:
@@ -229,6 +278,10 @@ class DedupeIndex:
         q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)
         async with self.engine.connect() as conn:
             return [tuple(r) for r in (await conn.execute(q)).all()]
+
+
+def _column_names(sync_conn) -> set[str]:
+    return {column["name"] for column in inspect(sync_conn).get_columns("images")}
 
 
 def _row_dict(row) -> dict:

@@ -1,9 +1,13 @@
 """DatasetManager: the one way images enter, leave and change in the dataset.
 
 Ingest order: validate and hash (in a worker thread) -> exact duplicate? -> near duplicate? ->
-write image -> write metadata -> insert the index row. The row comes last, so a crash leaves at
-worst files without a row (orphans that ``check(repair=True)`` removes), never a row without
-files; every write is atomic, so no half-written file is ever visible.
+write image -> write metadata -> insert the index row -> near-duplicate re-check. The row comes
+last, so a crash leaves at worst files without a row (orphans that ``check(repair=True)`` removes),
+never a row without files; every write is atomic, so no half-written file is ever visible.
+
+Two near-duplicates stored at the same moment (in this process or another) both pass the first
+near check; the re-check after the insert looks at the rows that arrived in between, and the later
+row (higher seq) withdraws itself: row first, then its files. The earliest one always stays.
 
 Per-image failures are outcomes, not exceptions: a bad image is ``rejected`` with a reason, a
 storage failure (full disk, S3 down) is ``error`` / ``storage_error`` and the next image goes on.
@@ -26,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
 from dataset.images import ImageInfo, ImageRejected, inspect_image
-from dataset.index import DedupeIndex, DuplicateHash
+from dataset.index import DedupeIndex, DuplicateHash, NearMatch
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,7 @@ class Sample:
     height: int
     created_at: str
     confidence: float | None = None  # the latest P(ai) from the labeler (index column), None if unscored
+    scorer: str | None = None  # who produced it: scorer_json(set_score's scorer); None if unknown
 
 
 def utc_now() -> datetime:
@@ -117,17 +122,16 @@ class DatasetManager:
         existing = await self.index.find_sha(info.sha256)
         if existing is not None:
             return _duplicate(existing)
-        near = await self.index.find_near(info.phash, self.settings.near_dup_max_distance)
+        near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
         if near is not None:
             # An identical image may have been inserted since the exact check: say so precisely.
             existing = await self.index.find_sha(info.sha256)
             if existing is not None:
                 return _duplicate(existing)
-            return IngestOutcome("near_duplicate", id=near.id, distance=near.distance,
-                                 message=f"within {near.distance} bits of image {near.id}")
-        return await self._store(data, metadata, info)
+            return _near_duplicate(near)
+        return await self._store(data, metadata, info, seen_seq)
 
-    async def _store(self, data: bytes, metadata: dict, info: ImageInfo) -> IngestOutcome:
+    async def _store(self, data: bytes, metadata: dict, info: ImageInfo, seen_seq: int) -> IngestOutcome:
         image_id, now = str(uuid.uuid4()), utc_now()
         keys = (image_key(image_id, info.ext, now), meta_key(image_id, now))
         doc = build_metadata(metadata, image_id, now, info)
@@ -135,7 +139,7 @@ class DatasetManager:
         try:
             await self._put(keys[0], data, written)
             await self._put(keys[1], json_bytes(doc), written)
-            await self.index.insert(index_row(doc, info, keys))
+            seq = await self.index.insert(index_row(doc, info, keys))
         except DuplicateHash as dup:  # lost a race with an identical image: keep the winner only
             await self._discard(written)
             return _duplicate(dup.existing_id)
@@ -150,7 +154,22 @@ class DatasetManager:
         except BaseException:  # cancelled or a bug: still leave nothing behind
             await self._discard(written)
             raise
-        return IngestOutcome("stored", id=image_id)
+        return await self._yield_to_earlier_near_duplicate(image_id, info.phash, seen_seq, seq, written)
+
+    async def _yield_to_earlier_near_duplicate(self, image_id: str, phash: int, seen_seq: int, seq: int,
+                                               written: list[str]) -> IngestOutcome:
+        """Withdraw this image if a near duplicate was inserted between our near check and our row."""
+        try:
+            earlier = await self.index.near_between(phash, self.settings.near_dup_max_distance,
+                                                    after=seen_seq, before=seq)
+            if earlier is None:
+                return IngestOutcome("stored", id=image_id)
+            await self.index.delete(image_id)  # the row first: never a row without its files
+        except SQLAlchemyError as exc:  # row and files are both in place: keep them
+            log.warning("near-duplicate re-check of %s failed, kept it: %s", image_id, exc)
+            return IngestOutcome("stored", id=image_id)
+        await self._discard(written)
+        return _near_duplicate(earlier)
 
     async def _put(self, key: str, data: bytes, written: list[str]) -> None:
         written.append(key)  # before the put: a failed put may still have left something to remove
@@ -214,8 +233,12 @@ class DatasetManager:
         async with self._metadata_update():
             doc = await self._rewrite_meta(
                 image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by))
-            await self.index.update(image_id, confidence=float(confidence))
+            await self.index.update(image_id, confidence=float(confidence), scorer=scorer_json(scorer))
         return doc
+
+    async def index_scorer(self, image_id: str, scored_by: dict) -> None:
+        """Copy a metadata file's ``scored_by`` into the index: rows scored before it had the column."""
+        await self.index.update(image_id, scorer=scorer_json(scored_by))
 
     @contextlib.asynccontextmanager
     async def _metadata_update(self):
@@ -248,6 +271,11 @@ class DatasetManager:
         return await check_dataset(self, repair)
 
 
+def _near_duplicate(near: NearMatch) -> IngestOutcome:
+    return IngestOutcome("near_duplicate", id=near.id, distance=near.distance,
+                         message=f"within {near.distance} bits of image {near.id}")
+
+
 def _duplicate(existing_id: str) -> IngestOutcome:
     return IngestOutcome("duplicate", id=existing_id, message=f"identical to image {existing_id}")
 
@@ -275,9 +303,18 @@ def _confidence(value: object) -> float | None:
 def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str]) -> dict:
     return dict(
         id=doc["id"], sha256=info.sha256, phash=info.phash, label=doc["label"],
-        confidence=doc.get("confidence"), source=doc["source"], image_key=keys[0], meta_key=keys[1],
-        format=info.format, width=info.width, height=info.height, created_at=doc["timestamp"],
+        confidence=doc.get("confidence"), scorer=scorer_json(doc.get("scored_by")), source=doc["source"],
+        image_key=keys[0], meta_key=keys[1], format=info.format, width=info.width, height=info.height,
+        created_at=doc["timestamp"],
     )
+
+
+def scorer_json(scored_by: object) -> str | None:
+    """The scorer's identity as the index stores it: sorted JSON without the time it scored."""
+    if not isinstance(scored_by, dict):
+        return None
+    identity = {k: v for k, v in scored_by.items() if k != "at"}
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
 
 
 def json_bytes(doc: dict) -> bytes:

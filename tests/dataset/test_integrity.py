@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from dataset.manager import DatasetManager
 from dataset.storage import StorageDriver, StorageError, make_storage
 from tests.dataset.conftest import meta_in
-from tests.images import jpeg
+from tests.images import encode, jpeg, scene
 
 
 class FlakyStorage(StorageDriver):
@@ -150,3 +150,20 @@ async def test_unreachable_bucket_is_a_storage_error_outcome(make_settings, s3_s
         assert (out.status, out.reason) == ("error", "storage_error")
         assert "bucket-that-does-not-exist" in out.message and "testing-secret" not in out.message
         assert (await dm.counts())["total"] == 0
+
+
+async def test_a_row_inserted_after_the_last_row_was_deleted_is_still_seen(dm):
+    # SQLite reuses the largest rowid once it is deleted; the pHash cache reads rows by "seq > last
+    # seen", so a reused seq would hide the new image from near-duplicate checks for good.
+    kept = await dm.ingest(jpeg(1, (200, 150)), meta_in())
+    lost = await dm.ingest(jpeg(2), meta_in())
+    assert (await dm.ingest(near_copy(1), meta_in())).id == kept.id  # the cache has seen `lost`
+    dm.storage.delete((await dm.index.get(lost.id))["image_key"])
+    assert (await dm.check(repair=True))["repaired"]["rows_deleted"] == 1
+    fresh = await dm.ingest(jpeg(3, (200, 150)), meta_in())
+    near = await dm.ingest(near_copy(3), meta_in())
+    assert (near.status, near.id) == ("near_duplicate", fresh.id)
+
+
+def near_copy(seed: int) -> bytes:
+    return encode(scene(seed, (200, 150)).resize((150, 112)), "JPEG", quality=70)

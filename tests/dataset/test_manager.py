@@ -159,3 +159,41 @@ async def test_run_check_entry_point(settings):
         await dm.ingest(jpeg(1), meta_in())
     report = await run_check(settings, repair=False)
     assert report["ok"] and report["rows"] == 1 and report["image_files"] == 1
+
+
+async def test_two_near_duplicates_racing_store_one(dm, monkeypatch):
+    # Both near checks run before either row is inserted: only the re-check after the insert can
+    # tell, and the later row must withdraw itself with its files.
+    checked, real_check, real_insert = asyncio.Event(), dm.index.near_check, dm.index.insert
+    calls = []
+
+    async def counting_check(phash, max_distance):
+        result = await real_check(phash, max_distance)
+        calls.append(phash)
+        if len(calls) == 2:
+            checked.set()
+        return result
+
+    async def insert_after_both_checks(row):
+        await checked.wait()
+        return await real_insert(row)
+
+    monkeypatch.setattr(dm.index, "near_check", counting_check)
+    monkeypatch.setattr(dm.index, "insert", insert_after_both_checks)
+    big, small = jpeg(5, (200, 150)), encode(scene(5, (200, 150)).resize((150, 112)), "JPEG", quality=70)
+    outs = await asyncio.gather(dm.ingest(big, meta_in()), dm.ingest(small, meta_in()))
+    assert sorted(o.status for o in outs) == ["near_duplicate", "stored"]
+    stored = next(o for o in outs if o.status == "stored")
+    assert next(o for o in outs if o.status == "near_duplicate").id == stored.id
+    assert [s.id for s in await dm.samples()] == [stored.id]
+    assert len(list(dm.storage.list("images/"))) == 1 and len(list(dm.storage.list("meta/"))) == 1
+    assert (await dm.check())["ok"]
+
+
+async def test_near_duplicates_from_two_managers_at_once_store_one(driver_settings):
+    # Two managers = two pHash caches, as two processes have; neither sees the other's row in time.
+    big, small = jpeg(6, (200, 150)), encode(scene(6, (200, 150)).resize((150, 112)), "JPEG", quality=70)
+    async with DatasetManager(driver_settings) as a, DatasetManager(driver_settings) as b:
+        outs = await asyncio.gather(a.ingest(big, meta_in()), b.ingest(small, meta_in()))
+        assert sorted(o.status for o in outs) == ["near_duplicate", "stored"]
+        assert (await a.counts())["total"] == 1 and len(list(a.storage.list("images/"))) == 1
