@@ -2,8 +2,9 @@
 
 ``sources.yaml``: ``{name: folder, label: real, path: /data/photos}``. Every file with an image
 extension under ``path`` is read (hidden files and folders are skipped); the dataset validates
-the bytes, so a misnamed file is rejected with its reason rather than crashing the import. The
-whole folder is imported unless ``limit_per_query`` is set explicitly.
+the bytes, so a misnamed file is rejected with its reason rather than crashing the import, and
+other files are counted as ``other_file_type``. The whole folder is imported unless
+``limit_per_query`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from pathlib import Path
 
 from scraper.base_fetcher import BaseFetcher, SourceUnavailable
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Every image type a camera or tool writes, including those the dataset refuses (HEIC) or may refuse
+# (animated APNG/AVIF sequences): those are read and rejected with the dataset's reason, not skipped
+# unseen. Other files (sidecars, notes) are counted as ``other_file_type`` without being read.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".gif", ".bmp",
+                  ".tif", ".tiff", ".avif", ".avifs", ".heic", ".heif"}
 
 
 class FolderFetcher(BaseFetcher):
@@ -36,21 +41,26 @@ class FolderFetcher(BaseFetcher):
             return self.config.limit_per_query
         return sum(1 for _ in self.image_files())
 
-    def image_files(self) -> Iterator[Path]:
+    def files(self) -> Iterator[Path]:
+        """Every file under the folder, in a stable order, hidden files and folders left out."""
         for path in sorted(self.root.rglob("*")):
             relative = path.relative_to(self.root)
-            if any(part.startswith(".") for part in relative.parts):
-                continue
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if not any(part.startswith(".") for part in relative.parts) and path.is_file():
                 yield path
+
+    def image_files(self) -> Iterator[Path]:
+        return (path for path in self.files() if is_image_name(path))
 
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
         return await self.collect(limit)
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        for path in self.image_files():
+        for path in self.files():
             if limit <= 0:
                 return
+            if not is_image_name(path):
+                self.count_rejected("other_file_type", f"{path}: not an image file name; not read")
+                continue
             limit -= 1
             data = await asyncio.to_thread(self._read, path)
             if data is not None:
@@ -76,3 +86,7 @@ class FolderFetcher(BaseFetcher):
                             "url": path.resolve().as_uri()},
             "api_data": {"photo_id": relative, "path": relative, "width": None, "height": None},
         }
+
+
+def is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES

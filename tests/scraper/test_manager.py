@@ -55,11 +55,13 @@ async def test_folder_source_imports_recursively_with_label(make_manager, datase
     root = write_folder(tmp_path / "photos", {
         "a.jpg": jpeg(1), "trip/b.PNG": png(2), "trip/deeper/c.jpeg": jpeg(3),
         ".hidden/d.jpg": jpeg(4), "notes.txt": b"hello", "broken.jpg": b"not an image",
+        "phone/IMG_1.HEIC": b"\x00\x00\x00\x18ftypheic" + bytes(64),
     })
     report = await make_manager(folder_source(root, label="ai")).run()
     r = report["sources"]["folder"]
-    assert (r["downloaded"], r["stored"], r["api_requests"]) == (4, 3, 0)
-    assert r["rejected"] == {"not_an_image": 1}
+    assert (r["downloaded"], r["stored"], r["api_requests"]) == (5, 3, 0)
+    # Every file is accounted for: HEIC is read and refused with the dataset's reason, not skipped unseen.
+    assert r["rejected"] == {"not_an_image": 1, "other_file_type": 1, "unsupported_format": 1}
     counts = await dataset.counts()
     assert counts["ai_generated"] == 3 and counts["real"] == 0
     paths = {(await dataset.get_metadata(s.id))["api_data"]["path"] for s in await dataset.samples()}
