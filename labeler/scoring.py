@@ -2,9 +2,10 @@
 
 Scorer order: Exposr-Core when it answers (probed with the first image that needs it), else the
 promoted local model, else nothing, and the report says why. Each stored score carries
-``scored_by = {name, version[, model], at}``; an image whose stored scorer matches the current one is
-skipped, so a new Core model or a newly promoted local model re-scores the dataset. Labels are
-never touched: ``DatasetManager.set_score`` writes only the score fields.
+``scored_by = {name, version[, model], at}`` in its metadata file, and the index keeps the same
+identity (``Sample.scorer``), so the images to skip (those whose scorer matches the current one)
+come from one query; a new Core model or a newly promoted local model re-scores the dataset.
+Labels are never touched: ``DatasetManager.set_score`` writes only the score fields.
 
 Per-image failures (unreadable file, Core garbage, a failed prediction) are counted in
 ``errors`` by kind and the run goes on; a Core that stops answering mid-run ends the run early
@@ -14,6 +15,7 @@ Per-image failures (unreadable file, Core garbage, a failed prediction) are coun
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import mimetypes
@@ -115,16 +117,23 @@ class Labeler:
         return pending
 
     async def _load_items(self) -> list[Item]:
+        """Every image with the scorer the index records for it: one query, no metadata reads."""
         samples = await self.dataset.samples(labels=("real", "ai", "unlabeled"))
-        items = []
-        for chunk in chunks(samples, BATCH_SIZE):
-            metas = await asyncio.gather(*(self.dataset.get_metadata(s.id) for s in chunk))
-            for sample, meta in zip(chunk, metas, strict=True):
-                if meta is None:
-                    self.errors["missing_metadata"] += 1
-                    continue
-                items.append(Item(sample.id, sample.image_key, identity_of(meta.get("scored_by"))))
+        items = [Item(s.id, s.image_key, parse_scorer(s.scorer)) for s in samples]
+        legacy = [item for item, s in zip(items, samples, strict=True)
+                  if s.scorer is None and s.confidence is not None]
+        await self._backfill_scorers(legacy)
         return items
+
+    async def _backfill_scorers(self, legacy: list[Item]) -> None:
+        """Scores stored before the index had a scorer column: read the metadata file once and copy its
+        ``scored_by`` into the index, so later runs skip these images without reading files."""
+        for chunk in chunks(legacy, BATCH_SIZE):
+            metas = await asyncio.gather(*(self.dataset.get_metadata(item.id) for item in chunk))
+            for item, meta in zip(chunk, metas, strict=True):
+                item.scorer = identity_of((meta or {}).get("scored_by"))
+                if item.scorer is not None:
+                    await self.dataset.index_scorer(item.id, meta["scored_by"])
 
     # -- Exposr-Core -------------------------------------------------------------------------
 
@@ -268,6 +277,16 @@ class Labeler:
 
 def core_identity(result: CoreScore) -> dict:
     return {"name": "exposr-core", "version": result.version or "unknown"}
+
+
+def parse_scorer(stored: str | None) -> dict | None:
+    """The index's scorer column (sorted JSON, see ``dataset.manager.scorer_json``) as an identity."""
+    if stored is None:
+        return None
+    try:
+        return identity_of(json.loads(stored))
+    except ValueError:  # not ours: treat the image as never scored, so it is scored again
+        return None
 
 
 def identity_of(scorer: object) -> dict | None:
