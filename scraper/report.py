@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
 
 COUNTS = ("api_requests", "retries", "downloaded", "stored", "duplicates", "near_duplicates")
@@ -54,22 +56,44 @@ def totals(reports: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _reasons(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+ROWS = (("api_requests", "API requests"), ("retries", "retries"), ("downloaded", "downloaded"),
+        ("stored", "stored"), ("duplicates", "duplicates"), ("near_duplicates", "near-duplicates"))
 
 
-def format_report_table(report: dict[str, Any]) -> Table:
-    """A rich table of a ``FetcherManager.run()`` report: one row per source and a total row."""
-    table = Table(title=f"Scrape report ({report.get('duration_s', 0):.1f}s)")
-    for column in ("source", "status", "requests", "downloaded", "stored", "dups", "near-dups",
-                   "rejected", "errors"):
-        table.add_column(column, justify="left" if column in {"source", "status", "rejected", "errors"}
-                         else "right")
-    for key, r in report["sources"].items():
-        status = r["status"] if not r.get("message") else f"{r['status']}: {r['message']}"
-        table.add_row(key, status, *(str(r[n]) for n in ("api_requests", "downloaded", "stored",
-                      "duplicates", "near_duplicates")), _reasons(r["rejected"]), _reasons(r["errors"]))
-    t = report["totals"]
-    table.add_row("total", "", *(str(t[n]) for n in ("api_requests", "downloaded", "stored", "duplicates",
-                  "near_duplicates")), _reasons(t["rejected"]), _reasons(t["errors"]), style="bold")
+def format_report_table(report: dict[str, Any]) -> Group:
+    """What the CLI prints for a ``FetcherManager.run()`` report: the counts with one column per
+    source (narrow enough for an 80-column terminal), then each source's reasons and messages."""
+    return Group(_counts_table(report), *([details] if (details := _details_table(report)) else []))
+
+
+def _counts_table(report: dict[str, Any]) -> Table:
+    sources, total = report["sources"], report["totals"]
+    table = Table(title=f"Scrape report ({report.get('duration_s', 0):.1f}s)", box=box.SIMPLE_HEAD)
+    table.add_column("")
+    for key in sources:
+        table.add_column(key, justify="right")
+    table.add_column("total", justify="right", style="bold")
+    table.add_row("label", *(r["label"] for r in sources.values()), "")
+    table.add_row("status", *(r["status"] for r in sources.values()), "")
+    for name, title in ROWS:
+        table.add_row(title, *(str(r[name]) for r in sources.values()), str(total[name]))
+    for name in ("rejected", "errors"):
+        table.add_row(name, *(str(sum(r[name].values())) for r in sources.values()),
+                      str(sum(total[name].values())))
+    table.add_row("seconds", *(f"{r['duration_s']:.1f}" for r in sources.values()),
+                  f"{report.get('duration_s', 0):.1f}")
     return table
+
+
+def _details_table(report: dict[str, Any]) -> Table | None:
+    """One row per message, rejection reason and error kind, so nothing is cut to fit a column."""
+    table = Table(box=box.SIMPLE_HEAD, show_header=True)
+    for column in ("source", "what", "details"):
+        table.add_column(column, overflow="fold" if column == "details" else "ellipsis")
+    for key, r in report["sources"].items():
+        if r.get("message"):
+            table.add_row(key, r["status"], r["message"])
+        for name in ("rejected", "errors"):
+            if r[name]:
+                table.add_row(key, name, ", ".join(f"{reason} {n}" for reason, n in r[name].items()))
+    return table if table.row_count else None

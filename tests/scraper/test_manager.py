@@ -126,16 +126,23 @@ async def test_duplicates_across_sources_are_counted_once_stored(make_manager, d
     assert (await dataset.counts())["total"] == 2
 
 
-async def test_progress_events_and_report_table(make_manager, tmp_path):
+async def test_progress_events_and_report_table(make_manager, make_settings, tmp_path):
     root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(100 + i) for i in range(3)})
+    (root / "bad.jpg").write_bytes(b"not an image")
     events: list[dict] = []
-    report = await make_manager(folder_source(root)).run(events.append)
-    assert events[0] == {"source": "folder", "done": 0, "total": 3, "stored": 0}
-    assert events[-1] == {"source": "folder", "done": 3, "total": 3, "stored": 3}
-    console = Console(record=True, width=200)
+    report = await make_manager(folder_source(root), source("pexels"),
+                                settings_=make_settings()).run(events.append)
+    assert events[0] == {"source": "folder", "done": 0, "total": 4, "stored": 0}
+    assert events[-1] == {"source": "folder", "done": 4, "total": 4, "stored": 3}
+    console = Console(record=True, width=80)
     console.print(format_report_table(report))
-    text = console.export_text()
-    assert "folder" in text and "total" in text and " 3 " in text
+    lines = [line.split() for line in console.export_text().splitlines()]
+    assert ["folder", "pexels", "total"] in lines
+    assert ["stored", "3", "0", "3"] in lines and ["rejected", "1", "0", "1"] in lines
+    assert ["status", "ok", "skipped"] in lines
+    # reasons and messages get rows of their own, never cut to fit a column
+    assert ["folder", "rejected", "not_an_image", "1"] in lines
+    assert ["pexels", "skipped", "PEXELS_API_KEY", "is", "not", "set;"] in [line[:6] for line in lines]
 
 
 async def test_a_client_passed_in_stays_open_and_one_created_is_closed(make_manager, tmp_path):
