@@ -31,13 +31,23 @@ def describe(data: dict) -> str:
 
 @contextmanager
 def progress_bar(title: str) -> Iterator[Callable[[dict], None]]:
-    columns = (TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.description}"))
+    """A bar fed by progress dicts; dicts that name a ``source`` (scrape) get one bar per source,
+    since sources run side by side and one shared bar would jump between them."""
+    columns = (TextColumn("[bold]{task.fields[name]}[/]"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.description}"))
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=None)
+        tasks = {None: progress.add_task("starting", total=None, name=title)}
+        fresh = True   # the first bar is taken over by the first source instead of left at "starting"
 
         def report(data: dict) -> None:
-            progress.update(task, description=describe(data), completed=_first(data, _DONE_KEYS) or 0,
+            nonlocal fresh
+            part = data["source"] if isinstance(data.get("source"), str) else None
+            if part not in tasks:
+                tasks[part] = tasks.pop(None) if fresh else progress.add_task("", total=None, name=title)
+            fresh = False
+            fields = {k: v for k, v in data.items() if k != "source"} if part else data
+            progress.update(tasks[part], name=f"{title} {part}" if part else title,
+                            description=describe(fields), completed=_first(data, _DONE_KEYS) or 0,
                             total=_first(data, _TOTAL_KEYS))
 
         yield report

@@ -111,6 +111,9 @@ class FetcherManager:
                 report.retries = fetcher.http.stats.retries
             report.duration_s = time.monotonic() - started
         (logger.warning if report.status != "ok" else logger.info)("%s", report.summary())
+        # A last event per source, so a progress display can show a source that was skipped or stopped.
+        _notify(progress, {"source": key, "done": report.downloaded, "stored": report.stored,
+                           "status": report.status})
         return report
 
     def _build(self, cfg: SourceConfig, client: httpx.AsyncClient) -> BaseFetcher:

@@ -133,7 +133,11 @@ async def test_progress_events_and_report_table(make_manager, make_settings, tmp
     report = await make_manager(folder_source(root), source("pexels"),
                                 settings_=make_settings()).run(events.append)
     assert events[0] == {"source": "folder", "done": 0, "total": 4, "stored": 0}
-    assert events[-1] == {"source": "folder", "done": 4, "total": 4, "stored": 3}
+    folder = [e for e in events if e["source"] == "folder"]
+    assert folder[-2] == {"source": "folder", "done": 4, "total": 4, "stored": 3}
+    assert folder[-1] == {"source": "folder", "done": 4, "stored": 3, "status": "ok"}
+    assert [e for e in events if e["source"] == "pexels"] == [
+        {"source": "pexels", "done": 0, "stored": 0, "status": "skipped"}]
     console = Console(record=True, width=80)
     console.print(format_report_table(report))
     lines = [line.split() for line in console.export_text().splitlines()]
