@@ -30,6 +30,24 @@ class SourceUnavailable(Exception):
     """The source cannot run at all (no key, no folder): it is skipped with this message."""
 
 
+def int_option(config: SourceConfig, key: str, default: int, low: int, high: int) -> int:
+    """A whole-number per-source option, or SourceUnavailable naming the option and its range."""
+    value = config.option(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SourceUnavailable(f"option {key!r} of source '{config.name}' in sources.yaml must be a "
+                                f"whole number from {low} to {high} (got {value!r})")
+    return value
+
+
+def choice_option(config: SourceConfig, key: str, default: str, choices: Iterable[str]) -> str:
+    """A per-source option with a fixed set of values, or SourceUnavailable listing them."""
+    value = config.option(key, default)
+    if value not in choices:
+        raise SourceUnavailable(f"option {key!r} of source '{config.name}' in sources.yaml must be one "
+                                f"of {', '.join(choices)} (got {value!r})")
+    return value
+
+
 class BaseFetcher(ABC):
     """One source of labelled images.
 
@@ -81,6 +99,11 @@ class BaseFetcher(ABC):
                 f"(set it in the environment or .env, or disable the source in "
                 f"{self.settings.sources_config})"
             )
+        self.check_options()
+
+    def check_options(self) -> None:
+        """Read every per-source option once, so a bad value skips the source before any request."""
+        return None
 
     def planned_limit(self) -> int:
         """How many images one run asks for: limit_per_query for each query (or once without)."""

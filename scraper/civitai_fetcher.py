@@ -17,7 +17,7 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from scraper.base_fetcher import BaseFetcher
+from scraper.base_fetcher import BaseFetcher, int_option
 from scraper.http import FetchError
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,15 @@ class CivitaiFetcher(BaseFetcher):
 
     @property
     def browsing_level(self) -> int:
-        return int(self.config.option("browsing_level", 1))
+        # A bitmask of single levels: PG=1 ... XXX=16; Blocked (32) is never asked for.
+        return int_option(self.config, "browsing_level", 1, 1, 31)
+
+    @property
+    def models_per_query(self) -> int:
+        return int_option(self.config, "models_per_query", 3, 1, 100)
+
+    def check_options(self) -> None:
+        self.browsing_level, self.models_per_query  # noqa: B018 - read to validate
 
     def api_headers(self) -> dict[str, str]:
         key = self.settings.civitai_api_key
@@ -63,8 +71,7 @@ class CivitaiFetcher(BaseFetcher):
 
     async def _model_versions(self, query: str) -> list[int]:
         """Newest version ids of the SFW models that match ``query``."""
-        count = int(self.config.option("models_per_query", 3))
-        params = {"query": query, "limit": count, "nsfw": "false", "sort": "Most Downloaded"}
+        params = {"query": query, "limit": self.models_per_query, "nsfw": "false", "sort": "Most Downloaded"}
         try:
             body = await self.http.get_json(f"{self.settings.civitai_api_url}/models", params,
                                             self.api_headers())

@@ -20,7 +20,7 @@ import httpx
 
 from config.settings import Settings
 from config.sources import SourceConfig, SourcesFile, load_sources
-from scraper.base_fetcher import BaseFetcher, SourceUnavailable
+from scraper.base_fetcher import BaseFetcher, SourceUnavailable, int_option
 from scraper.civitai_fetcher import CivitaiFetcher
 from scraper.folder_fetcher import FolderFetcher
 from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client
@@ -122,7 +122,7 @@ class FetcherManager:
             client, bucket_for(cfg.name, cfg.rate_limit_per_hour), max_bytes=self.settings.upload_max_bytes,
             retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
             retry_rate_limited=cls.retry_rate_limited,
-            download_concurrency=int(cfg.option("download_concurrency", self.download_concurrency)),
+            download_concurrency=int_option(cfg, "download_concurrency", self.download_concurrency, 1, 64),
         )
         return cls(config=cfg, settings=self.settings, http=http)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from scraper.base_fetcher import BaseFetcher
+from scraper.base_fetcher import BaseFetcher, choice_option
 
 PER_PAGE_MAX = 80
 SIZES = ("original", "large2x", "large", "medium", "small", "portrait", "landscape", "tiny")
@@ -27,6 +27,13 @@ class PexelsFetcher(BaseFetcher):
 
     def get_source_name(self) -> str:
         return "pexels"
+
+    @property
+    def image_size(self) -> str:
+        return choice_option(self.config, "image_size", "large2x", SIZES)
+
+    def check_options(self) -> None:
+        self.image_size  # noqa: B018 - read to validate
 
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
         return await self.collect(limit)
@@ -70,9 +77,7 @@ class PexelsFetcher(BaseFetcher):
                       f"{response.headers.get('X-Ratelimit-Reset', '?')}")
 
     def _listing(self, photo: Any, query: str) -> tuple[str, dict] | None:
-        size = self.config.option("image_size", "large2x")
-        if size not in SIZES:
-            size = "large2x"
+        size = self.image_size
         try:
             url = photo["src"][size]
             metadata = {

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from scraper.base_fetcher import BaseFetcher
+from scraper.base_fetcher import BaseFetcher, choice_option, int_option
 from scraper.http import FetchError, RateLimited
 
 PER_PAGE_MAX = 30
@@ -43,6 +43,17 @@ class UnsplashFetcher(BaseFetcher):
 
     def get_source_name(self) -> str:
         return "unsplash"
+
+    @property
+    def content_filter(self) -> str:
+        return choice_option(self.config, "content_filter", "high", ("high", "low"))
+
+    @property
+    def image_width(self) -> int:
+        return int_option(self.config, "image_width", 1600, 100, 10000)
+
+    def check_options(self) -> None:
+        self.content_filter, self.image_width  # noqa: B018 - read to validate
 
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Client-ID {self.secret()}", "Accept-Version": "v1"}
@@ -76,7 +87,7 @@ class UnsplashFetcher(BaseFetcher):
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page,
-                  "content_filter": self.config.option("content_filter", "high")}
+                  "content_filter": self.content_filter}
         body = await self.get_page(f"{self.settings.unsplash_api_url}/search/photos", params,
                                    self.api_headers(), f"search {query!r} page {page}")
         if body is not None and not (isinstance(body, dict) and isinstance(body.get("results"), list)):
@@ -112,7 +123,7 @@ class UnsplashFetcher(BaseFetcher):
         except (KeyError, TypeError) as exc:
             self.count_error("missing_fields", f"search result without {exc}: skipped")
             return None
-        width = int(self.config.option("image_width", 1600))
+        width = self.image_width
         # raw is an imgix URL: add size parameters and keep ixid, as the guidelines require.
         return str(httpx.URL(raw).copy_merge_params({"w": width, "fm": "jpg", "q": 85})), metadata
 

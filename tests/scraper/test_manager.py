@@ -168,3 +168,21 @@ async def test_run_scrape_loads_the_sources_file_and_opens_the_dataset(make_sett
     report = await run_scrape(make_settings(sources_config=config))
     assert list(report["sources"]) == ["folder"]
     assert report["totals"]["stored"] == 2
+
+
+@respx.mock
+@pytest.mark.parametrize(("name", "option", "value", "expected"), [
+    ("civitai", "browsing_level", "PG",
+     "'browsing_level' of source 'civitai' in sources.yaml must be a whole number from 1 to 31 (got 'PG')"),
+    ("civitai", "browsing_level", 32, "from 1 to 31 (got 32)"),
+    ("pexels", "image_size", "huge",
+     "'image_size' of source 'pexels' in sources.yaml must be one of original, large2x"),
+    ("unsplash", "content_filter", "medium", "must be one of high, low (got 'medium')"),
+    ("unsplash", "image_width", "wide", "from 100 to 10000 (got 'wide')"),
+    ("pexels", "download_concurrency", 0, "'download_concurrency' of source 'pexels'"),
+])
+async def test_a_bad_option_skips_the_source_before_any_request(make_manager, name, option, value, expected):
+    report = await make_manager(source(name, **{option: value})).run()
+    r = report["sources"][name]
+    assert r["status"] == "skipped" and expected in r["message"]
+    assert r["api_requests"] == 0 and len(respx.calls) == 0
