@@ -147,6 +147,10 @@ class CivitaiFetcher(BaseFetcher):
         except (KeyError, TypeError) as exc:
             self.count_error("missing_fields", f"image without {exc}: skipped")
             return None
+        if not isinstance(image_id, int | str) or not isinstance(url, str):
+            self.count_error("missing_fields", f"image with an id {image_id!r} or url {url!r} of the wrong "
+                             f"type: skipped")
+            return None
         if image_id in self.seen:
             return None
         self.seen.add(image_id)

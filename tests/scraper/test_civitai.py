@@ -55,12 +55,14 @@ async def test_client_side_filter_drops_nsfw_and_non_images(make_manager):
     respx.get(f"{API}/images").mock(return_value=httpx.Response(200, json=civitai_images([
         civitai_image(1), civitai_image(2, level=2), civitai_image(3, level=16),
         civitai_image(4, kind="video"), {**civitai_image(5), "browsingLevel": None, "nsfwLevel": "Mature"},
+        {**civitai_image(6), "id": {"nested": 6}}, {**civitai_image(9), "url": None},
     ], None)))
     serve_images()
     report = await make_manager(source("civitai", label="ai", queries=[])).run()
     r = report["sources"]["civitai"]
     assert r["stored"] == 1
     assert r["rejected"] == {"nsfw_filtered": 3, "not_an_image_type": 1}
+    assert r["errors"] == {"missing_fields": 2} and r["status"] == "ok"
 
 
 @respx.mock
