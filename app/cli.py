@@ -98,20 +98,19 @@ def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"no model to predict with: {exc}", file=sys.stderr)
         return 1
     images = [Path(p) for p in args.images]
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        print(f"not a file: {', '.join(missing)}", file=sys.stderr)
-        return 1
-    scores = predictor.predict_bytes([p.read_bytes() for p in images])
-    for path, score in zip(images, scores, strict=True):
-        print(f"{score:.4f}  {path}")
-    return 0
+    predictions = predictor.predict_files(images)
+    for path, prediction in zip(images, predictions, strict=True):
+        if prediction.ok:
+            print(f"{prediction.probability:.4f}  {path}")
+        else:  # one bad file is reported and the others still get their score
+            print(f"{path}: not scored, {prediction.reason}: {prediction.message}", file=sys.stderr)
+    return 0 if all(p.ok for p in predictions) else 1
 
 
 def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import run_check
 
-    report = run_check(settings, args.repair)
+    report = run_check(settings, args.repair, args.force)
     if asyncio.iscoroutine(report):
         report = asyncio.run(report)
     print_mapping("Dataset check" + (" (repaired)" if args.repair else ""), report)
@@ -161,6 +160,9 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repair", action="store_true", help="fix drift between files and index")
+    parser.add_argument("--force", action="store_true",
+                        help="also treat files without a row written in the last 5 minutes as orphans "
+                             "(only when no ingest can be running)")
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:

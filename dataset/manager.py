@@ -265,10 +265,11 @@ class DatasetManager:
             raise UnknownImage(f"no image with id {image_id!r}")
         return row
 
-    async def check(self, repair: bool = False) -> dict:
+    async def check(self, repair: bool = False, force: bool = False) -> dict:
+        """Drift report; ``force`` also treats files younger than a few minutes as orphans."""
         from dataset.check import check_dataset
 
-        return await check_dataset(self, repair)
+        return await check_dataset(self, repair, force)
 
 
 def _near_duplicate(near: NearMatch) -> IngestOutcome:
@@ -321,7 +322,7 @@ def json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
-async def run_check(settings: Settings, repair: bool = False) -> dict:
-    """Entry point for `exposr-trainer check [--repair]`."""
+async def run_check(settings: Settings, repair: bool = False, force: bool = False) -> dict:
+    """Entry point for `exposr-trainer check [--repair] [--force]`."""
     async with DatasetManager(settings) as dm:
-        return await dm.check(repair)
+        return await dm.check(repair, force)

@@ -20,7 +20,7 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +78,10 @@ class StorageDriver(ABC):
     @abstractmethod
     def list(self, prefix: str) -> Iterator[str]:
         """Keys under prefix (e.g. 'images/'), relative to the root."""
+
+    @abstractmethod
+    def modified(self, key: str) -> datetime:
+        """When the object under key was last written (UTC); StorageKeyError if there is none."""
 
     @abstractmethod
     def describe(self) -> str:
@@ -142,6 +146,14 @@ class LocalStorage(StorageDriver):
                 if not name.startswith(TMP_PREFIX):  # a put in flight (or killed mid-write)
                     yield Path(dirpath, name).relative_to(self.root).as_posix()
 
+    def modified(self, key: str) -> datetime:
+        try:
+            return datetime.fromtimestamp(self._path(key).stat().st_mtime, UTC)
+        except FileNotFoundError as exc:
+            raise StorageKeyError(f"no object {key} in {self.describe()}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot stat {key} under {self.root}: {exc.strerror or exc}") from exc
+
     def describe(self) -> str:
         return f"local:{self.root}"
 
@@ -182,27 +194,22 @@ class S3Storage(StorageDriver):
             self.client.put_object(Bucket=self.bucket, Key=self._full(key), Body=data)
 
     def get(self, key: str) -> bytes:
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._errors("read", key):
-                return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
-        except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and _error_code(cause) in ("NoSuchKey", "404"):
-                raise StorageKeyError(f"no object {key} in {self.describe()}") from cause
-            raise
+        with self._errors("read", key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._full(key))["Body"].read()
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._full(key))
+            self._head(key)
             return True
-        except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise StorageError(f"cannot check {key} in {self.describe()}: {_error_code(exc)}") from exc
+        except StorageKeyError:
+            return False
+
+    def modified(self, key: str) -> datetime:
+        return self._head(key)["LastModified"]
+
+    def _head(self, key: str) -> dict:
+        with self._errors("check", key):
+            return self.client.head_object(Bucket=self.bucket, Key=self._full(key))
 
     def delete(self, key: str) -> None:
         with self._errors("delete", key):
@@ -227,10 +234,15 @@ class S3Storage(StorageDriver):
         try:
             yield
         except ClientError as exc:
+            if _error_code(exc) in MISSING_KEY_CODES:  # GetObject says NoSuchKey, HeadObject a bare 404
+                raise StorageKeyError(f"no object {key} in {self.describe()}") from exc
             detail = exc.response.get("Error", {}).get("Message", "")
             raise StorageError(f"{what}: {_error_code(exc)} {detail}".strip()) from exc
         except BotoCoreError as exc:
             raise StorageError(f"{what}: {exc}") from exc
+
+
+MISSING_KEY_CODES = ("NoSuchKey", "404", "NotFound")
 
 
 def _error_code(exc: Any) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from dataset.check import check_dataset
 from dataset.manager import DatasetManager
 from dataset.storage import StorageDriver, StorageError, make_storage
 from tests.dataset.conftest import meta_in
@@ -38,6 +41,9 @@ class FlakyStorage(StorageDriver):
 
     def list(self, prefix):
         return self.inner.list(prefix)
+
+    def modified(self, key):
+        return self.inner.modified(key)
 
     def describe(self):
         return self.inner.describe()
@@ -96,13 +102,53 @@ async def test_crash_orphans_are_found_and_repaired(driver_settings, monkeypatch
         orphans = files(flaky)
         assert len(orphans) == 2 and (await dm.counts())["total"] == 0  # never a row without files
 
-        report = await dm.check()
-        assert not report["ok"] and report["orphan_images"] + report["orphan_meta"] == orphans
-        assert files(flaky) == orphans  # reporting changes nothing
+        # Just written: an ingest may still be on its way to the row, so repair leaves them alone.
         report = await dm.check(repair=True)
+        assert report["in_flight"] == orphans and report["orphan_images"] == report["orphan_meta"] == []
+        assert report["ok"] and report["repaired"]["files_deleted"] == 0 and files(flaky) == orphans
+        # Five minutes later they are orphans (reported first, then removed).
+        report = await check_dataset(dm, repair=False, grace=timedelta(0))
+        assert not report["ok"] and report["orphan_images"] + report["orphan_meta"] == orphans
+        assert report["in_flight"] == [] and files(flaky) == orphans  # reporting changes nothing
+        report = await check_dataset(dm, repair=True, grace=timedelta(0))
         assert report["repaired"]["files_deleted"] == 2 and files(flaky) == []
         assert (await dm.check())["ok"]
         assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
+
+
+async def test_force_repairs_young_orphans_but_never_a_file_whose_row_has_arrived(dm, monkeypatch):
+    young = await dm.ingest(jpeg(1), meta_in())
+    young_files = files(dm.storage)
+    real_get = dm.index.get
+    await dm.index.delete(young.id)  # a crash before the row: files only
+
+    async def row_arrives_during_repair(image_id):  # the listing saw no row; by now there is one
+        return {"id": image_id} if image_id == young.id else await real_get(image_id)
+
+    monkeypatch.setattr(dm.index, "get", row_arrives_during_repair)
+    report = await dm.check(repair=True, force=True)
+    assert report["orphan_images"] + report["orphan_meta"] == young_files
+    assert report["repaired"]["files_deleted"] == 0 and files(dm.storage) == young_files
+    monkeypatch.undo()
+    report = await dm.check(repair=True, force=True)
+    assert report["repaired"]["files_deleted"] == 2 and files(dm.storage) == []
+
+
+async def test_a_row_whose_files_came_after_the_listing_is_not_dead(dm, monkeypatch):
+    # check lists files, then reads rows: an ingest can write its files and insert its row between.
+    real_list, late = dm.storage.list, []
+
+    def list_then_ingest_lands(prefix):
+        keys = list(real_list(prefix))
+        if prefix == "meta/" and not late:
+            late.append(asyncio.run_coroutine_threadsafe(dm.ingest(jpeg(2), meta_in()), loop).result())
+        return iter(keys)
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(dm.storage, "list", list_then_ingest_lands)
+    report = await dm.check(repair=True)
+    assert late[0].status == "stored" and report["dead_rows"] == [] and report["ok"]
+    assert report["repaired"]["rows_deleted"] == 0 and await dm.get_metadata(late[0].id) is not None
 
 
 async def test_dead_rows_are_found_and_repaired(dm):

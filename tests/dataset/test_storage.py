@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -36,6 +36,15 @@ def test_missing_key_is_storage_key_error_and_key_error(storage):
     assert "nope.json" in str(info.value)
     storage.delete("meta/2025/01/01/nope.json")  # deleting a missing key is not an error
     assert not storage.exists("meta/2025/01/01/nope.json")
+
+
+def test_modified_is_the_write_time_in_utc(storage):
+    before = datetime.now(UTC) - timedelta(seconds=5)  # S3 (and some filesystems) keep whole seconds
+    storage.put("images/2025/01/01/m.jpg", b"x")
+    when = storage.modified("images/2025/01/01/m.jpg")
+    assert when.tzinfo is not None and before <= when <= datetime.now(UTC) + timedelta(seconds=5)
+    with pytest.raises(StorageKeyError, match="gone.jpg"):
+        storage.modified("images/2025/01/01/gone.jpg")
 
 
 def test_list_returns_relative_keys_under_prefix(storage):
