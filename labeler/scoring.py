@@ -31,7 +31,7 @@ from config.settings import Settings
 from dataset.images import ImageRejected
 from dataset.manager import DatasetManager
 from dataset.storage import StorageError
-from labeler.core_client import CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
+from labeler.core_client import CoreBadAnswer, CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
 from trainer.errors import ModelNotFound
 from trainer.registry import promoted_entry
 
@@ -41,7 +41,15 @@ Progress = Callable[[dict], None]
 
 BATCH_SIZE = 32              # images read and scored per step; bounds memory and progress granularity
 CORE_GIVE_UP_AFTER = 5       # consecutive "unavailable" answers that mean Core went away mid-run
+PROBE_TRIES = 3              # images answered with garbage in a row before Core is not used for the run
 IDENTITY_KEYS = ("name", "model", "version")
+
+
+@dataclass
+class Probe:
+    identity: dict           # Core's scorer identity, from the answer that worked
+    items: list[Item]        # every image the probe sent (refused ones, then the one that worked)
+    needed: int              # how many of them the current scorer had not scored (pending)
 
 
 @dataclass
@@ -94,10 +102,9 @@ class Labeler:
             return self._finish()
         probe = await self._probe_core(items)
         if probe is not None:
-            probed, result, probe_scored = probe
-            identity = core_identity(result)
-            rest = [i for i in items if i is not probed]
-            await self._score_with_core(self._pending(rest, identity, also_scored=probe_scored), identity)
+            rest = [i for i in items if all(i is not p for p in probe.items)]
+            pending = self._pending(rest, probe.identity, also_counted=probe.needed)
+            await self._score_with_core(pending, probe.identity)
         else:
             await self._score_with_local_model(items)
         return self._finish()
@@ -108,11 +115,11 @@ class Labeler:
         log.info("labeler: %s", self.report)
         return self.report
 
-    def _pending(self, items: list[Item], identity: dict, also_scored: bool = False) -> list[Item]:
-        """Items the current scorer has not scored; ``also_scored``: the probe image was one of them."""
+    def _pending(self, items: list[Item], identity: dict, also_counted: int = 0) -> list[Item]:
+        """Items the current scorer has not scored; ``also_counted``: how many the probe tried already."""
         pending = [i for i in items if not same_scorer(i.scorer, identity)]
         self.report["scorer"] = identity
-        self.report["pending"] = len(pending) + also_scored
+        self.report["pending"] = len(pending) + also_counted
         self.report["skipped"] = self.report["total"] - self.report["pending"]
         return pending
 
@@ -137,26 +144,43 @@ class Labeler:
 
     # -- Exposr-Core -------------------------------------------------------------------------
 
-    async def _probe_core(self, items: list[Item]) -> tuple[Item, CoreScore, bool] | None:
-        """Score the first readable image Core has not scored: (item, answer, stored?), or None if Core
-        fails (the reason goes to the report)."""
+    async def _probe_core(self, items: list[Item]) -> Probe | None:
+        """Score images Core has not scored, one at a time, until Core gives a probability; None when
+        Core is unavailable or answered PROBE_TRIES images in a row with garbage (the reason goes to
+        the report). Garbage is counted like any other: one file Core cannot read must not turn Core
+        off for the whole run."""
         ordered = sorted(items, key=lambda i: (i.scorer or {}).get("name") == "exposr-core")
+        refused: list[Item] = []
+        last_garbage: CoreBadAnswer | None = None
         for item in ordered:
             data = await self._read(item)
             if data is None:
                 continue
             try:
                 result = await self.core.score(data, *file_details(item))
-            except CoreError as exc:
-                self.report["core"].update(error=exc.kind, message=exc.message)
-                log.warning("Exposr-Core not used: %s", exc.message)
-                return None
+            except CoreBadAnswer as exc:
+                self.errors[f"core_{exc.kind}"] += 1
+                refused.append(item)
+                last_garbage = exc
+                if len(refused) < PROBE_TRIES:
+                    continue
+                return self._core_not_used(exc)
+            except CoreError as exc:  # unavailable even after the retries
+                return self._core_not_used(exc)
             self.report["core"]["available"] = True
-            needed = not same_scorer(item.scorer, core_identity(result))
-            if needed:
-                await self._store(item, result.probability, core_identity(result))
-            return item, result, needed
+            identity = core_identity(result)
+            needed = sum(not same_scorer(i.scorer, identity) for i in [*refused, item])
+            if not same_scorer(item.scorer, identity):
+                await self._store(item, result.probability, identity)
+            return Probe(identity, [*refused, item], needed)
+        if last_garbage is not None:  # fewer images than PROBE_TRIES, all answered with garbage
+            return self._core_not_used(last_garbage)
         self.report["core"].update(error="no_readable_image", message="no image could be read to probe Core")
+        return None
+
+    def _core_not_used(self, exc: CoreError) -> None:
+        self.report["core"].update(error=exc.kind, message=exc.message)
+        log.warning("Exposr-Core not used: %s", exc.message)
         return None
 
     async def _score_with_core(self, pending: list[Item], identity: dict) -> None:
@@ -244,7 +268,8 @@ class Labeler:
     # -- shared steps ------------------------------------------------------------------------
 
     async def _in_batches(self, pending: list[Item], identity: dict, work, per_item: bool = True) -> None:
-        done = 0
+        total = self.report["pending"]
+        done = total - len(pending)  # the probe's images count as done: progress ends at total
         for batch in chunks(pending, BATCH_SIZE):
             if self.report["aborted"]:
                 break
@@ -254,7 +279,7 @@ class Labeler:
                 await work(batch)
             done += len(batch)
             self.progress({"stage": "scoring", "scorer": identity["name"], "done": done,
-                           "total": len(pending), "scored": self.scored})
+                           "total": total, "scored": self.scored})
 
     async def _read(self, item: Item) -> bytes | None:
         try:

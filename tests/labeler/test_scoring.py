@@ -75,7 +75,7 @@ async def test_core_scores_every_image_and_records_the_scorer(core_settings, sto
         assert meta["scored_by"]["name"] == "exposr-core"
         assert meta["scored_by"]["version"] == "core-3"
         assert meta["scored_by"]["at"].endswith("Z")
-    assert events[-1]["done"] == events[-1]["total"] == 5  # the probe image is scored before the batches
+    assert events[-1]["done"] == events[-1]["total"] == 6  # the probe image counts as done
 
 
 @respx.mock
@@ -201,3 +201,36 @@ async def test_credentials_in_the_endpoint_stay_out_of_report_and_logs(make_sett
     assert report["core"]["endpoint"] == "https://core.test/api/v1/analyze"
     text = repr(report) + caplog.text
     assert "s3cret" not in text and "k3y" not in text
+
+
+@respx.mock
+async def test_garbage_for_the_first_images_tried_does_not_turn_core_off(core_settings, stored):
+    calls: dict[int, int] = {}
+
+    def answer(seed: int) -> httpx.Response:
+        calls[seed] = calls.get(seed, 0) + 1
+        if seed in (0, 1):  # the images the probe tries first (oldest first)
+            return httpx.Response(415, json={"detail": "unsupported image"})
+        return httpx.Response(200, json={"ai_probability": 0.6, "model_version": "core-3"})
+
+    respx.post(ENDPOINT).mock(side_effect=core_answers(answer))
+    report = await label(core_settings)
+
+    assert report["scorer"] == {"name": "exposr-core", "version": "core-3"}
+    assert (report["total"], report["pending"], report["scored"]) == (6, 6, 4)
+    assert report["errors"] == {"core_http_415": 2}
+    assert calls == {seed: 1 for seed in range(6)}  # refused images are not sent twice in one run
+    metas = await metadata(core_settings, stored)
+    assert [metas[s]["confidence"] for s in range(6)] == [None, None, 0.6, 0.6, 0.6, 0.6]
+
+
+@respx.mock
+async def test_core_that_answers_only_garbage_is_not_used_and_each_answer_is_counted(core_settings, stored):
+    route = respx.post(ENDPOINT).respond(200, text="<html>maintenance</html>")
+    report = await label(core_settings)
+
+    assert report["scorer"] is None and report["scored"] == 0
+    assert report["errors"] == {"core_bad_json": 3}  # PROBE_TRIES images, then Core is given up on
+    assert route.call_count == 3
+    assert report["core"]["error"] == "bad_json" and "maintenance" in report["core"]["message"]
+    assert all(m["confidence"] is None for m in (await metadata(core_settings, stored)).values())
