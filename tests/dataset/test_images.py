@@ -62,6 +62,13 @@ def test_truncated(maker):
     assert reject_reason(data[: len(data) // 2]) == "truncated"
 
 
+def test_corrupt_data_of_full_length_is_truncated():
+    data = bytearray(png(3, (300, 200)))
+    start = data.find(b"IDAT") + 40
+    data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])  # garbled, nothing cut
+    assert reject_reason(bytes(data)) == "truncated"
+
+
 def test_decompression_bomb_over_the_configured_limit_is_rejected_before_decoding():
     assert reject_reason(png(1, (100, 100)), max_pixels=5_000) == "decompression_bomb"
     # 30000 x 30000 declared, 90 bytes of data: must be refused from the header alone.

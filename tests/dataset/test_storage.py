@@ -6,6 +6,7 @@ import os
 import pickle
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 
 from dataset.storage import (
@@ -94,6 +95,19 @@ def test_s3_keys_live_under_the_prefix(make_settings, s3_bucket):
     listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket)["Contents"]
     assert [o["Key"] for o in listed] == ["team/ds/images/2025/01/01/a.jpg"]
     assert list(driver.list("images/")) == ["images/2025/01/01/a.jpg"]
+
+
+def test_s3_driver_talks_http_to_the_loopback_server(make_settings, s3_bucket):
+    # Not a patched client: what the driver writes is on the server, readable with a plain HTTP GET.
+    endpoint, bucket = s3_bucket
+    assert endpoint.startswith("http://127.0.0.1:")
+    driver = make_storage(make_settings(storage_driver="s3", s3_bucket=bucket, s3_endpoint_url=endpoint))
+    driver.put("images/2025/01/01/h.jpg", b"over the wire")
+    url = driver.client.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": "images/2025/01/01/h.jpg"}, ExpiresIn=60)
+    assert url.startswith(f"{endpoint}/")
+    answer = httpx.get(url)
+    assert (answer.status_code, answer.content) == (200, b"over the wire")
 
 
 def test_s3_failure_is_storage_error(s3_server, aws_env):
