@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import sys
 from collections.abc import Iterable
+from typing import TextIO
 
 from config.settings import Settings
 
@@ -52,17 +54,44 @@ def secret_values(settings: Settings) -> list[str]:
     return values
 
 
-def configure_logging(settings: Settings) -> None:
-    """Install the stderr and rotating-file handlers on the root logger (replacing our earlier ones)."""
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, like ``logging.lastResort``.
+
+    A plain StreamHandler keeps the stream it was created with. When that stream is swapped out
+    and closed (rich's progress bar redirecting stderr, pytest's capture between tests), a thread
+    still logging (aiosqlite's worker, the scheduler) hits the closed file and prints
+    "--- Logging error ---" instead of the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # always the current sys.stderr
+
+
+def remove_handlers() -> None:
+    """Take our handlers off the root logger and close them (before reconfiguring, and in tests)."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(handler)
         handler.close()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Install the stderr and rotating-file handlers on the root logger (replacing our earlier ones)."""
+    root = logging.getLogger()
+    remove_handlers()
     redact = RedactSecretsFilter(secret_values(settings))
     formatter = logging.Formatter(LOG_FORMAT)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [
-        logging.StreamHandler(),
+        CurrentStderrHandler(),
         logging.handlers.RotatingFileHandler(
             settings.log_dir / "trainer.log", maxBytes=10_000_000, backupCount=5, encoding="utf-8"
         ),
@@ -75,5 +104,8 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log_level)
     # Our own one-line-per-request log replaces uvicorn's access log (which logs query strings).
     logging.getLogger("uvicorn.access").disabled = True
-    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "PIL", "apscheduler"):
+    # httpx2/httpcore2: huggingface_hub's client (pretrained weights), one INFO line per request.
+    noisy_loggers = ("httpx", "httpcore", "httpx2", "httpcore2", "botocore", "boto3", "urllib3", "PIL",
+                     "apscheduler")
+    for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

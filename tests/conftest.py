@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,16 @@ def _no_ambient_env(monkeypatch):
             "TRAINER_API_KEY", "STORAGE_DRIVER", "DATABASE_URL", "DATASET_DIR", "MODELS_DIR",
         }:
             monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored():
+    """A test that runs the CLI configures logging for the whole process: undo it afterwards, so
+    later tests inherit neither its handlers (its log file, its closed capture) nor its root level."""
+    from app.logging_setup import remove_handlers
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    remove_handlers()
+    root.setLevel(level)

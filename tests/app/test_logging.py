@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import logging
 
-from app.logging_setup import RedactSecretsFilter, configure_logging
+import io
+import sys
+
+from app.logging_setup import RedactSecretsFilter, configure_logging, remove_handlers
 
 
 def test_filter_redacts_every_configured_secret_in_message_and_args():
@@ -28,11 +31,21 @@ def test_configured_logging_never_writes_the_api_key(make_settings, caplog):
         assert "failed with ***" in text
         assert "very-secret-key-123" not in text and "px-999" not in text
     finally:
-        _remove_our_handlers()
+        remove_handlers()
 
 
-def _remove_our_handlers():
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_exposr_handler", False)]:
-        root.removeHandler(handler)
-        handler.close()
+def test_stderr_handler_follows_a_swapped_stderr_and_never_writes_to_a_closed_one(
+        make_settings, monkeypatch):
+    # A CLI run (or rich's progress bar) configures logging while sys.stderr is one stream; that
+    # stream is later closed while threads keep logging: lines must go to the current stderr.
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure_logging(make_settings())
+    try:
+        monkeypatch.setattr(sys, "stderr", second)
+        first.close()
+        logging.getLogger("aiosqlite.test").warning("still running after the swap")
+        assert "still running after the swap" in second.getvalue()
+        assert "Logging error" not in second.getvalue()
+    finally:
+        remove_handlers()
