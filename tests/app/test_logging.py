@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import logging
-
 import io
+import logging
 import sys
 
 from app.logging_setup import RedactSecretsFilter, configure_logging, remove_handlers
