@@ -110,11 +110,18 @@ def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import run_check
 
-    report = run_check(settings, args.repair, args.force)
-    if asyncio.iscoroutine(report):
-        report = asyncio.run(report)
+    report = asyncio.run(run_check(settings, args.repair, args.force))
     print_mapping("Dataset check" + (" (repaired)" if args.repair else ""), report)
-    return 0
+    if args.repair and not report["ok"]:
+        # The report lists what was found; whether the repair fixed all of it, only a new check says.
+        report = asyncio.run(run_check(settings, False, args.force))
+        print_mapping("Dataset check after the repair", report)
+    if report["ok"]:
+        return 0
+    what = "drift left after the repair (see above)" if args.repair else \
+        "drift between files and index (see above); fix it with `exposr-trainer check --repair`"
+    print(f"dataset check failed: {what}", file=sys.stderr)
+    return 1
 
 
 def run_label_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from app import cli
+from dataset.manager import DatasetManager
+from tests.images import jpeg
 
 
 @pytest.fixture
@@ -41,6 +45,34 @@ def test_status_command_prints_counts(env, capsys):
 def test_check_command_reports(env, capsys):
     assert cli.main(["check"]) == 0
     assert "Dataset check" in capsys.readouterr().out
+
+
+async def _ingest_one(settings) -> str:
+    async with DatasetManager(settings) as dm:
+        return (await dm.ingest(jpeg(1), {"source": "upload", "label": "real"})).id
+
+
+def test_check_exits_1_on_drift_and_0_once_repaired(env, make_settings, capsys):
+    settings = make_settings()
+    asyncio.run(_ingest_one(settings))
+    orphan = settings.dataset_dir / "meta/2025/01/01/00000000-0000-4000-8000-000000000000.json"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text("{}")
+    assert cli.main(["check", "--force"]) == 1  # --force: a file just written counts as an orphan
+    assert "exposr-trainer check --repair" in capsys.readouterr().err
+    assert cli.main(["check", "--repair", "--force"]) == 0
+    assert not orphan.exists()
+    assert cli.main(["check"]) == 0
+
+
+def test_check_exits_1_when_the_repair_cannot_fix_everything(env, make_settings, capsys):
+    settings = make_settings()
+    image_id = asyncio.run(_ingest_one(settings))
+    meta = next(settings.dataset_dir.glob(f"meta/**/{image_id}.json"))
+    meta.write_text("{not json")  # unreadable metadata: reported, never deleted by a repair
+    assert cli.main(["check", "--repair"]) == 1
+    captured = capsys.readouterr()
+    assert "after the repair" in captured.out and "drift left after the repair" in captured.err
 
 
 def test_predict_without_a_model_says_what_to_do(env, tmp_path, capsys):
