@@ -4,7 +4,8 @@ Exceptions (one tree):
 
     FetchError            a request that finally failed; ``kind`` is a short code for the report
     ├── RateLimited       429 (or a source-specific rate-limit answer) after the allowed retries
-    └── (kinds)           timeout, connection, http_<status>, server_error, bad_json, html_page, too_large
+    └── (kinds)           timeout, connection, http_<status>, server_error, bad_json, html_page, too_large,
+                          bad_url, bad_encoding, too_many_redirects (these three are never retried)
 
 Callers catch ``FetchError`` per item or per page and count ``exc.kind``; nothing here logs a secret
 (headers are never logged, URLs are logged without their query string).
@@ -160,6 +161,34 @@ def _strip_query(url: httpx.URL | str) -> str:
     return str(httpx.URL(str(url)).copy_with(query=None))
 
 
+def _strip_query_safe(url: str) -> str:
+    """For a URL httpx may refuse to parse: everything before the query string, kept short."""
+    return url.split("?", 1)[0][:200]
+
+
+ERROR_BODY_BYTES = 64 * 1024   # an error page is read this far, for the message only
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes of a streamed response's decoded body, and whether that was all of it."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        if size + len(chunk) > limit:
+            chunks.append(chunk[: limit - size])
+            return b"".join(chunks), False
+        size += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks), True
+
+
+def _detached(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A closed-over copy of a streamed response with its already-decoded body: the encoding
+    headers go, or httpx would decode the body a second time."""
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
+
+
 class SourceHttp:
     """One source's view of the shared client: its token bucket, retries, headers and size limit."""
 
@@ -227,20 +256,15 @@ class SourceHttp:
     async def _stream_once(self, url: str) -> httpx.Response:
         headers = {"User-Agent": self.headers["User-Agent"]}
         async with self.client.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:
-                await response.aread()
-                return response
+            if response.status_code >= 400:   # only its start is kept: enough for the message
+                return _detached(response, (await _read_at_most(response, ERROR_BODY_BYTES))[0])
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
                 raise FetchError("too_large", f"{_strip_query(url)}: {declared} bytes > {self.max_bytes}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise FetchError("too_large", f"{_strip_query(url)}: more than {self.max_bytes} bytes")
-                chunks.append(chunk)
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  content=b"".join(chunks), request=response.request)
+            body, complete = await _read_at_most(response, self.max_bytes)
+            if not complete:
+                raise FetchError("too_large", f"{_strip_query(url)}: more than {self.max_bytes} bytes")
+            return _detached(response, body)
 
     async def _with_retries(self, url: str, send: Callable[[], Awaitable[httpx.Response]]) -> Any:
         policy = self.retry
@@ -251,6 +275,12 @@ class SourceHttp:
             except httpx.TimeoutException as exc:
                 error: FetchError = FetchError("timeout", f"{_strip_query(url)}: timed out ({exc!r})")
                 wait = policy.backoff(attempt, self.rng)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:   # the same on every try
+                raise FetchError("bad_url", f"{_strip_query_safe(url)}: not a usable URL ({exc})") from exc
+            except httpx.DecodingError as exc:
+                raise FetchError("bad_encoding", f"{_strip_query(url)}: undecodable body ({exc})") from exc
+            except httpx.TooManyRedirects as exc:
+                raise FetchError("too_many_redirects", f"{_strip_query(url)}: {exc}") from exc
             except httpx.TransportError as exc:
                 error = FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})")
                 wait = policy.backoff(attempt, self.rng)

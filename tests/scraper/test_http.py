@@ -238,3 +238,49 @@ async def test_rate_limits_without_a_reset_time_can_be_left_unretried_but_retry_
         assert sleeps.calls == []
         assert await http.get_json(API) == {"ok": 1}
     assert route.call_count == 3 and 3.0 <= sleeps.calls[0] <= 4.0
+
+
+@respx.mock
+async def test_a_compressed_download_is_decoded_once(sleeps):
+    import gzip
+
+    respx.get(CDN).mock(return_value=httpx.Response(
+        200, content=gzip.compress(b"z" * 900), headers={"Content-Encoding": "gzip"}))
+    async with make_client() as client:
+        assert await make_http(client, sleeps).download(CDN) == b"z" * 900
+
+
+@respx.mock
+async def test_undecodable_bodies_and_redirect_loops_are_fetch_errors_never_retried(sleeps):
+    broken = respx.get(CDN).mock(return_value=httpx.Response(
+        200, stream=httpx.ByteStream(b"this is not gzip"), headers={"Content-Encoding": "gzip"}))
+    loop = respx.get("https://cdn.example.test/loop.jpg").mock(return_value=httpx.Response(
+        302, headers={"Location": "https://cdn.example.test/loop.jpg"}))
+    async with make_client() as client:
+        http = make_http(client, sleeps)
+        kinds = []
+        for url in (CDN, "https://cdn.example.test/loop.jpg"):
+            with pytest.raises(FetchError) as info:
+                await http.download(url)
+            kinds.append(info.value.kind)
+    assert kinds == ["bad_encoding", "too_many_redirects"]
+    assert broken.call_count == 1 and loop.call_count > 1 and sleeps.calls == []
+
+
+async def test_a_url_with_an_unusable_scheme_is_a_bad_url_never_retried(sleeps):
+    # No mock needed: httpx refuses the scheme before opening any connection.
+    async with make_client() as client:
+        with pytest.raises(FetchError) as info:
+            await make_http(client, sleeps).download("ftp://cdn.example.test/a.jpg?token=x")
+    assert info.value.kind == "bad_url" and sleeps.calls == []
+    assert "token" not in info.value.message
+
+
+@respx.mock
+async def test_an_error_page_is_read_only_as_far_as_the_message_needs(sleeps):
+    route = respx.get(CDN).mock(return_value=httpx.Response(500, content=b"E" * 5_000_000))
+    async with make_client() as client:
+        with pytest.raises(FetchError) as info:
+            await make_http(client, sleeps).download(CDN)
+    assert info.value.kind == "server_error" and route.call_count == 4
+    assert "EEEE" in info.value.message and len(info.value.message) < 400
