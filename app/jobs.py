@@ -1,9 +1,14 @@
 """The job runner: one place that starts scrape and training jobs, for the API and the scheduler.
 
-Single flight per kind: while a job of a kind is queued or running, a manual request for the same
-kind raises :class:`JobBusy` (the API answers 409 naming the running job) and a scheduled one is
-recorded as a ``skipped`` row. Job kinds are a registry (``JOB_KINDS``: kind -> async callable
-``fn(settings, progress) -> report dict``); adding a kind is one entry.
+Single flight per kind, across processes: a job holds the exclusive lock file
+``DATASET_DIR/job-{kind}.lock`` while it is queued or running, so with several workers (or a second
+service) on one dataset, a manual request for a busy kind raises :class:`JobBusy` (the API answers
+409 naming the running job) and a scheduled one is recorded as a ``skipped`` row. The same lock
+tells a live job from a dead process's leftover: a queued/running row whose kind lock is free
+belongs to a process that is gone, and is marked ``interrupted``.
+
+Job kinds are a registry (``JOB_KINDS``: kind -> async callable ``fn(settings, progress) -> report
+dict``); adding a kind is one entry.
 
 Exceptions: :class:`JobBusy` (caller's request conflicts), :class:`UnknownJobKind` (no such kind).
 A job's own failure is never raised to the caller: it is the job row's ``failed`` state and error.
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
 JobFunction = Callable[[Settings, Progress], Awaitable[dict]]
 PROGRESS_FLUSH_SECONDS = 2.0
+# How long a refused submit waits for the lock holder's row (it takes the lock, then inserts).
+BUSY_ROW_WAIT_SECONDS = 2.0
 
 
 async def scrape_job(settings: Settings, progress: Progress) -> dict:
@@ -65,6 +73,10 @@ class JobBusy(Exception):
         self.job = job
 
 
+def kind_lock(settings: Settings, kind: str) -> ProcessLock:
+    return ProcessLock(settings.dataset_dir / f"job-{kind}.lock")
+
+
 class UnknownJobKind(KeyError):
     pass
 
@@ -76,20 +88,20 @@ class JobRunner:
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
-        self.leftovers_lock = ProcessLock(settings.dataset_dir / "jobs.lock")
+        self._locks: dict[str, ProcessLock] = {}  # kind -> held lock, while its job is active
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
 
     async def start(self) -> None:
         await self.store.create_tables()
-        # Rows left queued/running belong to a dead process, unless another live process (a second
-        # worker on the same DATASET_DIR) holds the lock: then they may be its jobs, left alone.
-        if not self.leftovers_lock.acquire():
-            log.info("another process on %s is running; its jobs are left as they are",
-                     self.settings.dataset_dir)
-            return
-        leftovers = await self.store.interrupt_leftovers()
-        if leftovers:
-            log.warning("marked %d job(s) left running by a previous process as interrupted", leftovers)
+        for kind in sorted(await self.store.active_kinds()):
+            lock = kind_lock(self.settings, kind)
+            if not lock.acquire():  # a live process (another worker) runs it: its job, left alone
+                log.info("a %s job is running in another process on %s", kind, self.settings.dataset_dir)
+                continue
+            try:
+                await self._interrupt_leftovers(kind)
+            finally:
+                lock.release()
 
     def running(self, kind: str) -> dict | None:
         return self._active.get(kind)
@@ -106,15 +118,40 @@ class JobRunner:
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None}
         self._active[kind] = job
+        lock = kind_lock(self.settings, kind)
+        if not lock.acquire():
+            self._active.pop(kind, None)
+            raise JobBusy(await self._running_elsewhere(kind))
+        self._locks[kind] = lock
         try:
+            await self._interrupt_leftovers(kind)  # with the lock held, an active row is a dead one's
             job.update(await self.store.insert(**job))
         except BaseException:
-            self._active.pop(kind, None)
+            self._release(kind)
             raise
         self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
         log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
         return dict(job)
+
+    async def _running_elsewhere(self, kind: str) -> dict:
+        """The job another process runs (its row; the holder inserts it just after taking the lock)."""
+        deadline = time.monotonic() + BUSY_ROW_WAIT_SECONDS
+        while (row := await self.store.active(kind)) is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return row or {"id": "in-another-process", "kind": kind, "state": "running"}
+
+    async def _interrupt_leftovers(self, kind: str) -> None:
+        leftovers = await self.store.interrupt_leftovers(kind)
+        if leftovers:
+            log.warning("marked %d %s job(s) left running by a stopped process as interrupted",
+                        leftovers, kind)
+
+    def _release(self, kind: str) -> None:
+        self._active.pop(kind, None)
+        lock = self._locks.pop(kind, None)
+        if lock is not None:
+            lock.release()
 
     async def submit_scheduled(self, kind: str) -> dict:
         """The scheduler's entry: like submit, but a busy kind is recorded as a skipped run."""
@@ -156,7 +193,6 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.leftovers_lock.release()
 
     async def _run(self, job: dict) -> None:
         kind, job_id = job["kind"], job["id"]
@@ -175,7 +211,7 @@ class JobRunner:
         finally:
             if flusher:
                 flusher.cancel()
-            self._active.pop(kind, None)
+            self._release(kind)
             self._tasks.pop(job_id, None)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})

@@ -80,12 +80,26 @@ class JobStore:
         async with self.engine.connect() as conn:
             return [dict(r._mapping) for r in (await conn.execute(query)).all()]
 
-    async def interrupt_leftovers(self) -> int:
-        """Mark rows a previous process left queued/running (shutdown, kill -9) as interrupted."""
+    async def active_kinds(self) -> set[str]:
+        """Kinds with a row queued or running (in this process, another one, or a dead one)."""
+        query = select(jobs_table.c.kind).where(jobs_table.c.state.in_(ACTIVE_STATES)).distinct()
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(query)).scalars().all())
+
+    async def active(self, kind: str) -> dict | None:
+        """The newest queued or running row of ``kind``."""
+        query = (select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
+                 .order_by(jobs_table.c.created_at.desc()).limit(1))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return dict(row._mapping) if row else None
+
+    async def interrupt_leftovers(self, kind: str) -> int:
+        """Mark rows of ``kind`` a dead process left queued/running (shutdown, kill -9) as interrupted."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.state.in_(ACTIVE_STATES))
+                .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
                 .values(state="interrupted", finished_at=utc_now(),
                         error="the service stopped while this job was running (found at start-up)")
             )

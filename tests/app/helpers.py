@@ -20,3 +20,29 @@ def slow(settings, progress):
     progress({"pid": os.getpid(), "state": "sleeping"})
     time.sleep(120)
     return {"never": True}
+
+
+def hold_a_train_job(settings, ready, release):
+    """A second service process: runs one train job until the file ``release`` exists, after
+    writing the job's id to ``ready``."""
+    import asyncio
+    from pathlib import Path
+
+    from app.jobs import JobRunner
+    from app.jobstore import JobStore, make_engine
+
+    async def held(s, progress):
+        while not Path(release).exists():
+            await asyncio.sleep(0.02)
+        return {"held": True}
+
+    async def main():
+        engine = make_engine(settings)
+        runner = JobRunner(settings, JobStore(engine), {"train": held})
+        await runner.start()
+        job = await runner.submit("train")
+        Path(ready).write_text(job["id"])
+        await runner.wait(job["id"])
+        await engine.dispose()
+
+    asyncio.run(main())

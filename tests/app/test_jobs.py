@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from app.jobs import JobBusy, JobRunner, UnknownJobKind
 from app.jobstore import JobStore, make_engine
 from app.processes import run_in_process
+from tests.app.helpers import hold_a_train_job
 
 
 async def ok_job(settings, progress):
@@ -139,3 +141,52 @@ async def test_a_second_live_process_leaves_the_first_ones_running_jobs_alone(se
     assert (await store.get(job["id"]))["state"] == "running"
     await first.shutdown()
     assert (await store.get(job["id"]))["state"] == "interrupted"
+
+
+async def test_single_flight_holds_across_two_runners_on_one_dataset(settings, store):
+    # Two uvicorn workers are two runners on one DATASET_DIR: the kind lock is shared through the file.
+    release = asyncio.Event()
+    first = await make_runner(settings, store, blocking_kinds(release))
+    second = await make_runner(settings, store, {"train": ok_job, "scrape": ok_job})
+    job = await first.submit("train")
+    with pytest.raises(JobBusy) as busy:
+        await second.submit("train")
+    assert busy.value.job["id"] == job["id"] and busy.value.job["state"] in ("queued", "running")
+    skipped = await second.submit_scheduled("train")
+    assert skipped["state"] == "skipped" and job["id"] in skipped["error"]
+    release.set()
+    assert (await first.wait(job["id"]))["state"] == "succeeded"
+    again = await second.submit("train")  # the lock went with the job
+    assert (await second.wait(again["id"]))["state"] == "succeeded"
+
+
+async def test_single_flight_holds_against_another_process(settings, store, tmp_path):
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    other = multiprocessing.get_context("spawn").Process(target=hold_a_train_job,
+                                                         args=(settings, ready, release))
+    other.start()
+    try:
+        for _ in range(600):
+            if ready.exists() and ready.read_text():
+                break
+            await asyncio.sleep(0.05)
+        runner = await make_runner(settings, store, {"train": ok_job})
+        assert (await store.get(ready.read_text()))["state"] == "running"  # start() left it alone
+        with pytest.raises(JobBusy) as busy:
+            await runner.submit("train")
+        assert busy.value.job["id"] == ready.read_text()
+    finally:
+        release.touch()
+        await asyncio.to_thread(other.join, 60)
+    assert other.exitcode == 0
+    assert (await store.get(ready.read_text()))["state"] == "succeeded"
+    assert (await runner.wait((await runner.submit("train"))["id"]))["state"] == "succeeded"
+
+
+async def test_a_dead_processs_leftover_is_interrupted_when_a_live_worker_takes_the_kind(settings, store):
+    runner = await make_runner(settings, store, {"train": ok_job})
+    # Another worker died (kill -9) mid-training after this one started: its row is still running.
+    await store.insert(id="dead-workers-job", kind="train", trigger="manual", state="running")
+    final = await runner.wait((await runner.submit("train"))["id"])
+    assert final["state"] == "succeeded"
+    assert (await store.get("dead-workers-job"))["state"] == "interrupted"
