@@ -21,7 +21,9 @@ import io
 import uuid
 
 from PIL import Image, UnidentifiedImageError
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from config.settings import Settings
 
@@ -133,17 +135,29 @@ async def record_person_label(dataset, image_id: str, label: str, reviewer: str 
 
 
 def review_table(page: dict) -> Table:
-    """The queue page as a rich table for ``exposr-trainer review``."""
+    """The queue page as a rich table for ``exposr-trainer review``.
+
+    Each image's reason sits under its id (the id is never cut: PATCH /images/{id} takes it), so the
+    table reads in an 80-column terminal too.
+    """
     shown = f"{page['offset'] + 1}-{page['offset'] + len(page['items'])}" if page["items"] else "none"
-    table = Table(title=f"Review queue ({page['kind']}): {shown} of {page['total']}")
-    for column in ("id", "reason", "label", "score", "source", "attribution", "why"):
-        table.add_column(column, justify="right" if column == "score" else "left", no_wrap=column == "id")
+    table = Table(title=f"Review queue ({page['kind']}): {shown} of {page['total']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("id / why", min_width=36)
+    table.add_column("label", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("source", overflow="fold", max_width=28)
     for item in page["items"]:
         score = "" if item["score"] is None else f"{item['score']:.3f}"
-        credit = item["attribution"].get("photographer") or item["attribution"].get("platform") or ""
-        table.add_row(item["id"], item["reason"], item["label"], score, item["source"] or "", str(credit),
-                      item["why"])
+        cell = Text(item["id"]).append("\n").append(item["why"], style="dim")
+        table.add_row(cell, item["label"], score, source_and_credit(item))
     return table
+
+
+def source_and_credit(item: dict) -> str:
+    credit = item["attribution"].get("photographer") or item["attribution"].get("platform") or ""
+    source = item["source"] or ""
+    return f"{source} ({credit})" if credit and str(credit).lower() != source.lower() else source
 
 
 def image_media_type(data: bytes) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from rich.console import Console
 
-from labeler.review import InvalidImageId, build_queue, image_media_type, parse_image_id
+from labeler.review import InvalidImageId, build_queue, image_media_type, parse_image_id, review_table
 from tests.images import encode, jpeg, png, scene
 
 
@@ -70,6 +71,22 @@ def test_entry_carries_what_a_reviewer_needs(settings):
     assert entry["image_url"] == "/images/00000000-0000-4000-8000-000000000009"
     assert entry["attribution"] == attribution
     assert (entry["source"], entry["label"], entry["score"]) == ("pexels", "unlabeled", 0.4)
+
+
+def test_the_cli_table_keeps_whole_ids_and_the_reason_in_an_80_column_terminal(settings):
+    attribution = {"platform": "Pexels", "photographer": "Jo Lee"}
+    metas = [meta(1, "real", 0.97, attribution=attribution, source="pexels"), meta(2, "unlabeled", None)]
+    page = {"total": 2, "limit": 50, "offset": 0, "kind": "all", "items": build_queue(metas, settings)}
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(review_table(page))
+    text = console.export_text()
+    assert "Review queue (all): 1-2 of 2" in text
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for item in page["items"]:
+        assert item["id"] in text  # what PATCH /images/{id} takes, never cut
+    assert "pexels (Jo Lee)" in text and "0.970" in text
+    words = " ".join(text.split())
+    assert "REVIEW_REAL_MAX" in words and "not scored yet" in words
 
 
 @pytest.mark.parametrize("raw", ["", "abc", "../../etc/passwd", "123e4567-e89b-12d3-a456-42661417400Z"])
