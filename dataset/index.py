@@ -5,6 +5,9 @@ process or several) end with one row; the loser gets :class:`DuplicateHash` with
 Near duplicates: :class:`PhashCache` keeps every 64-bit perceptual hash in a numpy array and
 answers "nearest within distance d" with XOR + popcount over the whole array (a few ms per
 million hashes); it catches up with rows other processes inserted by reading ``seq > last``.
+Rows that land between one image's near check and its own insert are looked at afterwards by
+:meth:`DedupeIndex.near_between` (a ``seq`` range, usually empty), so racing near duplicates are
+caught too.
 """
 
 from __future__ import annotations
