@@ -67,6 +67,8 @@ async def stored_images(settings) -> dict[str, tuple[bytes, dict]]:
 async def test_local_model_scores_when_core_is_down_then_skips_what_it_scored(settings_with_model):
     settings = settings_with_model
     respx.post(ENDPOINT).mock(side_effect=httpx.ConnectError("connection refused"))
+    labels_before = {image_id: meta["label"] for image_id, (_, meta) in
+                     (await stored_images(settings)).items()}
 
     report = await run_labeler(settings, sleep=no_sleep)
     assert report["scorer"] == {"name": "local-model", "model": "vit", "version": "v1"}
@@ -79,7 +81,8 @@ async def test_local_model_scores_when_core_is_down_then_skips_what_it_scored(se
     assert stored == pytest.approx(expected, abs=1e-6)  # exactly what the promoted model says
     for _, meta in images.values():
         assert meta["scored_by"]["name"] == "local-model" and meta["scored_by"]["version"] == "v1"
-        assert meta["label"] in ("real", "ai", "unlabeled")
+    assert {image_id: meta["label"] for image_id, (_, meta) in images.items()} == labels_before
+    assert sorted(labels_before.values()).count("unlabeled") == 2  # every kind of label was there to keep
 
     again = await run_labeler(settings, sleep=no_sleep)
     assert (again["scored"], again["skipped"]) == (0, ALL)
