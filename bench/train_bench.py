@@ -2,6 +2,7 @@
 
     python bench/train_bench.py [--arch resnet10t] [--image-size 64] [--batch 32] [--workers 2]
                                 [--images 512] [--device auto] [--source-size 1080x720] [--folder DIR]
+                                [--decode reduced|full]
     python bench/train_bench.py --mode memory --sizes 1000,10000 [same options]
 
 throughput mode, in one run on one device:
@@ -11,6 +12,8 @@ throughput mode, in one run on one device:
    --folder), with decode, crop, flip, JPEG re-compression and normalisation in --workers
    processes.  The second epoch is timed (workers already started).
    Ratio = trainer images/s / raw images/s: how much the data path costs (1.0 = free).
+   ``--decode full`` decodes every image at full size (the data path before reduced decoding),
+   for a before/after comparison; ``reduced`` (default) is what the trainer does.
 memory mode: a whole train_on_samples run (split, 1 epoch, evaluation, save, register) per
 dataset size, each in a fresh process; prints its peak RSS and the peak of its worker processes.
 The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
@@ -124,7 +127,8 @@ def throughput(args) -> None:
         model = build_model(settings).to(device)
         pre = preprocessing_for(model, args.image_size)
         data = StoredImages(storage, [s.image_key for s in samples], [int(s.label == "ai") for s in samples],
-                            train_transform(pre), settings.max_image_pixels, reduce_to=pre.decode_side)
+                            train_transform(pre), settings.max_image_pixels,
+                            reduce_to=pre.decode_side if args.decode == "reduced" else None)
         loader = make_loader(data, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
                              pin_memory=device.type == "cuda", drop_last=True)
         steps, prepare = len(loader), Normalizer(pre, device)
@@ -134,17 +138,20 @@ def throughput(args) -> None:
         _steps(model, loader, prepare, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
         real_s = _steps(model, loader, prepare, amp_dtype, settings.train_lr)
         loader_s = _drain(loader)
-        one_core_ips = _one_core(data, min(len(data), 200))
+        decode_ms, one_core_ms = _one_core(data, min(len(data), 200))
     raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     source = args.folder or "x".join(map(str, args.source_size))
     print(f"device={device} ({name}) amp={amp_dtype} arch={args.arch} image_size={args.image_size} "
-          f"batch={args.batch} workers={args.workers} images={len(samples)} source={source}")
+          f"batch={args.batch} workers={args.workers} images={len(samples)} source={source} "
+          f"decode={args.decode} (shorter side >= {data.reduce_to or 'full'})")
     print(f"raw step (tensors on device): {raw_ips:9.1f} images/s")
     print(f"trainer (stored JPEGs):       {real_ips:9.1f} images/s")
     print(f"ratio trainer/raw:            {real_ips / raw_ips:9.3f}")
     print(f"DataLoader alone (no model):  {steps * args.batch / loader_s:9.1f} images/s "
-          f"({args.workers} workers; decode+transform on one core: {one_core_ips:.1f} images/s)")
+          f"({args.workers} workers)")
+    print(f"one core, CPU time per image: decode {decode_ms:.2f} ms, decode+transform {one_core_ms:.2f} ms "
+          f"({1000 / one_core_ms:.0f} images/s per core)")
 
 
 def _drain(loader) -> float:
@@ -155,11 +162,19 @@ def _drain(loader) -> float:
     return time.perf_counter() - start
 
 
-def _one_core(data: StoredImages, n: int) -> float:
-    start = time.perf_counter()
+def _one_core(data: StoredImages, n: int) -> tuple[float, float]:
+    """(decode, decode + transform) CPU milliseconds per image in this process.
+
+    CPU time rather than wall time: on a shared machine it does not count other processes' turns.
+    """
+    start = time.process_time()
+    for i in range(n):
+        data.load(i)
+    decoded = time.process_time()
     for i in range(n):
         data[i]
-    return n / (time.perf_counter() - start)
+    both = time.process_time() - decoded
+    return (decoded - start) * 1000 / n, both * 1000 / n
 
 
 def _memory_batches(args, device, steps: int) -> list:
@@ -167,7 +182,7 @@ def _memory_batches(args, device, steps: int) -> list:
     shape = (args.batch, 3, args.image_size, args.image_size)
     distinct = [(torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
                  torch.randint(0, 2, (args.batch,), device=device)) for _ in range(min(steps, 4))]
-    return [(*distinct[i % len(distinct)], None, 0) for i in range(steps)]
+    return [(*distinct[i % len(distinct)], None, []) for i in range(steps)]
 
 
 def memory(args) -> None:
@@ -208,6 +223,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(1080, 720),
                    help="WxH of the generated JPEGs")
+    p.add_argument("--decode", choices=["reduced", "full"], default="reduced",
+                   help="reduced: the trainer's decoding at a power-of-two scale; full: every pixel (before)")
     p.add_argument("--folder", type=Path, help="use the images of this folder instead of generated ones")
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000])
     return p.parse_args()

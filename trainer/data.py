@@ -120,7 +120,8 @@ class Normalizer:
 
 
 class StoredImages(Dataset):
-    """(image tensor, class index, position) per stored key; an unreadable image yields None."""
+    """(image tensor, class index, position) per stored key; an unreadable image yields
+    (None, None, position), so the skip can be traced to its sample."""
 
     def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
                  transform, max_pixels: int, reduce_to: int | None = None) -> None:
@@ -137,7 +138,7 @@ class StoredImages(Dataset):
     def __getitem__(self, index: int):
         image = self.load(index)
         if image is None:
-            return None
+            return None, None, index
         return self.transform(image), self.labels[index], index
 
     def load(self, index: int) -> Image.Image | None:
@@ -151,9 +152,9 @@ class StoredImages(Dataset):
 
 
 def collate_skipping_broken(batch: list):
-    """Stack the readable items; returns (images, labels, positions, skipped count)."""
-    items = [item for item in batch if item is not None]
-    skipped = len(batch) - len(items)
+    """Stack the readable items; returns (images, labels, positions, positions of skipped items)."""
+    items = [item for item in batch if item[0] is not None]
+    skipped = [position for image, _, position in batch if image is None]
     if not items:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
     images, labels, positions = zip(*items, strict=True)

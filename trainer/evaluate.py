@@ -27,19 +27,19 @@ class Scores:
     labels: np.ndarray
     positions: np.ndarray
     loss: float
-    skipped: int
+    skipped: set[int]  # dataset positions of the images that could not be read
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, prepare, amp_dtype: torch.dtype | None = None) -> Scores:
-    """Score every readable image of ``loader`` (batches of images, labels, positions, skipped).
+    """Score every readable image of ``loader`` (batches of images, labels, positions, skipped positions).
 
     ``prepare`` moves a batch to the model's device and normalises it (trainer.data.Normalizer).
     """
     model.eval()
-    probs, labels, positions, loss_sum, skipped = [], [], [], 0.0, 0
-    for images, targets, where, n_skipped in loader:
-        skipped += n_skipped
+    probs, labels, positions, loss_sum, skipped = [], [], [], 0.0, set()
+    for images, targets, where, unreadable in loader:
+        skipped.update(unreadable)
         if len(targets) == 0:
             continue
         images = prepare(images)

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1  # of all optimiser steps, linear warm-up before the cosine decay
+MAX_SKIPPED_IDS = 50   # ids of unreadable images listed in the result (the count covers all)
 
 
 def train_model(settings: Settings, progress: Progress | None = None) -> dict:
@@ -78,12 +79,13 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
 
     staging = make_staging_dir(settings.models_dir)
     try:
-        step, skipped = 0, 0
+        step, skipped = 0, set()
         for epoch in range(1, settings.train_epochs + 1):
-            train_loss, step, n_skipped = train_one_epoch(model, train_loader, prepare, optimizer,
-                                                          scheduler, scaler, amp_dtype, step)
+            train_loss, step, unreadable = train_one_epoch(model, train_loader, prepare, optimizer,
+                                                           scheduler, scaler, amp_dtype, step)
             scores = evaluate(model, val_loader, prepare, amp_dtype)
-            skipped += n_skipped + scores.skipped
+            # A broken file fails again every epoch: count it once, by sample id.
+            skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
             metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
             _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
                                "train_loss": train_loss, "val_loss": metrics["val_loss"],
@@ -105,7 +107,8 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
-    return {**entry, "metrics": metrics, "skipped_images": skipped,
+    return {**entry, "metrics": metrics, "skipped_images": len(skipped),
+            "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS],
             "duration_s": round(time.monotonic() - started, 1)}
 
 
@@ -131,15 +134,16 @@ def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int
 
 
 def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
-                    step: int) -> tuple[float, int, int]:
-    """One pass over the training loader; returns (mean loss, optimiser steps so far, skipped images).
+                    step: int) -> tuple[float, int, set[int]]:
+    """One pass over the training loader; returns (mean loss, optimiser steps so far, positions of
+    the images that could not be read).
 
     ``prepare`` moves a uint8 batch to the device and normalises it (trainer.data.Normalizer).
     """
     model.train()
-    loss_sum, seen, skipped = 0.0, 0, 0
-    for images, targets, _, n_skipped in loader:
-        skipped += n_skipped
+    loss_sum, seen, skipped = 0.0, 0, set()
+    for images, targets, _, unreadable in loader:
+        skipped.update(unreadable)
         if len(targets) == 0:
             continue
         images = prepare(images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ from torchvision.transforms import v2
 
 from dataset.images import decode_rgb
 from dataset.storage import LocalStorage
+from tests.images import encode
 from tests.trainer.builders import make_samples
 from trainer.errors import TrainingError
+from trainer.modeling import build_model, hub_reachable
 from trainer.predict import load_promoted
 from trainer.registry import load_registry, promoted_entry
 from trainer.split import split_samples
@@ -109,14 +112,42 @@ def test_one_class_only_is_refused_and_unlabeled_never_counts(tiny, storage):
         train_on_samples(tiny(), samples, storage)
 
 
-def test_unreachable_pretrained_weights_name_both_settings(tiny, storage, monkeypatch):
+@pytest.fixture
+def offline_hub(monkeypatch, tmp_path):
+    """The hub's endpoint is a closed port on loopback (refused at once) and its cache is empty."""
     import huggingface_hub.constants
 
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no internet: fail fast
-    with pytest.raises(TrainingError) as info:
-        train_on_samples(tiny(train_arch="resnet10t", train_pretrained=True), make_samples(storage, 40),
-                         storage)
-    assert "TRAIN_PRETRAINED" in str(info.value) and "TRAIN_PRETRAINED_FILE" in str(info.value)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path / "hf-cache"
+
+
+def test_unreachable_hub_fails_at_once_naming_both_settings(tiny, storage, offline_hub):
+    assert not hub_reachable()
+    with pytest.raises(TrainingError) as info:  # no retries with backoff: one refused request
+        train_on_samples(tiny(train_pretrained=True), make_samples(storage, 40), storage)
+    message = str(info.value)
+    assert "TRAIN_PRETRAINED=true" in message and "TRAIN_PRETRAINED_FILE" in message
+    assert "hub does not answer" in message
+
+
+def test_unreachable_hub_still_serves_weights_from_the_local_cache(tiny, offline_hub):
+    from safetensors.torch import save_file
+
+    source = timm.create_model(ARCH, pretrained=False, num_classes=1000)
+    repo = offline_hub / "models--timm--test_resnet.r160_in1k"  # the hub cache's own layout
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(source.state_dict(), repo / "snapshots" / ("0" * 40) / "model.safetensors")
+
+    model = build_model(tiny(train_pretrained=True))
+    name = next(k for k in source.state_dict() if k.endswith("weight") and "conv" in k)
+    assert torch.equal(model.state_dict()[name], source.state_dict()[name])
+    assert model.get_classifier().out_features == 2
 
 
 def test_missing_pretrained_file_is_named(tiny, storage, tmp_path):
@@ -126,8 +157,6 @@ def test_missing_pretrained_file_is_named(tiny, storage, tmp_path):
 
 
 def test_pretrained_file_is_loaded_except_the_head(tiny, storage, tmp_path):
-    from trainer.modeling import build_model
-
     source = timm.create_model(ARCH, pretrained=False, num_classes=1000)
     torch.save(source.state_dict(), tmp_path / "ckpt.pth")
     model = build_model(tiny(train_pretrained_file=tmp_path / "ckpt.pth"))
@@ -141,11 +170,15 @@ def test_unknown_architecture_is_explained(tiny, storage):
         train_on_samples(tiny(train_arch="no_such_net"), make_samples(storage, 40), storage)
 
 
-def test_unreadable_image_is_skipped_and_counted(tiny, storage):
-    samples = make_samples(storage, 60)
-    (storage.root / samples[0].image_key).unlink()
-    result = train_on_samples(tiny(train_epochs=1), samples, storage)
-    assert result["skipped_images"] == 1 and result["version"] == "v1"
+def test_unreadable_images_are_skipped_and_counted_once_each(tiny, storage):
+    settings, samples = tiny(train_epochs=3), make_samples(storage, 60)
+    train, val = split_samples(samples, 0.25, settings.train_seed, settings.near_dup_max_distance)
+    broken = [train[0], val[0]]  # one on each side: training reads and validation reads
+    (storage.root / broken[0].image_key).unlink()                       # missing file
+    (storage.root / broken[1].image_key).write_bytes(b"not a picture")  # undecodable
+    result = train_on_samples(settings, samples, storage)  # each is read (and fails) 3 times
+    assert result["skipped_images"] == 2 and result["version"] == "v1"
+    assert result["skipped_ids"] == sorted(s.id for s in broken)
 
 
 def test_promotion_keeps_the_better_model_served(tiny, storage):
@@ -187,3 +220,20 @@ def test_probabilities_are_well_formed(tiny, storage):
     train_on_samples(settings, samples, storage)
     probs = np.array(load_promoted(settings).predict_bytes([storage.get(s.image_key) for s in samples]))
     assert probs.shape == (40,) and ((probs >= 0) & (probs <= 1)).all()
+
+
+@pytest.mark.parametrize(("image_size", "fmt", "decoded"), [
+    (64, "JPEG", (270, 180)),    # 1/4: 180 >= 1.5 x 64, 1/8 (90) would not be
+    (160, "JPEG", (540, 360)),   # 1/2: 360 >= 240
+    (64, "PNG", (270, 180)),     # other formats reduce by the same factor
+    (480, "JPEG", (1080, 720)),  # nothing to spare: full size
+])
+def test_big_images_are_decoded_reduced_to_what_training_needs(storage, image_size, fmt, decoded):
+    from trainer.data import Preprocessing, StoredImages
+
+    pre = Preprocessing(image_size, (0.5,) * 3, (0.5,) * 3)
+    key = f"images/big.{fmt.lower()}"
+    storage.put(key, encode(Image.new("RGB", (1080, 720), (90, 120, 150)), fmt))
+    data = StoredImages(storage, [key], [0], transform=None, max_pixels=10_000_000,
+                        reduce_to=pre.decode_side)
+    assert data.load(0).size == decoded
