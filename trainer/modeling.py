@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -27,6 +29,9 @@ WEIGHTS_FILE = "weights.pt"
 MODEL_JSON = "model.json"
 _PRETRAINED_HELP = ("Set TRAIN_PRETRAINED_FILE to a local checkpoint of this architecture "
                     "(offline machines), or TRAIN_PRETRAINED=false to train from scratch.")
+# One request, no retries, to learn whether the hub answers at all: offline, the hub client would
+# otherwise retry with backoff for about 50 s per weights file before giving up.
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def build_model(settings: Settings) -> torch.nn.Module:
@@ -40,12 +45,55 @@ def build_model(settings: Settings) -> torch.nn.Module:
         return _from_file(arch, Path(file))
     if not settings.train_pretrained:
         return timm.create_model(arch, pretrained=False, num_classes=len(CLASS_INDEX))
+    return _from_hub(arch)
+
+
+def _from_hub(arch: str) -> torch.nn.Module:
+    """Hub weights through timm; when the hub does not answer, only the local hub cache is tried."""
+    online = hub_reachable()
     try:
-        return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX))
+        with _hub_offline(not online):
+            return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX))
     except (OSError, RuntimeError, ValueError) as exc:
+        where = "could not be fetched" if online else (
+            "are not in the local Hugging Face cache and the hub does not answer (no network?)")
         raise TrainingError(
-            f"pretrained weights for {arch!r} could not be fetched (TRAIN_PRETRAINED=true): "
+            f"pretrained weights for {arch!r} {where} (TRAIN_PRETRAINED=true): "
             f"{type(exc).__name__}: {_first_line(exc)}. {_PRETRAINED_HELP}") from exc
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face Hub answers one HEAD request (its own client: proxies, TLS verified).
+
+    False at once when HF_HUB_OFFLINE is set.  Any HTTP answer counts: the question is only
+    whether the network path exists.
+    """
+    import httpx2  # the HTTP library huggingface_hub is built on
+    from huggingface_hub import constants, get_session
+
+    if constants.is_offline_mode():
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except httpx2.TransportError as exc:
+        log.warning("Hugging Face Hub at %s does not answer (%s): using the local cache only",
+                    constants.ENDPOINT, _first_line(exc))
+        return False
+    return True
+
+
+@contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's own offline mode (the HF_HUB_OFFLINE switch, read at call time) for the
+    duration of one model build: cached weights load at once, missing ones fail at once."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def _from_file(arch: str, file: Path) -> torch.nn.Module:
@@ -64,7 +112,7 @@ def _from_file(arch: str, file: Path) -> torch.nn.Module:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+    return text[0][:300].rstrip(".") if text else type(exc).__name__
 
 
 def pick_device(name: str) -> tuple[torch.device, torch.dtype | None]:
