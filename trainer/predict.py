@@ -2,18 +2,21 @@
 
 Used by ``exposr-trainer predict`` and by the labeler.  Images go through the same evaluation
 transform the model was validated with (decode to RGB, resize, centre crop, JPEG, normalise).
+One file that cannot be read or decoded is a per-image outcome (:class:`Prediction` with a
+reason), never the end of the batch: :meth:`Predictor.predict_each` scores the others.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from config.settings import Settings
-from dataset.images import decode_rgb
+from dataset.images import ImageRejected, decode_rgb
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
@@ -21,6 +24,19 @@ from trainer.modeling import load_artifacts, pick_device
 from trainer.registry import promoted_entry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's outcome: P(ai), or why it could not be scored (``reason`` code + ``message``)."""
+
+    probability: float | None
+    reason: str | None = None  # dataset.images.REASONS code, or "unreadable" for a file not read
+    message: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.probability is not None
 
 
 class Predictor:
@@ -39,20 +55,42 @@ class Predictor:
     def version(self) -> str | None:
         return self.card.get("version")
 
-    def predict_bytes(self, images: Sequence[bytes]) -> list[float]:
-        """P(ai) for each encoded image; raises dataset.images.ImageRejected for one that is not an image."""
-        probs: list[float] = []
+    def predict_each(self, images: Sequence[bytes]) -> list[Prediction]:
+        """A Prediction per encoded image, in order; a bad image gets its reason, the rest are scored."""
+        outcomes: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            batch = torch.stack([self.transform(self._decode(b)) for b in chunk])
-            probs += self._forward(batch)
-        return probs
+            prepared = [self._prepare(data) for data in images[start:start + self.batch_size]]
+            good = [tensor for tensor in prepared if isinstance(tensor, torch.Tensor)]
+            probs = iter(self._forward(torch.stack(good)) if good else [])
+            outcomes += [Prediction(next(probs)) if isinstance(item, torch.Tensor) else item
+                         for item in prepared]
+        return outcomes
 
-    def _decode(self, data: bytes):
-        return decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side)
+    def predict_bytes(self, images: Sequence[bytes]) -> list[float]:
+        """P(ai) for each encoded image; raises dataset.images.ImageRejected (the first bad image's
+        reason) when one cannot be scored -- use :meth:`predict_each` to score the others anyway."""
+        outcomes = self.predict_each(images)
+        failed = next((o for o in outcomes if not o.ok), None)
+        if failed is not None:
+            raise ImageRejected(failed.reason, failed.message)
+        return [o.probability for o in outcomes]
 
-    def predict_paths(self, paths: Sequence[Path | str]) -> list[float]:
-        return self.predict_bytes([Path(p).read_bytes() for p in paths])
+    def predict_files(self, paths: Sequence[Path | str]) -> list[Prediction]:
+        """A Prediction per file; one that cannot be read (missing, a folder, no permission) says so."""
+        contents = [_read(Path(p)) for p in paths]
+        readable = [data for data in contents if isinstance(data, bytes)]
+        scored = iter(self.predict_each(readable))
+        return [next(scored) if isinstance(data, bytes) else data for data in contents]
+
+    def _prepare(self, data: bytes) -> torch.Tensor | Prediction:
+        """The eval-transformed uint8 tensor, or a failed Prediction saying why."""
+        try:
+            image = decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side)
+            return self.transform(image)
+        except ImageRejected as exc:
+            return Prediction(None, exc.reason, exc.message)
+        except (OSError, ValueError) as exc:  # decoded, but Pillow could not resize/re-encode it
+            return Prediction(None, "truncated", f"the image could not be processed: {exc}")
 
     @torch.no_grad()
     def _forward(self, batch: torch.Tensor) -> list[float]:
@@ -72,3 +110,10 @@ def load_promoted(settings: Settings, batch_size: int | None = None) -> Predicto
     return Predictor(folder, device=settings.train_device,
                      batch_size=batch_size or settings.train_batch_size,
                      max_pixels=settings.max_image_pixels)
+
+
+def _read(path: Path) -> bytes | Prediction:
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # FileNotFoundError, IsADirectoryError, PermissionError ...
+        return Prediction(None, "unreadable", f"cannot read the file: {exc.strerror or exc}")
