@@ -89,6 +89,7 @@ class JobRunner:
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
         self._locks: dict[str, ProcessLock] = {}  # kind -> held lock, while its job is active
+        self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
 
     async def start(self) -> None:
@@ -215,11 +216,22 @@ class JobRunner:
             self._tasks.pop(job_id, None)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})
+        if kind in self._owed and job["state"] != "interrupted":
+            self._owed.discard(kind)
+            await self.submit_scheduled(kind)
 
     async def _start_follow_ups(self, kind: str, result: dict) -> None:
         for follow_up, wanted in FOLLOW_UPS.get(kind, []):
-            if follow_up in self.kinds and wanted(result):
-                await self.submit_scheduled(follow_up)  # a busy kind is recorded as skipped
+            if not (follow_up in self.kinds and wanted(result)):
+                continue
+            if follow_up in self._active:
+                # The running one may have listed its work before this job's (a label run started
+                # before the scrape stored its images): run it once more when it ends.
+                self._owed.add(follow_up)
+                log.info("%s follow-up of a %s job deferred until the running %s job ends", follow_up, kind,
+                         follow_up)
+            else:
+                await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
 
     async def _finish(self, job: dict, state: str, **values) -> None:
         await self._set(job, state=state, finished_at=utc_now(), progress=job.get("progress"), **values)

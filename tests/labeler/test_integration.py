@@ -96,6 +96,43 @@ async def ingest(settings, labels: list[str]) -> list[str]:
                 for seed, label in enumerate(labels)]
 
 
+async def test_a_scrape_that_ends_during_a_label_run_gets_a_label_run_after_it(settings):
+    """The running label job listed its images before the scrape stored new ones: one more run follows."""
+    gate = {"label_started": asyncio.Event(), "scrape_done": asyncio.Event()}
+    label_runs = []
+
+    async def scrape(settings, progress):
+        await gate["label_started"].wait()
+        return {"stored": 2}
+
+    async def label(settings, progress):
+        label_runs.append(len(label_runs))
+        gate["label_started"].set()
+        if len(label_runs) == 1:
+            await gate["scrape_done"].wait()  # still running when the scrape ends
+        return {"scored": 0}
+
+    engine = make_engine(settings)
+    runner = JobRunner(settings, JobStore(engine), {"scrape": scrape, "label": label})
+    await runner.start()
+    try:
+        first_label = await runner.submit("label")
+        scraped = await runner.submit("scrape")
+        await runner.wait(scraped["id"])
+        gate["scrape_done"].set()
+        await runner.wait(first_label["id"])
+        rows = await runner.list(kind="label")
+        for row in rows:
+            await runner.wait(row["id"])
+        rows = await runner.list(kind="label")
+        assert label_runs == [0, 1]
+        assert sorted((row["trigger"], row["state"]) for row in rows) == [
+            ("manual", "succeeded"), ("scheduled", "succeeded")]
+    finally:
+        await runner.shutdown()
+        await engine.dispose()
+
+
 @respx.mock
 def test_cli_label_then_review(cli_env, capsys):
     ids = asyncio.run(ingest(cli_env, ["unlabeled", "real"]))
