@@ -109,6 +109,10 @@ class BaseFetcher(ABC):
         """How many images one run asks for: limit_per_query for each query (or once without)."""
         return self.config.limit_per_query * max(1, len(self.config.queries))
 
+    def key_variable(self) -> str:
+        """The environment variable that holds the source's key, for messages."""
+        return (self.required_key or f"{self.get_source_name()}_api_key").upper()
+
     def secret(self) -> str:
         """The source's key in clear, for a request header only."""
         value = getattr(self.settings, self.required_key or "", None)
@@ -152,7 +156,7 @@ class BaseFetcher(ABC):
         except FetchError as exc:
             self.count_error(exc.kind, f"{what}: {exc.message}")
             if exc.status in self.fatal_statuses:
-                self.stop(f"{exc.message}; check {(self.required_key or 'the key').upper()}")
+                self.stop(f"{exc.message}; check {self.key_variable()}")
         return None
 
     def note_quota(self, response: httpx.Response) -> None:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from scraper.base_fetcher import BaseFetcher, int_option
-from scraper.http import FetchError
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ LEGACY_LEVELS = {"None": 1, "Soft": 2, "Mature": 4, "X": 8, "Blocked": 32}
 
 class CivitaiFetcher(BaseFetcher):
     required_key = None   # the API is public; CIVITAI_API_KEY is sent as a Bearer token when set
+    fatal_statuses = frozenset({401})   # only possible with a key set, and then that key is wrong
 
     def get_source_name(self) -> str:
         return "civitai"
@@ -58,9 +58,11 @@ class CivitaiFetcher(BaseFetcher):
                 yield item
             return
         for query in self.config.queries:
+            if self.stopped:
+                return
             wanted = min(limit, self.config.limit_per_query)
             for version_id in await self._model_versions(query):
-                if wanted <= 0:
+                if wanted <= 0 or self.stopped:
                     break
                 async for item in self._image_stream({"modelVersionId": version_id}, query, wanted):
                     wanted -= 1
@@ -72,21 +74,19 @@ class CivitaiFetcher(BaseFetcher):
     async def _model_versions(self, query: str) -> list[int]:
         """Newest version ids of the SFW models that match ``query``."""
         params = {"query": query, "limit": self.models_per_query, "nsfw": "false", "sort": "Most Downloaded"}
-        try:
-            body = await self.http.get_json(f"{self.settings.civitai_api_url}/models", params,
-                                            self.api_headers())
-            models = body["items"]
-        except FetchError as exc:
-            self.count_error(exc.kind, f"model lookup {query!r}: {exc.message}")
+        body = await self.get_page(f"{self.settings.civitai_api_url}/models", params, self.api_headers(),
+                                   f"model lookup {query!r}")
+        if body is None:
             return []
-        except (KeyError, TypeError):
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             self.count_error("missing_fields", f"model lookup {query!r}: no 'items' list")
             return []
         versions = []
-        for model in models:
+        for model in body["items"]:
             if not isinstance(model, dict) or model.get("nsfw"):
                 continue
-            first = (model.get("modelVersions") or [{}])[0]
+            listed = model.get("modelVersions")
+            first = listed[0] if isinstance(listed, list) and listed else None
             if isinstance(first, dict) and isinstance(first.get("id"), int):
                 versions.append(first["id"])
         if not versions:
@@ -97,7 +97,7 @@ class CivitaiFetcher(BaseFetcher):
                             ) -> AsyncIterator[tuple[bytes, dict]]:
         cursor: Any = None
         limit = min(LIMIT_MAX, wanted)   # fixed for the stream: every cursor goes with the same params
-        while wanted > 0:
+        while wanted > 0 and not self.stopped:
             page = await self._images_page(filters, cursor, limit)
             if page is None:
                 return
@@ -116,11 +116,9 @@ class CivitaiFetcher(BaseFetcher):
                   "browsingLevel": self.browsing_level, "withMeta": "true", "flatMeta": "true"}
         if cursor is not None:
             params["cursor"] = cursor
-        try:
-            body = await self.http.get_json(f"{self.settings.civitai_api_url}/images", params,
-                                            self.api_headers())
-        except FetchError as exc:
-            self.count_error(exc.kind, f"images {filters or 'feed'}: {exc.message}")
+        body = await self.get_page(f"{self.settings.civitai_api_url}/images", params, self.api_headers(),
+                                   f"images {filters or 'feed'}")
+        if body is None:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             self.count_error("missing_fields", f"images {filters or 'feed'}: no 'items' list")

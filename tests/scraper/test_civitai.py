@@ -133,3 +133,36 @@ async def test_a_repeated_cursor_ends_the_stream_instead_of_looping(make_manager
     serve_images()
     report = await make_manager(source("civitai", label="ai", queries=[], limit_per_query=10)).run()
     assert images.call_count == 2 and report["sources"]["civitai"]["stored"] == 2
+
+
+@respx.mock
+async def test_a_refused_key_stops_the_source_and_names_the_variable(make_manager, make_settings):
+    models = respx.get(f"{API}/models").mock(return_value=httpx.Response(401, json={"error": "Unauthorized"}))
+    report = await make_manager(source("civitai", label="ai", queries=["a", "b"]),
+                                settings_=make_settings(civitai_api_key="bad-key")).run()
+    r = report["sources"]["civitai"]
+    assert models.call_count == 1 and r["errors"] == {"http_401": 1}
+    assert r["status"] == "stopped" and "Unauthorized; check CIVITAI_API_KEY" in r["message"]
+    assert "bad-key" not in r["message"]
+
+
+@respx.mock
+async def test_a_429_that_outlasts_the_retries_stops_the_source(make_manager, sleeps):
+    respx.get(f"{API}/models").mock(return_value=httpx.Response(
+        200, json=civitai_models([(10, 1002, False), (11, 1102, False)])))
+    images = respx.get(f"{API}/images").mock(return_value=httpx.Response(429))
+    report = await make_manager(source("civitai", label="ai", queries=["a", "b"])).run()
+    r = report["sources"]["civitai"]
+    assert images.call_count == 3 and len(sleeps.calls) == 2   # one stream's tries, no second model
+    assert (r["status"], r["errors"]) == ("stopped", {"rate_limited": 1})
+
+
+@respx.mock
+async def test_models_with_odd_version_lists_are_passed_over(make_manager):
+    body = civitai_models([(10, 1002, False)])
+    body["items"] += [{"id": 11, "modelVersions": {"id": 5}}, {"id": 12, "modelVersions": []}, "junk"]
+    respx.get(f"{API}/models").mock(return_value=httpx.Response(200, json=body))
+    images = respx.get(f"{API}/images").mock(return_value=httpx.Response(200, json=civitai_images([], None)))
+    report = await make_manager(source("civitai", label="ai", queries=["a"])).run()
+    assert report["sources"]["civitai"]["status"] == "ok"
+    assert [c.request.url.params["modelVersionId"] for c in images.calls] == ["1002"]
