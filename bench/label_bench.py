@@ -7,9 +7,9 @@
 2. Labeler: ``run_labeler`` with ``EXPOSR_CORE_CONCURRENCY`` requests in flight: reads each image
    from the dataset, validates Core's answer, rewrites metadata and the index row.
    Ratio = baseline time / labeler time (above 1: bounded concurrency pays for the extra work).
-   A second run (nothing new: one probe, every metadata file read to check its scorer) is timed too.
-3. Review queue: ``review_queue`` over the whole dataset (it reads every metadata file) against
-   ``DatasetManager.samples()`` alone (one index query). Ratio = queue time / index time.
+   A second run (nothing new: one probe, the images to skip found by one index query) is timed too.
+3. Review queue: ``review_queue`` (ranked from the index; reads the metadata of disputed images and
+   of the page) against ``DatasetManager.samples()`` alone (one index query). Ratio = queue / index.
 """
 
 from __future__ import annotations
