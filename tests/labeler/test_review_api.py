@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from dataset.storage import StorageError
 from tests.images import jpeg, png
+from trainer.train_vit import load_samples
 
 AUTH = {"Authorization": "Bearer test-token"}
 SCORER = {"name": "exposr-core", "version": "core-1"}
@@ -115,6 +116,8 @@ def test_a_persons_label_moves_status_counts_and_enters_training(client):
     image_id = upload(client, jpeg(9), "unlabeled")
     before = client.get("/status").json()["dataset_counts"]
     assert before == {"total": 2, "real": 1, "ai_generated": 0, "unlabeled": 1}
+    settings = client.app.state.settings
+    assert image_id not in {s.id for s in load_samples(settings)[0]}  # unlabeled: never trained on
 
     response = client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "ai", "reviewer": "ann"})
     assert response.status_code == 200
@@ -126,7 +129,7 @@ def test_a_persons_label_moves_status_counts_and_enters_training(client):
     counts = client.get("/status").json()["dataset_counts"]
     assert counts == {"total": 2, "real": 1, "ai_generated": 1, "unlabeled": 0}
     dataset = client.app.state.dataset
-    samples = client.portal.call(dataset.samples)  # what the next training reads
+    samples, _ = load_samples(settings)  # what the next training reads
     assert {(s.id, s.label) for s in samples} >= {(image_id, "ai")}
     meta = client.portal.call(dataset.get_metadata, image_id)
     assert meta["label"] == "ai" and meta["label_source"]["by"] == "ann"
