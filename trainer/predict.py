@@ -76,11 +76,16 @@ class Predictor:
         return [o.probability for o in outcomes]
 
     def predict_files(self, paths: Sequence[Path | str]) -> list[Prediction]:
-        """A Prediction per file; one that cannot be read (missing, a folder, no permission) says so."""
-        contents = [_read(Path(p)) for p in paths]
-        readable = [data for data in contents if isinstance(data, bytes)]
-        scored = iter(self.predict_each(readable))
-        return [next(scored) if isinstance(data, bytes) else data for data in contents]
+        """A Prediction per file; one that cannot be read (missing, a folder, no permission) says so.
+
+        Files are read one batch at a time, so a long list of big photos is never all in memory.
+        """
+        outcomes: list[Prediction] = []
+        for start in range(0, len(paths), self.batch_size):
+            contents = [_read(Path(p)) for p in paths[start:start + self.batch_size]]
+            scored = iter(self.predict_each([data for data in contents if isinstance(data, bytes)]))
+            outcomes += [next(scored) if isinstance(data, bytes) else data for data in contents]
+        return outcomes
 
     def _prepare(self, data: bytes) -> torch.Tensor | Prediction:
         """The eval-transformed uint8 tensor, or a failed Prediction saying why."""

@@ -46,7 +46,8 @@ def test_bad_images_get_a_reason_and_the_others_their_score(trained):
 def test_predict_files_reports_unreadable_files(trained, tmp_path):
     image = tmp_path / "photo.png"
     image.write_bytes(GOOD[1])
-    outcomes = load_promoted(trained).predict_files([tmp_path / "missing.jpg", tmp_path, image])
+    paths = [tmp_path / "missing.jpg", tmp_path, image]
+    outcomes = load_promoted(trained, batch_size=2).predict_files(paths)  # over two batches
     assert [o.reason for o in outcomes] == ["unreadable", "unreadable", None]
     assert "cannot read the file" in outcomes[0].message and 0.0 <= outcomes[2].probability <= 1.0
 
