@@ -95,3 +95,23 @@ def test_registry_module_does_not_import_torch():
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_concurrent_commits_from_two_processes_get_distinct_versions(tmp_path):
+    """The fcntl lock serialises read-modify-write of registry.json across processes."""
+    code = ("import json, sys\n"
+            "from pathlib import Path\n"
+            "from trainer.registry import commit_version, make_staging_dir\n"
+            "root = Path(sys.argv[1])\n"
+            "for _ in range(8):\n"
+            "    staging = make_staging_dir(root)\n"
+            "    (staging / 'weights.pt').write_bytes(b'w')\n"
+            "    commit_version(root, staging, json.loads(sys.argv[2]), compared_with=None)\n")
+    root = Path(__file__).resolve().parents[2]
+    entry = json.dumps(_entry(promoted=False))
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), entry], cwd=root)
+               for _ in range(2)]
+    assert [w.wait() for w in workers] == [0, 0]
+    versions = [e["version"] for e in load_registry(tmp_path)]
+    assert sorted(versions, key=lambda v: int(v[1:])) == [f"v{i}" for i in range(1, 17)]
+    assert sorted(p.name for p in (tmp_path / "vit").iterdir()) == sorted(versions)
