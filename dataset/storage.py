@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -263,17 +263,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-STORAGE_DRIVERS = {"local", "s3"}
+def _local_storage(settings: Settings) -> StorageDriver:
+    return LocalStorage(settings.dataset_dir)
+
+
+def _s3_storage(settings: Settings) -> StorageDriver:
+    if not settings.s3_bucket:
+        raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
+    return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
+
+
+STORAGE_DRIVERS: dict[str, Callable[[Settings], StorageDriver]] = {"local": _local_storage, "s3": _s3_storage}
 
 
 def make_storage(settings: Settings) -> StorageDriver:
     """The driver STORAGE_DRIVER names, configured from settings."""
-    if settings.storage_driver == "local":
-        return LocalStorage(settings.dataset_dir)
-    if settings.storage_driver == "s3":
-        if not settings.s3_bucket:
-            raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
-        return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
-    raise ValueError(
-        f"unknown STORAGE_DRIVER {settings.storage_driver!r}: use one of {sorted(STORAGE_DRIVERS)}"
-    )
+    try:
+        build = STORAGE_DRIVERS[settings.storage_driver]
+    except KeyError:
+        raise ValueError(
+            f"unknown STORAGE_DRIVER {settings.storage_driver!r}: use one of {', '.join(STORAGE_DRIVERS)}"
+        ) from None
+    return build(settings)

@@ -145,6 +145,13 @@ def test_local_unwritable_place_is_storage_error(tmp_path):
         LocalStorage(tmp_path).put("images/2025/01/01/a.jpg", b"x")
 
 
+def test_unknown_driver_lists_the_known_ones(make_settings):
+    settings = make_settings()
+    settings.storage_driver = "ftp"  # bypasses the settings validator on purpose
+    with pytest.raises(ValueError, match="'ftp': use one of local, s3"):
+        make_storage(settings)
+
+
 def test_make_storage_needs_a_bucket_for_s3(make_settings):
     settings = make_settings()
     settings.storage_driver = "s3"  # bypasses the settings validator on purpose
