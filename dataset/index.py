@@ -196,13 +196,6 @@ class DedupeIndex:
         async with self._refresh_lock:  # concurrent ingests share one catch-up query
             await self._pull_into(self.cache)
 
-    async def reload(self) -> None:
-        """Rebuild the cache from scratch; lookups keep using the old one until the new one is full."""
-        async with self._refresh_lock:
-            fresh = PhashCache()
-            await self._pull_into(fresh)
-            self.cache = fresh
-
     async def _pull_into(self, cache: PhashCache) -> None:
         q = (select(images.c.seq, images.c.id, images.c.phash)
              .where(images.c.seq > cache.last_seq).order_by(images.c.seq))
@@ -224,11 +217,13 @@ class DedupeIndex:
         """The nearest indexed image within max_distance, and the seq up to which rows were looked at
         (rows after it are for :meth:`near_between` to check once this image's own row is in)."""
         await self.refresh()
-        match, seen = self.cache.nearest(phash, max_distance), self.cache.last_seq
-        if match is not None and await self.get(match.id) is None:
-            # Deleted by another process (check --repair): rebuild so dead hashes stop matching.
-            await self.reload()
-            match, seen = self.cache.nearest(phash, max_distance), self.cache.last_seq
+        seen = self.cache.last_seq
+        while (match := self.cache.nearest(phash, max_distance)) is not None:
+            if await self.get(match.id) is not None:
+                break
+            # Deleted by another process (check --repair, a near-race loser): that hash never
+            # matches again here, and the next nearest one gets its turn.
+            self.cache.forget(match.id)
         return match, seen
 
     async def near_between(self, phash: int, max_distance: int, after: int, before: int) -> NearMatch | None:

@@ -9,6 +9,12 @@ import pytest
 from dataset.index import DedupeIndex, PhashCache, to_signed, to_unsigned
 
 
+def index_row(image_id: str, phash: int) -> dict:
+    return dict(id=image_id, sha256=image_id.rjust(64, "0"), phash=phash, label="real", confidence=None,
+                source="s", image_key=f"images/{image_id}.jpg", meta_key=f"meta/{image_id}.json",
+                format="JPEG", width=10, height=10, created_at="2025-01-01T00:00:00Z")
+
+
 def brute_nearest(hashes: list[int], q: int, max_d: int) -> int | None:
     dists = [bin(h ^ q).count("1") for h in hashes]
     best = min(dists) if dists else None
@@ -53,21 +59,33 @@ def test_forgotten_ids_never_match():
     assert cache.nearest(0xFF, 10).id == "b"
 
 
-async def test_a_second_index_sees_rows_inserted_by_the_first(tmp_path):
+@pytest.fixture
+async def two_indexes(tmp_path):
+    """Two indexes on one SQLite file, as two processes have: separate connections and caches."""
     url = f"sqlite+aiosqlite:///{tmp_path}/dedupe.db"
     a, b = DedupeIndex(url), DedupeIndex(url)
     await a.open()
     await b.open()
-    try:
-        row = dict(id="x1", sha256="0" * 64, phash=2**64 - 2, label="real", confidence=None, source="s",
-                   image_key="images/k.jpg", meta_key="meta/k.json", format="JPEG", width=10, height=10,
-                   created_at="2025-01-01T00:00:00Z")
-        await a.insert(row)
-        near = await b.find_near(2**64 - 1, 4)
-        assert (near.id, near.distance) == ("x1", 1)
-        assert (await b.get("x1"))["phash"] == 2**64 - 2  # unsigned again after the SQL round trip
-        await a.delete("x1")
-        assert await b.find_near(2**64 - 1, 4) is None  # b notices the row is gone
-    finally:
-        await a.close()
-        await b.close()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_a_second_index_sees_rows_inserted_by_the_first(two_indexes):
+    a, b = two_indexes
+    await a.insert(index_row("x1", 2**64 - 2))
+    near = await b.find_near(2**64 - 1, 4)
+    assert (near.id, near.distance) == ("x1", 1)
+    assert (await b.get("x1"))["phash"] == 2**64 - 2  # unsigned again after the SQL round trip
+    await a.delete("x1")
+    assert await b.find_near(2**64 - 1, 4) is None  # b notices the row is gone
+
+
+async def test_a_match_deleted_elsewhere_gives_way_to_the_next_nearest(two_indexes):
+    a, b = two_indexes
+    for i, phash in enumerate((0b1, 0b111)):  # distances 0 and 2 from the probe 0b1
+        await a.insert(index_row(f"x{i}", phash))
+    assert (await b.find_near(0b1, 4)).id == "x0"
+    await a.delete("x0")
+    near = await b.find_near(0b1, 4)
+    assert (near.id, near.distance) == ("x1", 2) and "x0" not in b.cache.positions
