@@ -99,8 +99,7 @@ def child_main(target: str, settings: Settings, messages: Any, parent_pid: int) 
 
     configure_logging(settings)
     _exit_with_parent(parent_pid)
-    # Lower priority (inherited by DataLoader workers): the API process wins the CPU when it needs it.
-    os.nice(CHILD_NICENESS)
+    _yield_cpu_to_the_service()
     # SIGTERM from the service raises SystemExit, so `finally` blocks and DataLoader workers unwind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     module_name, _, func_name = target.partition(":")
@@ -118,6 +117,23 @@ def child_main(target: str, settings: Settings, messages: Any, parent_pid: int) 
         messages.put({"type": "result", "data": _plain(result or {})})
     messages.close()
     messages.join_thread()
+
+
+def _yield_cpu_to_the_service() -> None:
+    """Lowest CPU priority for this process and the DataLoader workers it forks (both inherited).
+
+    nice alone still lets a busy training thread finish its time slice before a waking request
+    handler runs (milliseconds of tail latency on a small machine). SCHED_IDLE runs the training
+    only on CPU time nothing else wants, so the API is scheduled at once; training loses nothing
+    while the API is idle. Where SCHED_IDLE is unavailable (not Linux), nice is what we have.
+    """
+    os.nice(CHILD_NICENESS)
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError as exc:  # a container's seccomp profile may refuse it: nice still applies
+            logging.getLogger(__name__).info("SCHED_IDLE unavailable (%s); running at nice %d",
+                                             exc, CHILD_NICENESS)
 
 
 def _plain(data: Any) -> Any:

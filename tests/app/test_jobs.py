@@ -104,6 +104,8 @@ async def test_process_job_reports_progress_and_result(settings):
     assert [p["step"] for p in seen] == [1, 2]
     assert result["pid"] != os.getpid() and result["pid"] == seen[0]["pid"]
     assert result["models_dir"] == str(settings.models_dir)  # made JSON-safe
+    # The child yields the CPU to the service: lowest scheduling class, and nice where that is all.
+    assert result["policy"] == os.SCHED_IDLE and result["niceness"] >= 10
 
 
 async def test_process_job_error_message_reaches_the_job_row(settings, store):
