@@ -28,7 +28,7 @@ EVAL_JPEG_QUALITY = 90         # one fixed re-compression at evaluation/predicti
 EVAL_CROP_PCT = 0.875          # resize the shorter side to size / crop_pct, then centre-crop
 # Decoding may reduce by a power of two as long as the shorter side stays >= this x image size.
 # RandomResizedCrop's smallest crops (half the area, aspect 3:4..4:3) are then still >= the image
-# size on 3:2 and 4:3 photos (1.06-1.1x); only on a square picture can one be ~0.92x (scaled up).
+# size on 4:3 and 3:2 photos (1.06x, 1.13x); only on a square picture can one be ~0.92x (scaled up).
 DECODE_MARGIN = 1.5
 
 
