@@ -7,6 +7,8 @@ import time
 from fastapi import APIRouter, Request
 
 from app.deps import Authorized, RunnerDep, SchedulerDep
+from app.jobs import JobRunner
+from app.jobstore import ACTIVE_STATES
 from app.overview import TTLCache, collect_status
 from app.schemas import Health, MetricsOut, StatusOut
 
@@ -26,11 +28,21 @@ async def _overview(request: Request) -> dict:
     return await request.app.state.overview.get()
 
 
+def running_jobs(runner: JobRunner, overview: dict) -> list[dict]:
+    """This process's live jobs, then those another worker on the dataset runs (from the
+    overview's job rows, at most a refresh old): with several workers, each one reports them all."""
+    live = runner.active_jobs()
+    kinds = {job["kind"] for job in live}
+    return live + [job for kind, job in overview["last_jobs"].items()
+                   if kind not in kinds and job["state"] in ACTIVE_STATES]
+
+
 @router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")
 async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDep) -> dict:
     overview = await _overview(request)
     last_jobs = dict(overview["last_jobs"])
-    for job in runner.active_jobs():  # live progress beats the cached row
+    running = running_jobs(runner, overview)
+    for job in running:  # live progress beats the cached row
         last_jobs[job["kind"]] = job
     return {
         **overview,
@@ -38,7 +50,7 @@ async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDe
         "started_at": request.app.state.started_at,
         "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
         "last_jobs": last_jobs,
-        "running_jobs": runner.active_jobs(),
+        "running_jobs": running,
     }
 
 
@@ -61,5 +73,5 @@ async def get_metrics(request: Request, runner: RunnerDep) -> dict:
         "model_version": promoted.get("version"),
         "dataset_counts": overview["dataset_counts"],
         "by_source": overview["by_source"],
-        "jobs_running": [job["kind"] for job in runner.active_jobs()],
+        "jobs_running": [job["kind"] for job in running_jobs(runner, overview)],
     }

@@ -46,6 +46,17 @@ def test_metrics_report_dataset_and_model_fields(client):
     assert body["jobs_running"] == []
 
 
+def test_two_workers_on_one_dataset_share_single_flight_and_running_jobs(make_client, gate):
+    first, second = make_client(job_kinds=gate.kinds()), make_client(job_kinds=gate.kinds())
+    job_id = first.post("/train", headers=AUTH).json()["job_id"]
+    conflict = second.post("/train", headers=AUTH)
+    assert conflict.status_code == 409 and job_id in conflict.json()["detail"]
+    second.app.state.overview.invalidate()  # instead of waiting for the next background refresh
+    assert [job["id"] for job in second.get("/status").json()["running_jobs"]] == [job_id]
+    assert second.get("/metrics", headers=AUTH).json()["jobs_running"] == ["train"]
+    gate.open = True
+
+
 def test_job_endpoints_start_conflict_list_and_finish(client, gate):
     started = client.post("/scrape", headers=AUTH)
     assert started.status_code == 202
