@@ -105,20 +105,7 @@ class LocalStorage(StorageDriver):
 
     @staticmethod
     def _write_atomic(path: Path, data: bytes) -> None:
-        # Temp file in the same folder so os.replace is a rename on one filesystem; fsync before
-        # the rename so a power cut cannot leave a complete-looking name over incomplete data.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
+        write_file_atomic(path, data)
 
     def get(self, key: str) -> bytes:
         try:
@@ -247,6 +234,26 @@ MISSING_KEY_CODES = ("NoSuchKey", "404", "NotFound")
 
 def _error_code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one.
+
+    Temp file in the same folder so os.replace is a rename on one filesystem; fsync before the
+    rename so a power cut cannot leave a complete-looking name over incomplete data.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -23,10 +23,11 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from dataset.storage import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +67,8 @@ def find_entry(models_dir: Path, model_name: str, version: str) -> dict | None:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Readers see the old file or the new one, never half of one (temp file, fsync, os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; a best effort where directories cannot be opened.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Readers see the old file or the new one, never half of one."""
+    write_file_atomic(Path(path), (json.dumps(data, indent=2) + "\n").encode("utf-8"))
 
 
 @contextmanager
