@@ -1,7 +1,7 @@
 """The one source registry, and the scrape run: every enabled source, ingested as it arrives.
 
 To add a source, write ``scraper/mysource_fetcher.py`` (a ``BaseFetcher``), add one line to
-``FETCHERS`` below, and an entry to ``sources.yaml`` (docs/sources.md, "Adding a source").
+``FETCHERS`` below, and an entry to ``sources.yaml`` (README.md, "Adding a source").
 
 ``FetcherManager.run()`` runs the enabled sources side by side on one shared ``httpx.AsyncClient``;
 a source that is skipped (no key) or fails never stops the others. Each image is handed to

@@ -86,7 +86,7 @@ class PexelsFetcher(BaseFetcher):
                     "platform": "Pexels",
                     "photographer": photo.get("photographer"),
                     "photographer_url": photo.get("photographer_url"),
-                    "license": "Pexels License (API terms restrict ML use; see docs/sources.md)",
+                    "license": "Pexels License (API terms restrict ML use; see README.md)",
                     "url": photo["url"],
                 },
                 "api_data": {

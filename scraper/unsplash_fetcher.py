@@ -111,7 +111,7 @@ class UnsplashFetcher(BaseFetcher):
                     "platform": "Unsplash",
                     "photographer": user.get("name") or user.get("username"),
                     "photographer_url": _with_utm((user.get("links") or {}).get("html")),
-                    "license": "Unsplash License (API terms restrict ML use; see docs/sources.md)",
+                    "license": "Unsplash License (API terms restrict ML use; see README.md)",
                     "url": _with_utm(photo["links"]["html"]),
                 },
                 "api_data": {

@@ -1,6 +1,6 @@
 """Whether a new version replaces the served one.
 
-Rule (also in docs/training.md): the new model and the currently promoted one are both scored on
+Rule (also in README.md): the new model and the currently promoted one are both scored on
 the *new* validation split; the new one is promoted when its validation AUC is higher, or equal
 (within 1e-6) with a validation loss no higher.  The first version of a model is always promoted;
 so is a new one when the promoted version's files are missing or unreadable.

@@ -1,4 +1,4 @@
-"""docs/sources.md "Adding a source", followed as written: its fetcher code, its registration in
+"""README.md "Adding a source", followed as written: its fetcher code, its registration in
 FETCHERS and its sources.yaml entry, run end to end through run_scrape."""
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import respx
 from scraper.fetcher_manager import FETCHERS, run_scrape
 from tests.images import jpeg
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "sources.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def guide_blocks(language: str) -> list[str]:
-    section = DOCS.read_text(encoding="utf-8").split("## Adding a source", 1)[1].split("\n## ", 1)[0]
+    after = README.read_text(encoding="utf-8").split("\n### Adding a source\n", 1)[1]
+    section = re.split(r"\n#{2,3} ", after, maxsplit=1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
