@@ -236,6 +236,15 @@ def _error_code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import, before any threads: os.umask cannot be read safely later
+
+
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one.
 
@@ -244,6 +253,9 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
     try:
+        # mkstemp creates 0600; the final file gets the permissions an ordinary file would
+        # (0666 less the umask), so another user (Exposr-Core, a backup job) can read the models.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

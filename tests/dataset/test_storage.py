@@ -157,3 +157,16 @@ def test_make_storage_needs_a_bucket_for_s3(make_settings):
     settings.storage_driver = "s3"  # bypasses the settings validator on purpose
     with pytest.raises(ValueError, match="S3_BUCKET"):
         make_storage(settings)
+
+
+def test_local_files_get_ordinary_permissions_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from dataset.storage import LocalStorage
+
+    LocalStorage(tmp_path).put("images/2026/01/01/a.jpg", b"x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "images/2026/01/01/a.jpg").st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
