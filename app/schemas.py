@@ -86,7 +86,8 @@ class Health(BaseModel):
 class UploadOut(BaseModel):
     id: str = Field(description="the stored image's id, or the existing one for a duplicate")
     status: Literal["stored", "duplicate", "near_duplicate"]
-    label: str
+    label: str = Field(description="the image's label; for a duplicate, the existing image's label, "
+                                   "which an upload never changes")
     message: str | None = None
     distance: int | None = Field(None, description="Hamming distance of a near-duplicate's perceptual hash")
 

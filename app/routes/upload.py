@@ -114,6 +114,10 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
         raise HTTPException(code, detail=f"{outcome.reason}: {outcome.message}")
     if outcome.status == "stored":
         request.app.state.overview.invalidate()  # /status counts move at once
+    if outcome.status != "stored":
+        # An upload never relabels what is stored: answer with the label the image keeps.
+        existing = await dataset.get_metadata(outcome.id)
+        label = existing["label"] if existing else label
     body = UploadOut(id=outcome.id, status=outcome.status, label=label, message=outcome.message,
                      distance=outcome.distance)
     return JSONResponse(body.model_dump(), status_code=201 if outcome.status == "stored" else 200)

@@ -20,6 +20,7 @@ def test_stored_then_duplicate_with_the_existing_id(client):
     again = upload(client, jpeg(1), "real")
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate" and again.json()["id"] == body["id"]
+    assert again.json()["label"] == "ai"  # the stored label, kept; not the one this upload asked for
     counts = client.get("/status").json()["dataset_counts"]
     assert counts == {"total": 1, "real": 0, "ai_generated": 1, "unlabeled": 0}
 
