@@ -8,8 +8,13 @@ nor size can become the feature the model learns.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import io
 import logging
+import os
+import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -171,4 +176,21 @@ def make_loader(data: StoredImages, *, batch_size: int, shuffle: bool, workers: 
         collate_fn=collate_skipping_broken, pin_memory=pin_memory, drop_last=drop_last,
         generator=generator, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers > 0 else None,
     )
+
+
+def die_with_parent(parent_pid: int, _worker_id: int | None = None) -> None:
+    """Make this DataLoader worker end when the process that started it ends, however it ends.
+
+    Workers of a training killed with SIGKILL (or whose service was) otherwise live on as
+    orphans holding their memory: torch's own parent check does not fire while a worker waits
+    to hand over a batch. Linux: the kernel sends SIGKILL on the parent's exit (PR_SET_PDEATHSIG).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError) as exc:
+            log.debug("PR_SET_PDEATHSIG unavailable: %s", exc)
+    if os.getppid() != parent_pid:  # the parent died before the request above took effect
+        os._exit(1)
