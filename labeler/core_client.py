@@ -94,6 +94,8 @@ class CoreClient:
                 response = await self._client.post(
                     self.endpoint, files={"file": (filename, data, content_type)}, timeout=self.timeout
                 )
+            except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode: garbage
+                raise CoreBadAnswer("bad_json", f"Exposr-Core's answer could not be decoded ({exc})") from exc
             except httpx.TimeoutException as exc:
                 failure = CoreUnavailable("timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})")
                 retry_after = None
@@ -146,7 +148,7 @@ def parse_answer(response: httpx.Response, score_field: str) -> CoreScore:
     """The probability at the dotted ``score_field``; anything else is a CoreBadAnswer, never a score."""
     try:
         body = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep to parse
         raise CoreBadAnswer("bad_json", f"Exposr-Core answered non-JSON: {response.text[:200]!r}") from exc
     value = _dig(body, score_field)
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -150,3 +150,22 @@ async def test_garbage_is_a_bad_answer_never_a_score(core, response, kind):
     with pytest.raises(CoreBadAnswer) as info:
         await score(core)
     assert info.value.kind == kind
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        # A Content-Encoding the body does not match: httpx raises while reading the answer.
+        httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(b"not gzip")),
+        # JSON nested deeper than the parser's recursion limit.
+        httpx.Response(200, content=b"[" * 100_000 + b"]" * 100_000),
+    ],
+    ids=["undecodable", "too_deep"],
+)
+@respx.mock
+async def test_an_answer_that_cannot_be_read_is_a_bad_answer(core, sleeps, response):
+    route = respx.post(ENDPOINT).mock(side_effect=lambda request: response)
+    with pytest.raises(CoreBadAnswer) as info:
+        await score(core)
+    assert info.value.kind == "bad_json"
+    assert (route.call_count, sleeps.delays) == (1, [])
