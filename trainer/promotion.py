@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 
 import torch
 
@@ -34,7 +35,8 @@ def decide_promotion(settings: Settings, metrics: dict, val_data: StoredImages,
     folder = settings.models_dir / incumbent["model"] / incumbent["version"]
     try:
         old = score_saved_model(folder, val_data, settings, device, amp_dtype)
-    except (ModelNotFound, RuntimeError, OSError, KeyError) as exc:
+    # ValueError: a model.json that is not JSON; UnpicklingError: weights torch cannot load.
+    except (ModelNotFound, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         log.warning("promoted %s cannot be scored (%s); promoting the new version", incumbent["version"], exc)
         return _decision(True, f"promoted {incumbent['version']} could not be scored: {exc}",
                          incumbent["version"], None)

@@ -194,6 +194,15 @@ def test_promotion_keeps_the_better_model_served(tiny, storage):
     assert (settings.models_dir / "vit" / "v3" / "weights.pt").is_file()  # rejected, but kept
 
 
+def test_an_unreadable_promoted_model_card_gives_way_to_the_new_version(tiny, storage):
+    samples = make_samples(storage, 40)
+    settings = tiny(train_epochs=1)
+    train_on_samples(settings, samples, storage)
+    (settings.models_dir / "vit" / "v1" / "model.json").write_text("{not json")  # hand-edited, cut off
+    second = train_on_samples(settings, samples, storage)
+    assert second["promoted"] is True and "could not be scored" in second["promotion_reason"]
+
+
 def test_failure_mid_run_leaves_models_as_they_were(tiny, storage):
     samples = make_samples(storage, 60)
     settings = tiny(train_epochs=2)
