@@ -7,6 +7,8 @@ registry, and the path comes from that validated entry (trainer.model_sync.get_m
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -25,10 +27,21 @@ def weights_sha256(entry: dict) -> str | None:
     return entry.get("weights_sha256") or entry.get("sha256")
 
 
+@contextmanager
+def registry_errors() -> Iterator[None]:
+    """A registry.json that cannot be read (hand-edited, disk trouble) is a 503 with its reason."""
+    try:
+        yield
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"the model registry cannot be read: {exc}") from exc
+
+
 @router.get("/models/latest", response_model=LatestModel, responses={404: {"model": ErrorOut}},
             summary="The promoted model: version, metrics and download_url")
 async def latest_model(settings: SettingsDep) -> dict:
-    latest = push_latest_model(settings)
+    with registry_errors():
+        latest = push_latest_model(settings)
     if latest is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail="no model trained yet: POST /train once the dataset is large enough")
@@ -37,7 +50,8 @@ async def latest_model(settings: SettingsDep) -> dict:
 
 def registered_weights(settings, name: str, version: str) -> tuple[dict, Path]:
     """The registry entry and weights path of name/version; 404 unless both are registered and on disk."""
-    entry = find_entry(settings.models_dir, name, version)
+    with registry_errors():
+        entry = find_entry(settings.models_dir, name, version)
     if entry is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"no model {name!r} version {version!r} in the registry; "

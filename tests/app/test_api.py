@@ -108,3 +108,15 @@ def test_one_log_line_per_request_without_headers(client, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "app.requests"]
     assert len(lines) == 1 and lines[0].startswith("GET /metrics 200 ")
     assert TOKEN not in caplog.text and "q=x" not in caplog.text
+
+
+def test_an_unreadable_registry_is_a_503_with_the_reason(make_client):
+    client = make_client(job_kinds={})
+    models_dir = client.app.state.settings.models_dir
+    models_dir.mkdir(parents=True, exist_ok=True)
+    (models_dir / "registry.json").write_text("{not json", encoding="utf-8")
+    for path in ("/models/latest", "/models/vit/v1/weights.pt", "/models/vit/v1/model.json"):
+        response = client.get(path, headers=AUTH)
+        assert response.status_code == 503, path
+        assert "registry.json is not valid JSON" in response.json()["detail"], path
+    assert client.get("/metrics", headers=AUTH).status_code == 200
