@@ -127,7 +127,7 @@ class FetcherManager:
         return cls(config=cfg, settings=self.settings, http=http)
 
     async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
-        total = fetcher.planned_limit()
+        total = await asyncio.to_thread(fetcher.planned_limit)  # the folder source walks its folder
         name = fetcher.config.name
         _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
         # on_stored hooks (Unsplash's download event) run beside the next downloads, not before them.

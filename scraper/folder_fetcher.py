@@ -23,6 +23,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".w
 
 
 class FolderFetcher(BaseFetcher):
+    _listing: list[Path] | None = None
+
     def get_source_name(self) -> str:
         return "folder"
 
@@ -37,9 +39,16 @@ class FolderFetcher(BaseFetcher):
             raise SourceUnavailable(f"folder source: {self.root} is not a folder (check 'path')")
 
     def planned_limit(self) -> int:
+        """Called in a worker thread (FetcherManager): the walk it may need is not cheap."""
         if "limit_per_query" in self.config.model_fields_set:
             return self.config.limit_per_query
-        return sum(1 for _ in self.image_files())
+        return sum(1 for path in self.listing() if is_image_name(path))
+
+    def listing(self) -> list[Path]:
+        """``files()``, walked once per run: a big folder takes seconds to list (a stat per file)."""
+        if self._listing is None:
+            self._listing = list(self.files())
+        return self._listing
 
     def files(self) -> Iterator[Path]:
         """Every file under the folder, in a stable order, hidden files and folders left out."""
@@ -48,14 +57,11 @@ class FolderFetcher(BaseFetcher):
             if not any(part.startswith(".") for part in relative.parts) and path.is_file():
                 yield path
 
-    def image_files(self) -> Iterator[Path]:
-        return (path for path in self.files() if is_image_name(path))
-
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
         return await self.collect(limit)
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        for path in self.files():
+        for path in await asyncio.to_thread(self.listing):  # scrapes run in the service's event loop
             if limit <= 0:
                 return
             if not is_image_name(path):

@@ -3,6 +3,8 @@ progress events, the report table, and the client it owns (or not)."""
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 import respx
@@ -19,6 +21,7 @@ from scraper.fetcher_manager import (
     known_source_names,
     run_scrape,
 )
+from scraper.folder_fetcher import FolderFetcher
 from tests.images import jpeg, png
 from tests.scraper.apis import pexels_search
 from tests.scraper.conftest import folder_source, source
@@ -72,6 +75,22 @@ async def test_folder_limit_applies_only_when_set(make_manager, tmp_path):
     root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(60 + i) for i in range(4)})
     report = await make_manager(folder_source(root, limit_per_query=2)).run()
     assert report["sources"]["folder"]["stored"] == 2
+
+
+async def test_folder_is_walked_once_and_off_the_event_loop(make_manager, tmp_path, monkeypatch):
+    # Scrapes run in the service's event loop: listing a big folder (a stat per file) must not stall
+    # the API, and the walk for the progress total is the one the import uses.
+    root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(80 + i) for i in range(3)})
+    walks, original = [], FolderFetcher.files
+
+    def files(self):
+        walks.append(threading.get_ident())
+        yield from original(self)
+
+    monkeypatch.setattr(FolderFetcher, "files", files)
+    report = await make_manager(folder_source(root)).run()
+    assert report["sources"]["folder"]["stored"] == 3
+    assert len(walks) == 1 and walks[0] != threading.get_ident()
 
 
 async def test_missing_keys_and_folder_are_skipped_with_a_message_and_others_run(
@@ -132,8 +151,8 @@ async def test_progress_events_and_report_table(make_manager, make_settings, tmp
     events: list[dict] = []
     report = await make_manager(folder_source(root), source("pexels"),
                                 settings_=make_settings()).run(events.append)
-    assert events[0] == {"source": "folder", "done": 0, "total": 4, "stored": 0}
-    folder = [e for e in events if e["source"] == "folder"]
+    folder = [e for e in events if e["source"] == "folder"]  # sources run side by side: interleaved
+    assert folder[0] == {"source": "folder", "done": 0, "total": 4, "stored": 0}
     assert folder[-2] == {"source": "folder", "done": 4, "total": 4, "stored": 3}
     assert folder[-1] == {"source": "folder", "done": 4, "stored": 3, "status": "ok"}
     assert [e for e in events if e["source"] == "pexels"] == [
