@@ -117,7 +117,9 @@ class JobRunner:
         if kind in self._active:
             raise JobBusy(self._active[kind])
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
-        job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None}
+        # The claim is already a complete job: /status lists it while its row is still being written.
+        job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
+               "created_at": utc_now()}
         self._active[kind] = job
         lock = kind_lock(self.settings, kind)
         if not lock.acquire():

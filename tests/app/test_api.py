@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -120,3 +123,29 @@ def test_an_unreadable_registry_is_a_503_with_the_reason(make_client):
         assert response.status_code == 503, path
         assert "registry.json is not valid JSON" in response.json()["detail"], path
     assert client.get("/metrics", headers=AUTH).status_code == 200
+
+
+def test_status_answers_while_a_new_job_waits_for_the_database(client, gate):
+    """A submitted job is live before its row is written (the claim is what makes single flight
+    safe); /status lists live jobs, so the claim must already be a complete job."""
+    runner = client.app.state.runner
+    database = sqlite3.connect(client.app.state.settings.dataset_dir / "dedupe.db")
+    database.execute("BEGIN IMMEDIATE")  # another writer holds the database: the job's insert waits
+    started = []
+    poster = threading.Thread(target=lambda: started.append(client.post("/train", headers=AUTH)))
+    poster.start()
+    try:
+        for _ in range(500):
+            if runner.running("train"):
+                break
+            time.sleep(0.01)
+        assert runner.running("train"), "the job was never claimed"
+        status = client.get("/status")
+        assert status.status_code == 200, status.text
+        assert [job["kind"] for job in status.json()["running_jobs"]] == ["train"]
+    finally:
+        database.rollback()
+        database.close()
+        poster.join(timeout=30)
+        gate.open = True
+    assert started[0].status_code == 202
