@@ -8,6 +8,8 @@ Drift kinds:
 - in_flight: files without a row that are younger than ORPHAN_GRACE: an ingest may be between its
   file writes and its row right now, so they are listed and left alone (``force`` treats them as
   orphans);
+- stale_temp_files: temp files of local writes older than ORPHAN_GRACE (a process killed in the
+  middle of a put; never visible as data) -> repair deletes them; younger ones may be in flight;
 - unreadable_meta: a metadata file that is not valid JSON -> reported, never deleted;
 - mismatched: metadata and index disagree (label, confidence, hash, source) -> repair copies the
   metadata's label and confidence into the index (metadata is written first, so it is the newer);
@@ -49,7 +51,8 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
     report = {
         "storage": dm.storage.describe(), "rows": len(rows), "image_files": len(image_files),
         "meta_files": len(meta_files), "dead_rows": [], "orphan_images": [], "orphan_meta": [],
-        "in_flight": [], "unreadable_meta": [], "mismatched": [], "repair": repair, "repaired": {},
+        "in_flight": [], "stale_temp_files": [], "unreadable_meta": [], "mismatched": [],
+        "repair": repair, "repaired": {},
     }
     live, suspects = [], []
     for r in rows:
@@ -60,17 +63,24 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
     report["in_flight"] = sorted(young)
     report["orphan_images"] = sorted((unowned & image_files) - young)
     report["orphan_meta"] = sorted((unowned & meta_files) - young)
+    temp = set(await asyncio.to_thread(_temp_files, dm))
+    report["stale_temp_files"] = sorted(temp - (set() if force else
+                                                await asyncio.to_thread(_younger_than, dm, temp, grace)))
     for row in live:
         await _compare(dm, row, report)
     if repair:
         report["repaired"] = await _repair(dm, rows, report)
-    report["ok"] = not any(report[k] for k in
-                           ("dead_rows", "orphan_images", "orphan_meta", "unreadable_meta", "mismatched"))
+    report["ok"] = not any(report[k] for k in ("dead_rows", "orphan_images", "orphan_meta",
+                                               "stale_temp_files", "unreadable_meta", "mismatched"))
     return report
 
 
 def _list(dm: DatasetManager, prefix: str) -> list[str]:
     return list(dm.storage.list(prefix))
+
+
+def _temp_files(dm: DatasetManager) -> list[str]:
+    return [key for prefix in ("images/", "meta/") for key in dm.storage.temp_files(prefix)]
 
 
 def _dead_rows(dm: DatasetManager, suspects: list[dict]) -> list[dict]:
@@ -110,7 +120,7 @@ async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
 
 async def _repair(dm: DatasetManager, rows: list[dict], report: dict) -> dict:
     by_id = {r["id"]: r for r in rows}
-    done = {"rows_deleted": 0, "files_deleted": 0, "rows_updated": 0}
+    done = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0}
     for dead in report["dead_rows"]:
         row = by_id[dead["id"]]
         await dm.index.delete(row["id"])
@@ -122,6 +132,9 @@ async def _repair(dm: DatasetManager, rows: list[dict], report: dict) -> dict:
             continue
         await asyncio.to_thread(dm.storage.delete, key)
         done["files_deleted"] += 1
+    for key in report["stale_temp_files"]:
+        await asyncio.to_thread(dm.storage.delete, key)
+        done["temp_files_deleted"] += 1
     for diff in report["mismatched"]:
         if diff["field"] in REPAIRABLE_FIELDS:
             await dm.index.update(diff["id"], **{diff["field"]: diff["meta"]})

@@ -87,6 +87,11 @@ class StorageDriver(ABC):
     def describe(self) -> str:
         """Where the data lives, for logs and /status: never a secret."""
 
+    def temp_files(self, prefix: str) -> Iterator[str]:
+        """Temp files of writes under prefix, in flight or left by a killed process (``check``
+        removes old ones). None by default: a driver whose put is atomic by itself (S3) has none."""
+        return iter(())
+
 
 class LocalStorage(StorageDriver):
     def __init__(self, root: Path | str) -> None:
@@ -125,12 +130,18 @@ class LocalStorage(StorageDriver):
             raise StorageError(f"cannot delete {key} under {self.root}: {exc.strerror or exc}") from exc
 
     def list(self, prefix: str) -> Iterator[str]:
+        return self._walk(prefix, temp=False)  # a temp file is a put in flight (or killed mid-write)
+
+    def temp_files(self, prefix: str) -> Iterator[str]:
+        return self._walk(prefix, temp=True)
+
+    def _walk(self, prefix: str, temp: bool) -> Iterator[str]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in sorted(files):
-                if not name.startswith(TMP_PREFIX):  # a put in flight (or killed mid-write)
+                if name.startswith(TMP_PREFIX) == temp:
                     yield Path(dirpath, name).relative_to(self.root).as_posix()
 
     def modified(self, key: str) -> datetime:
