@@ -36,6 +36,21 @@ def test_bad_sources_file_stops_serve_with_file_and_field(env, tmp_path, capsys)
     assert "sources.yaml" in err and "label" in err and "Traceback" not in err
 
 
+def test_bad_sources_file_stops_uvicorn_app_main_app_too(env, tmp_path):
+    from app import main
+    from config.settings import ConfigError, get_settings
+
+    bad = tmp_path / "sources.yaml"
+    bad.write_text("sources:\n  - name: folder\n    label: fake\n")
+    env.setenv("SOURCES_CONFIG", str(bad))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="label"):
+            main._app_from_environment()  # what `uvicorn app.main:app` builds
+    finally:
+        get_settings.cache_clear()
+
+
 def test_status_command_prints_counts(env, capsys):
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
