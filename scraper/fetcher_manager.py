@@ -131,21 +131,28 @@ class FetcherManager:
         name = fetcher.config.name
         _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
         # on_stored hooks (Unsplash's download event) run beside the next downloads, not before them.
+        # Only the unfinished ones are held: one task per stored image would grow with the run.
         hooks: set[asyncio.Task] = set()
+
+        def finished(task: asyncio.Task) -> None:
+            hooks.discard(task)
+            if not task.cancelled() and isinstance(task.exception(), Exception):
+                report.errors[f"on_stored_{type(task.exception()).__name__}"] += 1
+
         try:
             async for data, metadata in fetcher.iter_images(total):
                 report.downloaded += 1
                 metadata.setdefault("source", name)
                 metadata.setdefault("label", fetcher.config.label)
                 if await self._ingest(data, metadata, report):
-                    hooks.add(asyncio.ensure_future(fetcher.on_stored(metadata)))
+                    hook = asyncio.ensure_future(fetcher.on_stored(metadata))
+                    hooks.add(hook)
+                    hook.add_done_callback(finished)
                 _notify(progress, {"source": report.source, "done": report.downloaded, "total": total,
                                    "stored": report.stored})
-            for result in await asyncio.gather(*hooks, return_exceptions=True):
-                if isinstance(result, Exception):
-                    report.errors[f"on_stored_{type(result).__name__}"] += 1
+            await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:
-            for task in hooks:
+            for task in list(hooks):
                 task.cancel()
 
     async def _ingest(self, data: bytes, metadata: dict, report: SourceReport) -> bool:
