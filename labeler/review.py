@@ -30,6 +30,9 @@ from config.settings import Settings
 PERSON_LABELS = ("real", "ai")
 KINDS = ("all", "disagreement", "unlabeled")
 METADATA_READS_AT_ONCE = 64
+# Pillow's name for a camera JPEG with extra frames (previews, stereo) is MPO, its MIME "image/mpo",
+# which browsers do not display; the bytes are a JPEG (and stored as .jpg).
+MEDIA_TYPES = {"MPO": "image/jpeg"}
 
 
 class InvalidImageId(ValueError):
@@ -164,6 +167,6 @@ def image_media_type(data: bytes) -> str:
     """The content type from the bytes themselves (the stored extension came from them too)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return Image.MIME.get(img.format or "", "application/octet-stream")
+            return MEDIA_TYPES.get(img.format) or Image.MIME.get(img.format or "", "application/octet-stream")
     except (UnidentifiedImageError, OSError):
         return "application/octet-stream"

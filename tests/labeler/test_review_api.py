@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 
 import pytest
@@ -9,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from dataset.storage import StorageError
-from tests.images import jpeg, png
+from tests.images import jpeg, png, scene
 from trainer.train_vit import load_samples
 
 AUTH = {"Authorization": "Bearer test-token"}
@@ -79,6 +80,15 @@ def test_image_bytes_with_their_content_type(client):
     assert response.headers["content-type"] == "image/jpeg"
     response = client.get(f"/images/{as_png}", headers=AUTH)
     assert (response.content, response.headers["content-type"]) == (png(6), "image/png")
+
+
+def test_a_camera_jpeg_with_extra_frames_is_served_as_jpeg(client):
+    """Pillow names a JPEG with embedded preview/stereo frames 'MPO'; browsers know it as image/jpeg."""
+    buffer = io.BytesIO()
+    scene(7, (320, 240)).save(buffer, "MPO", save_all=True, append_images=[scene(8, (320, 240))])
+    image_id = upload(client, buffer.getvalue(), "real", name="camera.jpg")
+    response = client.get(f"/images/{image_id}", headers=AUTH)
+    assert (response.content, response.headers["content-type"]) == (buffer.getvalue(), "image/jpeg")
 
 
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "..settings", "1234", "%00"])
