@@ -57,6 +57,9 @@ def load_sources(path: Path, known_names: Iterable[str] | None = None) -> Source
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found (set SOURCES_CONFIG to the sources file)") from exc
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
+        raise ConfigError(f"{path}: cannot be read as a YAML file ({getattr(exc, 'strerror', None) or exc}); "
+                          "set SOURCES_CONFIG to the sources file") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
     return parse_sources(raw, path, known_names)

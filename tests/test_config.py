@@ -83,6 +83,13 @@ def test_missing_file_says_which_setting_to_change(tmp_path):
         load_sources(tmp_path / "nope.yaml", KNOWN)
 
 
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: p.write_bytes(b"\xff\xfe\x00binary")])
+def test_a_folder_or_binary_file_says_which_setting_to_change(tmp_path, make):
+    make(tmp_path / "sources.yaml")
+    with pytest.raises(ConfigError, match="sources.yaml: cannot be read.*SOURCES_CONFIG"):
+        load_sources(tmp_path / "sources.yaml", KNOWN)
+
+
 def test_per_source_options_are_kept(tmp_path):
     path = write(tmp_path, "sources:\n  - {name: folder, label: ai, path: /data/ai}\n")
     assert load_sources(path, KNOWN).sources[0].option("path") == "/data/ai"
