@@ -162,6 +162,9 @@ def make_engine(db_url: str) -> AsyncEngine:
     return engine
 
 
+OPEN_ATTEMPTS = 5
+
+
 class DedupeIndex:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
@@ -170,9 +173,19 @@ class DedupeIndex:
         self._refresh_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-        await self._add_missing_columns()
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all)
+                await self._add_missing_columns()
+                break
+            except OperationalError as exc:
+                # Two processes opening one database at once: switching it to WAL, or upgrading a
+                # read to a write, can get SQLITE_BUSY at once (SQLite skips the busy wait where
+                # waiting could deadlock). Both steps are idempotent, so try again shortly.
+                if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
         await self.refresh()
 
     async def _add_missing_columns(self) -> None:
