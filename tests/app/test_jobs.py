@@ -124,7 +124,7 @@ async def test_shutdown_terminates_the_child_process(settings, store):
 
     runner = await make_runner(settings, store, {"train": slow})
     job = await runner.submit("train")
-    for _ in range(200):  # wait until the child has reported its pid
+    for _ in range(600):  # wait until the child has reported its pid (spawn + imports)
         if (runner.running("train") or {}).get("progress"):
             break
         await asyncio.sleep(0.05)
