@@ -159,6 +159,16 @@ class BaseFetcher(ABC):
                 self.stop(f"{exc.message}; check {self.key_variable()}")
         return None
 
+    async def get_list_page(self, url: str, params: dict[str, Any], headers: dict[str, str],
+                            what: str, list_key: str) -> dict | None:
+        """Like get_page, for answers that must be an object holding a list under ``list_key``;
+        any other shape is counted as ``missing_fields`` and gives None."""
+        body = await self.get_page(url, params, headers, what)
+        if body is not None and not (isinstance(body, dict) and isinstance(body.get(list_key), list)):
+            self.count_error("missing_fields", f"{what}: no {list_key!r} list")
+            return None
+        return body
+
     def note_quota(self, response: httpx.Response) -> None:
         """Read the API's quota headers from a successful answer (sources that have them)."""
         return None

@@ -63,12 +63,9 @@ class PexelsFetcher(BaseFetcher):
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page}
-        body = await self.get_page(f"{self.settings.pexels_api_url}/search", params,
-                                   {"Authorization": self.secret()}, f"search {query!r} page {page}")
-        if body is not None and not (isinstance(body, dict) and isinstance(body.get("photos"), list)):
-            self.count_error("missing_fields", f"search {query!r} page {page}: no 'photos' list")
-            return None
-        return body
+        return await self.get_list_page(f"{self.settings.pexels_api_url}/search", params,
+                                        {"Authorization": self.secret()}, f"search {query!r} page {page}",
+                                        "photos")
 
     def note_quota(self, response: httpx.Response) -> None:
         """Only 2xx answers carry the (monthly) quota left, a 429 carries nothing: stop at 0."""

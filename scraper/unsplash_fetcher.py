@@ -88,12 +88,8 @@ class UnsplashFetcher(BaseFetcher):
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page,
                   "content_filter": self.content_filter}
-        body = await self.get_page(f"{self.settings.unsplash_api_url}/search/photos", params,
-                                   self.api_headers(), f"search {query!r} page {page}")
-        if body is not None and not (isinstance(body, dict) and isinstance(body.get("results"), list)):
-            self.count_error("missing_fields", f"search {query!r} page {page}: no 'results' list")
-            return None
-        return body
+        return await self.get_list_page(f"{self.settings.unsplash_api_url}/search/photos", params,
+                                        self.api_headers(), f"search {query!r} page {page}", "results")
 
     def note_quota(self, response: httpx.Response) -> None:
         """Search answers and download events both carry the hourly quota left; stop at 0."""

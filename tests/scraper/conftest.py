@@ -18,21 +18,6 @@ def _fresh_buckets():
     reset_buckets()
 
 
-class SleepRecorder:
-    """An injectable ``sleep`` that records the delays instead of waiting."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-@pytest.fixture
-def sleeps() -> SleepRecorder:
-    return SleepRecorder()
-
-
 @pytest.fixture
 def settings(make_settings):
     """Scraper tests run with (fake) keys for every source; a test that needs none builds its own."""
