@@ -87,6 +87,18 @@ class BaseFetcher(ABC):
         for item in await self.fetch_images(limit):
             yield item
 
+    async def spread_over_queries(
+        self, limit: int, images_for: Callable[[str, int], AsyncIterator[tuple[bytes, dict]]]
+    ) -> AsyncIterator[tuple[bytes, dict]]:
+        """Each configured query in turn, up to ``limit_per_query`` images each, until ``limit``
+        images or the source stops; ``images_for(query, wanted)`` yields one query's images."""
+        for query in self.config.queries:
+            if limit <= 0 or self.stopped:
+                return
+            async for item in images_for(query, min(limit, self.config.limit_per_query)):
+                limit -= 1
+                yield item
+
     async def on_stored(self, metadata: dict) -> None:
         """Called once for each image the dataset stored (not for duplicates or rejects)."""
         return None

@@ -57,29 +57,24 @@ class CivitaiFetcher(BaseFetcher):
             async for item in self._image_stream({}, None, limit):
                 yield item
             return
-        for query in self.config.queries:
-            if self.stopped:
+        async for item in self.spread_over_queries(limit, self._query_images):
+            yield item
+
+    async def _query_images(self, query: str, wanted: int) -> AsyncIterator[tuple[bytes, dict]]:
+        """/images has no keyword search: the images of the models that match the query."""
+        for version_id in await self._model_versions(query):
+            if wanted <= 0 or self.stopped:
                 return
-            wanted = min(limit, self.config.limit_per_query)
-            for version_id in await self._model_versions(query):
-                if wanted <= 0 or self.stopped:
-                    break
-                async for item in self._image_stream({"modelVersionId": version_id}, query, wanted):
-                    wanted -= 1
-                    limit -= 1
-                    yield item
-            if limit <= 0:
-                return
+            async for item in self._image_stream({"modelVersionId": version_id}, query, wanted):
+                wanted -= 1
+                yield item
 
     async def _model_versions(self, query: str) -> list[int]:
         """Newest version ids of the SFW models that match ``query``."""
         params = {"query": query, "limit": self.models_per_query, "nsfw": "false", "sort": "Most Downloaded"}
-        body = await self.get_page(f"{self.settings.civitai_api_url}/models", params, self.api_headers(),
-                                   f"model lookup {query!r}")
+        body = await self.get_list_page(f"{self.settings.civitai_api_url}/models", params,
+                                        self.api_headers(), f"model lookup {query!r}", "items")
         if body is None:
-            return []
-        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            self.count_error("missing_fields", f"model lookup {query!r}: no 'items' list")
             return []
         versions = []
         for model in body["items"]:

@@ -38,13 +38,8 @@ class PexelsFetcher(BaseFetcher):
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
         return await self.collect(limit)
 
-    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        for query in self.config.queries:
-            if limit <= 0 or self.stopped:
-                break
-            async for item in self._query_images(query, min(limit, self.config.limit_per_query)):
-                limit -= 1
-                yield item
+    def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
+        return self.spread_over_queries(limit, self._query_images)
 
     async def _query_images(self, query: str, wanted: int) -> AsyncIterator[tuple[bytes, dict]]:
         # One page size for the whole query: the API pages by offset (page - 1) * per_page.
