@@ -63,6 +63,15 @@ images = Table(
     Column("width", Integer, nullable=False),
     Column("height", Integer, nullable=False),
     Column("created_at", String(32), nullable=False),  # ISO 8601 UTC, as in the metadata file
+    # Honest evaluation (trainer/split.py): what made the image, a source-given group key (a CivitAI
+    # post, the original of an edit), and its side of the split, decided once for its group.
+    Column("generator", String(64), nullable=True),
+    Column("group_hint", String(100), nullable=True),
+    Column("split_group", String(36), nullable=True),
+    Column("split", String(8), nullable=True),  # "train" | "eval" | None (not decided yet)
+    # File facts for the metadata-only shortcut probe (None on rows from before the columns).
+    Column("size_bytes", BigInteger, nullable=True),
+    Column("has_exif", Integer, nullable=True),
     # Covering index: counts() (GROUP BY label, source) and samples(labels) never touch the table.
     Index("ix_images_label_source", "label", "source"),
     # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a
@@ -71,7 +80,9 @@ images = Table(
 )
 
 # Nullable columns added after the first release: open() adds any that an older dedupe.db lacks.
-ADDED_COLUMNS = {"scorer": "TEXT"}
+ADDED_COLUMNS = {"scorer": "TEXT", "generator": "VARCHAR(64)", "group_hint": "VARCHAR(100)",
+                 "split_group": "VARCHAR(36)", "split": "VARCHAR(8)", "size_bytes": "BIGINT",
+                 "has_exif": "INTEGER"}
 
 
 class DuplicateHash(Exception):
