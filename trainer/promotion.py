@@ -97,10 +97,10 @@ def decide_promotion(settings: Settings, challenger: Scored, eval_data: StoredIm
         log.warning("promoted %s cannot be scored (%s); promoting the new version", incumbent["version"], exc)
         return _decision(base, True, f"promoted {incumbent['version']} could not be scored: {exc}",
                          incumbent["version"])
-    return _compare(settings, base, incumbent["version"], comparable, old)
+    return compare_with_champion(settings, base, incumbent["version"], comparable, old)
 
 
-def _compare(settings: Settings, base: dict, version: str, new: Scored, old: Scored) -> dict:
+def compare_with_champion(settings: Settings, base: dict, version: str, new: Scored, old: Scored) -> dict:
     keep = np.isin([s.id for s in new.samples], [s.id for s in old.samples])
     new = new.subset(keep)
     old_by_id = dict(zip((s.id for s in old.samples), old.margins, strict=True))

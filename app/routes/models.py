@@ -80,13 +80,13 @@ async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
     calibration, shortcut audit and the promotion decision."""
     _, weights = registered_weights(settings, name, version)
     try:
-        text = (weights.parent / "report.json").read_bytes().decode("utf-8")
+        raw = (weights.parent / "report.json").read_bytes()
     except FileNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"model {name} {version} has no evaluation report: it was trained before "
                             "reports existed; train a new version to get one") from exc
     try:
-        return json.loads(text)
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
                             detail=f"the report.json of model {name} {version} is not valid JSON ({exc}); "
