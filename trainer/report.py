@@ -37,6 +37,9 @@ from trainer.stats import (
 log = logging.getLogger(__name__)
 
 SUBGROUP_MIN_PER_CLASS = 5
+# A temperature fitted on fewer images than this (or on one class) would be noise: T stays 1.
+# Measured on the acceptance pictures: T fitted on 10 images moved ECE from 0.23 to 0.33.
+CALIBRATION_MIN_IMAGES = 30
 FORMAT_SWAP_MAX_IMAGES = 200  # the format-swap probe scores at most this many evaluation images twice
 ROBUSTNESS = {  # name -> what is done to the decoded picture before the evaluation transform
     "jpeg65": ("jpeg", 65, 1.0),
@@ -103,8 +106,10 @@ def calibrate(eval_set: Scored, group_of: dict[str, str]) -> dict:
                      dtype=bool)
     fit, test = eval_set.subset(calib), eval_set.subset(~calib)
     fit_y = (fit.labels == AI).astype(int)
-    if len(set(fit_y.tolist())) < 2 or len(test.labels) == 0:
-        temperature, note = 1.0, "calibration part lacks a class or the test part is empty: T = 1"
+    if len(set(fit_y.tolist())) < 2 or len(test.labels) == 0 or len(fit_y) < CALIBRATION_MIN_IMAGES:
+        temperature = 1.0
+        note = (f"not calibrated: the calibration half has {len(fit_y)} images "
+                f"(at least {CALIBRATION_MIN_IMAGES} of both classes needed), T = 1")
     else:
         temperature, note = fit_temperature(fit_y, fit.margins), None
     test_y = (test.labels == AI).astype(int)
@@ -122,6 +127,7 @@ def evaluation_block(eval_set: Scored, calibration: dict, threshold: float = DEC
             "n": {"real": head["n_real"], "ai": head["n_ai"]},
             "auc": head["auc"], "auc_ci95": head["auc_ci95"], "acc": _round(acc),
             **{k: calibration[k] for k in ("ece", "ece_uncalibrated", "temperature", "n_calibration", "n_ece")},
+            "calibration_note": calibration["note"],
             **({"note": head["note"]} if "note" in head else {})}
 
 
