@@ -66,7 +66,8 @@ class StatusOut(BaseModel):
     running_jobs: list[JobOut]
     latest_model: ModelInfo | None = Field(description="the promoted (served) model")
     shortcut_warning: str | None = Field(
-        None, description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)")
+        None,
+        description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)")
 
 
 class MetricsOut(BaseModel):

@@ -41,30 +41,56 @@ async def ingest(settings: Settings, items: list[tuple[Path, str]], relabel=None
     async with DatasetManager(settings) as dm:
         for path, label in items:
             data = path.read_bytes()
-            outcome = await dm.ingest(data, {"source": "folder", "label": relabel(data) if relabel else label,
-                                             "generator": "camera" if label == "real" else "unknown"})
+            outcome = await dm.ingest(
+                data,
+                {
+                    "source": "folder",
+                    "label": relabel(data) if relabel else label,
+                    "generator": "camera" if label == "real" else "unknown",
+                },
+            )
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
     return counts
 
 
 def settings_for(root: Path, args) -> Settings:
-    return Settings(_env_file=None, dataset_dir=root / "datasets", models_dir=root / "models", log_dir=root / "logs",
-                    train_arch=args.arch, train_image_size=args.size, train_epochs=args.epochs,
-                    train_batch_size=16, train_workers=0, train_pretrained=False, train_device="cpu",
-                    min_train_samples=20, scheduler_enabled=False, min_image_side=16)
+    return Settings(
+        _env_file=None,
+        dataset_dir=root / "datasets",
+        models_dir=root / "models",
+        log_dir=root / "logs",
+        train_arch=args.arch,
+        train_image_size=args.size,
+        train_epochs=args.epochs,
+        train_batch_size=16,
+        train_workers=0,
+        train_pretrained=False,
+        train_device="cpu",
+        min_train_samples=20,
+        scheduler_enabled=False,
+        min_image_side=16,
+    )
 
 
 def summary(settings: Settings, version: str) -> dict:
     report = json.loads((settings.models_dir / "vit" / version / "report.json").read_text())
     ev, sc = report["evaluation"], report["shortcut"]
-    return {"version": version, "split": report["split"], "eval_n": ev["n"], "auc": ev["auc"],
-            "auc_ci95": ev["auc_ci95"], "ece_uncalibrated": ev["ece_uncalibrated"], "ece": ev["ece"],
-            "temperature": ev["temperature"],
-            "robustness": {k: (v["auc"], v["drop"]) for k, v in report["robustness"].items()},
-            "metadata_probe_auc": sc["metadata_probe_auc"],
-            "metadata_probe_auc_without_source": sc["metadata_probe_auc_without_source"],
-            "format_swap_auc": sc["format_swap_auc"], "promoted": report["promotion"]["promoted"],
-            "reason": report["promotion"]["reason"]}
+    return {
+        "version": version,
+        "split": report["split"],
+        "eval_n": ev["n"],
+        "auc": ev["auc"],
+        "auc_ci95": ev["auc_ci95"],
+        "ece_uncalibrated": ev["ece_uncalibrated"],
+        "ece": ev["ece"],
+        "temperature": ev["temperature"],
+        "robustness": {k: (v["auc"], v["drop"]) for k, v in report["robustness"].items()},
+        "metadata_probe_auc": sc["metadata_probe_auc"],
+        "metadata_probe_auc_without_source": sc["metadata_probe_auc_without_source"],
+        "format_swap_auc": sc["format_swap_auc"],
+        "promoted": report["promotion"]["promoted"],
+        "reason": report["promotion"]["reason"],
+    }
 
 
 def grow(data: Path, args) -> None:
@@ -82,8 +108,11 @@ def grow(data: Path, args) -> None:
         print("ingest the other 30 %:", asyncio.run(ingest(settings, items[cut:])))
         train_model(settings)
         v2 = summary(settings, "v2")
-        v2_eval = set(json.loads((settings.models_dir / "vit" / "v2" / "report.json").read_text())
-                      ["evaluation"]["image_ids"])
+        v2_eval = set(
+            json.loads((settings.models_dir / "vit" / "v2" / "report.json").read_text())["evaluation"][
+                "image_ids"
+            ]
+        )
         print(json.dumps(v2, indent=1))
         print(f"v1 training images in v2's evaluation set: {len(v1_train & v2_eval)} of {len(v2_eval)}")
 
@@ -92,7 +121,9 @@ def format_only(data: Path, args) -> None:
     items = files(data, "real") + files(data, "ai")
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(Path(tmp), args)
-        counts = asyncio.run(ingest(settings, items, relabel=lambda b: "ai" if b[:4] == b"\x89PNG" else "real"))
+        counts = asyncio.run(
+            ingest(settings, items, relabel=lambda b: "ai" if b[:4] == b"\x89PNG" else "real")
+        )
         print("format-only labels (PNG = ai):", counts)
         train_model(settings)
         print(json.dumps(summary(settings, "v1"), indent=1))

@@ -19,6 +19,8 @@ from dataset.images import inspect_image  # noqa: E402
 
 L = dict(max_bytes=200_000_000, min_side=16, max_pixels=100_000_000)
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/acceptance-data")
+
+
 def phash(path: Path) -> int | None:
     try:
         return inspect_image(path.read_bytes(), **L).phash

@@ -22,8 +22,10 @@ def clean_generator(value: object) -> str:
     if len(name) > GENERATOR_MAX:
         raise ValueError(f"generator name {name[:20]!r}... is longer than {GENERATOR_MAX} characters")
     if not _GENERATOR_RE.match(name):
-        raise ValueError(f"generator name {name!r} has characters other than letters, digits, space "
-                         "and . _ + ( ) / : - (or does not start with a letter or digit)")
+        raise ValueError(
+            f"generator name {name!r} has characters other than letters, digits, space "
+            "and . _ + ( ) / : - (or does not start with a letter or digit)"
+        )
     return name
 
 

@@ -51,5 +51,5 @@ def has_exif(data: bytes) -> bool:
     A look at the container bytes, not a decode: the header region holds the block in every
     format we store (JPEG puts APP segments first; the others are chunk names).
     """
-    head = data[:1 << 16]
+    head = data[: 1 << 16]
     return b"Exif\x00\x00" in head or b"eXIf" in head or b"EXIF" in head

@@ -33,7 +33,8 @@ def push_latest_model(config: Settings) -> dict | None:
                        "n": entry.get("eval_n"), "ece": entry.get("ece"),
                        "unseen_generators": entry.get("unseen_generators") or {}},
         "temperature": entry.get("temperature", 1.0),
-        "report_url": (f"/models/{entry['model']}/{entry['version']}/report" if entry.get("report") else None),
+        "report_url": (f"/models/{entry['model']}/{entry['version']}/report"
+                       if entry.get("report") else None),
     }
 
 

@@ -42,10 +42,12 @@ AI = CLASS_INDEX["ai"]
 
 
 def rule_text(settings: Settings) -> str:
-    return (f"promote when the evaluation set has >= {settings.eval_min_per_class} images per class, the "
-            "AUC's 95% lower bound is above 0.5, and (against a champion, on images neither trained on) "
-            f"the paired DeLong 95% interval of the AUC difference has its lower end above "
-            f"-{settings.promotion_margin}")
+    return (
+        f"promote when the evaluation set has >= {settings.eval_min_per_class} images per class, the "
+        "AUC's 95% lower bound is above 0.5, and (against a champion, on images neither trained on) "
+        f"the paired DeLong 95% interval of the AUC difference has its lower end above "
+        f"-{settings.promotion_margin}"
+    )
 
 
 def chance_check(settings: Settings, challenger: Scored) -> tuple[AucEstimate | None, str | None]:
@@ -60,43 +62,63 @@ def chance_check(settings: Settings, challenger: Scored) -> tuple[AucEstimate | 
         what = f"lacks the class {', '.join(missing)}" if missing else "is too small to decide"
         return auc_estimate(labels, challenger.margins), (
             f"not promoted: the evaluation set {what} ({n_real} real, {n_ai} ai; EVAL_MIN_PER_CLASS={need}); "
-            f"add {more} labelled image(s) not near-duplicates of the training images")
+            f"add {more} labelled image(s) not near-duplicates of the training images"
+        )
     est = auc_estimate(labels, challenger.margins)
     if est.better_than_chance():
         return est, None
     lo, hi = est.ci95
     needed = images_needed(est)
-    more = ("the model shows no signal: more images will not help unless the labels can be told apart by "
-            "pixels" if needed is None else
-            f"about {needed[1]} more real and {needed[0]} more ai evaluation images would be needed at this AUC")
-    return est, (f"not promoted: AUC {est.auc:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {n_real} real + {n_ai} ai "
-                 f"images cannot be told from chance (lower bound <= 0.5); {more}")
+    more = (
+        "the model shows no signal: more images will not help unless the labels can be told apart by pixels"
+        if needed is None
+        else f"about {needed[1]} more real and {needed[0]} more ai evaluation images would be needed "
+        "at this AUC"
+    )
+    return est, (
+        f"not promoted: AUC {est.auc:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {n_real} real + {n_ai} ai "
+        f"images cannot be told from chance (lower bound <= 0.5); {more}"
+    )
 
 
-def decide_promotion(settings: Settings, challenger: Scored, eval_data: StoredImages, device: torch.device,
-                     amp_dtype: torch.dtype | None) -> dict:
+def decide_promotion(
+    settings: Settings,
+    challenger: Scored,
+    eval_data: StoredImages,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> dict:
     """The decision with its figures: promoted, reason, rule, compared_with, auc_difference (+ CI) ..."""
     est, refused = chance_check(settings, challenger)
-    base = {"rule": rule_text(settings), "auc": None if est is None else round(est.auc, 4),
-            "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95]}
+    base = {
+        "rule": rule_text(settings),
+        "auc": None if est is None else round(est.auc, 4),
+        "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
+    }
     if refused is not None:
         return _decision(base, False, refused, None)
     incumbent = promoted_entry(settings.models_dir, settings.model_name)
     if incumbent is None:
-        return _decision(base, True, f"first promoted version of this model: AUC {_ci(est)}, better than chance",
-                         None)
+        return _decision(
+            base, True, f"first promoted version of this model: AUC {_ci(est)}, better than chance", None
+        )
     folder = settings.models_dir / incumbent["model"] / incumbent["version"]
     try:
         comparable, why = comparable_subset(folder, challenger)
         if comparable is None:
-            return _decision(base, True, f"{incumbent['version']} {why}; the challenger passes the chance test "
-                             f"(AUC {_ci(est)})", incumbent["version"])
+            return _decision(
+                base,
+                True,
+                f"{incumbent['version']} {why}; the challenger passes the chance test (AUC {_ci(est)})",
+                incumbent["version"],
+            )
         old = score_saved_model(folder, eval_data, comparable, settings, device, amp_dtype)
     # ValueError: a model.json that is not JSON; UnpicklingError: weights torch cannot load.
     except (ModelNotFound, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         log.warning("promoted %s cannot be scored (%s); promoting the new version", incumbent["version"], exc)
-        return _decision(base, True, f"promoted {incumbent['version']} could not be scored: {exc}",
-                         incumbent["version"])
+        return _decision(
+            base, True, f"promoted {incumbent['version']} could not be scored: {exc}", incumbent["version"]
+        )
     return compare_with_champion(settings, base, incumbent["version"], comparable, old)
 
 
@@ -108,20 +130,37 @@ def compare_with_champion(settings: Settings, base: dict, version: str, new: Sco
     labels = (new.labels == AI).astype(int)
     n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
     if min(n_ai, n_real) < settings.eval_min_per_class:
-        return _decision(base, False, f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
-                         f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
-                         f"{version} stays", version, n_compared=len(labels))
+        return _decision(
+            base,
+            False,
+            f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
+            f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
+            f"{version} stays",
+            version,
+            n_compared=len(labels),
+        )
     paired = paired_auc_difference(labels, new.margins, old_scores)
     lo, hi = paired.ci()
     promoted = lo > -settings.promotion_margin
     verdict = "promoted" if promoted else "not promoted"
-    reason = (f"{verdict}: AUC {paired.new.auc:.4f} vs {paired.old.auc:.4f} of {version} on {n_real} real + "
-              f"{n_ai} ai images neither trained on; difference {paired.difference:+.4f} "
-              f"[95% CI {lo:+.4f}, {hi:+.4f}], margin {settings.promotion_margin}")
-    return _decision(base, promoted, reason, version, n_compared=len(labels),
-                     difference=paired.difference, ci=(lo, hi),
-                     incumbent={"val_auc": round(paired.old.auc, 6),
-                                "val_auc_ci95": [round(x, 4) for x in paired.old.ci95]})
+    reason = (
+        f"{verdict}: AUC {paired.new.auc:.4f} vs {paired.old.auc:.4f} of {version} on {n_real} real + "
+        f"{n_ai} ai images neither trained on; difference {paired.difference:+.4f} "
+        f"[95% CI {lo:+.4f}, {hi:+.4f}], margin {settings.promotion_margin}"
+    )
+    return _decision(
+        base,
+        promoted,
+        reason,
+        version,
+        n_compared=len(labels),
+        difference=paired.difference,
+        ci=(lo, hi),
+        incumbent={
+            "val_auc": round(paired.old.auc, 6),
+            "val_auc_ci95": [round(x, 4) for x in paired.old.ci95],
+        },
+    )
 
 
 def comparable_subset(folder: Path, challenger: Scored) -> tuple[Scored | None, str | None]:
@@ -138,13 +177,21 @@ def comparable_subset(folder: Path, challenger: Scored) -> tuple[Scored | None, 
     # Trained before this record existed: only images stored after it was trained are safe.
     after = np.array([s.created_at > trained_at for s in challenger.samples], dtype=bool)
     if not after.any():
-        return None, ("has no record of its training images and every evaluation image is older than it, "
-                      "so it cannot be scored fairly")
+        return None, (
+            "has no record of its training images and every evaluation image is older than it, "
+            "so it cannot be scored fairly"
+        )
     return challenger.subset(after), None
 
 
-def score_saved_model(folder, val_data: StoredImages, subset: Scored, settings: Settings, device: torch.device,
-                      amp_dtype: torch.dtype | None) -> Scored:
+def score_saved_model(
+    folder,
+    val_data: StoredImages,
+    subset: Scored,
+    settings: Settings,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> Scored:
     """Margins of a saved model on the samples of ``subset`` (which index ``val_data`` by id)."""
     model, pre, _ = load_artifacts(folder, device)
     wanted = {s.id for s in subset.samples}
@@ -154,21 +201,41 @@ def score_saved_model(folder, val_data: StoredImages, subset: Scored, settings: 
     data.labels = [val_data.labels[i] for i in positions]
     data.samples = [val_data.samples[i] for i in positions]
     data.transform, data.reduce_to = eval_transform(pre), pre.decode_side
-    loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False, workers=settings.train_workers,
-                         seed=settings.train_seed, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        data,
+        batch_size=settings.train_batch_size,
+        shuffle=False,
+        workers=settings.train_workers,
+        seed=settings.train_seed,
+        pin_memory=device.type == "cuda",
+    )
     scores = evaluate(model, loader, Normalizer(pre, device), amp_dtype)
-    return Scored([data.samples[i] for i in scores.positions], np.asarray(scores.labels),
-                  np.asarray(scores.margins))
+    return Scored(
+        [data.samples[i] for i in scores.positions], np.asarray(scores.labels), np.asarray(scores.margins)
+    )
 
 
-def _decision(base: dict, promoted: bool, reason: str, compared_with: str | None, *, n_compared: int | None = None,
-              difference: float | None = None, ci: tuple[float, float] | None = None,
-              incumbent: dict | None = None) -> dict:
-    return {**base, "promoted": promoted, "reason": reason, "compared_with": compared_with,
-            "n_compared": n_compared,
-            "auc_difference": None if difference is None else round(difference, 4),
-            "auc_difference_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
-            "incumbent_metrics": incumbent}
+def _decision(
+    base: dict,
+    promoted: bool,
+    reason: str,
+    compared_with: str | None,
+    *,
+    n_compared: int | None = None,
+    difference: float | None = None,
+    ci: tuple[float, float] | None = None,
+    incumbent: dict | None = None,
+) -> dict:
+    return {
+        **base,
+        "promoted": promoted,
+        "reason": reason,
+        "compared_with": compared_with,
+        "n_compared": n_compared,
+        "auc_difference": None if difference is None else round(difference, 4),
+        "auc_difference_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
+        "incumbent_metrics": incumbent,
+    }
 
 
 def _ci(est: AucEstimate) -> str:

@@ -61,13 +61,16 @@ class Scored:
         return sigmoid(self.margins / temperature)
 
     def subset(self, keep: np.ndarray) -> Scored:
-        return Scored([s for s, k in zip(self.samples, keep, strict=True) if k], self.labels[keep],
-                      self.margins[keep])
+        return Scored(
+            [s for s, k in zip(self.samples, keep, strict=True) if k], self.labels[keep], self.margins[keep]
+        )
 
 
 def scored(samples: Sequence, scores) -> Scored:
     """trainer.evaluate.Scores -> Scored (positions index ``samples``)."""
-    return Scored([samples[i] for i in scores.positions], np.asarray(scores.labels), np.asarray(scores.margins))
+    return Scored(
+        [samples[i] for i in scores.positions], np.asarray(scores.labels), np.asarray(scores.margins)
+    )
 
 
 def figure(labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -75,8 +78,12 @@ def figure(labels: np.ndarray, scores: np.ndarray) -> dict:
     n_ai, n_real = int((labels == AI).sum()), int((labels != AI).sum())
     out: dict = {"n": int(len(labels)), "n_real": n_real, "n_ai": n_ai}
     if min(n_ai, n_real) < SUBGROUP_MIN_PER_CLASS:
-        return {**out, "auc": None, "auc_ci95": None,
-                "note": f"too few to evaluate (at least {SUBGROUP_MIN_PER_CLASS} of each class needed)"}
+        return {
+            **out,
+            "auc": None,
+            "auc_ci95": None,
+            "note": f"too few to evaluate (at least {SUBGROUP_MIN_PER_CLASS} of each class needed)",
+        }
     est = auc_estimate((labels == AI).astype(int), scores)
     return {**out, "auc": round(est.auc, 4), "auc_ci95": [round(x, 4) for x in est.ci95]}
 
@@ -102,36 +109,48 @@ def by_attribute(eval_set: Scored, attribute: Callable[[object], str], others: S
 
 def calibrate(eval_set: Scored, group_of: dict[str, str]) -> dict:
     """Temperature fitted on the calibration half of the evaluation groups, ECE on the other half."""
-    calib = np.array([int(order_key(group_of.get(s.id, s.id))[-1], 16) % 2 == 0 for s in eval_set.samples],
-                     dtype=bool)
+    calib = np.array(
+        [int(order_key(group_of.get(s.id, s.id))[-1], 16) % 2 == 0 for s in eval_set.samples], dtype=bool
+    )
     fit, test = eval_set.subset(calib), eval_set.subset(~calib)
     fit_y = (fit.labels == AI).astype(int)
     if len(set(fit_y.tolist())) < 2 or len(test.labels) == 0 or len(fit_y) < CALIBRATION_MIN_IMAGES:
         temperature = 1.0
-        note = (f"not calibrated: the calibration half has {len(fit_y)} images "
-                f"(at least {CALIBRATION_MIN_IMAGES} of both classes needed), T = 1")
+        note = (
+            f"not calibrated: the calibration half has {len(fit_y)} images "
+            f"(at least {CALIBRATION_MIN_IMAGES} of both classes needed), T = 1"
+        )
     else:
         temperature, note = fit_temperature(fit_y, fit.margins), None
     test_y = (test.labels == AI).astype(int)
-    return {"temperature": round(temperature, 4),
-            "ece_uncalibrated": _round(expected_calibration_error(test_y, test.probs())),
-            "ece": _round(expected_calibration_error(test_y, test.probs(temperature))),
-            "n_calibration": int(len(fit.labels)), "n_ece": int(len(test.labels)), "note": note}
+    return {
+        "temperature": round(temperature, 4),
+        "ece_uncalibrated": _round(expected_calibration_error(test_y, test.probs())),
+        "ece": _round(expected_calibration_error(test_y, test.probs(temperature))),
+        "n_calibration": int(len(fit.labels)),
+        "n_ece": int(len(test.labels)),
+        "note": note,
+    }
 
 
 def evaluation_block(eval_set: Scored, calibration: dict, threshold: float = DECISION_THRESHOLD) -> dict:
     probs = eval_set.probs(calibration["temperature"])
     head = figure(eval_set.labels, eval_set.margins)
     acc = float(((probs >= threshold).astype(int) == (eval_set.labels == AI)).mean()) if len(probs) else None
-    return {"image_ids": sorted(s.id for s in eval_set.samples),
-            "n": {"real": head["n_real"], "ai": head["n_ai"]},
-            "auc": head["auc"], "auc_ci95": head["auc_ci95"], "acc": _round(acc),
-            **{k: calibration[k] for k in ("ece", "ece_uncalibrated", "temperature", "n_calibration", "n_ece")},
-            "calibration_note": calibration["note"],
-            **({"note": head["note"]} if "note" in head else {})}
+    return {
+        "image_ids": sorted(s.id for s in eval_set.samples),
+        "n": {"real": head["n_real"], "ai": head["n_ai"]},
+        "auc": head["auc"],
+        "auc_ci95": head["auc_ci95"],
+        "acc": _round(acc),
+        **{k: calibration[k] for k in ("ece", "ece_uncalibrated", "temperature", "n_calibration", "n_ece")},
+        "calibration_note": calibration["note"],
+        **({"note": head["note"]} if "note" in head else {}),
+    }
 
 
 # ---- perturbations scored by the trainer ----------------------------------------------------------
+
 
 class Perturb:
     """Applied to the decoded picture before the evaluation transform (picklable for workers)."""
@@ -184,29 +203,36 @@ def format_swap_auc(as_png: Scored, as_jpeg: Scored) -> dict:
     labels = np.array([1] * len(common) + [0] * len(common))
     scores = np.array([png[i] for i in common] + [jpg[i] for i in common])
     est = auc_estimate(labels, scores) if common else None
-    return {"format_swap_auc": None if est is None else round(est.auc, 4),
-            "format_swap_auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
-            "format_swap_n": len(common)}
+    return {
+        "format_swap_auc": None if est is None else round(est.auc, 4),
+        "format_swap_auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
+        "format_swap_n": len(common),
+    }
 
 
 # ---- shortcut probe (before training) -------------------------------------------------------------
 
-def metadata_features(samples: Sequence, facts: Callable[[object], tuple[int, bool]],
-                      with_source: bool = True) -> np.ndarray:
+
+def metadata_features(
+    samples: Sequence, facts: Callable[[object], tuple[int, bool]], with_source: bool = True
+) -> np.ndarray:
     """format one-hot, width, height, log bytes, EXIF present (and source one-hot) per sample."""
     formats = sorted({str(s.format) for s in samples})
     sources = sorted({str(s.source) for s in samples}) if with_source else []
     rows = []
     for s in samples:
         size, exif = facts(s)
-        rows.append([float(str(s.format) == f) for f in formats]
-                    + [float(s.width), float(s.height), float(np.log1p(size)), float(exif)]
-                    + [float(str(s.source) == src) for src in sources])
+        rows.append(
+            [float(str(s.format) == f) for f in formats]
+            + [float(s.width), float(s.height), float(np.log1p(size)), float(exif)]
+            + [float(str(s.source) == src) for src in sources]
+        )
     return np.array(rows, dtype=np.float64)
 
 
-def shortcut_probe(samples: Sequence, facts: Callable[[object], tuple[int, bool]], group_of: dict[str, str],
-                   warn_auc: float) -> dict:
+def shortcut_probe(
+    samples: Sequence, facts: Callable[[object], tuple[int, bool]], group_of: dict[str, str], warn_auc: float
+) -> dict:
     """Cross-validated AUC of a logistic regression that sees only file metadata (no pixels)."""
     labels = np.array([CLASS_INDEX[s.label] for s in samples])
     groups = [group_of.get(s.id, s.id) for s in samples]
@@ -215,14 +241,24 @@ def shortcut_probe(samples: Sequence, facts: Callable[[object], tuple[int, bool]
     worst = max((a for a in (with_source, file_only) if a is not None), default=None)
     warning = None
     if worst is not None and worst >= warn_auc:
-        what = ("file traits alone (format, size, bytes, EXIF)" if file_only is not None and file_only >= warn_auc
-                else "file traits and the source name")
-        warning = (f"the dataset can be separated without looking at pixels: {what} give a cross-validated "
-                   f"AUC of {worst:.2f} (SHORTCUT_WARN_AUC={warn_auc}); the model may learn where images "
-                   "come from rather than how they were made. Add real and AI images of the same formats, "
-                   "sizes and sources.")
-    return {"metadata_probe_auc": _round(with_source), "metadata_probe_auc_without_source": _round(file_only),
-            "metadata_probe_n": int(len(labels)), "warn_auc": warn_auc, "warning": warning}
+        what = (
+            "file traits alone (format, size, bytes, EXIF)"
+            if file_only is not None and file_only >= warn_auc
+            else "file traits and the source name"
+        )
+        warning = (
+            f"the dataset can be separated without looking at pixels: {what} give a cross-validated "
+            f"AUC of {worst:.2f} (SHORTCUT_WARN_AUC={warn_auc}); the model may learn where images "
+            "come from rather than how they were made. Add real and AI images of the same formats, "
+            "sizes and sources."
+        )
+    return {
+        "metadata_probe_auc": _round(with_source),
+        "metadata_probe_auc_without_source": _round(file_only),
+        "metadata_probe_n": int(len(labels)),
+        "warn_auc": warn_auc,
+        "warning": warning,
+    }
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:

@@ -37,10 +37,10 @@ _BLOCK_CELLS = 4_000_000  # pairwise distances computed per step: bounds memory 
 
 @dataclass
 class SplitPlan:
-    train: list = field(default_factory=list)      # trains (not held out)
-    eval: list = field(default_factory=list)       # in-distribution evaluation (not held out)
-    held_out: list = field(default_factory=list)   # held-out generators/sources: never trained on
-    excluded: list = field(default_factory=list)   # bridges a train and an evaluation group
+    train: list = field(default_factory=list)  # trains (not held out)
+    eval: list = field(default_factory=list)  # in-distribution evaluation (not held out)
+    held_out: list = field(default_factory=list)  # held-out generators/sources: never trained on
+    excluded: list = field(default_factory=list)  # bridges a train and an evaluation group
     decided: dict[str, tuple[str, str]] = field(default_factory=dict)  # new (group, side) to store
     group_of: dict[str, str] = field(default_factory=dict)
     side_of: dict[str, str] = field(default_factory=dict)
@@ -70,7 +70,7 @@ def close_pairs(rows: np.ndarray, cols: np.ndarray, max_distance: int):
         return
     per_block = max(1, _BLOCK_CELLS // len(cols))
     for start in range(0, len(rows), per_block):
-        distances = np.bitwise_count(rows[start:start + per_block, None] ^ cols[None, :])
+        distances = np.bitwise_count(rows[start : start + per_block, None] ^ cols[None, :])
         r, c = np.nonzero(distances <= max_distance)
         yield from zip((r + start).tolist(), c.tolist(), strict=True)
 
@@ -96,11 +96,20 @@ def order_key(group: str) -> str:
 def eval_targets(samples: Sequence, eval_fraction: float, min_per_class: int) -> dict[str, int]:
     """Evaluation images wanted per class: the fraction, at least the minimum, at most half."""
     totals = Counter(s.label for s in samples)
-    return {label: min(max(math.ceil(n * eval_fraction), min_per_class), n // 2) for label, n in totals.items()}
+    return {
+        label: min(max(math.ceil(n * eval_fraction), min_per_class), n // 2) for label, n in totals.items()
+    }
 
 
-def assign_splits(samples: Sequence, *, radius: int, eval_fraction: float, min_per_class: int,
-                  holdout_generators: Iterable[str] = (), holdout_sources: Iterable[str] = ()) -> SplitPlan:
+def assign_splits(
+    samples: Sequence,
+    *,
+    radius: int,
+    eval_fraction: float,
+    min_per_class: int,
+    holdout_generators: Iterable[str] = (),
+    holdout_sources: Iterable[str] = (),
+) -> SplitPlan:
     """Sides for every labelled sample (stored ones kept, new ones decided); see the module doc."""
     ordered = sorted(samples, key=lambda s: s.id)
     held = _held_out(ordered, set(holdout_generators), set(holdout_sources))
@@ -178,8 +187,8 @@ def _link(ordered: Sequence, radius: int) -> list[int]:
         hint = s.group_hint
         if hint:
             keys.append(f"hint:{hint}")
-            if hint.startswith(EDIT_PREFIX) and hint[len(EDIT_PREFIX):] in position:
-                _union(parent, i, position[hint[len(EDIT_PREFIX):]])
+            if hint.startswith(EDIT_PREFIX) and hint[len(EDIT_PREFIX) :] in position:
+                _union(parent, i, position[hint[len(EDIT_PREFIX) :]])
         for key in keys:
             if key in by_key:
                 _union(parent, i, by_key[key])

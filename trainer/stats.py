@@ -55,8 +55,8 @@ def _components(labels: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarr
     m, n = len(pos), len(neg)
     all_ranks = _midranks(np.concatenate([pos, neg]))
     pos_ranks, neg_ranks = _midranks(pos), _midranks(neg)
-    v10 = (all_ranks[:m] - pos_ranks) / n          # share of negatives below each positive
-    v01 = 1.0 - (all_ranks[m:] - neg_ranks) / m    # share of positives above each negative
+    v10 = (all_ranks[:m] - pos_ranks) / n  # share of negatives below each positive
+    v01 = 1.0 - (all_ranks[m:] - neg_ranks) / m  # share of positives above each negative
     auc = float(v10.mean())
     return auc, v10, v01
 
@@ -84,7 +84,9 @@ def auc_estimate(labels: Sequence[int], scores: Sequence[float]) -> AucEstimate 
 
 def hanley_mcneil_variance(auc: float, n_pos: int, n_neg: int) -> float:
     q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (
+        n_pos * n_neg
+    )
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,9 @@ class PairedDifference:
         return self.difference - half, self.difference + half
 
 
-def paired_auc_difference(labels: Sequence[int], new_scores: Sequence[float],
-                          old_scores: Sequence[float]) -> PairedDifference | None:
+def paired_auc_difference(
+    labels: Sequence[int], new_scores: Sequence[float], old_scores: Sequence[float]
+) -> PairedDifference | None:
     y, a = _check(labels, new_scores)
     _, b = _check(labels, old_scores)
     new, old = auc_estimate(y, a), auc_estimate(y, b)
@@ -127,11 +130,14 @@ def images_needed(estimate: AucEstimate) -> tuple[int, int] | None:
     scale = (Z95 * math.sqrt(estimate.variance) / (estimate.auc - 0.5)) ** 2
     if scale <= 1.0:
         return 0, 0
-    return (math.ceil(estimate.n_pos * scale) - estimate.n_pos,
-            math.ceil(estimate.n_neg * scale) - estimate.n_neg)
+    return (
+        math.ceil(estimate.n_pos * scale) - estimate.n_pos,
+        math.ceil(estimate.n_neg * scale) - estimate.n_neg,
+    )
 
 
 # ---- calibration ---------------------------------------------------------------------------------
+
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -500, 500)))
@@ -186,6 +192,7 @@ def fit_temperature(labels: Sequence[int], margins: Sequence[float]) -> float:
 
 # ---- shortcut probe ------------------------------------------------------------------------------
 
+
 def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> np.ndarray:
     """Weights (bias last) of an L2-regularised logistic regression, by Newton's method."""
     xb = np.hstack([x, np.ones((len(x), 1))])
@@ -203,7 +210,9 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50)
     return w
 
 
-def cross_validated_auc(x: np.ndarray, y: np.ndarray, groups: Sequence[object], folds: int = 5) -> float | None:
+def cross_validated_auc(
+    x: np.ndarray, y: np.ndarray, groups: Sequence[object], folds: int = 5
+) -> float | None:
     """Out-of-fold AUC of a logistic regression on ``x``: folds by group (near-duplicates together),
     features standardised on each training fold. None when a class is missing."""
     y = np.asarray(y, dtype=np.float64)

@@ -138,7 +138,8 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
         write_json_atomic(staging / REPORT_FILE, report)
         write_json_atomic(staging / TRAIN_IDS_FILE, sorted(s.id for s in train_set))
         entry = commit_version(settings.models_dir, staging, _registry_entry(
-            settings, metrics, sizes, sha256, promotion, device, report), compared_with=promotion["compared_with"])
+            settings, metrics, sizes, sha256, promotion, device, report),
+            compared_with=promotion["compared_with"])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
@@ -150,8 +151,8 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
 def plan_split(settings: Settings, samples: list[Sample],
                record_splits: Callable[[dict], object] | None = None) -> SplitPlan:
     """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
-    plan = assign_splits(samples, radius=settings.split_near_dup_distance, eval_fraction=settings.val_fraction,
-                         min_per_class=settings.eval_min_per_class,
+    plan = assign_splits(samples, radius=settings.split_near_dup_distance,
+                         eval_fraction=settings.val_fraction, min_per_class=settings.eval_min_per_class,
                          holdout_generators=settings.holdout_generators,
                          holdout_sources=settings.holdout_sources)
     if record_splits is not None and plan.decided:
@@ -172,7 +173,8 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = score(_images(storage, plan.held_out, eval_transform(pre), pre, settings)) if plan.held_out else None
+    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings))
+            if plan.held_out else None)
     robust = {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()} \
         if len(val_data) else {}
     few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings)
@@ -188,7 +190,8 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
         "version": None, "model": settings.model_name, "created_at": _now(),
         "split": {"train": len(plan.train), "eval": len(plan.eval), "held_out": len(plan.held_out),
                   "excluded": len(plan.excluded), "newly_decided": len(plan.decided),
-                  "radius": settings.split_near_dup_distance, "eval_min_per_class": settings.eval_min_per_class,
+                  "radius": settings.split_near_dup_distance,
+                  "eval_min_per_class": settings.eval_min_per_class,
                   "holdout_generators": sorted(settings.holdout_generators),
                   "holdout_sources": sorted(settings.holdout_sources)},
         "evaluation": block,
@@ -352,7 +355,8 @@ def _registry_entry(settings: Settings, metrics: dict, sizes: dict, sha256: str,
         **{k: metrics[k] for k in ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")},
         "architecture": settings.train_arch, "image_size": settings.train_image_size,
         "sha256": sha256, "promoted": promotion["promoted"], "promotion_reason": promotion["reason"],
-        "auc_difference": promotion["auc_difference"], "auc_difference_ci95": promotion["auc_difference_ci95"],
+        "auc_difference": promotion["auc_difference"],
+        "auc_difference_ci95": promotion["auc_difference_ci95"],
         "compared_with": promotion["compared_with"], "incumbent_metrics": promotion["incumbent_metrics"],
         "epochs": settings.train_epochs, "device": device.type,
     }

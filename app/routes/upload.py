@@ -91,7 +91,8 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
     try:
         async with _counting_request(request, max_body).form(max_files=1, max_fields=4) as form:
             file, label = form.get("file"), form.get("label")
-            extras = {k: v for k in ("generator", "edit_of") if isinstance(v := form.get(k), str) and v.strip()}
+            extras = {k: v for k in ("generator", "edit_of")
+                      if isinstance(v := form.get(k), str) and v.strip()}
             if not isinstance(file, UploadFile):
                 raise HTTPException(400, detail="missing 'file' part: attach the image as field 'file'")
             data, filename = await file.read(limit + 1), file.filename
@@ -121,7 +122,8 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
     if "edit_of" in extras:
         original = await dataset.get_metadata(extras["edit_of"][:64])
         if original is None:
-            raise HTTPException(400, detail=f"edit_of: no stored image has the id {extras['edit_of'][:64]!r}; "
+            raise HTTPException(400, detail="edit_of: no stored image has the id "
+                                f"{extras['edit_of'][:64]!r}; "
                                 "give the id an earlier upload answered with, or leave edit_of out")
         metadata["group_hint"] = original.get("group_hint") or f"{EDIT_PREFIX}{original['id']}"
     try:

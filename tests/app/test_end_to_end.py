@@ -84,7 +84,8 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     report = client.get("/models/vit/v1/report", headers=AUTH).json()
     assert len(report["evaluation"]["image_ids"]) == train["result"]["val_size"] == 20
     assert report["evaluation"]["n"] == latest["evaluation"]["n"] == {"real": 10, "ai": 10}
-    assert latest["evaluation"]["auc_ci95"] == metrics["validation_auc_ci95"] == report["evaluation"]["auc_ci95"]
+    ci = report["evaluation"]["auc_ci95"]
+    assert latest["evaluation"]["auc_ci95"] == metrics["validation_auc_ci95"] == ci
     assert card["temperature"] == report["evaluation"]["temperature"] == latest["temperature"]
     # JPEG photos against PNG noise: the metadata-only probe sees the format shortcut and says so.
     assert report["shortcut"]["metadata_probe_auc"] > 0.9

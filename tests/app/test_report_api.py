@@ -49,29 +49,47 @@ async def _metadata(settings, image_id: str) -> dict:
 
 def test_upload_takes_a_generator_and_an_edit_of_and_refuses_odd_names(make_client, make_settings):
     client = make_client()
-    first = client.post("/upload", headers=AUTH, files={"file": ("a.jpg", jpeg(1), "image/jpeg")},
-                        data={"label": "ai", "generator": "Midjourney v6"})
+    first = client.post(
+        "/upload",
+        headers=AUTH,
+        files={"file": ("a.jpg", jpeg(1), "image/jpeg")},
+        data={"label": "ai", "generator": "Midjourney v6"},
+    )
     assert first.status_code == 201
-    edit = client.post("/upload", headers=AUTH, files={"file": ("b.jpg", jpeg(2), "image/jpeg")},
-                       data={"label": "ai", "edit_of": first.json()["id"]})
+    edit = client.post(
+        "/upload",
+        headers=AUTH,
+        files={"file": ("b.jpg", jpeg(2), "image/jpeg")},
+        data={"label": "ai", "edit_of": first.json()["id"]},
+    )
     assert edit.status_code == 201
     meta = asyncio.run(_metadata(make_settings(), edit.json()["id"]))
     assert meta["group_hint"] == f"image:{first.json()['id']}" and meta["generator"] == "unknown"
     assert asyncio.run(_metadata(make_settings(), first.json()["id"]))["generator"] == "Midjourney v6"
 
-    odd = client.post("/upload", headers=AUTH, files={"file": ("c.jpg", jpeg(3), "image/jpeg")},
-                      data={"label": "ai", "generator": "<script>alert(1)</script>"})
+    odd = client.post(
+        "/upload",
+        headers=AUTH,
+        files={"file": ("c.jpg", jpeg(3), "image/jpeg")},
+        data={"label": "ai", "generator": "<script>alert(1)</script>"},
+    )
     assert odd.status_code == 400 and odd.json()["detail"].startswith("generator:")
-    ghost = client.post("/upload", headers=AUTH, files={"file": ("d.jpg", jpeg(4), "image/jpeg")},
-                        data={"label": "ai", "edit_of": "no-such-id"})
+    ghost = client.post(
+        "/upload",
+        headers=AUTH,
+        files={"file": ("d.jpg", jpeg(4), "image/jpeg")},
+        data={"label": "ai", "edit_of": "no-such-id"},
+    )
     assert ghost.status_code == 400 and "edit_of" in ghost.json()["detail"]
     assert client.get("/status").json()["dataset_counts"]["total"] == 2  # nothing stored by the refusals
 
 
 def test_odd_generator_names_stop_start_up_naming_file_entry_field_or_variable(monkeypatch):
     with pytest.raises(ConfigError) as info:
-        parse_sources({"sources": [{"name": "folder", "label": "ai", "path": "/x", "generator": "a\nb;rm"}]},
-                      "sources.yaml")
+        parse_sources(
+            {"sources": [{"name": "folder", "label": "ai", "path": "/x", "generator": "a\nb;rm"}]},
+            "sources.yaml",
+        )
     assert "sources.yaml: sources[0] (name 'folder'): generator" in str(info.value)
     monkeypatch.setenv("EVAL_HOLDOUT_GENERATORS", "SDXL 1.0,$(boom)")
     with pytest.raises(ConfigError, match="EVAL_HOLDOUT_GENERATORS"):

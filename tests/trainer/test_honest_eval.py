@@ -29,8 +29,16 @@ from trainer.stats import (
 )
 from trainer.train_vit import train_model, train_on_samples
 
-TINY = dict(train_arch="test_resnet", train_image_size=32, train_epochs=4, train_batch_size=16, train_lr=3e-3,
-            train_workers=0, val_fraction=0.25, min_train_samples=20)
+TINY = dict(
+    train_arch="test_resnet",
+    train_image_size=32,
+    train_epochs=4,
+    train_batch_size=16,
+    train_lr=3e-3,
+    train_workers=0,
+    val_fraction=0.25,
+    min_train_samples=20,
+)
 
 
 @pytest.fixture
@@ -43,8 +51,10 @@ async def _ingest(settings, start: int, n: int, **extra) -> list[str]:
     async with DatasetManager(settings) as dm:
         for i in range(start, start + n):
             label = "ai" if i % 2 else "real"
-            outcome = await dm.ingest(encode(tinted(9000 + i, label, size=(64, 48)), "JPEG"),
-                                      {"source": "folder", "label": label, **extra})
+            outcome = await dm.ingest(
+                encode(tinted(9000 + i, label, size=(64, 48)), "JPEG"),
+                {"source": "folder", "label": label, **extra},
+            )
             assert outcome.status == "stored", outcome
             ids.append(outcome.id)
     return ids
@@ -79,8 +89,8 @@ async def test_grow_by_half_and_retrain_never_evaluates_on_the_champions_trainin
     rows = await _rows(settings)
     v2_eval = set(_read(settings.models_dir / "vit" / "v2" / "report.json")["evaluation"]["image_ids"])
 
-    assert not v1_train & v2_eval                      # the champion is never graded on its training
-    assert v1_eval <= v2_eval                          # ... and the evaluation set only grows
+    assert not v1_train & v2_eval  # the champion is never graded on its training
+    assert v1_eval <= v2_eval  # ... and the evaluation set only grows
     assert all(rows[i].split == side for i, side in sides1.items())  # no stored side moved
     assert rows[edit_t].split == "train" and rows[edit_e].split == "eval"
     assert rows[edit_e].split_group == rows[an_eval].split_group
@@ -89,15 +99,25 @@ async def test_grow_by_half_and_retrain_never_evaluates_on_the_champions_trainin
             assert a.split == b.split, (a.id, b.id)
     promotion = _read(settings.models_dir / "vit" / "v2" / "report.json")["promotion"]
     assert promotion["compared_with"] == "v1" and promotion["n_compared"] == len(v2_eval)
-    assert promotion["auc_difference_ci95"][0] <= promotion["auc_difference"] <= promotion["auc_difference_ci95"][1]
+    assert (
+        promotion["auc_difference_ci95"][0]
+        <= promotion["auc_difference"]
+        <= promotion["auc_difference_ci95"][1]
+    )
     assert v2["promoted"] == (promotion["auc_difference_ci95"][0] > -settings.promotion_margin)
 
 
 def test_held_out_generators_never_reach_a_training_batch_and_are_reported_apart(tiny, tmp_path, monkeypatch):
     storage = LocalStorage(tmp_path / "datasets")
-    samples = [dataclasses.replace(s, generator="Flux.1 D" if s.label == "ai" and i % 3 == 0 else
-                                   ("SDXL 1.0" if s.label == "ai" else "camera"))
-               for i, s in enumerate(make_samples(storage, 150))]
+    samples = [
+        dataclasses.replace(
+            s,
+            generator="Flux.1 D"
+            if s.label == "ai" and i % 3 == 0
+            else ("SDXL 1.0" if s.label == "ai" else "camera"),
+        )
+        for i, s in enumerate(make_samples(storage, 150))
+    ]
     held = {s.image_key for s in samples if s.generator == "Flux.1 D"}
     loaded_for_training = []
     original = StoredImages.load
@@ -121,7 +141,9 @@ def test_held_out_generators_never_reach_a_training_batch_and_are_reported_apart
     assert set(report["by_generator"]) == {"SDXL 1.0", "camera"} and result["version"] == "v1"
     for name in ("jpeg65", "resize50", "jpeg65_resize50"):
         fig = report["robustness"][name]
-        assert 0 <= fig["auc"] <= 1 and fig["drop"] == pytest.approx(report["evaluation"]["auc"] - fig["auc"], abs=1e-3)
+        assert 0 <= fig["auc"] <= 1 and fig["drop"] == pytest.approx(
+            report["evaluation"]["auc"] - fig["auc"], abs=1e-3
+        )
     assert 0.3 <= report["shortcut"]["format_swap_auc"] <= 0.7  # preprocessing hides PNG vs JPEG
 
 
@@ -140,16 +162,21 @@ def test_a_held_out_generator_with_too_few_images_is_said_so_and_training_runs(t
 def test_a_class_missing_from_the_evaluation_set_is_explained_and_nothing_is_promoted(tiny, tmp_path):
     storage = LocalStorage(tmp_path / "datasets")
     # Every ai image already sits on the training side (decided by earlier trainings).
-    samples = [dataclasses.replace(s, split="train", split_group=s.id) if s.label == "ai" else s
-               for s in make_samples(storage, 80)]
+    samples = [
+        dataclasses.replace(s, split="train", split_group=s.id) if s.label == "ai" else s
+        for s in make_samples(storage, 80)
+    ]
     settings = tiny()
     result = train_on_samples(settings, samples, storage)
     assert result["promoted"] is False and result["version"] == "v1"
-    assert "lacks the class ai" in result["promotion_reason"] and "add 10 more ai" in result["promotion_reason"]
+    assert (
+        "lacks the class ai" in result["promotion_reason"] and "add 10 more ai" in result["promotion_reason"]
+    )
     assert not (settings.models_dir / "registry.json").read_text().count('"promoted": true')
 
 
 # ---- statistics against independent computations ------------------------------------------------
+
 
 def _delong_by_definition(labels, a, b=None):
     """DeLong's variance (and covariance) straight from the pairwise kernel, O(m n)."""
@@ -175,7 +202,7 @@ def test_auc_interval_matches_delong_by_definition_sklearn_and_a_bootstrap():
     auc, var = _delong_by_definition(labels, scores)
     assert est.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12) == pytest.approx(auc)
     assert est.variance == pytest.approx(var, rel=1e-9)
-    assert est.ci95 == pytest.approx((auc - Z95 * var ** 0.5, auc + Z95 * var ** 0.5), abs=1e-12)
+    assert est.ci95 == pytest.approx((auc - Z95 * var**0.5, auc + Z95 * var**0.5), abs=1e-12)
     boot = []
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     for _ in range(2000):  # stratified bootstrap: DeLong's variance is its large-sample limit
@@ -208,7 +235,7 @@ def test_temperature_scaling_lowers_ece_on_an_over_confident_model():
     rng = np.random.default_rng(5)
     z = rng.normal(0, 2, 4000)
     labels = (rng.random(4000) < sigmoid(z)).astype(int)  # true P(ai) = sigmoid(z)
-    margins = 4.0 * z                                      # the model is 4x over-confident
+    margins = 4.0 * z  # the model is 4x over-confident
     fit, test = slice(0, 2000), slice(2000, None)
     t = fit_temperature(labels[fit], margins[fit])
     before = expected_calibration_error(labels[test], sigmoid(margins[test]))
@@ -218,7 +245,9 @@ def test_temperature_scaling_lowers_ece_on_an_over_confident_model():
     # The report's calibrate(): fitted on one half of the groups, ECE on the other.
     samples = [type("S", (), {"id": f"s{i}"})() for i in range(4000)]
     result = calibrate(Scored(samples, labels, margins), {s.id: s.id for s in samples})
-    assert result["ece"] < result["ece_uncalibrated"] / 3 and result["n_calibration"] + result["n_ece"] == 4000
+    assert (
+        result["ece"] < result["ece_uncalibrated"] / 3 and result["n_calibration"] + result["n_ece"] == 4000
+    )
 
 
 def _meta_samples(shortcut: bool, n: int = 200):
@@ -227,15 +256,36 @@ def _meta_samples(shortcut: bool, n: int = 200):
     for i in range(n):
         label = "ai" if i % 2 else "real"
         if shortcut:  # camera JPEGs with EXIF, big; AI PNGs, small, no EXIF (the acceptance data's bias)
-            fmt, w, h = ("JPEG", rng.randint(2000, 4000), rng.randint(1500, 3000)) if label == "real" else \
-                ("PNG", 512, 512)
-            size, exif = (rng.randint(1_000_000, 5_000_000), True) if label == "real" else (rng.randint(300_000, 600_000), False)
+            fmt, w, h = (
+                ("JPEG", rng.randint(2000, 4000), rng.randint(1500, 3000))
+                if label == "real"
+                else ("PNG", 512, 512)
+            )
+            size, exif = (
+                (rng.randint(1_000_000, 5_000_000), True)
+                if label == "real"
+                else (rng.randint(300_000, 600_000), False)
+            )
         else:
             fmt = rng.choice(["JPEG", "PNG"])
             w, h = rng.randint(400, 3000), rng.randint(400, 3000)
             size, exif = rng.randint(100_000, 5_000_000), rng.random() < 0.5
-        out.append(type("S", (), dict(id=f"m{i}", label=label, format=fmt, width=w, height=h, source="folder",
-                                      size_bytes=size, has_exif=exif))())
+        out.append(
+            type(
+                "S",
+                (),
+                dict(
+                    id=f"m{i}",
+                    label=label,
+                    format=fmt,
+                    width=w,
+                    height=h,
+                    source="folder",
+                    size_bytes=size,
+                    has_exif=exif,
+                ),
+            )()
+        )
     return out
 
 
@@ -258,7 +308,9 @@ def test_champion_clearly_better_stays_and_a_non_inferior_challenger_replaces_it
     worse = Scored(samples, labels, labels * 0.8 + rng.normal(0, 1, 200))
     as_good = Scored(samples, labels, champion.margins + rng.normal(0, 0.05, 200))
     kept = compare_with_champion(settings, {}, "v1", worse, champion)
-    assert kept["promoted"] is False and kept["auc_difference_ci95"][1] < 0 and "not promoted" in kept["reason"]
+    assert (
+        kept["promoted"] is False and kept["auc_difference_ci95"][1] < 0 and "not promoted" in kept["reason"]
+    )
     replaced = compare_with_champion(settings, {}, "v1", as_good, champion)
     assert replaced["promoted"] is True and replaced["auc_difference_ci95"][0] > -0.02
     assert replaced["n_compared"] == 200 and replaced["compared_with"] == "v1"

@@ -13,13 +13,16 @@ PLAN = dict(radius=12, eval_fraction=0.1, min_per_class=10)
 
 def _random_samples(n: int, seed: int = 1, prefix: str = "id"):
     rng = random.Random(seed)
-    return [fake_sample(f"{prefix}{i:04d}", "ai" if i % 3 == 0 else "real", rng.getrandbits(64))
-            for i in range(n)]
+    return [
+        fake_sample(f"{prefix}{i:04d}", "ai" if i % 3 == 0 else "real", rng.getrandbits(64)) for i in range(n)
+    ]
 
 
 def _store(samples, plan):
     """What the index holds after DatasetManager.record_splits(plan.decided)."""
-    return [dataclasses.replace(s, split_group=plan.group_of[s.id], split=plan.side_of[s.id]) for s in samples]
+    return [
+        dataclasses.replace(s, split_group=plan.group_of[s.id], split=plan.side_of[s.id]) for s in samples
+    ]
 
 
 def _ids(samples) -> set[str]:
@@ -31,7 +34,7 @@ def test_groups_join_within_radius_transitively_and_use_all_64_bits():
     hashes = [top | 0b0, top | 0b111, top | 0b111111, 0b1111 << 20, (1 << 64) - 1]
     groups = hamming_groups(hashes, max_distance=3)
     assert groups[0] == groups[1] == groups[2]  # 0-1: 3 bits, 1-2: 3 bits, 0-2: 6 bits (chained)
-    assert len(set(groups)) == 3                # 0b1111<<20 is 5 bits from hashes[0]; all-ones is far
+    assert len(set(groups)) == 3  # 0b1111<<20 is 5 bits from hashes[0]; all-ones is far
 
 
 def test_top_bit_counts_as_one_bit_of_distance():
@@ -85,7 +88,9 @@ def test_new_image_near_a_stored_one_takes_its_group_and_side():
     near_eval = fake_sample("x-near-eval", "real", an_eval.phash ^ 0b1111111111)  # 10 bits away
     near_train = fake_sample("x-near-train", "ai", a_train.phash ^ 0b111111111111)  # 12 bits away
     plan2 = assign_splits(stored + [near_eval, near_train], **PLAN)
-    assert plan2.side_of["x-near-eval"] == EVAL and plan2.group_of["x-near-eval"] == plan1.group_of[an_eval.id]
+    assert (
+        plan2.side_of["x-near-eval"] == EVAL and plan2.group_of["x-near-eval"] == plan1.group_of[an_eval.id]
+    )
     assert plan2.side_of["x-near-train"] == TRAIN
     assert plan2.group_of["x-near-train"] == plan1.group_of[a_train.id]
 
@@ -93,8 +98,10 @@ def test_new_image_near_a_stored_one_takes_its_group_and_side():
 def test_an_image_bridging_a_train_and_an_evaluation_group_is_excluded_from_both():
     t = fake_sample("t", "real", 0)
     e = fake_sample("e", "real", (1 << 20) - 1)  # 20 bits from t: separate groups
-    stored = [dataclasses.replace(t, split_group="t", split=TRAIN),
-              dataclasses.replace(e, split_group="e", split=EVAL)]
+    stored = [
+        dataclasses.replace(t, split_group="t", split=TRAIN),
+        dataclasses.replace(e, split_group="e", split=EVAL),
+    ]
     bridge = fake_sample("b", "ai", (1 << 10) - 1)  # 10 bits from each
     plan = assign_splits(stored + _random_samples(40), **PLAN)
     plan = assign_splits(stored + [bridge] + _random_samples(40), **PLAN)
@@ -121,8 +128,10 @@ def test_no_pair_within_the_split_radius_crosses_sides():
 
 def test_source_groups_and_edits_stay_on_one_side_whatever_their_hashes():
     rng = random.Random(7)
-    post = [dataclasses.replace(fake_sample(f"p{k}", "ai", rng.getrandbits(64)), group_hint="civitai:post:9")
-            for k in range(5)]
+    post = [
+        dataclasses.replace(fake_sample(f"p{k}", "ai", rng.getrandbits(64)), group_hint="civitai:post:9")
+        for k in range(5)
+    ]
     original = fake_sample("orig", "real", rng.getrandbits(64))
     edit = dataclasses.replace(fake_sample("edit", "real", rng.getrandbits(64)), group_hint="image:orig")
     plan = assign_splits(post + [original, edit] + _random_samples(80, seed=8), **PLAN)
@@ -131,9 +140,12 @@ def test_source_groups_and_edits_stay_on_one_side_whatever_their_hashes():
 
 
 def test_held_out_generators_and_sources_never_train():
-    samples = [dataclasses.replace(s, generator="Flux.1 D" if i % 4 == 0 else "SDXL 1.0",
-                                   source="civitai" if i % 5 else "pexels")
-               for i, s in enumerate(_random_samples(200, seed=9))]
+    samples = [
+        dataclasses.replace(
+            s, generator="Flux.1 D" if i % 4 == 0 else "SDXL 1.0", source="civitai" if i % 5 else "pexels"
+        )
+        for i, s in enumerate(_random_samples(200, seed=9))
+    ]
     plan = assign_splits(samples, **PLAN, holdout_generators={"Flux.1 D"}, holdout_sources={"pexels"})
     assert plan.held_out and all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.train)
     assert all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.eval)

@@ -103,8 +103,8 @@ def _pillow_jpeg(quality: int):
 
 def test_random_labels_stay_near_chance_and_are_never_promoted(tiny, storage):
     for seed in range(3):
-        result = train_on_samples(tiny(train_seed=seed), make_samples(storage, 120, seed=seed, learnable=False),
-                                  storage)
+        samples = make_samples(storage, 120, seed=seed, learnable=False)
+        result = train_on_samples(tiny(train_seed=seed), samples, storage)
         assert result["promoted"] is False, result["promotion_reason"]
         assert "cannot be told from chance" in result["promotion_reason"]
         assert result["val_auc_ci95"][0] <= 0.5
@@ -183,8 +183,8 @@ def test_unknown_architecture_is_explained(tiny, storage):
 
 def test_unreadable_images_are_skipped_and_counted_once_each(tiny, storage):
     settings, samples = tiny(train_epochs=3), make_samples(storage, 60)
-    plan = assign_splits(samples, radius=settings.split_near_dup_distance, eval_fraction=settings.val_fraction,
-                         min_per_class=settings.eval_min_per_class)
+    plan = assign_splits(samples, radius=settings.split_near_dup_distance,
+                         eval_fraction=settings.val_fraction, min_per_class=settings.eval_min_per_class)
     train, val = plan.train, plan.eval
     broken = [train[0], val[0]]  # one on each side: training reads and validation reads
     (storage.root / broken[0].image_key).unlink()                       # missing file
