@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     train_seed: int = 0
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
     train_workers: int = Field(2, ge=0)
+    # Decode and shrink each image once per preprocessing, kept in storage (trainer/cache.py).
+    train_cache: bool = True
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.

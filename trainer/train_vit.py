@@ -28,6 +28,7 @@ from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
+from trainer.cache import ImageCache, cache_id
 from trainer.data import (
     Normalizer,
     StoredImages,
@@ -101,7 +102,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     model = build_model(settings).to(device)
     pre = preprocessing_for(model, settings.train_image_size)
     prepare = Normalizer(pre, device)
-    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device)
+    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
+    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device,
+                                                       cache)
     optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -143,7 +146,7 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
-    return {**entry, "metrics": metrics, "skipped_images": len(skipped),
+    return {**entry, "metrics": metrics, "skipped_images": len(skipped), "cache": _cache_facts(cache),
             "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
             "duration_s": round(time.monotonic() - started, 1)}
 
@@ -173,11 +176,12 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings))
+    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
             if plan.held_out else None)
     robust = {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()} \
         if len(val_data) else {}
-    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings)
+    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings,
+                  val_data.cache)
     swap = format_swap_auc(score(perturbed(few, Perturb("png", None, 1.0))),
                            score(perturbed(few, Perturb("jpeg", 95, 1.0)))) if len(few) else {}
     unseen_gen = unseen_src = {}
@@ -249,15 +253,32 @@ async def _record_splits(settings: Settings, decided: dict) -> int:
         return await dm.record_splits(decided)
 
 
+def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[Sample]) -> ImageCache | None:
+    """The training cache at this preprocessing, with every sample's entry present (TRAIN_CACHE)."""
+    if not settings.train_cache:
+        return None
+    cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
+    cache.last_build = cache.build(((s.sha256, s.image_key) for s in samples),
+                                   workers=max(2, settings.train_workers))
+    return cache
+
+
+def _cache_facts(cache: ImageCache | None) -> dict | None:
+    if cache is None:
+        return None
+    return {**cache.last_build.as_dict(), "rebuilt_while_reading": cache.rebuilt.value,
+            "id": cache_id(cache.side)}
+
+
 def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
-                  settings: Settings, device: torch.device):
+                  settings: Settings, device: torch.device, cache: ImageCache | None = None):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
     common = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
                   seed=settings.train_seed, pin_memory=device.type == "cuda")
-    train_data = _images(storage, train_set, train_transform(pre), pre, settings)
+    train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
     train_loader = make_loader(train_data, shuffle=True,
                                drop_last=len(train_set) > settings.train_batch_size, **common)
-    val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
+    val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
     return train_loader, val_data, make_loader(val_data, shuffle=False, **common)
 
 
@@ -337,9 +358,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _images(storage, samples: list[Sample], transform, pre, settings: Settings) -> StoredImages:
+def _images(storage, samples: list[Sample], transform, pre, settings: Settings,
+            cache: ImageCache | None = None) -> StoredImages:
     data = StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
-                        transform, settings.max_image_pixels, reduce_to=pre.decode_side)
+                        transform, settings.max_image_pixels, reduce_to=pre.decode_side,
+                        cache=cache, sha256s=[s.sha256 for s in samples])
     data.samples = list(samples)  # which sample each position is (reports and promotion go by id)
     return data
 

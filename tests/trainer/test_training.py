@@ -247,9 +247,9 @@ def test_probabilities_are_well_formed(tiny, storage):
 
 
 @pytest.mark.parametrize(("image_size", "fmt", "decoded"), [
-    (64, "JPEG", (270, 180)),    # 1/4: 180 >= 1.5 x 64, 1/8 (90) would not be
-    (160, "JPEG", (540, 360)),   # 1/2: 360 >= 240
-    (64, "PNG", (270, 180)),     # other formats reduce by the same factor
+    (64, "JPEG", (144, 96)),     # decoded at 1/4 (180 >= 1.5 x 64), then shrunk to exactly 96
+    (160, "JPEG", (360, 240)),   # 1/2 (360 >= 240), then 240
+    (64, "PNG", (144, 96)),      # other formats reduce by the same factor
     (480, "JPEG", (1080, 720)),  # nothing to spare: full size
 ])
 def test_big_images_are_decoded_reduced_to_what_training_needs(storage, image_size, fmt, decoded):
