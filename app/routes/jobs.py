@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import get_args
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -54,8 +54,8 @@ async def post_label(runner: RunnerDep) -> dict:
 async def list_jobs(
     runner: RunnerDep,
     limit: int = Query(50, ge=1, le=500),
-    kind: JobKindFilter | None = Query(None, description="only jobs of this kind"),
-    state: JobStateFilter | None = Query(None, description="only jobs in this state"),
+    kind: Annotated[JobKindFilter | None, Query(description="only jobs of this kind")] = None,
+    state: Annotated[JobStateFilter | None, Query(description="only jobs in this state")] = None,
 ) -> dict:
     return {"jobs": await runner.list(limit=limit, kind=kind and kind.value, state=state and state.value)}
 

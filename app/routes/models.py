@@ -62,8 +62,8 @@ def registered_weights(settings, name: str, version: str) -> tuple[dict, Path]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
 
 
-@router.get("/models/{name}/{version}/model.json", response_model=ModelCard, response_model_exclude_unset=True,
-            responses={404: {"model": ErrorOut}},
+@router.get("/models/{name}/{version}/model.json", response_model=ModelCard,
+            response_model_exclude_unset=True, responses={404: {"model": ErrorOut}},
             summary="A registered model's card: architecture, preprocessing, class map, metrics")
 async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     _, weights = registered_weights(settings, name, version)
@@ -76,7 +76,8 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
 
 _WEIGHTS_RESPONSES = {
     200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-          "description": "the weights; ETag is their sha256", "headers": {"ETag": {"schema": {"type": "string"}}}},
+          "description": "the weights; ETag is their sha256",
+          "headers": {"ETag": {"schema": {"type": "string"}}}},
     304: {"description": "If-None-Match named the current ETag: the copy the client has is current"},
     404: {"model": ErrorOut},
 }

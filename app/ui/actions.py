@@ -61,7 +61,8 @@ async def apply_label(request: Request, raw_id: str, label: str) -> tuple[int, d
     state = request.app.state
     state.overview.invalidate()
     log.info("image %s labelled %s in the console", image_id, label)
-    return 200, {"id": image_id, "label": doc["label"], "counts": (await state.overview.get())["dataset_counts"]}
+    counts = (await state.overview.get())["dataset_counts"]
+    return 200, {"id": image_id, "label": doc["label"], "counts": counts}
 
 
 @router.post("/api/label")
@@ -96,7 +97,8 @@ async def thumb(image_id: str, request: Request, session: Session) -> Response:
 
 async def ingest_file(request: Request, file: UploadFile, label: str) -> dict:
     """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
-    settings, dataset, metrics = request.app.state.settings, request.app.state.dataset, request.app.state.metrics
+    state = request.app.state
+    settings, dataset, metrics = state.settings, state.dataset, state.metrics
     name = (file.filename or "file")[-200:]
     data = await file.read(settings.upload_max_bytes + 1)
     if len(data) > settings.upload_max_bytes:
@@ -130,7 +132,8 @@ async def upload(request: Request, session: Session):
         async with _counting_request(request, MAX_FILES * (limit + ENVELOPE_SLACK)).form(
                 max_files=MAX_FILES, max_fields=4) as form:
             if header_token is None:
-                check_csrf(session, form.get("csrf_token") if isinstance(form.get("csrf_token"), str) else None)
+                token = form.get("csrf_token")
+                check_csrf(session, token if isinstance(token, str) else None)
             label = form.get("label")
             files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
             if not isinstance(label, str) or label not in LABELS:

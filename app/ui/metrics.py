@@ -97,7 +97,8 @@ class ConsoleMetrics:
         self.latency = Histogram("exposr_http_request_duration_seconds", "HTTP request latency",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
-        self.uploads = CounterMetric("exposr_ingest_outcomes", "Uploads (API and console) by outcome and reason",
+        self.uploads = CounterMetric("exposr_ingest_outcomes",
+                                     "Uploads (API and console) by outcome and reason",
                                      ["source", "outcome", "reason"], registry=self.registry)
         self.shared = SharedState()
         self.registry.register(self.shared)
