@@ -19,26 +19,39 @@ AUTH_ERRORS = {
     "503": "TRAINER_API_KEY is not set on the server: protected endpoints are disabled (fail closed)",
 }
 
+# The docs pages may load only from this service: Redoc's footer would fetch its logo from a CDN
+# (no option turns it off), so the browser is told not to. Their HTML (FastAPI's) has inline
+# scripts, and both libraries inject styles; Redoc runs its search in a blob: worker.
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
 router = APIRouter(include_in_schema=False)
+
+
+def _offline(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(
+    return _offline(get_swagger_ui_html(
         openapi_url=request.app.openapi_url, title=f"{request.app.title} - API docs",
         swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
         swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
         swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
-    )
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+    ))
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return get_redoc_html(
+    return _offline(get_redoc_html(
         openapi_url=request.app.openapi_url, title=f"{request.app.title} - API reference",
         redoc_js_url=f"{VENDOR}/redoc/redoc.standalone.js",
         redoc_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png", with_google_fonts=False,
-    )
+    ))
 
 
 def _add_auth_errors(schema: dict) -> None:
