@@ -50,3 +50,18 @@ def batch_event(epoch: int, epochs: int, batch: int, batches: int, images: int, 
             "done": done, "total": total, "percent": round(100.0 * done / total, 1),
             "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
             "eta_s": round((total - done) * per_batch, 1)}
+
+
+def cumulative(progress: Progress) -> Progress:
+    """A progress callback whose every report carries the fields of the reports before it.
+
+    The service keeps only a job's latest report: without this, the per-epoch metrics report would
+    hide the rate, ETA and batch counts until the next batch (the CLI bar merges the same way).
+    """
+    seen: dict = {}
+
+    def report(data: dict) -> None:
+        seen.update(data)
+        progress(dict(seen))
+
+    return report

@@ -20,8 +20,12 @@ def _fmt(value: float) -> str:
 
 
 def line_chart(x_labels: list[str], series: dict[str, list[float | None]], *, title: str,
-               y_min: float | None = None, y_max: float | None = None) -> Markup:
-    """One polyline per series over ``x_labels`` (a None value leaves a gap in the points)."""
+               y_min: float | None = None, y_max: float | None = None,
+               x_values: list[float] | None = None) -> Markup:
+    """One polyline per series over ``x_labels`` (a None value leaves a gap in the points).
+
+    Points are evenly spaced, or placed by ``x_values`` (for example days, so a gap in time shows).
+    """
     values = [v for points in series.values() for v in points if v is not None]
     if not x_labels or not values:
         return Markup('<p class="empty">{}</p>').format(f"no data yet for {title}")
@@ -29,10 +33,11 @@ def line_chart(x_labels: list[str], series: dict[str, list[float | None]], *, ti
     high = max(values) if y_max is None else y_max
     high = high if high > low else low + 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    step = plot_w / max(1, len(x_labels) - 1)
+    xs = x_values if x_values is not None else list(range(len(x_labels)))
+    x_low, x_span = min(xs), (max(xs) - min(xs)) or 1
 
     def x(i: int) -> float:
-        return LEFT + (i * step if len(x_labels) > 1 else plot_w / 2)
+        return LEFT + ((xs[i] - x_low) / x_span * plot_w if len(x_labels) > 1 else plot_w / 2)
 
     def y(v: float) -> float:
         return TOP + plot_h - (v - low) / (high - low) * plot_h
@@ -46,9 +51,11 @@ def line_chart(x_labels: list[str], series: dict[str, list[float | None]], *, ti
                      'stroke="#e5e7eb"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">'
                      f"{escape(_fmt(v))}</text>")
-    every = max(1, len(x_labels) // 8)
+    shown = -1e9
     for i, label in enumerate(x_labels):
-        if i % every == 0 or i == len(x_labels) - 1:
+        last = i == len(x_labels) - 1
+        if last or (x(i) - shown >= 80 and x(len(x_labels) - 1) - x(i) >= 80):  # labels 80 px apart
+            shown = x(i)
             parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" '
                          f'font-size="11">{escape(label)}</text>')
     for n, (name, points) in enumerate(series.items()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from datetime import date, datetime
 from itertools import accumulate
 from typing import Any
 
@@ -43,7 +43,13 @@ async def growth(dataset) -> dict[str, Any]:
 
 
 def growth_chart(data: dict) -> Any:
-    return line_chart(data["days"], data["series"], title="dataset size by label", y_min=0)
+    days = []
+    for day in data["days"]:
+        try:
+            days.append(float(date.fromisoformat(day).toordinal()))
+        except ValueError:  # a row written by hand with an odd timestamp: keep its order
+            days.append(days[-1] + 1 if days else 0.0)
+    return line_chart(data["days"], data["series"], title="dataset size by label", y_min=0, x_values=days)
 
 
 def progress_view(job: dict) -> dict[str, Any]:
@@ -68,9 +74,15 @@ def progress_view(job: dict) -> dict[str, Any]:
 
 
 def describe_progress(progress: dict) -> str:
-    shown = {k: v for k, v in progress.items()
-             if k not in ("percent", "eta_s", "images_per_s", "stage") and isinstance(v, str | int | float)}
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())[:160]
+    """``epoch 2/5 · batch 3/7 · train_loss=0.41``: counts as n/total, other short fields as k=v."""
+    parts, used = [], {"percent", "eta_s", "images_per_s", "stage", "done", "total"}
+    for done, total in (("epoch", "epochs"), ("batch", "batches"), ("step", "total"), ("done", "total")):
+        if isinstance(progress.get(done), int) and isinstance(progress.get(total), int) and done not in used:
+            parts.append(f"{done} {progress[done]}/{progress[total]}")
+            used |= {done, total}
+    parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()
+              if k not in used and isinstance(v, str | int | float) and len(str(v)) < 60]
+    return " · ".join(parts)[:200]
 
 
 def format_seconds(seconds: Any) -> str | None:

@@ -16,7 +16,8 @@ from trainer.registry import commit_version, make_staging_dir
 EVIL = "<script>alert('x')</script>"
 
 
-def report_for(version: str, auc: float) -> dict:
+def report_for(version: str, auc: float, promoted: bool = False, compared_with: str | None = "v1",
+               reason: str = "AUC below the served version's") -> dict:
     """A report.json shaped as design.md section 9 describes."""
     return {"version": version,
             "evaluation": {"image_ids": ["a", "b"], "n": {"real": 12, "ai": 9}, "auc": auc,
@@ -27,8 +28,9 @@ def report_for(version: str, auc: float) -> dict:
             "unseen_generators": {"Flux.1 D": {"n": 3, "auc": 0.71, "auc_ci95": [0.6, 0.8]}},
             "robustness": {"jpeg65": {"auc": 0.91}},
             "shortcut": {"metadata_probe_auc": 0.62, "format_swap_auc": 0.5, "warning": None},
-            "promotion": {"promoted": True, "rule": "AUC not worse", "compared_with": None,
-                          "auc_difference": None, "auc_difference_ci95": None, "reason": "first model"}}
+            "promotion": {"promoted": promoted, "rule": "AUC not worse than the served version's",
+                          "compared_with": compared_with, "auc_difference": -0.03,
+                          "auc_difference_ci95": [-0.07, 0.01], "reason": reason}}
 
 
 def register_version(models_dir: Path, *, val_auc: float, promoted: bool, reason: str,

@@ -11,7 +11,7 @@ from rich.console import Console
 from app.cli_views import progress_bar
 from dataset.storage import LocalStorage
 from tests.trainer.builders import make_samples
-from trainer.progress import REPORT_EVERY_SECONDS, batch_event, batch_reporter
+from trainer.progress import REPORT_EVERY_SECONDS, batch_event, batch_reporter, cumulative
 from trainer.train_vit import train_on_samples
 
 
@@ -60,3 +60,12 @@ def test_cli_bar_fits_80_columns_and_keeps_the_batch_count_after_an_epoch():
     # 143 batches left at 9.5/17 s each: ETA 1:19.
     assert "57/200" in lines[-1] and "57.3 img/s" in lines[-1] and "ETA 1:19" in lines[-1]
     assert "auc 0.912" in lines[-1]
+
+
+def test_cumulative_reports_keep_the_last_batch_numbers():
+    sent = []
+    report = cumulative(sent.append)
+    report(batch_event(1, 2, 4, 4, 32, 2.0))
+    report({"stage": "train", "epoch": 1, "epochs": 2, "train_loss": 0.4, "val_auc": 0.8})
+    assert sent[-1]["images_per_s"] == 16.0 and sent[-1]["percent"] == 50.0 and sent[-1]["val_auc"] == 0.8
+    assert "val_auc" not in sent[0]  # earlier reports are not changed afterwards
