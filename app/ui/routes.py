@@ -122,6 +122,7 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
     rows = await request.app.state.runner.list(limit=200, kind=kind or None, state=state or None)
     for row in rows:
         row["duration"] = views.duration(row)
+        row["progress_text"] = views.describe_progress(row.get("progress") or {})
     context = {"active": "jobs", "jobs": rows, "kinds": kinds, "states": JOB_STATES, "kind": kind,
                "state": state, "message": message}
     return render(request, "jobs.html", context, session=session, status_code=400 if message else 200)
