@@ -1,4 +1,4 @@
-"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag) and model.json.
+"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag), model.json and report.
 
 The weights path is never built from the request: the name and version are looked up in the
 registry, and the path comes from that validated entry (trainer.model_sync.get_model_path).
@@ -72,6 +72,26 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     except (FileNotFoundError, json.JSONDecodeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"model {name} {version} has no readable model.json ({exc})") from exc
+
+
+@router.get("/models/{name}/{version}/report", responses={404: {"model": ErrorOut}, 500: {"model": ErrorOut}},
+            summary="A registered model's evaluation report (docs/evaluation.md)")
+async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
+    """report.json of a version: evaluation ids, AUC with intervals, held-out generators, robustness,
+    calibration, shortcut audit and the promotion decision."""
+    _, weights = registered_weights(settings, name, version)
+    try:
+        raw = (weights.parent / "report.json").read_bytes()
+    except FileNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"model {name} {version} has no evaluation report: it was trained before "
+                            "reports existed; train a new version to get one") from exc
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                            detail=f"the report.json of model {name} {version} is not valid JSON ({exc}); "
+                            "train a new version or restore the file") from exc
 
 
 _WEIGHTS_RESPONSES = {
