@@ -24,6 +24,7 @@ from app.ui.pages import render
 from app.ui.routes import review_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
+from config.names import clean_generator
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import InvalidImageId, parse_image_id, record_person_label
@@ -95,7 +96,7 @@ async def thumb(image_id: str, request: Request, session: Session) -> Response:
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
-async def ingest_file(request: Request, file: UploadFile, label: str) -> dict:
+async def ingest_file(request: Request, file: UploadFile, label: str, generator: str | None = None) -> dict:
     """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
     state = request.app.state
     settings, dataset, metrics = state.settings, state.dataset, state.metrics
@@ -107,6 +108,8 @@ async def ingest_file(request: Request, file: UploadFile, label: str) -> dict:
                 "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)"}
     metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
                 "api_data": {"filename": name}}
+    if generator:
+        metadata["generator"] = generator
     try:
         outcome = await dataset.ingest(data, metadata)
     except (StorageError, OperationalError) as exc:
@@ -141,7 +144,13 @@ async def upload(request: Request, session: Session):
                                       f"label must be one of {', '.join(LABELS)}; nothing was stored", 400)
             if not files:
                 return _upload_answer(request, session, None, "choose at least one file", 400)
-            results = [await ingest_file(request, f, label) for f in files]
+            generator = form.get("generator")
+            try:  # optional, as on POST /upload: which model made the images (docs/evaluation.md)
+                generator = clean_generator(generator) if isinstance(generator, str) and generator.strip() \
+                    else None
+            except ValueError as exc:
+                return _upload_answer(request, session, None, f"generator: {exc}; nothing was stored", 400)
+            results = [await ingest_file(request, f, label, generator) for f in files]
     except BodyTooLarge:
         return _upload_answer(request, session, None, f"too much at once: at most {MAX_FILES} files of "
                                                       f"UPLOAD_MAX_BYTES ({limit} bytes) each", 413)

@@ -331,3 +331,17 @@ def test_thumbnails_are_made_small_and_cached(client):
     assert client.get(f"/ui/thumbs/{image_id}").content == b"cached copy"
     assert client.get("/ui/thumbs/3f0c4a5e-0000-4000-8000-000000000000").status_code == 404
     assert client.get("/ui/thumbs/..%2F..%2Fdedupe.db").status_code == 404
+
+
+def test_upload_takes_an_optional_generator_and_refuses_a_bad_one(client):
+    csrf = login(client)
+    headers = {"X-CSRF-Token": csrf, "Accept": "application/json"}
+    good = client.post("/ui/upload", data={"label": "ai", "generator": "  SDXL   1.0 "},
+                       files={"files": ("a.png", image_bytes(41))}, headers=headers)
+    stored = good.json()["results"][0]
+    assert stored["status"] == "stored"
+    assert client.portal.call(client.app.state.dataset.get_metadata, stored["id"])["generator"] == "SDXL 1.0"
+    bad = client.post("/ui/upload", data={"label": "ai", "generator": "<b>x</b>"},
+                      files={"files": ("b.png", image_bytes(42))}, headers=headers)
+    assert bad.status_code == 400 and "generator" in bad.json()["detail"]
+    assert client.get("/status").json()["dataset_counts"]["total"] == 1

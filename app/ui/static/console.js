@@ -125,6 +125,8 @@ function setupUpload(form) {
     outcomes.append(row);
     const data = new FormData();
     data.append("label", document.getElementById("upload-label").value);
+    const generator = document.getElementById("upload-generator").value.trim();
+    if (generator) data.append("generator", generator);
     data.append("files", file, file.name);
     try {
       const response = await fetch("/ui/upload", {
