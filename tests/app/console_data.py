@@ -34,7 +34,7 @@ def report_for(version: str, auc: float, promoted: bool = False, compared_with: 
 
 
 def register_version(models_dir: Path, *, val_auc: float, promoted: bool, reason: str,
-                     compared_with: str | None = None, report: dict | None = None) -> dict:
+                     compared_with: str | None = None, report: dict | None = None, **extra) -> dict:
     staging = make_staging_dir(models_dir)
     weights = b"not a real state dict, the console never loads it " + str(val_auc).encode()
     (staging / "weights.pt").write_bytes(weights)
@@ -49,7 +49,7 @@ def register_version(models_dir: Path, *, val_auc: float, promoted: bool, reason
     entry = {"model": "vit", "timestamp": "2026-11-01T10:00:00Z", "dataset_size": 40, "train_size": 36,
              "val_size": 4, "val_auc": val_auc, "val_acc": val_auc - 0.1, "val_loss": 0.5,
              "precision": 0.8, "recall": 0.7, "f1": 0.75, "architecture": "resnet10t", "sha256": sha,
-             "promoted": promoted, "promotion_reason": reason}
+             "promoted": promoted, "promotion_reason": reason, **extra}
     return commit_version(models_dir, staging, entry, compared_with=compared_with)
 
 

@@ -345,3 +345,14 @@ def test_upload_takes_an_optional_generator_and_refuses_a_bad_one(client):
                       files={"files": ("b.png", image_bytes(42))}, headers=headers)
     assert bad.status_code == 400 and "generator" in bad.json()["detail"]
     assert client.get("/status").json()["dataset_counts"]["total"] == 1
+
+
+def test_models_show_the_auc_interval_and_the_overview_a_shortcut_warning(client):
+    login(client)
+    register_version(client.app.state.settings.models_dir, val_auc=0.9, promoted=True, reason="first",
+                     val_auc_ci95=[0.85, 0.94],
+                     shortcut_warning="metadata alone separates the classes (AUC 0.97)")
+    client.app.state.overview.invalidate()
+    assert "95% 0.850–0.940" in client.get("/ui/models").text
+    overview = client.get("/ui/").text
+    assert 'id="shortcut-warning"' in overview and "metadata alone separates the classes" in overview
