@@ -60,7 +60,8 @@ function reviewMessage(text) {
 }
 
 function setupReview(grid) {
-  const items = () => Array.from(grid.querySelectorAll("article.item:not(.done)"));
+  // Items still to label; one whose label is on its way is skipped, so fast keys never label twice.
+  const items = () => Array.from(grid.querySelectorAll("article.item:not(.done):not(.pending)"));
   let current = 0;
   const select = (index) => {
     const all = items();
@@ -72,19 +73,28 @@ function setupReview(grid) {
   const queue = document.querySelector('[data-count="queue"]');
 
   async function label(item, value) {
-    const response = await fetch("/ui/api/label", {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrfToken() },
-      body: JSON.stringify({ id: item.dataset.id, label: value }),
-    });
-    const body = await response.json().catch(() => ({ detail: `error ${response.status}` }));
-    if (!response.ok) { reviewMessage(body.detail || `error ${response.status}`); return; }
+    if (item.classList.contains("pending") || item.classList.contains("done")) return;
+    item.classList.add("pending");
+    select(current);
+    let response, body;
+    try {
+      response = await fetch("/ui/api/label", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRF-Token": csrfToken() },
+        body: JSON.stringify({ id: item.dataset.id, label: value }),
+      });
+      body = await response.json().catch(() => ({ detail: `error ${response.status}` }));
+    } catch (err) {
+      response = { ok: false }; body = { detail: `not sent: ${err}` };
+    }
+    item.classList.remove("pending");
+    if (response.status === 401) { window.location.assign("/ui/login"); return; }
+    if (!response.ok) { reviewMessage(body.detail || "error"); select(current); return; }
     item.classList.add("done");
     item.querySelector(".label").textContent = body.label;
     setCounts(body.counts);
     if (queue) queue.textContent = Math.max(0, Number(queue.textContent) - 1);
     reviewMessage(`${body.id} labelled ${body.label}`);
-    select(current);
   }
 
   grid.querySelectorAll("article.item").forEach((item) => {
