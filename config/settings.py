@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     exposr_core_concurrency: int = Field(4, ge=1, le=64)
     review_real_max_score: float = Field(0.8, ge=0, le=1)
     review_ai_min_score: float = Field(0.2, ge=0, le=1)
+    ui_session_hours: float = Field(8, gt=0, le=24 * 30)  # the console's login lasts this long
 
     storage_driver: Literal["local", "s3"] = "local"
     s3_bucket: str | None = None

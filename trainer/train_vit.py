@@ -40,6 +40,7 @@ from trainer.data import (
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
+from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
 from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
 from trainer.report import (
@@ -112,8 +113,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     try:
         step, skipped = 0, set()
         for epoch in range(1, settings.train_epochs + 1):
-            train_loss, step, unreadable = train_one_epoch(model, train_loader, prepare, optimizer,
-                                                           scheduler, scaler, amp_dtype, step)
+            train_loss, step, unreadable = train_one_epoch(
+                model, train_loader, prepare, optimizer, scheduler, scaler, amp_dtype, step,
+                on_batch=batch_reporter(progress, epoch, settings.train_epochs))
             scores = evaluate(model, val_loader, prepare, amp_dtype)
             # A broken file fails again every epoch: count it once, by sample id.
             skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
@@ -292,17 +294,20 @@ def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int
 
 
 def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
-                    step: int) -> tuple[float, int, set[int]]:
+                    step: int, on_batch: OnBatch | None = None) -> tuple[float, int, set[int]]:
     """One pass over the training loader; returns (mean loss, optimiser steps so far, positions of
     the images that could not be read).
 
     ``prepare`` moves a uint8 batch to the device and normalises it (trainer.data.Normalizer).
+    ``on_batch(batch, batches, images seen)`` follows the pass (trainer.progress.batch_reporter).
     """
     model.train()
     loss_sum, seen, skipped = 0.0, 0, set()
-    for images, targets, _, unreadable in loader:
+    for batch, (images, targets, _, unreadable) in enumerate(loader, start=1):
         skipped.update(unreadable)
         if len(targets) == 0:
+            if on_batch:
+                on_batch(batch, len(loader), seen)
             continue
         images = prepare(images)
         targets = targets.to(images.device, non_blocking=True)
@@ -316,6 +321,8 @@ def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dt
         scheduler.step_update(num_updates=step)
         loss_sum += loss.item() * len(targets)
         seen += len(targets)
+        if on_batch:
+            on_batch(batch, len(loader), seen)
     if seen and not math.isfinite(loss_sum):
         raise TrainingError("training loss diverged (not finite); lower TRAIN_LR")
     return (loss_sum / seen if seen else float("nan")), step, skipped

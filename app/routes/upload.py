@@ -130,6 +130,7 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
         outcome = await dataset.ingest(data, metadata)
     except (StorageError, OperationalError) as exc:
         raise _unavailable(str(exc)) from exc
+    request.app.state.metrics.count_ingest(outcome.status, outcome.reason)  # Prometheus
     if outcome.status == "error":
         raise _unavailable(outcome.message)
     if outcome.status == "rejected":
