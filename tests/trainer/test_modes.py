@@ -164,7 +164,8 @@ def test_a_killed_training_resumes_from_its_last_epoch_with_the_same_loss_curve(
         from config.settings import Settings
         from trainer.train_vit import train_model
         settings = Settings(_env_file=None, **{settings.model_dump(mode="json", include=_FIELDS)!r})
-        train_model(settings, progress=lambda e: e.get("stage") == "train" and e["epoch"] == 2 and os._exit(9))
+        train_model(settings, progress=lambda e: e.get("stage") == "train" and e.get("epoch") == 2
+                    and os._exit(9))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env).returncode == 9
