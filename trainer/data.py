@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
-from trainer.cache import shrink
+from trainer.cache import prepared
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     crop_pct: float = EVAL_CROP_PCT
     jpeg_quality: int = EVAL_JPEG_QUALITY
+    cache_quality: int | None = None  # trained from the cache: its JPEG round trip (trainer/cache.py)
 
     @property
     def decode_side(self) -> int:
@@ -59,15 +60,19 @@ class Preprocessing:
                 "interpolation": "bilinear", "resize": "shorter_side",
                 "decode_reduce_to": self.decode_side,
                 # then the shorter side is resized to exactly this (bilinear; trainer/cache.py)
-                "resize_shorter_to": self.decode_side}
+                "resize_shorter_to": self.decode_side,
+                # then, when set, a JPEG round trip at this quality (4:4:4), as the training cache does
+                "cache_jpeg_quality": self.cache_quality}
 
 
-def preprocessing_for(model: torch.nn.Module, image_size: int) -> Preprocessing:
+def preprocessing_for(model: torch.nn.Module, image_size: int,
+                      cache_quality: int | None = None) -> Preprocessing:
     """Mean/std from the model's pretrained config (timm.data), at our image size."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
-    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                         cache_quality=cache_quality)
 
 
 class JpegRecompress:
@@ -134,7 +139,7 @@ class StoredImages(Dataset):
 
     def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
                  transform, max_pixels: int, reduce_to: int | None = None, *,
-                 cache=None, sha256s: Sequence[str] | None = None) -> None:
+                 cache=None, sha256s: Sequence[str] | None = None, quality: int | None = None) -> None:
         self.storage = storage
         self.keys = list(keys)
         self.labels = list(labels)
@@ -144,6 +149,7 @@ class StoredImages(Dataset):
         # trainer.cache.ImageCache at reduce_to, and the sha256 of each key: read the cached picture.
         self.cache = cache
         self.sha256s = list(sha256s) if sha256s is not None else None
+        self.quality = quality  # Preprocessing.cache_quality: the cache's JPEG round trip, cached or not
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -157,10 +163,13 @@ class StoredImages(Dataset):
     def load(self, index: int) -> Image.Image | None:
         key = self.keys[index]
         try:
-            if self.cache is not None and self.sha256s is not None and self.cache.side == self.reduce_to:
-                return self.cache.load(self.sha256s[index], key)
-            image = decode_rgb(self.storage.get(key), max_pixels=self.max_pixels, reduce_to=self.reduce_to)
-            return shrink(image, self.reduce_to) if self.reduce_to else image
+            cache = self.cache
+            if (cache is not None and self.sha256s is not None and cache.side == self.reduce_to
+                    and cache.quality == self.quality):
+                return cache.load(self.sha256s[index], key)
+            if not self.reduce_to:
+                return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels)
+            return prepared(self.storage.get(key), self.reduce_to, self.max_pixels, self.quality)
         except (StorageError, ImageRejected, OSError) as exc:
             # One broken file must not end a training run: it is skipped and counted.
             log.warning("skipping %s: %s", key, exc)

@@ -173,5 +173,6 @@ def load_artifacts(folder: Path, device: torch.device | str = "cpu",
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     p = card["preprocessing"]
     pre = Preprocessing(image_size=p["image_size"], mean=tuple(p["mean"]), std=tuple(p["std"]),
-                        crop_pct=p["crop_pct"], jpeg_quality=p["jpeg_quality"])
+                        crop_pct=p["crop_pct"], jpeg_quality=p["jpeg_quality"],
+                        cache_quality=p.get("cache_jpeg_quality"))
     return model.to(device).eval(), pre, card

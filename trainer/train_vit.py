@@ -29,7 +29,7 @@ from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
-from trainer.cache import ImageCache, cache_id
+from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
     Normalizer,
@@ -104,7 +104,8 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     seed_everything(settings.train_seed)
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
-    pre = preprocessing_for(model, settings.train_image_size)
+    pre = preprocessing_for(model, settings.train_image_size,
+                            cache_quality=CACHE_QUALITY if settings.train_cache else None)
     prepare = Normalizer(pre, device)
     cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
     train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device,
@@ -365,9 +366,8 @@ def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[S
     """The training cache at this preprocessing, with every sample's entry present (TRAIN_CACHE)."""
     if not settings.train_cache:
         return None
-    cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
-    cache.last_build = cache.build(((s.sha256, s.image_key) for s in samples),
-                                   workers=max(2, settings.train_workers))
+    cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels, pre.cache_quality)
+    cache.build(((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers))
     return cache
 
 
@@ -375,7 +375,7 @@ def _cache_facts(cache: ImageCache | None) -> dict | None:
     if cache is None:
         return None
     return {**cache.last_build.as_dict(), "rebuilt_while_reading": cache.rebuilt.value,
-            "id": cache_id(cache.side)}
+            "id": cache_id(cache.side, cache.quality)}
 
 
 def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
@@ -478,7 +478,7 @@ def _images(storage, samples: list[Sample], transform, pre, settings: Settings,
             cache: ImageCache | None = None) -> StoredImages:
     data = StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
                         transform, settings.max_image_pixels, reduce_to=pre.decode_side,
-                        cache=cache, sha256s=[s.sha256 for s in samples])
+                        cache=cache, sha256s=[s.sha256 for s in samples], quality=pre.cache_quality)
     data.samples = list(samples)  # which sample each position is (reports and promotion go by id)
     return data
 

@@ -10,7 +10,7 @@ import torch
 from dataset.storage import LocalStorage
 from tests.images import encode, scene
 from tests.trainer.builders import make_samples, store
-from trainer.cache import ImageCache, cache_key, check_cache
+from trainer.cache import CACHE_QUALITY, ImageCache, cache_key, check_cache
 from trainer.data import Preprocessing, StoredImages, eval_transform
 from trainer.evaluate import CLASS_INDEX
 from trainer.stats import auc_estimate
@@ -28,7 +28,7 @@ def _items(samples):
     return [(s.sha256, s.image_key) for s in samples]
 
 
-def _tensors(storage, samples, cache):
+def _tensors(storage, samples, cache, quality=CACHE_QUALITY):
     data = StoredImages(
         storage,
         [s.image_key for s in samples],
@@ -38,6 +38,7 @@ def _tensors(storage, samples, cache):
         reduce_to=PRE.decode_side,
         cache=cache,
         sha256s=[s.sha256 for s in samples],
+        quality=quality,
     )
     return [data[i][0] for i in range(len(samples))]
 
@@ -87,7 +88,7 @@ def test_another_preprocessing_is_another_prefix_and_check_finds_orphans(storage
     ImageCache(storage, 48, 10_000_000).build(_items(samples))
     assert ImageCache(storage, 96, 10_000_000).build(_items(samples)).built == 4  # never reads side 48
     report = check_cache(storage, {s.sha256 for s in samples[:3]})
-    assert report["entries"] == {"side48-v1": 4, "side96-v1": 4} and report["orphans"] == 2
+    assert report["entries"] == {"side48-q95-v1": 4, "side96-q95-v1": 4} and report["orphans"] == 2
     assert check_cache(storage, {s.sha256 for s in samples[:3]}, repair=True)["removed"] == 2
     assert check_cache(storage, {s.sha256 for s in samples[:3]})["orphans"] == 0
 

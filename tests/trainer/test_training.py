@@ -83,7 +83,9 @@ def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, stora
 
 def _probs_from_card(model, card, images: list[bytes], temperature: float = 1.0) -> list[float]:
     pre = card["preprocessing"]
+    cached = [_pillow_jpeg(pre["cache_jpeg_quality"], subsampling=0)] if pre.get("cache_jpeg_quality") else []
     transform = v2.Compose([
+        *cached,  # the training cache's JPEG round trip (these pictures need no shrink)
         v2.Resize(int(round(pre["image_size"] / pre["crop_pct"])), antialias=True),
         v2.CenterCrop(pre["image_size"]), _pillow_jpeg(pre["jpeg_quality"]), v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(card["mean"], card["std"]),
@@ -93,10 +95,10 @@ def _probs_from_card(model, card, images: list[bytes], temperature: float = 1.0)
         return (model(batch) / temperature).softmax(dim=1)[:, card["class_index"]["ai"]].tolist()
 
 
-def _pillow_jpeg(quality: int):
+def _pillow_jpeg(quality: int, **options):
     def recompress(image: Image.Image) -> Image.Image:
         buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality)
+        image.save(buf, format="JPEG", quality=quality, **options)
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return recompress
 
