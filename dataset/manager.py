@@ -223,6 +223,11 @@ class DatasetManager:
         row = await self._row(image_id)
         return await asyncio.to_thread(self.storage.get, row["image_key"])
 
+    async def has_image_file(self, image_id: str) -> bool:
+        """Whether the image has a row and its file is still there (cheap: no bytes read)."""
+        row = await self.index.get(image_id)
+        return row is not None and await asyncio.to_thread(self.storage.exists, row["image_key"])
+
     # ---- updates ------------------------------------------------------------------------------
 
     async def set_label(self, image_id: str, label: str, label_source: dict) -> dict:

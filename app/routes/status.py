@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request
 
 from app.deps import Authorized, RunnerDep, SchedulerDep
+from app.errors import public
 from app.jobs import JobRunner
 from app.jobstore import ACTIVE_STATES
 from app.overview import TTLCache, collect_status
@@ -44,14 +45,14 @@ async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDe
     running = running_jobs(runner, overview)
     for job in running:  # live progress beats the cached row
         last_jobs[job["kind"]] = job
-    return {
+    return public({
         **overview,
         "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
         "started_at": request.app.state.started_at,
         "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
         "last_jobs": last_jobs,
         "running_jobs": running,
-    }
+    }, request.app.state.settings)  # a public page: settings' names, never the server's paths
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")
