@@ -124,6 +124,7 @@ class DatasetManager:
             info = await asyncio.to_thread(
                 inspect_image, data, max_bytes=self.settings.upload_max_bytes,
                 min_side=self.settings.min_image_side, max_pixels=self.settings.max_image_pixels,
+                memory_budget=self.settings.decode_memory_budget_mb * 2**20,
             )
         except ImageRejected as exc:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dataset.manager import DatasetManager
+from tests.app.conftest import gate, make_client  # noqa: F401 - fixtures reused
 from tests.dataset.conftest import driver_settings, s3_bucket  # noqa: F401 - fixtures reused
 
 
