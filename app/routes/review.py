@@ -112,7 +112,11 @@ async def _label_body(request: Request) -> LabelIn:
     try:
         return LabelIn.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        errors = exc.errors(include_url=False, include_context=False)
+        for error in errors:  # a body that is not UTF-8 comes back as text, not bytes JSON cannot hold
+            if isinstance(error.get("input"), bytes):
+                error["input"] = error["input"][:100].decode("utf-8", "replace")
+        raise RequestValidationError(errors) from None
 
 
 _LABEL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
