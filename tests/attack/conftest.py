@@ -19,7 +19,7 @@ class LiveServer:
     """The app served by real uvicorn (with the limits of ``exposr-trainer serve``) on loopback, in a
     thread of this process: raw sockets can misbehave against it, and caplog sees its log."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, job_kinds: dict | None = None) -> None:
         import socket
 
         import uvicorn
@@ -31,7 +31,7 @@ class LiveServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, job_kinds=job_kinds)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
                                 access_log=False, **server_options(settings))
         self.server = uvicorn.Server(config)
