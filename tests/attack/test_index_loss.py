@@ -180,3 +180,18 @@ async def test_metadata_that_is_not_its_images_record_is_kept_and_reported(make_
         report = await run_check(settings, repair=True, force=True)
         assert [u["id"] for u in report["unreadable_meta"]] == [ids[0]]
         assert dm.storage.exists(row["image_key"]) and report["deletion_candidates"] == []
+
+
+def test_serve_refuses_a_lost_index_with_a_message_not_a_traceback(settings, monkeypatch, capsys):
+    from app import cli
+
+    asyncio.run(_fill(settings, 2))
+    _truncate(_db(settings))
+    monkeypatch.chdir(settings.log_dir.parent)
+    for name, value in (("DATASET_DIR", settings.dataset_dir), ("MODELS_DIR", settings.models_dir),
+                        ("LOG_DIR", settings.log_dir), ("TRAINER_API_KEY", "k" * 20)):
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setattr(cli, "configure_logging", lambda s: None)
+    assert cli.main(["serve", "--port", "1"]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert str(_db(settings)) in err and "check --rebuild-index" in err and "Traceback" not in err
