@@ -189,7 +189,8 @@ def test_serve_refuses_a_lost_index_with_a_message_not_a_traceback(settings, mon
     _truncate(_db(settings))
     monkeypatch.chdir(settings.log_dir.parent)
     for name, value in (("DATASET_DIR", settings.dataset_dir), ("MODELS_DIR", settings.models_dir),
-                        ("LOG_DIR", settings.log_dir), ("TRAINER_API_KEY", "k" * 20)):
+                        ("LOG_DIR", settings.log_dir), ("TRAINER_API_KEY", "k" * 20),
+                        ("SOURCES_CONFIG", settings.sources_config)):
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(cli, "configure_logging", lambda s: None)
     assert cli.main(["serve", "--port", "1"]) == cli.EXIT_CONFIG
