@@ -43,10 +43,14 @@ class HardenedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a read timeout: the head must be complete, and body chunks must
     keep coming, within ``read_timeout`` seconds; otherwise the connection is closed."""
 
-    read_timeout: float = 30.0
+    read_timeout: float | None = None  # None (plain uvicorn --http): HTTP_READ_TIMEOUT from the environment
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if self.read_timeout is None:
+            from config.settings import get_settings
+
+            self.read_timeout = get_settings().http_read_timeout
         self._read_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]

@@ -151,3 +151,17 @@ async def test_a_dns_failure_stops_the_source_at_once_saying_offline(make_settin
     assert source["status"] == "stopped" and "offline?" in source["message"]
     assert "api.unsplash.com" in source["message"] and source["errors"] == {"dns": 1}
     assert route.call_count == 1 and sleeps.calls == [] and source["retries"] == 0
+
+
+async def test_a_scrape_job_that_could_store_nothing_fails_with_the_reason(make_settings, tmp_path):
+    reset_buckets()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(jpeg(700 + i))
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  - {{name: folder, label: real, path: '{folder}'}}\n")
+    settings = make_settings(sources_config=tmp_path / "sources.yaml")
+    settings.dataset_dir.mkdir(parents=True)
+    (settings.dataset_dir / "images").write_bytes(b"")  # a file where the images folder must go
+    with pytest.raises(RuntimeError, match=r"no image could be stored: 3 storage/index errors"):
+        await jobs_module.scrape_job(settings, lambda event: None)
