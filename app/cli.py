@@ -32,7 +32,6 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-
     from app.server import server_options
     from dataset.manager import verify_dataset
 

@@ -65,8 +65,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 async def _database_error(request: Request, exc: SQLAlchemyError) -> Response:
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     log.error("%s %s: database unavailable: %s", request.method, request.url.path, reason)
-    detail = (f"the database is unavailable ({public_text(reason, request.app.state.settings)}): nothing "
-              "was changed; free disk space or wait for the other writer, then retry")
+    detail = (
+        f"the database is unavailable ({public_text(reason, request.app.state.settings)}): nothing "
+        "was changed; free disk space or wait for the other writer, then retry"
+    )
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "30"})
 
 
@@ -77,8 +79,13 @@ async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal error; nothing is known to have changed. The service log has "
-                                   "the details (search for this path)"}, status_code=500)
+    return JSONResponse(
+        {
+            "detail": "internal error; nothing is known to have changed. The service log has "
+            "the details (search for this path)"
+        },
+        status_code=500,
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -38,6 +38,7 @@ JobFunction = Callable[[Settings, Progress], Awaitable[dict]]
 PROGRESS_FLUSH_SECONDS = 2.0
 # A job's final state that the database refused (disk full, locked) is written again this often.
 FINAL_WRITE_RETRY_SECONDS = (1.0, 30.0)
+FINAL_FIELDS = ("state", "started_at", "finished_at", "progress", "result", "error")
 # How long a refused submit waits for the lock holder's row (it takes the lock, then inserts).
 BUSY_ROW_WAIT_SECONDS = 2.0
 
@@ -50,7 +51,8 @@ async def scrape_job(settings: Settings, progress: Progress) -> dict:
         result = await run_scrape(settings, progress)
     else:
         result = await asyncio.to_thread(run_scrape, settings, progress)
-    lost = sum(n for kind, n in result.get("totals", {}).get("errors", {}).items() if kind.startswith("ingest_"))
+    errors = result.get("totals", {}).get("errors", {})
+    lost = sum(n for kind, n in errors.items() if kind.startswith("ingest_"))
     if result.get("status") == "failed" and lost:  # nothing could be kept: the job failed, and says why
         raise RuntimeError(f"no image could be stored: {lost} storage/index errors "
                            f"({result['totals']['errors']}); free disk space or fix the storage and retry")
@@ -279,7 +281,7 @@ class JobRunner:
 
     async def _write_unwritten_once(self) -> None:
         for job_id, job in list(self._unwritten.items()):
-            fields = {k: job.get(k) for k in ("state", "started_at", "finished_at", "progress", "result", "error")}
+            fields = {k: job.get(k) for k in FINAL_FIELDS}
             try:
                 await self.store.update(job_id, **fields)
             except SQLAlchemyError as exc:

@@ -86,8 +86,11 @@ class HardenedH11Protocol(H11Protocol):
         self._read_timer = None
         if self.transport.is_closing():
             return
-        log.info("closed a connection from %s: no complete request within %.0fs (HTTP_READ_TIMEOUT)",
-                 _peer(self.client), self.read_timeout)
+        log.info(
+            "closed a connection from %s: no complete request within %.0fs (HTTP_READ_TIMEOUT)",
+            _peer(self.client),
+            self.read_timeout,
+        )
         self.transport.close()
 
 
@@ -97,9 +100,15 @@ def _peer(client: tuple[str, int] | None) -> str:
 
 def server_options(settings: Settings) -> dict:
     """uvicorn.run / uvicorn.Config keyword arguments that apply the limits above."""
-    protocol = type("HardenedH11Protocol", (HardenedH11Protocol,), {"read_timeout": settings.http_read_timeout})
-    return {"http": protocol, "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
-            "timeout_keep_alive": settings.http_keepalive_timeout, "limit_concurrency": MAX_CONNECTIONS}
+    protocol = type(
+        "HardenedH11Protocol", (HardenedH11Protocol,), {"read_timeout": settings.http_read_timeout}
+    )
+    return {
+        "http": protocol,
+        "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
+        "timeout_keep_alive": settings.http_keepalive_timeout,
+        "limit_concurrency": MAX_CONNECTIONS,
+    }
 
 
 class BodyTooLarge(Exception):
@@ -122,8 +131,12 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            return await _reject(send, 413, f"request body over {self.max_body} bytes: this endpoint "
-                                            "takes small JSON bodies (images go to POST /upload)")
+            return await _reject(
+                send,
+                413,
+                f"request body over {self.max_body} bytes: this endpoint "
+                "takes small JSON bodies (images go to POST /upload)",
+            )
         received, started = 0, False
 
         async def bounded_receive():
@@ -148,7 +161,15 @@ class RequestGuard:
 
 async def _reject(send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

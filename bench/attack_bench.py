@@ -48,21 +48,35 @@ DECODE_BUDGET_MB = 1024
 
 def environment(work: Path) -> dict:
     (work / "sources.yaml").write_text("sources: []\n")
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_API_KEY": TOKEN, "SCHEDULER_ENABLED": "false",
-            "DATASET_DIR": str(work / "datasets"), "MODELS_DIR": str(work / "models"),
-            "LOG_DIR": str(work / "logs"), "SOURCES_CONFIG": str(work / "sources.yaml"),
-            "HTTP_READ_TIMEOUT": str(READ_TIMEOUT), "DECODE_MEMORY_BUDGET_MB": str(DECODE_BUDGET_MB),
-            "MIN_TRAIN_SAMPLES": "100000", "LOG_LEVEL": "WARNING",
-            "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/none", "TRAIN_PRETRAINED": "false"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRAINER_API_KEY": TOKEN,
+        "SCHEDULER_ENABLED": "false",
+        "DATASET_DIR": str(work / "datasets"),
+        "MODELS_DIR": str(work / "models"),
+        "LOG_DIR": str(work / "logs"),
+        "SOURCES_CONFIG": str(work / "sources.yaml"),
+        "HTTP_READ_TIMEOUT": str(READ_TIMEOUT),
+        "DECODE_MEMORY_BUDGET_MB": str(DECODE_BUDGET_MB),
+        "MIN_TRAIN_SAMPLES": "100000",
+        "LOG_LEVEL": "WARNING",
+        "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/none",
+        "TRAIN_PRETRAINED": "false",
+    }
 
 
 class Server:
     def __init__(self, work: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
-                                     cwd=work, env=environment(work), stdout=subprocess.DEVNULL,
-                                     stderr=open(work / "server.err", "wb"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+            cwd=work,
+            env=environment(work),
+            stdout=subprocess.DEVNULL,
+            stderr=(work / "server.err").open("wb"),  # noqa: SIM115 - the server's life, closed by the OS
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -93,7 +107,10 @@ def healthz_ms(server: Server, n: int = 50) -> dict:
             assert client.get("/healthz").status_code == 200
             times.append((time.perf_counter() - start) * 1000)
     times.sort()
-    return {"p50_ms": round(statistics.median(times), 2), "p95_ms": round(times[int(0.95 * len(times)) - 1], 2)}
+    return {
+        "p50_ms": round(statistics.median(times), 2),
+        "p95_ms": round(times[int(0.95 * len(times)) - 1], 2),
+    }
 
 
 def during(server: Server, attack) -> tuple[dict, dict]:
@@ -119,14 +136,20 @@ def attack_header(server: Server) -> dict:
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = _answer(sock)
-    return {"sent_mb": round(sent / 2**20, 1), "answer": answer, "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "sent_mb": round(sent / 2**20, 1),
+        "answer": answer,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def attack_body(server: Server) -> dict:
     sent, start = 0, time.perf_counter()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"PATCH /images/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/json\r\nContent-Length: 200000000\r\n\r\n")
+        sock.sendall(
+            b"PATCH /images/00000000-0000-4000-8000-000000000000 HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 200000000\r\n\r\n"
+        )
         try:
             chunk = b"[" * (1 << 20)
             while sent < 200 << 20:
@@ -135,7 +158,11 @@ def attack_body(server: Server) -> dict:
         except (BrokenPipeError, ConnectionResetError):
             pass
         answer = _answer(sock)
-    return {"sent_mb": round(sent / 2**20, 1), "answer": answer, "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "sent_mb": round(sent / 2**20, 1),
+        "answer": answer,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _answer(sock: socket.socket) -> str:
@@ -161,8 +188,12 @@ def attack_slow(server: Server, n: int) -> dict:
         except (ConnectionResetError, TimeoutError):
             closed += 1
         sock.close()
-    return {"connections": n, "healthz_during": latency, "closed_by_server": closed,
-            "all_closed_after_s": round(time.perf_counter() - start, 2)}
+    return {
+        "connections": n,
+        "healthz_during": latency,
+        "closed_by_server": closed,
+        "all_closed_after_s": round(time.perf_counter() - start, 2),
+    }
 
 
 def attack_decode(server: Server, work: Path) -> dict:
@@ -173,15 +204,25 @@ def attack_decode(server: Server, work: Path) -> dict:
 
     async def upload_six() -> list[int]:
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=300) as client:
-            answers = await asyncio.gather(*(client.post("/upload", files={"file": (f"{i}.tiff", data)},
-                                                         data={"label": "ai"}) for i in range(6)))
+            answers = await asyncio.gather(
+                *(
+                    client.post("/upload", files={"file": (f"{i}.tiff", data)}, data={"label": "ai"})
+                    for i in range(6)
+                )
+            )
         return [a.status_code for a in answers]
 
     before = server.memory_mb()
     start = time.perf_counter()
     codes = asyncio.run(upload_six())
-    return {"budget_mb": DECODE_BUDGET_MB, "input_kb": len(data) // 1024, "statuses": codes, "seconds": round(time.perf_counter() - start, 2),
-            "rss_before_mb": before["VmRSS"], "peak_mb": server.memory_mb()["VmHWM"]}
+    return {
+        "budget_mb": DECODE_BUDGET_MB,
+        "input_kb": len(data) // 1024,
+        "statuses": codes,
+        "seconds": round(time.perf_counter() - start, 2),
+        "rss_before_mb": before["VmRSS"],
+        "peak_mb": server.memory_mb()["VmHWM"],
+    }
 
 
 def attack_fuzz(server: Server, n: int) -> dict:
@@ -207,7 +248,11 @@ def attack_fuzz(server: Server, n: int) -> dict:
 
     start = time.perf_counter()
     once()
-    return {**counts, "by_status": dict(sorted(statuses.items())), "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        **counts,
+        "by_status": dict(sorted(statuses.items())),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def attack_index(work: Path, n: int) -> dict:
@@ -219,9 +264,17 @@ def attack_index(work: Path, n: int) -> dict:
 
     async def fill() -> int:
         async with DatasetManager(settings) as dm:
-            outcomes = [await dm.ingest(jpeg(10_000 + i), {"source": "bench", "label": ("real", "ai")[i % 2],
-                                                           "attribution": {"photographer": f"p{i}"}})
-                        for i in range(n)]
+            outcomes = [
+                await dm.ingest(
+                    jpeg(10_000 + i),
+                    {
+                        "source": "bench",
+                        "label": ("real", "ai")[i % 2],
+                        "attribution": {"photographer": f"p{i}"},
+                    },
+                )
+                for i in range(n)
+            ]
         return sum(o.status == "stored" for o in outcomes)  # a few generated images are near-duplicates
 
     stored = asyncio.run(fill())
@@ -231,15 +284,25 @@ def attack_index(work: Path, n: int) -> dict:
     db.write_bytes(b"")
     env = {**environment(work), "DATASET_DIR": str(settings.dataset_dir), "MIN_IMAGE_SIDE": "16"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "app.cli", "check", "--rebuild-index"], cwd=work, env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "check", "--rebuild-index"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
 
     async def rows() -> int:
         async with DatasetManager(settings) as dm:
             return await dm.index.row_count()
 
-    return {"images": stored, "exit": done.returncode, "rows_after": asyncio.run(rows()), "seconds": round(seconds, 2)}
+    return {
+        "images": stored,
+        "exit": done.returncode,
+        "rows_after": asyncio.run(rows()),
+        "seconds": round(seconds, 2),
+    }
 
 
 def main() -> None:
@@ -256,7 +319,10 @@ def main() -> None:
         server = Server(work)
         try:
             report = {"idle": {"healthz": healthz_ms(server), "memory": server.memory_mb()}}
-            for name, attack in (("header", lambda: attack_header(server)), ("body", lambda: attack_body(server))):
+            for name, attack in (
+                ("header", lambda: attack_header(server)),
+                ("body", lambda: attack_body(server)),
+            ):
                 result, latency = during(server, attack)
                 report[name] = {**result, "healthz_during": latency, "memory": server.memory_mb()}
                 print(name, json.dumps(report[name]), flush=True)

@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 MIN_API_KEY_LENGTH = 16
 
 

@@ -31,10 +31,18 @@ def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixe
         raise MetadataInvalid("no 'timestamp'")
     facts = _image_facts(doc, data, max_pixels)
     row = dict(
-        id=doc["id"], sha256=doc["hash"], label=doc["label"], confidence=_float_or_none(doc.get("confidence")),
-        scorer=scorer_json(doc.get("scored_by")), source=str(doc.get("source") or "unknown")[:64],
-        image_key=keys[0], meta_key=keys[1], created_at=doc["timestamp"][:32], size_bytes=len(data),
-        has_exif=doc["has_exif"] if isinstance(doc.get("has_exif"), bool) else _has_exif(data), **facts,
+        id=doc["id"],
+        sha256=doc["hash"],
+        label=doc["label"],
+        confidence=_float_or_none(doc.get("confidence")),
+        scorer=scorer_json(doc.get("scored_by")),
+        source=str(doc.get("source") or "unknown")[:64],
+        image_key=keys[0],
+        meta_key=keys[1],
+        created_at=doc["timestamp"][:32],
+        size_bytes=len(data),
+        has_exif=doc["has_exif"] if isinstance(doc.get("has_exif"), bool) else _has_exif(data),
+        **facts,
     )
     for column, width in _TEXT_COLUMNS.items():
         value = doc.get(column)
@@ -61,7 +69,7 @@ def _image_facts(doc: dict, data: bytes, max_pixels: int) -> dict:
 
 def _has_exif(data: bytes) -> bool:
     """An EXIF block in the container's first 64 KiB (as ingest records it)."""
-    head = data[:1 << 16]
+    head = data[: 1 << 16]
     return b"Exif\x00\x00" in head or b"eXIf" in head or b"EXIF" in head
 
 
@@ -75,10 +83,21 @@ def _float_or_none(value: object) -> float | None:
 def metadata_from_row(row: dict) -> dict:
     """A metadata file for an image whose file was lost but whose row and image remain: the
     seed's fields the row holds; attribution is gone and says so."""
-    doc = {"id": row["id"], "source": row["source"], "label": row["label"], "confidence": row["confidence"],
-           "timestamp": row["created_at"], "hash": row["sha256"], "attribution": {},
-           "api_data": {}, "format": row["format"], "width": row["width"], "height": row["height"],
-           "phash": f"{row['phash']:016x}", "rebuilt_from_index": True}
+    doc = {
+        "id": row["id"],
+        "source": row["source"],
+        "label": row["label"],
+        "confidence": row["confidence"],
+        "timestamp": row["created_at"],
+        "hash": row["sha256"],
+        "attribution": {},
+        "api_data": {},
+        "format": row["format"],
+        "width": row["width"],
+        "height": row["height"],
+        "phash": f"{row['phash']:016x}",
+        "rebuilt_from_index": True,
+    }
     if row.get("scorer"):
         doc["scored_by"] = json.loads(row["scorer"])
     for column in ("generator", "group_hint", "split_group", "split"):

@@ -32,8 +32,14 @@ class LiveServer:
             self.port = sock.getsockname()[1]
         self.settings = settings
         self.app = create_app(settings, job_kinds=job_kinds)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, **server_options(settings))
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            **server_options(settings),
+        )
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -19,9 +19,14 @@ BUDGET_MB = 512
 
 
 def _probe(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "tests.attack.decode_probe", *args], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.attack.decode_probe", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -56,8 +61,9 @@ def test_an_image_that_alone_exceeds_the_budget_is_rejected_before_decoding(atta
     data = attack_images["float"].read_bytes()
     assert decode_cost("F", 7000, 7000) > 256 * 2**20
     with pytest.raises(ImageRejected) as rejected:
-        inspect_image(data, max_bytes=len(data) + 1, min_side=1, max_pixels=50_000_000,
-                      memory_budget=256 * 2**20)
+        inspect_image(
+            data, max_bytes=len(data) + 1, min_side=1, max_pixels=50_000_000, memory_budget=256 * 2**20
+        )
     assert rejected.value.reason == "decompression_bomb"
     assert "DECODE_MEMORY_BUDGET_MB" in rejected.value.message and "7000x7000 F" in rejected.value.message
 

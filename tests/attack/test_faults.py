@@ -141,11 +141,13 @@ async def test_a_dns_failure_stops_the_source_at_once_saying_offline(make_settin
             raise httpx.ConnectError(str(exc), request=request) from exc
 
     route = respx.get(url__startswith="https://api.unsplash.com/").mock(side_effect=unresolvable)
-    entry = SourceConfig(name="unsplash", label="real", queries=["a", "b", "c"], limit_per_query=30,
-                         rate_limit_per_hour=0)
+    entry = SourceConfig(
+        name="unsplash", label="real", queries=["a", "b", "c"], limit_per_query=30, rate_limit_per_hour=0
+    )
     async with DatasetManager(settings) as dm:
-        manager = FetcherManager(settings, SourcesFile(sources=[entry]), dm, sleep=sleeps,
-                                 retry=RetryPolicy(attempts=5))
+        manager = FetcherManager(
+            settings, SourcesFile(sources=[entry]), dm, sleep=sleeps, retry=RetryPolicy(attempts=5)
+        )
         report = await manager.run()
     source = report["sources"]["unsplash"]
     assert source["status"] == "stopped" and "offline?" in source["message"]

@@ -20,8 +20,21 @@ from tests.dataset.conftest import meta_in
 from tests.images import encode, jpeg, noise
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPARED = ("id", "sha256", "phash", "label", "confidence", "scorer", "source", "image_key", "meta_key",
-            "format", "width", "height", "created_at")
+COMPARED = (
+    "id",
+    "sha256",
+    "phash",
+    "label",
+    "confidence",
+    "scorer",
+    "source",
+    "image_key",
+    "meta_key",
+    "format",
+    "width",
+    "height",
+    "created_at",
+)
 
 
 async def _fill(settings, n: int = 12) -> list[str]:
@@ -62,10 +75,22 @@ def _truncate(db: Path) -> None:
 
 
 def _cli(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATASET_DIR": str(settings.dataset_dir),
-           "MODELS_DIR": str(settings.models_dir), "LOG_DIR": str(settings.log_dir), "LOG_LEVEL": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "app.cli", "check", *args], env=env, cwd=settings.log_dir.parent,
-                          capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATASET_DIR": str(settings.dataset_dir),
+        "MODELS_DIR": str(settings.models_dir),
+        "LOG_DIR": str(settings.log_dir),
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "check", *args],
+        env=env,
+        cwd=settings.log_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_truncated_index_stops_start_up_and_the_documented_repair_gives_every_image_back(settings):
@@ -86,15 +111,21 @@ def test_truncated_index_stops_start_up_and_the_documented_repair_gives_every_im
     rebuilt, rebuilt_docs = asyncio.run(_snapshot(settings))
     assert rebuilt == rows and rebuilt_docs == docs and sorted(rebuilt) == sorted(ids)
     sizes = asyncio.run(_sizes(settings))
-    assert all(size == (settings.dataset_dir / rows[i]["image_key"]).stat().st_size for i, size in sizes.items())
+    assert all(
+        size == (settings.dataset_dir / rows[i]["image_key"]).stat().st_size for i, size in sizes.items()
+    )
     assert rebuilt_docs[ids[0]]["attribution"]["photographer"] == "person 0"
     files = sorted(p.stem for p in (settings.dataset_dir / "images").rglob("*.*"))
     assert files == sorted(ids)
     with TestClient(create_app(settings)) as client:
         counts = client.get("/status").json()["dataset_counts"]
     labels = [docs[i]["label"] for i in ids]
-    assert counts == {"total": len(ids), "real": labels.count("real"), "ai_generated": labels.count("ai"),
-                      "unlabeled": labels.count("unlabeled")}
+    assert counts == {
+        "total": len(ids),
+        "real": labels.count("real"),
+        "ai_generated": labels.count("ai"),
+        "unlabeled": labels.count("unlabeled"),
+    }
 
 
 def test_garbled_index_names_the_file_and_rebuild_moves_it_aside(settings):
@@ -188,9 +219,13 @@ def test_serve_refuses_a_lost_index_with_a_message_not_a_traceback(settings, mon
     asyncio.run(_fill(settings, 2))
     _truncate(_db(settings))
     monkeypatch.chdir(settings.log_dir.parent)
-    for name, value in (("DATASET_DIR", settings.dataset_dir), ("MODELS_DIR", settings.models_dir),
-                        ("LOG_DIR", settings.log_dir), ("TRAINER_API_KEY", "k" * 20),
-                        ("SOURCES_CONFIG", settings.sources_config)):
+    for name, value in (
+        ("DATASET_DIR", settings.dataset_dir),
+        ("MODELS_DIR", settings.models_dir),
+        ("LOG_DIR", settings.log_dir),
+        ("TRAINER_API_KEY", "k" * 20),
+        ("SOURCES_CONFIG", settings.sources_config),
+    ):
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(cli, "configure_logging", lambda s: None)
     assert cli.main(["serve", "--port", "1"]) == cli.EXIT_CONFIG

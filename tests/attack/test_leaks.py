@@ -15,7 +15,9 @@ from tests.images import jpeg
 
 
 def _upload(client) -> str:
-    response = client.post("/upload", headers=AUTH, files={"file": ("a.jpg", jpeg(7))}, data={"label": "real"})
+    response = client.post(
+        "/upload", headers=AUTH, files={"file": ("a.jpg", jpeg(7))}, data={"label": "real"}
+    )
     assert response.status_code == 201
     return response.json()["id"]
 
@@ -49,7 +51,10 @@ def test_public_status_shows_no_server_paths(make_client):
         if client.get(f"/jobs/{job_id}", headers=AUTH).json()["state"] == "failed":
             break
     status = client.get("/status")
-    assert str(settings.dataset_dir.resolve()) not in status.text and str(settings.log_dir.parent) not in status.text
+    assert (
+        str(settings.dataset_dir.resolve()) not in status.text
+        and str(settings.log_dir.parent) not in status.text
+    )
     assert "DATASET_DIR/images/x.jpg" in json.dumps(status.json()["last_jobs"])
 
 
@@ -58,7 +63,9 @@ def test_control_characters_from_a_request_are_escaped_in_the_log(make_client):
     settings = client.app.state.settings
     configure_logging(settings)
     client.get("/%00%1b%5B31mevil%0a2026-01-01 00:00:00 ERROR forged line")
-    logging.getLogger("scraper.http").warning("remote said: %s", "busy\r\n2026-01-01 00:00:00 ERROR forged line")
+    logging.getLogger("scraper.http").warning(
+        "remote said: %s", "busy\r\n2026-01-01 00:00:00 ERROR forged line"
+    )
     for handler in logging.getLogger().handlers:
         handler.flush()
     text = (settings.log_dir / "trainer.log").read_text(encoding="utf-8")
@@ -75,13 +82,19 @@ def _register(settings, card: bytes) -> str:
     (folder / "weights.pt").write_bytes(weights)
     (folder / "model.json").write_bytes(card)
     sha = hashlib.sha256(weights).hexdigest()
-    entry = {"model": "vit", "version": "v1", "timestamp": "2026-01-01T00:00:00Z", "promoted": True,
-             "weights_sha256": sha, "val_acc": 0.9}
+    entry = {
+        "model": "vit",
+        "version": "v1",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "promoted": True,
+        "weights_sha256": sha,
+        "val_acc": 0.9,
+    }
     (settings.models_dir / "registry.json").write_text(json.dumps([entry]))
     return sha
 
 
-@pytest.mark.parametrize("card", [b"\xff\xfe{not utf-8", b"{\"not\": json", b"\x00\x00"])
+@pytest.mark.parametrize("card", [b"\xff\xfe{not utf-8", b'{"not": json', b"\x00\x00"])
 def test_an_undecodable_model_json_is_a_json_503_with_the_reason(make_client, card):
     client = make_client()
     _register(client.app.state.settings, card)
@@ -101,14 +114,25 @@ def test_a_registry_that_is_not_utf8_is_a_503_naming_models_dir(make_client):
     assert str(settings.models_dir.resolve()) not in response.text
 
 
-@pytest.mark.parametrize(("header", "status"), [
-    ("*", 304), ('W/"{sha}"', 304), ('"other", "{sha}"', 304), ('"a",W/"{sha}" , "b"', 304),
-    ('"other"', 200), ('W/"other", "x"', 200), ("", 200), ('"{sha}x"', 200),
-])
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        ("*", 304),
+        ('W/"{sha}"', 304),
+        ('"other", "{sha}"', 304),
+        ('"a",W/"{sha}" , "b"', 304),
+        ('"other"', 200),
+        ('W/"other", "x"', 200),
+        ("", 200),
+        ('"{sha}x"', 200),
+    ],
+)
 def test_if_none_match_follows_rfc_9110(make_client, header, status):
     client = make_client()
     sha = _register(client.app.state.settings, b'{"arch": "x"}')
-    response = client.get("/models/vit/v1/weights.pt", headers={**AUTH, "If-None-Match": header.format(sha=sha)})
+    response = client.get(
+        "/models/vit/v1/weights.pt", headers={**AUTH, "If-None-Match": header.format(sha=sha)}
+    )
     assert response.status_code == status and response.headers["etag"] == f'"{sha}"'
     assert response.content == (b"" if status == 304 else b"weights bytes")
 

@@ -31,8 +31,9 @@ def fuzzed_server(make_settings):
     with LiveServer(make_settings(), job_kinds={"scrape": quick, "train": quick, "label": quick}) as server:
         import httpx
 
-        upload = httpx.post(f"{server.url}/upload", headers=AUTH, files={"file": ("a.jpg", jpeg(3))},
-                            data={"label": "real"})
+        upload = httpx.post(
+            f"{server.url}/upload", headers=AUTH, files={"file": ("a.jpg", jpeg(3))}, data={"label": "real"}
+        )
         assert upload.status_code == 201
         yield server
 
@@ -44,8 +45,13 @@ def test_no_request_the_schema_allows_or_forbids_makes_a_server_error(fuzzed_ser
     statuses: Counter[int] = Counter()
     server_errors: list[str] = []
 
-    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=cases, authorized=st.sampled_from([True, True, True, False]))
     def request_once(case, authorized):
         if authorized:  # the token wins over any Authorization header the case made up
@@ -54,12 +60,15 @@ def test_no_request_the_schema_allows_or_forbids_makes_a_server_error(fuzzed_ser
         sent[f"{case.method} {case.operation.path}"] += 1
         statuses[response.status_code] += 1
         if response.status_code >= 500:
-            server_errors.append(f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                                 f"{response.text[:300]}")
+            server_errors.append(
+                f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+            )
 
     request_once()
-    print(f"schemathesis: {sum(sent.values())} requests over {len(sent)} operations, "
-          f"{len(server_errors)} server errors; by status {dict(sorted(statuses.items()))}")
+    print(
+        f"schemathesis: {sum(sent.values())} requests over {len(sent)} operations, "
+        f"{len(server_errors)} server errors; by status {dict(sorted(statuses.items()))}"
+    )
     assert server_errors == []
     assert sum(sent.values()) >= FUZZ_EXAMPLES // 2 and len(sent) >= 10  # it did reach the API ...
     assert sum(n for code, n in statuses.items() if code != 401) >= FUZZ_EXAMPLES // 3  # ... past the auth

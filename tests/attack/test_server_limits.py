@@ -69,8 +69,11 @@ def test_too_many_headers_are_refused_with_431(live_server):
 
 def test_an_oversized_unauthenticated_body_is_refused_without_being_read(live_server):
     with live_server.raw() as sock:
-        sock.sendall(f"PATCH {IMAGE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     "Content-Length: 200000000\r\n\r\n".encode() + b"[" * 65536)
+        sock.sendall(
+            f"PATCH {IMAGE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 200000000\r\n\r\n".encode()
+            + b"[" * 65536
+        )
         answer = read_answer(sock)  # answered after 64 KB of the announced 200 MB
     assert answer.startswith(b"HTTP/1.1 413") and b"POST /upload" in answer
     assert healthy(live_server)
@@ -90,8 +93,10 @@ def test_auth_is_checked_before_the_body_is_read(live_server):
     for method, path in (("PATCH", IMAGE_PATH), ("POST", "/upload")):
         with live_server.raw() as sock:
             # The body is announced and never sent: an answer proves the server did not wait for it.
-            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         "Content-Length: 60000\r\n\r\n".encode())
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 60000\r\n\r\n".encode()
+            )
             answer = read_answer(sock, seconds=5)
         assert answer.startswith(b"HTTP/1.1 401"), (path, answer[:200])
         assert b"www-authenticate: Bearer" in answer.lower().replace(b"bearer", b"Bearer")
@@ -115,10 +120,12 @@ def test_slow_clients_are_disconnected_and_healthz_keeps_answering(live_server, 
 def test_a_stalled_upload_body_is_dropped_as_an_info_line_not_a_500(live_server, caplog):
     caplog.set_level(logging.INFO)
     with live_server.raw() as sock:
-        sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
-                     "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
-                     "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n".encode()
-                     + b"\xff\xd8" * 100)
+        sock.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+            '--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'.encode()
+            + b"\xff\xd8" * 100
+        )
         assert closed_by_server(sock)
     _wait_for_log(caplog, "disconnected before its request was read")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -129,10 +136,12 @@ def test_a_stalled_upload_body_is_dropped_as_an_info_line_not_a_500(live_server,
 def test_a_client_aborting_an_upload_is_an_info_line_not_a_500(live_server, caplog):
     caplog.set_level(logging.INFO)
     with live_server.raw() as sock:
-        sock.sendall(f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
-                     "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
-                     "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\n".encode()
-                     + b"\xff\xd8" * 5000)
+        sock.sendall(
+            f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+            '--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'.encode()
+            + b"\xff\xd8" * 5000
+        )
     _wait_for_log(caplog, "disconnected before its request was read")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert healthy(live_server)
