@@ -10,6 +10,8 @@ Protocol level (uvicorn with the pure-Python h11 parser; httptools has no header
 - at most MAX_CONNECTIONS connections and requests at once (further ones get 503).
 
 Application level (:class:`RequestGuard`, pure ASGI, before routing, auth or any body read):
+- a request target (path and query) over MAX_TARGET_BYTES: 414; headers over MAX_HEAD_BYTES in
+  all (h11 enforces its limit only on a head that arrives in pieces): 431;
 - more than MAX_HEADERS header lines: 431;
 - a body on any endpoint except POST /upload (which has its own UPLOAD_MAX_BYTES limit) larger than
   API_MAX_BODY_BYTES: 413 at once from Content-Length, or as soon as a chunked body passes it.
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
+MAX_TARGET_BYTES = 8 * 1024
 API_MAX_BODY_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000
 UNBOUNDED_BODY_ROUTES = {("POST", "/upload")}  # bounded by UPLOAD_MAX_BYTES in app/routes/upload.py
@@ -125,6 +128,11 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = scope["headers"]
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if target > MAX_TARGET_BYTES:  # h11's limit holds for heads that arrive in pieces; this for all
+            return await _reject(send, 414, f"request target over {MAX_TARGET_BYTES} bytes")
+        if sum(len(k) + len(v) for k, v in headers) > MAX_HEAD_BYTES:
+            return await _reject(send, 431, f"request headers over {MAX_HEAD_BYTES} bytes; send fewer")
         if len(headers) > self.max_headers:
             return await _reject(send, 431, f"more than {self.max_headers} request headers; send fewer")
         if (scope["method"], scope["path"]) in UNBOUNDED_BODY_ROUTES:

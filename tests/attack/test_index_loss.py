@@ -128,6 +128,17 @@ def test_truncated_index_stops_start_up_and_the_documented_repair_gives_every_im
     }
 
 
+def test_a_deleted_index_is_refused_too_and_rebuilt(settings):
+    ids = asyncio.run(_fill(settings, 3))
+    db = _db(settings)
+    for suffix in ("", "-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    with pytest.raises(IndexUnusable, match="has no rows"), TestClient(create_app(settings)):
+        pass
+    assert _cli(settings, "--rebuild-index").returncode == 0
+    assert sorted(asyncio.run(_snapshot(settings))[0]) == sorted(ids)
+
+
 def test_garbled_index_names_the_file_and_rebuild_moves_it_aside(settings):
     ids = asyncio.run(_fill(settings, 4))
     rows, _ = asyncio.run(_snapshot(settings))

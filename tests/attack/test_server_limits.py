@@ -60,6 +60,21 @@ def test_an_oversized_header_is_refused_and_the_connection_closed(live_server):
     assert healthy(live_server)
 
 
+def test_an_oversized_request_line_is_refused(live_server):
+    with live_server.raw() as sock:
+        sock.sendall(b"GET /" + b"a" * 64 * 1024 + b" HTTP/1.1\r\nHost: x\r\n\r\n")  # in one piece
+        assert read_answer(sock).startswith(b"HTTP/1.1 414")
+    with live_server.raw() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        assert read_answer(sock).startswith(b"HTTP/1.1 431")
+    with live_server.raw() as sock:
+        sock.sendall(b"GET /" + b"a" * 64 * 1024)  # in pieces: h11 stops buffering at 16 KiB
+        time.sleep(0.2)
+        sock.sendall(b"a" * 64 * 1024)
+        assert read_answer(sock).startswith(b"HTTP/1.1 400") and closed_by_server(sock)
+    assert healthy(live_server)
+
+
 def test_too_many_headers_are_refused_with_431(live_server):
     headers = {f"x-h{i}": "1" for i in range(150)}
     response = httpx.get(f"{live_server.url}/healthz", headers=headers, timeout=5)
