@@ -124,6 +124,10 @@ class JobRunner:
     def active_jobs(self) -> list[dict]:
         return list(self._active.values())
 
+    def unwritten_jobs(self) -> list[dict]:
+        """Finished jobs whose final row the database has not taken yet (their truth is here)."""
+        return [dict(job) for job in self._unwritten.values()]
+
     async def submit(self, kind: str, trigger: str = "manual") -> dict:
         """Start a job of ``kind`` now; raise JobBusy if one of that kind is active."""
         if kind not in self.kinds:

@@ -34,8 +34,9 @@ def running_jobs(runner: JobRunner, overview: dict) -> list[dict]:
     overview's job rows, at most a refresh old): with several workers, each one reports them all."""
     live = runner.active_jobs()
     kinds = {job["kind"] for job in live}
+    finished = {job["id"] for job in runner.unwritten_jobs()}  # ended here; the row lags behind
     return live + [job for kind, job in overview["last_jobs"].items()
-                   if kind not in kinds and job["state"] in ACTIVE_STATES]
+                   if kind not in kinds and job["state"] in ACTIVE_STATES and job["id"] not in finished]
 
 
 @router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")
@@ -43,8 +44,9 @@ async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDe
     overview = await _overview(request)
     last_jobs = dict(overview["last_jobs"])
     running = running_jobs(runner, overview)
-    for job in running:  # live progress beats the cached row
-        last_jobs[job["kind"]] = job
+    for job in [*runner.unwritten_jobs(), *running]:  # live state beats the cached row
+        if job["kind"] not in last_jobs or last_jobs[job["kind"]]["created_at"] <= job["created_at"]:
+            last_jobs[job["kind"]] = job
     return public({
         **overview,
         "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),

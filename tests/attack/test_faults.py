@@ -167,3 +167,27 @@ async def test_a_scrape_job_that_could_store_nothing_fails_with_the_reason(make_
     (settings.dataset_dir / "images").write_bytes(b"")  # a file where the images folder must go
     with pytest.raises(RuntimeError, match=r"no image could be stored: 3 storage/index errors"):
         await jobs_module.scrape_job(settings, lambda event: None)
+
+
+def test_public_status_tells_the_true_final_state_while_the_database_refuses_it(make_client, monkeypatch):
+    monkeypatch.setattr(jobs_module, "FINAL_WRITE_RETRY_SECONDS", (0.05, 0.2))
+    switches = []
+
+    async def scrape(settings_, progress):
+        switches[0].refuse = True
+        return {"stored": 1}
+
+    client = make_client(job_kinds={"scrape": scrape})
+    switches.append(WriteSwitch(client.app.state.runner.store.engine))
+    job_id = client.post("/scrape", headers=AUTH).json()["job_id"]
+    deadline = time.monotonic() + 10
+    while client.app.state.runner.unwritten_jobs() == [] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status = client.get("/status").json()
+    assert status["last_jobs"]["scrape"]["state"] == "succeeded" and status["running_jobs"] == []
+    assert client.get(f"/jobs/{job_id}", headers=AUTH).json()["state"] == "succeeded"
+    switches[0].refuse = False
+    while client.app.state.runner.unwritten_jobs() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.app.state.runner.unwritten_jobs() == []
+    assert client.get("/status").json()["last_jobs"]["scrape"]["state"] == "succeeded"
