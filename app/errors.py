@@ -4,7 +4,8 @@
   current directory) with the setting's name: answers say ``DATASET_DIR/images/...`` and the log
   keeps the full text for the operator.
 - The database (SQLAlchemy) failing under a request (disk full, locked past its timeout, server
-  gone) is ``503`` with the reason; a client that goes away before its request was read is an
+  gone) is ``503`` with the reason, and so is storage or the file system failing (StorageError,
+  OSError: a full disk, a bucket down); a client that goes away before its request was read is an
   ``info`` line, not an error; anything else is a ``500`` JSON that says where to look, with the
   traceback in the log only.
 """
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from config.settings import Settings
+from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,15 @@ async def _database_error(request: Request, exc: SQLAlchemyError) -> Response:
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "30"})
 
 
+async def _environment_error(request: Request, exc: Exception) -> Response:
+    """Storage or the file system failing (disk full, permissions, a bucket down): not the client's
+    fault and usually passing, so 503 with the reason."""
+    reason = public_text(str(exc), request.app.state.settings)
+    log.error("%s %s: storage unavailable: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": f"storage unavailable ({reason}); nothing was changed, retry later"},
+                        status_code=503, headers={"Retry-After": "30"})
+
+
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
     log.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
     return Response(status_code=499)  # nobody reads it; the request log shows 499
@@ -92,4 +103,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(StorageError, _environment_error)
+    app.add_exception_handler(OSError, _environment_error)
     app.add_exception_handler(Exception, _unexpected)

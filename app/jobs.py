@@ -140,7 +140,12 @@ class JobRunner:
                "created_at": utc_now()}
         self._active[kind] = job
         lock = kind_lock(self.settings, kind)
-        if not lock.acquire():
+        try:
+            acquired = lock.acquire()
+        except BaseException:  # the lock file cannot be made (full disk): no claim may stay behind
+            self._active.pop(kind, None)
+            raise
+        if not acquired:
             self._active.pop(kind, None)
             raise JobBusy(await self._running_elsewhere(kind))
         self._locks[kind] = lock

@@ -191,3 +191,15 @@ def test_public_status_tells_the_true_final_state_while_the_database_refuses_it(
         time.sleep(0.02)
     assert client.app.state.runner.unwritten_jobs() == []
     assert client.get("/status").json()["last_jobs"]["scrape"]["state"] == "succeeded"
+
+
+def test_a_job_lock_that_cannot_be_created_is_a_503_not_a_500(make_client, gate):
+    client = make_client(job_kinds=gate.kinds())
+    lock = client.app.state.settings.dataset_dir / "job-scrape.lock"
+    lock.mkdir(parents=True)  # where the lock file must go: the same OSError a full disk gives
+    response = client.post("/scrape", headers=AUTH)
+    assert response.status_code == 503 and "storage unavailable" in response.json()["detail"]
+    assert str(client.app.state.settings.dataset_dir.resolve()) not in response.text
+    lock.rmdir()
+    gate.open = True
+    assert client.post("/scrape", headers=AUTH).status_code == 202
