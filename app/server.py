@@ -39,7 +39,9 @@ MAX_HEADERS = 100
 MAX_TARGET_BYTES = 8 * 1024
 API_MAX_BODY_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000
-UNBOUNDED_BODY_ROUTES = {("POST", "/upload")}  # bounded by UPLOAD_MAX_BYTES in app/routes/upload.py
+# Routes that bound their own multipart bodies by UPLOAD_MAX_BYTES while they read them:
+# app/routes/upload.py, and the console's upload form (app/ui/actions.py).
+UNBOUNDED_BODY_ROUTES = {("POST", "/upload"), ("POST", "/ui/upload")}
 
 
 class HardenedH11Protocol(H11Protocol):
