@@ -61,7 +61,9 @@ async def scrape_job(settings: Settings, progress: Progress) -> dict:
 
 async def train_job(settings: Settings, progress: Progress) -> dict:
     """Training is CPU-bound: a separate process, so the API keeps answering."""
-    return await run_in_process("trainer.train_vit:train_model", settings, progress, name="train")
+    from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
+
+    return await run_in_process("trainer.train_vit:train_model", settings, cumulative(progress), name="train")
 
 
 async def label_job(settings: Settings, progress: Progress) -> dict:

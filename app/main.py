@@ -21,6 +21,7 @@ from app.jobstore import JobStore, make_engine, utc_now
 from app.routes import jobs, models, review, status, upload
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
+from app.ui import install_console
 from config.settings import Settings, get_settings
 from dataset.manager import DatasetManager
 
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None, job_kinds: dict | None = None) 
         "Every endpoint except /status, /healthz and the docs needs "
         "'Authorization: Bearer <TRAINER_API_KEY>'.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served from files in the package (app.ui.docs)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.job_kinds = job_kinds
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None, job_kinds: dict | None = None) 
     app.middleware("http")(log_requests)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app)
     return app
 
 

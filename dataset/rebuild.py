@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from dataset.facts import has_exif
 from dataset.images import FORMAT_EXT, ImageRejected, inspect_image
 
 LABELS = ("real", "ai", "unlabeled")
@@ -41,7 +42,7 @@ def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixe
         meta_key=keys[1],
         created_at=doc["timestamp"][:32],
         size_bytes=len(data),
-        has_exif=doc["has_exif"] if isinstance(doc.get("has_exif"), bool) else _has_exif(data),
+        has_exif=doc["has_exif"] if isinstance(doc.get("has_exif"), bool) else has_exif(data),
         **facts,
     )
     for column, width in _TEXT_COLUMNS.items():
@@ -65,12 +66,6 @@ def _image_facts(doc: dict, data: bytes, max_pixels: int) -> dict:
     except ImageRejected as exc:
         raise MetadataInvalid(f"the image cannot be decoded again ({exc})") from exc
     return {"format": info.format, "width": info.width, "height": info.height, "phash": info.phash}
-
-
-def _has_exif(data: bytes) -> bool:
-    """An EXIF block in the container's first 64 KiB (as ingest records it)."""
-    head = data[: 1 << 16]
-    return b"Exif\x00\x00" in head or b"eXIf" in head or b"EXIF" in head
 
 
 def _float_or_none(value: object) -> float | None:

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
+from trainer.cache import shrink
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,9 @@ class Preprocessing:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
                 "crop_pct": self.crop_pct, "jpeg_quality": self.jpeg_quality,
                 "interpolation": "bilinear", "resize": "shorter_side",
-                "decode_reduce_to": self.decode_side}
+                "decode_reduce_to": self.decode_side,
+                # then the shorter side is resized to exactly this (bilinear; trainer/cache.py)
+                "resize_shorter_to": self.decode_side}
 
 
 def preprocessing_for(model: torch.nn.Module, image_size: int) -> Preprocessing:
@@ -130,13 +133,17 @@ class StoredImages(Dataset):
     (None, None, position), so the skip can be traced to its sample."""
 
     def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
-                 transform, max_pixels: int, reduce_to: int | None = None) -> None:
+                 transform, max_pixels: int, reduce_to: int | None = None, *,
+                 cache=None, sha256s: Sequence[str] | None = None) -> None:
         self.storage = storage
         self.keys = list(keys)
         self.labels = list(labels)
         self.transform = transform
         self.max_pixels = max_pixels
         self.reduce_to = reduce_to
+        # trainer.cache.ImageCache at reduce_to, and the sha256 of each key: read the cached picture.
+        self.cache = cache
+        self.sha256s = list(sha256s) if sha256s is not None else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -150,7 +157,10 @@ class StoredImages(Dataset):
     def load(self, index: int) -> Image.Image | None:
         key = self.keys[index]
         try:
-            return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels, reduce_to=self.reduce_to)
+            if self.cache is not None and self.sha256s is not None and self.cache.side == self.reduce_to:
+                return self.cache.load(self.sha256s[index], key)
+            image = decode_rgb(self.storage.get(key), max_pixels=self.max_pixels, reduce_to=self.reduce_to)
+            return shrink(image, self.reduce_to) if self.reduce_to else image
         except (StorageError, ImageRejected, OSError) as exc:
             # One broken file must not end a training run: it is skipped and counted.
             log.warning("skipping %s: %s", key, exc)

@@ -17,6 +17,7 @@ import torch
 
 from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
+from trainer.cache import shrink
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
@@ -46,6 +47,8 @@ class Predictor:
                  max_pixels: int = 50_000_000) -> None:
         self.device, self.amp_dtype = pick_device(device)
         self.model, self.pre, self.card = load_artifacts(folder, self.device)
+        # Calibration (docs/evaluation.md): P(ai) = softmax(logits / T)[ai]; 1 for older models.
+        self.temperature = float(self.card.get("temperature") or 1.0)
         self.transform = eval_transform(self.pre)
         self.normalize = Normalizer(self.pre, self.device)
         self.batch_size = batch_size
@@ -90,7 +93,8 @@ class Predictor:
     def _prepare(self, data: bytes) -> torch.Tensor | Prediction:
         """The eval-transformed uint8 tensor, or a failed Prediction saying why."""
         try:
-            image = decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side)
+            image = shrink(decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side),
+                           self.pre.decode_side)  # the pixels the trainer saw (trainer/cache.py)
             return self.transform(image)
         except ImageRejected as exc:
             return Prediction(None, exc.reason, exc.message)
@@ -101,7 +105,7 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> list[float]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(self.normalize(batch))
-        return logits.float().softmax(dim=1)[:, CLASS_INDEX["ai"]].cpu().tolist()
+        return (logits.float() / self.temperature).softmax(dim=1)[:, CLASS_INDEX["ai"]].cpu().tolist()
 
 
 def load_promoted(settings: Settings, batch_size: int | None = None) -> Predictor:

@@ -1,4 +1,4 @@
-"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag) and model.json.
+"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag), model.json and report.
 
 The weights path is never built from the request: the name and version are looked up in the
 registry, and the path comes from that validated entry (trainer.model_sync.get_model_path).
@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import FileResponse
 
 from app.deps import Authorized, SettingsDep
-from app.schemas import ErrorOut, LatestModel
+from app.schemas import ErrorOut, LatestModel, ModelCard
 from trainer.errors import ModelNotFound
 from trainer.model_sync import get_model_path, push_latest_model
 from trainer.registry import find_entry
@@ -77,7 +77,8 @@ def registered_weights(settings, name: str, version: str) -> tuple[dict, Path]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
 
 
-@router.get("/models/{name}/{version}/model.json", responses={404: {"model": ErrorOut}},
+@router.get("/models/{name}/{version}/model.json", response_model=ModelCard,
+            response_model_exclude_unset=True, responses={404: {"model": ErrorOut}},
             summary="A registered model's card: architecture, preprocessing, class map, metrics")
 async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     _, weights = registered_weights(settings, name, version)
@@ -94,9 +95,39 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
                                    "retrain") from exc
 
 
-@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}},
+@router.get("/models/{name}/{version}/report", responses={404: {"model": ErrorOut}, 500: {"model": ErrorOut}},
+            summary="A registered model's evaluation report (docs/evaluation.md)")
+async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
+    """report.json of a version: evaluation ids, AUC with intervals, held-out generators, robustness,
+    calibration, shortcut audit and the promotion decision."""
+    _, weights = registered_weights(settings, name, version)
+    try:
+        raw = (weights.parent / "report.json").read_bytes()
+    except FileNotFoundError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"model {name} {version} has no evaluation report: it was trained before "
+                            "reports existed; train a new version to get one") from exc
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                            detail=f"the report.json of model {name} {version} is not valid JSON ({exc}); "
+                            "train a new version or restore the file") from exc
+
+
+_WEIGHTS_RESPONSES = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "the weights; ETag is their sha256",
+          "headers": {"ETag": {"schema": {"type": "string"}}}},
+    304: {"description": "If-None-Match named the current ETag: the copy the client has is current"},
+    404: {"model": ErrorOut},
+}
+
+
+@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse, responses=_WEIGHTS_RESPONSES,
             summary="Download a registered model's weights")
+@router.head("/models/{name}/{version}/weights.pt", response_class=FileResponse, responses=_WEIGHTS_RESPONSES,
+             summary="The weights' size and ETag, without the body")
 async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
     entry, path = registered_weights(settings, name, version)
     sha = weights_sha256(entry)

@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.deps import Authorized, DatasetDep, SettingsDep
+from app.schemas import ErrorOut
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import (
@@ -91,8 +92,18 @@ async def get_review(
         raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
 
 
-@router.get("/images/{image_id}", summary="The stored image bytes",
-            responses={200: {"content": {"image/*": {}}}, 404: {"description": "unknown id"}})
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE_RESPONSES = {
+    200: {"description": "the stored bytes, typed by their real format",
+          "content": {media: _BINARY for media in ("image/jpeg", "image/png", "image/webp", "image/gif",
+                                                   "image/avif", "image/tiff", "image/bmp")}},
+    404: {"model": ErrorOut, "description": "not an image id, or no image has it"},
+    503: {"model": ErrorOut, "description": "storage unavailable (or TRAINER_API_KEY not set)"},
+}
+
+
+@router.get("/images/{image_id}", summary="The stored image bytes", response_class=Response,
+            responses=_IMAGE_RESPONSES)
 async def get_image(image_id: str, dataset: DatasetDep) -> Response:
     image_id = _image_id(image_id)
     try:
