@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.errors import public_text
 from app.filelock import ProcessLock
 from app.jobstore import JobStore, utc_now
 from app.processes import run_in_process
@@ -241,7 +242,9 @@ class JobRunner:
             await self._finish(job, "interrupted", error="interrupted by service shutdown")
         except Exception as exc:  # the job's boundary: its failure is the row's state, not a crash
             log.exception("job %s (%s) failed", job_id, kind)
-            await self._finish(job, "failed", error=str(exc) or type(exc).__name__)
+            # The log has the full text; the job row (shown by /jobs) names settings, not server paths.
+            error = public_text(str(exc), self.settings) or type(exc).__name__
+            await self._finish(job, "failed", error=error)
         finally:
             if flusher:
                 flusher.cancel()

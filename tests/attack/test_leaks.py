@@ -55,7 +55,10 @@ def test_public_status_shows_no_server_paths(make_client):
         str(settings.dataset_dir.resolve()) not in status.text
         and str(settings.log_dir.parent) not in status.text
     )
-    assert "DATASET_DIR/images/x.jpg" in json.dumps(status.json()["last_jobs"])
+    assert status.json()["last_jobs"]["scrape"]["state"] == "failed"
+    # Where an error text is shown (GET /jobs/{id}, behind the token), it names the setting too.
+    detail = client.get(f"/jobs/{job_id}", headers=AUTH).json()["error"]
+    assert "cannot write DATASET_DIR/images/x.jpg" in detail
 
 
 def test_control_characters_from_a_request_are_escaped_in_the_log(make_client):
