@@ -169,3 +169,28 @@ def _wait_for_log(caplog, text: str, seconds: float = 10) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"no log line with {text!r}: {[r.getMessage() for r in caplog.records]}")
+
+
+def test_plain_uvicorn_with_the_hardened_protocol_reads_http_read_timeout(monkeypatch, tmp_path):
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from app.server import HardenedH11Protocol
+    from config.settings import get_settings
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("HTTP_READ_TIMEOUT", "7")
+    get_settings.cache_clear()
+    try:
+        config = uvicorn.Config(app=lambda scope, receive, send: None, http=HardenedH11Protocol)
+        config.load()
+        loop = asyncio.new_event_loop()
+        try:
+            protocol = HardenedH11Protocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        finally:
+            loop.close()
+        assert protocol.read_timeout == 7.0
+    finally:
+        get_settings.cache_clear()
