@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIN_API_KEY_LENGTH = 16
+LINEAR_PROBE_ARCH = "vit_large_patch14_clip_224.openai"
 
 
 class ConfigError(Exception):
@@ -73,6 +74,10 @@ class Settings(BaseSettings):
     train_workers: int = Field(2, ge=0)
     # Decode and shrink each image once per preprocessing, kept in storage (trainer/cache.py).
     train_cache: bool = True
+    # finetune: the whole network; linear_probe: a frozen backbone, features cached, a linear head.
+    train_mode: Literal["finetune", "linear_probe"] = "finetune"
+    train_ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights (timm ModelEmaV3); 0 = off
+    train_balance: Literal["loss", "none"] = "loss"  # class-weighted loss for imbalanced datasets
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.
@@ -117,6 +122,13 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v: object) -> object:
         # `FOO=` in a .env file means "not set", not "set to the empty string".
         return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _probe_backbone(self) -> Settings:
+        # linear_probe's documented default backbone (UnivFD): a CLIP ViT-L/14, unless TRAIN_ARCH is set.
+        if self.train_mode == "linear_probe" and "train_arch" not in self.model_fields_set:
+            self.train_arch = LINEAR_PROBE_ARCH
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> Settings:

@@ -179,12 +179,14 @@ def collate_skipping_broken(batch: list):
 
 
 def make_loader(data: StoredImages, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+                pin_memory: bool = False, drop_last: bool = False, persistent: bool = True) -> DataLoader:
+    """``persistent=False`` for loaders used now and then (evaluation): their workers end after each
+    pass instead of holding their memory through the whole training."""
     generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds follow TRAIN_SEED
     return DataLoader(
         data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         collate_fn=collate_skipping_broken, pin_memory=pin_memory, drop_last=drop_last,
-        generator=generator, persistent_workers=workers > 0,
+        generator=generator, persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers > 0 else None,
     )

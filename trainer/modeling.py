@@ -106,8 +106,8 @@ def _from_file(arch: str, file: Path) -> torch.nn.Module:
         return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX),
                                  pretrained_cfg_overlay={"file": str(file)})
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} could not be loaded into {arch!r}: "
-                            f"{_first_line(exc)}. {_PRETRAINED_HELP}") from exc
+        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} does not fit TRAIN_ARCH={arch!r} (a checkpoint of "
+                            f"another architecture?): {_first_line(exc)}. {_PRETRAINED_HELP}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
