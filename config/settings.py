@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_API_KEY_LENGTH = 16
 LINEAR_PROBE_ARCH = "vit_large_patch14_clip_224.openai"
 
 
@@ -92,6 +93,21 @@ class Settings(BaseSettings):
     min_image_side: int = Field(32, ge=1)
     near_dup_max_distance: int = Field(6, ge=0, le=32)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Hardening (docs/hardening.md): slow clients, decode memory.
+    http_read_timeout: float = Field(30, gt=0, le=3600)
+    http_keepalive_timeout: int = Field(5, ge=1, le=300)
+    decode_memory_budget_mb: int = Field(1024, ge=64)
+
+    @field_validator("trainer_api_key")
+    @classmethod
+    def _key_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        # A short key can be guessed; `make run` writes a 43-character one.
+        if v is not None and len(v.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_KEY_LENGTH} characters (got "
+                             f"{len(v.get_secret_value())}); generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -37,8 +37,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from config.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,29 @@ images = Table(
 ADDED_COLUMNS = {"scorer": "TEXT", "generator": "VARCHAR(64)", "group_hint": "VARCHAR(100)",
                  "split_group": "VARCHAR(36)", "split": "VARCHAR(8)", "size_bytes": "BIGINT",
                  "has_exif": "INTEGER"}
+
+
+class IndexUnusable(ConfigError):
+    """The index database cannot be read (not a database, corrupt): the message names the file and
+    what to do. A ConfigError, so the CLI prints it without a traceback and exits with code 2."""
+
+
+# SQLite's words for a file that is not (or no longer) a database it can read.
+_CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted", "disk image is malformed")
+
+
+def sqlite_path(db_url: str) -> Path | None:
+    """The database file of a SQLite URL, None for other backends and in-memory databases."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def describe_db(db_url: str) -> str:
+    """Where the index lives, for an operator's message: the SQLite file, or the URL without password."""
+    path = sqlite_path(db_url)
+    return str(path) if path else make_url(db_url).render_as_string(hide_password=True)
 
 
 class DuplicateHash(Exception):
@@ -195,9 +220,26 @@ class DedupeIndex:
                 # read to a write, can get SQLITE_BUSY at once (SQLite skips the busy wait where
                 # waiting could deadlock). Both steps are idempotent, so try again shortly.
                 if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS:
-                    raise
+                    raise self._unusable(exc) from exc
                 await asyncio.sleep(0.05 * attempt)
-        await self.refresh()
+            except DatabaseError as exc:
+                raise self._unusable(exc) from exc
+        try:
+            await self.refresh()
+        except DatabaseError as exc:
+            raise self._unusable(exc) from exc
+
+    def describe(self) -> str:
+        return describe_db(self.db_url)
+
+    def _unusable(self, exc: DatabaseError) -> Exception:
+        reason = str(getattr(exc, "orig", None) or exc)
+        if not any(marker in reason for marker in _CORRUPT_MARKERS):
+            return exc
+        return IndexUnusable(
+            f"the dataset index {self.describe()} cannot be read ({reason}). The metadata files hold "
+            "every row: run `exposr-trainer check --rebuild-index`, which moves the damaged file aside "
+            "(to <name>.corrupt-<time>) and rebuilds the index from them; nothing is deleted")
 
     async def _add_missing_columns(self) -> None:
         for name, sql_type in ADDED_COLUMNS.items():
@@ -308,6 +350,10 @@ class DedupeIndex:
         async with self.engine.begin() as conn:
             await conn.execute(delete(images).where(images.c.id == image_id))
         self.cache.forget(image_id)
+
+    async def row_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(images))).scalar() or 0)
 
     async def count_by_label_source(self) -> list[tuple[str, str, int]]:
         q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)

@@ -24,6 +24,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.settings import Settings
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
-from dataset.index import DedupeIndex, DuplicateHash, NearMatch
+from dataset.index import DedupeIndex, DuplicateHash, IndexUnusable, NearMatch, describe_db, sqlite_path
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,13 @@ class DatasetManager:
     async def close(self) -> None:
         await self.index.close()
 
+    async def verify(self) -> None:
+        """IndexUnusable if the index has no rows but metadata files exist (see dataset/check.py)."""
+        from dataset.check import index_problem
+
+        if problem := await index_problem(self):
+            raise IndexUnusable(problem)
+
     async def __aenter__(self) -> DatasetManager:
         return await self.open()
 
@@ -131,6 +139,7 @@ class DatasetManager:
             info = await asyncio.to_thread(
                 inspect_image, data, max_bytes=self.settings.upload_max_bytes,
                 min_side=self.settings.min_image_side, max_pixels=self.settings.max_image_pixels,
+                memory_budget=self.settings.decode_memory_budget_mb * 2**20,
             )
         except ImageRejected as exc:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
@@ -155,8 +164,10 @@ class DatasetManager:
             await self._put(keys[0], data, written)
             await self._put(keys[1], json_bytes(doc), written)
             seq = await self.index.insert(index_row(doc, info, keys, data))
-        except DuplicateHash as dup:  # lost a race with an identical image: keep the winner only
-            await self._discard(written)
+        except DuplicateHash as dup:
+            if dup.existing_id == image_id:  # `check --rebuild-index` indexed our files first: ours
+                return IngestOutcome("stored", id=image_id)
+            await self._discard(written)  # lost a race with an identical image: keep the winner only
             return _duplicate(dup.existing_id)
         except StorageError as exc:
             await self._discard(written)
@@ -236,6 +247,11 @@ class DatasetManager:
         row = await self._row(image_id)
         return await asyncio.to_thread(self.storage.get, row["image_key"])
 
+    async def has_image_file(self, image_id: str) -> bool:
+        """Whether the image has a row and its file is still there (cheap: no bytes read)."""
+        row = await self.index.get(image_id)
+        return row is not None and await asyncio.to_thread(self.storage.exists, row["image_key"])
+
     # ---- updates ------------------------------------------------------------------------------
 
     async def set_label(self, image_id: str, label: str, label_source: dict) -> dict:
@@ -288,11 +304,12 @@ class DatasetManager:
             raise UnknownImage(f"no image with id {image_id!r}")
         return row
 
-    async def check(self, repair: bool = False, force: bool = False) -> dict:
-        """Drift report; ``force`` also treats files younger than a few minutes as orphans."""
+    async def check(self, repair: bool = False, force: bool = False, rebuild_index: bool = False) -> dict:
+        """Drift report (dataset/check.py); ``force`` also treats files younger than a few minutes
+        as orphans and lifts the bound on destructive repair."""
         from dataset.check import check_dataset
 
-        return await check_dataset(self, repair, force)
+        return await check_dataset(self, repair, force, rebuild_index=rebuild_index)
 
 
 def _near_duplicate(near: NearMatch) -> IngestOutcome:
@@ -349,7 +366,45 @@ def json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
-async def run_check(settings: Settings, repair: bool = False, force: bool = False) -> dict:
-    """Entry point for `exposr-trainer check [--repair] [--force]`."""
+async def run_check(settings: Settings, repair: bool = False, force: bool = False,
+                    rebuild_index: bool = False) -> dict:
+    """Entry point for `exposr-trainer check [--rebuild-index] [--repair] [--force]`: a rebuild (or
+    repair) of an index that cannot be read moves the damaged file aside and starts a fresh one."""
+    moved = None
+    try:
+        dm = await DatasetManager(settings).open()
+    except IndexUnusable:
+        if not (repair or rebuild_index):
+            raise
+        moved = move_index_aside(settings.db_url)
+        dm = await DatasetManager(settings).open()
+    try:
+        report = await dm.check(repair, force, rebuild_index=rebuild_index)
+    finally:
+        await dm.close()
+    if moved:
+        report["index_moved_aside"] = str(moved)
+    return report
+
+
+async def verify_dataset(settings: Settings) -> None:
+    """Start-up check: IndexUnusable when the index cannot be read, or has lost its rows while the
+    metadata files remain (the service would otherwise show an empty dataset)."""
     async with DatasetManager(settings) as dm:
-        return await dm.check(repair, force)
+        await dm.verify()
+
+
+def move_index_aside(db_url: str) -> Path:
+    """Rename a damaged SQLite index (and its -wal/-shm files) to ``<name>.corrupt-<time>``."""
+    path = sqlite_path(db_url)
+    if path is None:
+        raise IndexUnusable(f"the dataset index {describe_db(db_url)} cannot be read; restore the "
+                            "database from a backup or point DATABASE_URL at an empty one, then run "
+                            "`exposr-trainer check --rebuild-index`")
+    target = path.with_name(f"{path.name}.corrupt-{utc_now():%Y%m%dT%H%M%SZ}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(target.with_name(target.name + suffix))
+    log.warning("moved the unreadable index %s aside to %s", path, target)
+    return target

@@ -37,6 +37,21 @@ def registry_errors() -> Iterator[None]:
                             detail=f"the model registry cannot be read: {exc}") from exc
 
 
+def etag_matches(if_none_match: str | None, sha: str) -> bool:
+    """RFC 9110 13.1.2: ``*`` matches any current representation; otherwise a comma list of entity
+    tags, compared weakly (``W/"x"`` matches ``"x"``)."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        tag = tag[2:] if tag.startswith("W/") else tag
+        if tag == f'"{sha}"':
+            return True
+    return False
+
+
 @router.get("/models/latest", response_model=LatestModel, responses={404: {"model": ErrorOut}},
             summary="The promoted model: version, metrics and download_url")
 async def latest_model(settings: SettingsDep) -> dict:
@@ -68,10 +83,16 @@ def registered_weights(settings, name: str, version: str) -> tuple[dict, Path]:
 async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     _, weights = registered_weights(settings, name, version)
     try:
-        return json.loads((weights.parent / "model.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
+        return json.loads((weights.parent / "model.json").read_bytes().decode("utf-8"))
+    except FileNotFoundError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"model {name} {version} has no readable model.json ({exc})") from exc
+                            detail=f"model {name} {version} has no model.json; retrain it") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
+        # Registered but unreadable: the server's fault, not the client's; the reason, no path.
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"model {name} {version}: model.json cannot be decoded "
+                                   f"({type(exc).__name__}: {exc}); restore it from a backup or "
+                                   "retrain") from exc
 
 
 @router.get("/models/{name}/{version}/report", responses={404: {"model": ErrorOut}, 500: {"model": ErrorOut}},
@@ -111,7 +132,7 @@ async def download_weights(name: str, version: str, settings: SettingsDep, reque
     entry, path = registered_weights(settings, name, version)
     sha = weights_sha256(entry)
     headers = {"ETag": f'"{sha}"'} if sha else {}
-    if sha and request.headers.get("if-none-match") == headers["ETag"]:
+    if sha and etag_matches(request.headers.get("if-none-match"), sha):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{name}-{version}-weights.pt",
                         headers=headers)

@@ -26,7 +26,8 @@ router = APIRouter(tags=["dataset"], dependencies=[Authorized])
 
 LABELS = ("real", "ai", "unlabeled")
 ENVELOPE_SLACK = 64 * 1024  # multipart boundaries, headers and the label field
-REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413}
+REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413,
+                   "decompression_bomb": 413}
 
 _BODY_SCHEMA = {
     "requestBody": {
