@@ -229,9 +229,21 @@ class DatasetManager:
         """Store each image's (split_group, split) once: rows that already have a side keep it.
 
         Returns how many rows took the new side. The trainer calls this before it trains, so the
-        side of an image never moves however the dataset grows (trainer/split.py).
+        side of an image never moves however the dataset grows (trainer/split.py). The side is also
+        written into each image's metadata file (after the index: a crash in between costs at most
+        a re-decision, never two sides), so ``check --rebuild-index`` brings it back with the row.
         """
-        return await self.index.set_splits_once(decided)
+        changed = await self.index.set_splits_once(decided)
+        for image_id, (group, side) in decided.items():
+            def keep_first(doc: dict, group: str = group, side: str = side) -> None:
+                if not doc.get("split"):
+                    doc.update(split_group=group, split=side)
+            try:
+                async with self._metadata_update():
+                    await self._rewrite_meta(image_id, keep_first)
+            except (UnknownImage, StorageError, ValueError) as exc:  # deleted meanwhile, or unreadable
+                log.warning("split of %s not written to its metadata file: %s", image_id, exc)
+        return changed
 
     async def get_metadata(self, image_id: str) -> dict | None:
         row = await self.index.get(image_id)
