@@ -124,6 +124,10 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
         # The report lists what was found; whether the repair fixed all of it, only a new check says.
         report = asyncio.run(run_check(settings, False, args.force))
         print_mapping("Dataset check after the repair", report)
+    from trainer.cache import run_check_cache  # no torch: the cache is pictures in storage
+
+    cache = asyncio.run(run_check_cache(settings, args.repair))
+    print_mapping("Training cache" + (" (orphans removed)" if args.repair else ""), cache)
     if report["ok"]:
         return 0
     what = "drift left after the repair (see above)" if changing else \

@@ -177,6 +177,17 @@ class ImageCache:
         return decode_cached(data)  # exactly what a reader of the rewritten entry gets
 
 
+async def run_check_cache(settings, repair: bool = False) -> dict:
+    """``exposr-trainer check``'s training-cache part: entries per preprocessing, orphans removed
+    with ``--repair`` (a missing or corrupt entry needs nothing: the next training rebuilds it)."""
+    from dataset.manager import DatasetManager
+
+    async with DatasetManager(settings) as dm:
+        known = {s.sha256 for s in await dm.samples(("real", "ai", "unlabeled"))}
+        storage = dm.storage
+    return check_cache(storage, known, repair)
+
+
 def check_cache(storage: StorageDriver, known_sha256: Sequence[str] | set[str], repair: bool = False) -> dict:
     """Cache entries per preprocessing, and orphans (their image is no longer in the index)."""
     known = set(known_sha256)

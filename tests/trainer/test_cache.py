@@ -168,3 +168,20 @@ def test_format_and_size_stay_hidden_with_the_cache_on(make_settings, storage):
         labels = np.array([1] * 20 + [0] * 20)
         auc = auc_estimate(labels, np.concatenate([margins[a], margins[b]])).auc
         assert 0.3 <= auc <= 0.7, (a, b, auc)
+
+
+async def test_check_command_reports_and_removes_cache_entries_of_deleted_images(make_settings):
+    from dataset.manager import DatasetManager
+    from trainer.cache import run_check_cache
+
+    settings = make_settings()
+    async with DatasetManager(settings) as dm:
+        meta = {"source": "folder", "label": "real"}
+        ids = [(await dm.ingest(encode(scene(500 + i, (120, 90)), "JPEG"), meta)).id for i in range(3)]
+        rows = [await dm.index.get(i) for i in ids]
+        ImageCache(dm.storage, 48, 10_000_000).build([(r["sha256"], r["image_key"]) for r in rows])
+        await dm.index.delete(ids[0])  # the image left the dataset; its cache entry is an orphan
+    report = await run_check_cache(settings)
+    assert report["entries"] == {"side48-q95-v1": 3} and report["orphans"] == 1
+    assert (await run_check_cache(settings, repair=True))["removed"] == 1
+    assert (await run_check_cache(settings))["entries"] == {"side48-q95-v1": 2}
