@@ -25,7 +25,7 @@ def validate_sources(settings: Settings) -> None:
     from config.sources import load_sources
     from scraper.fetcher_manager import FETCHERS
 
-    load_sources(settings.sources_config, FETCHERS.keys())
+    load_sources(settings.sources_config, FETCHERS)   # names and each source's options
 
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:

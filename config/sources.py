@@ -2,15 +2,20 @@
 
 Errors name the file, the entry and the field, e.g.
 ``config/sources.yaml: sources[2] (name 'pexels'): label: Input should be 'real' or 'ai'``.
-The set of known source names comes from the caller (the scraper's registry), so this module
-stays below `scraper` in the layering.
+The set of known source names, and each source's options model (a ``SourceOptions`` subclass that
+its fetcher declares), come from the caller (the scraper's registry), so this module stays below
+`scraper` in the layering. Options are checked at start-up: a misspelt key is named with the
+closest known one ("did you mean 'path'?"), a value out of range with the range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -46,6 +51,78 @@ class SourceConfig(BaseModel):
         return (self.model_extra or {}).get(key, default)
 
 
+class SourceOptions(BaseModel):
+    """The options every source accepts beyond the common fields; a fetcher declares its own as a
+    subclass (its ``options_model``). Unknown keys are refused, values are taken as written."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # How many downloads of this source run at once (default: the scrape's own, 4).
+    download_concurrency: int | None = Field(None, ge=1, le=64)
+
+
+@dataclass(frozen=True)
+class OptionProblem:
+    """One bad per-source option: which key, what is wrong, and the value written."""
+
+    key: str
+    message: str
+    value: Any = None
+    missing: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.detail}"
+
+    @property
+    def detail(self) -> str:
+        return self.message + ("" if self.missing else f" (got {self.value!r})")
+
+
+class OptionsInvalid(ValueError):
+    def __init__(self, problems: list[OptionProblem]):
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = problems
+
+
+def read_options(model: type[SourceOptions], config: SourceConfig) -> SourceOptions:
+    """The entry's options (keys beyond the common fields) as ``model``; OptionsInvalid otherwise."""
+    try:
+        return model.model_validate(config.model_extra or {})
+    except ValidationError as exc:
+        raise OptionsInvalid([_problem(err, model) for err in exc.errors()]) from exc
+
+
+def _problem(err: Any, model: type[SourceOptions]) -> OptionProblem:
+    key = ".".join(str(p) for p in err["loc"]) or "(options)"
+    if err["type"] == "extra_forbidden":
+        known = sorted(set(model.model_fields) | set(SourceConfig.model_fields))
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return OptionProblem(key, f"unknown option; {hint}(this source takes: {', '.join(known)})",
+                             err.get("input"))
+    if err["type"] == "missing":
+        return OptionProblem(key, "missing; this source needs it in its entry", missing=True)
+    rule = _rule(model, key)
+    return OptionProblem(key, f"must be {rule}" if rule else err["msg"], err.get("input"))
+
+
+def _rule(model: type[BaseModel], key: str) -> str | None:
+    """What a field accepts, for a person: "one of a, b" or "a whole number from 1 to 31"."""
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    annotation: Any = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(choice) for choice in get_args(annotation))
+    low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
+    if annotation is int and low is not None and high is not None:
+        return f"a whole number from {low} to {high}"
+    return None
+
+
 class RedditConfig(BaseModel):
     enabled: Literal[False] = False
 
@@ -60,8 +137,16 @@ class SourcesFile(BaseModel):
         return [s for s in self.sources if s.enabled]
 
 
-def load_sources(path: Path, known_names: Iterable[str] | None = None) -> SourcesFile:
-    """Read and validate a sources file; raise ConfigError naming file, entry and field."""
+Known = Iterable[str] | Mapping[str, Any]
+
+
+def load_sources(path: Path, known_names: Known | None = None) -> SourcesFile:
+    """Read and validate a sources file; raise ConfigError naming file, entry and field.
+
+    ``known_names``: the registered source names, or a mapping of them to each source's options
+    model (or to anything with an ``options_model`` attribute, such as a fetcher class): then every
+    entry's options are validated too.
+    """
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -74,7 +159,7 @@ def load_sources(path: Path, known_names: Iterable[str] | None = None) -> Source
     return parse_sources(raw, path, known_names)
 
 
-def parse_sources(raw: Any, path: Path | str, known_names: Iterable[str] | None = None) -> SourcesFile:
+def parse_sources(raw: Any, path: Path | str, known_names: Known | None = None) -> SourcesFile:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -91,7 +176,27 @@ def parse_sources(raw: Any, path: Path | str, known_names: Iterable[str] | None 
                     f"{path}: sources[{i}] (name {src.name!r}): name: unknown source; "
                     f"known sources: {', '.join(known)}"
                 )
+    if isinstance(known_names, Mapping):
+        _check_options(parsed, known_names, path)
     return parsed
+
+
+def options_model_of(registered: Any) -> type[SourceOptions]:
+    """The options model registered for a source: the model itself or a fetcher's ``options_model``."""
+    if isinstance(registered, type) and issubclass(registered, SourceOptions):
+        return registered
+    return getattr(registered, "options_model", SourceOptions)
+
+
+def _check_options(parsed: SourcesFile, registry: Mapping[str, Any], path: Path | str) -> None:
+    lines = []
+    for i, src in enumerate(parsed.sources):
+        try:
+            read_options(options_model_of(registry[src.name]), src)
+        except OptionsInvalid as exc:
+            lines += [f"{path}: sources[{i}] (name {src.name!r}): {problem}" for problem in exc.problems]
+    if lines:
+        raise ConfigError("\n".join(lines))
 
 
 def _describe(exc: ValidationError, raw: dict, path: Path | str) -> str:

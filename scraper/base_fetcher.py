@@ -12,48 +12,49 @@ import logging
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
 
 from config.settings import Settings
-from config.sources import SourceConfig
+from config.sources import OptionsInvalid, SourceConfig, SourceOptions, read_options
 from scraper.http import FetchError, RateLimited, SourceHttp, decode_json, default_is_rate_limited
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+OptionsT = TypeVar("OptionsT", bound=SourceOptions)
 
 
 class SourceUnavailable(Exception):
     """The source cannot run at all (no key, no folder): it is skipped with this message."""
 
 
-def int_option(config: SourceConfig, key: str, default: int, low: int, high: int) -> int:
-    """A whole-number per-source option, or SourceUnavailable naming the option and its range."""
-    value = config.option(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise SourceUnavailable(f"option {key!r} of source '{config.name}' in sources.yaml must be a "
-                                f"whole number from {low} to {high} (got {value!r})")
-    return value
+def source_options(model: type[SourceOptions], config: SourceConfig) -> SourceOptions:
+    """The entry's options as ``model``, or SourceUnavailable naming each bad option and its rule.
+
+    ``load_sources`` already refused such a file at start-up; this covers entries built in code."""
+    try:
+        return read_options(model, config)
+    except OptionsInvalid as exc:
+        raise SourceUnavailable("; ".join(
+            f"option {p.key!r} of source '{config.name}' in sources.yaml"
+            f"{' ' if p.message.startswith('must') else ': '}{p.detail}"
+            for p in exc.problems)) from exc
 
 
-def choice_option(config: SourceConfig, key: str, default: str, choices: Iterable[str]) -> str:
-    """A per-source option with a fixed set of values, or SourceUnavailable listing them."""
-    value = config.option(key, default)
-    if value not in choices:
-        raise SourceUnavailable(f"option {key!r} of source '{config.name}' in sources.yaml must be one "
-                                f"of {', '.join(choices)} (got {value!r})")
-    return value
-
-
-class BaseFetcher(ABC):
+class BaseFetcher(ABC, Generic[OptionsT]):
     """One source of labelled images.
 
     The manager builds it as ``cls(config=..., settings=..., http=...)``: ``config`` is the
     `sources.yaml` entry, ``http`` the source's rate-limited view of the shared client.
+    ``options_model`` declares the source's own options (a ``SourceOptions`` subclass, checked by
+    ``load_sources`` at start-up); ``self.options`` holds them, typed.
     """
+
+    #: The pydantic model of this source's options beyond the common fields.
+    options_model: ClassVar[type[SourceOptions]] = SourceOptions
 
     #: Settings field that must be set for the source to run (e.g. "pexels_api_key"), or None.
     required_key: str | None = None
@@ -73,6 +74,14 @@ class BaseFetcher(ABC):
         self.errors: Counter[str] = Counter()
         # Set when the source gave up early (rate limit, quota, a rejected key); the report shows it.
         self.stop_reason: str | None = None
+        self._options: OptionsT | None = None
+
+    @property
+    def options(self) -> OptionsT:
+        """This entry's options, validated by ``options_model`` (SourceUnavailable when bad)."""
+        if self._options is None:
+            self._options = cast(OptionsT, source_options(self.options_model, self.config))
+        return self._options
 
     @abstractmethod
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
@@ -114,8 +123,8 @@ class BaseFetcher(ABC):
         self.check_options()
 
     def check_options(self) -> None:
-        """Read every per-source option once, so a bad value skips the source before any request."""
-        return None
+        """Read the per-source options once, so a bad value skips the source before any request."""
+        self.options  # noqa: B018 - read to validate
 
     def planned_limit(self) -> int:
         """How many images one run asks for: limit_per_query for each query (or once without)."""

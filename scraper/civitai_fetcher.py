@@ -17,7 +17,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Any
 
-from scraper.base_fetcher import BaseFetcher, int_option
+from pydantic import Field
+
+from config.sources import SourceOptions
+from scraper.base_fetcher import BaseFetcher
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,15 @@ LIMIT_MAX = 200
 LEGACY_LEVELS = {"None": 1, "Soft": 2, "Mature": 4, "X": 8, "Blocked": 32}
 
 
-class CivitaiFetcher(BaseFetcher):
+class CivitaiOptions(SourceOptions):
+    # A bitmask of single levels: PG=1 ... XXX=16; Blocked (32) is never asked for.
+    browsing_level: int = Field(1, ge=1, le=31)
+    # /images has no keyword search: each query picks this many models.
+    models_per_query: int = Field(3, ge=1, le=100)
+
+
+class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
+    options_model = CivitaiOptions
     required_key = None   # the API is public; CIVITAI_API_KEY is sent as a Bearer token when set
     fatal_statuses = frozenset({401})   # only possible with a key set, and then that key is wrong
 
@@ -34,15 +45,11 @@ class CivitaiFetcher(BaseFetcher):
 
     @property
     def browsing_level(self) -> int:
-        # A bitmask of single levels: PG=1 ... XXX=16; Blocked (32) is never asked for.
-        return int_option(self.config, "browsing_level", 1, 1, 31)
+        return self.options.browsing_level
 
     @property
     def models_per_query(self) -> int:
-        return int_option(self.config, "models_per_query", 3, 1, 100)
-
-    def check_options(self) -> None:
-        self.browsing_level, self.models_per_query  # noqa: B018 - read to validate
+        return self.options.models_per_query
 
     def api_headers(self) -> dict[str, str]:
         key = self.settings.civitai_api_key

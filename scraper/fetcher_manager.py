@@ -20,7 +20,7 @@ import httpx
 
 from config.settings import Settings
 from config.sources import SourceConfig, SourcesFile, load_sources
-from scraper.base_fetcher import BaseFetcher, SourceUnavailable, int_option
+from scraper.base_fetcher import BaseFetcher, SourceUnavailable, source_options
 from scraper.civitai_fetcher import CivitaiFetcher
 from scraper.folder_fetcher import FolderFetcher
 from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[dict], None]
 
-FETCHERS: dict[str, type[BaseFetcher]] = {
+FETCHERS: dict[str, type[BaseFetcher[Any]]] = {
     "unsplash": UnsplashFetcher,
     "pexels": PexelsFetcher,
     "civitai": CivitaiFetcher,
@@ -124,7 +124,8 @@ class FetcherManager:
             client, bucket_for(cfg.name, cfg.rate_limit_per_hour), max_bytes=self.settings.upload_max_bytes,
             retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
             retry_rate_limited=cls.retry_rate_limited,
-            download_concurrency=int_option(cfg, "download_concurrency", self.download_concurrency, 1, 64),
+            download_concurrency=source_options(cls.options_model, cfg).download_concurrency
+            or self.download_concurrency,
         )
         return cls(config=cfg, settings=self.settings, http=http)
 
@@ -200,6 +201,6 @@ async def run_scrape(settings: Settings, progress: Progress | None = None,
     # Deferred: the registry (used to validate sources.yaml) stays importable without the database layer.
     from dataset.manager import DatasetManager
 
-    sources = load_sources(settings.sources_config, known_source_names())
+    sources = load_sources(settings.sources_config, FETCHERS)
     async with DatasetManager(settings) as dataset:
         return await FetcherManager(settings, sources, dataset, client).run(progress)

@@ -13,6 +13,9 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+from pydantic import Field
+
+from config.sources import SourceOptions
 from scraper.base_fetcher import BaseFetcher, SourceUnavailable
 
 # Every image type a camera or tool writes, including those the dataset refuses (HEIC) or may refuse
@@ -22,7 +25,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".w
                   ".tif", ".tiff", ".avif", ".avifs", ".heic", ".heif"}
 
 
-class FolderFetcher(BaseFetcher):
+class FolderOptions(SourceOptions):
+    path: str = Field(min_length=1)   # the folder imported, recursively; ~ is expanded
+
+
+class FolderFetcher(BaseFetcher[FolderOptions]):
+    options_model = FolderOptions
     _listing: list[Path] | None = None
 
     def get_source_name(self) -> str:
@@ -30,11 +38,10 @@ class FolderFetcher(BaseFetcher):
 
     @property
     def root(self) -> Path:
-        return Path(str(self.config.option("path", ""))).expanduser()
+        return Path(self.options.path).expanduser()
 
     def check_available(self) -> None:
-        if not self.config.option("path"):
-            raise SourceUnavailable("folder source needs a 'path' option in sources.yaml")
+        self.check_options()   # SourceUnavailable naming 'path' when it is missing
         if not self.root.is_dir():
             raise SourceUnavailable(f"folder source: {self.root} is not a folder (check 'path')")
 

@@ -10,17 +10,23 @@ when the key (401) or the client (403) is refused.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
-from scraper.base_fetcher import BaseFetcher, choice_option
+from config.sources import SourceOptions
+from scraper.base_fetcher import BaseFetcher
 
 PER_PAGE_MAX = 80
-SIZES = ("original", "large2x", "large", "medium", "small", "portrait", "landscape", "tiny")
+Size = Literal["original", "large2x", "large", "medium", "small", "portrait", "landscape", "tiny"]
 
 
-class PexelsFetcher(BaseFetcher):
+class PexelsOptions(SourceOptions):
+    image_size: Size = "large2x"   # which of the photo's `src` renditions is downloaded
+
+
+class PexelsFetcher(BaseFetcher[PexelsOptions]):
+    options_model = PexelsOptions
     required_key = "pexels_api_key"
     # 401: the key was refused; 403: Pexels' edge refused the client. Neither improves this run.
     fatal_statuses = frozenset({401, 403})
@@ -30,10 +36,7 @@ class PexelsFetcher(BaseFetcher):
 
     @property
     def image_size(self) -> str:
-        return choice_option(self.config, "image_size", "large2x", SIZES)
-
-    def check_options(self) -> None:
-        self.image_size  # noqa: B018 - read to validate
+        return self.options.image_size
 
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
         return await self.collect(limit)

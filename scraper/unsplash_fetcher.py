@@ -11,12 +11,14 @@ a rejected key as well). Each *stored* image triggers one authorised call to its
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+from pydantic import Field
 
-from scraper.base_fetcher import BaseFetcher, choice_option, int_option
+from config.sources import SourceOptions
+from scraper.base_fetcher import BaseFetcher
 from scraper.http import FetchError, RateLimited
 
 PER_PAGE_MAX = 30
@@ -33,7 +35,13 @@ def is_unsplash_rate_limited(response: httpx.Response) -> bool:
     )
 
 
-class UnsplashFetcher(BaseFetcher):
+class UnsplashOptions(SourceOptions):
+    content_filter: Literal["high", "low"] = "high"   # Unsplash's own safety filter
+    image_width: int = Field(1600, ge=100, le=10000)    # width of the rendition downloaded (px)
+
+
+class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
+    options_model = UnsplashOptions
     required_key = "unsplash_access_key"
     is_rate_limited = staticmethod(is_unsplash_rate_limited)
     # The limit is an hourly window and Unsplash sends no reset time: a rate-limited answer
@@ -46,14 +54,11 @@ class UnsplashFetcher(BaseFetcher):
 
     @property
     def content_filter(self) -> str:
-        return choice_option(self.config, "content_filter", "high", ("high", "low"))
+        return self.options.content_filter
 
     @property
     def image_width(self) -> int:
-        return int_option(self.config, "image_width", 1600, 100, 10000)
-
-    def check_options(self) -> None:
-        self.content_filter, self.image_width  # noqa: B018 - read to validate
+        return self.options.image_width
 
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Client-ID {self.secret()}", "Accept-Version": "v1"}
