@@ -1,7 +1,12 @@
 # Exposr Trainer: CPU image. Build: docker build -t exposr-trainer .
+#   GPU (CUDA) torch instead: docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 ...
+#   (or TORCH_INDEX_URL= for the default index), then run with TRAIN_DEVICE=cuda.
 # Run:   docker run --env-file .env -p 8001:8001 -v exposr-data:/app/datasets \
 #          -v exposr-models:/app/models -v exposr-logs:/app/logs exposr-trainer
 FROM python:3.11-slim
+
+# Where torch and torchvision come from (the versions are the pins of constraints.txt).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -10,24 +15,27 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# CPU torch by default: the PyTorch CPU index avoids pulling gigabytes of CUDA libraries.
-# (For a GPU image, drop --index-url and set TRAIN_DEVICE=cuda.)
-COPY constraints.txt ./
-RUN pip install --index-url https://download.pytorch.org/whl/cpu \
+# Dependencies in their own layers, before the code: a code change rebuilds only the last layers.
+COPY pyproject.toml constraints.txt ./
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} \
         "torch==$(sed -n 's/^torch==//p' constraints.txt)" \
         "torchvision==$(sed -n 's/^torchvision==//p' constraints.txt)"
+# The project's dependencies as pyproject.toml lists them, pinned by constraints.txt (torch is there).
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && grep -v -E '^(torch|torchvision)==' constraints.txt > /tmp/constraints-no-torch.txt \
+    && pip install -c /tmp/constraints-no-torch.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt /tmp/constraints-no-torch.txt
 
-# Dependencies before the code, so code changes rebuild only the last layers.
-COPY pyproject.toml README.md ./
+# The code, installed without touching the dependencies above.
+COPY README.md ./
 COPY app ./app
 COPY config ./config
 COPY dataset ./dataset
 COPY labeler ./labeler
 COPY scraper ./scraper
 COPY trainer ./trainer
-RUN grep -v -E '^(torch|torchvision)==' constraints.txt > /tmp/constraints-no-torch.txt \
-    && pip install -c /tmp/constraints-no-torch.txt . \
-    && rm /tmp/constraints-no-torch.txt
+RUN pip install --no-deps .
 
 RUN useradd --create-home --uid 10001 exposr \
     && mkdir -p /app/datasets /app/models /app/logs \

@@ -29,13 +29,17 @@ def validate_sources(settings: Settings) -> None:
 
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from app.ports import ensure_port_free
+
+    validate_sources(settings)
+    ensure_port_free(args.host, args.port)   # before the heavy imports and checks: fails in a second
+
     import uvicorn
 
     from app.main import create_app
     from app.server import server_options
     from dataset.manager import verify_dataset
 
-    validate_sources(settings)
     asyncio.run(verify_dataset(settings))  # a lost or unreadable index stops start-up, clearly
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=30, **server_options(settings))
