@@ -16,7 +16,7 @@ Application level (:class:`RequestGuard`, pure ASGI, before routing, auth or any
 - a body on any endpoint except POST /upload (which has its own UPLOAD_MAX_BYTES limit) larger than
   API_MAX_BODY_BYTES: 413 at once from Content-Length, or as soon as a chunked body passes it.
 
-``exposr-trainer serve`` sets all of these; with plain uvicorn pass the same options (README):
+``exposr-trainer serve`` sets all of these; with plain uvicorn pass the same options (docs/hardening.md):
 ``uvicorn app.main:app --http app.server:HardenedH11Protocol --h11-max-incomplete-event-size 16384
 --timeout-keep-alive 5 --limit-concurrency 1000``.
 """

@@ -1,4 +1,4 @@
-"""README.md "Adding a source", followed as written: its fetcher code, its registration in
+"""docs/sources.md "Adding a source", followed as written: its fetcher code, its registration in
 FETCHERS and its sources.yaml entry, run end to end through run_scrape."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import respx
 from scraper.fetcher_manager import FETCHERS, run_scrape
 from tests.images import jpeg
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "sources.md"
 
 
 def guide_blocks(language: str) -> list[str]:
-    after = README.read_text(encoding="utf-8").split("\n### Adding a source\n", 1)[1]
+    after = GUIDE.read_text(encoding="utf-8").split("\n## Adding a source\n", 1)[1]
     section = re.split(r"\n#{2,3} ", after, maxsplit=1)[0]
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
