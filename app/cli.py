@@ -1,8 +1,9 @@
 """``exposr-trainer``: serve, scrape, train, status, predict, check, label, review.
 
-Commands are a registry (``COMMANDS``: name -> (add_arguments, run)); adding one is one entry.
-Bad configuration (settings or sources.yaml) prints the message naming the file or variable and
-exits with code 2, without a traceback.
+A Click group: each command has its own ``--help`` with the options that matter; the ``run_*``
+functions below do the work with the settings (environment and ``.env``, with the command's
+options on top) and an ``argparse.Namespace`` of the options. Exit codes (``EXIT_*``): 0 done,
+1 the command ran and failed, 2 bad configuration or usage (without a traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import click
 
 from app.cli_views import console, print_mapping, progress_bar
 from app.logging_setup import configure_logging
 from config.settings import ConfigError, Settings, load_settings
 
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
 
@@ -51,8 +57,16 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
     validate_sources(settings)
     with progress_bar("scrape") as report_progress:
-        report = asyncio.run(run_scrape(settings, report_progress))
+        report = asyncio.run(run_scrape(settings, report_progress, only=args.source or None))
     console.print(format_report_table(report))
+    statuses = [r["status"] for r in report["sources"].values()]
+    if not statuses:
+        print(f"nothing scraped: no source is enabled in {settings.sources_config}", file=sys.stderr)
+        return EXIT_FAILED
+    if all(s in ("skipped", "failed") for s in statuses):
+        print("nothing scraped: every source was skipped or failed (the reasons are in the table above)",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -165,73 +179,173 @@ def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _review_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", choices=("all", "disagreement", "unlabeled"), default="all")
-    parser.add_argument("--limit", type=int, default=50, choices=range(1, 501), metavar="1..500",
-                        help="rows to show (default %(default)s)")
-    parser.add_argument("--offset", type=int, default=0, help="rows to skip (default %(default)s)")
+SETTINGS_NOTE = ("Every setting is an environment variable or a line in .env (read from the current folder; "
+                 ".env.example lists them all, docs/configuration.md explains them).")
 
 
-def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="interface to bind (0.0.0.0 for all; default %(default)s)")
-    parser.add_argument("--port", type=int, default=8001, help="default %(default)s")
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog="Documentation: README.md and docs/ (docs/cli.md for every command).")
+@click.version_option(None, "-V", "--version", package_name="exposr-trainer", prog_name="exposr-trainer",
+                      message="%(prog)s %(version)s")
+def cli() -> None:
+    """Exposr Trainer: collects labelled images, trains a real-vs-AI image detector, serves it.
+
+    Every setting is an environment variable or a line in .env, read from the current folder
+    (.env.example lists them all; docs/configuration.md explains them). A command's options
+    override those settings for that run only. `exposr-trainer COMMAND --help` shows a command's
+    options.
+
+    \b
+    Exit codes:
+      0    done
+      1    the command ran and failed (training failed, drift found, an image not scored,
+           every source skipped or failed)
+      2    bad configuration or usage (a setting, sources.yaml, an option, a busy port);
+           the message names what to change
+      130  interrupted (Ctrl-C)
+    """
 
 
-def _predict_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", help="image files to score")
+def _dispatch(run: Callable[[Settings, argparse.Namespace], int], overrides: dict[str, Any] | None = None,
+              **options: Any) -> int:
+    """Settings from the environment and .env with ``overrides`` (options given) on top, then ``run``."""
+    settings = load_settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    configure_logging(settings)
+    return run(settings, argparse.Namespace(**options))
 
 
-def _check_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rebuild-index", action="store_true",
-                        help="insert the index rows missing for images with valid metadata files "
-                             "(a lost or damaged index); deletes nothing")
-    parser.add_argument("--repair", action="store_true",
-                        help="rebuild missing rows, then fix the rest of the drift; deletes only files "
-                             "with neither metadata nor row (listed first), and refuses to delete more "
-                             "than 5%% of the images without --force")
-    parser.add_argument("--force", action="store_true",
-                        help="also treat files without a row written in the last 5 minutes as orphans, "
-                             "and let --repair delete more than 5%% (only when no ingest can be running)")
+@cli.command(epilog=SETTINGS_NOTE, short_help="Run the HTTP API and the scheduler.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind: 127.0.0.1 for this machine only, 0.0.0.0 for every interface.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True,
+              help="TCP port; a busy one is refused at once (exit 2) with a hint.")
+def serve(host: str, port: int) -> int:
+    """Run the HTTP API, the console (/ui/) and the scheduler."""
+    return _dispatch(run_serve, host=host, port=port)
 
 
-def _no_args(parser: argparse.ArgumentParser) -> None:
-    pass
+@cli.command(epilog=SETTINGS_NOTE, short_help="Scrape the enabled sources now (foreground).")
+@click.option("--source", "source", multiple=True, metavar="NAME",
+              help="Only this source of sources.yaml (by name, e.g. folder); repeat for several. "
+                   "Default: every enabled source.")
+def scrape(source: tuple[str, ...]) -> int:
+    """Scrape the enabled sources now, in the foreground: a progress bar per source, then a table.
+
+    Exits 1 when every source was skipped (no key, a missing folder) or failed.
+    """
+    return _dispatch(run_scrape_command, source=list(source))
 
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[Settings, argparse.Namespace], int]]
-COMMANDS: dict[str, Command] = {
-    "serve": ("run the HTTP API and the scheduler", _serve_args, run_serve),
-    "scrape": ("scrape every enabled source now (foreground)", _no_args, run_scrape_command),
-    "train": ("train a model now (foreground)", _no_args, run_train_command),
-    "status": ("dataset counts, models and last jobs", _no_args, run_status_command),
-    "predict": ("print P(ai) per image with the promoted model", _predict_args, run_predict_command),
-    "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
-    "label": ("score images with Exposr-Core or the local model (foreground)", _no_args, run_label_command),
-    "review": ("print the review queue: unlabeled and disputed images", _review_args, run_review_command),
-}
+@cli.command(epilog=SETTINGS_NOTE, short_help="Train a model now (foreground).")
+@click.option("--arch", help="timm architecture (TRAIN_ARCH), e.g. resnet10t, vit_small_patch16_224.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training side (TRAIN_EPOCHS).")
+@click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels (TRAIN_IMAGE_SIZE).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch (TRAIN_BATCH_SIZE).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto takes CUDA when present (TRAIN_DEVICE).")
+@click.option("--mode", type=click.Choice(["finetune", "linear_probe"]),
+              help="Train the whole network, or a linear head on a frozen backbone (TRAIN_MODE).")
+@click.option("--pretrained/--no-pretrained", default=None,
+              help="Start from the hub's pretrained weights or from random ones (TRAIN_PRETRAINED).")
+def train(arch: str | None, epochs: int | None, image_size: int | None, batch_size: int | None,
+          device: str | None, mode: str | None, pretrained: bool | None) -> int:
+    """Train a model now, in the foreground: per-batch progress, then the metrics and the promotion.
+
+    Options left out come from the settings (the variable in brackets). Exits 1 when the training
+    could not run or failed (too few images, pretrained weights unavailable ...), with the reason.
+    """
+    overrides = {"train_arch": arch, "train_epochs": epochs, "train_image_size": image_size,
+                 "train_batch_size": batch_size, "train_device": device, "train_mode": mode,
+                 "train_pretrained": pretrained}
+    return _dispatch(run_train_command, overrides)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="exposr-trainer", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    return parser
+@cli.command(epilog=SETTINGS_NOTE, short_help="Dataset counts, models, scheduler, last jobs.")
+def status() -> int:
+    """Dataset counts, models, the scheduler and the last job of each kind."""
+    return _dispatch(run_status_command)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Print P(ai) per image.")
+@click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
+def predict(images: tuple[str, ...]) -> int:
+    """Print P(ai) per image with the promoted model.
+
+    A file that cannot be scored is named on stderr with the reason and the others are still
+    scored; exits 1 when any image could not be scored, or when there is no model yet.
+    """
+    return _dispatch(run_predict_command, images=list(images))
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Report (and --repair) dataset drift.")
+@click.option("--rebuild-index", is_flag=True,
+              help="Insert the index rows missing for images with valid metadata files (a lost or "
+                   "damaged index); deletes nothing.")
+@click.option("--repair", is_flag=True,
+              help="Rebuild missing rows, then fix the rest of the drift; deletes only files with neither "
+                   "metadata nor row (listed first), and refuses to delete more than 5% of the images "
+                   "without --force.")
+@click.option("--force", is_flag=True,
+              help="Also treat files without a row written in the last 5 minutes as orphans, and let "
+                   "--repair delete more than 5% (only when no ingest can be running).")
+def check(rebuild_index: bool, repair: bool, force: bool) -> int:
+    """Report (and with --repair fix) drift between the files and the index.
+
+    Exits 1 when drift is found, or, after --repair, when a second check still finds some.
+    """
+    return _dispatch(run_check_command, rebuild_index=rebuild_index, repair=repair, force=force)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Score images now (foreground).")
+def label() -> int:
+    """Score images with Exposr-Core (EXPOSR_CORE_ENDPOINT) or the local model, in the foreground.
+
+    Exits 1 when images needed a score and nothing could score them.
+    """
+    return _dispatch(run_label_command)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Print the review queue.")
+@click.option("--kind", type=click.Choice(["all", "disagreement", "unlabeled"]), default="all",
+              show_default=True, help="Which images: disputed labels, unlabeled images, or both.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="Rows to show.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Rows to skip.")
+def review(kind: str, limit: int, offset: int) -> int:
+    """Print the review queue: unlabeled images and labels the scores dispute."""
+    return _dispatch(run_review_command, kind=kind, limit=limit, offset=offset)
+
+
+#: Every command by name (``exposr-trainer COMMAND``).
+COMMANDS: dict[str, click.Command] = cli.commands
+
+
+class _Parser:
+    """``parse_args(argv)`` -> Namespace(command=..., **options), as the argparse parser gave."""
+
+    def parse_args(self, argv: list[str]) -> argparse.Namespace:
+        name, *rest = argv
+        command = COMMANDS[name]
+        with command.make_context(name, list(rest), parent=click.Context(cli)) as ctx:
+            return argparse.Namespace(command=name, **ctx.params)
+
+
+def build_parser() -> _Parser:
+    return _Parser()
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
-        configure_logging(settings)
-        return COMMANDS[args.command][2](settings, args)
+        code = cli.main(args=argv, prog_name="exposr-trainer", standalone_mode=False)
+    except click.ClickException as exc:   # a usage error: unknown option, bad value
+        exc.show()
+        return EXIT_CONFIG
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, click.Abort):
         print("interrupted", file=sys.stderr)
         return 130
+    return code if isinstance(code, int) else EXIT_OK
 
 
 if __name__ == "__main__":

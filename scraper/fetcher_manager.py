@@ -1,7 +1,7 @@
 """The one source registry, and the scrape run: every enabled source, ingested as it arrives.
 
 To add a source, write ``scraper/mysource_fetcher.py`` (a ``BaseFetcher``), add one line to
-``FETCHERS`` below, and an entry to ``sources.yaml`` (README.md, "Adding a source").
+``FETCHERS`` below, and an entry to ``sources.yaml`` (docs/sources.md, "Adding a source").
 
 ``FetcherManager.run()`` runs the enabled sources side by side on one shared ``httpx.AsyncClient``;
 a source that is skipped (no key) or fails never stops the others. Each image is handed to
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from config.sources import SourceConfig, SourcesFile, load_sources
 from scraper.base_fetcher import BaseFetcher, SourceUnavailable, source_options
 from scraper.civitai_fetcher import CivitaiFetcher
@@ -196,11 +196,23 @@ def _unique_keys(entries: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
 
 
 async def run_scrape(settings: Settings, progress: Progress | None = None,
-                     client: httpx.AsyncClient | None = None) -> dict[str, Any]:
-    """Load ``settings.sources_config``, open the dataset, scrape every enabled source (job runner, CLI)."""
+                     client: httpx.AsyncClient | None = None, only: Collection[str] | None = None
+                     ) -> dict[str, Any]:
+    """Load ``settings.sources_config``, open the dataset, scrape every enabled source (job runner, CLI);
+    ``only``: just the enabled entries with these names (ConfigError for a name that is not one)."""
     # Deferred: the registry (used to validate sources.yaml) stays importable without the database layer.
     from dataset.manager import DatasetManager
 
     sources = load_sources(settings.sources_config, FETCHERS)
+    if only:
+        sources = _only(sources, set(only), settings)
     async with DatasetManager(settings) as dataset:
         return await FetcherManager(settings, sources, dataset, client).run(progress)
+
+
+def _only(sources: SourcesFile, names: set[str], settings: Settings) -> SourcesFile:
+    enabled = {s.name for s in sources.enabled()}
+    if missing := names - enabled:
+        raise ConfigError(f"--source {', '.join(sorted(missing))}: no enabled source of that name in "
+                          f"{settings.sources_config}; enabled: {', '.join(sorted(enabled)) or 'none'}")
+    return sources.model_copy(update={"sources": [s for s in sources.sources if s.name in names]})
