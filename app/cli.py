@@ -28,10 +28,9 @@ EXIT_CONFIG = 2
 
 def validate_sources(settings: Settings) -> None:
     """sources.yaml must parse and name only registered fetchers (ConfigError otherwise)."""
-    from config.sources import load_sources
-    from scraper.fetcher_manager import FETCHERS
+    from scraper.fetcher_manager import validate_sources_file
 
-    load_sources(settings.sources_config, FETCHERS)   # names and each source's options
+    validate_sources_file(settings)
 
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:

@@ -91,11 +91,11 @@ def create_app(settings: Settings | None = None, job_kinds: dict | None = None) 
 
 def _app_from_environment() -> FastAPI:
     """For ``uvicorn app.main:app``: configure logging once; bad configuration stops start-up."""
-    from app.cli import validate_sources
     from app.logging_setup import configure_logging
+    from scraper.fetcher_manager import validate_sources_file
 
     settings = get_settings()
-    validate_sources(settings)  # as `exposr-trainer serve` does: a bad sources.yaml stops start-up
+    validate_sources_file(settings)  # as `exposr-trainer serve` does: a bad sources.yaml stops start-up
     configure_logging(settings)
     return create_app(settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite+aiosqlite:///{self.dataset_dir}/dedupe.db"
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build settings from the environment and `.env`, turning validation errors into ConfigError."""
     try:
         return Settings(**overrides)

@@ -35,10 +35,12 @@ import asyncio
 import hashlib
 import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
+from config.clock import utc_now
+from dataset.contracts import CheckReport
 from dataset.index import DuplicateHash
 from dataset.rebuild import MetadataInvalid, metadata_from_row, row_from_metadata
 from dataset.storage import StorageError, StorageKeyError
@@ -60,7 +62,7 @@ DRIFT_KINDS = ("dead_rows", "unindexed", "missing_meta", "orphan_images", "orpha
 
 
 async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
-                        grace: timedelta = ORPHAN_GRACE, rebuild_index: bool = False) -> dict:
+                        grace: timedelta = ORPHAN_GRACE, rebuild_index: bool = False) -> CheckReport:
     image_files = set(await asyncio.to_thread(_list, dm, "images/"))
     meta_files = set(await asyncio.to_thread(_list, dm, "meta/"))
     rows = await dm.index.all_rows()
@@ -69,7 +71,8 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
         "meta_files": len(meta_files), **{kind: [] for kind in DRIFT_KINDS}, "in_flight": [],
         "repair": repair, "rebuild_index": rebuild_index or repair, "repaired": {},
     }
-    live, suspects = [], []
+    live: list[dict] = []
+    suspects: list[dict] = []
     for r in rows:
         (live if r["image_key"] in image_files and r["meta_key"] in meta_files else suspects).append(r)
     await asyncio.to_thread(_judge_suspects, dm, suspects, report)
@@ -92,7 +95,7 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
     if repair:
         report["repaired"].update(await _repair(dm, rows, report, force))
     report["ok"] = not any(report[k] for k in DRIFT_KINDS) and not report["repaired"].get("refused")
-    return report
+    return cast(CheckReport, report)   # built as a plain dict: the drift kinds are filled by name
 
 
 def deletion_candidates(report: dict) -> list[str]:
@@ -122,7 +125,7 @@ def _judge_suspects(dm: DatasetManager, suspects: list[dict], report: dict) -> N
 
 
 def _younger_than(dm: DatasetManager, keys: set[str], grace: timedelta) -> set[str]:
-    cutoff = datetime.now(UTC) - grace
+    cutoff = utc_now() - grace
     young = set()
     for key in keys:
         try:
@@ -221,7 +224,7 @@ def _refusal(dm: DatasetManager, report: dict) -> str | None:
 
 
 async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: bool) -> dict:
-    done = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0,
+    done: dict[str, Any] = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0,
             "meta_rewritten": 0}
     refused = None if force else _refusal(dm, report)
     if refused:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from config.names import clean_generator, sanitize_generator
 
 CAMERA_SOURCES = ("unsplash", "pexels")  # photo APIs: every image is a camera photograph
@@ -26,7 +28,8 @@ def generator_for(metadata: dict) -> str:
             return clean_generator(given)
         except ValueError:
             return sanitize_generator(given) or "unknown"
-    api = metadata.get("api_data") if isinstance(metadata.get("api_data"), dict) else {}
+    raw = metadata.get("api_data")
+    api: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if metadata.get("source") == "civitai" and (base := sanitize_generator(api.get("baseModel"))):
         return base
     if metadata.get("label") == "real" and metadata.get("source") in CAMERA_SOURCES:
@@ -39,7 +42,8 @@ def group_hint_for(metadata: dict) -> str | None:
     given = metadata.get("group_hint")
     if isinstance(given, str) and given.strip():
         return given.strip()[:100]
-    api = metadata.get("api_data") if isinstance(metadata.get("api_data"), dict) else {}
+    raw = metadata.get("api_data")
+    api: dict[str, Any] = raw if isinstance(raw, dict) else {}
     if metadata.get("source") == "civitai" and api.get("postId") is not None:
         return f"civitai:post:{api['postId']}"[:100]
     return None

@@ -21,6 +21,7 @@ import io
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import cast
 
 import imagehash
 import numpy as np
@@ -162,8 +163,9 @@ def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int
         raise ImageRejected("too_large", f"{len(data)} bytes is over the limit of {max_bytes} bytes")
     img = _open_checked(data, max_pixels)
     fmt = img.format or ""
-    if fmt != "MPO" and getattr(img, "n_frames", 1) > 1:
-        raise ImageRejected("animated", f"animated {fmt} with {img.n_frames} frames: upload a still image")
+    frames = getattr(img, "n_frames", 1)
+    if fmt != "MPO" and frames > 1:
+        raise ImageRejected("animated", f"animated {fmt} with {frames} frames: upload a still image")
     width, height = img.size
     if min(width, height) < min_side:
         raise ImageRejected("too_small", f"{width}x{height} is under the minimum side of {min_side} px")
@@ -287,7 +289,7 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     # Pillow's convert("L") clips 16-bit values at 255 (almost everything turns white): scale instead,
     # band by band, so the float working copy of a 49-megapixel image is 4 MB, not 400.
     width, height = img.size
-    _, top_value = img.getextrema()
+    top_value = cast(float, img.getextrema()[1])   # a one-band image: (min, max)
     top = 65535.0 if float(top_value) > 255 else 255.0
     out = np.empty((height, width), dtype=np.uint8)
     rows = max(1, _BAND_PIXELS // max(1, width))

@@ -174,8 +174,8 @@ class PhashCache:
         order = np.flatnonzero(dist <= max_distance)
         best = sorted(order.tolist(), key=lambda i: (int(dist[i]), i))
         for i in best:
-            if self.ids[i] is not None:
-                return NearMatch(self.ids[i], int(dist[i]))
+            if (found := self.ids[i]) is not None:
+                return NearMatch(found, int(dist[i]))
         return None
 
 
@@ -315,7 +315,9 @@ class DedupeIndex:
             if existing is None:  # the UNIQUE that failed was not the hash (id collision): a real bug
                 raise
             raise DuplicateHash(existing) from exc
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        assert key is not None  # an INSERT of one row has its key
+        return int(key[0])
 
     async def get(self, image_id: str) -> dict | None:
         async with self.engine.connect() as conn:

@@ -23,16 +23,19 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from config.clock import iso_seconds, utc_now
 from config.settings import Settings
+from dataset.contracts import CheckReport, DatasetCounts
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
 from dataset.index import DedupeIndex, DuplicateHash, IndexUnusable, NearMatch, describe_db, sqlite_path
+from dataset.rebuild import scorer_json  # the scorer column (rebuilt rows use it too)
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
@@ -81,18 +84,14 @@ class Sample:
 
 
 def sample_from_row(row: dict) -> Sample:
-    values = {f: row.get(f) for f in Sample.__dataclass_fields__}
+    values: dict[str, Any] = {f: row.get(f) for f in Sample.__dataclass_fields__}
     if values["has_exif"] is not None:
         values["has_exif"] = bool(values["has_exif"])
     return Sample(**values)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def iso(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_seconds(when)
 
 
 class DatasetManager:
@@ -210,7 +209,7 @@ class DatasetManager:
 
     # ---- queries ------------------------------------------------------------------------------
 
-    async def counts(self) -> dict:
+    async def counts(self) -> DatasetCounts:
         totals = {name: 0 for name in COUNT_NAMES.values()}
         by_source: dict[str, dict[str, int]] = {}
         for label, source, n in await self.index.count_by_label_source():
@@ -219,7 +218,7 @@ class DatasetManager:
             src = by_source.setdefault(source, {"total": 0, **{k: 0 for k in COUNT_NAMES.values()}})
             src[name] = src.get(name, 0) + n
             src["total"] += n
-        return {"total": sum(totals.values()), **totals, "by_source": by_source}
+        return cast(DatasetCounts, {"total": sum(totals.values()), **totals, "by_source": by_source})
 
     async def samples(self, labels: tuple[str, ...] | list[str] = ("real", "ai")) -> list[Sample]:
         rows = await self.index.all_rows(tuple(labels))
@@ -316,7 +315,8 @@ class DatasetManager:
             raise UnknownImage(f"no image with id {image_id!r}")
         return row
 
-    async def check(self, repair: bool = False, force: bool = False, rebuild_index: bool = False) -> dict:
+    async def check(self, repair: bool = False, force: bool = False, rebuild_index: bool = False
+                    ) -> CheckReport:
         """Drift report (dataset/check.py); ``force`` also treats files younger than a few minutes
         as orphans and lifts the bound on destructive repair."""
         from dataset.check import check_dataset
@@ -366,20 +366,12 @@ def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | N
     )
 
 
-def scorer_json(scored_by: object) -> str | None:
-    """The scorer's identity as the index stores it: sorted JSON without the time it scored."""
-    if not isinstance(scored_by, dict):
-        return None
-    identity = {k: v for k, v in scored_by.items() if k != "at"}
-    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
-
-
 def json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
 async def run_check(settings: Settings, repair: bool = False, force: bool = False,
-                    rebuild_index: bool = False) -> dict:
+                    rebuild_index: bool = False) -> CheckReport:
     """Entry point for `exposr-trainer check [--rebuild-index] [--repair] [--force]`: a rebuild (or
     repair) of an index that cannot be read moves the damaged file aside and starts a fresh one."""
     moved = None

@@ -18,14 +18,21 @@ SPLITS = ("train", "eval", "excluded")
 _TEXT_COLUMNS = {"generator": 64, "group_hint": 100, "split_group": 36}
 
 
+def scorer_json(scored_by: object) -> str | None:
+    """The scorer's identity as the index stores it (the one definition of the scorer column):
+    sorted JSON without the time it scored."""
+    if not isinstance(scored_by, dict):
+        return None
+    identity = {k: v for k, v in scored_by.items() if k != "at"}
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
 class MetadataInvalid(ValueError):
     """A metadata file that cannot be the record of its image; the message says why."""
 
 
 def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixels: int) -> dict:
     """The index row of one image, from its metadata document and its bytes."""
-    from dataset.manager import scorer_json  # the one definition of the scorer column
-
     if doc.get("label") not in LABELS:
         raise MetadataInvalid(f"label {doc.get('label')!r} is not one of {', '.join(LABELS)}")
     if not isinstance(doc.get("timestamp"), str):

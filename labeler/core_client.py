@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import httpx
 
 from config.settings import Settings
-from scraper.http import RetryPolicy, Sleep, parse_retry_after
+from scraper.http import RetryPolicy, Sleep, TryAgain, parse_retry_after, retrying
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,9 @@ class CoreClient:
         return parse_answer(response, self.score_field)
 
     async def _post_with_retries(self, data: bytes, filename: str, content_type: str) -> httpx.Response:
-        attempts = self._retry.attempts
-        for attempt in range(attempts):
+        async def once(attempt: int) -> httpx.Response:
+            # Waits as the sources do (RetryPolicy.delay): Retry-After plus a little jitter, else full
+            # jitter, so concurrent workers that failed together do not retry together.
             try:
                 response = await self._client.post(
                     self.endpoint, files={"file": (filename, data, content_type)}, timeout=self.timeout
@@ -98,33 +99,26 @@ class CoreClient:
                 raise CoreBadAnswer("bad_json", f"Exposr-Core's answer could not be decoded ({exc})") from exc
             except httpx.TimeoutException as exc:
                 failure = CoreUnavailable("timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})")
-                retry_after = None
+                raise TryAgain(failure, self._retry.delay(attempt, self._rng)) from None
             except httpx.TransportError as exc:
                 failure = CoreUnavailable("unreachable", f"Exposr-Core at {self.shown_endpoint}: {exc!r}")
-                retry_after = None
-            else:
-                if response.status_code < 400:
-                    return response
-                failure = _status_failure(response)
-                if isinstance(failure, CoreBadAnswer):
-                    raise failure  # a 4xx will not change on retry
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if retry_after is not None and retry_after > self._retry.max_retry_after:
-                    failure.message += f" (Retry-After {retry_after:.0f}s is longer than the labeler waits)"
-                    raise failure
-            if attempt == attempts - 1:
+                raise TryAgain(failure, self._retry.delay(attempt, self._rng)) from None
+            if response.status_code < 400:
+                return response
+            failure = _status_failure(response)
+            if isinstance(failure, CoreBadAnswer):
+                raise failure  # a 4xx will not change on retry
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if retry_after is not None and retry_after > self._retry.max_retry_after:
+                failure.message += f" (Retry-After {retry_after:.0f}s is longer than the labeler waits)"
                 raise failure
-            delay = self._backoff(attempt, retry_after)
-            log.info("Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
-                     failure.kind, attempt + 1, attempts, delay)
-            await self._sleep(delay)
-        raise AssertionError("unreachable: the loop returns or raises")
+            raise TryAgain(failure, self._retry.delay(attempt, self._rng, retry_after))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after + self._rng.uniform(0, 1)  # as the sources: a little jitter past the date
-        # Full jitter: concurrent workers that failed together do not retry together.
-        return self._retry.backoff(attempt, self._rng)
+        def note(error: Exception, attempt: int, wait: float) -> None:
+            log.info("Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
+                     getattr(error, "kind", "error"), attempt + 1, self._retry.attempts, wait)
+
+        return await retrying(self._retry, once, self._sleep, note)
 
 
 def redact_url(url: str) -> str:

@@ -20,13 +20,15 @@ import logging
 import math
 import mimetypes
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any, TypedDict
 
 import httpx
 
+from config.progress import Progress
 from config.settings import Settings
 from dataset.images import ImageRejected
 from dataset.manager import DatasetManager
@@ -37,7 +39,20 @@ from trainer.registry import promoted_entry
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
+
+class LabelReport(TypedDict):
+    """What a labeler run returns (``run_labeler``; a label job's result)."""
+
+    scorer: dict[str, Any] | None   # who scored: Exposr-Core or the local model (None: nobody could)
+    reason: str | None              # why nothing or not everything was scored, for a person
+    aborted: str | None             # Core went away mid-run
+    total: int
+    pending: int
+    skipped: int                    # already scored by this scorer
+    scored: int
+    errors: dict[str, int]          # by kind
+    core: dict[str, Any]            # what the probe found: endpoint, available, error, message
+
 
 BATCH_SIZE = 32              # images read and scored per step; bounds memory and progress granularity
 CORE_GIVE_UP_AFTER = 5       # consecutive "unavailable" answers that mean Core went away mid-run
@@ -65,7 +80,7 @@ async def run_labeler(
     *,
     client: httpx.AsyncClient | None = None,
     sleep: Sleep = asyncio.sleep,
-) -> dict:
+) -> LabelReport:
     """Score the dataset with the best available scorer; returns the report (see module docstring)."""
     async with AsyncExitStack() as stack:
         if client is None:
@@ -75,7 +90,7 @@ async def run_labeler(
         return await labeler.run()
 
 
-def run_labeler_sync(settings: Settings, progress: Progress | None = None) -> dict:
+def run_labeler_sync(settings: Settings, progress: Progress | None = None) -> LabelReport:
     """For the job runner's worker process (and any synchronous caller): one event loop per run."""
     return asyncio.run(run_labeler(settings, progress))
 
@@ -89,12 +104,12 @@ class Labeler:
         self.progress = progress or (lambda _event: None)
         self.errors: Counter[str] = Counter()
         self.scored = 0
-        self.report: dict = {
+        self.report: LabelReport = {
             "scorer": None, "reason": None, "aborted": None, "total": 0, "pending": 0, "skipped": 0,
             "scored": 0, "errors": {}, "core": {"endpoint": core.shown_endpoint, "available": False},
         }
 
-    async def run(self) -> dict:
+    async def run(self) -> LabelReport:
         items = await self._load_items()
         self.report["total"] = len(items)
         if not items:
@@ -109,7 +124,7 @@ class Labeler:
             await self._score_with_local_model(items)
         return self._finish()
 
-    def _finish(self) -> dict:
+    def _finish(self) -> LabelReport:
         self.report["scored"] = self.scored
         self.report["errors"] = dict(self.errors)
         log.info("labeler: %s", self.report)

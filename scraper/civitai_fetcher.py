@@ -125,7 +125,8 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             self.count_error("missing_fields", f"images {filters or 'feed'}: no 'items' list")
             return None
-        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        raw = body.get("metadata")
+        metadata: dict[str, Any] = raw if isinstance(raw, dict) else {}
         return body["items"], metadata.get("nextCursor")
 
     def allowed(self, item: dict) -> str | None:
@@ -134,7 +135,8 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
             return "not_an_image_type"
         level = item.get("browsingLevel")
         if not isinstance(level, int):
-            level = LEGACY_LEVELS.get(item.get("nsfwLevel"))
+            legacy = item.get("nsfwLevel")
+            level = LEGACY_LEVELS.get(legacy) if isinstance(legacy, str) else None
         if level is None:
             return "nsfw_level_unknown"
         if level <= 0 or level & ~self.browsing_level:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from config.progress import Progress
 from config.settings import ConfigError, Settings
 from config.sources import SourceConfig, SourcesFile, load_sources
 from scraper.base_fetcher import BaseFetcher, SourceUnavailable, source_options
@@ -25,7 +26,14 @@ from scraper.civitai_fetcher import CivitaiFetcher
 from scraper.folder_fetcher import FolderFetcher
 from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client
 from scraper.pexels_fetcher import PexelsFetcher
-from scraper.report import SourceReport, format_report_table, note_storage_errors, overall_status, totals
+from scraper.report import (
+    ScrapeReport,
+    SourceReport,
+    format_report_table,
+    note_storage_errors,
+    overall_status,
+    totals,
+)
 from scraper.unsplash_fetcher import UnsplashFetcher
 
 if TYPE_CHECKING:
@@ -36,7 +44,6 @@ __all__ = ["FETCHERS", "FetcherManager", "format_report_table", "get_fetcher_cla
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
 
 FETCHERS: dict[str, type[BaseFetcher[Any]]] = {
     "unsplash": UnsplashFetcher,
@@ -57,6 +64,12 @@ def known_source_names() -> list[str]:
     return sorted(FETCHERS)
 
 
+def validate_sources_file(settings: Settings) -> SourcesFile:
+    """``settings.sources_config`` checked at start-up: registered names, each entry's options
+    (ConfigError naming the file, the entry and the field otherwise)."""
+    return load_sources(settings.sources_config, FETCHERS)
+
+
 class FetcherManager:
     def __init__(self, settings: Settings, sources: SourcesFile, dataset: DatasetManager,
                  client: httpx.AsyncClient | None = None, *, sleep: Sleep = asyncio.sleep,
@@ -69,7 +82,7 @@ class FetcherManager:
         self.retry = retry or RetryPolicy()
         self.download_concurrency = download_concurrency
 
-    async def run(self, progress: Progress | None = None) -> dict[str, Any]:
+    async def run(self, progress: Progress | None = None) -> ScrapeReport:
         """Scrape every enabled source; returns {"sources": {key: report}, "totals": {...}, "duration_s"}."""
         started = time.monotonic()
         client = self.client or make_client()
@@ -81,7 +94,7 @@ class FetcherManager:
             if self.client is None:   # close only what this run created
                 await client.aclose()
         by_key = {key: r.to_dict() for (key, _), r in zip(entries, reports, strict=True)}
-        result = {"sources": by_key, "totals": totals(list(by_key.values())),
+        result: ScrapeReport = {"sources": by_key, "totals": totals(list(by_key.values())),
                   "status": overall_status(list(by_key.values())),
                   "duration_s": round(time.monotonic() - started, 3)}
         logger.info("scrape finished in %.1fs: %s", result["duration_s"], result["totals"])
@@ -197,7 +210,7 @@ def _unique_keys(entries: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
 
 async def run_scrape(settings: Settings, progress: Progress | None = None,
                      client: httpx.AsyncClient | None = None, only: Collection[str] | None = None
-                     ) -> dict[str, Any]:
+                     ) -> ScrapeReport:
     """Load ``settings.sources_config``, open the dataset, scrape every enabled source (job runner, CLI);
     ``only``: just the enabled entries with these names (ConfigError for a name that is not one)."""
     # Deferred: the registry (used to validate sources.yaml) stays importable without the database layer.

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -33,6 +33,7 @@ USER_AGENT = "ExposrTrainer/0.1 (+https://github.com/exposr/exposr-trainer; imag
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 Clock = Callable[[], float]
 
 
@@ -126,6 +127,36 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """The wait before the next try: a Retry-After plus up to 1 s of jitter, else the backoff."""
+        return retry_after + rng.uniform(0, 1) if retry_after is not None else self.backoff(attempt, rng)
+
+
+class TryAgain(Exception):
+    """Raised by one try of :func:`retrying`: ``error`` may go away; wait ``wait`` seconds first."""
+
+    def __init__(self, error: Exception, wait: float):
+        super().__init__(str(error))
+        self.error = error
+        self.wait = wait
+
+
+async def retrying(policy: RetryPolicy, try_once: Callable[[int], Awaitable[T]], sleep: Sleep,
+                   on_retry: Callable[[Exception, int, float], None] | None = None) -> T:
+    """``try_once(attempt)`` up to ``policy.attempts`` times: what it returns is the answer, what it
+    raises ends the loop, except TryAgain, which waits and tries again (the last one's error is raised).
+    The one retry loop of the scraper's HTTP and the labeler's Exposr-Core client."""
+    for attempt in range(policy.attempts):
+        try:
+            return await try_once(attempt)
+        except TryAgain as again:
+            if attempt == policy.attempts - 1:
+                raise again.error from again.__cause__
+            if on_retry is not None:
+                on_retry(again.error, attempt, again.wait)
+            await sleep(again.wait)
+    raise AssertionError("unreachable: the loop returns or raises")
 
 
 @dataclass
@@ -291,14 +322,12 @@ class SourceHttp:
             return _detached(response, body)
 
     async def _with_retries(self, url: str, send: Callable[[], Awaitable[httpx.Response]]) -> Any:
-        policy = self.retry
-        for attempt in range(policy.attempts):
-            last = attempt == policy.attempts - 1
+        async def once(attempt: int) -> httpx.Response:
             try:
                 response = await send()
             except httpx.TimeoutException as exc:
-                error: FetchError = FetchError("timeout", f"{_strip_query(url)}: timed out ({exc!r})")
-                wait = policy.backoff(attempt, self.rng)
+                raise TryAgain(FetchError("timeout", f"{_strip_query(url)}: timed out ({exc!r})"),
+                               self.retry.backoff(attempt, self.rng)) from None
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:   # the same on every try
                 raise FetchError("bad_url", f"{_strip_query_safe(url)}: not a usable URL ({exc})") from exc
             except httpx.DecodingError as exc:
@@ -309,20 +338,20 @@ class SourceHttp:
                 if (dns := _dns_failure(exc)) is not None:  # retrying will not make a name resolve
                     raise FetchError("dns", f"{_host(url)}: name resolution failed ({dns}); offline? check "
                                             "the network and DNS, or the source's *_API_URL") from exc
-                error = FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})")
-                wait = policy.backoff(attempt, self.rng)
-            else:
-                if response.status_code < 400:
-                    return response
-                error, wait = self._classify(url, response, attempt)
-                if wait is None:
-                    raise error
-            if last:
+                raise TryAgain(FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})"),
+                               self.retry.backoff(attempt, self.rng)) from None
+            if response.status_code < 400:
+                return response
+            error, wait = self._classify(url, response, attempt)
+            if wait is None:
                 raise error
-            self.stats.retries += 1
-            logger.info("%s; retry %d/%d in %.1fs", error.message, attempt + 1, policy.attempts - 1, wait)
-            await self.sleep(wait)
-        raise AssertionError("unreachable")  # the loop either returns or raises
+            raise TryAgain(error, wait)
+
+        return await retrying(self.retry, once, self.sleep, self._note_retry)
+
+    def _note_retry(self, error: Exception, attempt: int, wait: float) -> None:
+        self.stats.retries += 1
+        logger.info("%s; retry %d/%d in %.1fs", error, attempt + 1, self.retry.attempts - 1, wait)
 
     def _classify(self, url: str, response: httpx.Response, attempt: int) -> tuple[FetchError, float | None]:
         """The error for a failed response and how long to wait before retrying (None: don't)."""
@@ -334,14 +363,12 @@ class SourceHttp:
         error = (RateLimited(f"{where}: rate limited", status) if rate_limited
                  else FetchError("server_error", f"{where}: {error_text(response)}", status))
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        if retry_after is not None:
-            if retry_after > self.retry.max_retry_after:
-                error.message += f" (Retry-After {retry_after:.0f}s is longer than this run waits)"
-                return error, None
-            return error, retry_after + self.rng.uniform(0, 1)
-        if rate_limited and not self.retry_rate_limited:
+        if retry_after is not None and retry_after > self.retry.max_retry_after:
+            error.message += f" (Retry-After {retry_after:.0f}s is longer than this run waits)"
             return error, None
-        return error, self.retry.backoff(attempt, self.rng)
+        if retry_after is None and rate_limited and not self.retry_rate_limited:
+            return error, None
+        return error, self.retry.delay(attempt, self.rng, retry_after)
 
 
 def decode_json(response: httpx.Response) -> Any:

@@ -4,13 +4,43 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from rich import box
 from rich.console import Group
 from rich.table import Table
 
 COUNTS = ("api_requests", "retries", "downloaded", "stored", "duplicates", "near_duplicates")
+
+
+class ScrapeTotals(TypedDict):
+    api_requests: int
+    retries: int
+    downloaded: int
+    stored: int
+    duplicates: int
+    near_duplicates: int
+    rejected: dict[str, int]   # by reason
+    errors: dict[str, int]     # by kind
+
+
+class SourceReportDict(ScrapeTotals):
+    """One source's line of the scrape report (``SourceReport.to_dict()``)."""
+
+    source: str
+    label: str
+    status: str            # ok | partial | stopped | skipped | failed
+    message: str | None    # why it stopped, was skipped or failed, for a person
+    duration_s: float
+
+
+class ScrapeReport(TypedDict):
+    """What a scrape returns (``FetcherManager.run``, ``run_scrape``; a scrape job's result)."""
+
+    sources: dict[str, SourceReportDict]   # by key: the source name, or name#2 for a second entry
+    totals: ScrapeTotals
+    status: str            # ok | partial | failed (every source that ran failed)
+    duration_s: float
 
 
 @dataclass
@@ -31,10 +61,11 @@ class SourceReport:
     errors: Counter[str] = field(default_factory=Counter)
     duration_s: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SourceReportDict:
         return {
             "source": self.source, "label": self.label, "status": self.status, "message": self.message,
-            **{name: getattr(self, name) for name in COUNTS},
+            "api_requests": self.api_requests, "retries": self.retries, "downloaded": self.downloaded,
+            "stored": self.stored, "duplicates": self.duplicates, "near_duplicates": self.near_duplicates,
             "rejected": dict(sorted(self.rejected.items())), "errors": dict(sorted(self.errors.items())),
             "duration_s": round(self.duration_s, 3),
         }
@@ -61,7 +92,7 @@ def note_storage_errors(report: SourceReport) -> None:
     report.status = status if report.status == "ok" or status == "failed" else report.status
 
 
-def overall_status(reports: list[dict[str, Any]]) -> str:
+def overall_status(reports: list[SourceReportDict]) -> str:
     """The run in one word: failed (every source that ran failed), partial, or ok."""
     ran = [r["status"] for r in reports if r["status"] != "skipped"]
     if ran and all(s == "failed" for s in ran):
@@ -69,15 +100,15 @@ def overall_status(reports: list[dict[str, Any]]) -> str:
     return "partial" if any(s in ("failed", "partial") for s in ran) else "ok"
 
 
-def totals(reports: list[dict[str, Any]]) -> dict[str, Any]:
+def totals(reports: list[SourceReportDict]) -> ScrapeTotals:
     """Sums over sources: every count, plus rejected and errors merged by reason."""
-    out: dict[str, Any] = {name: sum(r[name] for r in reports) for name in COUNTS}
+    out: dict[str, Any] = {name: sum(r[name] for r in reports) for name in COUNTS}  # type: ignore[literal-required]
     for key in ("rejected", "errors"):
         merged: Counter[str] = Counter()
         for r in reports:
             merged.update(r[key])
         out[key] = dict(sorted(merged.items()))
-    return out
+    return cast(ScrapeTotals, out)
 
 
 ROWS = (("api_requests", "API requests"), ("retries", "retries"), ("downloaded", "downloaded"),

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def fingerprint(settings, train_ids: list[str], eval_ids: list[str]) -> str:
 
 
 def rng_state(loader_generator: torch.Generator | None) -> dict:
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())
     return {
         "python": list(random.getstate()[1]),
         "python_pos": random.getstate()[2],

@@ -141,6 +141,7 @@ class StoredImages(Dataset):
                  transform, max_pixels: int, reduce_to: int | None = None, *,
                  cache=None, sha256s: Sequence[str] | None = None, quality: int | None = None) -> None:
         self.storage = storage
+        self.samples: list = []   # set by the trainer: which sample each position is (reports, promotion)
         self.keys = list(keys)
         self.labels = list(labels)
         self.transform = transform

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 CLASS_INDEX = {"real": 0, "ai": 1}
 DECISION_THRESHOLD = 0.5  # P(ai) at or above this is called "ai"
@@ -64,19 +65,19 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
 
 
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float | None:
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float | None:
     """Area under the ROC curve as the Mann-Whitney U statistic, ties counted half (midranks).
 
     None when one class is absent: the AUC is undefined then.
     """
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int((labels == 1).sum())
-    n_neg = len(labels) - n_pos
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos = int((y == 1).sum())
+    n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    ranks = midranks(scores)
-    u = ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2
+    ranks = midranks(s)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
 
 
@@ -87,21 +88,21 @@ def midranks(values: np.ndarray) -> np.ndarray:
     return (ends - (counts - 1) / 2.0)[inverse]
 
 
-def classification_metrics(labels: Sequence[int], probs: Sequence[float], loss: float,
+def classification_metrics(labels: ArrayLike, probs: ArrayLike, loss: float,
                            threshold: float = DECISION_THRESHOLD) -> dict:
     """Accuracy, AUC, precision/recall/F1 for "ai", the confusion matrix and the threshold used."""
-    labels = np.asarray(labels)
+    y = np.asarray(labels)
     predicted = (np.asarray(probs) >= threshold).astype(int)
-    tp = int(((predicted == 1) & (labels == 1)).sum())
-    fp = int(((predicted == 1) & (labels == 0)).sum())
-    fn = int(((predicted == 0) & (labels == 1)).sum())
-    tn = int(((predicted == 0) & (labels == 0)).sum())
+    tp = int(((predicted == 1) & (y == 1)).sum())
+    fp = int(((predicted == 1) & (y == 0)).sum())
+    fn = int(((predicted == 0) & (y == 1)).sum())
+    tn = int(((predicted == 0) & (y == 0)).sum())
     precision = _ratio(tp, tp + fp)
     recall = _ratio(tp, tp + fn)
     f1 = _ratio(2 * precision * recall, precision + recall) if precision is not None and recall else 0.0
     return {
-        "val_acc": _ratio(tp + tn, len(labels)),
-        "val_auc": roc_auc(labels, probs),
+        "val_acc": _ratio(tp + tn, len(y)),
+        "val_auc": roc_auc(y, probs),
         "val_loss": None if math.isnan(loss) else float(loss),
         "precision": precision,
         "recall": recall,
@@ -111,15 +112,14 @@ def classification_metrics(labels: Sequence[int], probs: Sequence[float], loss: 
     }
 
 
-def accuracy_by_source(labels: Sequence[int], probs: Sequence[float], sources: Sequence[str],
+def accuracy_by_source(labels: ArrayLike, probs: ArrayLike, sources: Sequence[str],
                        threshold: float = DECISION_THRESHOLD) -> dict[str, dict]:
     """{source: {"n", "accuracy"}}: shows when one source is easy and another is not."""
-    labels = np.asarray(labels)
-    correct = (np.asarray(probs) >= threshold).astype(int) == labels
-    sources = np.asarray(sources)
+    correct = (np.asarray(probs) >= threshold).astype(int) == np.asarray(labels)
+    names = np.asarray(sources)
     return {
-        str(src): {"n": int((sources == src).sum()), "accuracy": float(correct[sources == src].mean())}
-        for src in sorted(set(sources.tolist()))
+        str(src): {"n": int((names == src).sum()), "accuracy": float(correct[names == src].mean())}
+        for src in sorted(set(names.tolist()))
     }
 
 

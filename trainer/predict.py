@@ -75,8 +75,8 @@ class Predictor:
         outcomes = self.predict_each(images)
         failed = next((o for o in outcomes if not o.ok), None)
         if failed is not None:
-            raise ImageRejected(failed.reason, failed.message)
-        return [o.probability for o in outcomes]
+            raise ImageRejected(failed.reason or "prediction_failed", failed.message or "not scored")
+        return [o.probability for o in outcomes if o.probability is not None]
 
     def predict_files(self, paths: Sequence[Path | str]) -> list[Prediction]:
         """A Prediction per file; one that cannot be read (missing, a folder, no permission) says so.

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +40,14 @@ HEAD_L2 = 1e-3  # weight decay of the head, per image (the loss is a mean)
 HEAD_MAX_ITER = 200
 
 
+def timm_model(model: torch.nn.Module) -> Any:
+    """The model as timm built it: ``get_classifier``, ``forward_features``, ``forward_head`` (untyped)."""
+    return model
+
+
 def backbone_digest(model: torch.nn.Module) -> str:
     """sha256 of every weight but the classifier's: features are only reused by the same backbone."""
-    skip = {id(p) for p in model.get_classifier().parameters()}
+    skip = {id(p) for p in timm_model(model).get_classifier().parameters()}
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
         if id(tensor) in skip:
@@ -99,7 +105,7 @@ def embed(model: torch.nn.Module, loader, prepare, amp_dtype) -> tuple[np.ndarra
             continue
         images = prepare(images)
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model.forward_head(model.forward_features(images), pre_logits=True)
+            out = timm_model(model).forward_head(timm_model(model).forward_features(images), pre_logits=True)
         feats.append(out.float().cpu().numpy())
         positions.append(where.numpy())
     if not feats:
@@ -142,7 +148,7 @@ def fit_head(
 
 
 def set_head(model: torch.nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    head = model.get_classifier()
+    head = timm_model(model).get_classifier()
     if not isinstance(head, torch.nn.Linear) or tuple(head.weight.shape) != tuple(weight.shape):
         raise ValueError(
             f"the classifier of this architecture is {type(head).__name__} "

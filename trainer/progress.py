@@ -16,9 +16,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from config.progress import Progress
+
 REPORT_EVERY_SECONDS = 0.5
 
-Progress = Callable[[dict], None]
 OnBatch = Callable[[int, int, int], None]
 
 

@@ -65,6 +65,7 @@ def chance_check(settings: Settings, challenger: Scored) -> tuple[AucEstimate | 
             f"add {more} labelled image(s) not near-duplicates of the training images"
         )
     est = auc_estimate(labels, challenger.margins)
+    assert est is not None  # both classes are present (checked above)
     if est.better_than_chance():
         return est, None
     lo, hi = est.ci95
@@ -95,8 +96,8 @@ def decide_promotion(
         "auc": None if est is None else round(est.auc, 4),
         "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
     }
-    if refused is not None:
-        return _decision(base, False, refused, None)
+    if refused is not None or est is None:
+        return _decision(base, False, refused or "not promoted: no AUC", None)
     incumbent = promoted_entry(settings.models_dir, settings.model_name)
     if incumbent is None:
         return _decision(
@@ -140,6 +141,7 @@ def compare_with_champion(settings: Settings, base: dict, version: str, new: Sco
             n_compared=len(labels),
         )
     paired = paired_auc_difference(labels, new.margins, old_scores)
+    assert paired is not None  # both classes are present (checked above)
     lo, hi = paired.ci()
     promoted = lo > -settings.promotion_margin
     verdict = "promoted" if promoted else "not promoted"

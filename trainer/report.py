@@ -20,6 +20,7 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -85,10 +86,11 @@ def figure(labels: np.ndarray, scores: np.ndarray) -> dict:
             "note": f"too few to evaluate (at least {SUBGROUP_MIN_PER_CLASS} of each class needed)",
         }
     est = auc_estimate((labels == AI).astype(int), scores)
+    assert est is not None  # both classes are present (checked above)
     return {**out, "auc": round(est.auc, 4), "auc_ci95": [round(x, 4) for x in est.ci95]}
 
 
-def by_attribute(eval_set: Scored, attribute: Callable[[object], str], others: Scored | None = None) -> dict:
+def by_attribute(eval_set: Scored, attribute: Callable[[Any], str], others: Scored | None = None) -> dict:
     """AUC per value of ``attribute`` (generator, source) -- see the module doc for who is compared.
 
     ``others``: where the opposite class comes from (the in-distribution evaluation set) when the

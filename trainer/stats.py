@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 ECE_BINS = 15
@@ -61,7 +62,7 @@ def _components(labels: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarr
     return auc, v10, v01
 
 
-def _check(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _check(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels, dtype=np.int64)
     s = np.asarray(scores, dtype=np.float64)
     if y.shape != s.shape:
@@ -69,7 +70,7 @@ def _check(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, 
     return y, s
 
 
-def auc_estimate(labels: Sequence[int], scores: Sequence[float]) -> AucEstimate | None:
+def auc_estimate(labels: ArrayLike, scores: ArrayLike) -> AucEstimate | None:
     """AUC with its DeLong variance; None when a class is missing (the AUC is undefined)."""
     y, s = _check(labels, scores)
     m, n = int((y == 1).sum()), int((y == 0).sum())
@@ -104,7 +105,7 @@ class PairedDifference:
 
 
 def paired_auc_difference(
-    labels: Sequence[int], new_scores: Sequence[float], old_scores: Sequence[float]
+    labels: ArrayLike, new_scores: ArrayLike, old_scores: ArrayLike
 ) -> PairedDifference | None:
     y, a = _check(labels, new_scores)
     _, b = _check(labels, old_scores)
@@ -143,7 +144,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -500, 500)))
 
 
-def expected_calibration_error(labels: Sequence[int], probs: Sequence[float], bins: int = ECE_BINS) -> float:
+def expected_calibration_error(labels: ArrayLike, probs: ArrayLike, bins: int = ECE_BINS) -> float:
     """Σ_bins (n_bin / N) · |mean P(ai) − share of ai| over equal-width bins of P(ai)."""
     y = np.asarray(labels, dtype=np.float64)
     p = np.asarray(probs, dtype=np.float64)
@@ -158,7 +159,7 @@ def expected_calibration_error(labels: Sequence[int], probs: Sequence[float], bi
     return float(total)
 
 
-def fit_temperature(labels: Sequence[int], margins: Sequence[float]) -> float:
+def fit_temperature(labels: ArrayLike, margins: ArrayLike) -> float:
     """T > 0 minimising the log loss of sigmoid(margin / T); margin = logit(ai) − logit(real).
 
     Golden-section search over log T in [T_MIN, T_MAX] (the loss is convex in 1/T, so one minimum).

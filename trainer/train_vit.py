@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 
+from config.clock import iso_seconds
+from config.progress import Progress
 from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
@@ -60,18 +62,18 @@ from trainer.report import (
     scored,
     shortcut_probe,
 )
+from trainer.results import TrainResult
 from trainer.split import SplitPlan, assign_splits
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1  # of all optimiser steps, linear warm-up before the cosine decay
 MAX_SKIPPED_IDS = 50   # ids of unreadable images listed in the result (the count covers all)
 REPORT_FILE = "report.json"
 
 
-def train_model(settings: Settings, progress: Progress | None = None) -> dict:
+def train_model(settings: Settings, progress: Progress | None = None) -> TrainResult:
     """Train on the labelled dataset and register the result; returns the registry entry + metrics.
 
     The split sides decided for new images are stored in the index before training starts, so they
@@ -84,7 +86,7 @@ def train_model(settings: Settings, progress: Progress | None = None) -> dict:
 
 def train_on_samples(settings: Settings, samples: list[Sample], storage: StorageDriver,
                      progress: Progress | None = None,
-                     record_splits: Callable[[dict], object] | None = None) -> dict:
+                     record_splits: Callable[[dict], object] | None = None) -> TrainResult:
     started = time.monotonic()
     samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
     check_dataset(samples, settings.min_train_samples)
@@ -145,10 +147,10 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
     resume.clear()
-    return {**entry, "metrics": metrics, "skipped_images": len(skipped), "cache": _cache_facts(cache),
-            **facts,
-            "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
-            "duration_s": round(time.monotonic() - started, 1)}
+    return cast(TrainResult, {
+        **entry, "metrics": metrics, "skipped_images": len(skipped), "cache": _cache_facts(cache), **facts,
+        "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
+        "duration_s": round(time.monotonic() - started, 1)})
 
 
 def plan_split(settings: Settings, samples: list[Sample],
@@ -328,6 +330,7 @@ def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype,
     if not have or len({s.label for s in have}) < 2:
         raise TrainingError("linear_probe: the training side has no readable image of a class; "
                             "run the dataset check command")
+    assert matrix is not None  # rows came from it
     x = matrix[[rows[s.sha256] for s in have]].astype(np.float32)
     y = np.array([CLASS_INDEX[s.label] for s in have])
     weights = class_weights(have, torch.device("cpu")) if settings.train_balance == "loss" else None
@@ -381,8 +384,8 @@ def _cache_facts(cache: ImageCache | None) -> dict | None:
 def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
                   settings: Settings, device: torch.device, cache: ImageCache | None = None):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
-    common = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
-                  seed=settings.train_seed, pin_memory=device.type == "cuda")
+    common: dict[str, Any] = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
+                                  seed=settings.train_seed, pin_memory=device.type == "cuda")
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
     train_loader = make_loader(train_data, shuffle=True,
                                drop_last=len(train_set) > settings.train_batch_size, **common)
@@ -509,4 +512,4 @@ def _report(progress: Progress | None, event: dict) -> None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_seconds()

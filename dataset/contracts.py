@@ -1,0 +1,49 @@
+"""What the dataset hands to the other packages, typed once: the counts and the check report.
+
+(``IngestOutcome`` and ``Sample`` are dataclasses in ``dataset/manager.py``.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class LabelCounts(TypedDict):
+    total: int
+    real: int
+    ai_generated: int
+    unlabeled: int
+
+
+class DatasetCounts(LabelCounts):
+    """``DatasetManager.counts()``: images by label, overall and per source."""
+
+    by_source: dict[str, LabelCounts]
+
+
+class CheckReport(TypedDict, total=False):
+    """``DatasetManager.check()`` / ``run_check()``: drift between files and index, and any repair.
+
+    Each drift kind lists what was found (ids and keys); ``ok`` is True when none was, and no repair
+    was refused. ``index_moved_aside`` is set when ``run_check`` moved an unreadable index aside.
+    """
+
+    storage: str
+    rows: int
+    image_files: int
+    meta_files: int
+    dead_rows: list[dict[str, Any]]
+    unindexed: list[dict[str, Any]]
+    missing_meta: list[dict[str, Any]]
+    orphan_images: list[str]
+    orphan_meta: list[str]
+    stale_temp_files: list[str]
+    unreadable_meta: list[dict[str, Any]]
+    mismatched: list[dict[str, Any]]
+    in_flight: list[str]
+    deletion_candidates: list[str]
+    repair: bool
+    rebuild_index: bool
+    repaired: dict[str, Any]
+    ok: bool
+    index_moved_aside: str
