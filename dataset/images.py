@@ -154,9 +154,12 @@ def _budgeted(img: Image.Image, budget: int):
 _open_lock = threading.Lock()
 
 
+PHASH_DECODE_SIDE = 256  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
+
+
 def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int,
                   memory_budget: int = DEFAULT_DECODE_BUDGET) -> ImageInfo:
-    """Validate `data` completely (decodes every pixel) and compute its hashes."""
+    """Validate `data` completely (every byte of the image data is decoded) and compute its hashes."""
     if not data:
         raise ImageRejected("not_an_image", "the file is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -169,6 +172,12 @@ def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int
     width, height = img.size
     if min(width, height) < min_side:
         raise ImageRejected("too_small", f"{width}x{height} is under the minimum side of {min_side} px")
+    # pHash looks at a 32x32 resample of a box-reduced copy at most ~256 px on its shorter side
+    # (phash_int): a JPEG is decoded straight at that scale (DCT scaling), several times less work
+    # than every pixel at full size. The decoder still reads every entropy-coded byte, so a
+    # truncated or corrupt file is still rejected (tests/dataset/test_images.py, the acceptance
+    # tricky/ files: bench/ingest_bench.py --check-tricky).
+    img.draft(None, (PHASH_DECODE_SIDE, PHASH_DECODE_SIDE))
     with _budgeted(img, memory_budget):
         _load_fully(img)
         # High-depth grey is hashed as 8-bit grey: the same pHash as its RGB copy, a quarter the memory.

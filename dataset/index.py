@@ -41,6 +41,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, Prog
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.settings import ConfigError
+from dataset.nearindex import NearIndex
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class PhashCache:
         self.ids: list[str | None] = []
         self.positions: dict[str, int] = {}
         self.last_seq = 0
+        self.near: NearIndex | None = None  # built on the first lookup, kept in step with hashes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -170,12 +172,11 @@ class PhashCache:
         n = len(self.ids)
         if n == 0 or max_distance <= 0:
             return None
-        dist = np.bitwise_count(self.hashes[:n] ^ np.uint64(phash))
-        order = np.flatnonzero(dist <= max_distance)
-        best = sorted(order.tolist(), key=lambda i: (int(dist[i]), i))
-        for i in best:
+        if self.near is None:
+            self.near = NearIndex()  # dataset/nearindex.py: multi-index hashing, sublinear
+        for distance, i in self.near.within(self.hashes, n, phash, max_distance):
             if (found := self.ids[i]) is not None:
-                return NearMatch(found, int(dist[i]))
+                return NearMatch(found, int(distance))
         return None
 
 
