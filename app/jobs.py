@@ -23,19 +23,29 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import public_text
 from app.filelock import ProcessLock
-from app.jobstore import JobStore, utc_now
+from app.jobstore import JobStore
 from app.processes import run_in_process
+from config.clock import iso_micro
+from config.progress import Progress
 from config.settings import Settings
+
+if TYPE_CHECKING:  # the result types only: no scraper, labeler or trainer import at start-up
+    from labeler.scoring import LabelReport
+    from scraper.report import ScrapeReport
+    from trainer.results import TrainResult
+
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[dict], None]
-JobFunction = Callable[[Settings, Progress], Awaitable[dict]]
+# What a job's row holds as ``result``: the report of its kind (typed where it is made).
+JobResult: TypeAlias = "ScrapeReport | TrainResult | LabelReport | dict[str, Any]"
+JobFunction = Callable[[Settings, Progress], Awaitable[JobResult]]
 PROGRESS_FLUSH_SECONDS = 2.0
 # A job's final state that the database refused (disk full, locked) is written again this often.
 FINAL_WRITE_RETRY_SECONDS = (1.0, 30.0)
@@ -44,7 +54,7 @@ FINAL_FIELDS = ("state", "started_at", "finished_at", "progress", "result", "err
 BUSY_ROW_WAIT_SECONDS = 2.0
 
 
-async def scrape_job(settings: Settings, progress: Progress) -> dict:
+async def scrape_job(settings: Settings, progress: Progress) -> ScrapeReport:
     """Scraping is network-bound: it runs in the service's event loop (or a thread if synchronous)."""
     from scraper.fetcher_manager import run_scrape
 
@@ -60,14 +70,14 @@ async def scrape_job(settings: Settings, progress: Progress) -> dict:
     return result
 
 
-async def train_job(settings: Settings, progress: Progress) -> dict:
+async def train_job(settings: Settings, progress: Progress) -> TrainResult:
     """Training is CPU-bound: a separate process, so the API keeps answering."""
     from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
 
     return await run_in_process("trainer.train_vit:train_model", settings, cumulative(progress), name="train")
 
 
-async def label_job(settings: Settings, progress: Progress) -> dict:
+async def label_job(settings: Settings, progress: Progress) -> LabelReport:
     """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
     return await run_in_process("labeler.scoring:run_labeler_sync", settings, progress, name="label")
 
@@ -140,7 +150,7 @@ class JobRunner:
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
         job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
-               "created_at": utc_now()}
+               "created_at": iso_micro()}
         self._active[kind] = job
         lock = kind_lock(self.settings, kind)
         try:
@@ -187,13 +197,9 @@ class JobRunner:
         try:
             return await self.submit(kind, trigger="scheduled")
         except JobBusy as busy:
-            now = utc_now()
             reason = f"skipped: {busy}"
             log.warning("scheduled %s run %s", kind, reason)
-            row = await self.store.insert(
-                id=str(uuid.uuid4()), kind=kind, trigger="scheduled", state="skipped",
-                started_at=now, finished_at=now, error=reason,
-            )
+            row = await self.store.record_skipped(kind, reason)
             self._changed()
             return row
 
@@ -233,7 +239,7 @@ class JobRunner:
         kind, job_id = job["kind"], job["id"]
         flusher = None
         try:
-            await self._set(job, state="running", started_at=utc_now())
+            await self._set(job, state="running", started_at=iso_micro())
             log.info("job %s (%s) running", job_id, kind)
             flusher = asyncio.create_task(self._flush_progress(job))
             result = await self.kinds[kind](self.settings, lambda data: job.__setitem__("progress", data))
@@ -272,7 +278,7 @@ class JobRunner:
     async def _finish(self, job: dict, state: str, **values) -> None:
         """Record the final state; a database that refuses it (disk full, locked) gets it again
         every few seconds until it takes it, and meanwhile the API answers from memory."""
-        values = dict(state=state, finished_at=utc_now(), progress=job.get("progress"), **values)
+        values = dict(state=state, finished_at=iso_micro(), progress=job.get("progress"), **values)
         try:
             await self._set(job, **values)
         except SQLAlchemyError as exc:

@@ -7,13 +7,15 @@ UTC strings, which sort correctly as text on every backend.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import uuid
 from typing import Any
 
 from sqlalchemy import JSON, Column, MetaData, String, Table, Text, func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from config.clock import iso_micro
 from config.settings import Settings
+from dataset.index import make_engine as make_index_engine
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
@@ -35,29 +37,29 @@ jobs_table = Table(
 )
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def make_engine(settings: Settings) -> AsyncEngine:
-    """An engine on settings.db_url; SQLite waits for a writer instead of failing at once."""
-    url = settings.db_url
-    if url.startswith("sqlite"):
-        settings.dataset_dir.mkdir(parents=True, exist_ok=True)
-        return create_async_engine(url, connect_args={"timeout": 30})
-    return create_async_engine(url, pool_pre_ping=True)
+    """The engine on DATABASE_URL, from the one factory (dataset.index.make_engine: on SQLite WAL
+    and a 30 s wait for another writer); the jobs table lives beside the image index."""
+    return make_index_engine(settings.db_url)
 
 
 class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
+    async def record_skipped(self, kind: str, reason: str) -> dict:
+        """The one place a scheduled run that did not happen is written down (its kind was busy, or
+        it was missed): a ``skipped`` row, started and finished now, ``error`` saying why."""
+        now = iso_micro()
+        return await self.insert(id=str(uuid.uuid4()), kind=kind, trigger="scheduled", state="skipped",
+                                 started_at=now, finished_at=now, error=reason)
+
     async def create_tables(self) -> None:
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
 
     async def insert(self, **row: Any) -> dict:
-        row.setdefault("created_at", utc_now())
+        row.setdefault("created_at", iso_micro())
         async with self.engine.begin() as conn:
             await conn.execute(jobs_table.insert().values(**row))
         return await self.get(row["id"]) or row
@@ -100,7 +102,7 @@ class JobStore:
             result = await conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
-                .values(state="interrupted", finished_at=utc_now(),
+                .values(state="interrupted", finished_at=iso_micro(),
                         error="the service stopped while this job was running (found at start-up)")
             )
         return result.rowcount or 0

@@ -17,11 +17,12 @@ from starlette.responses import Response
 
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
-from app.jobstore import JobStore, make_engine, utc_now
+from app.jobstore import JobStore, make_engine
 from app.routes import jobs, models, review, status, upload
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
 from app.ui import install_console
+from config.clock import iso_micro
 from config.settings import Settings, get_settings
 from dataset.manager import DatasetManager
 
@@ -47,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
         app.state.overview = status.overview_cache(app.state)
-        app.state.started_at, app.state.started_monotonic = utc_now(), time.monotonic()
+        app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield
         log.info("service stopping: scheduler, running jobs, database")

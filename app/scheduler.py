@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from datetime import timedelta
 
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
@@ -21,7 +20,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from app.filelock import ProcessLock
 from app.jobs import JobRunner
-from app.jobstore import utc_now
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,9 +91,6 @@ class JobScheduler:
         asyncio.get_running_loop().create_task(self._record_missed(event))
 
     async def _record_missed(self, event: JobExecutionEvent) -> None:
-        now = utc_now()
-        await self.runner.store.insert(
-            id=str(uuid.uuid4()), kind=event.job_id, trigger="scheduled", state="skipped",
-            started_at=now, finished_at=now,
-            error=f"missed: the run due at {event.scheduled_run_time.isoformat()} was past its grace time",
-        )
+        due = event.scheduled_run_time.isoformat()
+        await self.runner.store.record_skipped(event.job_id,
+                                               f"missed: the run due at {due} was past its grace time")
