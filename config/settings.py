@@ -1,4 +1,4 @@
-"""Typed settings: every environment variable of design.md section 3, read once.
+"""Typed settings: every environment variable (.env.example, docs/configuration.md), read once.
 
 Entry points call :func:`get_settings` (cached); tests build ``Settings(...)`` directly with
 ``tmp_path`` values instead of patching the environment.  Invalid values raise

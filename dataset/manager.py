@@ -334,7 +334,7 @@ def _duplicate(existing_id: str) -> IngestOutcome:
 
 
 def build_metadata(given: dict, image_id: str, now: datetime, info: ImageInfo) -> dict[str, Any]:
-    """The seed's schema (design.md section 5) plus the given extra fields and image facts."""
+    """The metadata schema (docs/dataset.md) plus the given extra fields and image facts."""
     doc: dict[str, Any] = {
         "id": image_id, "source": str(given.get("source") or "unknown"), "label": given["label"],
         "confidence": _confidence(given.get("confidence")), "timestamp": iso(now), "hash": info.sha256,

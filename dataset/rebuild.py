@@ -1,6 +1,6 @@
 """Index rows rebuilt from metadata files, and metadata files rebuilt from index rows.
 
-Every metadata file holds what its index row needs (design.md section 5: id, source, label,
+Every metadata file holds what its index row needs (docs/dataset.md: id, source, label,
 confidence, timestamp, hash; ingest adds format, width, height and the pHash), so a lost index
 costs nothing but the time to read the files back. Rows from before a field existed get it from
 the image bytes (size, EXIF) or stay None (generator, split: trainer/split.py decides those again).
@@ -84,7 +84,7 @@ def _float_or_none(value: object) -> float | None:
 
 def metadata_from_row(row: dict) -> dict:
     """A metadata file for an image whose file was lost but whose row and image remain: the
-    seed's fields the row holds; attribution is gone and says so."""
+    original fields the row holds; attribution is gone and says so."""
     doc = {
         "id": row["id"],
         "source": row["source"],

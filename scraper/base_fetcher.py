@@ -1,7 +1,7 @@
-"""The source contract (design.md section 4) and what every fetcher shares.
+"""The source contract (docs/sources.md, "Adding a source") and what every fetcher shares.
 
-A source implements ``fetch_images(limit)`` and ``get_source_name()``, exactly as the seed's guide
-shows. Built-in sources also override ``iter_images(limit)`` so images are ingested while they
+A source implements ``fetch_images(limit)`` and ``get_source_name()``, as the guide in
+docs/sources.md shows. Built-in sources also override ``iter_images(limit)`` so images are ingested while they
 arrive (memory stays bounded), and may override ``on_stored`` (Unsplash reports the download).
 """
 
@@ -85,7 +85,7 @@ class BaseFetcher(ABC, Generic[OptionsT]):
 
     @abstractmethod
     async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        """Up to ``limit`` images as (bytes, metadata) pairs; metadata per design.md section 5."""
+        """Up to ``limit`` images as (bytes, metadata) pairs; metadata as docs/dataset.md describes."""
 
     @abstractmethod
     def get_source_name(self) -> str:

@@ -1,4 +1,4 @@
-"""CivitAI: AI-generated images from /images, cursor paging only (source-apis.md section 3).
+"""CivitAI: AI-generated images from /images, cursor paging only (docs/sources.md, CivitAI).
 
 /images has no keyword search (unknown parameters are silently dropped and return the global
 feed), so each configured query is mapped onto what the API can filter by: ``/models?query=...``

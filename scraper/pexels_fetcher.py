@@ -1,4 +1,4 @@
-"""Pexels: /search with page numbers, following ``next_page`` (source-apis.md section 2).
+"""Pexels: /search with page numbers, following ``next_page`` (docs/sources.md, Pexels).
 
 Auth is the raw key in ``Authorization`` and a descriptive ``User-Agent`` (Pexels' edge answers
 403 to library defaults). Pages hold at most 80 photos. A 429 carries no headers, so the quota

@@ -1,4 +1,4 @@
-"""Unsplash: /search/photos with page numbers (source-apis.md section 1).
+"""Unsplash: /search/photos with page numbers (docs/sources.md, Unsplash).
 
 Auth is ``Authorization: Client-ID <key>`` plus ``Accept-Version: v1``. Pages hold at most 30
 photos and search stops at page 200. Rate limiting comes back as 429 or as a 403 whose plain-text
