@@ -28,12 +28,27 @@ def validate_sources(settings: Settings) -> None:
     load_sources(settings.sources_config, FETCHERS.keys())
 
 
+async def prepare_database(settings: Settings) -> None:
+    """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
+    from dataset.index import make_engine
+    from dataset.schema import migrate
+
+    if settings.db_url.startswith("sqlite"):
+        settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
 
     validate_sources(settings)
+    asyncio.run(prepare_database(settings))  # unreachable, or another schema: a message, not a traceback
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=30)
     return 0

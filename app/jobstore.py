@@ -14,6 +14,8 @@ from sqlalchemy import JSON, Column, MetaData, String, Table, Text, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.settings import Settings
+from dataset.index import make_engine as make_index_engine
+from dataset.schema import migrate
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
@@ -45,7 +47,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     if url.startswith("sqlite"):
         settings.dataset_dir.mkdir(parents=True, exist_ok=True)
         return create_async_engine(url, connect_args={"timeout": 30})
-    return create_async_engine(url, pool_pre_ping=True)
+    return make_index_engine(url)
 
 
 class JobStore:
@@ -53,8 +55,8 @@ class JobStore:
         self.engine = engine
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Migrate the schema (dataset/migrations holds the jobs table's history too)."""
+        await migrate(self.engine)
 
     async def insert(self, **row: Any) -> dict:
         row.setdefault("created_at", utc_now())
