@@ -1,11 +1,13 @@
 """The job runner: one place that starts scrape and training jobs, for the API and the scheduler.
 
-Single flight per kind, across processes: a job holds the exclusive lock file
-``DATASET_DIR/job-{kind}.lock`` while it is queued or running, so with several workers (or a second
-service) on one dataset, a manual request for a busy kind raises :class:`JobBusy` (the API answers
-409 naming the running job) and a scheduled one is recorded as a ``skipped`` row. The same lock
-tells a live job from a dead process's leftover: a queued/running row whose kind lock is free
-belongs to a process that is gone, and is marked ``interrupted``.
+Single flight per kind, across processes and hosts: a job holds the kind's lock (app/locks.py: the
+file ``DATASET_DIR/job-{kind}.lock`` on SQLite, a PostgreSQL advisory lock tied to the holder's
+connection otherwise) while it is queued or running, so with several workers, services or replicas
+on one database, a manual request for a busy kind raises :class:`JobBusy` (the API answers 409
+naming the running job) and a scheduled one is recorded as a ``skipped`` row. The same lock tells
+a live job from a dead process's leftover: a queued/running row whose kind lock is free belongs to
+a process that is gone, and is marked ``interrupted`` (at start-up, at the next submit, and by a
+sweep every JOB_SWEEP_SECONDS, so within that time of the holder's death).
 
 Job kinds are a registry (``JOB_KINDS``: kind -> async callable ``fn(settings, progress) -> report
 dict``); adding a kind is one entry.
@@ -24,8 +26,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from app.filelock import ProcessLock
 from app.jobstore import JobStore, utc_now
+from app.locks import HolderLock, holder_lock
 from app.processes import run_in_process
 from config.settings import Settings
 
@@ -73,8 +75,8 @@ class JobBusy(Exception):
         self.job = job
 
 
-def kind_lock(settings: Settings, kind: str) -> ProcessLock:
-    return ProcessLock(settings.dataset_dir / f"job-{kind}.lock")
+def kind_lock(settings: Settings, store: JobStore, kind: str) -> HolderLock:
+    return holder_lock(settings, store.engine, f"job-{kind}")
 
 
 class UnknownJobKind(KeyError):
@@ -88,21 +90,38 @@ class JobRunner:
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._locks: dict[str, ProcessLock] = {}  # kind -> held lock, while its job is active
+        self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
+        self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.store.create_tables()
-        for kind in sorted(await self.store.active_kinds()):
-            lock = kind_lock(self.settings, kind)
-            if not lock.acquire():  # a live process (another worker) runs it: its job, left alone
-                log.info("a %s job is running in another process on %s", kind, self.settings.dataset_dir)
+        await self.sweep()
+        if self.settings.job_sweep_seconds > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="job-sweeper")
+
+    async def sweep(self) -> int:
+        """Mark the active rows of kinds no live process holds as interrupted; returns how many."""
+        marked = 0
+        for kind in sorted(await self.store.active_kinds() - set(self._active)):
+            lock = kind_lock(self.settings, self.store, kind)
+            if not await lock.acquire():  # a live process (another worker or replica) runs it
+                log.debug("a %s job is running in another process (%s held)", kind, lock.description)
                 continue
             try:
-                await self._interrupt_leftovers(kind)
+                marked += await self._interrupt_leftovers(kind)
             finally:
-                lock.release()
+                await lock.release()
+        return marked
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database is away for a moment: the next sweep tries again
+                log.warning("job sweep failed: %s", exc)
 
     def running(self, kind: str) -> dict | None:
         return self._active.get(kind)
@@ -121,8 +140,13 @@ class JobRunner:
         job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
                "created_at": utc_now()}
         self._active[kind] = job
-        lock = kind_lock(self.settings, kind)
-        if not lock.acquire():
+        lock = kind_lock(self.settings, self.store, kind)
+        try:
+            acquired = await lock.acquire()
+        except BaseException:
+            self._active.pop(kind, None)
+            raise
+        if not acquired:
             self._active.pop(kind, None)
             raise JobBusy(await self._running_elsewhere(kind))
         self._locks[kind] = lock
@@ -130,7 +154,7 @@ class JobRunner:
             await self._interrupt_leftovers(kind)  # with the lock held, an active row is a dead one's
             job.update(await self.store.insert(**job))
         except BaseException:
-            self._release(kind)
+            await self._release(kind)
             raise
         self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
@@ -144,17 +168,18 @@ class JobRunner:
             await asyncio.sleep(0.05)
         return row or {"id": "in-another-process", "kind": kind, "state": "running"}
 
-    async def _interrupt_leftovers(self, kind: str) -> None:
+    async def _interrupt_leftovers(self, kind: str) -> int:
         leftovers = await self.store.interrupt_leftovers(kind)
         if leftovers:
             log.warning("marked %d %s job(s) left running by a stopped process as interrupted",
                         leftovers, kind)
+        return leftovers
 
-    def _release(self, kind: str) -> None:
+    async def _release(self, kind: str) -> None:
         self._active.pop(kind, None)
         lock = self._locks.pop(kind, None)
         if lock is not None:
-            lock.release()
+            await lock.release()
 
     async def submit_scheduled(self, kind: str) -> dict:
         """The scheduler's entry: like submit, but a busy kind is recorded as a skipped run."""
@@ -192,6 +217,10 @@ class JobRunner:
 
     async def shutdown(self) -> None:
         """Cancel running jobs (children are terminated); each is recorded as interrupted."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -214,7 +243,7 @@ class JobRunner:
         finally:
             if flusher:
                 flusher.cancel()
-            self._release(kind)
+            await self._release(kind)
             self._tasks.pop(job_id, None)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     scrape_every_hours: float = Field(12, gt=0)
     train_every_days: float = Field(7, gt=0)
     scheduler_enabled: bool = True
+    # Several hosts (docs/scaling-out.md): how often each process looks for jobs whose holder died.
+    job_sweep_seconds: float = Field(15, ge=0)
 
     min_train_samples: int = Field(50, ge=2)
     val_fraction: float = Field(0.1, gt=0, lt=1)

@@ -144,7 +144,8 @@ async def _upgrade_with_retries(engine: AsyncEngine) -> None:
         try:
             async with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":  # replicas starting together: one migrates
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": advisory_key("migrate")})
+                    key = advisory_key("migrate")
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
                 await conn.run_sync(_upgrade)
             break
         except OperationalError as exc:

@@ -7,15 +7,15 @@ import pytest
 
 from config.settings import Settings
 
-
 # Suites that run against SQLite and a real PostgreSQL server (tests/pgserver.py) alike.
-POSTGRES_SUITES = ("tests/dataset/test_index.py", "tests/dataset/test_manager.py", "tests/dataset/test_schema.py",
-                   "tests/app/", "tests/labeler/")
+POSTGRES_SUITES = ("tests/dataset/test_index.py", "tests/dataset/test_manager.py",
+                   "tests/dataset/test_schema.py", "tests/app/", "tests/labeler/")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_generate_tests(metafunc):
-    if "db_backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("sqlite_only"):
+    if "db_backend" not in metafunc.fixturenames or any(
+            metafunc.definition.get_closest_marker(m) for m in ("sqlite_only", "postgres_only")):
         return
     path = metafunc.definition.path.relative_to(ROOT).as_posix()
     if any(path.startswith(suite) for suite in POSTGRES_SUITES):
