@@ -13,6 +13,7 @@ caught too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -309,6 +310,21 @@ class DedupeIndex:
     async def update(self, image_id: str, **values) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(update(images).where(images.c.id == image_id).values(**values))
+
+    @contextlib.asynccontextmanager
+    async def locked_row(self, image_id: str):
+        """PostgreSQL: ``SELECT ... FOR UPDATE`` on the image's row, in a transaction that lasts the
+        block; yields (connection, row or None). Every host editing the same image waits here, so a
+        read-modify-write of its metadata file (shared bucket) and row is never lost."""
+        async with self.engine.begin() as conn:
+            q = select(images).where(images.c.id == image_id).with_for_update()
+            row = (await conn.execute(q)).mappings().first()
+            yield conn, (_row_dict(row) if row else None)
+
+    @property
+    def shared(self) -> bool:
+        """True when other hosts may use this database (row locks serialise edits, not files)."""
+        return self.engine.dialect.name != "sqlite"
 
     async def delete(self, image_id: str) -> None:
         async with self.engine.begin() as conn:

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
 from dataset.images import ImageInfo, ImageRejected, inspect_image
-from dataset.index import DedupeIndex, DuplicateHash, NearMatch
+from dataset.index import DedupeIndex, DuplicateHash, NearMatch, images
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
@@ -220,25 +221,41 @@ class DatasetManager:
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
         source = {"at": iso(utc_now()), **label_source}
-        async with self._metadata_update():
-            doc = await self._rewrite_meta(image_id, lambda d: d.update(label=label, label_source=source))
-            await self.index.update(image_id, label=label)
-        return doc
+        return await self._edit(image_id, lambda d: d.update(label=label, label_source=source), label=label)
 
     async def set_score(self, image_id: str, confidence: float, scorer: dict) -> dict:
         """A model's P(ai): stored as confidence; the label is never touched."""
         if not 0.0 <= float(confidence) <= 1.0:
             raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
         scored_by = {"at": iso(utc_now()), **scorer}
-        async with self._metadata_update():
-            doc = await self._rewrite_meta(
-                image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by))
-            await self.index.update(image_id, confidence=float(confidence), scorer=scorer_json(scorer))
-        return doc
+        return await self._edit(
+            image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by),
+            confidence=float(confidence), scorer=scorer_json(scorer))
 
     async def index_scorer(self, image_id: str, scored_by: dict) -> None:
         """Copy a metadata file's ``scored_by`` into the index: rows scored before it had the column."""
         await self.index.update(image_id, scorer=scorer_json(scored_by))
+
+    async def _edit(self, image_id: str, change, **index_values) -> dict:
+        """Read-modify-write of one image's metadata file and index row, never losing a concurrent edit.
+
+        One host (SQLite): a process lock plus a file lock under DATASET_DIR. Shared database
+        (PostgreSQL, several hosts): the row's ``SELECT ... FOR UPDATE`` is held from reading the
+        file until the row is updated and committed, so edits of one image queue across hosts.
+        """
+        if not self.index.shared:
+            async with self._metadata_update():
+                doc = await self._rewrite_meta(image_id, change)
+                await self.index.update(image_id, **index_values)
+            return doc
+        async with self.index.locked_row(image_id) as (conn, row):
+            if row is None:
+                raise UnknownImage(f"no image with id {image_id!r}")
+            doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+            change(doc)
+            await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
+            await conn.execute(update(images).where(images.c.id == image_id).values(**index_values))
+        return doc
 
     @contextlib.asynccontextmanager
     async def _metadata_update(self):

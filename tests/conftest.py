@@ -9,7 +9,8 @@ from config.settings import Settings
 
 # Suites that run against SQLite and a real PostgreSQL server (tests/pgserver.py) alike.
 POSTGRES_SUITES = ("tests/dataset/test_index.py", "tests/dataset/test_manager.py",
-                   "tests/dataset/test_schema.py", "tests/app/", "tests/labeler/")
+                   "tests/dataset/test_schema.py", "tests/dataset/test_metadata_lock.py", "tests/app/",
+                   "tests/labeler/")
 ROOT = Path(__file__).resolve().parents[1]
 
 
