@@ -65,14 +65,15 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dataset.storage import StorageError
     from trainer.errors import TrainingError
+    from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
-    from trainer.train_vit import train_model
 
     try:
         with progress_bar("train") as report_progress:
-            result = train_model(settings, report_progress)
-    except TrainingError as exc:
+            result = train_with_shared_store(settings, report_progress)
+    except (TrainingError, RegistryConflict, StorageError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     console.print(summary_table(result))

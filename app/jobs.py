@@ -51,11 +51,16 @@ async def scrape_job(settings: Settings, progress: Progress) -> dict:
 
 async def train_job(settings: Settings, progress: Progress) -> dict:
     """Training is CPU-bound: a separate process, so the API keeps answering."""
-    return await run_in_process("trainer.train_vit:train_model", settings, progress, name="train")
+    # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
+    return await run_in_process("trainer.model_store:train_with_shared_store", settings, progress,
+                                name="train")
 
 
 async def label_job(settings: Settings, progress: Progress) -> dict:
     """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
+    from trainer.model_store import sync_models_down
+
+    await asyncio.to_thread(sync_models_down, settings)  # the promoted model, from the bucket if shared
     return await run_in_process("labeler.scoring:run_labeler_sync", settings, progress, name="label")
 
 

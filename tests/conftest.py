@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(request, aws_env):
+    """A fresh bucket on the loopback server; returns (endpoint, bucket)."""
+    import boto3
+
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = f"test-bucket-{next(_bucket_numbers)}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return endpoint, bucket
 
 
 class SleepRecorder:
