@@ -152,6 +152,14 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.worker import run_worker
+
+    asyncio.run(prepare_database(settings))
+    asyncio.run(run_worker(settings))
+    return 0
+
+
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import DatasetManager
     from labeler.review import review_queue, review_table
@@ -202,6 +210,8 @@ COMMANDS: dict[str, Command] = {
     "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
     "label": ("score images with Exposr-Core or the local model (foreground)", _no_args, run_label_command),
     "review": ("print the review queue: unlabeled and disputed images", _review_args, run_review_command),
+    "worker": ("run queued train/label jobs from the database on this host (WORKER_KINDS)", _no_args,
+               run_worker_command),
 }
 
 

@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -89,10 +91,16 @@ class UnknownJobKind(KeyError):
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None):
+    """Runs jobs in this process; kinds in WORKER_KINDS are queued for a worker instead, unless this
+    runner *is* a worker (``worker=True``: exposr-trainer worker, see :meth:`work`)."""
+
+    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None,
+                 worker: bool = False):
         self.settings = settings
         self.store = store
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
+        self.worker = worker
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"[:200]
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
         self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
@@ -140,10 +148,12 @@ class JobRunner:
             raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {', '.join(sorted(self.kinds))}")
         if kind in self._active:
             raise JobBusy(self._active[kind])
+        if kind in self.settings.worker_kind_set and not self.worker:
+            return await self._queue_for_worker(kind, trigger)
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
         job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
-               "created_at": utc_now()}
+               "created_at": utc_now(), "holder": self.holder}
         self._active[kind] = job
         lock = kind_lock(self.settings, self.store, kind)
         try:
@@ -165,6 +175,67 @@ class JobRunner:
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
         log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
         return dict(job)
+
+    async def _queue_for_worker(self, kind: str, trigger: str) -> dict:
+        """A queued row for ``exposr-trainer worker``; the kind's lock makes the check-and-insert
+        atomic across replicas, and a row already waiting makes the kind busy (409 naming it)."""
+        lock = kind_lock(self.settings, self.store, kind)
+        if not await lock.acquire():
+            raise JobBusy(await self._running_elsewhere(kind))
+        try:
+            waiting = await self.store.waiting_for_worker(kind)
+            if waiting is not None:
+                raise JobBusy(waiting)
+            await self._interrupt_leftovers(kind)
+            row = await self.store.insert(id=str(uuid.uuid4()), kind=kind, trigger=trigger, state="queued",
+                                          runner="worker")
+        finally:
+            await lock.release()
+        self._changed()
+        log.info("job %s (%s, %s) queued for a worker", row["id"], kind, trigger)
+        return row
+
+    async def work_once(self) -> dict | None:
+        """Worker: claim and run (to its end) the oldest job queued for a worker, of a kind this
+        process runs and no one else holds; returns its final row, None when there was nothing."""
+        for kind in sorted(self.settings.worker_kind_set & set(self.kinds)):
+            if kind in self._active:
+                continue
+            lock = kind_lock(self.settings, self.store, kind)
+            if not await lock.acquire():
+                continue  # another worker runs this kind
+            try:
+                await self._interrupt_leftovers(kind)
+                row = await self.store.waiting_for_worker(kind)
+                claimed = row is not None and await self.store.claim(
+                    row["id"], started_at=utc_now(), holder=self.holder)
+            except BaseException:
+                await lock.release()
+                raise
+            if not claimed:
+                await lock.release()
+                continue
+            job = {**row, "state": "running", "holder": self.holder}
+            self._active[kind], self._locks[kind] = job, lock
+            self._changed()
+            log.info("worker claimed job %s (%s)", job["id"], kind)
+            task = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
+            self._tasks[job["id"]] = task
+            await self.wait(job["id"])
+            return await self.store.get(job["id"])
+        return None
+
+    async def work(self, stop: asyncio.Event) -> None:
+        """Worker: claim queued jobs until ``stop`` is set (polling every WORKER_POLL_SECONDS)."""
+        while not stop.is_set():
+            try:
+                ran = await self.work_once()
+            except Exception as exc:  # the database is away for a moment: try again at the next poll
+                log.warning("worker could not claim a job: %s", exc)
+                ran = None
+            if ran is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
 
     async def _running_elsewhere(self, kind: str) -> dict:
         """The job another process runs (its row; the holder inserts it just after taking the lock)."""

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+WORKER_KIND_NAMES = ("train", "label", "scrape")
+
 
 class ConfigError(Exception):
     """Configuration that cannot be used: the message names the file or variable and the problem."""
@@ -56,6 +58,10 @@ class Settings(BaseSettings):
     scheduler_enabled: bool = True
     # Several hosts (docs/scaling-out.md): how often each process looks for jobs whose holder died.
     job_sweep_seconds: float = Field(15, ge=0)
+    # Job kinds the service queues for `exposr-trainer worker` instead of running them itself
+    # (comma list of train, label, scrape; empty: the service runs every kind).
+    worker_kinds: str = ""
+    worker_poll_seconds: float = Field(2, gt=0)
 
     min_train_samples: int = Field(50, ge=2)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -90,6 +96,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v: object) -> object:
         # `FOO=` in a .env file means "not set", not "set to the empty string".
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("worker_kinds", mode="after")
+    @classmethod
+    def _known_worker_kinds(cls, v: str) -> str:
+        kinds = [k.strip() for k in v.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in WORKER_KIND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}: use a comma list of "
+                             f"{', '.join(WORKER_KIND_NAMES)}")
+        return ",".join(kinds)
+
+    @property
+    def worker_kind_set(self) -> frozenset[str]:
+        return frozenset(k for k in self.worker_kinds.split(",") if k)
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> Settings:
