@@ -77,9 +77,11 @@ def model_facts(settings: Settings) -> dict[str, Any]:
     timestamps = [e.get("timestamp") for e in entries if e.get("timestamp")]
     latest = None
     if promoted:
-        latest = {key: promoted.get(key) for key in ("model", "version", "timestamp", "val_acc", "val_auc")}
+        latest = {key: promoted.get(key) for key in ("model", "version", "timestamp", "val_acc", "val_auc",
+                                                     "val_auc_ci95", "eval_n")}
+    newest = entries[-1] if entries else {}
     return {"models_trained": len(entries), "last_training": max(timestamps) if timestamps else None,
-            "promoted": latest}
+            "promoted": latest, "shortcut_warning": newest.get("shortcut_warning")}
 
 
 async def job_facts(store: JobStore) -> dict[str, Any]:
@@ -103,4 +105,5 @@ async def collect_status(settings: Settings, dataset: Any, store: JobStore) -> d
         "last_jobs": jobs["last_jobs"],
         "latest_model": models["promoted"],
         "models_trained": models["models_trained"],
+        "shortcut_warning": models["shortcut_warning"],
     }

@@ -51,6 +51,8 @@ class ModelInfo(BaseModel):
     timestamp: str | None = None
     val_acc: float | None = None
     val_auc: float | None = None
+    val_auc_ci95: list[float] | None = Field(None, description="95% interval of val_auc (DeLong)")
+    eval_n: dict[str, int] | None = Field(None, description="evaluation images per class")
 
 
 class StatusOut(BaseModel):
@@ -63,6 +65,9 @@ class StatusOut(BaseModel):
     last_jobs: dict[str, JobOut] = Field(description="the newest job of each kind")
     running_jobs: list[JobOut]
     latest_model: ModelInfo | None = Field(description="the promoted (served) model")
+    shortcut_warning: str | None = Field(
+        None,
+        description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)")
 
 
 class MetricsOut(BaseModel):
@@ -73,7 +78,10 @@ class MetricsOut(BaseModel):
     last_training: str | None
     validation_accuracy: float | None = Field(description="of the promoted model")
     validation_auc: float | None = None
+    validation_auc_ci95: list[float] | None = Field(None, description="95% interval of validation_auc")
+    evaluation_n: dict[str, int] | None = Field(None, description="evaluation images per class")
     model_version: str | None = None
+    shortcut_warning: str | None = None
     dataset_counts: DatasetCounts
     by_source: dict[str, dict[str, int]] = Field(default_factory=dict)
     jobs_running: list[str] = Field(default_factory=list, description="kinds running now")

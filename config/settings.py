@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
     train_workers: int = Field(2, ge=0)
 
+    # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
+    # how the champion is challenged.
+    eval_holdout_generators: str = ""  # comma list of generator names never trained on
+    eval_holdout_sources: str = ""  # comma list of source names never trained on
+    eval_min_per_class: int = Field(10, ge=2)
+    split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
+    promotion_margin: float = Field(0.02, ge=0, le=0.5)
+    shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
+
     upload_max_bytes: int = Field(20_000_000, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)
     min_image_side: int = Field(32, ge=1)
@@ -116,6 +125,24 @@ class Settings(BaseSettings):
         if self.storage_driver == "s3" and not self.s3_bucket:
             raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
         return self
+
+    @field_validator("eval_holdout_generators", "eval_holdout_sources")
+    @classmethod
+    def _names_list(cls, v: str) -> str:
+        from config.names import clean_generator  # the same rule as sources.yaml and uploads
+
+        for name in (n.strip() for n in v.split(",")):
+            if name:
+                clean_generator(name)
+        return v
+
+    @property
+    def holdout_generators(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.eval_holdout_generators.split(",") if n.strip())
+
+    @property
+    def holdout_sources(self) -> frozenset[str]:
+        return frozenset(n.strip() for n in self.eval_holdout_sources.split(",") if n.strip())
 
     @property
     def db_url(self) -> str:

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from config.names import clean_generator
 from config.settings import ConfigError
 
 Label = Literal["real", "ai"]
@@ -31,6 +32,14 @@ class SourceConfig(BaseModel):
     queries: list[str] = Field(default_factory=list)
     limit_per_query: int = Field(10, ge=0)
     rate_limit_per_hour: int = Field(100, ge=0)
+    # What made this source's images (e.g. "Midjourney v6" for a folder of them); CivitAI images
+    # carry their own baseModel. Held-out generators and per-generator AUC use it.
+    generator: str | None = None
+
+    @field_validator("generator")
+    @classmethod
+    def _generator_name(cls, v: str | None) -> str | None:
+        return None if v is None else clean_generator(v)
 
     def option(self, key: str, default: Any = None) -> Any:
         """A per-source option not covered by the common fields (``path``, ``browsing_level`` ...)."""

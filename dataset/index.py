@@ -326,6 +326,19 @@ class DedupeIndex:
         """True when other hosts may use this database (row locks serialise edits, not files)."""
         return self.engine.dialect.name != "sqlite"
 
+    async def set_splits_once(self, decided: dict[str, tuple[str, str]]) -> int:
+        """(split_group, split) per id, written only where no side is stored yet; rows changed."""
+        changed = 0
+        items = list(decided.items())
+        for start in range(0, len(items), 500):  # one transaction per 500 rows
+            async with self.engine.begin() as conn:
+                for image_id, (group, side) in items[start:start + 500]:
+                    result = await conn.execute(
+                        update(images).where(images.c.id == image_id, images.c.split.is_(None))
+                        .values(split_group=group, split=side))
+                    changed += result.rowcount or 0
+        return changed
+
     async def delete(self, image_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(images).where(images.c.id == image_id))

@@ -30,6 +30,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.settings import Settings
+from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
 from dataset.index import DedupeIndex, DuplicateHash, NearMatch, images
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
@@ -70,6 +71,20 @@ class Sample:
     created_at: str
     confidence: float | None = None  # the latest P(ai) from the labeler (index column), None if unscored
     scorer: str | None = None  # who produced it: scorer_json(set_score's scorer); None if unknown
+    format: str | None = None  # the stored file's format (PNG, JPEG ...)
+    generator: str | None = None  # dataset.facts.generator_for; None on rows older than the column
+    group_hint: str | None = None  # dataset.facts.group_hint_for
+    split_group: str | None = None  # the stable key of its near-duplicate group (trainer/split.py)
+    split: str | None = None  # "train" | "eval" | "excluded"; None until a training decides it
+    size_bytes: int | None = None  # file size (None: older row, read the file)
+    has_exif: bool | None = None
+
+
+def sample_from_row(row: dict) -> Sample:
+    values = {f: row.get(f) for f in Sample.__dataclass_fields__}
+    if values["has_exif"] is not None:
+        values["has_exif"] = bool(values["has_exif"])
+    return Sample(**values)
 
 
 def utc_now() -> datetime:
@@ -140,7 +155,7 @@ class DatasetManager:
         try:
             await self._put(keys[0], data, written)
             await self._put(keys[1], json_bytes(doc), written)
-            seq = await self.index.insert(index_row(doc, info, keys))
+            seq = await self.index.insert(index_row(doc, info, keys, data))
         except DuplicateHash as dup:  # lost a race with an identical image: keep the winner only
             await self._discard(written)
             return _duplicate(dup.existing_id)
@@ -198,7 +213,15 @@ class DatasetManager:
 
     async def samples(self, labels: tuple[str, ...] | list[str] = ("real", "ai")) -> list[Sample]:
         rows = await self.index.all_rows(tuple(labels))
-        return [Sample(**{f: r[f] for f in Sample.__dataclass_fields__}) for r in rows]
+        return [sample_from_row(r) for r in rows]
+
+    async def record_splits(self, decided: dict[str, tuple[str, str]]) -> int:
+        """Store each image's (split_group, split) once: rows that already have a side keep it.
+
+        Returns how many rows took the new side. The trainer calls this before it trains, so the
+        side of an image never moves however the dataset grows (trainer/split.py).
+        """
+        return await self.index.set_splits_once(decided)
 
     async def get_metadata(self, image_id: str) -> dict | None:
         row = await self.index.get(image_id)
@@ -305,6 +328,9 @@ def build_metadata(given: dict, image_id: str, now: datetime, info: ImageInfo) -
         "confidence": _confidence(given.get("confidence")), "timestamp": iso(now), "hash": info.sha256,
         "attribution": given.get("attribution") or {}, "api_data": given.get("api_data") or {},
     }
+    doc["generator"] = generator_for(given)
+    if (hint := group_hint_for(given)) is not None:
+        doc["group_hint"] = hint
     extras = {k: v for k, v in given.items() if k not in doc}
     image = {"format": info.format, "width": info.width, "height": info.height, "phash": f"{info.phash:016x}"}
     doc.update({k: v for k, v in image.items() if k not in extras}, **extras)
@@ -318,8 +344,9 @@ def _confidence(value: object) -> float | None:
         return None
 
 
-def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str]) -> dict:
-    return dict(
+def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | None = None) -> dict:
+    facts = {} if data is None else {"size_bytes": len(data), "has_exif": int(has_exif(data))}
+    return dict(**facts, generator=doc.get("generator"), group_hint=doc.get("group_hint"),
         id=doc["id"], sha256=info.sha256, phash=info.phash, label=doc["label"],
         confidence=doc.get("confidence"), scorer=scorer_json(doc.get("scored_by")), source=doc["source"],
         image_key=keys[0], meta_key=keys[1], format=info.format, width=info.width, height=info.height,

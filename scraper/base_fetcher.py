@@ -131,7 +131,10 @@ class BaseFetcher(ABC):
         return value.get_secret_value() if value is not None else ""
 
     def base_metadata(self) -> dict[str, Any]:
-        return {"source": self.get_source_name(), "label": self.config.label}
+        base = {"source": self.get_source_name(), "label": self.config.label}
+        if self.config.generator:  # sources.yaml says what made these images (held-out generators)
+            base["generator"] = self.config.generator
+        return base
 
     def count_error(self, kind: str, message: str) -> None:
         self.errors[kind] += 1

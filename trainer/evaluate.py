@@ -25,6 +25,7 @@ class Scores:
 
     probs: np.ndarray
     labels: np.ndarray
+    margins: np.ndarray  # logit(ai) - logit(real): P(ai) = sigmoid(margin / T), T the temperature
     positions: np.ndarray
     loss: float
     skipped: set[int]  # dataset positions of the images that could not be read
@@ -37,7 +38,7 @@ def evaluate(model: torch.nn.Module, loader, prepare, amp_dtype: torch.dtype | N
     ``prepare`` moves a batch to the model's device and normalises it (trainer.data.Normalizer).
     """
     model.eval()
-    probs, labels, positions, loss_sum, skipped = [], [], [], 0.0, set()
+    probs, labels, positions, margins, loss_sum, skipped = [], [], [], [], 0.0, set()
     for images, targets, where, unreadable in loader:
         skipped.update(unreadable)
         if len(targets) == 0:
@@ -48,14 +49,15 @@ def evaluate(model: torch.nn.Module, loader, prepare, amp_dtype: torch.dtype | N
         logits = logits.float().cpu()
         loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
         probs.append(logits.softmax(dim=1)[:, CLASS_INDEX["ai"]])
+        margins.append(logits[:, CLASS_INDEX["ai"]] - logits[:, CLASS_INDEX["real"]])
         labels.append(targets)
         positions.append(where)
     n = sum(len(t) for t in labels)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Scores(np.zeros(0), empty, empty, float("nan"), skipped)
-    return Scores(torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(positions).numpy(),
-                  loss_sum / n, skipped)
+        return Scores(np.zeros(0), empty, np.zeros(0), empty, float("nan"), skipped)
+    return Scores(torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(margins).numpy(),
+                  torch.cat(positions).numpy(), loss_sum / n, skipped)
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):

@@ -12,7 +12,7 @@ from trainer.errors import ModelNotFound
 from trainer.model_store import model_store, promoted
 from trainer.registry import find_entry, promoted_entry
 
-METRIC_KEYS = ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")
+METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 
 
 def push_latest_model(config: Settings) -> dict | None:
@@ -30,6 +30,14 @@ def push_latest_model(config: Settings) -> dict | None:
         "model": entry["model"],
         "architecture": entry.get("architecture"),
         "sha256": entry.get("sha256"),
+        # Headline figures of honest evaluation (docs/evaluation.md): AUC with its 95 % interval and
+        # sample size; P(ai) = softmax(logits / temperature)[ai].
+        "evaluation": {"auc": entry.get("val_auc"), "auc_ci95": entry.get("val_auc_ci95"),
+                       "n": entry.get("eval_n"), "ece": entry.get("ece"),
+                       "unseen_generators": entry.get("unseen_generators") or {}},
+        "temperature": entry.get("temperature", 1.0),
+        "report_url": (f"/models/{entry['model']}/{entry['version']}/report"
+                       if entry.get("report") else None),
     }
 
 

@@ -46,6 +46,8 @@ class Predictor:
                  max_pixels: int = 50_000_000) -> None:
         self.device, self.amp_dtype = pick_device(device)
         self.model, self.pre, self.card = load_artifacts(folder, self.device)
+        # Calibration (docs/evaluation.md): P(ai) = softmax(logits / T)[ai]; 1 for older models.
+        self.temperature = float(self.card.get("temperature") or 1.0)
         self.transform = eval_transform(self.pre)
         self.normalize = Normalizer(self.pre, self.device)
         self.batch_size = batch_size
@@ -101,7 +103,7 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> list[float]:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.model(self.normalize(batch))
-        return logits.float().softmax(dim=1)[:, CLASS_INDEX["ai"]].cpu().tolist()
+        return (logits.float() / self.temperature).softmax(dim=1)[:, CLASS_INDEX["ai"]].cpu().tolist()
 
 
 def load_promoted(settings: Settings, batch_size: int | None = None) -> Predictor:

@@ -1,82 +1,243 @@
-"""Whether a new version replaces the served one.
+"""Whether a new version (the challenger) replaces the served one (the champion).
 
-Rule (also in README.md): the new model and the currently promoted one are both scored on
-the *new* validation split; the new one is promoted when its validation AUC is higher, or equal
-(within 1e-6) with a validation loss no higher.  The first version of a model is always promoted;
-so is a new one when the promoted version's files are missing or unreadable.
+Rule (docs/evaluation.md has a worked example):
+
+1. The challenger's evaluation set needs ``EVAL_MIN_PER_CLASS`` images of each class, and its AUC's
+   95 % interval must lie above 0.5; otherwise it is never promoted -- first version included --
+   and the reason says how many more images of which class would be needed.
+2. With no champion (or one whose files cannot be read) a challenger that passes 1 is promoted.
+3. Otherwise both are scored on the evaluation images *neither trained on*: the challenger's
+   evaluation set less the champion's recorded training images (``train_ids.json``; a champion
+   from before that record only on images that arrived after it was trained). The challenger is
+   promoted when the paired DeLong 95 % interval of AUC(challenger) − AUC(champion) has its lower
+   end above −``PROMOTION_MARGIN`` (non-inferiority: a model trained on fresher data replaces the
+   served one unless it is shown to be worse by more than the margin). Fewer than
+   ``EVAL_MIN_PER_CLASS`` comparable images of a class: the champion stays, saying so.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import pickle
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from config.settings import Settings
 from trainer.data import Normalizer, StoredImages, eval_transform, make_loader
 from trainer.errors import ModelNotFound
-from trainer.evaluate import classification_metrics, evaluate
+from trainer.evaluate import CLASS_INDEX, evaluate
 from trainer.modeling import load_artifacts
 from trainer.registry import promoted_entry
+from trainer.report import Scored
+from trainer.stats import AucEstimate, auc_estimate, images_needed, paired_auc_difference
 
 log = logging.getLogger(__name__)
 
-TIE = 1e-6
+TRAIN_IDS_FILE = "train_ids.json"
+AI = CLASS_INDEX["ai"]
 
 
-def decide_promotion(settings: Settings, metrics: dict, val_data: StoredImages,
-                     device: torch.device, amp_dtype: torch.dtype | None) -> dict:
-    """{"promoted", "reason", "compared_with", "incumbent_metrics"} for the new model's ``metrics``."""
+def rule_text(settings: Settings) -> str:
+    return (
+        f"promote when the evaluation set has >= {settings.eval_min_per_class} images per class, the "
+        "AUC's 95% lower bound is above 0.5, and (against a champion, on images neither trained on) "
+        f"the paired DeLong 95% interval of the AUC difference has its lower end above "
+        f"-{settings.promotion_margin}"
+    )
+
+
+def chance_check(settings: Settings, challenger: Scored) -> tuple[AucEstimate | None, str | None]:
+    """(estimate, None) when the challenger may be promoted on its own; (estimate, reason) otherwise."""
+    labels = (challenger.labels == AI).astype(int)
+    n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
+    need = settings.eval_min_per_class
+    short = {name: need - have for name, have in (("real", n_real), ("ai", n_ai)) if have < need}
+    if short:
+        more = " and ".join(f"{n} more {name}" for name, n in short.items())
+        missing = [name for name, have in (("real", n_real), ("ai", n_ai)) if have == 0]
+        what = f"lacks the class {', '.join(missing)}" if missing else "is too small to decide"
+        return auc_estimate(labels, challenger.margins), (
+            f"not promoted: the evaluation set {what} ({n_real} real, {n_ai} ai; EVAL_MIN_PER_CLASS={need}); "
+            f"add {more} labelled image(s) not near-duplicates of the training images"
+        )
+    est = auc_estimate(labels, challenger.margins)
+    if est.better_than_chance():
+        return est, None
+    lo, hi = est.ci95
+    needed = images_needed(est)
+    more = (
+        "the model shows no signal: more images will not help unless the labels can be told apart by pixels"
+        if needed is None
+        else f"about {needed[1]} more real and {needed[0]} more ai evaluation images would be needed "
+        "at this AUC"
+    )
+    return est, (
+        f"not promoted: AUC {est.auc:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {n_real} real + {n_ai} ai "
+        f"images cannot be told from chance (lower bound <= 0.5); {more}"
+    )
+
+
+def decide_promotion(
+    settings: Settings,
+    challenger: Scored,
+    eval_data: StoredImages,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> dict:
+    """The decision with its figures: promoted, reason, rule, compared_with, auc_difference (+ CI) ..."""
+    est, refused = chance_check(settings, challenger)
+    base = {
+        "rule": rule_text(settings),
+        "auc": None if est is None else round(est.auc, 4),
+        "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
+    }
+    if refused is not None:
+        return _decision(base, False, refused, None)
     incumbent = promoted_entry(settings.models_dir, settings.model_name)
     if incumbent is None:
-        return _decision(True, "first promoted version of this model", None, None)
+        return _decision(
+            base, True, f"first promoted version of this model: AUC {_ci(est)}, better than chance", None
+        )
     folder = settings.models_dir / incumbent["model"] / incumbent["version"]
     try:
-        old = score_saved_model(folder, val_data, settings, device, amp_dtype)
+        comparable, why = comparable_subset(folder, challenger)
+        if comparable is None:
+            return _decision(
+                base,
+                True,
+                f"{incumbent['version']} {why}; the challenger passes the chance test (AUC {_ci(est)})",
+                incumbent["version"],
+            )
+        old = score_saved_model(folder, eval_data, comparable, settings, device, amp_dtype)
     # ValueError: a model.json that is not JSON; UnpicklingError: weights torch cannot load.
     except (ModelNotFound, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
         log.warning("promoted %s cannot be scored (%s); promoting the new version", incumbent["version"], exc)
-        return _decision(True, f"promoted {incumbent['version']} could not be scored: {exc}",
-                         incumbent["version"], None)
-    better = at_least_as_good(metrics, old)
-    reason = (f"val_auc {_fmt(metrics['val_auc'])} vs {_fmt(old['val_auc'])}, val_loss "
-              f"{_fmt(metrics['val_loss'])} vs {_fmt(old['val_loss'])} of {incumbent['version']} "
-              "on the same validation split")
-    return _decision(better, reason, incumbent["version"], old)
+        return _decision(
+            base, True, f"promoted {incumbent['version']} could not be scored: {exc}", incumbent["version"]
+        )
+    return compare_with_champion(settings, base, incumbent["version"], comparable, old)
 
 
-def at_least_as_good(new: dict, old: dict) -> bool:
-    """Higher AUC wins; an AUC tie goes to the lower (or equal) loss."""
-    new_auc, old_auc = _num(new["val_auc"]), _num(old["val_auc"])
-    if abs(new_auc - old_auc) > TIE:
-        return new_auc > old_auc
-    return _num(new["val_loss"], worst=float("inf")) <= _num(old["val_loss"], worst=float("inf")) + TIE
+def compare_with_champion(settings: Settings, base: dict, version: str, new: Scored, old: Scored) -> dict:
+    keep = np.isin([s.id for s in new.samples], [s.id for s in old.samples])
+    new = new.subset(keep)
+    old_by_id = dict(zip((s.id for s in old.samples), old.margins, strict=True))
+    old_scores = np.array([old_by_id[s.id] for s in new.samples])
+    labels = (new.labels == AI).astype(int)
+    n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(n_ai, n_real) < settings.eval_min_per_class:
+        return _decision(
+            base,
+            False,
+            f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
+            f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
+            f"{version} stays",
+            version,
+            n_compared=len(labels),
+        )
+    paired = paired_auc_difference(labels, new.margins, old_scores)
+    lo, hi = paired.ci()
+    promoted = lo > -settings.promotion_margin
+    verdict = "promoted" if promoted else "not promoted"
+    reason = (
+        f"{verdict}: AUC {paired.new.auc:.4f} vs {paired.old.auc:.4f} of {version} on {n_real} real + "
+        f"{n_ai} ai images neither trained on; difference {paired.difference:+.4f} "
+        f"[95% CI {lo:+.4f}, {hi:+.4f}], margin {settings.promotion_margin}"
+    )
+    return _decision(
+        base,
+        promoted,
+        reason,
+        version,
+        n_compared=len(labels),
+        difference=paired.difference,
+        ci=(lo, hi),
+        incumbent={
+            "val_auc": round(paired.old.auc, 6),
+            "val_auc_ci95": [round(x, 4) for x in paired.old.ci95],
+        },
+    )
 
 
-def score_saved_model(folder, val_data: StoredImages, settings: Settings, device: torch.device,
-                      amp_dtype: torch.dtype | None) -> dict:
-    """Metrics of a saved model on ``val_data``, with that model's own preprocessing."""
+def comparable_subset(folder: Path, challenger: Scored) -> tuple[Scored | None, str | None]:
+    """The challenger's evaluation images the champion never trained on, or (None, why not)."""
+    record = folder / TRAIN_IDS_FILE
+    ids = [s.id for s in challenger.samples]
+    if record.is_file():
+        trained = set(json.loads(record.read_text(encoding="utf-8")))
+        return challenger.subset(~np.isin(ids, list(trained))), None
+    card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    trained_at = card.get("trained_at")
+    if not trained_at:
+        return None, "has no record of its training images"
+    # Trained before this record existed: only images stored after it was trained are safe.
+    after = np.array([s.created_at > trained_at for s in challenger.samples], dtype=bool)
+    if not after.any():
+        return None, (
+            "has no record of its training images and every evaluation image is older than it, "
+            "so it cannot be scored fairly"
+        )
+    return challenger.subset(after), None
+
+
+def score_saved_model(
+    folder,
+    val_data: StoredImages,
+    subset: Scored,
+    settings: Settings,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> Scored:
+    """Margins of a saved model on the samples of ``subset`` (which index ``val_data`` by id)."""
     model, pre, _ = load_artifacts(folder, device)
+    wanted = {s.id for s in subset.samples}
     data = copy.copy(val_data)
+    positions = [i for i, sample in enumerate(val_data.samples) if sample.id in wanted]
+    data.keys = [val_data.keys[i] for i in positions]
+    data.labels = [val_data.labels[i] for i in positions]
+    data.samples = [val_data.samples[i] for i in positions]
     data.transform, data.reduce_to = eval_transform(pre), pre.decode_side
-    loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False,
-                         workers=settings.train_workers, seed=settings.train_seed,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(
+        data,
+        batch_size=settings.train_batch_size,
+        shuffle=False,
+        workers=settings.train_workers,
+        seed=settings.train_seed,
+        pin_memory=device.type == "cuda",
+    )
     scores = evaluate(model, loader, Normalizer(pre, device), amp_dtype)
-    return classification_metrics(scores.labels, scores.probs, scores.loss)
+    return Scored(
+        [data.samples[i] for i in scores.positions], np.asarray(scores.labels), np.asarray(scores.margins)
+    )
 
 
-def _decision(promoted: bool, reason: str, compared_with: str | None, old: dict | None) -> dict:
-    return {"promoted": promoted, "reason": reason, "compared_with": compared_with,
-            "incumbent_metrics": None if old is None else {
-                k: old[k] for k in ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")}}
+def _decision(
+    base: dict,
+    promoted: bool,
+    reason: str,
+    compared_with: str | None,
+    *,
+    n_compared: int | None = None,
+    difference: float | None = None,
+    ci: tuple[float, float] | None = None,
+    incumbent: dict | None = None,
+) -> dict:
+    return {
+        **base,
+        "promoted": promoted,
+        "reason": reason,
+        "compared_with": compared_with,
+        "n_compared": n_compared,
+        "auc_difference": None if difference is None else round(difference, 4),
+        "auc_difference_ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)],
+        "incumbent_metrics": incumbent,
+    }
 
 
-def _num(value, worst: float = float("-inf")) -> float:
-    return worst if value is None else float(value)
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _ci(est: AucEstimate) -> str:
+    lo, hi = est.ci95
+    return f"{est.auc:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {est.n_neg} real + {est.n_pos} ai"

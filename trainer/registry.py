@@ -122,7 +122,8 @@ def commit_version(models_dir: Path, staging: Path, entry: dict, *, compared_wit
         if entry.get("promoted") and _current_promoted(entries, entry["model"]) != compared_with:
             entry["promoted"] = False
             entry["promotion_reason"] = "another version was promoted while this one trained"
-        _stamp_model_json(staging / "model.json", version)
+        for card in ("model.json", "report.json"):
+            _stamp_model_json(staging / card, version)
         model_dir.mkdir(parents=True, exist_ok=True)
         os.replace(staging, model_dir / version)
         write_json_atomic(models_dir / REGISTRY_FILE, [*entries, entry])

@@ -21,6 +21,12 @@ def summary_table(result: dict) -> Table:
     metrics = result.get("metrics", {})
     for key, label in _ROWS:
         table.add_row(label, _fmt(metrics.get(key)))
+    ci, n = result.get("val_auc_ci95"), result.get("eval_n")
+    if ci:
+        sizes = f" on {n.get('real')} real + {n.get('ai')} ai" if isinstance(n, dict) else ""
+        table.add_row("AUC 95% interval", f"[{_fmt(ci[0])}, {_fmt(ci[1])}]{sizes} (report.json)")
+    if result.get("shortcut_warning"):
+        table.add_row("shortcut audit", f"[yellow]{result['shortcut_warning']}[/yellow]")
     cm = metrics.get("confusion_matrix")
     if cm:
         table.add_row("confusion (threshold {:.2f})".format(metrics.get("threshold", 0.5)),

@@ -25,8 +25,9 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from config.settings import Settings
+from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
-from dataset.storage import StorageDriver
+from dataset.storage import StorageDriver, StorageError
 from trainer.data import (
     Normalizer,
     StoredImages,
@@ -38,9 +39,23 @@ from trainer.data import (
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
-from trainer.promotion import decide_promotion
-from trainer.registry import clean_stale, commit_version, make_staging_dir
-from trainer.split import split_samples
+from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
+from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
+from trainer.report import (
+    FORMAT_SWAP_MAX_IMAGES,
+    ROBUSTNESS,
+    Perturb,
+    Scored,
+    by_attribute,
+    calibrate,
+    evaluation_block,
+    format_swap_auc,
+    perturbed,
+    robustness_block,
+    scored,
+    shortcut_probe,
+)
+from trainer.split import SplitPlan, assign_splits
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +63,38 @@ Progress = Callable[[dict], None]
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1  # of all optimiser steps, linear warm-up before the cosine decay
 MAX_SKIPPED_IDS = 50   # ids of unreadable images listed in the result (the count covers all)
+REPORT_FILE = "report.json"
 
 
 def train_model(settings: Settings, progress: Progress | None = None) -> dict:
-    """Train on the labelled dataset and register the result; returns the registry entry + metrics."""
+    """Train on the labelled dataset and register the result; returns the registry entry + metrics.
+
+    The split sides decided for new images are stored in the index before training starts, so they
+    hold for every later training (trainer/split.py).
+    """
     samples, storage = load_samples(settings)
-    return train_on_samples(settings, samples, storage, progress)
+    return train_on_samples(settings, samples, storage, progress,
+                            record_splits=lambda decided: _run_async(_record_splits(settings, decided)))
 
 
 def train_on_samples(settings: Settings, samples: list[Sample], storage: StorageDriver,
-                     progress: Progress | None = None) -> dict:
+                     progress: Progress | None = None,
+                     record_splits: Callable[[dict], object] | None = None) -> dict:
     started = time.monotonic()
     samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
     check_dataset(samples, settings.min_train_samples)
     clean_stale(settings.models_dir)
 
-    train_set, val_set = split_samples(samples, settings.val_fraction, settings.train_seed,
-                                       settings.near_dup_max_distance)
-    log.info("split: %d train, %d validation (near-dup radius %d)",
-             len(train_set), len(val_set), settings.near_dup_max_distance)
+    plan = plan_split(settings, samples, record_splits)
+    train_set, val_set = plan.train, plan.eval
+    check_training_set(train_set)
+    shortcut = shortcut_probe(train_set + val_set, _facts_reader(storage), plan.group_of,
+                              settings.shortcut_warn_auc)
+    if shortcut["warning"]:
+        log.warning("shortcut audit: %s", shortcut["warning"])
+    if progress is not None:
+        progress({"stage": "audit", "shortcut_warning": shortcut["warning"],
+                  "metadata_probe_auc": shortcut["metadata_probe_auc"]})
 
     seed_everything(settings.train_seed)
     device, amp_dtype = pick_device(settings.train_device)
@@ -91,25 +119,134 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
                                "train_loss": train_loss, "val_loss": metrics["val_loss"],
                                "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
                                "lr": optimizer.param_groups[0]["lr"]})
-        if len(scores.labels) == 0:
-            raise TrainingError("no validation image could be read; run the dataset check command")
+        if progress is not None:
+            progress({"stage": "evaluate"})
+        evaluated = scored(val_set, scores)
+        report = build_report(settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated,
+                              shortcut)
+        metrics["val_auc_ci95"] = report["evaluation"]["auc_ci95"]
         metrics["by_source"] = accuracy_by_source(
             scores.labels, scores.probs, [val_set[i].source for i in scores.positions])
-
-        promotion = decide_promotion(settings, metrics, val_data, device, amp_dtype)
+        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
+        report["promotion"] = promotion
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
         info = {"model": settings.model_name, "architecture": settings.train_arch,
                 "metrics": metrics, **sizes, "seed": settings.train_seed, "epochs": settings.train_epochs,
-                "trained_at": _now()}
+                "trained_at": _now(), "temperature": report["evaluation"]["temperature"],
+                "evaluation": headline(report)}
         sha256 = save_artifacts(staging, model, pre, info)
+        write_json_atomic(staging / REPORT_FILE, report)
+        write_json_atomic(staging / TRAIN_IDS_FILE, sorted(s.id for s in train_set))
         entry = commit_version(settings.models_dir, staging, _registry_entry(
-            settings, metrics, sizes, sha256, promotion, device), compared_with=promotion["compared_with"])
+            settings, metrics, sizes, sha256, promotion, device, report),
+            compared_with=promotion["compared_with"])
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
     return {**entry, "metrics": metrics, "skipped_images": len(skipped),
-            "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS],
+            "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
             "duration_s": round(time.monotonic() - started, 1)}
+
+
+def plan_split(settings: Settings, samples: list[Sample],
+               record_splits: Callable[[dict], object] | None = None) -> SplitPlan:
+    """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
+    plan = assign_splits(samples, radius=settings.split_near_dup_distance,
+                         eval_fraction=settings.val_fraction, min_per_class=settings.eval_min_per_class,
+                         holdout_generators=settings.holdout_generators,
+                         holdout_sources=settings.holdout_sources)
+    if record_splits is not None and plan.decided:
+        record_splits(plan.decided)
+    log.info("split: %d train, %d evaluation, %d held out, %d excluded (%d newly decided; radius %d)",
+             len(plan.train), len(plan.eval), len(plan.held_out), len(plan.excluded), len(plan.decided),
+             settings.split_near_dup_distance)
+    return plan
+
+
+def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: StorageDriver, plan: SplitPlan,
+                 val_data: StoredImages, evaluated: Scored, shortcut: dict) -> dict:
+    """report.json without its promotion section: every figure on images the model never trained on."""
+    def score(data: StoredImages) -> Scored:
+        loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False, workers=0,
+                             seed=settings.train_seed)
+        return scored(data.samples, evaluate(model, loader, prepare, amp_dtype))
+
+    calibration = calibrate(evaluated, plan.group_of)
+    block = evaluation_block(evaluated, calibration)
+    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings))
+            if plan.held_out else None)
+    robust = {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()} \
+        if len(val_data) else {}
+    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings)
+    swap = format_swap_auc(score(perturbed(few, Perturb("png", None, 1.0))),
+                           score(perturbed(few, Perturb("jpeg", 95, 1.0)))) if len(few) else {}
+    unseen_gen = unseen_src = {}
+    if held is not None:
+        in_gen = np.array([s.generator in settings.holdout_generators for s in held.samples], dtype=bool)
+        unseen_gen = by_attribute(held.subset(in_gen), _generator, others=evaluated) if in_gen.any() else {}
+        in_src = np.array([s.source in settings.holdout_sources for s in held.samples], dtype=bool)
+        unseen_src = by_attribute(held.subset(in_src), _source, others=evaluated) if in_src.any() else {}
+    return {
+        "version": None, "model": settings.model_name, "created_at": _now(),
+        "split": {"train": len(plan.train), "eval": len(plan.eval), "held_out": len(plan.held_out),
+                  "excluded": len(plan.excluded), "newly_decided": len(plan.decided),
+                  "radius": settings.split_near_dup_distance,
+                  "eval_min_per_class": settings.eval_min_per_class,
+                  "holdout_generators": sorted(settings.holdout_generators),
+                  "holdout_sources": sorted(settings.holdout_sources)},
+        "evaluation": block,
+        "by_generator": by_attribute(evaluated, _generator),
+        "by_source": by_attribute(evaluated, _source),
+        "unseen_generators": unseen_gen,
+        "unseen_sources": unseen_src,
+        "robustness": robustness_block(block["auc"], robust),
+        "shortcut": {**shortcut, **swap},
+    }
+
+
+def headline(report: dict) -> dict:
+    """The figures /models/latest and /metrics carry: AUC with its interval and sample size."""
+    ev = report["evaluation"]
+    unseen = {g: {"auc": f["auc"], "auc_ci95": f["auc_ci95"], "n": f["n"]}
+              for g, f in report.get("unseen_generators", {}).items()}
+    return {"auc": ev["auc"], "auc_ci95": ev["auc_ci95"], "n": ev["n"], "acc": ev["acc"], "ece": ev["ece"],
+            "temperature": ev["temperature"], "unseen_generators": unseen,
+            "shortcut_warning": report["shortcut"].get("warning")}
+
+
+def check_training_set(train_set: list[Sample]) -> None:
+    counts = Counter(s.label for s in train_set)
+    missing = [label for label in CLASS_INDEX if counts[label] == 0]
+    if missing:
+        raise TrainingError(f"the training side has no {', '.join(missing)} image ({counts['real']} real, "
+                            f"{counts['ai']} ai): add labelled images of that class (held-out generators and "
+                            "sources never train)")
+
+
+def _facts_reader(storage: StorageDriver):
+    """(bytes, has EXIF) of a sample: from the index, or read from storage for older rows."""
+    def facts(sample: Sample) -> tuple[int, bool]:
+        if sample.size_bytes is not None and sample.has_exif is not None:
+            return sample.size_bytes, bool(sample.has_exif)
+        try:
+            data = storage.get(sample.image_key)
+        except StorageError:
+            return 0, False
+        return len(data), has_exif(data)
+    return facts
+
+
+def _generator(sample: Sample) -> str:
+    return sample.generator or "unknown"
+
+
+def _source(sample: Sample) -> str:
+    return sample.source
+
+
+async def _record_splits(settings: Settings, decided: dict) -> int:
+    async with DatasetManager(settings) as dm:
+        return await dm.record_splits(decided)
 
 
 def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
@@ -182,12 +319,16 @@ def load_samples(settings: Settings) -> tuple[list[Sample], StorageDriver]:
         async with DatasetManager(settings) as dm:
             return await dm.samples(("real", "ai")), dm.storage
 
+    return _run_async(collect())
+
+
+def _run_async(coroutine):
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(collect())
+        return asyncio.run(coroutine)
     with ThreadPoolExecutor(1) as pool:  # called from async code: run the loop in another thread
-        return pool.submit(asyncio.run, collect()).result()
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def seed_everything(seed: int) -> None:
@@ -197,17 +338,25 @@ def seed_everything(seed: int) -> None:
 
 
 def _images(storage, samples: list[Sample], transform, pre, settings: Settings) -> StoredImages:
-    return StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
+    data = StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
                         transform, settings.max_image_pixels, reduce_to=pre.decode_side)
+    data.samples = list(samples)  # which sample each position is (reports and promotion go by id)
+    return data
 
 
 def _registry_entry(settings: Settings, metrics: dict, sizes: dict, sha256: str, promotion: dict,
-                    device: torch.device) -> dict:
+                    device: torch.device, report: dict) -> dict:
+    ev = report["evaluation"]
     return {
+        "val_auc_ci95": ev["auc_ci95"], "eval_n": ev["n"], "temperature": ev["temperature"],
+        "ece": ev["ece"], "report": REPORT_FILE, "shortcut_warning": report["shortcut"]["warning"],
+        "unseen_generators": headline(report)["unseen_generators"],
         "model": settings.model_name, "timestamp": _now(), **sizes,
         **{k: metrics[k] for k in ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")},
         "architecture": settings.train_arch, "image_size": settings.train_image_size,
         "sha256": sha256, "promoted": promotion["promoted"], "promotion_reason": promotion["reason"],
+        "auc_difference": promotion["auc_difference"],
+        "auc_difference_ci95": promotion["auc_difference_ci95"],
         "compared_with": promotion["compared_with"], "incumbent_metrics": promotion["incumbent_metrics"],
         "epochs": settings.train_epochs, "device": device.type,
     }

@@ -1,4 +1,4 @@
-"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag) and model.json.
+"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag), model.json and report.
 
 Every artifact read goes through :func:`registered_artifact`: the name and version are looked up
 in the registry and the file comes from that validated entry and a fixed file name
@@ -50,9 +50,11 @@ async def latest_model(settings: SettingsDep) -> dict:
     return latest
 
 
-def registered_artifact(settings, name: str, version: str, filename: str) -> Artifact:
+def registered_artifact(settings, name: str, version: str, filename: str,
+                        missing: str | None = None) -> Artifact:
     """One file of a registered version (weights.pt, model.json, report.json): 404 unless the version
-    is registered and the file is in the store; 503 when the registry or the store cannot be read."""
+    is registered and the file is in the store (``missing``: the detail for a registered version
+    without the file); 503 when the registry or the store cannot be read."""
     if filename not in ARTIFACTS:
         raise ValueError(f"{filename!r} is not a model artifact")
     store = model_store(settings)
@@ -65,7 +67,7 @@ def registered_artifact(settings, name: str, version: str, filename: str) -> Art
     try:
         return store.artifact(entry, filename)
     except ArtifactMissing as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=missing or str(exc)) from exc
     except StorageError as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail=f"the model store cannot be read: {exc}") from exc
@@ -94,6 +96,28 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     except (OSError, StorageError, json.JSONDecodeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             detail=f"model {name} {version} has no readable model.json ({exc})") from exc
+
+
+@router.get("/models/{name}/{version}/report", responses={404: {"model": ErrorOut}, 500: {"model": ErrorOut}},
+            summary="A registered model's evaluation report (docs/evaluation.md)")
+async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
+    """report.json of a version: evaluation ids, AUC with intervals, held-out generators, robustness,
+    calibration, shortcut audit and the promotion decision."""
+    artifact = await run_in_threadpool(
+        registered_artifact, settings, name, version, "report.json",
+        f"model {name} {version} has no evaluation report: it was trained before reports existed; "
+        "train a new version to get one")
+    try:
+        raw = await run_in_threadpool(artifact.read)
+    except (OSError, StorageError) as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"the report of model {name} {version} cannot be read: {exc}") from exc
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR,
+                            detail=f"the report.json of model {name} {version} is not valid JSON ({exc}); "
+                            "train a new version or restore the file") from exc
 
 
 @router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,

@@ -17,6 +17,8 @@ from starlette.types import Message
 
 from app.deps import Authorized, DatasetDep, SettingsDep
 from app.schemas import ErrorOut, UploadOut
+from config.names import clean_generator
+from dataset.facts import EDIT_PREFIX
 from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,10 @@ _BODY_SCHEMA = {
             "properties": {
                 "file": {"type": "string", "format": "binary", "description": "the image file"},
                 "label": {"type": "string", "enum": list(LABELS)},
+                "generator": {"type": "string", "maxLength": 64,
+                              "description": "what made the image (e.g. 'Midjourney v6'); optional"},
+                "edit_of": {"type": "string", "description": "id of the stored image this one is an edit "
+                            "of: both stay on one side of the train/evaluation split; optional"},
             },
         }}},
     }
@@ -73,8 +79,9 @@ def _counting_request(request: Request, max_body: int) -> Request:
     return Request(request.scope, receive)
 
 
-async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | None]:
-    """Parse the multipart body within the limit; return (image bytes, label, file name)."""
+async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | None, dict[str, str]]:
+    """Parse the multipart body within the limit; return (image bytes, label, file name, optional
+    fields ``generator`` and ``edit_of`` as given)."""
     max_body = limit + ENVELOPE_SLACK
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_body:
@@ -84,6 +91,8 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
     try:
         async with _counting_request(request, max_body).form(max_files=1, max_fields=4) as form:
             file, label = form.get("file"), form.get("label")
+            extras = {k: v for k in ("generator", "edit_of")
+                      if isinstance(v := form.get(k), str) and v.strip()}
             if not isinstance(file, UploadFile):
                 raise HTTPException(400, detail="missing 'file' part: attach the image as field 'file'")
             data, filename = await file.read(limit + 1), file.filename
@@ -93,16 +102,30 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
         raise _too_large(limit)
     if not isinstance(label, str) or label not in LABELS:
         raise HTTPException(400, detail=f"label must be one of {', '.join(LABELS)} (got {label!r})")
-    return data, label, (filename or None) and filename[-200:]
+    if "generator" in extras:
+        try:
+            extras["generator"] = clean_generator(extras["generator"])
+        except ValueError as exc:
+            raise HTTPException(400, detail=f"generator: {exc}") from None
+    return data, label, (filename or None) and filename[-200:], extras
 
 
 @router.post("/upload", status_code=201, response_model=UploadOut, openapi_extra=_BODY_SCHEMA,
              responses={200: {"model": UploadOut, "description": "duplicate or near-duplicate"}, **_ERRORS},
              summary="Add one labelled image to the dataset")
 async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
-    data, label, filename = await read_upload(request, settings.upload_max_bytes)
+    data, label, filename, extras = await read_upload(request, settings.upload_max_bytes)
     metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
                 "api_data": {"filename": filename}}
+    if "generator" in extras:
+        metadata["generator"] = extras["generator"]
+    if "edit_of" in extras:
+        original = await dataset.get_metadata(extras["edit_of"][:64])
+        if original is None:
+            raise HTTPException(400, detail="edit_of: no stored image has the id "
+                                f"{extras['edit_of'][:64]!r}; "
+                                "give the id an earlier upload answered with, or leave edit_of out")
+        metadata["group_hint"] = original.get("group_hint") or f"{EDIT_PREFIX}{original['id']}"
     try:
         outcome = await dataset.ingest(data, metadata)
     except (StorageError, OperationalError) as exc:

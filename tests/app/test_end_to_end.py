@@ -16,11 +16,11 @@ from tests.images import encode, jpeg, noise
 
 pytestmark = pytest.mark.slow
 KINDS = {"scrape": scrape_job, "train": train_job}  # without follow-up label jobs
-TINY = dict(train_arch="resnet10t", train_image_size=32, train_epochs=1, train_batch_size=8,
+TINY = dict(train_arch="resnet10t", train_image_size=32, train_epochs=2, train_batch_size=8,
             train_workers=0, min_train_samples=12, val_fraction=0.25, train_seed=1)
 
 
-def write_sources(tmp_path, n: int = 10):
+def write_sources(tmp_path, n: int = 24):
     real, ai = tmp_path / "real", tmp_path / "ai"
     real.mkdir()
     ai.mkdir()
@@ -58,13 +58,13 @@ def test_scrape_train_download_predict(make_client, tmp_path):
 
     scrape = wait_for(client, client.post("/scrape", headers=AUTH).json()["job_id"])
     assert scrape["state"] == "succeeded", scrape["error"]
-    assert scrape["result"]["totals"]["stored"] == 20
+    assert scrape["result"]["totals"]["stored"] == 48
     counts = client.get("/status").json()["dataset_counts"]
-    assert counts == {"total": 20, "real": 10, "ai_generated": 10, "unlabeled": 0}
+    assert counts == {"total": 48, "real": 24, "ai_generated": 24, "unlabeled": 0}
 
     train = wait_for(client, client.post("/train", headers=AUTH).json()["job_id"])
     assert train["state"] == "succeeded", train["error"]
-    assert train["progress"]["epoch"] == 1
+    assert train["result"]["promoted"] is True, train["result"]["promotion_reason"]
 
     latest = client.get("/models/latest", headers=AUTH).json()
     assert latest["model_version"] == "v1"
@@ -81,6 +81,16 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     not_modified = client.get(latest["download_url"], headers={**AUTH, "If-None-Match": f'"{sha}"'})
     assert not_modified.status_code == 304
     card = client.get("/models/vit/v1/model.json", headers=AUTH).json()
+    report = client.get("/models/vit/v1/report", headers=AUTH).json()
+    assert len(report["evaluation"]["image_ids"]) == train["result"]["val_size"] == 20
+    assert report["evaluation"]["n"] == latest["evaluation"]["n"] == {"real": 10, "ai": 10}
+    ci = report["evaluation"]["auc_ci95"]
+    assert latest["evaluation"]["auc_ci95"] == metrics["validation_auc_ci95"] == ci
+    assert card["temperature"] == report["evaluation"]["temperature"] == latest["temperature"]
+    # JPEG photos against PNG noise: the metadata-only probe sees the format shortcut and says so.
+    assert report["shortcut"]["metadata_probe_auc"] > 0.9
+    assert "without looking at pixels" in client.get("/status").json()["shortcut_warning"]
+    assert client.get("/models/vit/v1/report").status_code == 401
 
     # Exposr-Core's side: rebuild from model.json + the downloaded weights, then predict.
     from trainer.predict import Predictor

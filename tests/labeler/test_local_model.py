@@ -39,8 +39,8 @@ async def settings_with_model(make_settings, pristine, tmp_path):
     def tiny(root):
         return make_settings(
             dataset_dir=root / "datasets", models_dir=root / "models", exposr_core_endpoint=ENDPOINT,
-            train_arch="test_resnet", train_image_size=32, train_epochs=2, train_batch_size=8,
-            train_workers=0, min_train_samples=8, val_fraction=0.25,
+            train_arch="test_resnet", train_image_size=32, train_epochs=4, train_batch_size=8, train_lr=3e-3,
+            train_workers=0, min_train_samples=8, val_fraction=0.25, eval_min_per_class=5,
         )
 
     if not (pristine / "models" / "registry.json").exists():
@@ -57,7 +57,8 @@ async def build_dataset_and_model(settings) -> None:
             drawn = label if label != "unlabeled" else "ai"
             outcome = await dm.ingest(encode(tinted(i, drawn), "JPEG"), {"source": "folder", "label": label})
             assert outcome.status == "stored", outcome
-    assert train_model(settings)["promoted"] is True
+    result = train_model(settings)
+    assert result["promoted"] is True, result["promotion_reason"]
 
 
 async def stored_images(settings) -> dict[str, tuple[bytes, dict]]:

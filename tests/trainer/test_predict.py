@@ -19,10 +19,12 @@ def trained(tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("predict")
     settings = Settings(_env_file=None, dataset_dir=root / "datasets", models_dir=root / "models",
                         log_dir=root / "logs", train_arch="test_resnet", train_image_size=32,
-                        train_epochs=1, train_batch_size=16, train_workers=0, val_fraction=0.25,
+                        train_epochs=4, train_lr=3e-3, train_batch_size=16, train_workers=0,
+                        val_fraction=0.25,
                         min_train_samples=20, train_pretrained=False, train_device="cpu")
     storage = LocalStorage(settings.dataset_dir)
-    train_on_samples(settings, make_samples(storage, 40), storage)
+    result = train_on_samples(settings, make_samples(storage, 80), storage)
+    assert result["promoted"], result["promotion_reason"]
     return settings
 
 

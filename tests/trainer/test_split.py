@@ -1,14 +1,32 @@
+"""The stored train/evaluation split (trainer/split.py): decided once per group, never moved."""
+
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from tests.trainer.builders import fake_sample
-from trainer.split import hamming_groups, split_samples
+from trainer.split import EVAL, EXCLUDED, TRAIN, assign_splits, hamming_groups
+
+PLAN = dict(radius=12, eval_fraction=0.1, min_per_class=10)
 
 
-def _random_samples(n: int, seed: int = 1):
+def _random_samples(n: int, seed: int = 1, prefix: str = "id"):
     rng = random.Random(seed)
-    return [fake_sample(f"id{i:04d}", "ai" if i % 3 == 0 else "real", rng.getrandbits(64)) for i in range(n)]
+    return [
+        fake_sample(f"{prefix}{i:04d}", "ai" if i % 3 == 0 else "real", rng.getrandbits(64)) for i in range(n)
+    ]
+
+
+def _store(samples, plan):
+    """What the index holds after DatasetManager.record_splits(plan.decided)."""
+    return [
+        dataclasses.replace(s, split_group=plan.group_of[s.id], split=plan.side_of[s.id]) for s in samples
+    ]
+
+
+def _ids(samples) -> set[str]:
+    return {s.id for s in samples}
 
 
 def test_groups_join_within_radius_transitively_and_use_all_64_bits():
@@ -16,7 +34,7 @@ def test_groups_join_within_radius_transitively_and_use_all_64_bits():
     hashes = [top | 0b0, top | 0b111, top | 0b111111, 0b1111 << 20, (1 << 64) - 1]
     groups = hamming_groups(hashes, max_distance=3)
     assert groups[0] == groups[1] == groups[2]  # 0-1: 3 bits, 1-2: 3 bits, 0-2: 6 bits (chained)
-    assert len(set(groups)) == 3                # 0b1111<<20 is 5 bits from hashes[0]; all-ones is far
+    assert len(set(groups)) == 3  # 0b1111<<20 is 5 bits from hashes[0]; all-ones is far
 
 
 def test_top_bit_counts_as_one_bit_of_distance():
@@ -24,40 +42,111 @@ def test_top_bit_counts_as_one_bit_of_distance():
     assert hamming_groups([1 << 63, 0], max_distance=0) == [0, 1]
 
 
-def test_radius_zero_joins_only_identical_hashes():
-    assert hamming_groups([5, 5, 4], max_distance=0) == [0, 0, 2]
-
-
 def test_split_is_deterministic_and_independent_of_order():
     samples = _random_samples(200)
-    train_a, val_a = split_samples(samples, 0.1, seed=7, max_distance=6)
+    a = assign_splits(samples, **PLAN)
     shuffled = samples[:]
     random.Random(3).shuffle(shuffled)
-    train_b, val_b = split_samples(shuffled, 0.1, seed=7, max_distance=6)
-    assert [s.id for s in val_a] == [s.id for s in val_b]
-    assert [s.id for s in train_a] == [s.id for s in train_b]
-    _, val_c = split_samples(samples, 0.1, seed=8, max_distance=6)
-    assert {s.id for s in val_c} != {s.id for s in val_a}
+    b = assign_splits(shuffled, **PLAN)
+    assert a.side_of == b.side_of and a.group_of == b.group_of
+    assert _ids(a.train) | _ids(a.eval) == _ids(samples) and not _ids(a.train) & _ids(a.eval)
 
 
-def test_split_is_stratified_and_complete():
-    samples = _random_samples(300)
-    train, val = split_samples(samples, 0.1, seed=0, max_distance=6)
-    assert {s.id for s in train} | {s.id for s in val} == {s.id for s in samples}
-    assert not {s.id for s in train} & {s.id for s in val}
-    ai_total = sum(s.label == "ai" for s in samples)
-    assert sum(s.label == "ai" for s in val) == round(ai_total * 0.1)
-    assert sum(s.label == "real" for s in val) == round((300 - ai_total) * 0.1)
+def test_evaluation_set_meets_the_minimum_per_class_on_a_small_dataset():
+    samples = _random_samples(60)  # 20 ai, 40 real: 10 % would be 2 and 4 images
+    plan = assign_splits(samples, **PLAN)
+    assert sum(s.label == "ai" for s in plan.eval) == 10
+    assert sum(s.label == "real" for s in plan.eval) == 10
+    # ... and on a big one it is the fraction.
+    big = assign_splits(_random_samples(900, seed=2), **PLAN)
+    assert sum(s.label == "real" for s in big.eval) == 60 and sum(s.label == "ai" for s in big.eval) == 30
 
 
-def test_near_duplicate_groups_never_straddle_the_split():
+def test_a_class_too_small_for_the_minimum_keeps_half_for_training():
+    samples = _random_samples(30)  # 10 ai
+    plan = assign_splits(samples, **PLAN)
+    assert sum(s.label == "ai" for s in plan.eval) == 5 and sum(s.label == "ai" for s in plan.train) == 5
+
+
+def test_grown_dataset_never_moves_a_stored_side_and_old_training_images_stay_out_of_evaluation():
+    first = _random_samples(200, seed=4)
+    plan1 = assign_splits(first, **PLAN)
+    stored = _store(first, plan1)
+    grown = stored + _random_samples(100, seed=5, prefix="new")  # +50 %
+    plan2 = assign_splits(grown, **PLAN)
+    assert not _ids(plan1.train) & _ids(plan2.eval)
+    assert _ids(plan1.eval) <= _ids(plan2.eval)
+    assert set(plan2.decided) == {s.id for s in grown if s.id.startswith("new")}  # only new ones decided
+    assert sum(s.label == "real" for s in plan2.eval) == round(200 * 0.1)  # 10 % of the grown class
+
+
+def test_new_image_near_a_stored_one_takes_its_group_and_side():
+    first = _random_samples(100, seed=6)
+    plan1 = assign_splits(first, **PLAN)
+    stored = _store(first, plan1)
+    an_eval, a_train = plan1.eval[0], plan1.train[0]
+    near_eval = fake_sample("x-near-eval", "real", an_eval.phash ^ 0b1111111111)  # 10 bits away
+    near_train = fake_sample("x-near-train", "ai", a_train.phash ^ 0b111111111111)  # 12 bits away
+    plan2 = assign_splits(stored + [near_eval, near_train], **PLAN)
+    assert (
+        plan2.side_of["x-near-eval"] == EVAL and plan2.group_of["x-near-eval"] == plan1.group_of[an_eval.id]
+    )
+    assert plan2.side_of["x-near-train"] == TRAIN
+    assert plan2.group_of["x-near-train"] == plan1.group_of[a_train.id]
+
+
+def test_an_image_bridging_a_train_and_an_evaluation_group_is_excluded_from_both():
+    t = fake_sample("t", "real", 0)
+    e = fake_sample("e", "real", (1 << 20) - 1)  # 20 bits from t: separate groups
+    stored = [
+        dataclasses.replace(t, split_group="t", split=TRAIN),
+        dataclasses.replace(e, split_group="e", split=EVAL),
+    ]
+    bridge = fake_sample("b", "ai", (1 << 10) - 1)  # 10 bits from each
+    plan = assign_splits(stored + _random_samples(40), **PLAN)
+    plan = assign_splits(stored + [bridge] + _random_samples(40), **PLAN)
+    assert plan.side_of["b"] == EXCLUDED and _ids(plan.excluded) == {"b"}
+    assert plan.side_of["t"] == TRAIN and plan.side_of["e"] == EVAL
+
+
+def test_no_pair_within_the_split_radius_crosses_sides():
     rng = random.Random(5)
     samples = []
-    for g in range(40):  # 40 families of 4 near-copies (1-2 bits apart), far from each other
+    for g in range(60):  # 60 families of near-copies 8-12 bits apart (edits, img2img, re-runs)
         base = rng.getrandbits(64)
         for k in range(4):
-            samples.append(fake_sample(f"g{g:02d}-{k}", "ai" if g % 2 else "real", base ^ (k << (g % 60))))
-    train, val = split_samples(samples, 0.2, seed=0, max_distance=4)
+            flip = sum(1 << b for b in rng.sample(range(64), rng.choice([0, 4, 5, 6])))
+            samples.append(fake_sample(f"g{g:02d}-{k}", "ai" if g % 2 else "real", base ^ flip))
+    plan = assign_splits(samples, **PLAN)
+    for a in samples:
+        for b in samples:
+            if bin(a.phash ^ b.phash).count("1") <= PLAN["radius"]:
+                assert plan.side_of[a.id] == plan.side_of[b.id], (a.id, b.id)
     family = lambda s: s.id.split("-")[0]  # noqa: E731
-    assert val and {family(s) for s in train}.isdisjoint({family(s) for s in val})
-    assert {s.label for s in val} == {"real", "ai"}
+    assert {family(s) for s in plan.train}.isdisjoint({family(s) for s in plan.eval})
+
+
+def test_source_groups_and_edits_stay_on_one_side_whatever_their_hashes():
+    rng = random.Random(7)
+    post = [
+        dataclasses.replace(fake_sample(f"p{k}", "ai", rng.getrandbits(64)), group_hint="civitai:post:9")
+        for k in range(5)
+    ]
+    original = fake_sample("orig", "real", rng.getrandbits(64))
+    edit = dataclasses.replace(fake_sample("edit", "real", rng.getrandbits(64)), group_hint="image:orig")
+    plan = assign_splits(post + [original, edit] + _random_samples(80, seed=8), **PLAN)
+    assert len({plan.side_of[s.id] for s in post}) == 1 and len({plan.group_of[s.id] for s in post}) == 1
+    assert plan.side_of["edit"] == plan.side_of["orig"] and plan.group_of["edit"] == plan.group_of["orig"]
+
+
+def test_held_out_generators_and_sources_never_train():
+    samples = [
+        dataclasses.replace(
+            s, generator="Flux.1 D" if i % 4 == 0 else "SDXL 1.0", source="civitai" if i % 5 else "pexels"
+        )
+        for i, s in enumerate(_random_samples(200, seed=9))
+    ]
+    plan = assign_splits(samples, **PLAN, holdout_generators={"Flux.1 D"}, holdout_sources={"pexels"})
+    assert plan.held_out and all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.train)
+    assert all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.eval)
+    assert _ids(plan.held_out) == {s.id for s in samples if s.generator == "Flux.1 D" or s.source == "pexels"}
