@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     train_seed: int = 0
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
     train_workers: int = Field(2, ge=0)
+    # > 1: train with torchrun + DistributedDataParallel on this many processes (one per GPU).
+    train_nproc_per_node: int = Field(1, ge=1, le=64)
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.

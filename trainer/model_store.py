@@ -233,9 +233,9 @@ def registered(entries: list[dict], model_name: str, version: str) -> dict | Non
 
 
 def train_with_shared_store(settings: Settings, progress) -> dict:
-    """What a train job runs: pull, train (trainer.train_vit.train_model), publish. Local store:
-    just the training."""
-    from trainer.train_vit import train_model
+    """What a train job runs: pull, train (trainer.distributed.train: one process or torchrun), publish.
+    Local store: just the training."""
+    from trainer.distributed import train as train_model
 
     store = model_store(settings)
     if not store.shared:

@@ -28,6 +28,7 @@ from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
+from trainer import distributed as ddp
 from trainer.data import (
     Normalizer,
     StoredImages,
@@ -101,6 +102,7 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     model = build_model(settings).to(device)
     pre = preprocessing_for(model, settings.train_image_size)
     prepare = Normalizer(pre, device)
+    trained = ddp.wrap(model, device)  # DDP under torchrun (trainer/distributed.py); else the model
     train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device)
     optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -109,8 +111,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     try:
         step, skipped = 0, set()
         for epoch in range(1, settings.train_epochs + 1):
-            train_loss, step, unreadable = train_one_epoch(model, train_loader, prepare, optimizer,
+            train_loss, step, unreadable = train_one_epoch(trained, train_loader, prepare, optimizer,
                                                            scheduler, scaler, amp_dtype, step)
+            train_loss = ddp.mean(train_loss)
             scores = evaluate(model, val_loader, prepare, amp_dtype)
             # A broken file fails again every epoch: count it once, by sample id.
             skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
@@ -119,6 +122,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
                                "train_loss": train_loss, "val_loss": metrics["val_loss"],
                                "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
                                "lr": optimizer.param_groups[0]["lr"]})
+        if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
+            shutil.rmtree(staging, ignore_errors=True)
+            return {"rank": "follower", "metrics": metrics}
         if progress is not None:
             progress({"stage": "evaluate"})
         evaluated = scored(val_set, scores)
@@ -255,8 +261,9 @@ def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list
     common = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
                   seed=settings.train_seed, pin_memory=device.type == "cuda")
     train_data = _images(storage, train_set, train_transform(pre), pre, settings)
-    train_loader = make_loader(train_data, shuffle=True,
-                               drop_last=len(train_set) > settings.train_batch_size, **common)
+    train_loader = ddp.shard(make_loader(train_data, shuffle=True,
+                                         drop_last=len(train_set) > settings.train_batch_size, **common),
+                             settings.train_seed)
     val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
     return train_loader, val_data, make_loader(val_data, shuffle=False, **common)
 

@@ -12,12 +12,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from dataset.manager import DatasetManager
-from tests.images import encode
-from tests.trainer.builders import tinted
+from tests.images import encode, jpeg, noise
 from trainer.model_store import REGISTRY_KEY, RegistryConflict, SharedModelStore, train_with_shared_store
 
 AUTH = {"Authorization": "Bearer test-token"}
-N_PER_CLASS = 10
+N_PER_CLASS = 24
 
 
 @pytest.fixture
@@ -30,8 +29,8 @@ def host(make_settings, s3_bucket, tmp_path):
         return make_settings(
             dataset_dir=root / "datasets", models_dir=root / "models", log_dir=root / "logs", database_url=db,
             storage_driver="s3", s3_bucket=bucket, s3_prefix="fleet/", s3_endpoint_url=endpoint,
-            train_arch="test_resnet", train_image_size=32, train_epochs=1, train_batch_size=8,
-            train_workers=0, min_train_samples=8, val_fraction=0.25)
+            train_arch="resnet10t", train_image_size=32, train_epochs=5, train_batch_size=8, train_lr=3e-3,
+            train_workers=0, min_train_samples=8, val_fraction=0.25, train_seed=1)
 
     return build
 
@@ -40,7 +39,8 @@ async def fill(settings) -> None:
     async with DatasetManager(settings) as dm:
         for i in range(2 * N_PER_CLASS):
             label = ("real", "ai")[i % 2]
-            outcome = await dm.ingest(encode(tinted(i, label), "JPEG"), {"source": "folder", "label": label})
+            data = jpeg(100 + i) if label == "real" else encode(noise(200 + i, size=(72, 72)), "PNG")
+            outcome = await dm.ingest(data, {"source": "folder", "label": label})
             assert outcome.status == "stored", outcome
 
 
@@ -49,7 +49,7 @@ def test_every_replica_serves_the_model_another_host_trained(host):
     trainer_host = host(1)
     asyncio.run(fill(trainer_host))
     first = train_with_shared_store(trainer_host, lambda data: None)
-    assert first["version"] == "v1"
+    assert first["version"] == "v1" and first["promoted"], first.get("promotion_reason")
     store = SharedModelStore(trainer_host)
     registry = store.load_registry()
     assert [e["version"] for e in registry] == ["v1"]
