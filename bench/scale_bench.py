@@ -31,6 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sqlalchemy import text  # noqa: E402
+
 from config.settings import Settings  # noqa: E402
 from dataset.index import DedupeIndex, images, make_engine, to_signed  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
@@ -96,6 +98,11 @@ async def fill_index(url: str, rows: int) -> list[int]:
                   for i in range(start, min(rows, start + batch))]
         async with engine.begin() as conn:
             await conn.execute(images.insert(), values)
+    if engine.dialect.name == "postgresql":
+        # What autovacuum does within a minute of a bulk load: without statistics the planner
+        # guesses the catch-up query's range is large and scans the table (20 ms per 200k rows).
+        async with engine.begin() as conn:
+            await conn.execute(text("ANALYZE images"))
     await engine.dispose()
     return hashes
 
