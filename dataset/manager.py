@@ -33,12 +33,17 @@ from config.settings import Settings
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
 from dataset.index import DedupeIndex, DuplicateHash, NearMatch, images
+from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
 
 LABELS = ("real", "ai", "unlabeled")
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
+
+
+# What a failing database raises: SQLAlchemy's errors, and asyncpg's refused connection as itself.
+INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
 class UnknownImage(KeyError):
@@ -135,17 +140,25 @@ class DatasetManager:
             )
         except ImageRejected as exc:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
-        existing = await self.index.find_sha(info.sha256)
-        if existing is not None:
-            return _duplicate(existing)
-        near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
-        if near is not None:
-            # An identical image may have been inserted since the exact check: say so precisely.
+        try:
             existing = await self.index.find_sha(info.sha256)
             if existing is not None:
                 return _duplicate(existing)
-            return _near_duplicate(near)
+            near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
+            if near is not None:
+                # An identical image may have been inserted since the exact check: say so precisely.
+                existing = await self.index.find_sha(info.sha256)
+                if existing is not None:
+                    return _duplicate(existing)
+                return _near_duplicate(near)
+        except INDEX_ERRORS as exc:  # the database is away: this image fails, nothing was written
+            return self._index_error(None, exc)
         return await self._store(data, metadata, info, seen_seq)
+
+    def _index_error(self, image_id: str | None, exc: BaseException) -> IngestOutcome:
+        message = str(unavailable(self.settings.db_url, exc))
+        log.warning("index error while storing %s: %s", image_id or "an image", message)
+        return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {message}")
 
     async def _store(self, data: bytes, metadata: dict, info: ImageInfo, seen_seq: int) -> IngestOutcome:
         image_id, now = str(uuid.uuid4()), utc_now()
@@ -163,10 +176,9 @@ class DatasetManager:
             await self._discard(written)
             log.warning("storage error while storing %s: %s", image_id, exc)
             return IngestOutcome("error", reason="storage_error", message=str(exc))
-        except SQLAlchemyError as exc:  # e.g. the database file's disk is full
+        except INDEX_ERRORS as exc:  # the database file's disk is full, the database server is away
             await self._discard(written)
-            log.warning("index error while storing %s: %s", image_id, exc)
-            return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {exc}")
+            return self._index_error(image_id, exc)
         except BaseException:  # cancelled or a bug: still leave nothing behind
             await self._discard(written)
             raise

@@ -88,3 +88,29 @@ def test_the_cli_prints_the_database_error_without_a_traceback(monkeypatch, tmp_
     assert cli.main(["status"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "DATABASE_URL" in err and "hunter22" not in err and "Traceback" not in err
+
+
+@pytest.mark.postgres_only
+async def test_the_database_going_away_fails_one_ingest_and_the_next_works_when_it_is_back(
+        make_settings):
+    from tests.images import jpeg
+    from tests.pgserver import PostgresServer, missing_reason
+
+    if missing_reason():
+        pytest.skip(missing_reason())
+    server = PostgresServer().start()  # its own server: this test stops it
+    try:
+        settings = make_settings(database_url=server.new_database())
+        async with DatasetManager(settings) as dm:
+            assert (await dm.ingest(jpeg(1), {"source": "upload", "label": "real"})).status == "stored"
+            server.stop(keep=True)
+            down = await dm.ingest(jpeg(2), {"source": "upload", "label": "real"})
+            assert (down.status, down.reason) == ("error", "index_error")
+            assert "DATABASE_URL=postgresql+asyncpg://postgres@127.0.0.1" in down.message
+            assert len(list(dm.storage.list("images/"))) == 1  # nothing of the failed image was kept
+            server.start()
+            back = await dm.ingest(jpeg(3), {"source": "upload", "label": "real"})
+            assert back.status == "stored", back.message
+            assert (await dm.counts())["total"] == 2
+    finally:
+        server.stop()
