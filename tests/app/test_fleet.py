@@ -149,6 +149,8 @@ def test_two_replicas_and_a_worker_behave_as_one_service(fleet_env, tmp_path, ma
         trains = httpx.get(f"{urls[0]}/jobs", params={"kind": "train"}, headers=AUTH).json()["jobs"]
         assert [j["id"] for j in trains] == [accepted]  # one training ran, no second row at all
 
+        for url in urls:  # images stored through another host count on every replica
+            assert httpx.get(f"{url}/status").json()["dataset_counts"]["total"] == 2 * N_PER_CLASS
         latest = [httpx.get(f"{url}/models/latest", headers=AUTH).json() for url in urls]
         assert latest[0] == latest[1] and latest[0]["model_version"] == "v1"
         weights = [httpx.get(url + latest[0]["download_url"], headers=AUTH) for url in urls]

@@ -93,11 +93,12 @@ def test_the_cli_prints_the_database_error_without_a_traceback(monkeypatch, tmp_
 @pytest.mark.postgres_only
 async def test_the_database_going_away_fails_one_ingest_and_the_next_works_when_it_is_back(
         make_settings):
+    from tests.conftest import missing_part
     from tests.images import jpeg
     from tests.pgserver import PostgresServer, missing_reason
 
     if missing_reason():
-        pytest.skip(missing_reason())
+        missing_part(missing_reason())
     server = PostgresServer().start()  # its own server: this test stops it
     try:
         settings = make_settings(database_url=server.new_database())
