@@ -46,11 +46,14 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import server_options
+    from dataset.manager import verify_dataset
 
     validate_sources(settings)
     asyncio.run(prepare_database(settings))  # unreachable, or another schema: a message, not a traceback
+    asyncio.run(verify_dataset(settings))  # a lost or unreadable index stops start-up, clearly
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=30)
+                access_log=False, timeout_graceful_shutdown=30, **server_options(settings))
     return 0
 
 
@@ -126,16 +129,26 @@ def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import run_check
 
-    report = asyncio.run(run_check(settings, args.repair, args.force))
-    print_mapping("Dataset check" + (" (repaired)" if args.repair else ""), report)
-    if args.repair and not report["ok"]:
+    changing = args.repair or args.rebuild_index
+    report = asyncio.run(run_check(settings, args.repair, args.force, args.rebuild_index))
+    title = " (repaired)" if args.repair else " (index rebuilt)" if args.rebuild_index else ""
+    print_mapping("Dataset check" + title, report)
+    if refused := report["repaired"].get("refused"):
+        print(f"dataset repair refused: {refused}", file=sys.stderr)
+        return 1
+    if changing and not report["ok"]:
         # The report lists what was found; whether the repair fixed all of it, only a new check says.
         report = asyncio.run(run_check(settings, False, args.force))
         print_mapping("Dataset check after the repair", report)
+    from trainer.cache import run_check_cache  # no torch: the cache is pictures in storage
+
+    cache = asyncio.run(run_check_cache(settings, args.repair))
+    print_mapping("Training cache" + (" (orphans removed)" if args.repair else ""), cache)
     if report["ok"]:
         return 0
-    what = "drift left after the repair (see above)" if args.repair else \
-        "drift between files and index (see above); fix it with `exposr-trainer check --repair`"
+    what = "drift left after the repair (see above)" if changing else \
+        "drift between files and index (see above); files listed under deletion_candidates would be " \
+        "deleted by `exposr-trainer check --repair`, which also rebuilds missing index rows"
     print(f"dataset check failed: {what}", file=sys.stderr)
     return 1
 
@@ -190,10 +203,16 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repair", action="store_true", help="fix drift between files and index")
+    parser.add_argument("--rebuild-index", action="store_true",
+                        help="insert the index rows missing for images with valid metadata files "
+                             "(a lost or damaged index); deletes nothing")
+    parser.add_argument("--repair", action="store_true",
+                        help="rebuild missing rows, then fix the rest of the drift; deletes only files "
+                             "with neither metadata nor row (listed first), and refuses to delete more "
+                             "than 5%% of the images without --force")
     parser.add_argument("--force", action="store_true",
-                        help="also treat files without a row written in the last 5 minutes as orphans "
-                             "(only when no ingest can be running)")
+                        help="also treat files without a row written in the last 5 minutes as orphans, "
+                             "and let --repair delete more than 5%% (only when no ingest can be running)")
 
 
 def _no_args(parser: argparse.ArgumentParser) -> None:

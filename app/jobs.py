@@ -28,6 +28,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.errors import public_text
 from app.jobstore import JobStore, utc_now
 from app.locks import HolderLock, holder_lock
 from app.processes import run_in_process
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict], None]
 JobFunction = Callable[[Settings, Progress], Awaitable[dict]]
 PROGRESS_FLUSH_SECONDS = 2.0
+# A job's final state that the database refused (disk full, locked) is written again this often.
+FINAL_WRITE_RETRY_SECONDS = (1.0, 30.0)
+FINAL_FIELDS = ("state", "started_at", "finished_at", "progress", "result", "error")
 # How long a refused submit waits for the lock holder's row (it takes the lock, then inserts).
 BUSY_ROW_WAIT_SECONDS = 2.0
 
@@ -47,14 +53,23 @@ async def scrape_job(settings: Settings, progress: Progress) -> dict:
     from scraper.fetcher_manager import run_scrape
 
     if inspect.iscoroutinefunction(run_scrape):
-        return await run_scrape(settings, progress)
-    return await asyncio.to_thread(run_scrape, settings, progress)
+        result = await run_scrape(settings, progress)
+    else:
+        result = await asyncio.to_thread(run_scrape, settings, progress)
+    errors = result.get("totals", {}).get("errors", {})
+    lost = sum(n for kind, n in errors.items() if kind.startswith("ingest_"))
+    if result.get("status") == "failed" and lost:  # nothing could be kept: the job failed, and says why
+        raise RuntimeError(f"no image could be stored: {lost} storage/index errors "
+                           f"({result['totals']['errors']}); free disk space or fix the storage and retry")
+    return result
 
 
 async def train_job(settings: Settings, progress: Progress) -> dict:
     """Training is CPU-bound: a separate process, so the API keeps answering."""
     # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
-    return await run_in_process("trainer.model_store:train_with_shared_store", settings, progress,
+    from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
+
+    return await run_in_process("trainer.model_store:train_with_shared_store", settings, cumulative(progress),
                                 name="train")
 
 
@@ -107,6 +122,8 @@ class JobRunner:
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
         self._sweeper: asyncio.Task | None = None
+        self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
+        self._writer: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.store.create_tables()
@@ -142,6 +159,10 @@ class JobRunner:
     def active_jobs(self) -> list[dict]:
         return list(self._active.values())
 
+    def unwritten_jobs(self) -> list[dict]:
+        """Finished jobs whose final row the database has not taken yet (their truth is here)."""
+        return [dict(job) for job in self._unwritten.values()]
+
     async def submit(self, kind: str, trigger: str = "manual") -> dict:
         """Start a job of ``kind`` now; raise JobBusy if one of that kind is active."""
         if kind not in self.kinds:
@@ -158,7 +179,7 @@ class JobRunner:
         lock = kind_lock(self.settings, self.store, kind)
         try:
             acquired = await lock.acquire()
-        except BaseException:
+        except BaseException:  # the lock cannot be taken (full disk, database away): no claim may stay
             self._active.pop(kind, None)
             raise
         if not acquired:
@@ -273,14 +294,14 @@ class JobRunner:
             return row
 
     async def get(self, job_id: str) -> dict | None:
-        for job in self._active.values():
+        for job in [*self._active.values(), *self._unwritten.values()]:
             if job["id"] == job_id:
                 return dict(job)
         return await self.store.get(job_id)
 
     async def list(self, limit: int = 50, kind: str | None = None, state: str | None = None) -> list[dict]:
         rows = await self.store.list(limit=limit, kind=kind, state=state)
-        live = {job["id"]: job for job in self._active.values()}
+        live = {job["id"]: job for job in [*self._unwritten.values(), *self._active.values()]}
         return [dict(live.get(row["id"], row)) for row in rows]
 
     async def wait(self, job_id: str) -> dict | None:
@@ -301,6 +322,12 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._writer is not None:
+            self._writer.cancel()
+        await self._write_unwritten_once()  # a last try; what still fails is logged with its state
+        for job in self._unwritten.values():
+            log.error("job %s (%s) ended %s, but the database never took that record: after a "
+                      "restart it shows as interrupted", job["id"], job["kind"], job["state"])
 
     async def _run(self, job: dict) -> None:
         kind, job_id = job["kind"], job["id"]
@@ -315,7 +342,9 @@ class JobRunner:
             await self._finish(job, "interrupted", error="interrupted by service shutdown")
         except Exception as exc:  # the job's boundary: its failure is the row's state, not a crash
             log.exception("job %s (%s) failed", job_id, kind)
-            await self._finish(job, "failed", error=str(exc) or type(exc).__name__)
+            # The log has the full text; the job row (shown by /jobs) names settings, not server paths.
+            error = public_text(str(exc), self.settings) or type(exc).__name__
+            await self._finish(job, "failed", error=error)
         finally:
             if flusher:
                 flusher.cancel()
@@ -341,9 +370,41 @@ class JobRunner:
                 await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
 
     async def _finish(self, job: dict, state: str, **values) -> None:
-        await self._set(job, state=state, finished_at=utc_now(), progress=job.get("progress"), **values)
+        """Record the final state; a database that refuses it (disk full, locked) gets it again
+        every few seconds until it takes it, and meanwhile the API answers from memory."""
+        values = dict(state=state, finished_at=utc_now(), progress=job.get("progress"), **values)
+        try:
+            await self._set(job, **values)
+        except SQLAlchemyError as exc:
+            job.update(values)
+            self._unwritten[job["id"]] = job
+            log.error("job %s (%s) %s, but the database refused its record (%s); writing it again "
+                      "until it takes it", job["id"], job["kind"], state, _reason(exc))
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_unwritten(), name="job-final-writes")
+            self._changed()
         log.info("job %s (%s) %s%s", job["id"], job["kind"], state,
                  f": {values['error']}" if values.get("error") else "")
+
+    async def _write_unwritten(self) -> None:
+        delay, longest = FINAL_WRITE_RETRY_SECONDS
+        while self._unwritten:
+            await asyncio.sleep(delay)
+            await self._write_unwritten_once()
+            delay = min(longest, delay * 2)
+
+    async def _write_unwritten_once(self) -> None:
+        for job_id, job in list(self._unwritten.items()):
+            fields = {k: job.get(k) for k in FINAL_FIELDS}
+            try:
+                await self.store.update(job_id, **fields)
+            except SQLAlchemyError as exc:
+                log.warning("job %s: its final record still cannot be written (%s)", job_id, _reason(exc))
+                return
+            self._unwritten.pop(job_id, None)
+            log.info("job %s (%s): final state %s written after the database recovered", job_id,
+                     job["kind"], job["state"])
+            self._changed()
 
     async def _set(self, job: dict, **values) -> None:
         # Database first: whoever sees the new state in memory can also read it from the database.
@@ -361,5 +422,13 @@ class JobRunner:
         while True:
             await asyncio.sleep(PROGRESS_FLUSH_SECONDS)
             if job.get("progress") != written:
+                try:
+                    await self.store.update(job["id"], progress=job.get("progress"))
+                except SQLAlchemyError as exc:  # progress is a convenience: try again next time
+                    log.warning("job %s: progress not saved (%s)", job["id"], _reason(exc))
+                    continue
                 written = job.get("progress")
-                await self.store.update(job["id"], progress=written)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]

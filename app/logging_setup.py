@@ -2,7 +2,8 @@
 
 Lines go to stderr and to ``LOG_DIR/trainer.log`` (rotated). A filter on every handler replaces
 any configured secret value (API keys, tokens) with ``***`` as a safety net: no code path is meant
-to log a secret, and this makes sure a mistake does not leak one.
+to log a secret, and this makes sure a mistake does not leak one. Another escapes control
+characters, so text from outside (request paths, remote error bodies) cannot forge lines.
 """
 
 from __future__ import annotations
@@ -42,6 +43,26 @@ class RedactSecretsFilter(logging.Filter):
                 record.exc_text = record.exc_text.replace(secret, "***")
         if redacted != message:
             record.msg, record.args = redacted, None
+        return True
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (NUL, ESC, CR, LF, C1 ...) as ``\\xNN``: a request path or a remote error
+    text can neither forge a log line nor send escape sequences to a terminal."""
+    return text.translate(_CONTROL)
+
+
+class EscapeControlsFilter(logging.Filter):
+    """Escape control characters in every record's message (tracebacks keep their lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        escaped = escape_controls(message)
+        if escaped != message:
+            record.msg, record.args = escaped, None
         return True
 
 
@@ -88,6 +109,7 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     remove_handlers()
     redact = RedactSecretsFilter(secret_values(settings))
+    escape = EscapeControlsFilter()
     formatter = logging.Formatter(LOG_FORMAT)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     handlers: list[logging.Handler] = [
@@ -100,6 +122,7 @@ def configure_logging(settings: Settings) -> None:
         setattr(handler, _HANDLER_MARK, True)
         handler.setFormatter(formatter)
         handler.addFilter(redact)
+        handler.addFilter(escape)
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     # Our own one-line-per-request log replaces uvicorn's access log (which logs query strings).

@@ -15,10 +15,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine, utc_now
 from app.routes import jobs, models, review, status, upload
 from app.scheduler import JobScheduler
+from app.server import RequestGuard
+from app.ui import install_console
 from config.settings import Settings, get_settings
 from dataset.manager import DatasetManager
 
@@ -35,6 +38,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
         stack.push_async_callback(engine.dispose)
         app.state.dataset = await stack.enter_async_context(DatasetManager(settings))
+        await app.state.dataset.verify()  # a lost index must not be served as an empty dataset
         runner = JobRunner(settings, JobStore(engine), kinds=app.state.job_kinds)
         await runner.start()
         stack.push_async_callback(runner.shutdown)
@@ -71,12 +75,17 @@ def create_app(settings: Settings | None = None, job_kinds: dict | None = None) 
         "Every endpoint except /status, /healthz and the docs needs "
         "'Authorization: Bearer <TRAINER_API_KEY>'.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served from files in the package (app.ui.docs)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.job_kinds = job_kinds
+    install_error_handlers(app)
+    app.add_middleware(RequestGuard)  # header count and body size, before auth reads anything
     app.middleware("http")(log_requests)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app)
     return app
 
 

@@ -14,14 +14,23 @@ class DatasetCounts(BaseModel):
     unlabeled: int
 
 
-class JobOut(BaseModel):
+JobState = Literal["queued", "running", "succeeded", "failed", "interrupted", "skipped"]
+
+
+class PublicJob(BaseModel):
+    """What the public /status shows of a job: its state and times, never its progress, result or
+    error (those can name hosts, paths and endpoints; GET /jobs/{id} with the token has them)."""
+
     id: str
     kind: str = Field(description="scrape, train, ...")
     trigger: Literal["manual", "scheduled"]
-    state: Literal["queued", "running", "succeeded", "failed", "interrupted", "skipped"]
+    state: JobState
     created_at: str
     started_at: str | None = None
     finished_at: str | None = None
+
+
+class JobOut(PublicJob):
     progress: dict[str, Any] | None = Field(None, description="latest progress report of the job")
     result: dict[str, Any] | None = Field(None, description="the job's report when it succeeded")
     error: str | None = Field(None, description="why it failed, was interrupted or skipped")
@@ -62,8 +71,8 @@ class StatusOut(BaseModel):
     last_train: str | None = Field(description="when the latest model was trained")
     dataset_counts: DatasetCounts
     scheduler: SchedulerInfo
-    last_jobs: dict[str, JobOut] = Field(description="the newest job of each kind")
-    running_jobs: list[JobOut]
+    last_jobs: dict[str, PublicJob] = Field(description="the newest job of each kind (state and times)")
+    running_jobs: list[PublicJob] = Field(description="jobs queued or running (state and times)")
     latest_model: ModelInfo | None = Field(description="the promoted (served) model")
     shortcut_warning: str | None = Field(
         None,
@@ -111,3 +120,23 @@ class LatestModel(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class ModelCard(BaseModel):
+    """model.json: enough for Exposr-Core to rebuild the model with timm.create_model and load it."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    architecture: str = Field(description="timm architecture name")
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    class_index: dict[str, int] = Field(description="label -> output index")
+    model: str | None = None
+    num_classes: int | None = None
+    positive_class: str | None = Field(None, description="the class whose probability is P(ai)")
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+    weights_file: str | None = None
+    sha256: str | None = Field(None, description="sha256 of the weights file (also its ETag)")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    temperature: float | None = Field(None, description="calibration: P(ai) = softmax(logits / T)[ai]")

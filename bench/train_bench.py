@@ -4,6 +4,7 @@
                                 [--images 512] [--device auto] [--source-size 1080x720] [--folder DIR]
                                 [--decode reduced|full]
     python bench/train_bench.py --mode memory --sizes 1000,10000 [same options]
+    python bench/train_bench.py --mode probe [--probe-n 100000 --dim 1024] [same options]
 
 throughput mode, in one run on one device:
 1. Baseline ("raw step"): optimiser steps of the same model, batch and image size on random
@@ -14,6 +15,9 @@ throughput mode, in one run on one device:
    Ratio = trainer images/s / raw images/s: how much the data path costs (1.0 = free).
    ``--decode full`` decodes every image at full size (the data path before reduced decoding),
    for a before/after comparison; ``reduced`` (default) is what the trainer does.
+   Then the training cache is built (images/s) and the same epoch is timed reading it.
+probe mode: feature extraction images/s through the frozen --arch backbone on cached images, and
+   the linear head's L-BFGS fit on --probe-n synthetic embeddings (float16, as cached) on one core.
 memory mode: a whole train_on_samples run (split, 1 epoch, evaluation, save, register) per
 dataset size, each in a fresh process; prints its peak RSS and the peak of its worker processes.
 The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
@@ -41,8 +45,17 @@ from PIL import Image  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from dataset.manager import Sample  # noqa: E402
 from dataset.storage import LocalStorage  # noqa: E402
-from trainer.data import Normalizer, StoredImages, make_loader, preprocessing_for, train_transform  # noqa: E402
+from trainer.cache import ImageCache  # noqa: E402
+from trainer.data import (  # noqa: E402
+    Normalizer,
+    StoredImages,
+    eval_transform,
+    make_loader,
+    preprocessing_for,
+    train_transform,
+)
 from trainer.modeling import build_model, pick_device  # noqa: E402
+from trainer.probe import embed, fit_head  # noqa: E402
 from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
 
 
@@ -139,6 +152,17 @@ def throughput(args) -> None:
         real_s = _steps(model, loader, prepare, amp_dtype, settings.train_lr)
         loader_s = _drain(loader)
         decode_ms, one_core_ms = _one_core(data, min(len(data), 200))
+        # The same data path reading the training cache (trainer/cache.py), built here and timed.
+        cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
+        build = cache.build([(s.sha256, s.image_key) for s in samples], workers=max(2, args.workers))
+        cached = StoredImages(storage, data.keys, data.labels, train_transform(pre),
+                              settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
+                              sha256s=[s.sha256 for s in samples])
+        cached_loader = make_loader(cached, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
+                                    pin_memory=device.type == "cuda", drop_last=True)
+        _steps(model, cached_loader, prepare, amp_dtype, settings.train_lr)
+        cached_s = _steps(model, cached_loader, prepare, amp_dtype, settings.train_lr)
+        cached_decode_ms, cached_one_core_ms = _one_core(cached, min(len(cached), 200))
     raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     source = args.folder or "x".join(map(str, args.source_size))
@@ -148,6 +172,14 @@ def throughput(args) -> None:
     print(f"raw step (tensors on device): {raw_ips:9.1f} images/s")
     print(f"trainer (stored JPEGs):       {real_ips:9.1f} images/s")
     print(f"ratio trainer/raw:            {real_ips / raw_ips:9.3f}")
+    cached_ips = steps * args.batch / cached_s
+    print(f"trainer, training cache:      {cached_ips:9.1f} images/s")
+    print(f"ratio cached trainer/raw:     {cached_ips / raw_ips:9.3f}")
+    print(f"cache build:                  {build.built / build.seconds:9.1f} images/s "
+          f"({build.built} images, {max(2, args.workers)} threads)")
+    print(f"one core, cached: read {cached_decode_ms:.2f} ms, read+transform {cached_one_core_ms:.2f} ms "
+          "per image "
+          f"({one_core_ms / cached_one_core_ms:.1f}x less CPU than from the originals)")
     print(f"DataLoader alone (no model):  {steps * args.batch / loader_s:9.1f} images/s "
           f"({args.workers} workers)")
     print(f"one core, CPU time per image: decode {decode_ms:.2f} ms, decode+transform {one_core_ms:.2f} ms "
@@ -212,9 +244,49 @@ def rss_child(args) -> None:
                       "train_s": elapsed, "ips": args.images / elapsed}))
 
 
+def probe(args) -> None:
+    """Linear probe: feature extraction images/s with --arch, and the head fit on --probe-n embeddings."""
+    torch.set_num_threads(1)  # the target is one CPU core
+    seed_everything(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = _settings(args, Path(tmp))
+        storage = LocalStorage(Path(tmp) / "datasets")
+        samples = generate_dataset(Path(tmp) / "datasets", args.images, args.source_size)
+        device, amp_dtype = pick_device(args.device)
+        model = build_model(settings).to(device).eval()
+        pre = preprocessing_for(model, args.image_size)
+        cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
+        cache.build([(s.sha256, s.image_key) for s in samples], workers=2)
+        data = StoredImages(storage, [s.image_key for s in samples], [0] * len(samples), eval_transform(pre),
+                            settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
+                            sha256s=[s.sha256 for s in samples])
+        loader = make_loader(data, batch_size=args.batch, shuffle=False, workers=args.workers, seed=0,
+                             persistent=False)
+        start = time.perf_counter()
+        _, feats = embed(model, loader, Normalizer(pre, device), amp_dtype)
+        extract_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    dim = args.dim or feats.shape[1]
+    labels = rng.integers(0, 2, args.probe_n)
+    x = (rng.normal(0, 1, (args.probe_n, dim)) + labels[:, None] * 0.05).astype(np.float16)  # as cached
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    _, _, loss = fit_head(x.astype(np.float32), labels)
+    fit_s = time.perf_counter() - start
+    print(f"linear probe: arch={args.arch} image_size={args.image_size} device={device}")
+    print(f"feature extraction:  {len(samples) / extract_s:9.1f} images/s ({len(samples)} cached images, "
+          f"{feats.shape[1]} features)")
+    print(f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core "
+          f"(loss {loss:.4f}); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+          f"(before the fit {rss_before:.0f} MB)")
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=["throughput", "memory", "rss-child"], default="throughput")
+    p.add_argument("--mode", choices=["throughput", "memory", "rss-child", "probe"], default="throughput")
+    p.add_argument("--probe-n", type=int, default=100_000,
+                   help="probe mode: embeddings the head is fitted on")
+    p.add_argument("--dim", type=int, default=0, help="probe mode: embedding size (default: the backbone's)")
     p.add_argument("--arch", default="resnet10t")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
@@ -233,7 +305,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     random.seed(0)
-    {"throughput": throughput, "memory": memory, "rss-child": rss_child}[args.mode](args)
+    {"throughput": throughput, "memory": memory, "rss-child": rss_child, "probe": probe}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WORKER_KIND_NAMES = ("train", "label", "scrape")
+MIN_API_KEY_LENGTH = 16
+LINEAR_PROBE_ARCH = "vit_large_patch14_clip_224.openai"
 
 
 class ConfigError(Exception):
@@ -41,6 +43,7 @@ class Settings(BaseSettings):
     exposr_core_concurrency: int = Field(4, ge=1, le=64)
     review_real_max_score: float = Field(0.8, ge=0, le=1)
     review_ai_min_score: float = Field(0.2, ge=0, le=1)
+    ui_session_hours: float = Field(8, gt=0, le=24 * 30)  # the console's login lasts this long
 
     storage_driver: Literal["local", "s3"] = "local"
     s3_bucket: str | None = None
@@ -78,6 +81,12 @@ class Settings(BaseSettings):
     train_workers: int = Field(2, ge=0)
     # > 1: train with torchrun + DistributedDataParallel on this many processes (one per GPU).
     train_nproc_per_node: int = Field(1, ge=1, le=64)
+    # Decode and shrink each image once per preprocessing, kept in storage (trainer/cache.py).
+    train_cache: bool = True
+    # finetune: the whole network; linear_probe: a frozen backbone, features cached, a linear head.
+    train_mode: Literal["finetune", "linear_probe"] = "finetune"
+    train_ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights (timm ModelEmaV3); 0 = off
+    train_balance: Literal["loss", "none"] = "loss"  # class-weighted loss for imbalanced datasets
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.
@@ -93,6 +102,21 @@ class Settings(BaseSettings):
     min_image_side: int = Field(32, ge=1)
     near_dup_max_distance: int = Field(6, ge=0, le=32)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    # Hardening (docs/hardening.md): slow clients, decode memory.
+    http_read_timeout: float = Field(30, gt=0, le=3600)
+    http_keepalive_timeout: int = Field(5, ge=1, le=300)
+    decode_memory_budget_mb: int = Field(1024, ge=64)
+
+    @field_validator("trainer_api_key")
+    @classmethod
+    def _key_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        # A short key can be guessed; `make run` writes a 43-character one.
+        if v is not None and len(v.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"must be at least {MIN_API_KEY_LENGTH} characters (got "
+                             f"{len(v.get_secret_value())}); generate one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -121,6 +145,13 @@ class Settings(BaseSettings):
     @property
     def worker_kind_set(self) -> frozenset[str]:
         return frozenset(k for k in self.worker_kinds.split(",") if k)
+
+    @model_validator(mode="after")
+    def _probe_backbone(self) -> Settings:
+        # linear_probe's documented default backbone (UnivFD): a CLIP ViT-L/14, unless TRAIN_ARCH is set.
+        if self.train_mode == "linear_probe" and "train_arch" not in self.model_fields_set:
+            self.train_arch = LINEAR_PROBE_ARCH
+        return self
 
     @model_validator(mode="after")
     def _s3_needs_bucket(self) -> Settings:

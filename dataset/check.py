@@ -1,34 +1,46 @@
-"""`exposr-trainer check [--repair]`: find (and fix) drift between the files and the index.
+"""`exposr-trainer check [--rebuild-index] [--repair] [--force]`: find (and fix) drift between the
+files and the index. The metadata files are the record of the dataset; the index is rebuilt from
+them, never the other way round, and an image with valid metadata is never deleted.
 
-Drift kinds:
-- dead_rows: an index row whose image or metadata file is missing -> repair deletes the row
-  (and whichever of its two files is left);
-- orphan_images / orphan_meta: files no row points at (a crash between the writes and the index
-  insert) -> repair deletes them;
-- in_flight: files without a row that are younger than ORPHAN_GRACE: an ingest may be between its
-  file writes and its row right now, so they are listed and left alone (``force`` treats them as
-  orphans);
-- stale_temp_files: temp files of local writes older than ORPHAN_GRACE (a process killed in the
-  middle of a put; never visible as data) -> repair deletes them; younger ones may be in flight;
-- unreadable_meta: a metadata file that is not valid JSON -> reported, never deleted;
+Drift kinds (per image id, files grouped by their id):
+- unindexed: image and valid metadata (its ``hash`` is the image's SHA-256) but no row: a lost,
+  truncated or replaced index, or a crash between the writes and the insert -> ``--rebuild-index``
+  (and ``--repair``) insert the row rebuilt from the metadata file;
+- missing_meta: a row and its image, but no metadata file -> repair writes the file from the row;
+- dead_rows: a row whose image is missing -> repair deletes the row and its metadata file;
+- orphan_images / orphan_meta: an image with neither metadata nor row, or metadata with neither
+  image nor row -> deletion candidates, listed first (the report, the log), deleted by repair;
+- in_flight: a lone image or metadata file younger than ORPHAN_GRACE: an ingest may be between its
+  two writes right now, so it is listed and left alone (``force`` includes them). A complete pair
+  is rebuilt whatever its age: if its own ingest inserts the row a moment later, that ingest finds
+  its row already there and keeps its files (DatasetManager._store);
+- stale_temp_files: temp files of local writes older than ORPHAN_GRACE -> repair deletes them;
+- unreadable_meta: a metadata file that is not valid JSON, or whose hash is not its image's ->
+  reported, never deleted (nor is its image);
 - mismatched: metadata and index disagree (label, confidence, hash, source) -> repair copies the
-  metadata's label and confidence into the index (metadata is written first, so it is the newer);
-  a differing hash or source is reported only.
+  metadata's label and confidence into the index; a differing hash or source is reported only.
 
-Safe while ingest runs: young files are in_flight, a file's row is looked up again just before the
-file is deleted, and a row counts as dead only if its file is still missing when asked one by one
-(files are listed before rows, so a row inserted during the listing has files the listing missed).
+Destructive repair is bounded: when it would delete more than REPAIR_MAX_DELETE_FRACTION of the
+images (and more than REPAIR_MAX_DELETE_COUNT files), it deletes nothing and says so, unless
+``force``: that many losses usually mean a broken mount or a wrong DATASET_DIR, not drift.
+
+Safe while ingest runs: lone young files are in_flight, a file's row is looked up again just before
+the file is deleted, a row counts as dead only if its file is still missing when asked one by one,
+and an ingest whose row a rebuild inserted first keeps its files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
+from dataset.index import DuplicateHash
+from dataset.rebuild import MetadataInvalid, metadata_from_row, row_from_metadata
 from dataset.storage import StorageError, StorageKeyError
 
 if TYPE_CHECKING:
@@ -41,38 +53,52 @@ COMPARED = {"label": "label", "confidence": "confidence", "hash": "sha256", "sou
 # An ingest writes its two files and inserts its row within seconds; files without a row that are
 # younger than this may belong to one that is still running.
 ORPHAN_GRACE = timedelta(minutes=5)
+REPAIR_MAX_DELETE_FRACTION = 0.05
+REPAIR_MAX_DELETE_COUNT = 10
+DRIFT_KINDS = ("dead_rows", "unindexed", "missing_meta", "orphan_images", "orphan_meta",
+               "stale_temp_files", "unreadable_meta", "mismatched")
 
 
 async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
-                        grace: timedelta = ORPHAN_GRACE) -> dict:
+                        grace: timedelta = ORPHAN_GRACE, rebuild_index: bool = False) -> dict:
     image_files = set(await asyncio.to_thread(_list, dm, "images/"))
     meta_files = set(await asyncio.to_thread(_list, dm, "meta/"))
     rows = await dm.index.all_rows()
-    report = {
+    report: dict = {
         "storage": dm.storage.describe(), "rows": len(rows), "image_files": len(image_files),
-        "meta_files": len(meta_files), "dead_rows": [], "orphan_images": [], "orphan_meta": [],
-        "in_flight": [], "stale_temp_files": [], "unreadable_meta": [], "mismatched": [],
-        "repair": repair, "repaired": {},
+        "meta_files": len(meta_files), **{kind: [] for kind in DRIFT_KINDS}, "in_flight": [],
+        "repair": repair, "rebuild_index": rebuild_index or repair, "repaired": {},
     }
     live, suspects = [], []
     for r in rows:
         (live if r["image_key"] in image_files and r["meta_key"] in meta_files else suspects).append(r)
-    report["dead_rows"] = await asyncio.to_thread(_dead_rows, dm, suspects)
-    unowned = (image_files | meta_files) - {r[k] for r in rows for k in ("image_key", "meta_key")}
-    young = set() if force else await asyncio.to_thread(_younger_than, dm, unowned, grace)
+    await asyncio.to_thread(_judge_suspects, dm, suspects, report)
+    owned = {r[k] for r in rows for k in ("image_key", "meta_key")}
+    unowned = (image_files | meta_files) - owned
+    pairs = _pair_by_id(unowned & image_files, unowned & meta_files)
+    complete = {key for keys in pairs.values() if len(keys) == 2 for key in keys.values()}
+    young = set() if force else await asyncio.to_thread(_younger_than, dm, unowned - complete, grace)
     report["in_flight"] = sorted(young)
-    report["orphan_images"] = sorted((unowned & image_files) - young)
-    report["orphan_meta"] = sorted((unowned & meta_files) - young)
+    pairs = {i: keys for i, keys in pairs.items() if not set(keys.values()) & young}
+    rebuildable = await asyncio.to_thread(_classify_unowned, dm, pairs, report)
     temp = set(await asyncio.to_thread(_temp_files, dm))
     report["stale_temp_files"] = sorted(temp - (set() if force else
                                                 await asyncio.to_thread(_younger_than, dm, temp, grace)))
     for row in live:
         await _compare(dm, row, report)
+    report["deletion_candidates"] = deletion_candidates(report)
+    if rebuild_index or repair:
+        report["repaired"]["rows_rebuilt"] = await _rebuild_rows(dm, rebuildable, report)
     if repair:
-        report["repaired"] = await _repair(dm, rows, report)
-    report["ok"] = not any(report[k] for k in ("dead_rows", "orphan_images", "orphan_meta",
-                                               "stale_temp_files", "unreadable_meta", "mismatched"))
+        report["repaired"].update(await _repair(dm, rows, report, force))
+    report["ok"] = not any(report[k] for k in DRIFT_KINDS) and not report["repaired"].get("refused")
     return report
+
+
+def deletion_candidates(report: dict) -> list[str]:
+    """Every file a repair would delete (temp files aside), for the operator to read first."""
+    dead = [key for d in report["dead_rows"] for key in d["delete"]]
+    return sorted(dead + report["orphan_images"] + report["orphan_meta"])
 
 
 def _list(dm: DatasetManager, prefix: str) -> list[str]:
@@ -83,15 +109,16 @@ def _temp_files(dm: DatasetManager) -> list[str]:
     return [key for prefix in ("images/", "meta/") for key in dm.storage.temp_files(prefix)]
 
 
-def _dead_rows(dm: DatasetManager, suspects: list[dict]) -> list[dict]:
+def _judge_suspects(dm: DatasetManager, suspects: list[dict], report: dict) -> None:
     """Rows whose files the listing missed, asked one by one: a file written after the listing
     started belongs to a row inserted before the rows were read, and that row is alive."""
-    dead = []
     for row in suspects:
-        missing = [k for k in (row["image_key"], row["meta_key"]) if not dm.storage.exists(k)]
-        if missing:
-            dead.append({"id": row["id"], "missing": missing})
-    return dead
+        has_image, has_meta = dm.storage.exists(row["image_key"]), dm.storage.exists(row["meta_key"])
+        if not has_image:
+            report["dead_rows"].append({"id": row["id"], "missing": [row["image_key"]] + (
+                [] if has_meta else [row["meta_key"]]), "delete": [row["meta_key"]] if has_meta else []})
+        elif not has_meta:
+            report["missing_meta"].append({"id": row["id"], "key": row["meta_key"]})
 
 
 def _younger_than(dm: DatasetManager, keys: set[str], grace: timedelta) -> set[str]:
@@ -106,11 +133,56 @@ def _younger_than(dm: DatasetManager, keys: set[str], grace: timedelta) -> set[s
     return young
 
 
+def _pair_by_id(images: set[str], metas: set[str]) -> dict[str, dict[str, str]]:
+    pairs: dict[str, dict[str, str]] = {}
+    for kind, keys in (("image", images), ("meta", metas)):
+        for key in keys:
+            pairs.setdefault(PurePosixPath(key).stem, {})[kind] = key
+    return pairs
+
+
+def _classify_unowned(dm: DatasetManager, pairs: dict[str, dict[str, str]], report: dict) -> list[dict]:
+    """Sort files without a row into orphans, unreadable metadata and rebuildable rows."""
+    rebuildable = []
+    for image_id, keys in sorted(pairs.items()):
+        if "meta" not in keys:
+            report["orphan_images"].append(keys["image"])
+        elif "image" not in keys:
+            report["orphan_meta"].append(keys["meta"])
+        else:
+            try:
+                row = _rebuilt_row(dm, image_id, keys)
+            except (StorageError, MetadataInvalid) as exc:
+                report["unreadable_meta"].append({"id": image_id, "key": keys["meta"], "error": str(exc)})
+                continue
+            report["unindexed"].append({"id": image_id, "image_key": keys["image"], "meta_key": keys["meta"]})
+            rebuildable.append(row)
+    return rebuildable
+
+
+def _rebuilt_row(dm: DatasetManager, image_id: str, keys: dict[str, str]) -> dict:
+    raw = dm.storage.get(keys["meta"])
+    data = dm.storage.get(keys["image"])
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadataInvalid(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("id") != image_id:
+        raise MetadataInvalid(f"not the metadata of image {image_id} (no matching 'id')")
+    if doc.get("hash") != hashlib.sha256(data).hexdigest():
+        raise MetadataInvalid("its 'hash' is not the SHA-256 of the image file")
+    return row_from_metadata(doc, data, (keys["image"], keys["meta"]),
+                             max_pixels=dm.settings.max_image_pixels)
+
+
 async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
     try:
         doc = json.loads(await asyncio.to_thread(dm.storage.get, row["meta_key"]))
     except (StorageError, ValueError) as exc:
         report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"], "error": str(exc)})
+        return
+    if not isinstance(doc, dict):
+        report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"], "error": "not an object"})
         return
     for field, column in COMPARED.items():
         if doc.get(field) != row[column]:
@@ -118,26 +190,87 @@ async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
                 {"id": row["id"], "field": field, "meta": doc.get(field), "index": row[column]})
 
 
-async def _repair(dm: DatasetManager, rows: list[dict], report: dict) -> dict:
-    by_id = {r["id"]: r for r in rows}
-    done = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0}
-    for dead in report["dead_rows"]:
-        row = by_id[dead["id"]]
-        await dm.index.delete(row["id"])
-        done["rows_deleted"] += 1
-        for key in (row["image_key"], row["meta_key"]):
-            await asyncio.to_thread(dm.storage.delete, key)
-    for key in report["orphan_images"] + report["orphan_meta"]:
-        if await dm.index.get(PurePosixPath(key).stem) is not None:  # its row arrived since: not an orphan
+async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
+    rebuilt = 0
+    for row in rebuildable:
+        try:
+            await dm.index.insert(row)
+        except DuplicateHash as dup:
+            if dup.existing_id == row["id"]:  # its own ingest inserted it meanwhile
+                continue
+            report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"],
+                                              "error": f"same image as indexed {dup.existing_id}; kept, "
+                                                       "not indexed twice"})
             continue
-        await asyncio.to_thread(dm.storage.delete, key)
-        done["files_deleted"] += 1
+        rebuilt += 1
+    if rebuilt:
+        log.info("check: rebuilt %d index rows from their metadata files", rebuilt)
+    return rebuilt
+
+
+def _refusal(dm: DatasetManager, report: dict) -> str | None:
+    planned = len(report["deletion_candidates"])
+    images = max(report["rows"], report["image_files"])
+    allowed = max(REPAIR_MAX_DELETE_COUNT, int(REPAIR_MAX_DELETE_FRACTION * images))
+    if planned <= allowed:
+        return None
+    return (f"refused to delete {planned} files (more than {REPAIR_MAX_DELETE_FRACTION:.0%} of {images} "
+            f"images): check that DATASET_DIR / S3_BUCKET point at the right place and that the storage is "
+            f"mounted, read the list under deletion_candidates, then run `exposr-trainer check --repair "
+            f"--force` to delete them anyway")
+
+
+async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: bool) -> dict:
+    done = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0,
+            "meta_rewritten": 0}
+    refused = None if force else _refusal(dm, report)
+    if refused:
+        log.error("check --repair: %s", refused)
+        done["refused"] = refused
+    else:
+        for key in report["deletion_candidates"]:
+            log.warning("check --repair: deleting %s (no image or no record to keep)", key)
+        await _delete_drift(dm, {r["id"]: r for r in rows}, report, done)
     for key in report["stale_temp_files"]:
         await asyncio.to_thread(dm.storage.delete, key)
         done["temp_files_deleted"] += 1
+    for missing in report["missing_meta"]:
+        row = await dm.index.get(missing["id"])
+        if row is not None and not await asyncio.to_thread(dm.storage.exists, row["meta_key"]):
+            doc = metadata_from_row(row)
+            await asyncio.to_thread(dm.storage.put, row["meta_key"], json.dumps(doc, indent=2).encode())
+            done["meta_rewritten"] += 1
     for diff in report["mismatched"]:
         if diff["field"] in REPAIRABLE_FIELDS:
             await dm.index.update(diff["id"], **{diff["field"]: diff["meta"]})
             done["rows_updated"] += 1
     log.info("check --repair: %s", done)
     return done
+
+
+async def _delete_drift(dm: DatasetManager, by_id: dict, report: dict, done: dict) -> None:
+    for dead in report["dead_rows"]:
+        await dm.index.delete(dead["id"])
+        done["rows_deleted"] += 1
+        for key in dead["delete"]:
+            await asyncio.to_thread(dm.storage.delete, key)
+            done["files_deleted"] += 1
+    for key in report["orphan_images"] + report["orphan_meta"]:
+        if await dm.index.get(PurePosixPath(key).stem) is not None:  # its row arrived since: not an orphan
+            continue
+        await asyncio.to_thread(dm.storage.delete, key)
+        done["files_deleted"] += 1
+
+
+async def index_problem(dm: DatasetManager) -> str | None:
+    """At start-up: an index with no rows beside a dataset with metadata files has been lost or
+    replaced (truncated, deleted, a new DATABASE_URL): serving it would show an empty dataset."""
+    if await dm.index.row_count() > 0:
+        return None
+    first = await asyncio.to_thread(lambda: next(iter(dm.storage.list("meta/")), None))
+    if first is None:
+        return None
+    return (f"the dataset index {dm.index.describe()} has no rows, but the dataset at DATASET_DIR / "
+            f"S3_BUCKET holds metadata files (for example {first}): the index was lost or replaced. "
+            "Rebuild it from the metadata files with `exposr-trainer check --rebuild-index` "
+            "(nothing is deleted), then start the service again")

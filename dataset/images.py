@@ -4,10 +4,18 @@
 format, extension, size, SHA-256, 64-bit perceptual hash) or raises :class:`ImageRejected`
 with one of :data:`REASONS`. :func:`decode_rgb` is the one way to turn stored bytes into RGB
 pixels (EXIF orientation applied, alpha composited on white), shared with the trainer.
+
+Decode memory is bounded (DECODE_MEMORY_BUDGET_MB): before any pixel is decoded, the header's
+size and pixel mode give the bytes the decode and its conversions will hold (:func:`decode_cost`;
+a 7000x7000 32-bit float TIFF of a few hundred KB needs ~300 MB). An image that alone needs more
+than the budget is rejected as ``decompression_bomb``; the others share the budget in this
+process (:class:`DecodeBudget`), so concurrent decodes wait for memory rather than add up.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import io
 import threading
@@ -19,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_DECODE_BUDGET = 1024 * 2**20  # bytes; DECODE_MEMORY_BUDGET_MB
 EXIF_ORIENTATION = 0x0112
 
 REASONS = {
@@ -60,13 +69,96 @@ class ImageInfo:
     phash: int  # unsigned 64-bit perceptual hash (imagehash.phash)
 
 
+# Bytes per pixel as Pillow holds each mode, and what the conversion to 8-bit (to_rgb, the pHash
+# input) adds on top: high-depth grey goes through one 8-bit copy and its image; alpha modes
+# through RGBA, a white canvas and the composite; RGB may be transposed once.
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def decode_cost(mode: str, width: int, height: int, transparency: bool = False) -> int:
+    """Peak bytes of decoding an image of this mode and size and converting it for hashing."""
+    pixels = width * height
+    held = _MODE_BYTES.get(mode, 4)
+    if mode in HIGH_DEPTH:
+        extra = 2
+    elif mode in _ALPHA or transparency:
+        extra = 16
+    else:
+        extra = 4 if mode == "RGB" else 8
+    return pixels * (held + extra)
+
+
+class DecodeBudget:
+    """Memory for decodes in this process: each decode takes its cost and waits while the others'
+    costs would push the total over the budget (one decode alone always proceeds)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.in_use = 0
+        self.peak = 0  # the largest total held at once, for tests and the bench
+
+    @contextlib.contextmanager
+    def hold(self, cost: int, budget: int):
+        with self._cond:
+            self._cond.wait_for(lambda: self.in_use == 0 or self.in_use + cost <= budget)
+            self.in_use += cost
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            if cost >= TRIM_AFTER_BYTES:
+                _give_back_freed_memory()
+            with self._cond:
+                self.in_use -= cost
+                self._cond.notify_all()
+
+
+DECODES = DecodeBudget()
+TRIM_AFTER_BYTES = 32 * 2**20
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent elsewhere (musl, macOS)
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    """glibc keeps freed blocks in per-thread arenas: without this, each of six decode threads keeps
+    its own peak and the process grows to six decodes' worth although only one ran at a time."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _budgeted(img: Image.Image, budget: int):
+    cost = decode_cost(img.mode, *img.size, transparency="transparency" in img.info)
+    if cost > budget:
+        width, height = img.size
+        raise ImageRejected(
+            "decompression_bomb",
+            f"decoding this {width}x{height} {img.mode} image needs about {cost // 2**20} MB, over the "
+            f"decode budget of {budget // 2**20} MB (DECODE_MEMORY_BUDGET_MB): send an 8-bit image or a "
+            "smaller one")
+    return DECODES.hold(cost, budget)
+
+
 # warnings.catch_warnings swaps process-wide state; ingest runs in several threads, so the window
 # where DecompressionBombWarning is an error is serialised. Image.open only parses the header.
 _open_lock = threading.Lock()
 
 
-def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int) -> ImageInfo:
-    """Validate `data` completely (decodes every pixel) and compute its hashes."""
+PHASH_DECODE_SIDE = 256  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
+
+
+def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int,
+                  memory_budget: int = DEFAULT_DECODE_BUDGET) -> ImageInfo:
+    """Validate `data` completely (every byte of the image data is decoded) and compute its hashes."""
     if not data:
         raise ImageRejected("not_an_image", "the file is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -78,13 +170,23 @@ def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int
     width, height = img.size
     if min(width, height) < min_side:
         raise ImageRejected("too_small", f"{width}x{height} is under the minimum side of {min_side} px")
-    _load_fully(img)
-    rgb = to_rgb(img)
-    return ImageInfo(fmt, FORMAT_EXT[fmt], width, height, hashlib.sha256(data).hexdigest(), phash_int(rgb))
+    # pHash looks at a 32x32 resample of a box-reduced copy at most ~256 px on its shorter side
+    # (phash_int): a JPEG is decoded straight at that scale (DCT scaling), several times less work
+    # than every pixel at full size. The decoder still reads every entropy-coded byte, so a
+    # truncated or corrupt file is still rejected (tests/dataset/test_images.py, the acceptance
+    # tricky/ files: bench/ingest_bench.py --check-tricky).
+    img.draft(None, (PHASH_DECODE_SIDE, PHASH_DECODE_SIDE))
+    with _budgeted(img, memory_budget):
+        _load_fully(img)
+        # High-depth grey is hashed as 8-bit grey: the same pHash as its RGB copy, a quarter the memory.
+        visible = _high_depth_to_l(_exif_transposed(img)) if img.mode in HIGH_DEPTH else to_rgb(img)
+        del img
+        phash = phash_int(visible)
+    return ImageInfo(fmt, FORMAT_EXT[fmt], width, height, hashlib.sha256(data).hexdigest(), phash)
 
 
 def decode_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None,
-               ) -> Image.Image:
+               memory_budget: int = DEFAULT_DECODE_BUDGET) -> Image.Image:
     """Decode to an RGB image as a person sees it: EXIF orientation applied, alpha on white.
 
     ``reduce_to`` (the trainer's): the caller needs only this many pixels on the shorter side, so a
@@ -95,8 +197,10 @@ def decode_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: 
     img = _open_checked(data, max_pixels)
     if reduce_to:
         img.draft(None, (reduce_to, reduce_to))  # JPEG only; a no-op for other formats
-    _load_fully(img)
-    rgb = to_rgb(img)
+    with _budgeted(img, memory_budget):
+        _load_fully(img)
+        rgb = to_rgb(img)
+        del img
     if reduce_to:
         factor = next((f for f in (8, 4, 2) if min(rgb.size) // f >= reduce_to), 1)
         rgb = rgb.reduce(factor) if factor > 1 else rgb
@@ -165,7 +269,7 @@ def _load_fully(img: Image.Image) -> None:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Normalise any decoded mode to 8-bit RGB: orientation, alpha on white, CMYK, 16-bit, palette."""
     img = _exif_transposed(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in HIGH_DEPTH:
         img = _high_depth_to_l(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -185,8 +289,20 @@ def _exif_transposed(img: Image.Image) -> Image.Image:
         return img  # broken EXIF: keep the pixels as stored rather than reject a good picture
 
 
+_BAND_PIXELS = 1 << 20  # rows converted at a time: the float copy stays a few MB
+
+
 def _high_depth_to_l(img: Image.Image) -> Image.Image:
-    # Pillow's convert("L") clips 16-bit values at 255 (almost everything turns white): scale instead.
-    arr = np.asarray(img, dtype=np.float64)
-    top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-    return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8))
+    # Pillow's convert("L") clips 16-bit values at 255 (almost everything turns white): scale instead,
+    # band by band, so the float working copy of a 49-megapixel image is 4 MB, not 400.
+    width, height = img.size
+    _, top_value = img.getextrema()
+    top = 65535.0 if float(top_value) > 255 else 255.0
+    out = np.empty((height, width), dtype=np.uint8)
+    rows = max(1, _BAND_PIXELS // max(1, width))
+    for y in range(0, height, rows):
+        band = np.asarray(img.crop((0, y, width, min(height, y + rows))), dtype=np.float32)
+        band = np.nan_to_num(band, nan=0.0, posinf=top, neginf=0.0)
+        np.clip(band * np.float32(255.0 / top), 0, 255, out=band)
+        out[y:y + band.shape[0]] = band
+    return Image.fromarray(out)

@@ -38,10 +38,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from dataset.schema import migrate, unavailable
+from config.settings import ConfigError
+from dataset.nearindex import NearIndex
+from dataset.schema import DatabaseUnavailable, migrate, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,29 @@ images = Table(
     sqlite_autoincrement=True,
 )
 
+
+
+class IndexUnusable(ConfigError):
+    """The index database cannot be read (not a database, corrupt): the message names the file and
+    what to do. A ConfigError, so the CLI prints it without a traceback and exits with code 2."""
+
+
+# SQLite's words for a file that is not (or no longer) a database it can read.
+_CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted", "disk image is malformed")
+
+
+def sqlite_path(db_url: str) -> Path | None:
+    """The database file of a SQLite URL, None for other backends and in-memory databases."""
+    url = make_url(db_url)
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def describe_db(db_url: str) -> str:
+    """Where the index lives, for an operator's message: the SQLite file, or the URL without password."""
+    path = sqlite_path(db_url)
+    return str(path) if path else make_url(db_url).render_as_string(hide_password=True)
 
 
 class DuplicateHash(Exception):
@@ -128,6 +153,7 @@ class PhashCache:
         self.positions: dict[str, int] = {}
         self.last_seq = 0
         self.gaps: dict[int, float] = {}  # seq not seen yet below last_seq -> when it was first missed
+        self.near: NearIndex | None = None  # built on the first lookup, kept in step with hashes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,12 +200,11 @@ class PhashCache:
         n = len(self.ids)
         if n == 0 or max_distance <= 0:
             return None
-        dist = np.bitwise_count(self.hashes[:n] ^ np.uint64(phash))
-        order = np.flatnonzero(dist <= max_distance)
-        best = sorted(order.tolist(), key=lambda i: (int(dist[i]), i))
-        for i in best:
+        if self.near is None:
+            self.near = NearIndex()  # dataset/nearindex.py: multi-index hashing, sublinear
+        for distance, i in self.near.within(self.hashes, n, phash, max_distance):
             if self.ids[i] is not None:
-                return NearMatch(self.ids[i], int(dist[i]))
+                return NearMatch(self.ids[i], int(distance))
         return None
 
 
@@ -223,12 +248,37 @@ class DedupeIndex:
         self._refresh_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        """Migrate the schema to this release's revision (dataset/schema.py), then load the cache."""
-        await migrate(self.engine)
+        """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
+
+        An unreachable server is DatabaseUnavailable (naming DATABASE_URL, password masked); a damaged
+        SQLite file is IndexUnusable (saying how to rebuild it from the metadata files)."""
         try:
+            await migrate(self.engine)
             await self.refresh()
-        except (OSError, DBAPIError, TimeoutError) as exc:
+        except DatabaseUnavailable as exc:
+            cause = exc.__cause__
+            corrupt = self._unusable(cause) if isinstance(cause, DatabaseError) else None
+            if isinstance(corrupt, IndexUnusable):
+                raise corrupt from cause
+            raise
+        except DatabaseError as exc:
+            corrupt = self._unusable(exc)
+            raise (corrupt if isinstance(corrupt, IndexUnusable) else unavailable(self.db_url, exc)) from exc
+        except (OSError, TimeoutError) as exc:
             raise unavailable(self.db_url, exc) from exc
+
+    def describe(self) -> str:
+        return describe_db(self.db_url)
+
+    def _unusable(self, exc: DatabaseError) -> Exception:
+        reason = str(getattr(exc, "orig", None) or exc)
+        if not any(marker in reason for marker in _CORRUPT_MARKERS):
+            return exc
+        return IndexUnusable(
+            f"the dataset index {self.describe()} cannot be read ({reason}). The metadata files hold "
+            "every row: run `exposr-trainer check --rebuild-index`, which moves the damaged file aside "
+            "(to <name>.corrupt-<time>) and rebuilds the index from them; nothing is deleted")
+
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -354,6 +404,10 @@ class DedupeIndex:
         async with self.engine.begin() as conn:
             await conn.execute(delete(images).where(images.c.id == image_id))
         self.cache.forget(image_id)
+
+    async def row_count(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.count()).select_from(images))).scalar() or 0)
 
     async def count_by_label_source(self) -> list[tuple[str, str, int]]:
         q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)

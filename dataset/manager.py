@@ -24,6 +24,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import update
@@ -32,7 +33,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from config.settings import Settings
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
-from dataset.index import DedupeIndex, DuplicateHash, NearMatch, images
+from dataset.index import (
+    DedupeIndex,
+    DuplicateHash,
+    IndexUnusable,
+    NearMatch,
+    describe_db,
+    images,
+    sqlite_path,
+)
 from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
@@ -120,6 +129,13 @@ class DatasetManager:
     async def close(self) -> None:
         await self.index.close()
 
+    async def verify(self) -> None:
+        """IndexUnusable if the index has no rows but metadata files exist (see dataset/check.py)."""
+        from dataset.check import index_problem
+
+        if problem := await index_problem(self):
+            raise IndexUnusable(problem)
+
     async def __aenter__(self) -> DatasetManager:
         return await self.open()
 
@@ -137,6 +153,7 @@ class DatasetManager:
             info = await asyncio.to_thread(
                 inspect_image, data, max_bytes=self.settings.upload_max_bytes,
                 min_side=self.settings.min_image_side, max_pixels=self.settings.max_image_pixels,
+                memory_budget=self.settings.decode_memory_budget_mb * 2**20,
             )
         except ImageRejected as exc:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
@@ -169,8 +186,10 @@ class DatasetManager:
             await self._put(keys[0], data, written)
             await self._put(keys[1], json_bytes(doc), written)
             seq = await self.index.insert(index_row(doc, info, keys, data))
-        except DuplicateHash as dup:  # lost a race with an identical image: keep the winner only
-            await self._discard(written)
+        except DuplicateHash as dup:
+            if dup.existing_id == image_id:  # `check --rebuild-index` indexed our files first: ours
+                return IngestOutcome("stored", id=image_id)
+            await self._discard(written)  # lost a race with an identical image: keep the winner only
             return _duplicate(dup.existing_id)
         except StorageError as exc:
             await self._discard(written)
@@ -231,9 +250,20 @@ class DatasetManager:
         """Store each image's (split_group, split) once: rows that already have a side keep it.
 
         Returns how many rows took the new side. The trainer calls this before it trains, so the
-        side of an image never moves however the dataset grows (trainer/split.py).
+        side of an image never moves however the dataset grows (trainer/split.py). The side is also
+        written into each image's metadata file (after the index: a crash in between costs at most
+        a re-decision, never two sides), so ``check --rebuild-index`` brings it back with the row.
         """
-        return await self.index.set_splits_once(decided)
+        changed = await self.index.set_splits_once(decided)
+        for image_id, (group, side) in decided.items():
+            def keep_first(doc: dict, group: str = group, side: str = side) -> None:
+                if not doc.get("split"):
+                    doc.update(split_group=group, split=side)
+            try:
+                await self._edit(image_id, keep_first)  # serialised with label/score edits, any host
+            except (UnknownImage, StorageError, ValueError) as exc:  # deleted meanwhile, or unreadable
+                log.warning("split of %s not written to its metadata file: %s", image_id, exc)
+        return changed
 
     async def get_metadata(self, image_id: str) -> dict | None:
         row = await self.index.get(image_id)
@@ -248,6 +278,11 @@ class DatasetManager:
     async def read_image(self, image_id: str) -> bytes:
         row = await self._row(image_id)
         return await asyncio.to_thread(self.storage.get, row["image_key"])
+
+    async def has_image_file(self, image_id: str) -> bool:
+        """Whether the image has a row and its file is still there (cheap: no bytes read)."""
+        row = await self.index.get(image_id)
+        return row is not None and await asyncio.to_thread(self.storage.exists, row["image_key"])
 
     # ---- updates ------------------------------------------------------------------------------
 
@@ -281,7 +316,8 @@ class DatasetManager:
         if not self.index.shared:
             async with self._metadata_update():
                 doc = await self._rewrite_meta(image_id, change)
-                await self.index.update(image_id, **index_values)
+                if index_values:
+                    await self.index.update(image_id, **index_values)
             return doc
         async with self.index.locked_row(image_id) as (conn, row):
             if row is None:
@@ -289,7 +325,8 @@ class DatasetManager:
             doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
             change(doc)
             await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
-            await conn.execute(update(images).where(images.c.id == image_id).values(**index_values))
+            if index_values:
+                await conn.execute(update(images).where(images.c.id == image_id).values(**index_values))
         return doc
 
     @contextlib.asynccontextmanager
@@ -317,11 +354,12 @@ class DatasetManager:
             raise UnknownImage(f"no image with id {image_id!r}")
         return row
 
-    async def check(self, repair: bool = False, force: bool = False) -> dict:
-        """Drift report; ``force`` also treats files younger than a few minutes as orphans."""
+    async def check(self, repair: bool = False, force: bool = False, rebuild_index: bool = False) -> dict:
+        """Drift report (dataset/check.py); ``force`` also treats files younger than a few minutes
+        as orphans and lifts the bound on destructive repair."""
         from dataset.check import check_dataset
 
-        return await check_dataset(self, repair, force)
+        return await check_dataset(self, repair, force, rebuild_index=rebuild_index)
 
 
 def _near_duplicate(near: NearMatch) -> IngestOutcome:
@@ -378,7 +416,45 @@ def json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
-async def run_check(settings: Settings, repair: bool = False, force: bool = False) -> dict:
-    """Entry point for `exposr-trainer check [--repair] [--force]`."""
+async def run_check(settings: Settings, repair: bool = False, force: bool = False,
+                    rebuild_index: bool = False) -> dict:
+    """Entry point for `exposr-trainer check [--rebuild-index] [--repair] [--force]`: a rebuild (or
+    repair) of an index that cannot be read moves the damaged file aside and starts a fresh one."""
+    moved = None
+    try:
+        dm = await DatasetManager(settings).open()
+    except IndexUnusable:
+        if not (repair or rebuild_index):
+            raise
+        moved = move_index_aside(settings.db_url)
+        dm = await DatasetManager(settings).open()
+    try:
+        report = await dm.check(repair, force, rebuild_index=rebuild_index)
+    finally:
+        await dm.close()
+    if moved:
+        report["index_moved_aside"] = str(moved)
+    return report
+
+
+async def verify_dataset(settings: Settings) -> None:
+    """Start-up check: IndexUnusable when the index cannot be read, or has lost its rows while the
+    metadata files remain (the service would otherwise show an empty dataset)."""
     async with DatasetManager(settings) as dm:
-        return await dm.check(repair, force)
+        await dm.verify()
+
+
+def move_index_aside(db_url: str) -> Path:
+    """Rename a damaged SQLite index (and its -wal/-shm files) to ``<name>.corrupt-<time>``."""
+    path = sqlite_path(db_url)
+    if path is None:
+        raise IndexUnusable(f"the dataset index {describe_db(db_url)} cannot be read; restore the "
+                            "database from a backup or point DATABASE_URL at an empty one, then run "
+                            "`exposr-trainer check --rebuild-index`")
+    target = path.with_name(f"{path.name}.corrupt-{utc_now():%Y%m%dT%H%M%SZ}")
+    for suffix in ("", "-wal", "-shm"):
+        source = path.with_name(path.name + suffix)
+        if source.exists():
+            source.rename(target.with_name(target.name + suffix))
+    log.warning("moved the unreadable index %s aside to %s", path, target)
+    return target

@@ -172,6 +172,8 @@ class BaseFetcher(ABC):
             self.count_error(exc.kind, f"{what}: {exc.message}")
             if exc.status in self.fatal_statuses:
                 self.stop(f"{exc.message}; check {self.key_variable()}")
+            elif exc.kind == "dns":
+                self.stop(exc.message)
         return None
 
     async def get_list_page(self, url: str, params: dict[str, Any], headers: dict[str, str],
@@ -194,6 +196,8 @@ class BaseFetcher(ABC):
             return await self.http.download(url), metadata
         except FetchError as exc:
             self.count_error(f"download_{exc.kind}", exc.message)
+            if exc.kind == "dns":
+                self.stop(exc.message)
             return None
 
     async def download_all(self, listed: list[tuple[str, dict]]) -> AsyncIterator[tuple[bytes, dict]]:

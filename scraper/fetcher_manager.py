@@ -25,7 +25,7 @@ from scraper.civitai_fetcher import CivitaiFetcher
 from scraper.folder_fetcher import FolderFetcher
 from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client
 from scraper.pexels_fetcher import PexelsFetcher
-from scraper.report import SourceReport, format_report_table, totals
+from scraper.report import SourceReport, format_report_table, note_storage_errors, overall_status, totals
 from scraper.unsplash_fetcher import UnsplashFetcher
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ class FetcherManager:
                 await client.aclose()
         by_key = {key: r.to_dict() for (key, _), r in zip(entries, reports, strict=True)}
         result = {"sources": by_key, "totals": totals(list(by_key.values())),
+                  "status": overall_status(list(by_key.values())),
                   "duration_s": round(time.monotonic() - started, 3)}
         logger.info("scrape finished in %.1fs: %s", result["duration_s"], result["totals"])
         return result
@@ -109,6 +110,7 @@ class FetcherManager:
                 report.errors.update(fetcher.errors)
                 report.api_requests = fetcher.http.stats.api_requests
                 report.retries = fetcher.http.stats.retries
+            note_storage_errors(report)
             report.duration_s = time.monotonic() - started
         (logger.warning if report.status != "ok" else logger.info)("%s", report.summary())
         # A last event per source, so a progress display can show a source that was skipped or stopped.

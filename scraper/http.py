@@ -5,7 +5,8 @@ Exceptions (one tree):
     FetchError            a request that finally failed; ``kind`` is a short code for the report
     ├── RateLimited       429 (or a source-specific rate-limit answer) after the allowed retries
     └── (kinds)           timeout, connection, http_<status>, server_error, bad_json, html_page, too_large,
-                          bad_url, bad_encoding, too_many_redirects (these three are never retried)
+                          bad_url, bad_encoding, too_many_redirects (these three are never retried),
+                          dns (the host name does not resolve: never retried, the source stops)
 
 Callers catch ``FetchError`` per item or per page and count ``exc.kind``; nothing here logs a secret
 (headers are never logged, URLs are logged without their query string).
@@ -18,6 +19,7 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -157,6 +159,28 @@ def _is_retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+def _dns_failure(exc: BaseException) -> str | None:
+    """The resolver's message when ``exc`` (or what it wraps) is a name-resolution failure."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return str(current)
+        current = current.__cause__ or current.__context__
+    text = str(exc)
+    markers = ("Name or service not known", "Temporary failure in name resolution", "nodename nor servname",
+               "getaddrinfo failed", "No address associated with hostname")
+    return text if any(m in text for m in markers) else None
+
+
+def _host(url: str) -> str:
+    try:
+        return httpx.URL(url).host or _strip_query_safe(url)
+    except httpx.InvalidURL:
+        return _strip_query_safe(url)
+
+
 def _strip_query(url: httpx.URL | str) -> str:
     return str(httpx.URL(str(url)).copy_with(query=None))
 
@@ -282,6 +306,9 @@ class SourceHttp:
             except httpx.TooManyRedirects as exc:
                 raise FetchError("too_many_redirects", f"{_strip_query(url)}: {exc}") from exc
             except httpx.TransportError as exc:
+                if (dns := _dns_failure(exc)) is not None:  # retrying will not make a name resolve
+                    raise FetchError("dns", f"{_host(url)}: name resolution failed ({dns}); offline? check "
+                                            "the network and DNS, or the source's *_API_URL") from exc
                 error = FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})")
                 wait = policy.backoff(attempt, self.rng)
             else:

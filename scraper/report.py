@@ -17,7 +17,9 @@ COUNTS = ("api_requests", "retries", "downloaded", "stored", "duplicates", "near
 class SourceReport:
     source: str
     label: str
-    status: str = "ok"          # ok | stopped (gave up early: rate limit, quota, key) | skipped | failed
+    # ok | partial (some images could not be stored) | stopped (gave up early: rate limit, quota,
+    # key, DNS) | skipped | failed (nothing stored because of storage errors, or the source broke)
+    status: str = "ok"
     message: str | None = None  # why a source stopped, was skipped or failed, for a person
     api_requests: int = 0
     retries: int = 0
@@ -43,6 +45,28 @@ class SourceReport:
                 f"near-duplicates, rejected {dict(self.rejected) or 0}, errors {dict(self.errors) or 0}, "
                 f"{self.duration_s:.1f}s")
         return f"{text} ({self.message})" if self.message else text
+
+
+def note_storage_errors(report: SourceReport) -> None:
+    """Images the dataset could not keep (full disk, index down) make the source partial or failed."""
+    # ingest_storage_error, ingest_index_error, ingest_<Exception>: rejections are counted apart.
+    lost = sum(n for kind, n in report.errors.items() if kind.startswith("ingest_"))
+    if not lost or report.status in ("failed", "skipped"):
+        return
+    what = (f"{lost} downloaded image(s) could not be stored (storage or index errors: "
+            f"{', '.join(f'{k} {n}' for k, n in sorted(report.errors.items()) if k.startswith('ingest_'))}); "
+            "see the log, free disk space or fix the storage, and scrape again")
+    status = "partial" if report.stored else "failed"
+    report.message = f"{what}; {report.message}" if report.message else what
+    report.status = status if report.status == "ok" or status == "failed" else report.status
+
+
+def overall_status(reports: list[dict[str, Any]]) -> str:
+    """The run in one word: failed (every source that ran failed), partial, or ok."""
+    ran = [r["status"] for r in reports if r["status"] != "skipped"]
+    if ran and all(s == "failed" for s in ran):
+        return "failed"
+    return "partial" if any(s in ("failed", "partial") for s in ran) else "ok"
 
 
 def totals(reports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def make_settings(tmp_path: Path, database_url):
             log_dir=tmp_path / "logs",
             sources_config=Path(__file__).resolve().parents[1] / "config" / "sources.yaml",
             scheduler_enabled=False,
-            trainer_api_key="test-token",
+            trainer_api_key="test-token-0123456789",
             train_pretrained=False,
             train_device="cpu",
             min_image_side=16,

@@ -139,11 +139,11 @@ def test_secret_values_never_appear_in_errors(monkeypatch):
 
 def test_dotenv_file_is_read_and_empty_means_unset(tmp_path):
     env = tmp_path / ".env"
-    env.write_text("TRAINER_API_KEY=abc\nS3_ENDPOINT_URL=\nTRAIN_EPOCHS=3\n", encoding="utf-8")
+    env.write_text("TRAINER_API_KEY=abcdefghijklmnop\nS3_ENDPOINT_URL=\nTRAIN_EPOCHS=3\n", encoding="utf-8")
     s = load_settings(_env_file=env)
-    assert s.trainer_api_key.get_secret_value() == "abc"
+    assert s.trainer_api_key.get_secret_value() == "abcdefghijklmnop"
     assert s.s3_endpoint_url is None and s.train_epochs == 3
-    assert "abc" not in repr(s)
+    assert "abcdefghijklmnop" not in repr(s)
 
 
 def test_worker_kinds_must_be_known_job_kinds(monkeypatch):

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
+from trainer.cache import prepared
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     crop_pct: float = EVAL_CROP_PCT
     jpeg_quality: int = EVAL_JPEG_QUALITY
+    cache_quality: int | None = None  # trained from the cache: its JPEG round trip (trainer/cache.py)
 
     @property
     def decode_side(self) -> int:
@@ -56,15 +58,21 @@ class Preprocessing:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
                 "crop_pct": self.crop_pct, "jpeg_quality": self.jpeg_quality,
                 "interpolation": "bilinear", "resize": "shorter_side",
-                "decode_reduce_to": self.decode_side}
+                "decode_reduce_to": self.decode_side,
+                # then the shorter side is resized to exactly this (bilinear; trainer/cache.py)
+                "resize_shorter_to": self.decode_side,
+                # then, when set, a JPEG round trip at this quality (4:4:4), as the training cache does
+                "cache_jpeg_quality": self.cache_quality}
 
 
-def preprocessing_for(model: torch.nn.Module, image_size: int) -> Preprocessing:
+def preprocessing_for(model: torch.nn.Module, image_size: int,
+                      cache_quality: int | None = None) -> Preprocessing:
     """Mean/std from the model's pretrained config (timm.data), at our image size."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
-    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
+    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+                         cache_quality=cache_quality)
 
 
 class JpegRecompress:
@@ -130,13 +138,18 @@ class StoredImages(Dataset):
     (None, None, position), so the skip can be traced to its sample."""
 
     def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
-                 transform, max_pixels: int, reduce_to: int | None = None) -> None:
+                 transform, max_pixels: int, reduce_to: int | None = None, *,
+                 cache=None, sha256s: Sequence[str] | None = None, quality: int | None = None) -> None:
         self.storage = storage
         self.keys = list(keys)
         self.labels = list(labels)
         self.transform = transform
         self.max_pixels = max_pixels
         self.reduce_to = reduce_to
+        # trainer.cache.ImageCache at reduce_to, and the sha256 of each key: read the cached picture.
+        self.cache = cache
+        self.sha256s = list(sha256s) if sha256s is not None else None
+        self.quality = quality  # Preprocessing.cache_quality: the cache's JPEG round trip, cached or not
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -150,7 +163,13 @@ class StoredImages(Dataset):
     def load(self, index: int) -> Image.Image | None:
         key = self.keys[index]
         try:
-            return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels, reduce_to=self.reduce_to)
+            cache = self.cache
+            if (cache is not None and self.sha256s is not None and cache.side == self.reduce_to
+                    and cache.quality == self.quality):
+                return cache.load(self.sha256s[index], key)
+            if not self.reduce_to:
+                return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels)
+            return prepared(self.storage.get(key), self.reduce_to, self.max_pixels, self.quality)
         except (StorageError, ImageRejected, OSError) as exc:
             # One broken file must not end a training run: it is skipped and counted.
             log.warning("skipping %s: %s", key, exc)
@@ -169,12 +188,14 @@ def collate_skipping_broken(batch: list):
 
 
 def make_loader(data: StoredImages, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False) -> DataLoader:
+                pin_memory: bool = False, drop_last: bool = False, persistent: bool = True) -> DataLoader:
+    """``persistent=False`` for loaders used now and then (evaluation): their workers end after each
+    pass instead of holding their memory through the whole training."""
     generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds follow TRAIN_SEED
     return DataLoader(
         data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
         collate_fn=collate_skipping_broken, pin_memory=pin_memory, drop_last=drop_last,
-        generator=generator, persistent_workers=workers > 0,
+        generator=generator, persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers > 0 else None,
     )

@@ -83,7 +83,7 @@ def shard(loader: DataLoader, seed: int) -> DataLoader:
     return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       persistent_workers=workers > 0, prefetch_factor=loader.prefetch_factor,
-                      worker_init_fn=loader.worker_init_fn)
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator)
 
 
 def mean(value: float) -> float:
@@ -104,6 +104,9 @@ def train(settings: Settings, progress: Progress | None = None) -> dict:
     from trainer.train_vit import train_model
 
     nproc = settings.train_nproc_per_node
+    if nproc > 1 and settings.train_mode == "linear_probe":
+        log.info("TRAIN_MODE=linear_probe fits one head on cached features: one process, not %d", nproc)
+        nproc = 1
     if nproc <= 1:
         return train_model(settings, progress)
     with tempfile.TemporaryDirectory(prefix="exposr-ddp-") as folder:

@@ -106,8 +106,8 @@ def _from_file(arch: str, file: Path) -> torch.nn.Module:
         return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX),
                                  pretrained_cfg_overlay={"file": str(file)})
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} could not be loaded into {arch!r}: "
-                            f"{_first_line(exc)}. {_PRETRAINED_HELP}") from exc
+        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} does not fit TRAIN_ARCH={arch!r} (a checkpoint of "
+                            f"another architecture?): {_first_line(exc)}. {_PRETRAINED_HELP}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -173,5 +173,6 @@ def load_artifacts(folder: Path, device: torch.device | str = "cpu",
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     p = card["preprocessing"]
     pre = Preprocessing(image_size=p["image_size"], mean=tuple(p["mean"]), std=tuple(p["std"]),
-                        crop_pct=p["crop_pct"], jpeg_quality=p["jpeg_quality"])
+                        crop_pct=p["crop_pct"], jpeg_quality=p["jpeg_quality"],
+                        cache_quality=p.get("cache_jpeg_quality"))
     return model.to(device).eval(), pre, card

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from config.settings import Settings
-from dataset.images import ImageRejected, decode_rgb
+from dataset.images import ImageRejected
+from trainer.cache import prepared
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
@@ -92,7 +93,8 @@ class Predictor:
     def _prepare(self, data: bytes) -> torch.Tensor | Prediction:
         """The eval-transformed uint8 tensor, or a failed Prediction saying why."""
         try:
-            image = decode_rgb(data, max_pixels=self.max_pixels, reduce_to=self.pre.decode_side)
+            # the pixels the trainer saw: reduced decode, shrink, the cache's JPEG round trip
+            image = prepared(data, self.pre.decode_side, self.max_pixels, self.pre.cache_quality)
             return self.transform(image)
         except ImageRejected as exc:
             return Prediction(None, exc.reason, exc.message)

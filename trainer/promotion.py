@@ -200,7 +200,7 @@ def score_saved_model(
     data.keys = [val_data.keys[i] for i in positions]
     data.labels = [val_data.labels[i] for i in positions]
     data.samples = [val_data.samples[i] for i in positions]
-    data.transform, data.reduce_to = eval_transform(pre), pre.decode_side
+    data.transform, data.reduce_to, data.quality = eval_transform(pre), pre.decode_side, pre.cache_quality
     loader = make_loader(
         data,
         batch_size=settings.train_batch_size,

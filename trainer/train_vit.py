@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 
 from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
 from trainer import distributed as ddp
+from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
+from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
     Normalizer,
     StoredImages,
@@ -40,6 +43,8 @@ from trainer.data import (
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
+from trainer.probe import FeatureStore, embed, feature_id, fit_head, set_head
+from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
 from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
 from trainer.report import (
@@ -100,28 +105,21 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     seed_everything(settings.train_seed)
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
-    pre = preprocessing_for(model, settings.train_image_size)
+    pre = preprocessing_for(model, settings.train_image_size,
+                            cache_quality=CACHE_QUALITY if settings.train_cache else None)
     prepare = Normalizer(pre, device)
-    trained = ddp.wrap(model, device)  # DDP under torchrun (trainer/distributed.py); else the model
-    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device)
-    optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
+    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device,
+                                                       cache)
+    resume = Resume(settings.models_dir, settings.model_name,
+                    fingerprint(settings, [s.id for s in train_set], [s.id for s in val_set]))
 
     staging = make_staging_dir(settings.models_dir)
     try:
-        step, skipped = 0, set()
-        for epoch in range(1, settings.train_epochs + 1):
-            train_loss, step, unreadable = train_one_epoch(trained, train_loader, prepare, optimizer,
-                                                           scheduler, scaler, amp_dtype, step)
-            train_loss = ddp.mean(train_loss)
-            scores = evaluate(model, val_loader, prepare, amp_dtype)
-            # A broken file fails again every epoch: count it once, by sample id.
-            skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
-            metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
-            _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
-                               "train_loss": train_loss, "val_loss": metrics["val_loss"],
-                               "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
-                               "lr": optimizer.param_groups[0]["lr"]})
+        fit = fit_linear_probe if settings.train_mode == "linear_probe" else fit_finetune
+        model, scores, metrics, skipped, facts = fit(settings, model, pre, prepare, device, amp_dtype,
+                                                     train_set, val_set, train_loader, val_loader,
+                                                     storage, cache, resume, progress)
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
@@ -139,6 +137,7 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
         info = {"model": settings.model_name, "architecture": settings.train_arch,
                 "metrics": metrics, **sizes, "seed": settings.train_seed, "epochs": settings.train_epochs,
                 "trained_at": _now(), "temperature": report["evaluation"]["temperature"],
+                "train_mode": settings.train_mode, "ema_decay": settings.train_ema_decay or None,
                 "evaluation": headline(report)}
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
@@ -149,7 +148,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
-    return {**entry, "metrics": metrics, "skipped_images": len(skipped),
+    resume.clear()
+    return {**entry, "metrics": metrics, "skipped_images": len(skipped), "cache": _cache_facts(cache),
+            **facts,
             "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
             "duration_s": round(time.monotonic() - started, 1)}
 
@@ -179,11 +180,12 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings))
+    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
             if plan.held_out else None)
     robust = {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()} \
         if len(val_data) else {}
-    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings)
+    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings,
+                  val_data.cache)
     swap = format_swap_auc(score(perturbed(few, Perturb("png", None, 1.0))),
                            score(perturbed(few, Perturb("jpeg", 95, 1.0)))) if len(few) else {}
     unseen_gen = unseen_src = {}
@@ -255,17 +257,146 @@ async def _record_splits(settings: Settings, decided: dict) -> int:
         return await dm.record_splits(decided)
 
 
+def fit_finetune(settings: Settings, model, pre, prepare, device, amp_dtype, train_set, val_set,
+                 train_loader, val_loader, storage, cache, resume: Resume, progress: Progress | None):
+    """The fine-tune loop: every epoch trains, evaluates (the EMA weights when TRAIN_EMA_DECAY is set)
+    and checkpoints, so a killed run resumes from its last finished epoch.
+
+    Returns (the model to evaluate and save, its last validation scores, metrics, skipped sample ids,
+    facts for the result: losses per epoch, resumed_from, class_weights).
+    """
+    optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=settings.train_ema_decay) if settings.train_ema_decay > 0 else None
+    weights = class_weights(train_set, device) if settings.train_balance == "loss" else None
+    step, skipped, losses, first = 0, set(), [], 1
+    if (state := resume.load()) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.module.load_state_dict(state["ema"])
+        restore_rng(state["rng"], train_loader.generator)
+        step, skipped, losses = state["step"], set(state["skipped"]), list(state["losses"])
+        first = state["epoch"] + 1
+    scored_model = ema.module if ema is not None else model
+    trained = ddp.wrap(model, device)  # DDP under torchrun (trainer/distributed.py); else the model
+    scores = metrics = None
+    for epoch in range(first, settings.train_epochs + 1):
+        train_loss, step, unreadable = train_one_epoch(
+            trained, train_loader, prepare, optimizer, scheduler, scaler, amp_dtype, step,
+            on_batch=batch_reporter(progress, epoch, settings.train_epochs), ema=ema, class_weights=weights)
+        train_loss = ddp.mean(train_loss)
+        scores = evaluate(scored_model, val_loader, prepare, amp_dtype)
+        # A broken file fails again every epoch: count it once, by sample id.
+        skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
+        metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
+        losses.append(train_loss)
+        if ddp.is_main():  # one checkpoint per training, rank 0's
+            resume.save({"epoch": epoch, "step": step, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(),
+                         "ema": ema.module.state_dict() if ema is not None else None,
+                         "rng": rng_state(train_loader.generator), "skipped": sorted(skipped),
+                         "losses": losses})
+        _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
+                           "train_loss": train_loss, "val_loss": metrics["val_loss"],
+                           "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
+                           "lr": optimizer.param_groups[0]["lr"]})
+    if scores is None:  # killed after its last checkpoint: every epoch is done, evaluate once
+        scores = evaluate(scored_model, val_loader, prepare, amp_dtype)
+        metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
+    return scored_model, scores, metrics, skipped, {
+        "train_losses": losses, "resumed_from_epoch": first - 1 if first > 1 else None,
+        "class_weights": _weights_dict(weights)}
+
+
+def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype, train_set, val_set,
+                     train_loader, val_loader, storage, cache, resume: Resume, progress: Progress | None):
+    """Frozen backbone, embeddings cached per image, the linear head fitted on them (trainer/probe.py)."""
+    started = time.monotonic()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    store = FeatureStore(storage, feature_id(settings.train_arch, model, pre.as_dict()))
+    rows, matrix = store.load()
+    everyone = train_set + val_set
+    todo = [s for s in everyone if s.sha256 not in rows]
+    if todo:
+        data = _images(storage, todo, eval_transform(pre), pre, settings, cache)
+        loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False,
+                             workers=settings.train_workers, seed=settings.train_seed,
+                             pin_memory=device.type == "cuda", persistent=False)
+        where, feats = embed(model, loader, prepare, amp_dtype)
+        if len(where):
+            store.add([todo[i].sha256 for i in where], feats)
+            rows, matrix = store.load()
+    have = [s for s in train_set if s.sha256 in rows]
+    skipped = {s.id for s in everyone if s.sha256 not in rows}
+    if not have or len({s.label for s in have}) < 2:
+        raise TrainingError("linear_probe: the training side has no readable image of a class; "
+                            "run the dataset check command")
+    x = matrix[[rows[s.sha256] for s in have]].astype(np.float32)
+    y = np.array([CLASS_INDEX[s.label] for s in have])
+    weights = class_weights(have, torch.device("cpu")) if settings.train_balance == "loss" else None
+    weight, bias, loss = fit_head(x, y, weights)
+    try:
+        set_head(model, weight, bias)
+    except ValueError as exc:
+        raise TrainingError(f"TRAIN_ARCH={settings.train_arch!r}: {exc}") from exc
+    scores = evaluate(model, val_loader, prepare, amp_dtype)
+    skipped |= {val_set[i].id for i in scores.skipped}
+    metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
+    _report(progress, {"stage": "train", "epoch": 1, "epochs": 1, "train_loss": loss,
+                       "val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"],
+                       "val_acc": metrics["val_acc"], "lr": None})
+    return model, scores, metrics, skipped, {
+        "train_losses": [loss], "class_weights": _weights_dict(weights),
+        "linear_probe": {"embedded": len(todo), "reused": len(everyone) - len(todo),
+                         "features": int(matrix.shape[1]), "seconds": round(time.monotonic() - started, 2)}}
+
+
+def class_weights(samples: list[Sample], device: torch.device) -> torch.Tensor:
+    """Loss weights n / (2 n_class): each class weighs as much as the other, whatever their sizes."""
+    counts = Counter(s.label for s in samples)
+    total = sum(counts.values())
+    return torch.tensor([total / (2 * max(1, counts[label])) for label in CLASS_INDEX],
+                        dtype=torch.float32, device=device)
+
+
+def _weights_dict(weights: torch.Tensor | None) -> dict | None:
+    if weights is None:
+        return None
+    return {label: round(float(weights[i]), 4) for label, i in CLASS_INDEX.items()}
+
+
+def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[Sample]) -> ImageCache | None:
+    """The training cache at this preprocessing, with every sample's entry present (TRAIN_CACHE)."""
+    if not settings.train_cache:
+        return None
+    cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels, pre.cache_quality)
+    cache.build(((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers))
+    return cache
+
+
+def _cache_facts(cache: ImageCache | None) -> dict | None:
+    if cache is None:
+        return None
+    return {**cache.last_build.as_dict(), "rebuilt_while_reading": cache.rebuilt.value,
+            "id": cache_id(cache.side, cache.quality)}
+
+
 def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
-                  settings: Settings, device: torch.device):
+                  settings: Settings, device: torch.device, cache: ImageCache | None = None):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
     common = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
                   seed=settings.train_seed, pin_memory=device.type == "cuda")
-    train_data = _images(storage, train_set, train_transform(pre), pre, settings)
+    train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
     train_loader = ddp.shard(make_loader(train_data, shuffle=True,
                                          drop_last=len(train_set) > settings.train_batch_size, **common),
                              settings.train_seed)
-    val_data = _images(storage, val_set, eval_transform(pre), pre, settings)
-    return train_loader, val_data, make_loader(val_data, shuffle=False, **common)
+    val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
+    return train_loader, val_data, make_loader(val_data, shuffle=False, persistent=False, **common)
 
 
 def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int):
@@ -278,30 +409,38 @@ def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int
 
 
 def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
-                    step: int) -> tuple[float, int, set[int]]:
+                    step: int, on_batch: OnBatch | None = None, *, ema=None,
+                    class_weights: torch.Tensor | None = None) -> tuple[float, int, set[int]]:
     """One pass over the training loader; returns (mean loss, optimiser steps so far, positions of
     the images that could not be read).
 
     ``prepare`` moves a uint8 batch to the device and normalises it (trainer.data.Normalizer).
+    ``on_batch(batch, batches, images seen)`` follows the pass (trainer.progress.batch_reporter).
     """
     model.train()
     loss_sum, seen, skipped = 0.0, 0, set()
-    for images, targets, _, unreadable in loader:
+    for batch, (images, targets, _, unreadable) in enumerate(loader, start=1):
         skipped.update(unreadable)
         if len(targets) == 0:
+            if on_batch:
+                on_batch(batch, len(loader), seen)
             continue
         images = prepare(images)
         targets = targets.to(images.device, non_blocking=True)
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = F.cross_entropy(model(images), targets)
+            loss = F.cross_entropy(model(images), targets, weight=class_weights)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         step += 1
         scheduler.step_update(num_updates=step)
+        if ema is not None:
+            ema.update(model, step=step)
         loss_sum += loss.item() * len(targets)
         seen += len(targets)
+        if on_batch:
+            on_batch(batch, len(loader), seen)
     if seen and not math.isfinite(loss_sum):
         raise TrainingError("training loss diverged (not finite); lower TRAIN_LR")
     return (loss_sum / seen if seen else float("nan")), step, skipped
@@ -344,9 +483,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _images(storage, samples: list[Sample], transform, pre, settings: Settings) -> StoredImages:
+def _images(storage, samples: list[Sample], transform, pre, settings: Settings,
+            cache: ImageCache | None = None) -> StoredImages:
     data = StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
-                        transform, settings.max_image_pixels, reduce_to=pre.decode_side)
+                        transform, settings.max_image_pixels, reduce_to=pre.decode_side,
+                        cache=cache, sha256s=[s.sha256 for s in samples], quality=pre.cache_quality)
     data.samples = list(samples)  # which sample each position is (reports and promotion go by id)
     return data
 

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from enum import Enum
+from typing import Annotated, get_args
+
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app.deps import Authorized, RunnerDep
-from app.jobs import JobBusy
-from app.schemas import ErrorOut, JobAccepted, JobList, JobOut
+from app.jobs import JOB_KINDS, JobBusy
+from app.schemas import ErrorOut, JobAccepted, JobList, JobOut, JobState
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
+
+# The filters are enums in the OpenAPI schema (a wrong value is a 422 naming the allowed ones).
+JobKindFilter = Enum("JobKind", {kind: kind for kind in JOB_KINDS}, type=str)
+JobStateFilter = Enum("JobState", {state: state for state in get_args(JobState)}, type=str)
 
 _CONFLICT = {409: {"model": ErrorOut, "description": "a job of this kind is already running"}}
 
@@ -47,10 +54,10 @@ async def post_label(runner: RunnerDep) -> dict:
 async def list_jobs(
     runner: RunnerDep,
     limit: int = Query(50, ge=1, le=500),
-    kind: str | None = Query(None, description="only jobs of this kind"),
-    state: str | None = Query(None, description="only jobs in this state"),
+    kind: Annotated[JobKindFilter | None, Query(description="only jobs of this kind")] = None,
+    state: Annotated[JobStateFilter | None, Query(description="only jobs in this state")] = None,
 ) -> dict:
-    return {"jobs": await runner.list(limit=limit, kind=kind, state=state)}
+    return {"jobs": await runner.list(limit=limit, kind=kind and kind.value, state=state and state.value)}
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}},

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized, SettingsDep
-from app.schemas import ErrorOut, LatestModel
+from app.schemas import ErrorOut, LatestModel, ModelCard
 from dataset.storage import StorageError
 from trainer.model_store import ARTIFACTS, Artifact, ArtifactMissing, model_store, registered
 from trainer.model_sync import push_latest_model
@@ -37,6 +37,21 @@ def registry_errors() -> Iterator[None]:
     except (ValueError, StorageError) as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
                             detail=f"the model registry cannot be read: {exc}") from exc
+
+
+def etag_matches(if_none_match: str | None, sha: str) -> bool:
+    """RFC 9110 13.1.2: ``*`` matches any current representation; otherwise a comma list of entity
+    tags, compared weakly (``W/"x"`` matches ``"x"``)."""
+    if not if_none_match:
+        return False
+    for tag in if_none_match.split(","):
+        tag = tag.strip()
+        if tag == "*":
+            return True
+        tag = tag[2:] if tag.startswith("W/") else tag
+        if tag == f'"{sha}"':
+            return True
+    return False
 
 
 @router.get("/models/latest", response_model=LatestModel, responses={404: {"model": ErrorOut}},
@@ -77,25 +92,33 @@ def artifact_response(artifact: Artifact, media_type: str, etag: str | None, req
                       filename: str | None = None) -> Response:
     """Stream an artifact with Content-Length (and ETag when known), from a file or the bucket."""
     headers = {"ETag": f'"{etag}"'} if etag else {}
-    if etag and request.headers.get("if-none-match") == headers["ETag"]:
+    if etag and etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     if artifact.path is not None:
         return FileResponse(artifact.path, media_type=media_type, filename=filename, headers=headers)
     headers["Content-Length"] = str(artifact.size)
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    if request.method == "HEAD":  # size and ETag only: the bucket is not read
+        return Response(media_type=media_type, headers=headers)
     return StreamingResponse(artifact.chunks(), media_type=media_type, headers=headers)
 
 
-@router.get("/models/{name}/{version}/model.json", responses={404: {"model": ErrorOut}},
+@router.get("/models/{name}/{version}/model.json", response_model=ModelCard,
+            response_model_exclude_unset=True, responses={404: {"model": ErrorOut}},
             summary="A registered model's card: architecture, preprocessing, class map, metrics")
 async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
-    artifact = await run_in_threadpool(registered_artifact, settings, name, version, "model.json")
+    artifact = await run_in_threadpool(registered_artifact, settings, name, version, "model.json",
+                                       f"model {name} {version} has no model.json; retrain it")
     try:
-        return json.loads(await run_in_threadpool(artifact.read))
-    except (OSError, StorageError, json.JSONDecodeError) as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"model {name} {version} has no readable model.json ({exc})") from exc
+        raw = await run_in_threadpool(artifact.read)
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError, StorageError) as exc:
+        # Registered but unreadable: the server's fault, not the client's; the reason, no path.
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail=f"model {name} {version}: model.json cannot be decoded "
+                                   f"({type(exc).__name__}: {exc}); restore it from a backup or "
+                                   "retrain") from exc
 
 
 @router.get("/models/{name}/{version}/report", responses={404: {"model": ErrorOut}, 500: {"model": ErrorOut}},
@@ -120,9 +143,19 @@ async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
                             "train a new version or restore the file") from exc
 
 
-@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorOut}},
+_WEIGHTS_RESPONSES = {
+    200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+          "description": "the weights; ETag is their sha256",
+          "headers": {"ETag": {"schema": {"type": "string"}}}},
+    304: {"description": "If-None-Match named the current ETag: the copy the client has is current"},
+    404: {"model": ErrorOut},
+}
+
+
+@router.get("/models/{name}/{version}/weights.pt", response_class=FileResponse, responses=_WEIGHTS_RESPONSES,
             summary="Download a registered model's weights")
+@router.head("/models/{name}/{version}/weights.pt", response_class=FileResponse, responses=_WEIGHTS_RESPONSES,
+             summary="The weights' size and ETag, without the body")
 async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
     artifact = await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")
     return artifact_response(artifact, "application/octet-stream", weights_sha256(artifact.entry), request,

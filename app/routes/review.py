@@ -11,10 +11,12 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.deps import Authorized, DatasetDep, SettingsDep
+from app.schemas import ErrorOut
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import (
@@ -90,8 +92,18 @@ async def get_review(
         raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
 
 
-@router.get("/images/{image_id}", summary="The stored image bytes",
-            responses={200: {"content": {"image/*": {}}}, 404: {"description": "unknown id"}})
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE_RESPONSES = {
+    200: {"description": "the stored bytes, typed by their real format",
+          "content": {media: _BINARY for media in ("image/jpeg", "image/png", "image/webp", "image/gif",
+                                                   "image/avif", "image/tiff", "image/bmp")}},
+    404: {"model": ErrorOut, "description": "not an image id, or no image has it"},
+    503: {"model": ErrorOut, "description": "storage unavailable (or TRAINER_API_KEY not set)"},
+}
+
+
+@router.get("/images/{image_id}", summary="The stored image bytes", response_class=Response,
+            responses=_IMAGE_RESPONSES)
 async def get_image(image_id: str, dataset: DatasetDep) -> Response:
     image_id = _image_id(image_id)
     try:
@@ -105,10 +117,32 @@ async def get_image(image_id: str, dataset: DatasetDep) -> Response:
     return Response(data, media_type=image_media_type(data), headers=headers)
 
 
-@router.patch("/images/{image_id}", response_model=LabelOut, summary="Record a person's label")
-async def patch_image(image_id: str, body: LabelIn, dataset: DatasetDep, request: Request) -> dict:
-    image_id = _image_id(image_id)
+async def _label_body(request: Request) -> LabelIn:
+    """The JSON body, read here (after the bearer check) rather than by FastAPI before it: an
+    unauthenticated client never gets its body read or parsed. Its size is capped by RequestGuard."""
     try:
+        return LabelIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False)
+        for error in errors:  # a body that is not UTF-8 comes back as text, not bytes JSON cannot hold
+            if isinstance(error.get("input"), bytes):
+                error["input"] = error["input"][:100].decode("utf-8", "replace")
+        raise RequestValidationError(errors) from None
+
+
+_LABEL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": LabelIn.model_json_schema()}}}}
+
+
+@router.patch("/images/{image_id}", response_model=LabelOut, summary="Record a person's label",
+              openapi_extra=_LABEL_BODY, responses={404: {"description": "unknown id, or its file is gone"},
+                                                    422: {"description": "the body is not a label"}})
+async def patch_image(image_id: str, dataset: DatasetDep, request: Request) -> dict:
+    image_id = _image_id(image_id)
+    body = await _label_body(request)
+    try:
+        if not await dataset.has_image_file(image_id):  # a label for a lost image helps nobody
+            raise _not_found(image_id)
         doc = await record_person_label(dataset, image_id, body.label, body.reviewer)
     except (UnknownImage, StorageKeyError):
         raise _not_found(image_id) from None

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request
 
 from app.deps import Authorized, RunnerDep, SchedulerDep
+from app.errors import public
 from app.jobs import JobRunner
 from app.jobstore import ACTIVE_STATES
 from app.overview import TTLCache, collect_status
@@ -33,8 +34,9 @@ def running_jobs(runner: JobRunner, overview: dict) -> list[dict]:
     overview's job rows, at most a refresh old): with several workers, each one reports them all."""
     live = runner.active_jobs()
     kinds = {job["kind"] for job in live}
+    finished = {job["id"] for job in runner.unwritten_jobs()}  # ended here; the row lags behind
     return live + [job for kind, job in overview["last_jobs"].items()
-                   if kind not in kinds and job["state"] in ACTIVE_STATES]
+                   if kind not in kinds and job["state"] in ACTIVE_STATES and job["id"] not in finished]
 
 
 @router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")
@@ -42,16 +44,17 @@ async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDe
     overview = await _overview(request)
     last_jobs = dict(overview["last_jobs"])
     running = running_jobs(runner, overview)
-    for job in running:  # live progress beats the cached row
-        last_jobs[job["kind"]] = job
-    return {
+    for job in [*runner.unwritten_jobs(), *running]:  # live state beats the cached row
+        if job["kind"] not in last_jobs or last_jobs[job["kind"]]["created_at"] <= job["created_at"]:
+            last_jobs[job["kind"]] = job
+    return public({
         **overview,
         "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
         "started_at": request.app.state.started_at,
         "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
         "last_jobs": last_jobs,
         "running_jobs": running,
-    }
+    }, request.app.state.settings)  # a public page: settings' names, never the server's paths
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")

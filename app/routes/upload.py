@@ -26,7 +26,8 @@ router = APIRouter(tags=["dataset"], dependencies=[Authorized])
 
 LABELS = ("real", "ai", "unlabeled")
 ENVELOPE_SLACK = 64 * 1024  # multipart boundaries, headers and the label field
-REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413}
+REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413,
+                   "decompression_bomb": 413}
 
 _BODY_SCHEMA = {
     "requestBody": {
@@ -130,6 +131,7 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
         outcome = await dataset.ingest(data, metadata)
     except (StorageError, OperationalError) as exc:
         raise _unavailable(str(exc)) from exc
+    request.app.state.metrics.count_ingest(outcome.status, outcome.reason)  # Prometheus
     if outcome.status == "error":
         raise _unavailable(outcome.message)
     if outcome.status == "rejected":

@@ -104,3 +104,29 @@ def test_every_command_is_registered_with_help():
     for name in ("serve", "scrape", "train", "status", "predict", "check"):
         assert name in cli.COMMANDS
         assert parser.parse_args([name] + (["x.jpg"] if name == "predict" else [])).command == name
+
+
+def test_train_command_shows_per_batch_progress_in_80_columns(env, capsys):
+    from config.settings import load_settings
+    from tests.images import encode
+    from tests.trainer.builders import tinted
+
+    for name, value in {"TRAIN_ARCH": "test_resnet", "TRAIN_IMAGE_SIZE": "32", "TRAIN_EPOCHS": "2",
+                        "TRAIN_BATCH_SIZE": "8", "TRAIN_WORKERS": "0", "TRAIN_PRETRAINED": "false",
+                        "TRAIN_DEVICE": "cpu", "MIN_TRAIN_SAMPLES": "20", "VAL_FRACTION": "0.25",
+                        "COLUMNS": "80"}.items():
+        env.setenv(name, value)
+
+    async def ingest() -> None:
+        async with DatasetManager(load_settings()) as dm:
+            for i in range(40):
+                drawn = "ai" if i % 2 else "real"
+                await dm.ingest(encode(tinted(9100 + i, drawn, size=(64, 48)), "JPEG"),
+                                {"source": "folder", "label": drawn, "attribution": {}})
+
+    asyncio.run(ingest())
+    assert cli.main(["train"]) == 0
+    out = capsys.readouterr().out
+    bar = next(line for line in out.splitlines() if line.startswith("train "))
+    assert "img/s" in bar and "ETA 0:00" in bar and "epoch 2/2" in bar, bar
+    assert all(len(line) <= 80 for line in out.splitlines()), out

@@ -65,6 +65,8 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     train = wait_for(client, client.post("/train", headers=AUTH).json()["job_id"])
     assert train["state"] == "succeeded", train["error"]
     assert train["result"]["promoted"] is True, train["result"]["promotion_reason"]
+    # The job's progress carries the per-batch numbers (kept through the later reports).
+    assert train["progress"]["images_per_s"] > 0 and train["progress"]["percent"] == 100.0
 
     latest = client.get("/models/latest", headers=AUTH).json()
     assert latest["model_version"] == "v1"

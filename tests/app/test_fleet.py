@@ -28,7 +28,7 @@ from tests.pgserver import free_port
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
-AUTH = {"Authorization": "Bearer fleet-token"}
+AUTH = {"Authorization": "Bearer fleet-token-0123456789"}
 SCRAPE_EVERY_SECONDS = 10
 N_PER_CLASS = 24
 
@@ -42,7 +42,7 @@ def fleet_env(postgres_server, s3_bucket, tmp_path) -> dict[str, str]:
     env.update({
         "PYTHONPATH": str(ROOT), "DATABASE_URL": postgres_server.new_database(), "STORAGE_DRIVER": "s3",
         "S3_BUCKET": bucket, "S3_PREFIX": "fleet/", "S3_ENDPOINT_URL": endpoint,
-        "TRAINER_API_KEY": "fleet-token",
+        "TRAINER_API_KEY": "fleet-token-0123456789",
         "SOURCES_CONFIG": str(sources), "SCHEDULER_ENABLED": "true",
         "SCRAPE_EVERY_HOURS": str(SCRAPE_EVERY_SECONDS / 3600), "TRAIN_EVERY_DAYS": "365",
         "WORKER_KINDS": "train,label", "JOB_SWEEP_SECONDS": "1", "WORKER_POLL_SECONDS": "0.2",

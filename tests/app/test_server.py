@@ -24,7 +24,7 @@ from tests.images import encode, jpeg, noise
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "server-test-token"
+TOKEN = "server-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

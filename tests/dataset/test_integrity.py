@@ -87,8 +87,9 @@ async def test_database_error_is_an_index_error_outcome(dm, monkeypatch):
     assert files(dm.storage) == []
 
 
-async def test_crash_orphans_are_found_and_repaired(driver_settings, monkeypatch):
-    # A crash after both writes, before the row, with cleanup impossible: files without a row.
+async def test_crash_before_the_row_is_rebuilt_not_deleted(driver_settings, monkeypatch):
+    # A crash after both writes, before the row, with cleanup impossible: the image and its
+    # metadata are complete, so the metadata file gives the row back; nothing is deleted.
     flaky = FlakyStorage(make_storage(driver_settings), fail_delete=True)
     async with DatasetManager(driver_settings, storage=flaky) as dm:
         async def crash(row):
@@ -99,39 +100,48 @@ async def test_crash_orphans_are_found_and_repaired(driver_settings, monkeypatch
             await dm.ingest(jpeg(1), meta_in())
         monkeypatch.undo()
         flaky.fail_delete = False
-        orphans = files(flaky)
-        assert len(orphans) == 2 and (await dm.counts())["total"] == 0  # never a row without files
+        written = files(flaky)
+        assert len(written) == 2 and (await dm.counts())["total"] == 0  # never a row without files
 
-        # Just written: an ingest may still be on its way to the row, so repair leaves them alone.
+        # Unindexed, whatever their age; reporting changes nothing, the repair inserts the row.
+        report = await dm.check()
+        assert not report["ok"] and [u["image_key"] for u in report["unindexed"]] == written[:1]
+        assert report["in_flight"] == report["deletion_candidates"] == [] and files(flaky) == written
         report = await dm.check(repair=True)
-        assert report["in_flight"] == orphans and report["orphan_images"] == report["orphan_meta"] == []
-        assert report["ok"] and report["repaired"]["files_deleted"] == 0 and files(flaky) == orphans
-        # Five minutes later they are orphans (reported first, then removed).
+        assert report["repaired"]["rows_rebuilt"] == 1 and report["repaired"]["files_deleted"] == 0
+        assert files(flaky) == written and (await dm.check())["ok"]
+        assert (await dm.ingest(jpeg(1), meta_in())).status == "duplicate"
+
+
+async def test_an_image_with_neither_metadata_nor_row_is_deleted_after_its_grace(driver_settings):
+    async with DatasetManager(driver_settings) as dm:
+        kept = await dm.ingest(jpeg(1), meta_in())
+        stray = "images/2026/01/01/00000000-0000-4000-8000-000000000001.jpg"
+        dm.storage.put(stray, jpeg(2))  # a crash between the image write and the metadata write
+        report = await dm.check(repair=True)
+        assert report["in_flight"] == [stray] and dm.storage.exists(stray)
         report = await check_dataset(dm, repair=False, grace=timedelta(0))
-        assert not report["ok"] and report["orphan_images"] + report["orphan_meta"] == orphans
-        assert report["in_flight"] == [] and files(flaky) == orphans  # reporting changes nothing
+        assert report["orphan_images"] == [stray] and report["deletion_candidates"] == [stray]
         report = await check_dataset(dm, repair=True, grace=timedelta(0))
-        assert report["repaired"]["files_deleted"] == 2 and files(flaky) == []
-        assert (await dm.check())["ok"]
-        assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
+        assert report["repaired"]["files_deleted"] == 1 and not dm.storage.exists(stray)
+        assert (await dm.check())["ok"] and await dm.read_image(kept.id) == jpeg(1)
 
 
-async def test_force_repairs_young_orphans_but_never_a_file_whose_row_has_arrived(dm, monkeypatch):
-    young = await dm.ingest(jpeg(1), meta_in())
-    young_files = files(dm.storage)
+async def test_force_includes_young_files_but_never_a_file_whose_row_has_arrived(dm, monkeypatch):
+    stray = "images/2026/01/01/00000000-0000-4000-8000-000000000002.jpg"
+    dm.storage.put(stray, jpeg(2))
     real_get = dm.index.get
-    await dm.index.delete(young.id)  # a crash before the row: files only
 
     async def row_arrives_during_repair(image_id):  # the listing saw no row; by now there is one
-        return {"id": image_id} if image_id == young.id else await real_get(image_id)
+        return {"id": image_id} if stray.endswith(f"{image_id}.jpg") else await real_get(image_id)
 
     monkeypatch.setattr(dm.index, "get", row_arrives_during_repair)
     report = await dm.check(repair=True, force=True)
-    assert report["orphan_images"] + report["orphan_meta"] == young_files
-    assert report["repaired"]["files_deleted"] == 0 and files(dm.storage) == young_files
+    assert report["orphan_images"] == [stray]
+    assert report["repaired"]["files_deleted"] == 0 and dm.storage.exists(stray)
     monkeypatch.undo()
     report = await dm.check(repair=True, force=True)
-    assert report["repaired"]["files_deleted"] == 2 and files(dm.storage) == []
+    assert report["repaired"]["files_deleted"] == 1 and not dm.storage.exists(stray)
 
 
 async def test_a_row_whose_files_came_after_the_listing_is_not_dead(dm, monkeypatch):

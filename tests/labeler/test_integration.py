@@ -15,7 +15,7 @@ from app.main import create_app
 from dataset.manager import DatasetManager
 from tests.images import jpeg
 
-AUTH = {"Authorization": "Bearer test-token"}
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
 ENDPOINT = "https://core.test/api/v1/analyze"
 
 

@@ -13,7 +13,7 @@ from dataset.storage import StorageError
 from tests.images import jpeg, png, scene
 from trainer.train_vit import load_samples
 
-AUTH = {"Authorization": "Bearer test-token"}
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
 SCORER = {"name": "exposr-core", "version": "core-1"}
 
 

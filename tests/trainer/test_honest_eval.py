@@ -314,3 +314,23 @@ def test_champion_clearly_better_stays_and_a_non_inferior_challenger_replaces_it
     replaced = compare_with_champion(settings, {}, "v1", as_good, champion)
     assert replaced["promoted"] is True and replaced["auc_difference_ci95"][0] > -0.02
     assert replaced["n_compared"] == 200 and replaced["compared_with"] == "v1"
+
+
+async def test_sides_survive_a_lost_index(tiny):
+    """The side is in the metadata file too: the documented rebuild brings it back, so a lost index
+    can never put an image a model trained on into a later evaluation set."""
+    from dataset.check import check_dataset as run_check_dataset
+
+    settings = tiny()
+    await _ingest(settings, 0, 60)
+    train_model(settings)
+    before = {i: (s.split, s.split_group) for i, s in (await _rows(settings)).items()}
+    assert set(v[0] for v in before.values()) == {"train", "eval"}
+    db = settings.dataset_dir / "dedupe.db"
+    for suffix in ("", "-wal", "-shm"):
+        (settings.dataset_dir / f"dedupe.db{suffix}").unlink(missing_ok=True)
+    db.touch()
+    async with DatasetManager(settings) as dm:
+        await run_check_dataset(dm, repair=True, force=False)
+    after = {i: (s.split, s.split_group) for i, s in (await _rows(settings)).items()}
+    assert after == before

@@ -15,7 +15,7 @@ from dataset.manager import DatasetManager
 from tests.images import encode, jpeg, noise
 from trainer.model_store import REGISTRY_KEY, RegistryConflict, SharedModelStore, train_with_shared_store
 
-AUTH = {"Authorization": "Bearer test-token"}
+AUTH = {"Authorization": "Bearer test-token-0123456789"}
 N_PER_CLASS = 24
 
 

@@ -1,0 +1,187 @@
+"""What the console's pages call: live job progress, labels, uploads, thumbnails and downloads.
+
+Every state change checks the session's CSRF token (form field ``csrf_token`` or header
+``X-CSRF-Token``) before it reads or changes anything. Labels and uploads go through the same
+functions as the JSON API (labeler.review.record_person_label, DatasetManager.ingest).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from app.routes.models import artifact_response, registered_artifact, weights_sha256
+from app.routes.status import running_jobs
+from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request
+from app.ui import views
+from app.ui.pages import render
+from app.ui.routes import review_page
+from app.ui.session import check_csrf, current_session
+from app.ui.thumbnails import ImageRejected, thumbnail
+from config.names import clean_generator
+from dataset.manager import UnknownImage
+from dataset.storage import StorageError, StorageKeyError
+from labeler.review import InvalidImageId, parse_image_id, record_person_label
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/ui", include_in_schema=False)
+Session = Annotated[dict, Depends(current_session)]
+MAX_FILES = 20
+
+
+@router.get("/api/jobs")
+async def live_jobs(request: Request, session: Session) -> dict:
+    state = request.app.state
+    status = await state.overview.get()
+    return {"jobs": [views.progress_view(job) for job in running_jobs(state.runner, status)],
+            "counts": status["dataset_counts"]}
+
+
+class LabelIn(BaseModel):
+    id: str
+    label: str
+
+
+async def apply_label(request: Request, raw_id: str, label: str) -> tuple[int, dict]:
+    """(HTTP status, answer) for a person's label; an unknown id or label changes nothing."""
+    if label not in ("real", "ai"):
+        return 400, {"detail": f"label must be real or ai (got {label[:20]!r}); nothing was changed"}
+    try:
+        image_id = parse_image_id(raw_id)
+        doc = await record_person_label(request.app.state.dataset, image_id, label, "console")
+    except (InvalidImageId, UnknownImage, StorageKeyError):
+        return 404, {"detail": f"no image with id {raw_id[:60]!r}; nothing was changed"}
+    except StorageError as exc:
+        return 503, {"detail": f"storage unavailable, label not recorded: {exc}; retry"}
+    state = request.app.state
+    state.overview.invalidate()
+    log.info("image %s labelled %s in the console", image_id, label)
+    counts = (await state.overview.get())["dataset_counts"]
+    return 200, {"id": image_id, "label": doc["label"], "counts": counts}
+
+
+@router.post("/api/label")
+async def label_json(body: LabelIn, request: Request, session: Session):
+    check_csrf(session, request.headers.get("x-csrf-token"))
+    code, answer = await apply_label(request, body.id, body.label)
+    return JSONResponse(answer, status_code=code)
+
+
+@router.post("/review/label")
+async def label_form(request: Request, session: Session, id: Annotated[str, Form()] = "",
+                     label: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
+    check_csrf(session, csrf_token)
+    code, answer = await apply_label(request, id, label)
+    message = f"{answer['id']} labelled {answer['label']}" if code == 200 else answer["detail"]
+    return await review_page(request, session, message=message, status_code=code)
+
+
+@router.get("/thumbs/{image_id}")
+async def thumb(image_id: str, request: Request, session: Session) -> Response:
+    try:
+        image_id = parse_image_id(image_id)
+        data = await thumbnail(request.app.state.dataset, request.app.state.settings, image_id)
+    except (InvalidImageId, UnknownImage, StorageKeyError):
+        raise HTTPException(404, detail="no such image") from None
+    except ImageRejected as exc:
+        raise HTTPException(422, detail=f"the stored image cannot be decoded: {exc}") from None
+    except StorageError as exc:
+        raise HTTPException(503, detail=f"storage unavailable: {exc}") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+async def ingest_file(request: Request, file: UploadFile, label: str, generator: str | None = None) -> dict:
+    """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
+    state = request.app.state
+    settings, dataset, metrics = state.settings, state.dataset, state.metrics
+    name = (file.filename or "file")[-200:]
+    data = await file.read(settings.upload_max_bytes + 1)
+    if len(data) > settings.upload_max_bytes:
+        metrics.count_ingest("rejected", "too_large")
+        return {"file": name, "status": "rejected", "reason": "too_large",
+                "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)"}
+    metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
+                "api_data": {"filename": name}}
+    if generator:
+        metadata["generator"] = generator
+    try:
+        outcome = await dataset.ingest(data, metadata)
+    except (StorageError, OperationalError) as exc:
+        outcome_dict = {"status": "error", "reason": "storage_error", "message": str(exc)}
+    else:
+        outcome_dict = outcome.as_dict()
+    metrics.count_ingest(outcome_dict["status"], outcome_dict.get("reason"))
+    if outcome_dict["status"] == "stored":
+        request.app.state.overview.invalidate()
+    return {"file": name, **outcome_dict}
+
+
+@router.post("/upload")
+async def upload(request: Request, session: Session):
+    """Several files with one label; JSON answers for the page's script, HTML for a plain form."""
+    header_token = request.headers.get("x-csrf-token")
+    if header_token is not None:
+        check_csrf(session, header_token)
+    limit = request.app.state.settings.upload_max_bytes
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        return _upload_answer(request, session, None, "send multipart/form-data with files and a label", 400)
+    try:
+        async with _counting_request(request, MAX_FILES * (limit + ENVELOPE_SLACK)).form(
+                max_files=MAX_FILES, max_fields=4) as form:
+            if header_token is None:
+                token = form.get("csrf_token")
+                check_csrf(session, token if isinstance(token, str) else None)
+            label = form.get("label")
+            files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+            if not isinstance(label, str) or label not in LABELS:
+                return _upload_answer(request, session, None,
+                                      f"label must be one of {', '.join(LABELS)}; nothing was stored", 400)
+            if not files:
+                return _upload_answer(request, session, None, "choose at least one file", 400)
+            generator = form.get("generator")
+            try:  # optional, as on POST /upload: which model made the images (docs/evaluation.md)
+                generator = clean_generator(generator) if isinstance(generator, str) and generator.strip() \
+                    else None
+            except ValueError as exc:
+                return _upload_answer(request, session, None, f"generator: {exc}; nothing was stored", 400)
+            results = [await ingest_file(request, f, label, generator) for f in files]
+    except BodyTooLarge:
+        return _upload_answer(request, session, None, f"too much at once: at most {MAX_FILES} files of "
+                                                      f"UPLOAD_MAX_BYTES ({limit} bytes) each", 413)
+    return _upload_answer(request, session, results, None, 200)
+
+
+def _upload_answer(request: Request, session: dict, results: list[dict] | None, message: str | None,
+                   code: int):
+    if "application/json" in request.headers.get("accept", ""):
+        return JSONResponse({"results": results} if results is not None else {"detail": message},
+                            status_code=code)
+    context = {"active": "upload", "results": results, "message": message,
+               "max_bytes": request.app.state.settings.upload_max_bytes}
+    return render(request, "upload.html", context, session=session, status_code=code)
+
+
+@router.get("/models/{name}/{version}/weights.pt")
+async def download_weights(name: str, version: str, request: Request, session: Session):
+    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
+                                       "weights.pt")
+    return artifact_response(artifact, "application/octet-stream", weights_sha256(artifact.entry), request,
+                             filename=f"{name}-{version}-weights.pt")
+
+
+@router.get("/models/{name}/{version}/{document}.json")
+async def download_json(name: str, version: str, document: str, request: Request, session: Session):
+    if document not in ("model", "report"):
+        raise HTTPException(404, detail="only model.json and report.json are served here")
+    filename = "model.json" if document == "model" else "report.json"
+    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
+                                       filename, f"model {name} {version} has no {document}.json")
+    return artifact_response(artifact, "application/json", None, request,
+                             filename=f"{name}-{version}-{document}.json")

@@ -1,0 +1,117 @@
+"""Console logins for people: a signed, expiring session cookie and CSRF tokens.
+
+The session cookie holds ``{"sid", "csrf", "exp"}``, signed (itsdangerous, HMAC-SHA256) with a
+key derived from ``TRAINER_API_KEY``: rotating the key logs every console out, and replicas that
+share the key accept each other's sessions. The cookie is ``HttpOnly`` and ``SameSite=Strict``
+(``Secure`` when served over HTTPS). Every state change carries the session's CSRF token, as the
+form field ``csrf_token`` or the header ``X-CSRF-Token``; the login form, which comes before any
+session, carries the token of a short-lived signed login cookie instead. Logout revokes the
+session id in this process until it would have expired anyway.
+
+Exceptions (handled in :mod:`app.ui.routes`): :class:`ConsoleDisabled` (no key configured: fail
+closed), :class:`LoginRequired` (no, forged, expired or revoked session), :class:`CsrfRejected`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+
+from fastapi import Request
+from itsdangerous import BadSignature, URLSafeSerializer
+
+SESSION_COOKIE = "exposr_session"
+LOGIN_COOKIE = "exposr_login"
+LOGIN_FORM_SECONDS = 3600
+COOKIE_PATH = "/ui"
+
+
+class ConsoleDisabled(Exception):
+    """TRAINER_API_KEY is not set: nobody can log in."""
+
+
+class LoginRequired(Exception):
+    """No valid session: the page redirects to the login form."""
+
+
+class CsrfRejected(Exception):
+    """A state-changing request without the right CSRF token."""
+
+
+def _serializer(api_key: str, purpose: str) -> URLSafeSerializer:
+    # A key of its own, so a cookie is never a usable bearer token nor the other way round.
+    secret = hmac.new(api_key.encode(), b"exposr-console-cookies", hashlib.sha256).hexdigest()
+    return URLSafeSerializer(secret, salt=purpose, signer_kwargs={"digest_method": hashlib.sha256})
+
+
+def issue_token(api_key: str, purpose: str, seconds: float, now: float | None = None) -> tuple[str, dict]:
+    """(signed cookie value, payload) of a fresh session or login form."""
+    now = time.time() if now is None else now
+    payload = {"sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(24), "exp": int(now + seconds)}
+    return _serializer(api_key, purpose).dumps(payload), payload
+
+
+def read_token(api_key: str, purpose: str, value: str | None, now: float | None = None) -> dict | None:
+    """The payload of a cookie signed by us for ``purpose`` and not expired; None otherwise."""
+    if not value:
+        return None
+    try:
+        payload = _serializer(api_key, purpose).loads(value)
+    except BadSignature:
+        return None
+    now = time.time() if now is None else now
+    if not isinstance(payload, dict) or not isinstance(payload.get("exp"), int) or payload["exp"] <= now:
+        return None
+    if not all(isinstance(payload.get(k), str) for k in ("sid", "csrf")):
+        return None
+    return payload
+
+
+def keys_match(expected: str, presented: str | None) -> bool:
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def api_key(request: Request) -> str:
+    key = request.app.state.settings.trainer_api_key
+    if not key or not key.get_secret_value():
+        raise ConsoleDisabled
+    return key.get_secret_value()
+
+
+class Revocations:
+    """Session ids logged out in this process, each kept until its session would expire."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, int] = {}
+
+    def revoke(self, payload: dict) -> None:
+        now = time.time()
+        self._until = {sid: exp for sid, exp in self._until.items() if exp > now}
+        self._until[payload["sid"]] = payload["exp"]
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._until
+
+
+def current_session(request: Request) -> dict:
+    """The request's valid session; LoginRequired (or ConsoleDisabled) otherwise."""
+    payload = read_token(api_key(request), "session", request.cookies.get(SESSION_COOKIE))
+    if payload is None or payload["sid"] in request.app.state.ui_revoked:
+        raise LoginRequired
+    return payload
+
+
+def check_csrf(session: dict, presented: str | None) -> None:
+    if not keys_match(session["csrf"], presented):
+        raise CsrfRejected
+
+
+def set_cookie(request: Request, response, name: str, value: str, seconds: float) -> None:
+    response.set_cookie(name, value, max_age=int(seconds), path=COOKIE_PATH, httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+
+
+def clear_cookie(response, name: str) -> None:
+    response.delete_cookie(name, path=COOKIE_PATH, httponly=True, samesite="strict")

@@ -1,0 +1,167 @@
+"""What the console pages show, built from the same cheap reads as /status (plain functions).
+
+Dataset growth is one GROUP BY over the index; the registry is ``registry.json`` (no torch); jobs
+come from the jobs table. Nothing here renders HTML except the charts (see app.ui.charts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, datetime
+from itertools import accumulate
+from typing import Any
+
+from sqlalchemy import func, select
+
+from app.ui.charts import line_chart
+from dataset.index import images
+from dataset.storage import StorageError
+from trainer.model_store import ArtifactMissing, model_store
+
+log = logging.getLogger(__name__)
+
+LABELS = ("real", "ai", "unlabeled")
+MODEL_METRICS = ("val_auc", "val_acc", "f1", "precision", "recall")
+SCRAPE_HISTORY = 20  # newest succeeded scrape jobs searched for each source's last report
+# (done, total) pairs a progress dict may carry, most specific first.
+PROGRESS_PAIRS = (("done", "total"), ("step", "total"), ("images_done", "images_total"),
+                  ("batch", "batches"), ("epoch", "epochs"))
+
+
+async def growth(dataset) -> dict[str, Any]:
+    """Cumulative image count per label, one point per day with new images."""
+    day = func.substr(images.c.created_at, 1, 10)
+    query = select(day, images.c.label, func.count()).group_by(day, images.c.label).order_by(day)
+    async with dataset.index.engine.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    days = sorted({row[0] for row in rows})
+    added = {label: dict.fromkeys(days, 0) for label in LABELS}
+    for when, label, n in rows:
+        added.setdefault(label, dict.fromkeys(days, 0))[when] += n
+    series = {label: list(accumulate(per_day.values())) for label, per_day in added.items()}
+    return {"days": days, "series": series}
+
+
+def growth_chart(data: dict) -> Any:
+    days = []
+    for day in data["days"]:
+        try:
+            days.append(float(date.fromisoformat(day).toordinal()))
+        except ValueError:  # a row written by hand with an odd timestamp: keep its order
+            days.append(days[-1] + 1 if days else 0.0)
+    return line_chart(data["days"], data["series"], title="dataset size by label", y_min=0, x_values=days)
+
+
+def progress_view(job: dict) -> dict[str, Any]:
+    """Percent, stage, rate and ETA of a job's latest progress report, for the page and its poller."""
+    progress = job.get("progress") or {}
+    percent = progress.get("percent")
+    if not isinstance(percent, int | float):
+        percent = None
+        for done, total in PROGRESS_PAIRS:
+            d, t = progress.get(done), progress.get(total)
+            if isinstance(d, int | float) and isinstance(t, int | float) and t > 0:
+                percent = 100.0 * d / t
+                break
+    stage = progress.get("stage") or progress.get("source") or job.get("kind")
+    rate = progress.get("images_per_s")
+    return {"id": job["id"], "kind": job["kind"], "state": job["state"], "trigger": job.get("trigger"),
+            "started_at": job.get("started_at"), "stage": str(stage),
+            "percent": None if percent is None else round(min(100.0, max(0.0, percent)), 1),
+            "eta": format_seconds(progress.get("eta_s")),
+            "rate": f"{rate:.1f} images/s" if isinstance(rate, int | float) else None,
+            "detail": describe_progress(progress)}
+
+
+def describe_progress(progress: dict) -> str:
+    """``epoch 2/5 · batch 3/7 · train_loss=0.41``: counts as n/total, other short fields as k=v."""
+    parts, used = [], {"percent", "eta_s", "images_per_s", "stage", "done", "total"}
+    for done, total in (("epoch", "epochs"), ("batch", "batches"), ("step", "total"), ("done", "total")):
+        if isinstance(progress.get(done), int) and isinstance(progress.get(total), int) and done not in used:
+            parts.append(f"{done} {progress[done]}/{progress[total]}")
+            used |= {done, total}
+    parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()
+              if k not in used and isinstance(v, str | int | float) and len(str(v)) < 60]
+    return " · ".join(parts)[:200]
+
+
+def format_seconds(seconds: Any) -> str | None:
+    if not isinstance(seconds, int | float) or seconds < 0:
+        return None
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def duration(job: dict) -> str | None:
+    try:
+        start = datetime.fromisoformat(job["started_at"].replace("Z", "+00:00"))
+        end = datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return None
+    return format_seconds((end - start).total_seconds())
+
+
+async def last_scrape_reports(store) -> list[dict]:
+    """The newest report of each source, from the newest succeeded scrape jobs."""
+    found: dict[str, dict] = {}
+    for job in await store.list(limit=SCRAPE_HISTORY, kind="scrape", state="succeeded"):
+        for name, report in ((job.get("result") or {}).get("sources") or {}).items():
+            if name not in found and isinstance(report, dict):
+                found[name] = {**report, "name": name, "finished_at": job.get("finished_at")}
+    return sorted(found.values(), key=lambda r: r["name"])
+
+
+def model_entries(settings) -> list[dict]:
+    """Every registered version, newest first (a corrupt registry shows as none, with a log line)."""
+    try:
+        entries = model_store(settings).load_registry()  # MODELS_DIR, or the bucket (STORAGE_DRIVER=s3)
+    except (ValueError, StorageError) as exc:
+        log.error("cannot read the model registry: %s", exc)
+        return []
+    return list(reversed(entries))
+
+
+def models_chart(entries: list[dict]) -> Any:
+    ordered = list(reversed(entries))  # oldest first, left to right
+    labels = [f"{e.get('model')} {e.get('version')}" for e in ordered]
+    series = {name: [e.get(name) if isinstance(e.get(name), int | float) else None for e in ordered]
+              for name in MODEL_METRICS}
+    return line_chart(labels, {k: v for k, v in series.items() if any(x is not None for x in v)},
+                      title="validation metrics per version", y_min=0, y_max=1)
+
+
+def artifact_json(settings, entry: dict, filename: str) -> dict | None:
+    """model.json / report.json of a registered version, wherever the store keeps it; None when
+    absent or unreadable."""
+    try:
+        data = json.loads(model_store(settings).artifact(entry, filename).read().decode("utf-8"))
+    except ArtifactMissing:
+        return None
+    except (StorageError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s of %s %s: %s", filename, entry.get("model"), entry.get("version"), exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_json(path) -> dict | None:
+    """A JSON file beside the weights, or None when it is absent or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if not isinstance(exc, FileNotFoundError):
+            log.warning("cannot read %s: %s", path.name, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def safe_url(value: Any) -> str | None:
+    """A link target from source metadata, only when it is plain http(s) (never javascript:)."""
+    if isinstance(value, str) and value.lower().startswith(("https://", "http://")):
+        return value
+    return None
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
