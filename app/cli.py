@@ -28,6 +28,20 @@ def validate_sources(settings: Settings) -> None:
     load_sources(settings.sources_config, FETCHERS.keys())
 
 
+async def prepare_database(settings: Settings) -> None:
+    """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
+    from dataset.index import make_engine
+    from dataset.schema import migrate
+
+    if settings.db_url.startswith("sqlite"):
+        settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -36,6 +50,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import verify_dataset
 
     validate_sources(settings)
+    asyncio.run(prepare_database(settings))  # unreachable, or another schema: a message, not a traceback
     asyncio.run(verify_dataset(settings))  # a lost or unreadable index stops start-up, clearly
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=30, **server_options(settings))
@@ -53,14 +68,15 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dataset.storage import StorageError
     from trainer.errors import TrainingError
+    from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
-    from trainer.train_vit import train_model
 
     try:
         with progress_bar("train") as report_progress:
-            result = train_model(settings, report_progress)
-    except TrainingError as exc:
+            result = train_with_shared_store(settings, report_progress)
+    except (TrainingError, RegistryConflict, StorageError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     console.print(summary_table(result))
@@ -149,6 +165,14 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.worker import run_worker
+
+    asyncio.run(prepare_database(settings))
+    asyncio.run(run_worker(settings))
+    return 0
+
+
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import DatasetManager
     from labeler.review import review_queue, review_table
@@ -205,6 +229,8 @@ COMMANDS: dict[str, Command] = {
     "check": ("report (and with --repair fix) drift between files and index", _check_args, run_check_command),
     "label": ("score images with Exposr-Core or the local model (foreground)", _no_args, run_label_command),
     "review": ("print the review queue: unlabeled and disputed images", _review_args, run_review_command),
+    "worker": ("run queued train/label jobs from the database on this host (WORKER_KINDS)", _no_args,
+               run_worker_command),
 }
 
 

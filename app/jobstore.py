@@ -14,6 +14,8 @@ from sqlalchemy import JSON, Column, MetaData, String, Table, Text, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.settings import Settings
+from dataset.index import make_engine as make_index_engine
+from dataset.schema import migrate
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
@@ -32,6 +34,8 @@ jobs_table = Table(
     Column("progress", JSON),
     Column("result", JSON),
     Column("error", Text),
+    Column("runner", String(16)),  # None: the accepting service runs it; "worker": exposr-trainer worker
+    Column("holder", String(200)),  # "host:pid" of the process running it (for people; liveness is the lock)
 )
 
 
@@ -45,7 +49,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
     if url.startswith("sqlite"):
         settings.dataset_dir.mkdir(parents=True, exist_ok=True)
         return create_async_engine(url, connect_args={"timeout": 30})
-    return create_async_engine(url, pool_pre_ping=True)
+    return make_index_engine(url)
 
 
 class JobStore:
@@ -53,8 +57,8 @@ class JobStore:
         self.engine = engine
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Migrate the schema (dataset/migrations holds the jobs table's history too)."""
+        await migrate(self.engine)
 
     async def insert(self, **row: Any) -> dict:
         row.setdefault("created_at", utc_now())
@@ -95,15 +99,36 @@ class JobStore:
         return dict(row._mapping) if row else None
 
     async def interrupt_leftovers(self, kind: str) -> int:
-        """Mark rows of ``kind`` a dead process left queued/running (shutdown, kill -9) as interrupted."""
+        """Mark rows of ``kind`` a dead process left queued/running (shutdown, kill -9) as interrupted.
+
+        A row queued for a worker is waiting, not left over: it is never marked here."""
+        waiting_for_worker = (jobs_table.c.state == "queued") & (jobs_table.c.runner == "worker")
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
+                .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES), ~waiting_for_worker)
                 .values(state="interrupted", finished_at=utc_now(),
-                        error="the service stopped while this job was running (found at start-up)")
+                        error="the process running this job stopped (its lock was free: shutdown, kill -9 "
+                              "or a lost host)")
             )
         return result.rowcount or 0
+
+    async def waiting_for_worker(self, kind: str) -> dict | None:
+        """The oldest row of ``kind`` queued for a worker."""
+        query = (select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state == "queued",
+                                          jobs_table.c.runner == "worker")
+                 .order_by(jobs_table.c.created_at).limit(1))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return dict(row._mapping) if row else None
+
+    async def claim(self, job_id: str, **values: Any) -> bool:
+        """Queued -> running for this process, if no one else claimed it first (compare-and-set)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "queued")
+                .values(state="running", **values))
+        return (result.rowcount or 0) == 1
 
     async def latest_by_kind(self, state: str | None = None) -> dict[str, dict]:
         """The newest job of each kind (optionally only in ``state``), as {kind: row}."""
