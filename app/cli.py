@@ -1,4 +1,4 @@
-"""``exposr-trainer``: serve, scrape, train, status, predict, check, label, review.
+"""``exposr-trainer``: serve, scrape, train, status, predict, check, label, review, worker.
 
 A Click group: each command has its own ``--help`` with the options that matter; the ``run_*``
 functions below do the work with the settings (environment and ``.env``, with the command's
@@ -33,6 +33,20 @@ def validate_sources(settings: Settings) -> None:
     validate_sources_file(settings)
 
 
+async def prepare_database(settings: Settings) -> None:
+    """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
+    from dataset.index import make_engine
+    from dataset.schema import migrate
+
+    if settings.db_url.startswith("sqlite"):
+        settings.dataset_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.db_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+
+
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.ports import ensure_port_free
 
@@ -45,6 +59,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.server import server_options
     from dataset.manager import verify_dataset
 
+    asyncio.run(prepare_database(settings))  # unreachable, or another schema: a message, not a traceback
     asyncio.run(verify_dataset(settings))  # a lost or unreadable index stops start-up, clearly
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=30, **server_options(settings))
@@ -70,14 +85,15 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+    from dataset.storage import StorageError
     from trainer.errors import TrainingError
+    from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
-    from trainer.train_vit import train_model
 
     try:
         with progress_bar("train") as report_progress:
-            result = train_model(settings, report_progress)
-    except TrainingError as exc:
+            result = train_with_shared_store(settings, report_progress)
+    except (TrainingError, RegistryConflict, StorageError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
         return 1
     console.print(summary_table(result))
@@ -163,6 +179,14 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
     if report["scorer"] is None and report["total"]:
         print(f"nothing scored: {report['reason']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.worker import run_worker
+
+    asyncio.run(prepare_database(settings))
+    asyncio.run(run_worker(settings))
     return 0
 
 
@@ -312,6 +336,16 @@ def label() -> int:
 def review(kind: str, limit: int, offset: int) -> int:
     """Print the review queue: unlabeled images and labels the scores dispute."""
     return _dispatch(run_review_command, kind=kind, limit=limit, offset=offset)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Run queued jobs on this host (WORKER_KINDS).")
+def worker() -> int:
+    """Run queued train/label jobs from the database on this host (WORKER_KINDS), until stopped.
+
+    For several hosts on one PostgreSQL database (docs/scaling-out.md): the API replicas queue the
+    jobs, this command runs them (TRAIN_NPROC_PER_NODE GPUs for training).
+    """
+    return _dispatch(run_worker_command)
 
 
 #: Every command by name (``exposr-trainer COMMAND``).

@@ -1,11 +1,13 @@
 """The job runner: one place that starts scrape and training jobs, for the API and the scheduler.
 
-Single flight per kind, across processes: a job holds the exclusive lock file
-``DATASET_DIR/job-{kind}.lock`` while it is queued or running, so with several workers (or a second
-service) on one dataset, a manual request for a busy kind raises :class:`JobBusy` (the API answers
-409 naming the running job) and a scheduled one is recorded as a ``skipped`` row. The same lock
-tells a live job from a dead process's leftover: a queued/running row whose kind lock is free
-belongs to a process that is gone, and is marked ``interrupted``.
+Single flight per kind, across processes and hosts: a job holds the kind's lock (app/locks.py: the
+file ``DATASET_DIR/job-{kind}.lock`` on SQLite, a PostgreSQL advisory lock tied to the holder's
+connection otherwise) while it is queued or running, so with several workers, services or replicas
+on one database, a manual request for a busy kind raises :class:`JobBusy` (the API answers 409
+naming the running job) and a scheduled one is recorded as a ``skipped`` row. The same lock tells
+a live job from a dead process's leftover: a queued/running row whose kind lock is free belongs to
+a process that is gone, and is marked ``interrupted`` (at start-up, at the next submit, and by a
+sweep every JOB_SWEEP_SECONDS, so within that time of the holder's death).
 
 Job kinds are a registry (``JOB_KINDS``: kind -> async callable ``fn(settings, progress) -> report
 dict``); adding a kind is one entry.
@@ -20,6 +22,8 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,8 +32,8 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import public_text
-from app.filelock import ProcessLock
 from app.jobstore import JobStore
+from app.locks import HolderLock, holder_lock
 from app.processes import run_in_process
 from config.clock import iso_micro
 from config.progress import Progress
@@ -72,13 +76,18 @@ async def scrape_job(settings: Settings, progress: Progress) -> ScrapeReport:
 
 async def train_job(settings: Settings, progress: Progress) -> TrainResult:
     """Training is CPU-bound: a separate process, so the API keeps answering."""
+    # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
     from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
 
-    return await run_in_process("trainer.train_vit:train_model", settings, cumulative(progress), name="train")
+    return await run_in_process("trainer.model_store:train_with_shared_store", settings, cumulative(progress),
+                                name="train")
 
 
 async def label_job(settings: Settings, progress: Progress) -> LabelReport:
     """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
+    from trainer.model_store import sync_models_down
+
+    await asyncio.to_thread(sync_models_down, settings)  # the promoted model, from the bucket if shared
     return await run_in_process("labeler.scoring:run_labeler_sync", settings, progress, name="label")
 
 
@@ -98,8 +107,8 @@ class JobBusy(Exception):
         self.job = job
 
 
-def kind_lock(settings: Settings, kind: str) -> ProcessLock:
-    return ProcessLock(settings.dataset_dir / f"job-{kind}.lock")
+def kind_lock(settings: Settings, store: JobStore, kind: str) -> HolderLock:
+    return holder_lock(settings, store.engine, f"job-{kind}")
 
 
 class UnknownJobKind(KeyError):
@@ -107,29 +116,52 @@ class UnknownJobKind(KeyError):
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None):
+    """Runs jobs in this process; kinds in WORKER_KINDS are queued for a worker instead, unless this
+    runner *is* a worker (``worker=True``: exposr-trainer worker, see :meth:`work`)."""
+
+    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None,
+                 worker: bool = False):
         self.settings = settings
         self.store = store
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
+        self.worker = worker
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"[:200]
         self._active: dict[str, dict] = {}  # kind -> live row (with in-memory progress)
         self._tasks: dict[str, asyncio.Task] = {}
-        self._locks: dict[str, ProcessLock] = {}  # kind -> held lock, while its job is active
+        self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
+        self._sweeper: asyncio.Task | None = None
         self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
         self._writer: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.store.create_tables()
-        for kind in sorted(await self.store.active_kinds()):
-            lock = kind_lock(self.settings, kind)
-            if not lock.acquire():  # a live process (another worker) runs it: its job, left alone
-                log.info("a %s job is running in another process on %s", kind, self.settings.dataset_dir)
+        await self.sweep()
+        if self.settings.job_sweep_seconds > 0:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="job-sweeper")
+
+    async def sweep(self) -> int:
+        """Mark the active rows of kinds no live process holds as interrupted; returns how many."""
+        marked = 0
+        for kind in sorted(await self.store.active_kinds() - set(self._active)):
+            lock = kind_lock(self.settings, self.store, kind)
+            if not await lock.acquire():  # a live process (another worker or replica) runs it
+                log.debug("a %s job is running in another process (%s held)", kind, lock.description)
                 continue
             try:
-                await self._interrupt_leftovers(kind)
+                marked += await self._interrupt_leftovers(kind)
             finally:
-                lock.release()
+                await lock.release()
+        return marked
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the database is away for a moment: the next sweep tries again
+                log.warning("job sweep failed: %s", exc)
 
     def running(self, kind: str) -> dict | None:
         return self._active.get(kind)
@@ -147,15 +179,17 @@ class JobRunner:
             raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {', '.join(sorted(self.kinds))}")
         if kind in self._active:
             raise JobBusy(self._active[kind])
+        if kind in self.settings.worker_kind_set and not self.worker:
+            return await self._queue_for_worker(kind, trigger)
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
         job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
-               "created_at": iso_micro()}
+               "created_at": iso_micro(), "holder": self.holder}
         self._active[kind] = job
-        lock = kind_lock(self.settings, kind)
+        lock = kind_lock(self.settings, self.store, kind)
         try:
-            acquired = lock.acquire()
-        except BaseException:  # the lock file cannot be made (full disk): no claim may stay behind
+            acquired = await lock.acquire()
+        except BaseException:  # the lock cannot be taken (full disk, database away): no claim may stay
             self._active.pop(kind, None)
             raise
         if not acquired:
@@ -166,12 +200,73 @@ class JobRunner:
             await self._interrupt_leftovers(kind)  # with the lock held, an active row is a dead one's
             job.update(await self.store.insert(**job))
         except BaseException:
-            self._release(kind)
+            await self._release(kind)
             raise
         self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
         log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
         return dict(job)
+
+    async def _queue_for_worker(self, kind: str, trigger: str) -> dict:
+        """A queued row for ``exposr-trainer worker``; the kind's lock makes the check-and-insert
+        atomic across replicas, and a row already waiting makes the kind busy (409 naming it)."""
+        lock = kind_lock(self.settings, self.store, kind)
+        if not await lock.acquire():
+            raise JobBusy(await self._running_elsewhere(kind))
+        try:
+            waiting = await self.store.waiting_for_worker(kind)
+            if waiting is not None:
+                raise JobBusy(waiting)
+            await self._interrupt_leftovers(kind)
+            row = await self.store.insert(id=str(uuid.uuid4()), kind=kind, trigger=trigger, state="queued",
+                                          runner="worker")
+        finally:
+            await lock.release()
+        self._changed()
+        log.info("job %s (%s, %s) queued for a worker", row["id"], kind, trigger)
+        return row
+
+    async def work_once(self) -> dict | None:
+        """Worker: claim and run (to its end) the oldest job queued for a worker, of a kind this
+        process runs and no one else holds; returns its final row, None when there was nothing."""
+        for kind in sorted(self.settings.worker_kind_set & set(self.kinds)):
+            if kind in self._active:
+                continue
+            lock = kind_lock(self.settings, self.store, kind)
+            if not await lock.acquire():
+                continue  # another worker runs this kind
+            try:
+                await self._interrupt_leftovers(kind)
+                row = await self.store.waiting_for_worker(kind)
+                claimed = row is not None and await self.store.claim(
+                    row["id"], started_at=iso_micro(), holder=self.holder)
+            except BaseException:
+                await lock.release()
+                raise
+            if not claimed:
+                await lock.release()
+                continue
+            job = {**row, "state": "running", "holder": self.holder}
+            self._active[kind], self._locks[kind] = job, lock
+            self._changed()
+            log.info("worker claimed job %s (%s)", job["id"], kind)
+            task = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
+            self._tasks[job["id"]] = task
+            await self.wait(job["id"])
+            return await self.store.get(job["id"])
+        return None
+
+    async def work(self, stop: asyncio.Event) -> None:
+        """Worker: claim queued jobs until ``stop`` is set (polling every WORKER_POLL_SECONDS)."""
+        while not stop.is_set():
+            try:
+                ran = await self.work_once()
+            except Exception as exc:  # the database is away for a moment: try again at the next poll
+                log.warning("worker could not claim a job: %s", exc)
+                ran = None
+            if ran is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
 
     async def _running_elsewhere(self, kind: str) -> dict:
         """The job another process runs (its row; the holder inserts it just after taking the lock)."""
@@ -180,17 +275,18 @@ class JobRunner:
             await asyncio.sleep(0.05)
         return row or {"id": "in-another-process", "kind": kind, "state": "running"}
 
-    async def _interrupt_leftovers(self, kind: str) -> None:
+    async def _interrupt_leftovers(self, kind: str) -> int:
         leftovers = await self.store.interrupt_leftovers(kind)
         if leftovers:
             log.warning("marked %d %s job(s) left running by a stopped process as interrupted",
                         leftovers, kind)
+        return leftovers
 
-    def _release(self, kind: str) -> None:
+    async def _release(self, kind: str) -> None:
         self._active.pop(kind, None)
         lock = self._locks.pop(kind, None)
         if lock is not None:
-            lock.release()
+            await lock.release()
 
     async def submit_scheduled(self, kind: str) -> dict:
         """The scheduler's entry: like submit, but a busy kind is recorded as a skipped run."""
@@ -224,6 +320,10 @@ class JobRunner:
 
     async def shutdown(self) -> None:
         """Cancel running jobs (children are terminated); each is recorded as interrupted."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -254,7 +354,7 @@ class JobRunner:
         finally:
             if flusher:
                 flusher.cancel()
-            self._release(kind)
+            await self._release(kind)
             self._tasks.pop(job_id, None)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})

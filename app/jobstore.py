@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from config.clock import iso_micro
 from config.settings import Settings
 from dataset.index import make_engine as make_index_engine
+from dataset.schema import migrate
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
@@ -34,6 +35,8 @@ jobs_table = Table(
     Column("progress", JSON),
     Column("result", JSON),
     Column("error", Text),
+    Column("runner", String(16)),  # None: the accepting service runs it; "worker": exposr-trainer worker
+    Column("holder", String(200)),  # "host:pid" of the process running it (for people; liveness is the lock)
 )
 
 
@@ -55,8 +58,8 @@ class JobStore:
                                  started_at=now, finished_at=now, error=reason)
 
     async def create_tables(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        """Migrate the schema (dataset/migrations holds the jobs table's history too)."""
+        await migrate(self.engine)
 
     async def insert(self, **row: Any) -> dict:
         row.setdefault("created_at", iso_micro())
@@ -97,15 +100,36 @@ class JobStore:
         return dict(row._mapping) if row else None
 
     async def interrupt_leftovers(self, kind: str) -> int:
-        """Mark rows of ``kind`` a dead process left queued/running (shutdown, kill -9) as interrupted."""
+        """Mark rows of ``kind`` a dead process left queued/running (shutdown, kill -9) as interrupted.
+
+        A row queued for a worker is waiting, not left over: it is never marked here."""
+        waiting_for_worker = (jobs_table.c.state == "queued") & (jobs_table.c.runner == "worker")
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 update(jobs_table)
-                .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
+                .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES), ~waiting_for_worker)
                 .values(state="interrupted", finished_at=iso_micro(),
-                        error="the service stopped while this job was running (found at start-up)")
+                        error="the process running this job stopped (its lock was free: shutdown, kill -9 "
+                              "or a lost host)")
             )
         return result.rowcount or 0
+
+    async def waiting_for_worker(self, kind: str) -> dict | None:
+        """The oldest row of ``kind`` queued for a worker."""
+        query = (select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state == "queued",
+                                          jobs_table.c.runner == "worker")
+                 .order_by(jobs_table.c.created_at).limit(1))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return dict(row._mapping) if row else None
+
+    async def claim(self, job_id: str, **values: Any) -> bool:
+        """Queued -> running for this process, if no one else claimed it first (compare-and-set)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "queued")
+                .values(state="running", **values))
+        return (result.rowcount or 0) == 1
 
     async def latest_by_kind(self, state: str | None = None) -> dict[str, dict]:
         """The newest job of each kind (optionally only in ``state``), as {kind: row}."""

@@ -44,8 +44,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runner.start()
         stack.push_async_callback(runner.shutdown)
         scheduler = JobScheduler(settings, runner)
-        scheduler.start()
-        stack.callback(scheduler.shutdown)
+        await scheduler.start()
+        stack.push_async_callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
         app.state.overview = status.overview_cache(app.state)
         app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()

@@ -15,7 +15,9 @@ from typing import Any
 
 from app.jobstore import JobStore
 from config.settings import Settings
-from trainer.registry import load_registry, promoted_entry
+from dataset.storage import StorageError
+from trainer.model_store import model_store
+from trainer.model_store import promoted as promoted_entry_in
 
 log = logging.getLogger(__name__)
 COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
@@ -67,9 +69,9 @@ def dataset_counts(counts: dict) -> dict[str, int]:
 def model_facts(settings: Settings) -> dict[str, Any]:
     """Registry facts: entries, the promoted model, the newest training time."""
     try:
-        entries = load_registry(settings.models_dir)
-        promoted = promoted_entry(settings.models_dir, settings.model_name)
-    except ValueError as exc:  # a corrupt registry.json must not take /status down
+        entries = model_store(settings).load_registry()
+        promoted = promoted_entry_in(entries, settings.model_name)
+    except (ValueError, StorageError) as exc:  # a corrupt registry.json must not take /status down
         log.error("cannot read the model registry: %s", exc)
         entries, promoted = [], None
     timestamps = [e.get("timestamp") for e in entries if e.get("timestamp")]
@@ -93,7 +95,7 @@ async def job_facts(store: JobStore) -> dict[str, Any]:
 async def collect_status(settings: Settings, dataset: Any, store: JobStore) -> dict[str, Any]:
     """The time-independent part of /status (the caller adds uptime and live jobs)."""
     counts = await dataset.counts()
-    models = model_facts(settings)
+    models = await asyncio.to_thread(model_facts, settings)  # the registry may be in the bucket
     jobs = await job_facts(store)
     return {
         "last_scrape": jobs["last_scrape"],

@@ -4,9 +4,12 @@ Runs go through the same :class:`JobRunner` as the API, so scheduled and manual 
 overlap: a scheduled run that finds its kind busy is recorded as a ``skipped`` job row. A run the
 scheduler missed (the process was busy past the grace time) is logged and recorded the same way.
 
-Only one scheduler may run per dataset: with two workers (or two services on one DATASET_DIR) the
-second cannot take the exclusive lock file ``DATASET_DIR/scheduler.lock`` and refuses to start,
-with a log line saying so; its API still works.
+Only one scheduler may run per deployment: with two workers (or two services on one DATASET_DIR)
+the second cannot take the exclusive lock file ``DATASET_DIR/scheduler.lock`` and refuses to start,
+with a log line saying so; its API still works. On PostgreSQL the lock is an advisory lock tied to
+the leader's database connection (app/locks.py), so with N replicas the schedule fires once per
+interval across the fleet; the others stand by and try to take over every JOB_SWEEP_SECONDS, so a
+dead leader's replica takes over within that time (its intervals start again from the takeover).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from datetime import timedelta
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from app.filelock import ProcessLock
 from app.jobs import JobRunner
+from app.locks import holder_lock
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,19 +46,36 @@ class JobScheduler:
     def __init__(self, settings: Settings, runner: JobRunner) -> None:
         self.settings = settings
         self.runner = runner
-        self.lock = ProcessLock(settings.dataset_dir / LOCK_NAME)
+        self.lock = None if runner is None else holder_lock(settings, runner.store.engine, LOCK_NAME[:-5])
         self.scheduler: AsyncIOScheduler | None = None
         self.state = "disabled"
+        self._standby: asyncio.Task | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if not self.settings.scheduler_enabled:
             log.info("scheduler disabled (SCHEDULER_ENABLED=false)")
             return
-        if not self.lock.acquire():
+        if not await self.lock.acquire():
             self.state = "refused"
-            log.warning("scheduler NOT started: another process holds %s (a second worker or service on "
-                        "the same DATASET_DIR); this process serves the API only", self.lock.path)
+            log.warning("scheduler NOT started: another process holds %s (a second worker, service or "
+                        "replica on the same dataset); this process serves the API only",
+                        self.lock.description)
+            if self.runner.store.engine.dialect.name == "postgresql" and self.settings.job_sweep_seconds > 0:
+                self._standby = asyncio.create_task(self._take_over_when_free(), name="scheduler-standby")
             return
+        self._start_scheduler()
+
+    async def _take_over_when_free(self) -> None:
+        while self.state == "refused":
+            await asyncio.sleep(self.settings.job_sweep_seconds)
+            try:
+                if await self.lock.acquire():
+                    log.warning("the scheduler's previous holder is gone: this replica runs the schedule now")
+                    self._start_scheduler()
+            except Exception as exc:  # database away for a moment: try again at the next turn
+                log.warning("scheduler standby could not check the lock: %s", exc)
+
+    def _start_scheduler(self) -> None:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         for kind, interval in job_intervals(self.settings).items():
             self.scheduler.add_job(
@@ -77,11 +97,16 @@ class JobScheduler:
             runs[job.id] = job.next_run_time.isoformat() if job.next_run_time else None
         return runs
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        if self._standby is not None:
+            self._standby.cancel()
+            await asyncio.gather(self._standby, return_exceptions=True)
+            self._standby = None
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         self.scheduler = None
-        self.lock.release()
+        if self.lock is not None:
+            await self.lock.release()
         if self.state == "running":
             self.state = "stopped"
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+WORKER_KIND_NAMES = ("train", "label", "scrape")
 MIN_API_KEY_LENGTH = 16
 LINEAR_PROBE_ARCH = "vit_large_patch14_clip_224.openai"
 
@@ -58,6 +59,12 @@ class Settings(BaseSettings):
     scrape_every_hours: float = Field(12, gt=0)
     train_every_days: float = Field(7, gt=0)
     scheduler_enabled: bool = True
+    # Several hosts (docs/scaling-out.md): how often each process looks for jobs whose holder died.
+    job_sweep_seconds: float = Field(15, ge=0)
+    # Job kinds the service queues for `exposr-trainer worker` instead of running them itself
+    # (comma list of train, label, scrape; empty: the service runs every kind).
+    worker_kinds: str = ""
+    worker_poll_seconds: float = Field(2, gt=0)
 
     min_train_samples: int = Field(50, ge=2)
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -72,6 +79,8 @@ class Settings(BaseSettings):
     train_seed: int = 0
     train_device: Literal["auto", "cpu", "cuda"] = "auto"
     train_workers: int = Field(2, ge=0)
+    # > 1: train with torchrun + DistributedDataParallel on this many processes (one per GPU).
+    train_nproc_per_node: int = Field(1, ge=1, le=64)
     # Decode and shrink each image once per preprocessing, kept in storage (trainer/cache.py).
     train_cache: bool = True
     # finetune: the whole network; linear_probe: a frozen backbone, features cached, a linear head.
@@ -122,6 +131,20 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, v: object) -> object:
         # `FOO=` in a .env file means "not set", not "set to the empty string".
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("worker_kinds", mode="after")
+    @classmethod
+    def _known_worker_kinds(cls, v: str) -> str:
+        kinds = [k.strip() for k in v.split(",") if k.strip()]
+        unknown = [k for k in kinds if k not in WORKER_KIND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}: use a comma list of "
+                             f"{', '.join(WORKER_KIND_NAMES)}")
+        return ",".join(kinds)
+
+    @property
+    def worker_kind_set(self) -> frozenset[str]:
+        return frozenset(k for k in self.worker_kinds.split(",") if k)
 
     @model_validator(mode="after")
     def _probe_backbone(self) -> Settings:

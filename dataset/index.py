@@ -13,9 +13,12 @@ caught too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import (
@@ -32,16 +35,16 @@ from sqlalchemy import (
     event,
     func,
     insert,
-    inspect,
     select,
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.settings import ConfigError
 from dataset.nearindex import NearIndex
+from dataset.schema import DatabaseUnavailable, migrate, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +85,6 @@ images = Table(
     sqlite_autoincrement=True,
 )
 
-# Nullable columns added after the first release: open() adds any that an older dedupe.db lacks.
-ADDED_COLUMNS = {"scorer": "TEXT", "generator": "VARCHAR(64)", "group_hint": "VARCHAR(100)",
-                 "split_group": "VARCHAR(36)", "split": "VARCHAR(8)", "size_bytes": "BIGINT",
-                 "has_exif": "INTEGER"}
 
 
 class IndexUnusable(ConfigError):
@@ -128,6 +127,12 @@ def to_unsigned(h: int) -> int:
     return h + (1 << 64) if h < 0 else h
 
 
+# How long a sequence number skipped by the cache's catch-up is asked for again, and how many.
+GAP_SECONDS = 120.0
+MAX_GAPS = 10_000
+CATCH_UP_PAGE = 50_000
+
+
 @dataclass(frozen=True)
 class NearMatch:
     id: str
@@ -135,23 +140,47 @@ class NearMatch:
 
 
 class PhashCache:
-    """All indexed pHashes in memory; grows by doubling so appends stay cheap."""
+    """All indexed pHashes in memory; grows by doubling so appends stay cheap.
+
+    Catch-up reads ``seq > last_seq``, plus the *gaps* below it: on PostgreSQL a sequence number is
+    taken at insert but becomes visible at commit, so row 7 can appear after row 8 was read. Every
+    seq skipped over is remembered and asked for again until it shows up or :data:`GAP_SECONDS`
+    pass (an insert is one short transaction: by then it was rolled back, or deleted).
+    """
 
     def __init__(self) -> None:
         self.hashes = np.zeros(1024, dtype=np.uint64)
         self.ids: list[str | None] = []
         self.positions: dict[str, int] = {}
         self.last_seq = 0
+        self.gaps: dict[int, float] = {}  # seq not seen yet below last_seq -> when it was first missed
         self.near: NearIndex | None = None  # built on the first lookup, kept in step with hashes
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, rows: list[tuple[int, str, int]]) -> None:
+    def open_gaps(self, now: float | None = None) -> list[int]:
+        """The gaps still worth asking for (older ones are forgotten here)."""
+        now = time.monotonic() if now is None else now
+        for seq in [s for s, since in self.gaps.items() if now - since > GAP_SECONDS]:
+            del self.gaps[seq]
+        if len(self.gaps) > MAX_GAPS:  # a flood of rolled-back inserts: keep the newest
+            for seq in sorted(self.gaps)[:len(self.gaps) - MAX_GAPS]:
+                del self.gaps[seq]
+        return sorted(self.gaps)
+
+    def add(self, rows: list[tuple[int, str, int]], now: float | None = None) -> None:
         """rows: (seq, id, signed phash) in seq order; rows already seen are skipped."""
-        rows = [r for r in rows if r[0] > self.last_seq]
+        rows = [r for r in rows if r[0] > self.last_seq or (r[0] in self.gaps and r[1] not in self.positions)]
         if not rows:
             return
+        now = time.monotonic() if now is None else now
+        present = {r[0] for r in rows}
+        top = max(present)
+        if top > self.last_seq:
+            self.gaps.update((s, now) for s in range(self.last_seq + 1, top) if s not in present)
+        for r in rows:
+            self.gaps.pop(r[0], None)
         n, k = len(self.ids), len(rows)
         if n + k > len(self.hashes):
             grown = np.zeros(max(2 * len(self.hashes), n + k), dtype=np.uint64)
@@ -160,7 +189,7 @@ class PhashCache:
         self.hashes[n:n + k] = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
         self.positions.update((r[1], n + j) for j, r in enumerate(rows))
         self.ids.extend(r[1] for r in rows)
-        self.last_seq = rows[-1][0]
+        self.last_seq = max(self.last_seq, top)
 
     def forget(self, image_id: str) -> None:
         # Keep positions stable: blank the id; its slot can never match again.
@@ -180,10 +209,23 @@ class PhashCache:
         return None
 
 
+# A dead client host (power cut, network gone) is noticed by the server within about
+# idle + interval * count = 10 + 5 * 3 s, which releases the locks its connection held (app/locks.py).
+PG_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
+PG_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def postgres_connect_args() -> dict:
+    return {"timeout": PG_CONNECT_TIMEOUT_SECONDS,
+            "server_settings": {"application_name": "exposr-trainer", **PG_KEEPALIVES}}
+
+
 def make_engine(db_url: str) -> AsyncEngine:
     url = make_url(db_url)
+    if url.get_backend_name() == "postgresql":
+        return create_async_engine(db_url, pool_pre_ping=True, connect_args=postgres_connect_args())
     if url.get_backend_name() != "sqlite":
-        return create_async_engine(db_url)
+        return create_async_engine(db_url, pool_pre_ping=True)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     # timeout: wait for another writer (another process) instead of failing with "database is locked".
@@ -199,9 +241,6 @@ def make_engine(db_url: str) -> AsyncEngine:
     return engine
 
 
-OPEN_ATTEMPTS = 5
-
-
 class DedupeIndex:
     def __init__(self, db_url: str) -> None:
         self.db_url = db_url
@@ -210,25 +249,24 @@ class DedupeIndex:
         self._refresh_lock = asyncio.Lock()
 
     async def open(self) -> None:
-        for attempt in range(1, OPEN_ATTEMPTS + 1):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all)
-                await self._add_missing_columns()
-                break
-            except OperationalError as exc:
-                # Two processes opening one database at once: switching it to WAL, or upgrading a
-                # read to a write, can get SQLITE_BUSY at once (SQLite skips the busy wait where
-                # waiting could deadlock). Both steps are idempotent, so try again shortly.
-                if "locked" not in str(exc) or attempt == OPEN_ATTEMPTS:
-                    raise self._unusable(exc) from exc
-                await asyncio.sleep(0.05 * attempt)
-            except DatabaseError as exc:
-                raise self._unusable(exc) from exc
+        """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
+
+        An unreachable server is DatabaseUnavailable (naming DATABASE_URL, password masked); a damaged
+        SQLite file is IndexUnusable (saying how to rebuild it from the metadata files)."""
         try:
+            await migrate(self.engine)
             await self.refresh()
+        except DatabaseUnavailable as exc:
+            cause = exc.__cause__
+            corrupt = self._unusable(cause) if isinstance(cause, DatabaseError) else None
+            if isinstance(corrupt, IndexUnusable):
+                raise corrupt from cause
+            raise
         except DatabaseError as exc:
-            raise self._unusable(exc) from exc
+            corrupt = self._unusable(exc)
+            raise (corrupt if isinstance(corrupt, IndexUnusable) else unavailable(self.db_url, exc)) from exc
+        except (OSError, TimeoutError) as exc:
+            raise unavailable(self.db_url, exc) from exc
 
     def describe(self) -> str:
         return describe_db(self.db_url)
@@ -242,18 +280,6 @@ class DedupeIndex:
             "every row: run `exposr-trainer check --rebuild-index`, which moves the damaged file aside "
             "(to <name>.corrupt-<time>) and rebuilds the index from them; nothing is deleted")
 
-    async def _add_missing_columns(self) -> None:
-        for name, sql_type in ADDED_COLUMNS.items():
-            try:
-                async with self.engine.begin() as conn:
-                    if name not in await conn.run_sync(_column_names):
-                        await conn.exec_driver_sql(f"ALTER TABLE images ADD COLUMN {name} {sql_type}")
-                        log.info("dedupe index: added column %s to an older images table", name)
-            except (OperationalError, ProgrammingError):
-                # Another process opening the same index added it first ("duplicate column").
-                async with self.engine.connect() as conn:
-                    if name not in await conn.run_sync(_column_names):
-                        raise
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -264,11 +290,24 @@ class DedupeIndex:
             await self._pull_into(self.cache)
 
     async def _pull_into(self, cache: PhashCache) -> None:
-        q = (select(images.c.seq, images.c.id, images.c.phash)
-             .where(images.c.seq > cache.last_seq).order_by(images.c.seq))
+        """Gaps first (one indexed IN lookup), then the new rows in pages of CATCH_UP_PAGE: ORDER BY +
+        LIMIT on the primary key (an index range scan once the table has statistics; PostgreSQL's
+        autovacuum gathers them within a minute of a bulk load)."""
+        columns = (images.c.seq, images.c.id, images.c.phash)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        cache.add([tuple(r) for r in rows])
+            gaps = cache.open_gaps()
+            found: list[Any] = []
+            for start in range(0, len(gaps), 1000):
+                q = select(*columns).where(images.c.seq.in_(gaps[start:start + 1000])).order_by(images.c.seq)
+                found += (await conn.execute(q)).all()
+            while True:
+                q = (select(*columns).where(images.c.seq > cache.last_seq).order_by(images.c.seq)
+                     .limit(CATCH_UP_PAGE))
+                rows = (await conn.execute(q)).all()
+                cache.add([tuple(r) for r in sorted([*found, *rows])])
+                found = []
+                if len(rows) < CATCH_UP_PAGE:
+                    break
 
     async def find_sha(self, sha256: str) -> str | None:
         return await self._id_for_sha(sha256)
@@ -336,6 +375,21 @@ class DedupeIndex:
         async with self.engine.begin() as conn:
             await conn.execute(update(images).where(images.c.id == image_id).values(**values))
 
+    @contextlib.asynccontextmanager
+    async def locked_row(self, image_id: str):
+        """PostgreSQL: ``SELECT ... FOR UPDATE`` on the image's row, in a transaction that lasts the
+        block; yields (connection, row or None). Every host editing the same image waits here, so a
+        read-modify-write of its metadata file (shared bucket) and row is never lost."""
+        async with self.engine.begin() as conn:
+            q = select(images).where(images.c.id == image_id).with_for_update()
+            row = (await conn.execute(q)).mappings().first()
+            yield conn, (_row_dict(row) if row else None)
+
+    @property
+    def shared(self) -> bool:
+        """True when other hosts may use this database (row locks serialise edits, not files)."""
+        return self.engine.dialect.name != "sqlite"
+
     async def set_splits_once(self, decided: dict[str, tuple[str, str]]) -> int:
         """(split_group, split) per id, written only where no side is stored yet; rows changed."""
         changed = 0
@@ -362,10 +416,6 @@ class DedupeIndex:
         q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)
         async with self.engine.connect() as conn:
             return [tuple(r) for r in (await conn.execute(q)).all()]
-
-
-def _column_names(sync_conn) -> set[str]:
-    return {column["name"] for column in inspect(sync_conn).get_columns("images")}
 
 
 def _row_dict(row) -> dict:

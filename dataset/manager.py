@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 
 from config.clock import iso_seconds, utc_now
@@ -34,14 +35,27 @@ from config.settings import Settings
 from dataset.contracts import CheckReport, DatasetCounts
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
-from dataset.index import DedupeIndex, DuplicateHash, IndexUnusable, NearMatch, describe_db, sqlite_path
+from dataset.index import (
+    DedupeIndex,
+    DuplicateHash,
+    IndexUnusable,
+    NearMatch,
+    describe_db,
+    images,
+    sqlite_path,
+)
 from dataset.rebuild import scorer_json  # the scorer column (rebuilt rows use it too)
+from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
 
 LABELS = ("real", "ai", "unlabeled")
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
+
+
+# What a failing database raises: SQLAlchemy's errors, and asyncpg's refused connection as itself.
+INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
 class UnknownImage(KeyError):
@@ -142,17 +156,25 @@ class DatasetManager:
             )
         except ImageRejected as exc:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
-        existing = await self.index.find_sha(info.sha256)
-        if existing is not None:
-            return _duplicate(existing)
-        near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
-        if near is not None:
-            # An identical image may have been inserted since the exact check: say so precisely.
+        try:
             existing = await self.index.find_sha(info.sha256)
             if existing is not None:
                 return _duplicate(existing)
-            return _near_duplicate(near)
+            near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
+            if near is not None:
+                # An identical image may have been inserted since the exact check: say so precisely.
+                existing = await self.index.find_sha(info.sha256)
+                if existing is not None:
+                    return _duplicate(existing)
+                return _near_duplicate(near)
+        except INDEX_ERRORS as exc:  # the database is away: this image fails, nothing was written
+            return self._index_error(None, exc)
         return await self._store(data, metadata, info, seen_seq)
+
+    def _index_error(self, image_id: str | None, exc: BaseException) -> IngestOutcome:
+        message = str(unavailable(self.settings.db_url, exc))
+        log.warning("index error while storing %s: %s", image_id or "an image", message)
+        return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {message}")
 
     async def _store(self, data: bytes, metadata: dict, info: ImageInfo, seen_seq: int) -> IngestOutcome:
         image_id, now = str(uuid.uuid4()), utc_now()
@@ -172,10 +194,9 @@ class DatasetManager:
             await self._discard(written)
             log.warning("storage error while storing %s: %s", image_id, exc)
             return IngestOutcome("error", reason="storage_error", message=str(exc))
-        except SQLAlchemyError as exc:  # e.g. the database file's disk is full
+        except INDEX_ERRORS as exc:  # the database file's disk is full, the database server is away
             await self._discard(written)
-            log.warning("index error while storing %s: %s", image_id, exc)
-            return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {exc}")
+            return self._index_error(image_id, exc)
         except BaseException:  # cancelled or a bug: still leave nothing behind
             await self._discard(written)
             raise
@@ -238,8 +259,7 @@ class DatasetManager:
                 if not doc.get("split"):
                     doc.update(split_group=group, split=side)
             try:
-                async with self._metadata_update():
-                    await self._rewrite_meta(image_id, keep_first)
+                await self._edit(image_id, keep_first)  # serialised with label/score edits, any host
             except (UnknownImage, StorageError, ValueError) as exc:  # deleted meanwhile, or unreadable
                 log.warning("split of %s not written to its metadata file: %s", image_id, exc)
         return changed
@@ -270,25 +290,43 @@ class DatasetManager:
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
         source = {"at": iso(utc_now()), **label_source}
-        async with self._metadata_update():
-            doc = await self._rewrite_meta(image_id, lambda d: d.update(label=label, label_source=source))
-            await self.index.update(image_id, label=label)
-        return doc
+        return await self._edit(image_id, lambda d: d.update(label=label, label_source=source), label=label)
 
     async def set_score(self, image_id: str, confidence: float, scorer: dict) -> dict:
         """A model's P(ai): stored as confidence; the label is never touched."""
         if not 0.0 <= float(confidence) <= 1.0:
             raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
         scored_by = {"at": iso(utc_now()), **scorer}
-        async with self._metadata_update():
-            doc = await self._rewrite_meta(
-                image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by))
-            await self.index.update(image_id, confidence=float(confidence), scorer=scorer_json(scorer))
-        return doc
+        return await self._edit(
+            image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by),
+            confidence=float(confidence), scorer=scorer_json(scorer))
 
     async def index_scorer(self, image_id: str, scored_by: dict) -> None:
         """Copy a metadata file's ``scored_by`` into the index: rows scored before it had the column."""
         await self.index.update(image_id, scorer=scorer_json(scored_by))
+
+    async def _edit(self, image_id: str, change, **index_values) -> dict:
+        """Read-modify-write of one image's metadata file and index row, never losing a concurrent edit.
+
+        One host (SQLite): a process lock plus a file lock under DATASET_DIR. Shared database
+        (PostgreSQL, several hosts): the row's ``SELECT ... FOR UPDATE`` is held from reading the
+        file until the row is updated and committed, so edits of one image queue across hosts.
+        """
+        if not self.index.shared:
+            async with self._metadata_update():
+                doc = await self._rewrite_meta(image_id, change)
+                if index_values:
+                    await self.index.update(image_id, **index_values)
+            return doc
+        async with self.index.locked_row(image_id) as (conn, row):
+            if row is None:
+                raise UnknownImage(f"no image with id {image_id!r}")
+            doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+            change(doc)
+            await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
+            if index_values:
+                await conn.execute(update(images).where(images.c.id == image_id).values(**index_values))
+        return doc
 
     @contextlib.asynccontextmanager
     async def _metadata_update(self):

@@ -134,13 +134,22 @@ class FetcherManager:
     def _build(self, cfg: SourceConfig, client: httpx.AsyncClient) -> BaseFetcher:
         cls = get_fetcher_class(cfg.name)
         http = SourceHttp(
-            client, bucket_for(cfg.name, cfg.rate_limit_per_hour), max_bytes=self.settings.upload_max_bytes,
+            client, self._bucket(cfg), max_bytes=self.settings.upload_max_bytes,
             retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
             retry_rate_limited=cls.retry_rate_limited,
             download_concurrency=source_options(cls.options_model, cfg).download_concurrency
             or self.download_concurrency,
         )
         return cls(config=cfg, settings=self.settings, http=http)
+
+    def _bucket(self, cfg: SourceConfig):
+        """The source's rate limit: in the database when replicas share it (PostgreSQL), else in-process."""
+        index = getattr(self.dataset, "index", None)
+        if index is not None and index.shared:
+            from scraper.shared_rate import SharedTokenBucket
+
+            return SharedTokenBucket(index.engine, cfg.name, cfg.rate_limit_per_hour)
+        return bucket_for(cfg.name, cfg.rate_limit_per_hour)
 
     async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
         total = await asyncio.to_thread(fetcher.planned_limit)  # the folder source walks its folder

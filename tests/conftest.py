@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -7,9 +8,58 @@ import pytest
 
 from config.settings import Settings
 
+# Suites that run against SQLite and a real PostgreSQL server (tests/pgserver.py) alike.
+POSTGRES_SUITES = ("tests/dataset/test_index.py", "tests/dataset/test_manager.py",
+                   "tests/dataset/test_schema.py", "tests/dataset/test_metadata_lock.py", "tests/app/",
+                   "tests/labeler/")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_generate_tests(metafunc):
+    if "db_backend" not in metafunc.fixturenames or any(
+            metafunc.definition.get_closest_marker(m) for m in ("sqlite_only", "postgres_only")):
+        return
+    path = metafunc.definition.path.relative_to(ROOT).as_posix()
+    if any(path.startswith(suite) for suite in POSTGRES_SUITES):
+        metafunc.parametrize("db_backend", ["sqlite", "postgres"], indirect=True)
+
+
+def missing_part(reason: str):
+    """A real part the tests need is missing: skip with the reason, but fail under CI."""
+    import os
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason} (CI=true: a missing part is a failure)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.pgserver import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        missing_part(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
 
 @pytest.fixture
-def make_settings(tmp_path: Path):
+def db_backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(db_backend, request) -> str | None:
+    """None (the default SQLite file under DATASET_DIR) or a fresh database on the test server."""
+    if db_backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").new_database()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url):
     """Build Settings rooted in tmp_path; keyword overrides win. Never reads the developer's .env."""
 
     def build(**overrides) -> Settings:
@@ -23,6 +73,7 @@ def make_settings(tmp_path: Path):
             train_pretrained=False,
             train_device="cpu",
             min_image_side=16,
+            database_url=database_url,
         )
         values.update(overrides)
         return Settings(_env_file=None, **values)
@@ -79,6 +130,20 @@ def aws_env(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)
+
+
+_bucket_numbers = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(request, aws_env):
+    """A fresh bucket on the loopback server; returns (endpoint, bucket)."""
+    import boto3
+
+    endpoint = request.getfixturevalue("s3_server")
+    bucket = f"test-bucket-{next(_bucket_numbers)}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    return endpoint, bucket
 
 
 class SleepRecorder:

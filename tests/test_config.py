@@ -144,3 +144,14 @@ def test_dotenv_file_is_read_and_empty_means_unset(tmp_path):
     assert s.trainer_api_key.get_secret_value() == "abcdefghijklmnop"
     assert s.s3_endpoint_url is None and s.train_epochs == 3
     assert "abcdefghijklmnop" not in repr(s)
+
+
+def test_worker_kinds_must_be_known_job_kinds(monkeypatch):
+    from config.settings import ConfigError, load_settings
+
+    monkeypatch.setenv("WORKER_KINDS", "train, bake")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(_env_file=None)
+    assert "WORKER_KINDS" in str(raised.value).upper() and "bake" in str(raised.value)
+    monkeypatch.setenv("WORKER_KINDS", " train ,label")
+    assert load_settings(_env_file=None).worker_kind_set == {"train", "label"}

@@ -68,7 +68,7 @@ def test_relative_links_point_at_files_that_exist():
 def test_architecture_lists_every_module():
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     modules = sorted(str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
-                     if p.name != "__init__.py" or p.parent.name == "ui")
+                     if (p.name != "__init__.py" or p.parent.name == "ui") and "migrations" not in p.parts)
     missing = [m for m in modules if f"`{m}`" not in text]
     assert not missing, f"ARCHITECTURE.md lacks a line for: {', '.join(missing)}"
 

@@ -9,14 +9,17 @@ from pathlib import Path
 
 from config.settings import Settings
 from trainer.errors import ModelNotFound
+from trainer.model_store import model_store, promoted
 from trainer.registry import find_entry, promoted_entry
 
 METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 
 
 def push_latest_model(config: Settings) -> dict | None:
-    """{model_version, timestamp, metrics, download_url} of the promoted model, None if there is none."""
-    entry = promoted_entry(config.models_dir, config.model_name)
+    """{model_version, timestamp, metrics, download_url} of the promoted model, None if there is none.
+
+    Read from the model store (trainer/model_store.py): MODELS_DIR, or the bucket with STORAGE_DRIVER=s3."""
+    entry = promoted(model_store(config).load_registry(), config.model_name)
     if entry is None:
         return None
     return {

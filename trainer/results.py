@@ -54,3 +54,5 @@ class TrainResult(RegistryEntry, total=False):
     class_weights: dict[str, float] | None
     resumed_from_epoch: int | None  # a killed run continued from this epoch (trainer/checkpoint.py)
     linear_probe: dict[str, Any]   # TRAIN_MODE=linear_probe: embedded, reused, features, seconds
+    rank: str                      # torchrun: "follower" on the ranks other than 0 (trainer/distributed.py)
+    world_size: int                # torchrun: the number of ranks that trained

@@ -31,6 +31,7 @@ from config.settings import Settings
 from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
+from trainer import ddp
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
@@ -121,6 +122,9 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
         model, scores, metrics, skipped, facts = fit(settings, model, pre, prepare, device, amp_dtype,
                                                      train_set, val_set, train_loader, val_loader,
                                                      storage, cache, resume, progress)
+        if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
+            shutil.rmtree(staging, ignore_errors=True)
+            return {"rank": "follower", "metrics": metrics}
         if progress is not None:
             progress({"stage": "evaluate"})
         evaluated = scored(val_set, scores)
@@ -279,21 +283,25 @@ def fit_finetune(settings: Settings, model, pre, prepare, device, amp_dtype, tra
         step, skipped, losses = state["step"], set(state["skipped"]), list(state["losses"])
         first = state["epoch"] + 1
     scored_model = ema.module if ema is not None else model
+    trained = ddp.wrap(model, device)  # DDP under torchrun (trainer/distributed.py); else the model
     scores = metrics = None
     for epoch in range(first, settings.train_epochs + 1):
         train_loss, step, unreadable = train_one_epoch(
-            model, train_loader, prepare, optimizer, scheduler, scaler, amp_dtype, step,
+            trained, train_loader, prepare, optimizer, scheduler, scaler, amp_dtype, step,
             on_batch=batch_reporter(progress, epoch, settings.train_epochs), ema=ema, class_weights=weights)
+        train_loss = ddp.mean(train_loss)
         scores = evaluate(scored_model, val_loader, prepare, amp_dtype)
         # A broken file fails again every epoch: count it once, by sample id.
         skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
         metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
         losses.append(train_loss)
-        resume.save({"epoch": epoch, "step": step, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "scaler": scaler.state_dict(),
-                     "ema": ema.module.state_dict() if ema is not None else None,
-                     "rng": rng_state(train_loader.generator), "skipped": sorted(skipped), "losses": losses})
+        if ddp.is_main():  # one checkpoint per training, rank 0's
+            resume.save({"epoch": epoch, "step": step, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(),
+                         "ema": ema.module.state_dict() if ema is not None else None,
+                         "rng": rng_state(train_loader.generator), "skipped": sorted(skipped),
+                         "losses": losses})
         _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
                            "train_loss": train_loss, "val_loss": metrics["val_loss"],
                            "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
@@ -387,8 +395,9 @@ def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list
     common: dict[str, Any] = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
                                   seed=settings.train_seed, pin_memory=device.type == "cuda")
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
-    train_loader = make_loader(train_data, shuffle=True,
-                               drop_last=len(train_set) > settings.train_batch_size, **common)
+    train_loader = ddp.shard(make_loader(train_data, shuffle=True,
+                                         drop_last=len(train_set) > settings.train_batch_size, **common),
+                             settings.train_seed)
     val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
     return train_loader, val_data, make_loader(val_data, shuffle=False, persistent=False, **common)
 

@@ -11,12 +11,13 @@ import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.routes.models import registered_weights, weights_sha256
+from app.routes.models import artifact_response, registered_artifact, weights_sha256
 from app.routes.status import running_jobs
 from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request
 from app.ui import views
@@ -169,18 +170,18 @@ def _upload_answer(request: Request, session: dict, results: list[dict] | None, 
 
 @router.get("/models/{name}/{version}/weights.pt")
 async def download_weights(name: str, version: str, request: Request, session: Session):
-    entry, path = registered_weights(request.app.state.settings, name, version)
-    sha = weights_sha256(entry)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{name}-{version}-weights.pt",
-                        headers={"ETag": f'"{sha}"'} if sha else {})
+    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
+                                       "weights.pt")
+    return artifact_response(artifact, "application/octet-stream", weights_sha256(artifact.entry), request,
+                             filename=f"{name}-{version}-weights.pt")
 
 
 @router.get("/models/{name}/{version}/{document}.json")
 async def download_json(name: str, version: str, document: str, request: Request, session: Session):
     if document not in ("model", "report"):
         raise HTTPException(404, detail="only model.json and report.json are served here")
-    _, weights = registered_weights(request.app.state.settings, name, version)
-    path = weights.parent / f"{'model' if document == 'model' else 'report'}.json"
-    if not path.is_file():
-        raise HTTPException(404, detail=f"model {name} {version} has no {document}.json")
-    return FileResponse(path, media_type="application/json", filename=f"{name}-{version}-{document}.json")
+    filename = "model.json" if document == "model" else "report.json"
+    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
+                                       filename, f"model {name} {version} has no {document}.json")
+    return artifact_response(artifact, "application/json", None, request,
+                             filename=f"{name}-{version}-{document}.json")

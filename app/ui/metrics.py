@@ -25,11 +25,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client import Counter as CounterMetric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized
 from app.jobstore import jobs_table
 from app.overview import model_facts
-from trainer.registry import load_registry
+from dataset.storage import StorageError
+from trainer.model_store import model_store
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCRAPE_OUTCOMES = (("stored", "stored"), ("duplicates", "duplicate"), ("near_duplicates", "near_duplicate"))
@@ -173,9 +175,9 @@ async def prometheus_metrics(request: Request) -> Response:
     state = request.app.state
     counts = await state.dataset.counts()
     states, durations, scrape = await _job_facts(state.runner.store.engine)
-    try:
-        entries = load_registry(state.settings.models_dir)
-    except ValueError:  # a corrupt registry must not take the metrics down (the log says why)
+    try:  # MODELS_DIR, or the bucket (STORAGE_DRIVER=s3)
+        entries = await run_in_threadpool(model_store(state.settings).load_registry)
+    except (ValueError, StorageError):  # a corrupt registry must not take the metrics down
         entries = []
     metrics: ConsoleMetrics = state.metrics
     metrics.shared.snapshot = {"by_source": counts.get("by_source") or {}, "jobs": states,

@@ -10,10 +10,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.jobs import JOB_KINDS
 from app.jobstore import ACTIVE_STATES, FINAL_STATES
-from app.routes.models import registered_weights
+from app.routes.models import registered_artifact
 from app.routes.status import running_jobs
 from app.ui import views
 from app.ui.pages import render
@@ -105,9 +106,11 @@ async def models(request: Request, session: Session):
 
 @router.get("/models/{name}/{version}")
 async def model_detail(name: str, version: str, request: Request, session: Session):
-    entry, weights = registered_weights(request.app.state.settings, name, version)
-    context = {"active": "models", "entry": entry, "card": views.read_json(weights.parent / "model.json"),
-               "report": views.read_json(weights.parent / "report.json")}
+    settings = request.app.state.settings
+    entry = (await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")).entry
+    card = await run_in_threadpool(views.artifact_json, settings, entry, "model.json")
+    report = await run_in_threadpool(views.artifact_json, settings, entry, "report.json")
+    context = {"active": "models", "entry": entry, "card": card, "report": report}
     return render(request, "model.html", context, session=session)
 
 

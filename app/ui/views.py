@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 
 from app.ui.charts import line_chart
 from dataset.index import images
-from trainer.registry import load_registry
+from dataset.storage import StorageError
+from trainer.model_store import ArtifactMissing, model_store
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ async def last_scrape_reports(store) -> list[dict]:
 def model_entries(settings) -> list[dict]:
     """Every registered version, newest first (a corrupt registry shows as none, with a log line)."""
     try:
-        entries = load_registry(settings.models_dir)
-    except ValueError as exc:
+        entries = model_store(settings).load_registry()  # MODELS_DIR, or the bucket (STORAGE_DRIVER=s3)
+    except (ValueError, StorageError) as exc:
         log.error("cannot read the model registry: %s", exc)
         return []
     return list(reversed(entries))
@@ -129,6 +130,19 @@ def models_chart(entries: list[dict]) -> Any:
               for name in MODEL_METRICS}
     return line_chart(labels, {k: v for k, v in series.items() if any(x is not None for x in v)},
                       title="validation metrics per version", y_min=0, y_max=1)
+
+
+def artifact_json(settings, entry: dict, filename: str) -> dict | None:
+    """model.json / report.json of a registered version, wherever the store keeps it; None when
+    absent or unreadable."""
+    try:
+        data = json.loads(model_store(settings).artifact(entry, filename).read().decode("utf-8"))
+    except ArtifactMissing:
+        return None
+    except (StorageError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        log.warning("cannot read %s of %s %s: %s", filename, entry.get("model"), entry.get("version"), exc)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_json(path) -> dict | None:

@@ -47,3 +47,19 @@ def hold_a_train_job(settings, ready, release):
         await engine.dispose()
 
     asyncio.run(main())
+
+
+def run_a_worker(settings, ready):
+    """``exposr-trainer worker`` with a train job that never ends (the test kills this process)."""
+    import asyncio
+    from pathlib import Path
+
+    from app.worker import run_worker
+
+    async def endless(s, progress):
+        progress({"pid": os.getpid(), "state": "training"})
+        Path(ready).write_text(str(os.getpid()))
+        while True:
+            await asyncio.sleep(0.05)
+
+    asyncio.run(run_worker(settings, kinds={"train": endless, "label": endless}))

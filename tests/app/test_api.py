@@ -127,6 +127,7 @@ def test_an_unreadable_registry_is_a_503_with_the_reason(make_client):
     assert client.get("/metrics", headers=AUTH).status_code == 200
 
 
+@pytest.mark.sqlite_only  # holds SQLite's write lock from outside
 def test_status_answers_while_a_new_job_waits_for_the_database(client, gate):
     """A submitted job is live before its row is written (the claim is what makes single flight
     safe); /status lists live jobs, so the claim must already be a complete job."""

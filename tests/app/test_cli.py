@@ -10,9 +10,11 @@ from tests.images import jpeg
 
 
 @pytest.fixture
-def env(monkeypatch, tmp_path):
+def env(monkeypatch, tmp_path, database_url):
     """The CLI reads the environment: point every path into tmp_path and run from there."""
     monkeypatch.chdir(tmp_path)  # no developer .env is picked up
+    if database_url:
+        monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.setenv("DATASET_DIR", str(tmp_path / "datasets"))
     monkeypatch.setenv("MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))

@@ -27,7 +27,7 @@ def env(monkeypatch, tmp_path):
     ("check", ["--repair", "--force", "--rebuild-index"]),
     ("review", ["--kind", "--limit", "--offset"]),
     ("predict", ["IMAGE..."]),
-    ("status", []), ("label", []),
+    ("status", []), ("label", []), ("worker", []),
 ])
 def test_each_command_has_its_own_help_with_its_options(command, options, capsys):
     assert cli.main([command, "--help"]) == 0

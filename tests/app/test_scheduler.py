@@ -35,7 +35,7 @@ async def test_scheduler_adds_both_jobs_and_a_second_one_refuses(make_settings, 
     await runner.start()
     first, second = JobScheduler(settings, runner), JobScheduler(settings, runner)
     try:
-        first.start()
+        await first.start()
         assert first.state == "running"
         jobs = {job.id: job for job in first.scheduler.get_jobs()}
         assert set(jobs) == {"scrape", "train"}
@@ -45,16 +45,16 @@ async def test_scheduler_adds_both_jobs_and_a_second_one_refuses(make_settings, 
             assert job.coalesce and job.max_instances == 1 and job.misfire_grace_time == 3600
         assert set(first.next_runs()) == {"scrape", "train"}
         with caplog.at_level(logging.WARNING, logger="app.scheduler"):
-            second.start()
+            await second.start()
         assert second.state == "refused" and second.scheduler is None
         assert "scheduler NOT started" in caplog.text
     finally:
-        first.shutdown()
-        second.shutdown()
+        await first.shutdown()
+        await second.shutdown()
         await engine.dispose()
 
 
-def test_disabled_scheduler_does_not_start(settings):
+async def test_disabled_scheduler_does_not_start(settings):
     scheduler = JobScheduler(settings, runner=None)
-    scheduler.start()
+    await scheduler.start()
     assert scheduler.state == "disabled" and scheduler.next_runs() == {}

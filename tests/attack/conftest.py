@@ -6,7 +6,7 @@ import pytest
 
 from dataset.manager import DatasetManager
 from tests.app.conftest import gate, make_client  # noqa: F401 - fixtures reused
-from tests.dataset.conftest import driver_settings, s3_bucket  # noqa: F401 - fixtures reused
+from tests.dataset.conftest import driver_settings  # noqa: F401 - fixtures reused (s3_bucket is in tests/conftest.py)
 
 
 @pytest.fixture

@@ -6,25 +6,12 @@ product talks to MinIO or AWS; nothing in boto3 is patched.
 
 from __future__ import annotations
 
-import itertools
-
-import boto3
 import pytest
 
 from dataset.manager import DatasetManager
 from dataset.storage import LocalStorage, S3Storage
 
 DRIVERS = ["local", "s3"]
-_bucket_numbers = itertools.count()
-
-
-@pytest.fixture
-def s3_bucket(request, aws_env):
-    """A fresh bucket on the loopback server; returns (endpoint, bucket)."""
-    endpoint = request.getfixturevalue("s3_server")
-    bucket = f"test-bucket-{next(_bucket_numbers)}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return endpoint, bucket
 
 
 @pytest.fixture(params=DRIVERS)

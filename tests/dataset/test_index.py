@@ -59,10 +59,32 @@ def test_forgotten_ids_never_match():
     assert cache.nearest(0xFF, 10).id == "b"
 
 
+def test_a_row_committed_after_a_later_one_is_still_picked_up():
+    cache = PhashCache()
+    cache.add([(1, "a", 5), (3, "c", 7)], now=0.0)  # seq 2 was taken but not committed yet
+    assert cache.open_gaps(now=1.0) == [2] and cache.last_seq == 3
+    cache.add([(2, "b", 6), (4, "d", 8)], now=2.0)  # the catch-up asked for seq > 3 or seq in (2)
+    assert sorted(cache.ids) == ["a", "b", "c", "d"] and cache.open_gaps(now=3.0) == []
+    cache.add([(2, "b", 6)], now=4.0)  # an overlapping read adds nothing twice
+    assert len(cache) == 4
+
+
+def test_a_gap_that_never_fills_is_forgotten():
+    cache = PhashCache()
+    cache.add([(1, "a", 5), (5, "e", 7)], now=0.0)  # 2..4: rolled back (a duplicate lost its race)
+    assert cache.open_gaps(now=1.0) == [2, 3, 4]
+    assert cache.open_gaps(now=1000.0) == []
+
+
 @pytest.fixture
-async def two_indexes(tmp_path):
-    """Two indexes on one SQLite file, as two processes have: separate connections and caches."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/dedupe.db"
+def index_url(database_url, tmp_path) -> str:
+    return database_url or f"sqlite+aiosqlite:///{tmp_path}/dedupe.db"
+
+
+@pytest.fixture
+async def two_indexes(index_url):
+    """Two indexes on one database, as two processes have: separate connections and caches."""
+    url = index_url
     a, b = DedupeIndex(url), DedupeIndex(url)
     await a.open()
     await b.open()
@@ -89,3 +111,23 @@ async def test_a_match_deleted_elsewhere_gives_way_to_the_next_nearest(two_index
     await a.delete("x0")
     near = await b.find_near(0b1, 4)
     assert (near.id, near.distance) == ("x1", 2) and "x0" not in b.cache.positions
+
+
+async def test_near_lookup_finds_a_row_committed_out_of_sequence_order(two_indexes, db_backend):
+    """PostgreSQL hands out seq at insert and shows the row at commit: seq 1 may commit after seq 2."""
+    if db_backend == "sqlite":
+        pytest.skip("SQLite runs one writer at a time: rows always commit in seq order there")
+    from sqlalchemy import insert
+
+    from dataset.index import images
+
+    a, b = two_indexes
+    slow = await a.engine.connect()
+    transaction = await slow.begin()
+    await slow.execute(insert(images).values(**dict(index_row("early", 0), phash=to_signed(0xF0F0))))
+    await a.insert(index_row("late", 0xFFFF_0000_0000_0000))  # a later seq, committed first
+    assert (await b.find_near(0xFFFF_0000_0000_0000, 2)).id == "late"  # b's cache is now past "early"
+    await transaction.commit()
+    await slow.close()
+    near = await b.find_near(0xF0F0, 0 + 2)
+    assert near is not None and (near.id, near.distance) == ("early", 0)

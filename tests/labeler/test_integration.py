@@ -87,6 +87,8 @@ def cli_env(tmp_path, monkeypatch, settings):
                         "LOG_DIR": settings.log_dir, "EXPOSR_CORE_ENDPOINT": ENDPOINT,
                         "SCHEDULER_ENABLED": "false", "MIN_IMAGE_SIDE": "16"}.items():
         monkeypatch.setenv(name, str(value))
+    if settings.database_url:
+        monkeypatch.setenv("DATABASE_URL", settings.database_url)
     return settings
 
 

@@ -18,6 +18,9 @@ from trainer.train_vit import train_model
 ENDPOINT = "https://core.test/api/v1/analyze"
 N_PER_CLASS = 12
 ALL = 2 * N_PER_CLASS + 2  # both classes plus two unlabeled images
+# One trained dataset is copied per test as files (the SQLite index with it); the labeler's
+# database work runs against PostgreSQL in test_integration.py and test_scorer_index.py.
+pytestmark = pytest.mark.sqlite_only
 
 
 async def no_sleep(_seconds: float) -> None:
