@@ -147,21 +147,22 @@ def throughput(args) -> None:
         steps, prepare = len(loader), Normalizer(pre, device)
         raw = _memory_batches(args, device, steps)
         _steps(model, raw[:2], prepare, amp_dtype, settings.train_lr)     # warm-up: kernels, allocator
-        raw_s = _steps(model, raw, prepare, amp_dtype, settings.train_lr)
-        _steps(model, loader, prepare, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
-        real_s = _steps(model, loader, prepare, amp_dtype, settings.train_lr)
-        loader_s = _drain(loader)
-        decode_ms, one_core_ms = _one_core(data, min(len(data), 200))
         # The same data path reading the training cache (trainer/cache.py), built here and timed.
         cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
         build = cache.build([(s.sha256, s.image_key) for s in samples], workers=max(2, args.workers))
         cached = StoredImages(storage, data.keys, data.labels, train_transform(pre),
                               settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
-                              sha256s=[s.sha256 for s in samples])
+                              sha256s=[s.sha256 for s in samples], quality=cache.quality)
         cached_loader = make_loader(cached, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
                                     pin_memory=device.type == "cuda", drop_last=True)
+        _steps(model, loader, prepare, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
         _steps(model, cached_loader, prepare, amp_dtype, settings.train_lr)
-        cached_s = _steps(model, cached_loader, prepare, amp_dtype, settings.train_lr)
+        # Interleaved rounds, median of each: a shared machine's load swings hit all three alike.
+        rounds = [[_steps(model, feed, prepare, amp_dtype, settings.train_lr)
+                   for feed in (raw, loader, cached_loader)] for _ in range(args.rounds)]
+        raw_s, real_s, cached_s = (sorted(r[i] for r in rounds)[len(rounds) // 2] for i in range(3))
+        loader_s = _drain(loader)
+        decode_ms, one_core_ms = _one_core(data, min(len(data), 200))
         cached_decode_ms, cached_one_core_ms = _one_core(cached, min(len(cached), 200))
     raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -259,7 +260,7 @@ def probe(args) -> None:
         cache.build([(s.sha256, s.image_key) for s in samples], workers=2)
         data = StoredImages(storage, [s.image_key for s in samples], [0] * len(samples), eval_transform(pre),
                             settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
-                            sha256s=[s.sha256 for s in samples])
+                            sha256s=[s.sha256 for s in samples], quality=cache.quality)
         loader = make_loader(data, batch_size=args.batch, shuffle=False, workers=args.workers, seed=0,
                              persistent=False)
         start = time.perf_counter()
@@ -292,6 +293,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--images", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median kept)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(1080, 720),
                    help="WxH of the generated JPEGs")
