@@ -16,7 +16,7 @@ from tests.images import encode, jpeg, noise
 
 pytestmark = pytest.mark.slow
 KINDS = {"scrape": scrape_job, "train": train_job}  # without follow-up label jobs
-TINY = dict(train_arch="resnet10t", train_image_size=32, train_epochs=2, train_batch_size=8,
+TINY = dict(train_arch="resnet10t", train_image_size=32, train_epochs=4, train_batch_size=8, train_lr=3e-3,
             train_workers=0, min_train_samples=12, val_fraction=0.25, train_seed=1)
 
 
