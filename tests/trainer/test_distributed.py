@@ -15,13 +15,13 @@ from tests.images import encode
 from tests.trainer.builders import tinted
 from trainer.distributed import train
 
-N_PER_CLASS = 16
-# Stated tolerance: validation AUC and loss of the 2-process run within these of 1 process. One-process
-# runs themselves differ from run to run on this CPU (val loss 0.53 vs 0.64 measured, AUC 0.98 vs 1.0),
-# so the bound is that spread plus a margin. (Accuracy is left out: on 8 + 8 images with P(ai) still
-# near 0.5 after 4 epochs, it flips with the threshold.)
+N_PER_CLASS = 40
+# Stated tolerance: validation AUC and loss of the 2-process run within these of 1 process. With
+# 40 + 40 images and 6 epochs both runs reach AUC 1.0; the validation loss of one-process and
+# two-process runs ranged 0.02-0.14 over repeated runs on this CPU (thread scheduling changes the
+# float sums), so the bound is that spread plus a margin.
 AUC_TOLERANCE = 0.1
-LOSS_TOLERANCE = 0.15
+LOSS_TOLERANCE = 0.2
 
 
 async def fill(settings) -> None:
@@ -35,7 +35,7 @@ async def fill(settings) -> None:
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_register_once(make_settings, tmp_path):
     common = dict(dataset_dir=tmp_path / "datasets", train_arch="test_resnet", train_image_size=32,
-                  train_epochs=4, train_batch_size=8, train_lr=3e-3, train_workers=0, min_train_samples=8,
+                  train_epochs=6, train_batch_size=8, train_lr=3e-3, train_workers=0, min_train_samples=8,
                   val_fraction=0.25, train_device="cpu")
     single = make_settings(models_dir=tmp_path / "single", **common)
     asyncio.run(fill(single))
@@ -57,4 +57,4 @@ def test_two_gloo_processes_match_one_process_and_register_once(make_settings, t
     assert sorted(p.name for p in (tmp_path / "ddp" / "vit").iterdir()) == ["v1"]
     assert not [p for p in (tmp_path / "ddp").iterdir() if p.name.startswith(".staging")]
     epochs = [e for e in events if e.get("stage") == "train" and "train_loss" in e]  # not per batch
-    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]  # rank 0's progress reached the caller once
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]  # rank 0's progress reached the caller once
