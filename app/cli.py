@@ -51,7 +51,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.ports import ensure_port_free
 
     validate_sources(settings)
-    ensure_port_free(args.host, args.port)   # before the heavy imports and checks: fails in a second
+    ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
 
@@ -61,8 +61,15 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(prepare_database(settings))  # unreachable, or another schema: a message, not a traceback
     asyncio.run(verify_dataset(settings))  # a lost or unreadable index stops start-up, clearly
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=30, **server_options(settings))
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        **server_options(settings),
+    )
     return 0
 
 
@@ -78,8 +85,10 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"nothing scraped: no source is enabled in {settings.sources_config}", file=sys.stderr)
         return EXIT_FAILED
     if all(s in ("skipped", "failed") for s in statuses):
-        print("nothing scraped: every source was skipped or failed (the reasons are in the table above)",
-              file=sys.stderr)
+        print(
+            "nothing scraped: every source was skipped or failed (the reasons are in the table above)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return 0
 
@@ -118,9 +127,13 @@ def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
     status = asyncio.run(collect())
     last_jobs = status.pop("last_jobs")
     print_mapping("Status", status)
-    print_mapping("Last job of each kind",
-                  {kind: f"{job['state']} {job.get('finished_at') or job['created_at']} ({job['id']})"
-                   for kind, job in last_jobs.items()})
+    print_mapping(
+        "Last job of each kind",
+        {
+            kind: f"{job['state']} {job.get('finished_at') or job['created_at']} ({job['id']})"
+            for kind, job in last_jobs.items()
+        },
+    )
     return 0
 
 
@@ -163,9 +176,12 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
     print_mapping("Training cache" + (" (orphans removed)" if args.repair else ""), cache)
     if report["ok"]:
         return 0
-    what = "drift left after the repair (see above)" if changing else \
-        "drift between files and index (see above); files listed under deletion_candidates would be " \
+    what = (
+        "drift left after the repair (see above)"
+        if changing
+        else "drift between files and index (see above); files listed under deletion_candidates would be "
         "deleted by `exposr-trainer check --repair`, which also rebuilds missing index rows"
+    )
     print(f"dataset check failed: {what}", file=sys.stderr)
     return 1
 
@@ -202,14 +218,24 @@ def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-SETTINGS_NOTE = ("Every setting is an environment variable or a line in .env (read from the current folder; "
-                 ".env.example lists them all, docs/configuration.md explains them).")
+SETTINGS_NOTE = (
+    "Every setting is an environment variable or a line in .env (read from the current folder; "
+    ".env.example lists them all, docs/configuration.md explains them)."
+)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-             epilog="Documentation: README.md and docs/ (docs/cli.md for every command).")
-@click.version_option(None, "-V", "--version", package_name="exposr-trainer", prog_name="exposr-trainer",
-                      message="%(prog)s %(version)s")
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Documentation: README.md and docs/ (docs/cli.md for every command).",
+)
+@click.version_option(
+    None,
+    "-V",
+    "--version",
+    package_name="exposr-trainer",
+    prog_name="exposr-trainer",
+    message="%(prog)s %(version)s",
+)
 def cli() -> None:
     """Exposr Trainer: collects labelled images, trains a real-vs-AI image detector, serves it.
 
@@ -229,8 +255,11 @@ def cli() -> None:
     """
 
 
-def _dispatch(run: Callable[[Settings, argparse.Namespace], int], overrides: dict[str, Any] | None = None,
-              **options: Any) -> int:
+def _dispatch(
+    run: Callable[[Settings, argparse.Namespace], int],
+    overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> int:
     """Settings from the environment and .env with ``overrides`` (options given) on top, then ``run``."""
     settings = load_settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
     configure_logging(settings)
@@ -238,19 +267,33 @@ def _dispatch(run: Callable[[Settings, argparse.Namespace], int], overrides: dic
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Run the HTTP API and the scheduler.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind: 127.0.0.1 for this machine only, 0.0.0.0 for every interface.")
-@click.option("--port", type=click.IntRange(1, 65535), default=8001, show_default=True,
-              help="TCP port; a busy one is refused at once (exit 2) with a hint.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind: 127.0.0.1 for this machine only, 0.0.0.0 for every interface.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=8001,
+    show_default=True,
+    help="TCP port; a busy one is refused at once (exit 2) with a hint.",
+)
 def serve(host: str, port: int) -> int:
     """Run the HTTP API, the console (/ui/) and the scheduler."""
     return _dispatch(run_serve, host=host, port=port)
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Scrape the enabled sources now (foreground).")
-@click.option("--source", "source", multiple=True, metavar="NAME",
-              help="Only this source of sources.yaml (by name, e.g. folder); repeat for several. "
-                   "Default: every enabled source.")
+@click.option(
+    "--source",
+    "source",
+    multiple=True,
+    metavar="NAME",
+    help="Only this source of sources.yaml (by name, e.g. folder); repeat for several. "
+    "Default: every enabled source.",
+)
 def scrape(source: tuple[str, ...]) -> int:
     """Scrape the enabled sources now, in the foreground: a progress bar per source, then a table.
 
@@ -264,22 +307,44 @@ def scrape(source: tuple[str, ...]) -> int:
 @click.option("--epochs", type=click.IntRange(min=1), help="Passes over the training side (TRAIN_EPOCHS).")
 @click.option("--image-size", type=click.IntRange(16, 1024), help="Input size in pixels (TRAIN_IMAGE_SIZE).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per batch (TRAIN_BATCH_SIZE).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
-              help="auto takes CUDA when present (TRAIN_DEVICE).")
-@click.option("--mode", type=click.Choice(["finetune", "linear_probe"]),
-              help="Train the whole network, or a linear head on a frozen backbone (TRAIN_MODE).")
-@click.option("--pretrained/--no-pretrained", default=None,
-              help="Start from the hub's pretrained weights or from random ones (TRAIN_PRETRAINED).")
-def train(arch: str | None, epochs: int | None, image_size: int | None, batch_size: int | None,
-          device: str | None, mode: str | None, pretrained: bool | None) -> int:
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    help="auto takes CUDA when present (TRAIN_DEVICE).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["finetune", "linear_probe"]),
+    help="Train the whole network, or a linear head on a frozen backbone (TRAIN_MODE).",
+)
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=None,
+    help="Start from the hub's pretrained weights or from random ones (TRAIN_PRETRAINED).",
+)
+def train(
+    arch: str | None,
+    epochs: int | None,
+    image_size: int | None,
+    batch_size: int | None,
+    device: str | None,
+    mode: str | None,
+    pretrained: bool | None,
+) -> int:
     """Train a model now, in the foreground: per-batch progress, then the metrics and the promotion.
 
     Options left out come from the settings (the variable in brackets). Exits 1 when the training
     could not run or failed (too few images, pretrained weights unavailable ...), with the reason.
     """
-    overrides = {"train_arch": arch, "train_epochs": epochs, "train_image_size": image_size,
-                 "train_batch_size": batch_size, "train_device": device, "train_mode": mode,
-                 "train_pretrained": pretrained}
+    overrides = {
+        "train_arch": arch,
+        "train_epochs": epochs,
+        "train_image_size": image_size,
+        "train_batch_size": batch_size,
+        "train_device": device,
+        "train_mode": mode,
+        "train_pretrained": pretrained,
+    }
     return _dispatch(run_train_command, overrides)
 
 
@@ -301,16 +366,25 @@ def predict(images: tuple[str, ...]) -> int:
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Report (and --repair) dataset drift.")
-@click.option("--rebuild-index", is_flag=True,
-              help="Insert the index rows missing for images with valid metadata files (a lost or "
-                   "damaged index); deletes nothing.")
-@click.option("--repair", is_flag=True,
-              help="Rebuild missing rows, then fix the rest of the drift; deletes only files with neither "
-                   "metadata nor row (listed first), and refuses to delete more than 5% of the images "
-                   "without --force.")
-@click.option("--force", is_flag=True,
-              help="Also treat files without a row written in the last 5 minutes as orphans, and let "
-                   "--repair delete more than 5% (only when no ingest can be running).")
+@click.option(
+    "--rebuild-index",
+    is_flag=True,
+    help="Insert the index rows missing for images with valid metadata files (a lost or "
+    "damaged index); deletes nothing.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rebuild missing rows, then fix the rest of the drift; deletes only files with neither "
+    "metadata nor row (listed first), and refuses to delete more than 5% of the images "
+    "without --force.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also treat files without a row written in the last 5 minutes as orphans, and let "
+    "--repair delete more than 5% (only when no ingest can be running).",
+)
 def check(rebuild_index: bool, repair: bool, force: bool) -> int:
     """Report (and with --repair fix) drift between the files and the index.
 
@@ -329,8 +403,13 @@ def label() -> int:
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Print the review queue.")
-@click.option("--kind", type=click.Choice(["all", "disagreement", "unlabeled"]), default="all",
-              show_default=True, help="Which images: disputed labels, unlabeled images, or both.")
+@click.option(
+    "--kind",
+    type=click.Choice(["all", "disagreement", "unlabeled"]),
+    default="all",
+    show_default=True,
+    help="Which images: disputed labels, unlabeled images, or both.",
+)
 @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="Rows to show.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, help="Rows to skip.")
 def review(kind: str, limit: int, offset: int) -> int:
@@ -369,7 +448,7 @@ def build_parser() -> _Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         code = cli.main(args=argv, prog_name="exposr-trainer", standalone_mode=False)
-    except click.ClickException as exc:   # a usage error: unknown option, bad value
+    except click.ClickException as exc:  # a usage error: unknown option, bad value
         exc.show()
         return EXIT_CONFIG
     except ConfigError as exc:

@@ -26,8 +26,11 @@ def describe(data: dict) -> str:
     """A one-line description of a progress dict: its short scalar fields (training: its rate)."""
     if "images_per_s" in data:
         return describe_training(data)
-    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in data.items() if isinstance(v, str | int | float) and len(str(v)) < 40]
+    parts = [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in data.items()
+        if isinstance(v, str | int | float) and len(str(v)) < 40
+    ]
     return " ".join(parts)[:100]
 
 
@@ -39,8 +42,11 @@ def describe_training(data: dict) -> str:
     eta = data.get("eta_s")
     if isinstance(eta, int | float):
         minutes, seconds = divmod(int(eta), 60)
-        parts.append(f"ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60
-                     else f"ETA {minutes}:{seconds:02d}")
+        parts.append(
+            f"ETA {minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+            if minutes >= 60
+            else f"ETA {minutes}:{seconds:02d}"
+        )
     if isinstance(data.get("val_auc"), int | float):
         parts.append(f"auc {data['val_auc']:.3f}")
     return "  ".join(parts)
@@ -54,13 +60,17 @@ def progress_bar(title: str, console: Console = console) -> Iterator[Callable[[d
     Each bar keeps the fields it was sent before: training's per-epoch metrics arrive without the
     batch counts, and the bar stays where the last batch left it instead of jumping back.
     """
-    columns = (TextColumn("[bold]{task.fields[name]}[/]"), BarColumn(bar_width=20), MofNCompleteColumn(),
-               TimeElapsedColumn(),
-               TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")))
+    columns = (
+        TextColumn("[bold]{task.fields[name]}[/]"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis")),
+    )
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {None: progress.add_task("starting", total=None, name=title)}
         seen: dict[str | None, dict] = {}
-        fresh = True   # the first bar is taken over by the first source instead of left at "starting"
+        fresh = True  # the first bar is taken over by the first source instead of left at "starting"
 
         def report(data: dict) -> None:
             nonlocal fresh
@@ -70,9 +80,13 @@ def progress_bar(title: str, console: Console = console) -> Iterator[Callable[[d
             fresh = False
             fields = {k: v for k, v in data.items() if k != "source"} if part else data
             fields = seen[part] = {**seen.get(part, {}), **fields}
-            progress.update(tasks[part], name=f"{title} {part}" if part else title,
-                            description=describe(fields), completed=_first(fields, _DONE_KEYS) or 0,
-                            total=_first(fields, _TOTAL_KEYS))
+            progress.update(
+                tasks[part],
+                name=f"{title} {part}" if part else title,
+                description=describe(fields),
+                completed=_first(fields, _DONE_KEYS) or 0,
+                total=_first(fields, _TOTAL_KEYS),
+            )
 
         yield report
 

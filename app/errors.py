@@ -79,8 +79,11 @@ async def _environment_error(request: Request, exc: Exception) -> Response:
     fault and usually passing, so 503 with the reason."""
     reason = public_text(str(exc), request.app.state.settings)
     log.error("%s %s: storage unavailable: %s", request.method, request.url.path, exc)
-    return JSONResponse({"detail": f"storage unavailable ({reason}); nothing was changed, retry later"},
-                        status_code=503, headers={"Retry-After": "30"})
+    return JSONResponse(
+        {"detail": f"storage unavailable ({reason}); nothing was changed, retry later"},
+        status_code=503,
+        headers={"Retry-After": "30"},
+    )
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:

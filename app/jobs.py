@@ -69,8 +69,10 @@ async def scrape_job(settings: Settings, progress: Progress) -> ScrapeReport:
     errors = result.get("totals", {}).get("errors", {})
     lost = sum(n for kind, n in errors.items() if kind.startswith("ingest_"))
     if result.get("status") == "failed" and lost:  # nothing could be kept: the job failed, and says why
-        raise RuntimeError(f"no image could be stored: {lost} storage/index errors "
-                           f"({result['totals']['errors']}); free disk space or fix the storage and retry")
+        raise RuntimeError(
+            f"no image could be stored: {lost} storage/index errors "
+            f"({result['totals']['errors']}); free disk space or fix the storage and retry"
+        )
     return result
 
 
@@ -79,8 +81,9 @@ async def train_job(settings: Settings, progress: Progress) -> TrainResult:
     # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
     from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
 
-    return await run_in_process("trainer.model_store:train_with_shared_store", settings, cumulative(progress),
-                                name="train")
+    return await run_in_process(
+        "trainer.model_store:train_with_shared_store", settings, cumulative(progress), name="train"
+    )
 
 
 async def label_job(settings: Settings, progress: Progress) -> LabelReport:
@@ -119,8 +122,13 @@ class JobRunner:
     """Runs jobs in this process; kinds in WORKER_KINDS are queued for a worker instead, unless this
     runner *is* a worker (``worker=True``: exposr-trainer worker, see :meth:`work`)."""
 
-    def __init__(self, settings: Settings, store: JobStore, kinds: dict[str, JobFunction] | None = None,
-                 worker: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        kinds: dict[str, JobFunction] | None = None,
+        worker: bool = False,
+    ):
         self.settings = settings
         self.store = store
         self.kinds = dict(JOB_KINDS if kinds is None else kinds)
@@ -183,8 +191,15 @@ class JobRunner:
             return await self._queue_for_worker(kind, trigger)
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
-        job = {"id": str(uuid.uuid4()), "kind": kind, "trigger": trigger, "state": "queued", "progress": None,
-               "created_at": iso_micro(), "holder": self.holder}
+        job = {
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "trigger": trigger,
+            "state": "queued",
+            "progress": None,
+            "created_at": iso_micro(),
+            "holder": self.holder,
+        }
         self._active[kind] = job
         lock = kind_lock(self.settings, self.store, kind)
         try:
@@ -218,8 +233,9 @@ class JobRunner:
             if waiting is not None:
                 raise JobBusy(waiting)
             await self._interrupt_leftovers(kind)
-            row = await self.store.insert(id=str(uuid.uuid4()), kind=kind, trigger=trigger, state="queued",
-                                          runner="worker")
+            row = await self.store.insert(
+                id=str(uuid.uuid4()), kind=kind, trigger=trigger, state="queued", runner="worker"
+            )
         finally:
             await lock.release()
         self._changed()
@@ -239,7 +255,8 @@ class JobRunner:
                 await self._interrupt_leftovers(kind)
                 row = await self.store.waiting_for_worker(kind)
                 claimed = row is not None and await self.store.claim(
-                    row["id"], started_at=iso_micro(), holder=self.holder)
+                    row["id"], started_at=iso_micro(), holder=self.holder
+                )
             except BaseException:
                 await lock.release()
                 raise
@@ -278,8 +295,9 @@ class JobRunner:
     async def _interrupt_leftovers(self, kind: str) -> int:
         leftovers = await self.store.interrupt_leftovers(kind)
         if leftovers:
-            log.warning("marked %d %s job(s) left running by a stopped process as interrupted",
-                        leftovers, kind)
+            log.warning(
+                "marked %d %s job(s) left running by a stopped process as interrupted", leftovers, kind
+            )
         return leftovers
 
     async def _release(self, kind: str) -> None:
@@ -332,8 +350,13 @@ class JobRunner:
             self._writer.cancel()
         await self._write_unwritten_once()  # a last try; what still fails is logged with its state
         for job in self._unwritten.values():
-            log.error("job %s (%s) ended %s, but the database never took that record: after a "
-                      "restart it shows as interrupted", job["id"], job["kind"], job["state"])
+            log.error(
+                "job %s (%s) ended %s, but the database never took that record: after a "
+                "restart it shows as interrupted",
+                job["id"],
+                job["kind"],
+                job["state"],
+            )
 
     async def _run(self, job: dict) -> None:
         kind, job_id = job["kind"], job["id"]
@@ -370,8 +393,12 @@ class JobRunner:
                 # The running one may have listed its work before this job's (a label run started
                 # before the scrape stored its images): run it once more when it ends.
                 self._owed.add(follow_up)
-                log.info("%s follow-up of a %s job deferred until the running %s job ends", follow_up, kind,
-                         follow_up)
+                log.info(
+                    "%s follow-up of a %s job deferred until the running %s job ends",
+                    follow_up,
+                    kind,
+                    follow_up,
+                )
             else:
                 await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
 
@@ -384,13 +411,24 @@ class JobRunner:
         except SQLAlchemyError as exc:
             job.update(values)
             self._unwritten[job["id"]] = job
-            log.error("job %s (%s) %s, but the database refused its record (%s); writing it again "
-                      "until it takes it", job["id"], job["kind"], state, _reason(exc))
+            log.error(
+                "job %s (%s) %s, but the database refused its record (%s); writing it again "
+                "until it takes it",
+                job["id"],
+                job["kind"],
+                state,
+                _reason(exc),
+            )
             if self._writer is None or self._writer.done():
                 self._writer = asyncio.create_task(self._write_unwritten(), name="job-final-writes")
             self._changed()
-        log.info("job %s (%s) %s%s", job["id"], job["kind"], state,
-                 f": {values['error']}" if values.get("error") else "")
+        log.info(
+            "job %s (%s) %s%s",
+            job["id"],
+            job["kind"],
+            state,
+            f": {values['error']}" if values.get("error") else "",
+        )
 
     async def _write_unwritten(self) -> None:
         delay, longest = FINAL_WRITE_RETRY_SECONDS
@@ -408,8 +446,12 @@ class JobRunner:
                 log.warning("job %s: its final record still cannot be written (%s)", job_id, _reason(exc))
                 return
             self._unwritten.pop(job_id, None)
-            log.info("job %s (%s): final state %s written after the database recovered", job_id,
-                     job["kind"], job["state"])
+            log.info(
+                "job %s (%s): final state %s written after the database recovered",
+                job_id,
+                job["kind"],
+                job["state"],
+            )
             self._changed()
 
     async def _set(self, job: dict, **values) -> None:

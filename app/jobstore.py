@@ -54,8 +54,15 @@ class JobStore:
         """The one place a scheduled run that did not happen is written down (its kind was busy, or
         it was missed): a ``skipped`` row, started and finished now, ``error`` saying why."""
         now = iso_micro()
-        return await self.insert(id=str(uuid.uuid4()), kind=kind, trigger="scheduled", state="skipped",
-                                 started_at=now, finished_at=now, error=reason)
+        return await self.insert(
+            id=str(uuid.uuid4()),
+            kind=kind,
+            trigger="scheduled",
+            state="skipped",
+            started_at=now,
+            finished_at=now,
+            error=reason,
+        )
 
     async def create_tables(self) -> None:
         """Migrate the schema (dataset/migrations holds the jobs table's history too)."""
@@ -93,8 +100,12 @@ class JobStore:
 
     async def active(self, kind: str) -> dict | None:
         """The newest queued or running row of ``kind``."""
-        query = (select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
-                 .order_by(jobs_table.c.created_at.desc()).limit(1))
+        query = (
+            select(jobs_table)
+            .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES))
+            .order_by(jobs_table.c.created_at.desc())
+            .limit(1)
+        )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return dict(row._mapping) if row else None
@@ -108,17 +119,23 @@ class JobStore:
             result = await conn.execute(
                 update(jobs_table)
                 .where(jobs_table.c.kind == kind, jobs_table.c.state.in_(ACTIVE_STATES), ~waiting_for_worker)
-                .values(state="interrupted", finished_at=iso_micro(),
-                        error="the process running this job stopped (its lock was free: shutdown, kill -9 "
-                              "or a lost host)")
+                .values(
+                    state="interrupted",
+                    finished_at=iso_micro(),
+                    error="the process running this job stopped (its lock was free: shutdown, kill -9 "
+                    "or a lost host)",
+                )
             )
         return result.rowcount or 0
 
     async def waiting_for_worker(self, kind: str) -> dict | None:
         """The oldest row of ``kind`` queued for a worker."""
-        query = (select(jobs_table).where(jobs_table.c.kind == kind, jobs_table.c.state == "queued",
-                                          jobs_table.c.runner == "worker")
-                 .order_by(jobs_table.c.created_at).limit(1))
+        query = (
+            select(jobs_table)
+            .where(jobs_table.c.kind == kind, jobs_table.c.state == "queued", jobs_table.c.runner == "worker")
+            .order_by(jobs_table.c.created_at)
+            .limit(1)
+        )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return dict(row._mapping) if row else None
@@ -127,8 +144,10 @@ class JobStore:
         """Queued -> running for this process, if no one else claimed it first (compare-and-set)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
-                update(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.state == "queued")
-                .values(state="running", **values))
+                update(jobs_table)
+                .where(jobs_table.c.id == job_id, jobs_table.c.state == "queued")
+                .values(state="running", **values)
+            )
         return (result.rowcount or 0) == 1
 
     async def latest_by_kind(self, state: str | None = None) -> dict[str, dict]:

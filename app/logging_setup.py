@@ -128,7 +128,16 @@ def configure_logging(settings: Settings) -> None:
     # Our own one-line-per-request log replaces uvicorn's access log (which logs query strings).
     logging.getLogger("uvicorn.access").disabled = True
     # httpx2/httpcore2: huggingface_hub's client (pretrained weights), one INFO line per request.
-    noisy_loggers = ("httpx", "httpcore", "httpx2", "httpcore2", "botocore", "boto3", "urllib3", "PIL",
-                     "apscheduler")
+    noisy_loggers = (
+        "httpx",
+        "httpcore",
+        "httpx2",
+        "httpcore2",
+        "botocore",
+        "boto3",
+        "urllib3",
+        "PIL",
+        "apscheduler",
+    )
     for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -77,19 +77,27 @@ def model_facts(settings: Settings) -> dict[str, Any]:
     timestamps = [e.get("timestamp") for e in entries if e.get("timestamp")]
     latest = None
     if promoted:
-        latest = {key: promoted.get(key) for key in ("model", "version", "timestamp", "val_acc", "val_auc",
-                                                     "val_auc_ci95", "eval_n")}
+        latest = {
+            key: promoted.get(key)
+            for key in ("model", "version", "timestamp", "val_acc", "val_auc", "val_auc_ci95", "eval_n")
+        }
     newest = entries[-1] if entries else {}
-    return {"models_trained": len(entries), "last_training": max(timestamps) if timestamps else None,
-            "promoted": latest, "shortcut_warning": newest.get("shortcut_warning")}
+    return {
+        "models_trained": len(entries),
+        "last_training": max(timestamps) if timestamps else None,
+        "promoted": latest,
+        "shortcut_warning": newest.get("shortcut_warning"),
+    }
 
 
 async def job_facts(store: JobStore) -> dict[str, Any]:
     last = await store.latest_by_kind()
     succeeded = await store.latest_by_kind(state="succeeded")
-    return {"last_jobs": last,
-            "last_scrape": (succeeded.get("scrape") or {}).get("finished_at"),
-            "last_train_job": (succeeded.get("train") or {}).get("finished_at")}
+    return {
+        "last_jobs": last,
+        "last_scrape": (succeeded.get("scrape") or {}).get("finished_at"),
+        "last_train_job": (succeeded.get("train") or {}).get("finished_at"),
+    }
 
 
 async def collect_status(settings: Settings, dataset: Any, store: JobStore) -> dict[str, Any]:

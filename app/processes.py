@@ -67,8 +67,9 @@ async def _follow(proc: Any, messages: Any, progress: Callable[[dict], None]) ->
             else:
                 raise ChildFailed(message["message"])
         if not alive:
-            raise ChildFailed(f"the worker process exited (code {proc.exitcode}) without a result; "
-                              "see logs/trainer.log")
+            raise ChildFailed(
+                f"the worker process exited (code {proc.exitcode}) without a result; see logs/trainer.log"
+            )
         await asyncio.sleep(POLL_SECONDS)
 
 
@@ -132,8 +133,9 @@ def _yield_cpu_to_the_service() -> None:
         try:
             os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError as exc:  # a container's seccomp profile may refuse it: nice still applies
-            logging.getLogger(__name__).info("SCHED_IDLE unavailable (%s); running at nice %d",
-                                             exc, CHILD_NICENESS)
+            logging.getLogger(__name__).info(
+                "SCHED_IDLE unavailable (%s); running at nice %d", exc, CHILD_NICENESS
+            )
 
 
 def _plain(data: Any) -> Any:

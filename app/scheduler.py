@@ -57,9 +57,11 @@ class JobScheduler:
             return
         if not await self.lock.acquire():
             self.state = "refused"
-            log.warning("scheduler NOT started: another process holds %s (a second worker, service or "
-                        "replica on the same dataset); this process serves the API only",
-                        self.lock.description)
+            log.warning(
+                "scheduler NOT started: another process holds %s (a second worker, service or "
+                "replica on the same dataset); this process serves the API only",
+                self.lock.description,
+            )
             if self.runner.store.engine.dialect.name == "postgresql" and self.settings.job_sweep_seconds > 0:
                 self._standby = asyncio.create_task(self._take_over_when_free(), name="scheduler-standby")
             return
@@ -79,9 +81,15 @@ class JobScheduler:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         for kind, interval in job_intervals(self.settings).items():
             self.scheduler.add_job(
-                self.runner.submit_scheduled, "interval", args=[kind], id=kind,
-                seconds=interval.total_seconds(), coalesce=True, max_instances=1,
-                misfire_grace_time=misfire_grace(interval), replace_existing=True,
+                self.runner.submit_scheduled,
+                "interval",
+                args=[kind],
+                id=kind,
+                seconds=interval.total_seconds(),
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=misfire_grace(interval),
+                replace_existing=True,
             )
         self.scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED)
         self.scheduler.start()
@@ -111,11 +119,15 @@ class JobScheduler:
             self.state = "stopped"
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
-        log.warning("scheduled %s run due at %s was missed (past its grace time); recording it as skipped",
-                    event.job_id, event.scheduled_run_time)
+        log.warning(
+            "scheduled %s run due at %s was missed (past its grace time); recording it as skipped",
+            event.job_id,
+            event.scheduled_run_time,
+        )
         asyncio.get_running_loop().create_task(self._record_missed(event))
 
     async def _record_missed(self, event: JobExecutionEvent) -> None:
         due = event.scheduled_run_time.isoformat()
-        await self.runner.store.record_skipped(event.job_id,
-                                               f"missed: the run due at {due} was past its grace time")
+        await self.runner.store.record_skipped(
+            event.job_id, f"missed: the run due at {due} was past its grace time"
+        )

@@ -76,7 +76,8 @@ class StatusOut(BaseModel):
     latest_model: ModelInfo | None = Field(description="the promoted (served) model")
     shortcut_warning: str | None = Field(
         None,
-        description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)")
+        description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)",
+    )
 
 
 class MetricsOut(BaseModel):
@@ -103,8 +104,10 @@ class Health(BaseModel):
 class UploadOut(BaseModel):
     id: str = Field(description="the stored image's id, or the existing one for a duplicate")
     status: Literal["stored", "duplicate", "near_duplicate"]
-    label: str = Field(description="the image's label; for a duplicate, the existing image's label, "
-                                   "which an upload never changes")
+    label: str = Field(
+        description="the image's label; for a duplicate, the existing image's label, "
+        "which an upload never changes"
+    )
     message: str | None = None
     distance: int | None = Field(None, description="Hamming distance of a near-duplicate's perceptual hash")
 

@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_KINDS = "train,label"
 
 
-async def run_worker(settings: Settings, stop: asyncio.Event | None = None,
-                     kinds: dict | None = None) -> None:
+async def run_worker(
+    settings: Settings, stop: asyncio.Event | None = None, kinds: dict | None = None
+) -> None:
     if not settings.worker_kind_set:
         settings = settings.model_copy(update={"worker_kinds": DEFAULT_KINDS})
     stop = stop or asyncio.Event()

@@ -59,12 +59,26 @@ def free_port() -> int:
 
 
 def server_env(work: Path, sources: Path, args: argparse.Namespace) -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_API_KEY": TOKEN, "SCHEDULER_ENABLED": "false",
-            "DATASET_DIR": str(work / "datasets"), "MODELS_DIR": str(work / "models"),
-            "LOG_DIR": str(work / "logs"), "SOURCES_CONFIG": str(sources), "LOG_LEVEL": "WARNING",
-            "TRAIN_ARCH": args.arch, "TRAIN_PRETRAINED": "false", "TRAIN_IMAGE_SIZE": str(args.image_size),
-            "TRAIN_EPOCHS": "10000", "TRAIN_BATCH_SIZE": "16", "TRAIN_WORKERS": str(args.workers),
-            "TRAIN_DEVICE": "cpu", "MIN_TRAIN_SAMPLES": "8", "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/x"}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRAINER_API_KEY": TOKEN,
+        "SCHEDULER_ENABLED": "false",
+        "DATASET_DIR": str(work / "datasets"),
+        "MODELS_DIR": str(work / "models"),
+        "LOG_DIR": str(work / "logs"),
+        "SOURCES_CONFIG": str(sources),
+        "LOG_LEVEL": "WARNING",
+        "TRAIN_ARCH": args.arch,
+        "TRAIN_PRETRAINED": "false",
+        "TRAIN_IMAGE_SIZE": str(args.image_size),
+        "TRAIN_EPOCHS": "10000",
+        "TRAIN_BATCH_SIZE": "16",
+        "TRAIN_WORKERS": str(args.workers),
+        "TRAIN_DEVICE": "cpu",
+        "MIN_TRAIN_SAMPLES": "8",
+        "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/x",
+    }
 
 
 def wait_until(check, seconds: float, what: str):
@@ -108,18 +122,32 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, list[float]
         make_images(real, args.images, ai=False, seed=1)
         make_images(ai, args.images, ai=True, seed=2)
     sources = work / "sources.yaml"
-    sources.write_text(yaml.safe_dump({"sources": [{"name": "folder", "label": "real", "path": str(real)},
-                                                   {"name": "folder", "label": "ai", "path": str(ai)}]}))
+    sources.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "folder", "label": "real", "path": str(real)},
+                    {"name": "folder", "label": "ai", "path": str(ai)},
+                ]
+            }
+        )
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=work,
-                              env=server_env(work, sources, args))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=work,
+        env=server_env(work, sources, args),
+    )
     results: dict[str, dict[str, list[float]]] = {"idle": {}, "training": {}}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_until(lambda: client.get("/healthz").status_code == 200, 60, "the server")
             scrape = client.post("/scrape", headers=AUTH).json()["job_id"]
-            done = wait_until(lambda: job(client, scrape)["state"] not in ("queued", "running") and
-                              job(client, scrape), 600, "the scrape")
+            done = wait_until(
+                lambda: job(client, scrape)["state"] not in ("queued", "running") and job(client, scrape),
+                600,
+                "the scrape",
+            )
             print(f"scrape: {done['state']}, stored {done['result']['totals']['stored']} images")
             wait_until(lambda: not client.get("/status").json()["running_jobs"], 120, "follow-up jobs")
             for path in ENDPOINTS:
@@ -142,13 +170,17 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, dict[str, list[float]
 
 def report(results: dict[str, dict[str, list[float]]]) -> bool:
     ok = True
-    print(f"\n{'endpoint':<10} {'idle p50':>9} {'idle p99':>9} {'train p50':>10} {'train p99':>10} "
-          f"{'p99 ratio':>10}")
+    print(
+        f"\n{'endpoint':<10} {'idle p50':>9} {'idle p99':>9} {'train p50':>10} {'train p99':>10} "
+        f"{'p99 ratio':>10}"
+    )
     for path in ENDPOINTS:
         idle, busy = results["idle"][path], results["training"][path]
         ratio = pct(busy, 99) / pct(idle, 99)
-        print(f"{path:<10} {pct(idle, 50):8.2f}ms {pct(idle, 99):8.2f}ms {pct(busy, 50):9.2f}ms "
-              f"{pct(busy, 99):9.2f}ms {ratio:9.2f}x")
+        print(
+            f"{path:<10} {pct(idle, 50):8.2f}ms {pct(idle, 99):8.2f}ms {pct(busy, 50):9.2f}ms "
+            f"{pct(busy, 99):9.2f}ms {ratio:9.2f}x"
+        )
         ok &= pct(busy, 99) <= 50 and ratio <= 3
     print(f"\ntarget (p99 during training <= 50 ms and <= 3x idle): {'met' if ok else 'NOT met'}")
     return ok

@@ -93,8 +93,10 @@ def lookup_ms(n_hashes: int, queries: int = 500) -> dict[str, tuple[float, float
     cache = PhashCache()
     cache.add([(i + 1, f"id{i}", to_signed(rng.getrandbits(64))) for i in range(n_hashes)])
     stored = cache.hashes[:n_hashes]
-    probes = [rng.getrandbits(64) if i % 2 else int(stored[rng.randrange(n_hashes)]) ^ 0b10101
-              for i in range(queries)]
+    probes = [
+        rng.getrandbits(64) if i % 2 else int(stored[rng.randrange(n_hashes)]) ^ 0b10101
+        for i in range(queries)
+    ]
     cache.nearest(probes[0], 6)  # builds the index outside the timing
 
     def timed(fn) -> tuple[float, float]:
@@ -106,8 +108,10 @@ def lookup_ms(n_hashes: int, queries: int = 500) -> dict[str, tuple[float, float
         spent.sort()
         return spent[len(spent) // 2], spent[int(len(spent) * 0.99)]
 
-    return {"index": timed(lambda q: cache.nearest(q, 6)),
-            "scan": timed(lambda q: np.flatnonzero(np.bitwise_count(stored ^ np.uint64(q)) <= 6))}
+    return {
+        "index": timed(lambda q: cache.nearest(q, 6)),
+        "scan": timed(lambda q: np.flatnonzero(np.bitwise_count(stored ^ np.uint64(q)) <= 6)),
+    }
 
 
 async def index_lookup_ms(sizes: tuple[int, ...], queries: int = 200) -> dict[int, float]:
@@ -138,9 +142,20 @@ async def _grow(index: DedupeIndex, n: int, rng: random.Random, chunk: int = 50_
 
 
 def _fake_row(i: int, rng: random.Random) -> dict:
-    return dict(id=f"bench-{i}", sha256=f"{i:064x}", phash=to_signed(rng.getrandbits(64)), label="real",
-                confidence=None, source="bench", image_key=f"images/b/{i}.jpg", meta_key=f"meta/b/{i}.json",
-                format="JPEG", width=1, height=1, created_at="2025-01-01T00:00:00Z")
+    return dict(
+        id=f"bench-{i}",
+        sha256=f"{i:064x}",
+        phash=to_signed(rng.getrandbits(64)),
+        label="real",
+        confidence=None,
+        source="bench",
+        image_key=f"images/b/{i}.jpg",
+        meta_key=f"meta/b/{i}.json",
+        format="JPEG",
+        width=1,
+        height=1,
+        created_at="2025-01-01T00:00:00Z",
+    )
 
 
 def main() -> None:
@@ -150,8 +165,10 @@ def main() -> None:
     args = ap.parse_args()
     images = folder_images(args.folder, args.n) if args.folder else generated_jpegs(args.n)
     mpx = sum(Image.open(io.BytesIO(d)).size[0] * Image.open(io.BytesIO(d)).size[1] for d in images)
-    print(f"{len(images)} images, {mpx / len(images) / 1e6:.1f} MP and "
-          f"{sum(map(len, images)) / len(images) / 1e6:.2f} MB on average, one core")
+    print(
+        f"{len(images)} images, {mpx / len(images) / 1e6:.1f} MP and "
+        f"{sum(map(len, images)) / len(images) / 1e6:.2f} MB on average, one core"
+    )
     for data in images[:2]:
         decode(data)  # warm-up: plugin imports, allocator
     spent, statuses = asyncio.run(decode_and_ingest(images))
@@ -166,9 +183,11 @@ def main() -> None:
     for n in sizes:
         got = lookup_ms(n)
         (p50, p99), (s50, s99) = got["index"], got["scan"]
-        print(f"near-dup lookup with {n:>9,} hashes: multi-index hashing p50 {p50:.3f} ms p99 {p99:.3f} ms; "
-              f"numpy scan p50 {s50:.3f} p99 {s99:.3f} ({s50 / p50:.1f}x); "
-              f"{through_index[n]:.3f} ms/image through DedupeIndex.near_check (SQLite, with catch-up)")
+        print(
+            f"near-dup lookup with {n:>9,} hashes: multi-index hashing p50 {p50:.3f} ms p99 {p99:.3f} ms; "
+            f"numpy scan p50 {s50:.3f} p99 {s99:.3f} ({s50 / p50:.1f}x); "
+            f"{through_index[n]:.3f} ms/image through DedupeIndex.near_check (SQLite, with catch-up)"
+        )
 
 
 if __name__ == "__main__":

@@ -82,12 +82,20 @@ async def main(args: argparse.Namespace) -> None:
     url, server, thread = serve(stand_in_core(args.latency_ms / 1000))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        settings = Settings(_env_file=None, dataset_dir=root / "datasets", models_dir=root / "models",
-                            exposr_core_endpoint=url, exposr_core_concurrency=args.concurrency,
-                            scheduler_enabled=False, min_image_side=16)
+        settings = Settings(
+            _env_file=None,
+            dataset_dir=root / "datasets",
+            models_dir=root / "models",
+            exposr_core_endpoint=url,
+            exposr_core_concurrency=args.concurrency,
+            scheduler_enabled=False,
+            min_image_side=16,
+        )
         async with DatasetManager(settings) as dm:
-            stored = [await dm.ingest(data, {"source": "bench", "label": ("real", "ai", "unlabeled")[i % 3]})
-                      for i, data in enumerate(images)]
+            stored = [
+                await dm.ingest(data, {"source": "bench", "label": ("real", "ai", "unlabeled")[i % 3]})
+                for i, data in enumerate(images)
+            ]
         n = sum(o.status == "stored" for o in stored)
 
         base_s = await baseline(url, images[:n])
@@ -110,13 +118,19 @@ async def main(args: argparse.Namespace) -> None:
 
     print(f"images: {n} stored, Core latency {args.latency_ms} ms, concurrency {args.concurrency}")
     print(f"baseline sequential POST loop: {base_s:.2f} s ({n / base_s:.1f} images/s)")
-    print(f"labeler: {label_s:.2f} s ({report['scored'] / label_s:.1f} images/s), scored {report['scored']}, "
-          f"errors {report['errors']}")
+    print(
+        f"labeler: {label_s:.2f} s ({report['scored'] / label_s:.1f} images/s), scored {report['scored']}, "
+        f"errors {report['errors']}"
+    )
     print(f"ratio labeler speed / baseline speed: {base_s / label_s:.2f}x")
-    print(f"second run, nothing new: {noop_s * 1000:.0f} ms (skipped {again['skipped']}, one probe request); "
-          f"ratio to the first run {noop_s / label_s:.2f}x")
-    print(f"index query (samples): {index_s * 1000:.1f} ms; review queue ({page['total']} entries): "
-          f"{queue_s * 1000:.1f} ms; ratio {queue_s / index_s:.1f}x")
+    print(
+        f"second run, nothing new: {noop_s * 1000:.0f} ms (skipped {again['skipped']}, one probe request); "
+        f"ratio to the first run {noop_s / label_s:.2f}x"
+    )
+    print(
+        f"index query (samples): {index_s * 1000:.1f} ms; review queue ({page['total']} entries): "
+        f"{queue_s * 1000:.1f} ms; ratio {queue_s / index_s:.1f}x"
+    )
 
 
 if __name__ == "__main__":

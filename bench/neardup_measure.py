@@ -83,8 +83,9 @@ def acceptance_pairs(root: Path):
     (the folders share some pictures). Byte-identical pairs are left out: exact dedupe finds them."""
     groups: dict[str, list[tuple[str, int, str]]] = {}
     for gdir in sorted((root / "neardup").iterdir()):
-        groups[gdir.name] = [(f"{gdir.name}/{p.name}", *h) for p in sorted(gdir.iterdir())
-                             if (h := hashes(p.read_bytes()))]
+        groups[gdir.name] = [
+            (f"{gdir.name}/{p.name}", *h) for p in sorted(gdir.iterdir()) if (h := hashes(p.read_bytes()))
+        ]
     owner = {sha: g for g, members in groups.items() for _, _, sha in members}
     for folder in ("real", "ai"):
         for p in sorted((root / folder).iterdir()):

@@ -43,9 +43,19 @@ PROCESS_COUNTS = (1, 2, 4)
 
 
 def settings_for(root: Path, url: str, endpoint: str, bucket: str) -> Settings:
-    return Settings(_env_file=None, dataset_dir=root, models_dir=root / "models", log_dir=root / "logs",
-                    database_url=url, storage_driver="s3", s3_bucket=bucket, s3_prefix="bench/",
-                    s3_endpoint_url=endpoint, min_image_side=16, scheduler_enabled=False)
+    return Settings(
+        _env_file=None,
+        dataset_dir=root,
+        models_dir=root / "models",
+        log_dir=root / "logs",
+        database_url=url,
+        storage_driver="s3",
+        s3_bucket=bucket,
+        s3_prefix="bench/",
+        s3_endpoint_url=endpoint,
+        min_image_side=16,
+        scheduler_enabled=False,
+    )
 
 
 def ingest_worker(settings: Settings, seeds: list[int], start, done) -> None:
@@ -62,8 +72,9 @@ def ingest_worker(settings: Settings, seeds: list[int], start, done) -> None:
     done.put(asyncio.run(run()))
 
 
-def ingest_round(n_proc: int, total: int, url: str, endpoint: str, bucket: str, base: Path,
-                 offset: int) -> float:
+def ingest_round(
+    n_proc: int, total: int, url: str, endpoint: str, bucket: str, base: Path, offset: int
+) -> float:
     ctx = multiprocessing.get_context("spawn")
     start, done = ctx.Event(), ctx.Queue()
     per = total // n_proc
@@ -92,10 +103,22 @@ async def fill_index(url: str, rows: int) -> list[int]:
     hashes = [rng.getrandbits(64) for _ in range(rows)]
     batch = 20_000
     for start in range(0, rows, batch):
-        values = [dict(id=f"{i:036d}", sha256=f"{i:064d}", phash=to_signed(hashes[i]), label="real",
-                       source="bench", image_key=f"images/{i}.jpg", meta_key=f"meta/{i}.json", format="JPEG",
-                       width=10, height=10, created_at="2025-01-01T00:00:00Z")
-                  for i in range(start, min(rows, start + batch))]
+        values = [
+            dict(
+                id=f"{i:036d}",
+                sha256=f"{i:064d}",
+                phash=to_signed(hashes[i]),
+                label="real",
+                source="bench",
+                image_key=f"images/{i}.jpg",
+                meta_key=f"meta/{i}.json",
+                format="JPEG",
+                width=10,
+                height=10,
+                created_at="2025-01-01T00:00:00Z",
+            )
+            for i in range(start, min(rows, start + batch))
+        ]
         async with engine.begin() as conn:
             await conn.execute(images.insert(), values)
     if engine.dialect.name == "postgresql":
@@ -161,23 +184,32 @@ def main() -> None:
             bucket = f"bench-{n_proc}"
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
             rates[n_proc] = ingest_round(n_proc, args.images, url, endpoint, bucket, base, offset=k * 100_000)
-            print(f"   {n_proc} process(es): {rates[n_proc]:7.1f} images/s   ratio to 1: "
-                  f"{rates[n_proc] / rates[1]:.2f}")
+            print(
+                f"   {n_proc} process(es): {rates[n_proc]:7.1f} images/s   ratio to 1: "
+                f"{rates[n_proc] / rates[1]:.2f}"
+            )
 
         print(f"\n2. near-duplicate lookup (find_near) with {args.rows:,} rows, {args.lookups} lookups")
         results = {}
         for name in ("postgresql", "sqlite"):
-            url = (f"sqlite+aiosqlite:///{base}/lookup.db" if name == "sqlite"
-                   else (args.database_url if pg is None else pg.new_database()))
+            url = (
+                f"sqlite+aiosqlite:///{base}/lookup.db"
+                if name == "sqlite"
+                else (args.database_url if pg is None else pg.new_database())
+            )
             t0 = time.perf_counter()
             hashes = asyncio.run(fill_index(url, args.rows))
             fill = time.perf_counter() - t0
             load, times = asyncio.run(lookups(url, hashes, args.lookups))
             results[name] = (pct(times, 50), pct(times, 99))
-            print(f"   {name:10s}: p50 {results[name][0]:6.2f} ms  p99 {results[name][1]:6.2f} ms   "
-                  f"(bulk insert {fill:.0f} s, cache load at open {load:.1f} s)")
-        print(f"   ratio PostgreSQL / SQLite: p50 {results['postgresql'][0] / results['sqlite'][0]:.2f}, "
-              f"p99 {results['postgresql'][1] / results['sqlite'][1]:.2f}")
+            print(
+                f"   {name:10s}: p50 {results[name][0]:6.2f} ms  p99 {results[name][1]:6.2f} ms   "
+                f"(bulk insert {fill:.0f} s, cache load at open {load:.1f} s)"
+            )
+        print(
+            f"   ratio PostgreSQL / SQLite: p50 {results['postgresql'][0] / results['sqlite'][0]:.2f}, "
+            f"p99 {results['postgresql'][1] / results['sqlite'][1]:.2f}"
+        )
     finally:
         s3.stop()
         if pg is not None:

@@ -32,8 +32,9 @@ from tests.scraper.fake_api import SOURCES, FakeSourceApi  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--per-source", type=int, default=100, help="images listed by each fake source")
     parser.add_argument("--size", default="1280x853", help="image size WxH (default a web-sized photo)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each measurement; the best is kept")
@@ -58,8 +59,10 @@ async def bare_loop(urls: list[str]) -> float:
 def write_sources(path: Path, per_source: int) -> None:
     lines = ["sources:"]
     for name, label in (("unsplash", "real"), ("pexels", "real"), ("civitai", "ai")):
-        lines.append(f"  - {{name: {name}, label: {label}, queries: [bench], "
-                     f"limit_per_query: {per_source}, rate_limit_per_hour: 0}}")
+        lines.append(
+            f"  - {{name: {name}, label: {label}, queries: [bench], "
+            f"limit_per_query: {per_source}, rate_limit_per_hour: 0}}"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -80,9 +83,13 @@ async def scrape_once(api: FakeSourceApi, per_source: int) -> tuple[float, dict]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_sources(root / "sources.yaml", per_source)
-        settings = Settings(_env_file=None, dataset_dir=root / "datasets",
-                            sources_config=root / "sources.yaml", scheduler_enabled=False,
-                            **api.settings_overrides())
+        settings = Settings(
+            _env_file=None,
+            dataset_dir=root / "datasets",
+            sources_config=root / "sources.yaml",
+            scheduler_enabled=False,
+            **api.settings_overrides(),
+        )
         started = time.perf_counter()
         report = await run_scrape(settings)
         return time.perf_counter() - started, report
@@ -97,7 +104,7 @@ async def main() -> None:
     with FakeSourceApi(args.per_source, lambda i: photo_like(i, width, height)) as api:
         urls = api.image_urls()
         for i in range(total):
-            api.image(i)   # draw every image before any clock starts
+            api.image(i)  # draw every image before any clock starts
         mean_kb = sum(len(api.image(i)) for i in range(total)) / total / 1024
         bare = min([await bare_loop(urls) for _ in range(args.repeats)])
         ingest = min([await ingest_only([api.image(i) for i in range(total)]) for _ in range(args.repeats)])
@@ -109,9 +116,11 @@ async def main() -> None:
     print(f"baseline  bare httpx download loop        : {total / bare:7.1f} images/s ({bare:.2f}s)")
     print(f"reference dataset ingest only, no HTTP    : {total / ingest:7.1f} images/s ({ingest:.2f}s)")
     print(f"scrape    fetch+validate+dedupe+store     : {handled / elapsed:7.1f} images/s ({elapsed:.2f}s)")
-    print(f"          {t['api_requests']} API requests, {handled} downloaded, {t['stored']} stored, "
-          f"{t['duplicates']} duplicates, {t['near_duplicates']} near-duplicates, "
-          f"rejected {t['rejected']}, errors {t['errors']}")
+    print(
+        f"          {t['api_requests']} API requests, {handled} downloaded, {t['stored']} stored, "
+        f"{t['duplicates']} duplicates, {t['near_duplicates']} near-duplicates, "
+        f"rejected {t['rejected']}, errors {t['errors']}"
+    )
     print(f"ratio scrape / baseline: {(handled / elapsed) / (total / bare):.2f}")
 
 

@@ -89,22 +89,43 @@ def _picture(rng, size: tuple[int, int]) -> bytes:
 def folder_dataset(folder: Path, n: int) -> tuple[LocalStorage, list[Sample]]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
     rng = np.random.default_rng(0)
-    samples = [_sample(str(i), "ai" if i % 2 else "real", str(p.relative_to(folder)), rng)
-               for i, p in enumerate(files[:n])]
+    samples = [
+        _sample(str(i), "ai" if i % 2 else "real", str(p.relative_to(folder)), rng)
+        for i, p in enumerate(files[:n])
+    ]
     return LocalStorage(folder), samples
 
 
 def _sample(image_id: str, label: str, key: str, rng) -> Sample:
-    return Sample(id=image_id, label=label, source="bench", image_key=key, meta_key=f"meta/{image_id}.json",
-                  sha256=image_id, phash=int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2)),
-                  width=0, height=0, created_at="2026-01-01T00:00:00Z")
+    return Sample(
+        id=image_id,
+        label=label,
+        source="bench",
+        image_key=key,
+        meta_key=f"meta/{image_id}.json",
+        sha256=image_id,
+        phash=int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2)),
+        width=0,
+        height=0,
+        created_at="2026-01-01T00:00:00Z",
+    )
 
 
 def _settings(args, tmp: Path, **extra) -> Settings:
-    return Settings(_env_file=None, dataset_dir=tmp / "datasets", models_dir=tmp / "models",
-                    train_arch=args.arch, train_pretrained=False, train_image_size=args.image_size,
-                    train_batch_size=args.batch, train_workers=args.workers, train_device=args.device,
-                    min_train_samples=2, train_epochs=1, **extra)
+    return Settings(
+        _env_file=None,
+        dataset_dir=tmp / "datasets",
+        models_dir=tmp / "models",
+        train_arch=args.arch,
+        train_pretrained=False,
+        train_image_size=args.image_size,
+        train_batch_size=args.batch,
+        train_workers=args.workers,
+        train_device=args.device,
+        min_train_samples=2,
+        train_epochs=1,
+        **extra,
+    )
 
 
 def _steps(model, loader, prepare, amp_dtype, lr: float) -> float:
@@ -133,33 +154,70 @@ def throughput(args) -> None:
     seed_everything(0)
     with tempfile.TemporaryDirectory() as tmp:
         settings = _settings(args, Path(tmp))
-        storage, samples = (folder_dataset(args.folder, args.images) if args.folder
-                            else (LocalStorage(Path(tmp) / "datasets"),
-                                  generate_dataset(Path(tmp) / "datasets", args.images, args.source_size)))
+        storage, samples = (
+            folder_dataset(args.folder, args.images)
+            if args.folder
+            else (
+                LocalStorage(Path(tmp) / "datasets"),
+                generate_dataset(Path(tmp) / "datasets", args.images, args.source_size),
+            )
+        )
         device, amp_dtype = pick_device(args.device)
         model = build_model(settings).to(device)
         pre = preprocessing_for(model, args.image_size)
-        data = StoredImages(storage, [s.image_key for s in samples], [int(s.label == "ai") for s in samples],
-                            train_transform(pre), settings.max_image_pixels,
-                            reduce_to=pre.decode_side if args.decode == "reduced" else None)
-        loader = make_loader(data, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
-                             pin_memory=device.type == "cuda", drop_last=True)
+        data = StoredImages(
+            storage,
+            [s.image_key for s in samples],
+            [int(s.label == "ai") for s in samples],
+            train_transform(pre),
+            settings.max_image_pixels,
+            reduce_to=pre.decode_side if args.decode == "reduced" else None,
+        )
+        loader = make_loader(
+            data,
+            batch_size=args.batch,
+            shuffle=True,
+            workers=args.workers,
+            seed=0,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
         steps, prepare = len(loader), Normalizer(pre, device)
         raw = _memory_batches(args, device, steps)
-        _steps(model, raw[:2], prepare, amp_dtype, settings.train_lr)     # warm-up: kernels, allocator
+        _steps(model, raw[:2], prepare, amp_dtype, settings.train_lr)  # warm-up: kernels, allocator
         # The same data path reading the training cache (trainer/cache.py), built here and timed.
         cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
         build = cache.build([(s.sha256, s.image_key) for s in samples], workers=max(2, args.workers))
-        cached = StoredImages(storage, data.keys, data.labels, train_transform(pre),
-                              settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
-                              sha256s=[s.sha256 for s in samples], quality=cache.quality)
-        cached_loader = make_loader(cached, batch_size=args.batch, shuffle=True, workers=args.workers, seed=0,
-                                    pin_memory=device.type == "cuda", drop_last=True)
-        _steps(model, loader, prepare, amp_dtype, settings.train_lr)      # epoch 1 starts the workers
+        cached = StoredImages(
+            storage,
+            data.keys,
+            data.labels,
+            train_transform(pre),
+            settings.max_image_pixels,
+            reduce_to=pre.decode_side,
+            cache=cache,
+            sha256s=[s.sha256 for s in samples],
+            quality=cache.quality,
+        )
+        cached_loader = make_loader(
+            cached,
+            batch_size=args.batch,
+            shuffle=True,
+            workers=args.workers,
+            seed=0,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
+        _steps(model, loader, prepare, amp_dtype, settings.train_lr)  # epoch 1 starts the workers
         _steps(model, cached_loader, prepare, amp_dtype, settings.train_lr)
         # Interleaved rounds, median of each: a shared machine's load swings hit all three alike.
-        rounds = [[_steps(model, feed, prepare, amp_dtype, settings.train_lr)
-                   for feed in (raw, loader, cached_loader)] for _ in range(args.rounds)]
+        rounds = [
+            [
+                _steps(model, feed, prepare, amp_dtype, settings.train_lr)
+                for feed in (raw, loader, cached_loader)
+            ]
+            for _ in range(args.rounds)
+        ]
         raw_s, real_s, cached_s = (sorted(r[i] for r in rounds)[len(rounds) // 2] for i in range(3))
         loader_s = _drain(loader)
         decode_ms, one_core_ms = _one_core(data, min(len(data), 200))
@@ -167,24 +225,34 @@ def throughput(args) -> None:
     raw_ips, real_ips = steps * args.batch / raw_s, steps * args.batch / real_s  # full batches both
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     source = args.folder or "x".join(map(str, args.source_size))
-    print(f"device={device} ({name}) amp={amp_dtype} arch={args.arch} image_size={args.image_size} "
-          f"batch={args.batch} workers={args.workers} images={len(samples)} source={source} "
-          f"decode={args.decode} (shorter side >= {data.reduce_to or 'full'})")
+    print(
+        f"device={device} ({name}) amp={amp_dtype} arch={args.arch} image_size={args.image_size} "
+        f"batch={args.batch} workers={args.workers} images={len(samples)} source={source} "
+        f"decode={args.decode} (shorter side >= {data.reduce_to or 'full'})"
+    )
     print(f"raw step (tensors on device): {raw_ips:9.1f} images/s")
     print(f"trainer (stored JPEGs):       {real_ips:9.1f} images/s")
     print(f"ratio trainer/raw:            {real_ips / raw_ips:9.3f}")
     cached_ips = steps * args.batch / cached_s
     print(f"trainer, training cache:      {cached_ips:9.1f} images/s")
     print(f"ratio cached trainer/raw:     {cached_ips / raw_ips:9.3f}")
-    print(f"cache build:                  {build.built / build.seconds:9.1f} images/s "
-          f"({build.built} images, {max(2, args.workers)} threads)")
-    print(f"one core, cached: read {cached_decode_ms:.2f} ms, read+transform {cached_one_core_ms:.2f} ms "
-          "per image "
-          f"({one_core_ms / cached_one_core_ms:.1f}x less CPU than from the originals)")
-    print(f"DataLoader alone (no model):  {steps * args.batch / loader_s:9.1f} images/s "
-          f"({args.workers} workers)")
-    print(f"one core, CPU time per image: decode {decode_ms:.2f} ms, decode+transform {one_core_ms:.2f} ms "
-          f"({1000 / one_core_ms:.0f} images/s per core)")
+    print(
+        f"cache build:                  {build.built / build.seconds:9.1f} images/s "
+        f"({build.built} images, {max(2, args.workers)} threads)"
+    )
+    print(
+        f"one core, cached: read {cached_decode_ms:.2f} ms, read+transform {cached_one_core_ms:.2f} ms "
+        "per image "
+        f"({one_core_ms / cached_one_core_ms:.1f}x less CPU than from the originals)"
+    )
+    print(
+        f"DataLoader alone (no model):  {steps * args.batch / loader_s:9.1f} images/s "
+        f"({args.workers} workers)"
+    )
+    print(
+        f"one core, CPU time per image: decode {decode_ms:.2f} ms, decode+transform {one_core_ms:.2f} ms "
+        f"({1000 / one_core_ms:.0f} images/s per core)"
+    )
 
 
 def _drain(loader) -> float:
@@ -213,23 +281,48 @@ def _one_core(data: StoredImages, n: int) -> tuple[float, float]:
 def _memory_batches(args, device, steps: int) -> list:
     """``steps`` batches on the device, cycling over a few distinct tensors (memory stays small)."""
     shape = (args.batch, 3, args.image_size, args.image_size)
-    distinct = [(torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
-                 torch.randint(0, 2, (args.batch,), device=device)) for _ in range(min(steps, 4))]
+    distinct = [
+        (
+            torch.randint(0, 256, shape, dtype=torch.uint8, device=device),
+            torch.randint(0, 2, (args.batch,), device=device),
+        )
+        for _ in range(min(steps, 4))
+    ]
     return [(*distinct[i % len(distinct)], None, []) for i in range(steps)]
 
 
 def memory(args) -> None:
-    print(f"memory mode: arch={args.arch} image_size={args.image_size} batch={args.batch} "
-          f"workers={args.workers} source={args.source_size}")
+    print(
+        f"memory mode: arch={args.arch} image_size={args.image_size} batch={args.batch} "
+        f"workers={args.workers} source={args.source_size}"
+    )
     for n in args.sizes:
-        cmd = [sys.executable, __file__, "--mode", "rss-child", "--images", str(n), "--arch", args.arch,
-               "--image-size", str(args.image_size), "--batch", str(args.batch), "--workers",
-               str(args.workers), "--device", args.device, "--source-size",
-               f"{args.source_size[0]}x{args.source_size[1]}"]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--mode",
+            "rss-child",
+            "--images",
+            str(n),
+            "--arch",
+            args.arch,
+            "--image-size",
+            str(args.image_size),
+            "--batch",
+            str(args.batch),
+            "--workers",
+            str(args.workers),
+            "--device",
+            args.device,
+            "--source-size",
+            f"{args.source_size[0]}x{args.source_size[1]}",
+        ]
         child = subprocess.run(cmd, check=True, capture_output=True, text=True)
         out = json.loads(child.stdout.splitlines()[-1])
-        print(f"{n:>7} images: trainer peak RSS {out['self_mb']:7.1f} MB, worker peak RSS "
-              f"{out['children_mb']:7.1f} MB, training {out['train_s']:.1f} s ({out['ips']:.0f} images/s)")
+        print(
+            f"{n:>7} images: trainer peak RSS {out['self_mb']:7.1f} MB, worker peak RSS "
+            f"{out['children_mb']:7.1f} MB, training {out['train_s']:.1f} s ({out['ips']:.0f} images/s)"
+        )
 
 
 def rss_child(args) -> None:
@@ -240,9 +333,16 @@ def rss_child(args) -> None:
         train_on_samples(_settings(args, Path(tmp), val_fraction=0.1), samples, storage)
         elapsed = time.perf_counter() - start
     kb = 1024.0  # ru_maxrss is in KiB on Linux
-    print(json.dumps({"self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
-                      "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb,
-                      "train_s": elapsed, "ips": args.images / elapsed}))
+    print(
+        json.dumps(
+            {
+                "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
+                "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb,
+                "train_s": elapsed,
+                "ips": args.images / elapsed,
+            }
+        )
+    )
 
 
 def probe(args) -> None:
@@ -258,11 +358,20 @@ def probe(args) -> None:
         pre = preprocessing_for(model, args.image_size)
         cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels)
         cache.build([(s.sha256, s.image_key) for s in samples], workers=2)
-        data = StoredImages(storage, [s.image_key for s in samples], [0] * len(samples), eval_transform(pre),
-                            settings.max_image_pixels, reduce_to=pre.decode_side, cache=cache,
-                            sha256s=[s.sha256 for s in samples], quality=cache.quality)
-        loader = make_loader(data, batch_size=args.batch, shuffle=False, workers=args.workers, seed=0,
-                             persistent=False)
+        data = StoredImages(
+            storage,
+            [s.image_key for s in samples],
+            [0] * len(samples),
+            eval_transform(pre),
+            settings.max_image_pixels,
+            reduce_to=pre.decode_side,
+            cache=cache,
+            sha256s=[s.sha256 for s in samples],
+            quality=cache.quality,
+        )
+        loader = make_loader(
+            data, batch_size=args.batch, shuffle=False, workers=args.workers, seed=0, persistent=False
+        )
         start = time.perf_counter()
         _, feats = embed(model, loader, Normalizer(pre, device), amp_dtype)
         extract_s = time.perf_counter() - start
@@ -275,18 +384,23 @@ def probe(args) -> None:
     _, _, loss = fit_head(x.astype(np.float32), labels)
     fit_s = time.perf_counter() - start
     print(f"linear probe: arch={args.arch} image_size={args.image_size} device={device}")
-    print(f"feature extraction:  {len(samples) / extract_s:9.1f} images/s ({len(samples)} cached images, "
-          f"{feats.shape[1]} features)")
-    print(f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core "
-          f"(loss {loss:.4f}); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
-          f"(before the fit {rss_before:.0f} MB)")
+    print(
+        f"feature extraction:  {len(samples) / extract_s:9.1f} images/s ({len(samples)} cached images, "
+        f"{feats.shape[1]} features)"
+    )
+    print(
+        f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core "
+        f"(loss {loss:.4f}); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+        f"(before the fit {rss_before:.0f} MB)"
+    )
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--mode", choices=["throughput", "memory", "rss-child", "probe"], default="throughput")
-    p.add_argument("--probe-n", type=int, default=100_000,
-                   help="probe mode: embeddings the head is fitted on")
+    p.add_argument(
+        "--probe-n", type=int, default=100_000, help="probe mode: embeddings the head is fitted on"
+    )
     p.add_argument("--dim", type=int, default=0, help="probe mode: embedding size (default: the backbone's)")
     p.add_argument("--arch", default="resnet10t")
     p.add_argument("--image-size", type=int, default=64)
@@ -295,10 +409,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median kept)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--source-size", type=lambda s: tuple(int(v) for v in s.split("x")), default=(1080, 720),
-                   help="WxH of the generated JPEGs")
-    p.add_argument("--decode", choices=["reduced", "full"], default="reduced",
-                   help="reduced: the trainer's decoding at a power-of-two scale; full: every pixel (before)")
+    p.add_argument(
+        "--source-size",
+        type=lambda s: tuple(int(v) for v in s.split("x")),
+        default=(1080, 720),
+        help="WxH of the generated JPEGs",
+    )
+    p.add_argument(
+        "--decode",
+        choices=["reduced", "full"],
+        default="reduced",
+        help="reduced: the trainer's decoding at a power-of-two scale; full: every pixel (before)",
+    )
     p.add_argument("--folder", type=Path, help="use the images of this folder instead of generated ones")
     p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000])
     return p.parse_args()

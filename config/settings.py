@@ -113,9 +113,11 @@ class Settings(BaseSettings):
     def _key_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
         # A short key can be guessed; `make run` writes a 43-character one.
         if v is not None and len(v.get_secret_value()) < MIN_API_KEY_LENGTH:
-            raise ValueError(f"must be at least {MIN_API_KEY_LENGTH} characters (got "
-                             f"{len(v.get_secret_value())}); generate one with "
-                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+            raise ValueError(
+                f"must be at least {MIN_API_KEY_LENGTH} characters (got "
+                f"{len(v.get_secret_value())}); generate one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         return v
 
     @field_validator("log_level", mode="before")
@@ -124,8 +126,15 @@ class Settings(BaseSettings):
         return v.upper() if isinstance(v, str) else v
 
     @field_validator(
-        "trainer_api_key", "unsplash_access_key", "pexels_api_key", "civitai_api_key",
-        "s3_bucket", "s3_endpoint_url", "database_url", "train_pretrained_file", mode="before",
+        "trainer_api_key",
+        "unsplash_access_key",
+        "pexels_api_key",
+        "civitai_api_key",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "database_url",
+        "train_pretrained_file",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, v: object) -> object:
@@ -138,8 +147,10 @@ class Settings(BaseSettings):
         kinds = [k.strip() for k in v.split(",") if k.strip()]
         unknown = [k for k in kinds if k not in WORKER_KIND_NAMES]
         if unknown:
-            raise ValueError(f"unknown job kind(s) {', '.join(unknown)}: use a comma list of "
-                             f"{', '.join(WORKER_KIND_NAMES)}")
+            raise ValueError(
+                f"unknown job kind(s) {', '.join(unknown)}: use a comma list of "
+                f"{', '.join(WORKER_KIND_NAMES)}"
+            )
         return ",".join(kinds)
 
     @property
@@ -196,8 +207,11 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(settings)"
         name = where.upper() if source.startswith("environment") else where
-        lines.append(f"  {name}: {err['msg']} (got {err.get('input')!r})"
-                     if "input" in err and not _is_secret(where) else f"  {name}: {err['msg']}")
+        lines.append(
+            f"  {name}: {err['msg']} (got {err.get('input')!r})"
+            if "input" in err and not _is_secret(where)
+            else f"  {name}: {err['msg']}"
+        )
     return "\n".join(lines)
 
 

@@ -98,8 +98,9 @@ def _problem(err: Any, model: type[SourceOptions]) -> OptionProblem:
         known = sorted(set(model.model_fields) | set(SourceConfig.model_fields))
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        return OptionProblem(key, f"unknown option; {hint}(this source takes: {', '.join(known)})",
-                             err.get("input"))
+        return OptionProblem(
+            key, f"unknown option; {hint}(this source takes: {', '.join(known)})", err.get("input")
+        )
     if err["type"] == "missing":
         return OptionProblem(key, "missing; this source needs it in its entry", missing=True)
     rule = _rule(model, key)
@@ -152,8 +153,10 @@ def load_sources(path: Path, known_names: Known | None = None) -> SourcesFile:
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found (set SOURCES_CONFIG to the sources file)") from exc
     except (OSError, UnicodeDecodeError) as exc:  # a folder, no permission, not text
-        raise ConfigError(f"{path}: cannot be read as a YAML file ({getattr(exc, 'strerror', None) or exc}); "
-                          "set SOURCES_CONFIG to the sources file") from exc
+        raise ConfigError(
+            f"{path}: cannot be read as a YAML file ({getattr(exc, 'strerror', None) or exc}); "
+            "set SOURCES_CONFIG to the sources file"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: malformed YAML: {exc}") from exc
     return parse_sources(raw, path, known_names)

@@ -57,19 +57,38 @@ COMPARED = {"label": "label", "confidence": "confidence", "hash": "sha256", "sou
 ORPHAN_GRACE = timedelta(minutes=5)
 REPAIR_MAX_DELETE_FRACTION = 0.05
 REPAIR_MAX_DELETE_COUNT = 10
-DRIFT_KINDS = ("dead_rows", "unindexed", "missing_meta", "orphan_images", "orphan_meta",
-               "stale_temp_files", "unreadable_meta", "mismatched")
+DRIFT_KINDS = (
+    "dead_rows",
+    "unindexed",
+    "missing_meta",
+    "orphan_images",
+    "orphan_meta",
+    "stale_temp_files",
+    "unreadable_meta",
+    "mismatched",
+)
 
 
-async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
-                        grace: timedelta = ORPHAN_GRACE, rebuild_index: bool = False) -> CheckReport:
+async def check_dataset(
+    dm: DatasetManager,
+    repair: bool,
+    force: bool = False,
+    grace: timedelta = ORPHAN_GRACE,
+    rebuild_index: bool = False,
+) -> CheckReport:
     image_files = set(await asyncio.to_thread(_list, dm, "images/"))
     meta_files = set(await asyncio.to_thread(_list, dm, "meta/"))
     rows = await dm.index.all_rows()
     report: dict = {
-        "storage": dm.storage.describe(), "rows": len(rows), "image_files": len(image_files),
-        "meta_files": len(meta_files), **{kind: [] for kind in DRIFT_KINDS}, "in_flight": [],
-        "repair": repair, "rebuild_index": rebuild_index or repair, "repaired": {},
+        "storage": dm.storage.describe(),
+        "rows": len(rows),
+        "image_files": len(image_files),
+        "meta_files": len(meta_files),
+        **{kind: [] for kind in DRIFT_KINDS},
+        "in_flight": [],
+        "repair": repair,
+        "rebuild_index": rebuild_index or repair,
+        "repaired": {},
     }
     live: list[dict] = []
     suspects: list[dict] = []
@@ -85,8 +104,9 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
     pairs = {i: keys for i, keys in pairs.items() if not set(keys.values()) & young}
     rebuildable = await asyncio.to_thread(_classify_unowned, dm, pairs, report)
     temp = set(await asyncio.to_thread(_temp_files, dm))
-    report["stale_temp_files"] = sorted(temp - (set() if force else
-                                                await asyncio.to_thread(_younger_than, dm, temp, grace)))
+    report["stale_temp_files"] = sorted(
+        temp - (set() if force else await asyncio.to_thread(_younger_than, dm, temp, grace))
+    )
     for row in live:
         await _compare(dm, row, report)
     report["deletion_candidates"] = deletion_candidates(report)
@@ -95,7 +115,7 @@ async def check_dataset(dm: DatasetManager, repair: bool, force: bool = False,
     if repair:
         report["repaired"].update(await _repair(dm, rows, report, force))
     report["ok"] = not any(report[k] for k in DRIFT_KINDS) and not report["repaired"].get("refused")
-    return cast(CheckReport, report)   # built as a plain dict: the drift kinds are filled by name
+    return cast(CheckReport, report)  # built as a plain dict: the drift kinds are filled by name
 
 
 def deletion_candidates(report: dict) -> list[str]:
@@ -118,8 +138,13 @@ def _judge_suspects(dm: DatasetManager, suspects: list[dict], report: dict) -> N
     for row in suspects:
         has_image, has_meta = dm.storage.exists(row["image_key"]), dm.storage.exists(row["meta_key"])
         if not has_image:
-            report["dead_rows"].append({"id": row["id"], "missing": [row["image_key"]] + (
-                [] if has_meta else [row["meta_key"]]), "delete": [row["meta_key"]] if has_meta else []})
+            report["dead_rows"].append(
+                {
+                    "id": row["id"],
+                    "missing": [row["image_key"]] + ([] if has_meta else [row["meta_key"]]),
+                    "delete": [row["meta_key"]] if has_meta else [],
+                }
+            )
         elif not has_meta:
             report["missing_meta"].append({"id": row["id"], "key": row["meta_key"]})
 
@@ -174,8 +199,9 @@ def _rebuilt_row(dm: DatasetManager, image_id: str, keys: dict[str, str]) -> dic
         raise MetadataInvalid(f"not the metadata of image {image_id} (no matching 'id')")
     if doc.get("hash") != hashlib.sha256(data).hexdigest():
         raise MetadataInvalid("its 'hash' is not the SHA-256 of the image file")
-    return row_from_metadata(doc, data, (keys["image"], keys["meta"]),
-                             max_pixels=dm.settings.max_image_pixels)
+    return row_from_metadata(
+        doc, data, (keys["image"], keys["meta"]), max_pixels=dm.settings.max_image_pixels
+    )
 
 
 async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
@@ -190,7 +216,8 @@ async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
     for field, column in COMPARED.items():
         if doc.get(field) != row[column]:
             report["mismatched"].append(
-                {"id": row["id"], "field": field, "meta": doc.get(field), "index": row[column]})
+                {"id": row["id"], "field": field, "meta": doc.get(field), "index": row[column]}
+            )
 
 
 async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
@@ -201,9 +228,13 @@ async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dic
         except DuplicateHash as dup:
             if dup.existing_id == row["id"]:  # its own ingest inserted it meanwhile
                 continue
-            report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"],
-                                              "error": f"same image as indexed {dup.existing_id}; kept, "
-                                                       "not indexed twice"})
+            report["unreadable_meta"].append(
+                {
+                    "id": row["id"],
+                    "key": row["meta_key"],
+                    "error": f"same image as indexed {dup.existing_id}; kept, not indexed twice",
+                }
+            )
             continue
         rebuilt += 1
     if rebuilt:
@@ -217,15 +248,22 @@ def _refusal(dm: DatasetManager, report: dict) -> str | None:
     allowed = max(REPAIR_MAX_DELETE_COUNT, int(REPAIR_MAX_DELETE_FRACTION * images))
     if planned <= allowed:
         return None
-    return (f"refused to delete {planned} files (more than {REPAIR_MAX_DELETE_FRACTION:.0%} of {images} "
-            f"images): check that DATASET_DIR / S3_BUCKET point at the right place and that the storage is "
-            f"mounted, read the list under deletion_candidates, then run `exposr-trainer check --repair "
-            f"--force` to delete them anyway")
+    return (
+        f"refused to delete {planned} files (more than {REPAIR_MAX_DELETE_FRACTION:.0%} of {images} "
+        f"images): check that DATASET_DIR / S3_BUCKET point at the right place and that the storage is "
+        f"mounted, read the list under deletion_candidates, then run `exposr-trainer check --repair "
+        f"--force` to delete them anyway"
+    )
 
 
 async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: bool) -> dict:
-    done: dict[str, Any] = {"rows_deleted": 0, "files_deleted": 0, "temp_files_deleted": 0, "rows_updated": 0,
-            "meta_rewritten": 0}
+    done: dict[str, Any] = {
+        "rows_deleted": 0,
+        "files_deleted": 0,
+        "temp_files_deleted": 0,
+        "rows_updated": 0,
+        "meta_rewritten": 0,
+    }
     refused = None if force else _refusal(dm, report)
     if refused:
         log.error("check --repair: %s", refused)
@@ -273,7 +311,9 @@ async def index_problem(dm: DatasetManager) -> str | None:
     first = await asyncio.to_thread(lambda: next(iter(dm.storage.list("meta/")), None))
     if first is None:
         return None
-    return (f"the dataset index {dm.index.describe()} has no rows, but the dataset at DATASET_DIR / "
-            f"S3_BUCKET holds metadata files (for example {first}): the index was lost or replaced. "
-            "Rebuild it from the metadata files with `exposr-trainer check --rebuild-index` "
-            "(nothing is deleted), then start the service again")
+    return (
+        f"the dataset index {dm.index.describe()} has no rows, but the dataset at DATASET_DIR / "
+        f"S3_BUCKET holds metadata files (for example {first}): the index was lost or replaced. "
+        "Rebuild it from the metadata files with `exposr-trainer check --rebuild-index` "
+        "(nothing is deleted), then start the service again"
+    )

@@ -44,8 +44,14 @@ REASONS = {
 # Formats Pillow decodes itself (no external programs such as Ghostscript) -> stored extension.
 # MPO is a JPEG with extra frames (camera stereo/preview pictures): the bytes are a valid JPEG.
 FORMAT_EXT = {
-    "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-    "TIFF": "tiff", "AVIF": "avif",
+    "JPEG": "jpg",
+    "MPO": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "AVIF": "avif",
 }
 _OPEN_FORMATS = [f for f in FORMAT_EXT if f != "MPO"]  # the JPEG plugin itself returns MPO images
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
@@ -145,7 +151,8 @@ def _budgeted(img: Image.Image, budget: int):
             "decompression_bomb",
             f"decoding this {width}x{height} {img.mode} image needs about {cost // 2**20} MB, over the "
             f"decode budget of {budget // 2**20} MB (DECODE_MEMORY_BUDGET_MB): send an 8-bit image or a "
-            "smaller one")
+            "smaller one",
+        )
     return DECODES.hold(cost, budget)
 
 
@@ -157,8 +164,9 @@ _open_lock = threading.Lock()
 PHASH_DECODE_SIDE = 256  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
 
 
-def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int,
-                  memory_budget: int = DEFAULT_DECODE_BUDGET) -> ImageInfo:
+def inspect_image(
+    data: bytes, *, max_bytes: int, min_side: int, max_pixels: int, memory_budget: int = DEFAULT_DECODE_BUDGET
+) -> ImageInfo:
     """Validate `data` completely (every byte of the image data is decoded) and compute its hashes."""
     if not data:
         raise ImageRejected("not_an_image", "the file is empty (0 bytes)")
@@ -187,8 +195,13 @@ def inspect_image(data: bytes, *, max_bytes: int, min_side: int, max_pixels: int
     return ImageInfo(fmt, FORMAT_EXT[fmt], width, height, hashlib.sha256(data).hexdigest(), phash)
 
 
-def decode_rgb(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None,
-               memory_budget: int = DEFAULT_DECODE_BUDGET) -> Image.Image:
+def decode_rgb(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    reduce_to: int | None = None,
+    memory_budget: int = DEFAULT_DECODE_BUDGET,
+) -> Image.Image:
     """Decode to an RGB image as a person sees it: EXIF orientation applied, alpha on white.
 
     ``reduce_to`` (the trainer's): the caller needs only this many pixels on the shorter side, so a
@@ -298,7 +311,7 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     # Pillow's convert("L") clips 16-bit values at 255 (almost everything turns white): scale instead,
     # band by band, so the float working copy of a 49-megapixel image is 4 MB, not 400.
     width, height = img.size
-    top_value = cast(float, img.getextrema()[1])   # a one-band image: (min, max)
+    top_value = cast(float, img.getextrema()[1])  # a one-band image: (min, max)
     top = 65535.0 if float(top_value) > 255 else 255.0
     out = np.empty((height, width), dtype=np.uint8)
     rows = max(1, _BAND_PIXELS // max(1, width))
@@ -306,5 +319,5 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
         band = np.asarray(img.crop((0, y, width, min(height, y + rows))), dtype=np.float32)
         band = np.nan_to_num(band, nan=0.0, posinf=top, neginf=0.0)
         np.clip(band * np.float32(255.0 / top), 0, 255, out=band)
-        out[y:y + band.shape[0]] = band
+        out[y : y + band.shape[0]] = band
     return Image.fromarray(out)

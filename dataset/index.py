@@ -86,7 +86,6 @@ images = Table(
 )
 
 
-
 class IndexUnusable(ConfigError):
     """The index database cannot be read (not a database, corrupt): the message names the file and
     what to do. A ConfigError, so the CLI prints it without a traceback and exits with code 2."""
@@ -165,7 +164,7 @@ class PhashCache:
         for seq in [s for s, since in self.gaps.items() if now - since > GAP_SECONDS]:
             del self.gaps[seq]
         if len(self.gaps) > MAX_GAPS:  # a flood of rolled-back inserts: keep the newest
-            for seq in sorted(self.gaps)[:len(self.gaps) - MAX_GAPS]:
+            for seq in sorted(self.gaps)[: len(self.gaps) - MAX_GAPS]:
                 del self.gaps[seq]
         return sorted(self.gaps)
 
@@ -186,7 +185,7 @@ class PhashCache:
             grown = np.zeros(max(2 * len(self.hashes), n + k), dtype=np.uint64)
             grown[:n] = self.hashes[:n]
             self.hashes = grown
-        self.hashes[n:n + k] = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
+        self.hashes[n : n + k] = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
         self.positions.update((r[1], n + j) for j, r in enumerate(rows))
         self.ids.extend(r[1] for r in rows)
         self.last_seq = max(self.last_seq, top)
@@ -216,8 +215,10 @@ PG_CONNECT_TIMEOUT_SECONDS = 10
 
 
 def postgres_connect_args() -> dict:
-    return {"timeout": PG_CONNECT_TIMEOUT_SECONDS,
-            "server_settings": {"application_name": "exposr-trainer", **PG_KEEPALIVES}}
+    return {
+        "timeout": PG_CONNECT_TIMEOUT_SECONDS,
+        "server_settings": {"application_name": "exposr-trainer", **PG_KEEPALIVES},
+    }
 
 
 def make_engine(db_url: str) -> AsyncEngine:
@@ -278,8 +279,8 @@ class DedupeIndex:
         return IndexUnusable(
             f"the dataset index {self.describe()} cannot be read ({reason}). The metadata files hold "
             "every row: run `exposr-trainer check --rebuild-index`, which moves the damaged file aside "
-            "(to <name>.corrupt-<time>) and rebuilds the index from them; nothing is deleted")
-
+            "(to <name>.corrupt-<time>) and rebuilds the index from them; nothing is deleted"
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -298,11 +299,19 @@ class DedupeIndex:
             gaps = cache.open_gaps()
             found: list[Any] = []
             for start in range(0, len(gaps), 1000):
-                q = select(*columns).where(images.c.seq.in_(gaps[start:start + 1000])).order_by(images.c.seq)
+                q = (
+                    select(*columns)
+                    .where(images.c.seq.in_(gaps[start : start + 1000]))
+                    .order_by(images.c.seq)
+                )
                 found += (await conn.execute(q)).all()
             while True:
-                q = (select(*columns).where(images.c.seq > cache.last_seq).order_by(images.c.seq)
-                     .limit(CATCH_UP_PAGE))
+                q = (
+                    select(*columns)
+                    .where(images.c.seq > cache.last_seq)
+                    .order_by(images.c.seq)
+                    .limit(CATCH_UP_PAGE)
+                )
                 rows = (await conn.execute(q)).all()
                 cache.add([tuple(r) for r in sorted([*found, *rows])])
                 found = []
@@ -336,8 +345,9 @@ class DedupeIndex:
         """The nearest row with after < seq < before: images inserted while one was being stored."""
         if max_distance <= 0 or before <= after + 1:  # detection off, or nothing came in between
             return None
-        q = (select(images.c.seq, images.c.id, images.c.phash)
-             .where(images.c.seq > after, images.c.seq < before))
+        q = select(images.c.seq, images.c.id, images.c.phash).where(
+            images.c.seq > after, images.c.seq < before
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
         found = [(bin(to_unsigned(h) ^ phash).count("1"), seq, image_id) for seq, image_id, h in rows]
@@ -396,10 +406,12 @@ class DedupeIndex:
         items = list(decided.items())
         for start in range(0, len(items), 500):  # one transaction per 500 rows
             async with self.engine.begin() as conn:
-                for image_id, (group, side) in items[start:start + 500]:
+                for image_id, (group, side) in items[start : start + 500]:
                     result = await conn.execute(
-                        update(images).where(images.c.id == image_id, images.c.split.is_(None))
-                        .values(split_group=group, split=side))
+                        update(images)
+                        .where(images.c.id == image_id, images.c.split.is_(None))
+                        .values(split_group=group, split=side)
+                    )
                     changed += result.rowcount or 0
         return changed
 

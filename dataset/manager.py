@@ -146,12 +146,16 @@ class DatasetManager:
     async def ingest(self, data: bytes, metadata: dict) -> IngestOutcome:
         label = metadata.get("label")
         if label not in LABELS:
-            return IngestOutcome("rejected", reason="bad_label",
-                                 message=f"label {label!r} is not one of {', '.join(LABELS)}")
+            return IngestOutcome(
+                "rejected", reason="bad_label", message=f"label {label!r} is not one of {', '.join(LABELS)}"
+            )
         try:
             info = await asyncio.to_thread(
-                inspect_image, data, max_bytes=self.settings.upload_max_bytes,
-                min_side=self.settings.min_image_side, max_pixels=self.settings.max_image_pixels,
+                inspect_image,
+                data,
+                max_bytes=self.settings.upload_max_bytes,
+                min_side=self.settings.min_image_side,
+                max_pixels=self.settings.max_image_pixels,
                 memory_budget=self.settings.decode_memory_budget_mb * 2**20,
             )
         except ImageRejected as exc:
@@ -202,12 +206,14 @@ class DatasetManager:
             raise
         return await self._yield_to_earlier_near_duplicate(image_id, info.phash, seen_seq, seq, written)
 
-    async def _yield_to_earlier_near_duplicate(self, image_id: str, phash: int, seen_seq: int, seq: int,
-                                               written: list[str]) -> IngestOutcome:
+    async def _yield_to_earlier_near_duplicate(
+        self, image_id: str, phash: int, seen_seq: int, seq: int, written: list[str]
+    ) -> IngestOutcome:
         """Withdraw this image if a near duplicate was inserted between our near check and our row."""
         try:
-            earlier = await self.index.near_between(phash, self.settings.near_dup_max_distance,
-                                                    after=seen_seq, before=seq)
+            earlier = await self.index.near_between(
+                phash, self.settings.near_dup_max_distance, after=seen_seq, before=seq
+            )
             if earlier is None:
                 return IngestOutcome("stored", id=image_id)
             await self.index.delete(image_id)  # the row first: never a row without its files
@@ -255,9 +261,11 @@ class DatasetManager:
         """
         changed = await self.index.set_splits_once(decided)
         for image_id, (group, side) in decided.items():
+
             def keep_first(doc: dict, group: str = group, side: str = side) -> None:
                 if not doc.get("split"):
                     doc.update(split_group=group, split=side)
+
             try:
                 await self._edit(image_id, keep_first)  # serialised with label/score edits, any host
             except (UnknownImage, StorageError, ValueError) as exc:  # deleted meanwhile, or unreadable
@@ -298,8 +306,11 @@ class DatasetManager:
             raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
         scored_by = {"at": iso(utc_now()), **scorer}
         return await self._edit(
-            image_id, lambda d: d.update(confidence=float(confidence), scored_by=scored_by),
-            confidence=float(confidence), scorer=scorer_json(scorer))
+            image_id,
+            lambda d: d.update(confidence=float(confidence), scored_by=scored_by),
+            confidence=float(confidence),
+            scorer=scorer_json(scorer),
+        )
 
     async def index_scorer(self, image_id: str, scored_by: dict) -> None:
         """Copy a metadata file's ``scored_by`` into the index: rows scored before it had the column."""
@@ -353,8 +364,9 @@ class DatasetManager:
             raise UnknownImage(f"no image with id {image_id!r}")
         return row
 
-    async def check(self, repair: bool = False, force: bool = False, rebuild_index: bool = False
-                    ) -> CheckReport:
+    async def check(
+        self, repair: bool = False, force: bool = False, rebuild_index: bool = False
+    ) -> CheckReport:
         """Drift report (dataset/check.py); ``force`` also treats files younger than a few minutes
         as orphans and lifts the bound on destructive repair."""
         from dataset.check import check_dataset
@@ -363,8 +375,12 @@ class DatasetManager:
 
 
 def _near_duplicate(near: NearMatch) -> IngestOutcome:
-    return IngestOutcome("near_duplicate", id=near.id, distance=near.distance,
-                         message=f"within {near.distance} bits of image {near.id}")
+    return IngestOutcome(
+        "near_duplicate",
+        id=near.id,
+        distance=near.distance,
+        message=f"within {near.distance} bits of image {near.id}",
+    )
 
 
 def _duplicate(existing_id: str) -> IngestOutcome:
@@ -374,9 +390,14 @@ def _duplicate(existing_id: str) -> IngestOutcome:
 def build_metadata(given: dict, image_id: str, now: datetime, info: ImageInfo) -> dict[str, Any]:
     """The metadata schema (docs/dataset.md) plus the given extra fields and image facts."""
     doc: dict[str, Any] = {
-        "id": image_id, "source": str(given.get("source") or "unknown"), "label": given["label"],
-        "confidence": _confidence(given.get("confidence")), "timestamp": iso(now), "hash": info.sha256,
-        "attribution": given.get("attribution") or {}, "api_data": given.get("api_data") or {},
+        "id": image_id,
+        "source": str(given.get("source") or "unknown"),
+        "label": given["label"],
+        "confidence": _confidence(given.get("confidence")),
+        "timestamp": iso(now),
+        "hash": info.sha256,
+        "attribution": given.get("attribution") or {},
+        "api_data": given.get("api_data") or {},
     }
     doc["generator"] = generator_for(given)
     if (hint := group_hint_for(given)) is not None:
@@ -396,10 +417,22 @@ def _confidence(value: object) -> float | None:
 
 def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | None = None) -> dict:
     facts = {} if data is None else {"size_bytes": len(data), "has_exif": int(has_exif(data))}
-    return dict(**facts, generator=doc.get("generator"), group_hint=doc.get("group_hint"),
-        id=doc["id"], sha256=info.sha256, phash=info.phash, label=doc["label"],
-        confidence=doc.get("confidence"), scorer=scorer_json(doc.get("scored_by")), source=doc["source"],
-        image_key=keys[0], meta_key=keys[1], format=info.format, width=info.width, height=info.height,
+    return dict(
+        **facts,
+        generator=doc.get("generator"),
+        group_hint=doc.get("group_hint"),
+        id=doc["id"],
+        sha256=info.sha256,
+        phash=info.phash,
+        label=doc["label"],
+        confidence=doc.get("confidence"),
+        scorer=scorer_json(doc.get("scored_by")),
+        source=doc["source"],
+        image_key=keys[0],
+        meta_key=keys[1],
+        format=info.format,
+        width=info.width,
+        height=info.height,
         created_at=doc["timestamp"],
     )
 
@@ -408,8 +441,9 @@ def json_bytes(doc: dict) -> bytes:
     return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
-async def run_check(settings: Settings, repair: bool = False, force: bool = False,
-                    rebuild_index: bool = False) -> CheckReport:
+async def run_check(
+    settings: Settings, repair: bool = False, force: bool = False, rebuild_index: bool = False
+) -> CheckReport:
     """Entry point for `exposr-trainer check [--rebuild-index] [--repair] [--force]`: a rebuild (or
     repair) of an index that cannot be read moves the damaged file aside and starts a fresh one."""
     moved = None
@@ -440,9 +474,11 @@ def move_index_aside(db_url: str) -> Path:
     """Rename a damaged SQLite index (and its -wal/-shm files) to ``<name>.corrupt-<time>``."""
     path = sqlite_path(db_url)
     if path is None:
-        raise IndexUnusable(f"the dataset index {describe_db(db_url)} cannot be read; restore the "
-                            "database from a backup or point DATABASE_URL at an empty one, then run "
-                            "`exposr-trainer check --rebuild-index`")
+        raise IndexUnusable(
+            f"the dataset index {describe_db(db_url)} cannot be read; restore the "
+            "database from a backup or point DATABASE_URL at an empty one, then run "
+            "`exposr-trainer check --rebuild-index`"
+        )
     target = path.with_name(f"{path.name}.corrupt-{utc_now():%Y%m%dT%H%M%SZ}")
     for suffix in ("", "-wal", "-shm"):
         source = path.with_name(path.name + suffix)

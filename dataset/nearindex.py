@@ -32,7 +32,7 @@ class NearIndex:
     def sync(self, hashes: np.ndarray, n: int) -> None:
         """Index ``hashes[count:n]`` (uint64), the hashes appended since the last call."""
         if n > self.count:
-            self._index.add(_codes(hashes[self.count:n]))
+            self._index.add(_codes(hashes[self.count : n]))
             self.count = n
 
     def within(self, hashes: np.ndarray, n: int, phash: int, max_distance: int) -> list[tuple[int, int]]:
@@ -46,7 +46,7 @@ class NearIndex:
         self._index.nflip = max_distance // NHASH
         query = _codes(np.array([phash], dtype=np.uint64))
         lims, dist, ids = self._index.range_search(query, max_distance + 1)  # radius is exclusive
-        return sorted(zip(dist[lims[0]:lims[1]].tolist(), ids[lims[0]:lims[1]].tolist(), strict=True))
+        return sorted(zip(dist[lims[0] : lims[1]].tolist(), ids[lims[0] : lims[1]].tolist(), strict=True))
 
 
 def _codes(hashes: np.ndarray) -> np.ndarray:

@@ -60,7 +60,8 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
         reason = reason.replace(password, "***")
     return DatabaseUnavailable(
         f"cannot use the database at DATABASE_URL={masked_url(url)}: {reason}. Check that the server is "
-        "running and reachable, and the user, password and database name in DATABASE_URL.")
+        "running and reachable, and the user, password and database name in DATABASE_URL."
+    )
 
 
 def _password(url: str) -> str | None:
@@ -121,7 +122,8 @@ async def migrate(engine: AsyncEngine) -> str:
         raise SchemaMismatch(
             f"the database at DATABASE_URL={masked_url(url)} has schema revision {current!r}, which this "
             f"release does not know (its newest is {head!r}): a newer release migrated it. Upgrade this "
-            "replica to the release the others run; every replica must run the same schema.")
+            "replica to the release the others run; every replica must run the same schema."
+        )
     async with _process_lock():
         await _upgrade_with_retries(engine)
     if current != head:

@@ -218,7 +218,7 @@ class S3Storage(StorageDriver):
         with self._errors("list", prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
                 for obj in page.get("Contents", []):
-                    yield obj["Key"][len(self.prefix):]
+                    yield obj["Key"][len(self.prefix) :]
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"

@@ -115,8 +115,13 @@ class CoreClient:
             raise TryAgain(failure, self._retry.delay(attempt, self._rng, retry_after))
 
         def note(error: Exception, attempt: int, wait: float) -> None:
-            log.info("Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
-                     getattr(error, "kind", "error"), attempt + 1, self._retry.attempts, wait)
+            log.info(
+                "Exposr-Core %s, attempt %d/%d, retrying in %.1fs",
+                getattr(error, "kind", "error"),
+                attempt + 1,
+                self._retry.attempts,
+                wait,
+            )
 
         return await retrying(self._retry, once, self._sleep, note)
 

@@ -99,8 +99,9 @@ def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
     }
 
 
-async def review_queue(dataset, settings: Settings, *, kind: str = "all", limit: int = 50,
-                       offset: int = 0) -> dict:
+async def review_queue(
+    dataset, settings: Settings, *, kind: str = "all", limit: int = 50, offset: int = 0
+) -> dict:
     """One page of the queue: ``{total, limit, offset, kind, items}``.
 
     Ranked from the index (label, score, time); metadata files are read only for disputed images
@@ -109,13 +110,21 @@ async def review_queue(dataset, settings: Settings, *, kind: str = "all", limit:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     offset = max(0, offset)  # a negative offset would count from the end
-    rows = [{"id": s.id, "label": s.label, "confidence": s.confidence, "timestamp": s.created_at,
-             "source": s.source} for s in await dataset.samples(labels=("real", "ai", "unlabeled"))]
+    rows = [
+        {
+            "id": s.id,
+            "label": s.label,
+            "confidence": s.confidence,
+            "timestamp": s.created_at,
+            "source": s.source,
+        }
+        for s in await dataset.samples(labels=("real", "ai", "unlabeled"))
+    ]
     disputed = [row for row in rows if row["label"] != "unlabeled" and review_reason(row, settings)]
     for row, meta in zip(disputed, await read_metadata(dataset, disputed), strict=True):
         row["label_source"] = (meta or {}).get("label_source")
     ranked = rank(rows, settings, kind)
-    page = ranked[offset:offset + limit]
+    page = ranked[offset : offset + limit]
     metas = await read_metadata(dataset, [row for row, _ in page])
     items = [queue_entry(meta or row, *found) for (row, found), meta in zip(page, metas, strict=True)]
     return {"total": len(ranked), "limit": limit, "offset": offset, "kind": kind, "items": items}
@@ -125,7 +134,7 @@ async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
     """The metadata documents of ``rows``, in order, a bounded number of reads at a time."""
     metas: list[dict | None] = []
     for start in range(0, len(rows), METADATA_READS_AT_ONCE):
-        chunk = rows[start:start + METADATA_READS_AT_ONCE]
+        chunk = rows[start : start + METADATA_READS_AT_ONCE]
         metas.extend(await asyncio.gather(*(dataset.get_metadata(row["id"]) for row in chunk)))
     return metas
 
@@ -144,8 +153,12 @@ def review_table(page: dict) -> Table:
     table reads in an 80-column terminal too.
     """
     shown = f"{page['offset'] + 1}-{page['offset'] + len(page['items'])}" if page["items"] else "none"
-    table = Table(title=f"Review queue ({page['kind']}): {shown} of {page['total']}",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table = Table(
+        title=f"Review queue ({page['kind']}): {shown} of {page['total']}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     table.add_column("id / why", min_width=36)
     table.add_column("label", no_wrap=True)
     table.add_column("score", justify="right", no_wrap=True)

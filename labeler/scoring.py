@@ -43,35 +43,35 @@ log = logging.getLogger(__name__)
 class LabelReport(TypedDict):
     """What a labeler run returns (``run_labeler``; a label job's result)."""
 
-    scorer: dict[str, Any] | None   # who scored: Exposr-Core or the local model (None: nobody could)
-    reason: str | None              # why nothing or not everything was scored, for a person
-    aborted: str | None             # Core went away mid-run
+    scorer: dict[str, Any] | None  # who scored: Exposr-Core or the local model (None: nobody could)
+    reason: str | None  # why nothing or not everything was scored, for a person
+    aborted: str | None  # Core went away mid-run
     total: int
     pending: int
-    skipped: int                    # already scored by this scorer
+    skipped: int  # already scored by this scorer
     scored: int
-    errors: dict[str, int]          # by kind
-    core: dict[str, Any]            # what the probe found: endpoint, available, error, message
+    errors: dict[str, int]  # by kind
+    core: dict[str, Any]  # what the probe found: endpoint, available, error, message
 
 
-BATCH_SIZE = 32              # images read and scored per step; bounds memory and progress granularity
-CORE_GIVE_UP_AFTER = 5       # consecutive "unavailable" answers that mean Core went away mid-run
-PROBE_TRIES = 3              # images answered with garbage in a row before Core is not used for the run
+BATCH_SIZE = 32  # images read and scored per step; bounds memory and progress granularity
+CORE_GIVE_UP_AFTER = 5  # consecutive "unavailable" answers that mean Core went away mid-run
+PROBE_TRIES = 3  # images answered with garbage in a row before Core is not used for the run
 IDENTITY_KEYS = ("name", "model", "version")
 
 
 @dataclass
 class Probe:
-    identity: dict           # Core's scorer identity, from the answer that worked
-    items: list[Item]        # every image the probe sent (refused ones, then the one that worked)
-    needed: int              # how many of them the current scorer had not scored (pending)
+    identity: dict  # Core's scorer identity, from the answer that worked
+    items: list[Item]  # every image the probe sent (refused ones, then the one that worked)
+    needed: int  # how many of them the current scorer had not scored (pending)
 
 
 @dataclass
 class Item:
     id: str
     image_key: str
-    scorer: dict | None      # the stored scorer identity, None when never scored
+    scorer: dict | None  # the stored scorer identity, None when never scored
 
 
 async def run_labeler(
@@ -96,8 +96,9 @@ def run_labeler_sync(settings: Settings, progress: Progress | None = None) -> La
 
 
 class Labeler:
-    def __init__(self, settings: Settings, dataset: DatasetManager, core: CoreClient,
-                 progress: Progress | None) -> None:
+    def __init__(
+        self, settings: Settings, dataset: DatasetManager, core: CoreClient, progress: Progress | None
+    ) -> None:
         self.settings = settings
         self.dataset = dataset
         self.core = core
@@ -105,8 +106,15 @@ class Labeler:
         self.errors: Counter[str] = Counter()
         self.scored = 0
         self.report: LabelReport = {
-            "scorer": None, "reason": None, "aborted": None, "total": 0, "pending": 0, "skipped": 0,
-            "scored": 0, "errors": {}, "core": {"endpoint": core.shown_endpoint, "available": False},
+            "scorer": None,
+            "reason": None,
+            "aborted": None,
+            "total": 0,
+            "pending": 0,
+            "skipped": 0,
+            "scored": 0,
+            "errors": {},
+            "core": {"endpoint": core.shown_endpoint, "available": False},
         }
 
     async def run(self) -> LabelReport:
@@ -142,8 +150,11 @@ class Labeler:
         """Every image with the scorer the index records for it: one query, no metadata reads."""
         samples = await self.dataset.samples(labels=("real", "ai", "unlabeled"))
         items = [Item(s.id, s.image_key, parse_scorer(s.scorer)) for s in samples]
-        legacy = [item for item, s in zip(items, samples, strict=True)
-                  if s.scorer is None and s.confidence is not None]
+        legacy = [
+            item
+            for item, s in zip(items, samples, strict=True)
+            if s.scorer is None and s.confidence is not None
+        ]
         await self._backfill_scorers(legacy)
         return items
 
@@ -293,8 +304,15 @@ class Labeler:
             else:
                 await work(batch)
             done += len(batch)
-            self.progress({"stage": "scoring", "scorer": identity["name"], "done": done,
-                           "total": total, "scored": self.scored})
+            self.progress(
+                {
+                    "stage": "scoring",
+                    "scorer": identity["name"],
+                    "done": done,
+                    "total": total,
+                    "scored": self.scored,
+                }
+            )
 
     async def _read(self, item: Item) -> bytes | None:
         try:
@@ -346,4 +364,4 @@ def file_details(item: Item) -> tuple[str, str]:
 
 
 def chunks(seq: list, size: int) -> Iterable[list]:
-    return (seq[i:i + size] for i in range(0, len(seq), size))
+    return (seq[i : i + size] for i in range(0, len(seq), size))

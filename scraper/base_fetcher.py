@@ -38,10 +38,13 @@ def source_options(model: type[SourceOptions], config: SourceConfig) -> SourceOp
     try:
         return read_options(model, config)
     except OptionsInvalid as exc:
-        raise SourceUnavailable("; ".join(
-            f"option {p.key!r} of source '{config.name}' in sources.yaml"
-            f"{' ' if p.message.startswith('must') else ': '}{p.detail}"
-            for p in exc.problems)) from exc
+        raise SourceUnavailable(
+            "; ".join(
+                f"option {p.key!r} of source '{config.name}' in sources.yaml"
+                f"{' ' if p.message.startswith('must') else ': '}{p.detail}"
+                for p in exc.problems
+            )
+        ) from exc
 
 
 class BaseFetcher(ABC, Generic[OptionsT]):
@@ -166,8 +169,9 @@ class BaseFetcher(ABC, Generic[OptionsT]):
         self.rejected[reason] += 1
         logger.info("%s: %s", self.get_source_name(), message)
 
-    async def get_page(self, url: str, params: dict[str, Any], headers: dict[str, str],
-                       what: str) -> Any | None:
+    async def get_page(
+        self, url: str, params: dict[str, Any], headers: dict[str, str], what: str
+    ) -> Any | None:
         """One API page's JSON, or None with the failure counted; a rate limit that outlasted the
         retries, or a status in ``fatal_statuses``, also stops the source for the run."""
         try:
@@ -185,8 +189,9 @@ class BaseFetcher(ABC, Generic[OptionsT]):
                 self.stop(exc.message)
         return None
 
-    async def get_list_page(self, url: str, params: dict[str, Any], headers: dict[str, str],
-                            what: str, list_key: str) -> dict | None:
+    async def get_list_page(
+        self, url: str, params: dict[str, Any], headers: dict[str, str], what: str, list_key: str
+    ) -> dict | None:
         """Like get_page, for answers that must be an object holding a list under ``list_key``;
         any other shape is counted as ``missing_fields`` and gives None."""
         body = await self.get_page(url, params, headers, what)
@@ -211,8 +216,9 @@ class BaseFetcher(ABC, Generic[OptionsT]):
 
     async def download_all(self, listed: list[tuple[str, dict]]) -> AsyncIterator[tuple[bytes, dict]]:
         """Download (url, metadata) pairs with the source's bounded concurrency."""
-        async for result in bounded_map(listed, lambda pair: self.download_item(*pair),
-                                        self.http.download_concurrency):
+        async for result in bounded_map(
+            listed, lambda pair: self.download_item(*pair), self.http.download_concurrency
+        ):
             if result is not None:
                 yield result
 

@@ -37,8 +37,8 @@ class CivitaiOptions(SourceOptions):
 
 class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
     options_model = CivitaiOptions
-    required_key = None   # the API is public; CIVITAI_API_KEY is sent as a Bearer token when set
-    fatal_statuses = frozenset({401})   # only possible with a key set, and then that key is wrong
+    required_key = None  # the API is public; CIVITAI_API_KEY is sent as a Bearer token when set
+    fatal_statuses = frozenset({401})  # only possible with a key set, and then that key is wrong
 
     def get_source_name(self) -> str:
         return "civitai"
@@ -79,8 +79,13 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
     async def _model_versions(self, query: str) -> list[int]:
         """Newest version ids of the SFW models that match ``query``."""
         params = {"query": query, "limit": self.models_per_query, "nsfw": "false", "sort": "Most Downloaded"}
-        body = await self.get_list_page(f"{self.settings.civitai_api_url}/models", params,
-                                        self.api_headers(), f"model lookup {query!r}", "items")
+        body = await self.get_list_page(
+            f"{self.settings.civitai_api_url}/models",
+            params,
+            self.api_headers(),
+            f"model lookup {query!r}",
+            "items",
+        )
         if body is None:
             return []
         versions = []
@@ -95,10 +100,11 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
             logger.info("civitai: no SFW model matches %r", query)
         return versions
 
-    async def _image_stream(self, filters: dict, query: str | None, wanted: int
-                            ) -> AsyncIterator[tuple[bytes, dict]]:
+    async def _image_stream(
+        self, filters: dict, query: str | None, wanted: int
+    ) -> AsyncIterator[tuple[bytes, dict]]:
         cursor: Any = None
-        limit = min(LIMIT_MAX, wanted)   # fixed for the stream: every cursor goes with the same params
+        limit = min(LIMIT_MAX, wanted)  # fixed for the stream: every cursor goes with the same params
         while wanted > 0 and not self.stopped:
             page = await self._images_page(filters, cursor, limit)
             if page is None:
@@ -109,17 +115,28 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
                 wanted -= 1
                 yield result
             if next_cursor is None or next_cursor == cursor or not items:
-                return   # the end, or a feed that repeats its cursor (would loop forever)
+                return  # the end, or a feed that repeats its cursor (would loop forever)
             cursor = next_cursor
 
     async def _images_page(self, filters: dict, cursor: Any, limit: int) -> tuple[list, Any] | None:
         # The same filters and sort go with every cursor, as the pagination guide requires.
-        params = {**filters, "limit": limit, "sort": "Newest", "type": "image",
-                  "browsingLevel": self.browsing_level, "withMeta": "true", "flatMeta": "true"}
+        params = {
+            **filters,
+            "limit": limit,
+            "sort": "Newest",
+            "type": "image",
+            "browsingLevel": self.browsing_level,
+            "withMeta": "true",
+            "flatMeta": "true",
+        }
         if cursor is not None:
             params["cursor"] = cursor
-        body = await self.get_page(f"{self.settings.civitai_api_url}/images", params, self.api_headers(),
-                                   f"images {filters or 'feed'}")
+        body = await self.get_page(
+            f"{self.settings.civitai_api_url}/images",
+            params,
+            self.api_headers(),
+            f"images {filters or 'feed'}",
+        )
         if body is None:
             return None
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
@@ -150,8 +167,9 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
             self.count_error("missing_fields", f"image without {exc}: skipped")
             return None
         if not isinstance(image_id, int | str) or not isinstance(url, str):
-            self.count_error("missing_fields", f"image with an id {image_id!r} or url {url!r} of the wrong "
-                             f"type: skipped")
+            self.count_error(
+                "missing_fields", f"image with an id {image_id!r} or url {url!r} of the wrong type: skipped"
+            )
             return None
         if image_id in self.seen:
             return None
@@ -169,14 +187,19 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
             "attribution": {
                 "platform": "CivitAI",
                 "photographer": item.get("username"),
-                "license": None,   # /images carries no licence field; rights stay with the uploader
+                "license": None,  # /images carries no licence field; rights stay with the uploader
                 "url": f"https://civitai.com/images/{item['id']}",
             },
             "api_data": {
-                "photo_id": item["id"], "width": item.get("width"), "height": item.get("height"),
-                "baseModel": item.get("baseModel"), "prompt": meta.get("prompt"),
-                "browsingLevel": item.get("browsingLevel"), "postId": item.get("postId"),
-                "modelVersionIds": item.get("modelVersionIds"), "query": query,
+                "photo_id": item["id"],
+                "width": item.get("width"),
+                "height": item.get("height"),
+                "baseModel": item.get("baseModel"),
+                "prompt": meta.get("prompt"),
+                "browsingLevel": item.get("browsingLevel"),
+                "postId": item.get("postId"),
+                "modelVersionIds": item.get("modelVersionIds"),
+                "query": query,
             },
         }
 

@@ -39,8 +39,14 @@ from scraper.unsplash_fetcher import UnsplashFetcher
 if TYPE_CHECKING:
     from dataset.manager import DatasetManager
 
-__all__ = ["FETCHERS", "FetcherManager", "format_report_table", "get_fetcher_class",
-           "known_source_names", "run_scrape"]
+__all__ = [
+    "FETCHERS",
+    "FetcherManager",
+    "format_report_table",
+    "get_fetcher_class",
+    "known_source_names",
+    "run_scrape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +77,22 @@ def validate_sources_file(settings: Settings) -> SourcesFile:
 
 
 class FetcherManager:
-    def __init__(self, settings: Settings, sources: SourcesFile, dataset: DatasetManager,
-                 client: httpx.AsyncClient | None = None, *, sleep: Sleep = asyncio.sleep,
-                 retry: RetryPolicy | None = None, download_concurrency: int = 4):
+    def __init__(
+        self,
+        settings: Settings,
+        sources: SourcesFile,
+        dataset: DatasetManager,
+        client: httpx.AsyncClient | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        retry: RetryPolicy | None = None,
+        download_concurrency: int = 4,
+    ):
         self.settings = settings
         self.sources = sources
         self.dataset = dataset
         self.client = client
-        self.sleep = sleep            # injectable so tests never really wait
+        self.sleep = sleep  # injectable so tests never really wait
         self.retry = retry or RetryPolicy()
         self.download_concurrency = download_concurrency
 
@@ -88,20 +102,25 @@ class FetcherManager:
         client = self.client or make_client()
         try:
             entries = _unique_keys(self.sources.enabled())
-            reports = await asyncio.gather(*(self._run_source(key, cfg, client, progress)
-                                             for key, cfg in entries))
+            reports = await asyncio.gather(
+                *(self._run_source(key, cfg, client, progress) for key, cfg in entries)
+            )
         finally:
-            if self.client is None:   # close only what this run created
+            if self.client is None:  # close only what this run created
                 await client.aclose()
         by_key = {key: r.to_dict() for (key, _), r in zip(entries, reports, strict=True)}
-        result: ScrapeReport = {"sources": by_key, "totals": totals(list(by_key.values())),
-                  "status": overall_status(list(by_key.values())),
-                  "duration_s": round(time.monotonic() - started, 3)}
+        result: ScrapeReport = {
+            "sources": by_key,
+            "totals": totals(list(by_key.values())),
+            "status": overall_status(list(by_key.values())),
+            "duration_s": round(time.monotonic() - started, 3),
+        }
         logger.info("scrape finished in %.1fs: %s", result["duration_s"], result["totals"])
         return result
 
-    async def _run_source(self, key: str, cfg: SourceConfig, client: httpx.AsyncClient,
-                          progress: Progress | None) -> SourceReport:
+    async def _run_source(
+        self, key: str, cfg: SourceConfig, client: httpx.AsyncClient, progress: Progress | None
+    ) -> SourceReport:
         report = SourceReport(source=key, label=cfg.label)
         started = time.monotonic()
         fetcher: BaseFetcher | None = None
@@ -127,15 +146,21 @@ class FetcherManager:
             report.duration_s = time.monotonic() - started
         (logger.warning if report.status != "ok" else logger.info)("%s", report.summary())
         # A last event per source, so a progress display can show a source that was skipped or stopped.
-        _notify(progress, {"source": key, "done": report.downloaded, "stored": report.stored,
-                           "status": report.status})
+        _notify(
+            progress,
+            {"source": key, "done": report.downloaded, "stored": report.stored, "status": report.status},
+        )
         return report
 
     def _build(self, cfg: SourceConfig, client: httpx.AsyncClient) -> BaseFetcher:
         cls = get_fetcher_class(cfg.name)
         http = SourceHttp(
-            client, self._bucket(cfg), max_bytes=self.settings.upload_max_bytes,
-            retry=self.retry, sleep=self.sleep, is_rate_limited=cls.is_rate_limited,
+            client,
+            self._bucket(cfg),
+            max_bytes=self.settings.upload_max_bytes,
+            retry=self.retry,
+            sleep=self.sleep,
+            is_rate_limited=cls.is_rate_limited,
             retry_rate_limited=cls.retry_rate_limited,
             download_concurrency=source_options(cls.options_model, cfg).download_concurrency
             or self.download_concurrency,
@@ -173,8 +198,15 @@ class FetcherManager:
                     hook = asyncio.ensure_future(fetcher.on_stored(metadata))
                     hooks.add(hook)
                     hook.add_done_callback(finished)
-                _notify(progress, {"source": report.source, "done": report.downloaded, "total": total,
-                                   "stored": report.stored})
+                _notify(
+                    progress,
+                    {
+                        "source": report.source,
+                        "done": report.downloaded,
+                        "total": total,
+                        "stored": report.stored,
+                    },
+                )
             await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:
             for task in list(hooks):
@@ -217,9 +249,12 @@ def _unique_keys(entries: list[SourceConfig]) -> list[tuple[str, SourceConfig]]:
     return keyed
 
 
-async def run_scrape(settings: Settings, progress: Progress | None = None,
-                     client: httpx.AsyncClient | None = None, only: Collection[str] | None = None
-                     ) -> ScrapeReport:
+async def run_scrape(
+    settings: Settings,
+    progress: Progress | None = None,
+    client: httpx.AsyncClient | None = None,
+    only: Collection[str] | None = None,
+) -> ScrapeReport:
     """Load ``settings.sources_config``, open the dataset, scrape every enabled source (job runner, CLI);
     ``only``: just the enabled entries with these names (ConfigError for a name that is not one)."""
     # Deferred: the registry (used to validate sources.yaml) stays importable without the database layer.
@@ -235,6 +270,8 @@ async def run_scrape(settings: Settings, progress: Progress | None = None,
 def _only(sources: SourcesFile, names: set[str], settings: Settings) -> SourcesFile:
     enabled = {s.name for s in sources.enabled()}
     if missing := names - enabled:
-        raise ConfigError(f"--source {', '.join(sorted(missing))}: no enabled source of that name in "
-                          f"{settings.sources_config}; enabled: {', '.join(sorted(enabled)) or 'none'}")
+        raise ConfigError(
+            f"--source {', '.join(sorted(missing))}: no enabled source of that name in "
+            f"{settings.sources_config}; enabled: {', '.join(sorted(enabled)) or 'none'}"
+        )
     return sources.model_copy(update={"sources": [s for s in sources.sources if s.name in names]})

@@ -21,12 +21,28 @@ from scraper.base_fetcher import BaseFetcher, SourceUnavailable
 # Every image type a camera or tool writes, including those the dataset refuses (HEIC) or may refuse
 # (animated APNG/AVIF sequences): those are read and rejected with the dataset's reason, not skipped
 # unseen. Other files (sidecars, notes) are counted as ``other_file_type`` without being read.
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".webp", ".gif", ".bmp",
-                  ".tif", ".tiff", ".avif", ".avifs", ".heic", ".heif"}
+IMAGE_SUFFIXES = {
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".mpo",
+    ".png",
+    ".apng",
+    ".webp",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".avif",
+    ".avifs",
+    ".heic",
+    ".heif",
+}
 
 
 class FolderOptions(SourceOptions):
-    path: str = Field(min_length=1)   # the folder imported, recursively; ~ is expanded
+    path: str = Field(min_length=1)  # the folder imported, recursively; ~ is expanded
 
 
 class FolderFetcher(BaseFetcher[FolderOptions]):
@@ -41,7 +57,7 @@ class FolderFetcher(BaseFetcher[FolderOptions]):
         return Path(self.options.path).expanduser()
 
     def check_available(self) -> None:
-        self.check_options()   # SourceUnavailable naming 'path' when it is missing
+        self.check_options()  # SourceUnavailable naming 'path' when it is missing
         if not self.root.is_dir():
             raise SourceUnavailable(f"folder source: {self.root} is not a folder (check 'path')")
 
@@ -95,8 +111,12 @@ class FolderFetcher(BaseFetcher[FolderOptions]):
         relative = path.relative_to(self.root).as_posix()
         return {
             **self.base_metadata(),
-            "attribution": {"platform": "folder", "photographer": None, "license": None,
-                            "url": path.resolve().as_uri()},
+            "attribution": {
+                "platform": "folder",
+                "photographer": None,
+                "license": None,
+                "url": path.resolve().as_uri(),
+            },
             "api_data": {"photo_id": relative, "path": relative, "width": None, "height": None},
         }
 

@@ -47,7 +47,7 @@ class FetchError(Exception):
         self.status = status
 
     def __str__(self) -> str:
-        return self.message   # callers may append detail to .message
+        return self.message  # callers may append detail to .message
 
 
 class RateLimited(FetchError):
@@ -58,7 +58,9 @@ class RateLimited(FetchError):
 def make_client() -> httpx.AsyncClient:
     """The one shared client: TLS verification on, timeouts on every request, a descriptive UA."""
     return httpx.AsyncClient(
-        timeout=DEFAULT_TIMEOUT, verify=True, follow_redirects=True,
+        timeout=DEFAULT_TIMEOUT,
+        verify=True,
+        follow_redirects=True,
         headers={"User-Agent": USER_AGENT},
     )
 
@@ -120,10 +122,10 @@ def reset_buckets() -> None:
 
 @dataclass
 class RetryPolicy:
-    attempts: int = 5           # total tries per request
-    base_delay: float = 1.0     # first backoff, doubled each try, with full jitter
+    attempts: int = 5  # total tries per request
+    base_delay: float = 1.0  # first backoff, doubled each try, with full jitter
     max_delay: float = 60.0
-    max_retry_after: float = 300.0   # a longer Retry-After gives up rather than stall the job
+    max_retry_after: float = 300.0  # a longer Retry-After gives up rather than stall the job
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         return rng.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
@@ -142,8 +144,12 @@ class TryAgain(Exception):
         self.wait = wait
 
 
-async def retrying(policy: RetryPolicy, try_once: Callable[[int], Awaitable[T]], sleep: Sleep,
-                   on_retry: Callable[[Exception, int, float], None] | None = None) -> T:
+async def retrying(
+    policy: RetryPolicy,
+    try_once: Callable[[int], Awaitable[T]],
+    sleep: Sleep,
+    on_retry: Callable[[Exception, int, float], None] | None = None,
+) -> T:
     """``try_once(attempt)`` up to ``policy.attempts`` times: what it returns is the answer, what it
     raises ends the loop, except TryAgain, which waits and tries again (the last one's error is raised).
     The one retry loop of the scraper's HTTP and the labeler's Exposr-Core client."""
@@ -200,8 +206,13 @@ def _dns_failure(exc: BaseException) -> str | None:
             return str(current)
         current = current.__cause__ or current.__context__
     text = str(exc)
-    markers = ("Name or service not known", "Temporary failure in name resolution", "nodename nor servname",
-               "getaddrinfo failed", "No address associated with hostname")
+    markers = (
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "nodename nor servname",
+        "getaddrinfo failed",
+        "No address associated with hostname",
+    )
     return text if any(m in text for m in markers) else None
 
 
@@ -221,7 +232,7 @@ def _strip_query_safe(url: str) -> str:
     return url.split("?", 1)[0][:200]
 
 
-ERROR_BODY_BYTES = 64 * 1024   # an error page is read this far, for the message only
+ERROR_BODY_BYTES = 64 * 1024  # an error page is read this far, for the message only
 
 
 async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
@@ -239,8 +250,11 @@ async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bo
 def _detached(response: httpx.Response, body: bytes) -> httpx.Response:
     """A closed-over copy of a streamed response with its already-decoded body: the encoding
     headers go, or httpx would decode the body a second time."""
-    headers = [(k, v) for k, v in response.headers.multi_items()
-               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    headers = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
     return httpx.Response(response.status_code, headers=headers, content=body, request=response.request)
 
 
@@ -276,14 +290,16 @@ class SourceHttp:
         self.rng = rng or random.Random()
         self.stats = HttpStats()
 
-    async def get_json(self, url: str, params: dict[str, Any] | None = None,
-                       headers: dict[str, str] | None = None) -> Any:
+    async def get_json(
+        self, url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> Any:
         """GET an API URL (rate-limited, retried) and decode its JSON body."""
         response = await self._request(url, params, {**self.headers, **(headers or {})}, api=True)
         return decode_json(response)
 
-    async def api_get(self, url: str, params: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None) -> httpx.Response:
+    async def api_get(
+        self, url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         """GET an API URL (rate-limited, retried) when the caller wants the response itself."""
         return await self._request(url, params, {**self.headers, **(headers or {})}, api=True)
 
@@ -311,7 +327,7 @@ class SourceHttp:
     async def _stream_once(self, url: str) -> httpx.Response:
         headers = {"User-Agent": self.headers["User-Agent"]}
         async with self.client.stream("GET", url, headers=headers) as response:
-            if response.status_code >= 400:   # only its start is kept: enough for the message
+            if response.status_code >= 400:  # only its start is kept: enough for the message
                 return _detached(response, (await _read_at_most(response, ERROR_BODY_BYTES))[0])
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > self.max_bytes:
@@ -326,9 +342,11 @@ class SourceHttp:
             try:
                 response = await send()
             except httpx.TimeoutException as exc:
-                raise TryAgain(FetchError("timeout", f"{_strip_query(url)}: timed out ({exc!r})"),
-                               self.retry.backoff(attempt, self.rng)) from None
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:   # the same on every try
+                raise TryAgain(
+                    FetchError("timeout", f"{_strip_query(url)}: timed out ({exc!r})"),
+                    self.retry.backoff(attempt, self.rng),
+                ) from None
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:  # the same on every try
                 raise FetchError("bad_url", f"{_strip_query_safe(url)}: not a usable URL ({exc})") from exc
             except httpx.DecodingError as exc:
                 raise FetchError("bad_encoding", f"{_strip_query(url)}: undecodable body ({exc})") from exc
@@ -336,10 +354,15 @@ class SourceHttp:
                 raise FetchError("too_many_redirects", f"{_strip_query(url)}: {exc}") from exc
             except httpx.TransportError as exc:
                 if (dns := _dns_failure(exc)) is not None:  # retrying will not make a name resolve
-                    raise FetchError("dns", f"{_host(url)}: name resolution failed ({dns}); offline? check "
-                                            "the network and DNS, or the source's *_API_URL") from exc
-                raise TryAgain(FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})"),
-                               self.retry.backoff(attempt, self.rng)) from None
+                    raise FetchError(
+                        "dns",
+                        f"{_host(url)}: name resolution failed ({dns}); offline? check "
+                        "the network and DNS, or the source's *_API_URL",
+                    ) from exc
+                raise TryAgain(
+                    FetchError("connection", f"{_strip_query(url)}: connection failed ({exc!r})"),
+                    self.retry.backoff(attempt, self.rng),
+                ) from None
             if response.status_code < 400:
                 return response
             error, wait = self._classify(url, response, attempt)
@@ -360,8 +383,11 @@ class SourceHttp:
         rate_limited = self.is_rate_limited(response)
         if not (rate_limited or _is_retryable(status)):
             return FetchError(f"http_{status}", f"{where}: {error_text(response)}", status), None
-        error = (RateLimited(f"{where}: rate limited", status) if rate_limited
-                 else FetchError("server_error", f"{where}: {error_text(response)}", status))
+        error = (
+            RateLimited(f"{where}: rate limited", status)
+            if rate_limited
+            else FetchError("server_error", f"{where}: {error_text(response)}", status)
+        )
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if retry_after is not None and retry_after > self.retry.max_retry_after:
             error.message += f" (Retry-After {retry_after:.0f}s is longer than this run waits)"

@@ -22,7 +22,7 @@ Size = Literal["original", "large2x", "large", "medium", "small", "portrait", "l
 
 
 class PexelsOptions(SourceOptions):
-    image_size: Size = "large2x"   # which of the photo's `src` renditions is downloaded
+    image_size: Size = "large2x"  # which of the photo's `src` renditions is downloaded
 
 
 class PexelsFetcher(BaseFetcher[PexelsOptions]):
@@ -61,15 +61,21 @@ class PexelsFetcher(BaseFetcher[PexelsOptions]):
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
         params = {"query": query, "page": page, "per_page": per_page}
-        return await self.get_list_page(f"{self.settings.pexels_api_url}/search", params,
-                                        {"Authorization": self.secret()}, f"search {query!r} page {page}",
-                                        "photos")
+        return await self.get_list_page(
+            f"{self.settings.pexels_api_url}/search",
+            params,
+            {"Authorization": self.secret()},
+            f"search {query!r} page {page}",
+            "photos",
+        )
 
     def note_quota(self, response: httpx.Response) -> None:
         """Only 2xx answers carry the (monthly) quota left, a 429 carries nothing: stop at 0."""
         if response.headers.get("X-Ratelimit-Remaining", "").strip() == "0":
-            self.stop(f"monthly quota used up (X-Ratelimit-Remaining: 0) until X-Ratelimit-Reset="
-                      f"{response.headers.get('X-Ratelimit-Reset', '?')}")
+            self.stop(
+                f"monthly quota used up (X-Ratelimit-Remaining: 0) until X-Ratelimit-Reset="
+                f"{response.headers.get('X-Ratelimit-Reset', '?')}"
+            )
 
     def _listing(self, photo: Any, query: str) -> tuple[str, dict] | None:
         size = self.image_size
@@ -85,9 +91,14 @@ class PexelsFetcher(BaseFetcher[PexelsOptions]):
                     "url": photo["url"],
                 },
                 "api_data": {
-                    "photo_id": photo["id"], "width": photo.get("width"), "height": photo.get("height"),
-                    "photographer_id": photo.get("photographer_id"), "alt": photo.get("alt"),
-                    "avg_color": photo.get("avg_color"), "query": query, "size": size,
+                    "photo_id": photo["id"],
+                    "width": photo.get("width"),
+                    "height": photo.get("height"),
+                    "photographer_id": photo.get("photographer_id"),
+                    "alt": photo.get("alt"),
+                    "avg_color": photo.get("avg_color"),
+                    "query": query,
+                    "size": size,
                 },
             }
         except (KeyError, TypeError) as exc:

@@ -20,8 +20,8 @@ class ScrapeTotals(TypedDict):
     stored: int
     duplicates: int
     near_duplicates: int
-    rejected: dict[str, int]   # by reason
-    errors: dict[str, int]     # by kind
+    rejected: dict[str, int]  # by reason
+    errors: dict[str, int]  # by kind
 
 
 class SourceReportDict(ScrapeTotals):
@@ -29,17 +29,17 @@ class SourceReportDict(ScrapeTotals):
 
     source: str
     label: str
-    status: str            # ok | partial | stopped | skipped | failed
-    message: str | None    # why it stopped, was skipped or failed, for a person
+    status: str  # ok | partial | stopped | skipped | failed
+    message: str | None  # why it stopped, was skipped or failed, for a person
     duration_s: float
 
 
 class ScrapeReport(TypedDict):
     """What a scrape returns (``FetcherManager.run``, ``run_scrape``; a scrape job's result)."""
 
-    sources: dict[str, SourceReportDict]   # by key: the source name, or name#2 for a second entry
+    sources: dict[str, SourceReportDict]  # by key: the source name, or name#2 for a second entry
     totals: ScrapeTotals
-    status: str            # ok | partial | failed (every source that ran failed)
+    status: str  # ok | partial | failed (every source that ran failed)
     duration_s: float
 
 
@@ -63,18 +63,28 @@ class SourceReport:
 
     def to_dict(self) -> SourceReportDict:
         return {
-            "source": self.source, "label": self.label, "status": self.status, "message": self.message,
-            "api_requests": self.api_requests, "retries": self.retries, "downloaded": self.downloaded,
-            "stored": self.stored, "duplicates": self.duplicates, "near_duplicates": self.near_duplicates,
-            "rejected": dict(sorted(self.rejected.items())), "errors": dict(sorted(self.errors.items())),
+            "source": self.source,
+            "label": self.label,
+            "status": self.status,
+            "message": self.message,
+            "api_requests": self.api_requests,
+            "retries": self.retries,
+            "downloaded": self.downloaded,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "near_duplicates": self.near_duplicates,
+            "rejected": dict(sorted(self.rejected.items())),
+            "errors": dict(sorted(self.errors.items())),
             "duration_s": round(self.duration_s, 3),
         }
 
     def summary(self) -> str:
-        text = (f"{self.source}: {self.status}; {self.api_requests} API requests, {self.downloaded} "
-                f"downloaded, {self.stored} stored, {self.duplicates} duplicates, {self.near_duplicates} "
-                f"near-duplicates, rejected {dict(self.rejected) or 0}, errors {dict(self.errors) or 0}, "
-                f"{self.duration_s:.1f}s")
+        text = (
+            f"{self.source}: {self.status}; {self.api_requests} API requests, {self.downloaded} "
+            f"downloaded, {self.stored} stored, {self.duplicates} duplicates, {self.near_duplicates} "
+            f"near-duplicates, rejected {dict(self.rejected) or 0}, errors {dict(self.errors) or 0}, "
+            f"{self.duration_s:.1f}s"
+        )
         return f"{text} ({self.message})" if self.message else text
 
 
@@ -84,9 +94,11 @@ def note_storage_errors(report: SourceReport) -> None:
     lost = sum(n for kind, n in report.errors.items() if kind.startswith("ingest_"))
     if not lost or report.status in ("failed", "skipped"):
         return
-    what = (f"{lost} downloaded image(s) could not be stored (storage or index errors: "
-            f"{', '.join(f'{k} {n}' for k, n in sorted(report.errors.items()) if k.startswith('ingest_'))}); "
-            "see the log, free disk space or fix the storage, and scrape again")
+    what = (
+        f"{lost} downloaded image(s) could not be stored (storage or index errors: "
+        f"{', '.join(f'{k} {n}' for k, n in sorted(report.errors.items()) if k.startswith('ingest_'))}); "
+        "see the log, free disk space or fix the storage, and scrape again"
+    )
     status = "partial" if report.stored else "failed"
     report.message = f"{what}; {report.message}" if report.message else what
     report.status = status if report.status == "ok" or status == "failed" else report.status
@@ -111,8 +123,14 @@ def totals(reports: list[SourceReportDict]) -> ScrapeTotals:
     return cast(ScrapeTotals, out)
 
 
-ROWS = (("api_requests", "API requests"), ("retries", "retries"), ("downloaded", "downloaded"),
-        ("stored", "stored"), ("duplicates", "duplicates"), ("near_duplicates", "near-duplicates"))
+ROWS = (
+    ("api_requests", "API requests"),
+    ("retries", "retries"),
+    ("downloaded", "downloaded"),
+    ("stored", "stored"),
+    ("duplicates", "duplicates"),
+    ("near_duplicates", "near-duplicates"),
+)
 
 
 def format_report_table(report: dict[str, Any]) -> Group:
@@ -133,10 +151,12 @@ def _counts_table(report: dict[str, Any]) -> Table:
     for name, title in ROWS:
         table.add_row(title, *(str(r[name]) for r in sources.values()), str(total[name]))
     for name in ("rejected", "errors"):
-        table.add_row(name, *(str(sum(r[name].values())) for r in sources.values()),
-                      str(sum(total[name].values())))
-    table.add_row("seconds", *(f"{r['duration_s']:.1f}" for r in sources.values()),
-                  f"{report.get('duration_s', 0):.1f}")
+        table.add_row(
+            name, *(str(sum(r[name].values())) for r in sources.values()), str(sum(total[name].values()))
+        )
+    table.add_row(
+        "seconds", *(f"{r['duration_s']:.1f}" for r in sources.values()), f"{report.get('duration_s', 0):.1f}"
+    )
     return table
 
 

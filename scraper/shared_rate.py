@@ -29,12 +29,25 @@ class SharedTokenBucket:
         """Take one token; returns the tokens left (negative: the debt to wait out)."""
         params = {"s": self.source, "cap": self.capacity, "rate": self.per_hour / 3600}
         async with self.engine.begin() as conn:
-            await conn.execute(text(
-                f"INSERT INTO rate_buckets (source, tokens, updated_at) VALUES (:s, :cap, {NOW}) "
-                "ON CONFLICT (source) DO NOTHING"), params)
-            return float((await conn.execute(text(
-                f"UPDATE rate_buckets SET tokens = LEAST(:cap, tokens + ({NOW} - updated_at) * :rate) - 1, "
-                f"updated_at = {NOW} WHERE source = :s RETURNING tokens"), params)).scalar_one())
+            await conn.execute(
+                text(
+                    f"INSERT INTO rate_buckets (source, tokens, updated_at) VALUES (:s, :cap, {NOW}) "
+                    "ON CONFLICT (source) DO NOTHING"
+                ),
+                params,
+            )
+            return float(
+                (
+                    await conn.execute(
+                        text(
+                            "UPDATE rate_buckets SET "
+                            f"tokens = LEAST(:cap, tokens + ({NOW} - updated_at) * :rate) - 1, "
+                            f"updated_at = {NOW} WHERE source = :s RETURNING tokens"
+                        ),
+                        params,
+                    )
+                ).scalar_one()
+            )
 
     async def acquire(self, sleep: Sleep) -> float:
         """Take one token, sleeping until it is ours; returns the seconds waited."""

@@ -30,14 +30,13 @@ def is_unsplash_rate_limited(response: httpx.Response) -> bool:
     if response.status_code == 429:
         return True
     return response.status_code == 403 and (
-        "rate limit exceeded" in response.text.lower()
-        or response.headers.get("X-Ratelimit-Remaining") == "0"
+        "rate limit exceeded" in response.text.lower() or response.headers.get("X-Ratelimit-Remaining") == "0"
     )
 
 
 class UnsplashOptions(SourceOptions):
-    content_filter: Literal["high", "low"] = "high"   # Unsplash's own safety filter
-    image_width: int = Field(1600, ge=100, le=10000)    # width of the rendition downloaded (px)
+    content_filter: Literal["high", "low"] = "high"  # Unsplash's own safety filter
+    image_width: int = Field(1600, ge=100, le=10000)  # width of the rendition downloaded (px)
 
 
 class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
@@ -85,10 +84,14 @@ class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
             page += 1
 
     async def _search_page(self, query: str, page: int, per_page: int) -> dict | None:
-        params = {"query": query, "page": page, "per_page": per_page,
-                  "content_filter": self.content_filter}
-        return await self.get_list_page(f"{self.settings.unsplash_api_url}/search/photos", params,
-                                        self.api_headers(), f"search {query!r} page {page}", "results")
+        params = {"query": query, "page": page, "per_page": per_page, "content_filter": self.content_filter}
+        return await self.get_list_page(
+            f"{self.settings.unsplash_api_url}/search/photos",
+            params,
+            self.api_headers(),
+            f"search {query!r} page {page}",
+            "results",
+        )
 
     def note_quota(self, response: httpx.Response) -> None:
         """Search answers and download events both carry the hourly quota left; stop at 0."""
@@ -110,8 +113,11 @@ class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
                     "url": _with_utm(photo["links"]["html"]),
                 },
                 "api_data": {
-                    "photo_id": photo["id"], "width": photo.get("width"), "height": photo.get("height"),
-                    "username": user.get("username"), "query": query,
+                    "photo_id": photo["id"],
+                    "width": photo.get("width"),
+                    "height": photo.get("height"),
+                    "username": user.get("username"),
+                    "query": query,
                     "download_location": photo["links"].get("download_location"),
                 },
             }
@@ -131,12 +137,14 @@ class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
         try:
             self.note_quota(await self.http.api_get(url, headers=self.api_headers()))
         except RateLimited as exc:
-            self.count_error(f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: "
-                             f"{exc.message}")
+            self.count_error(
+                f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: {exc.message}"
+            )
             self.stop_rate_limited(exc)
         except FetchError as exc:
-            self.count_error(f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: "
-                             f"{exc.message}")
+            self.count_error(
+                f"download_event_{exc.kind}", f"download event for {api.get('photo_id')}: {exc.message}"
+            )
 
     def _download_event_url(self, api: dict) -> str | None:
         """download_location rebuilt on our own API base, so the key only goes to the API host."""

@@ -34,23 +34,39 @@ WIDTH = 1280
 
 
 def demo_settings(root: Path) -> Settings:
-    for label, make in (("real", lambda i: jpeg(7000 + i, (120, 90))),
-                        ("ai", lambda i: encode(scene(8000 + i, (120, 90)), "PNG"))):
+    for label, make in (
+        ("real", lambda i: jpeg(7000 + i, (120, 90))),
+        ("ai", lambda i: encode(scene(8000 + i, (120, 90)), "PNG")),
+    ):
         folder = root / "import" / label
         folder.mkdir(parents=True)
         for i in range(10):
             (folder / f"{label}-{i}.{'jpg' if label == 'real' else 'png'}").write_bytes(make(i))
         (folder / "broken.jpg").write_bytes(b"not an image")
     sources = root / "sources.yaml"
-    entries = [{"name": "folder", "label": label, "path": str(root / "import" / label)}
-               for label in ("real", "ai")]
+    entries = [
+        {"name": "folder", "label": label, "path": str(root / "import" / label)} for label in ("real", "ai")
+    ]
     sources.write_text(yaml.safe_dump({"sources": entries}))
-    return Settings(_env_file=None, dataset_dir=root / "datasets", models_dir=root / "models",
-                    log_dir=root / "logs", sources_config=sources, scheduler_enabled=False,
-                    trainer_api_key=TOKEN, train_arch="test_resnet", train_pretrained=False,
-                    train_image_size=32, train_epochs=500, train_batch_size=4, train_workers=0,
-                    train_device="cpu", min_train_samples=8, min_image_side=16,
-                    exposr_core_endpoint="http://127.0.0.1:9/none")
+    return Settings(
+        _env_file=None,
+        dataset_dir=root / "datasets",
+        models_dir=root / "models",
+        log_dir=root / "logs",
+        sources_config=sources,
+        scheduler_enabled=False,
+        trainer_api_key=TOKEN,
+        train_arch="test_resnet",
+        train_pretrained=False,
+        train_image_size=32,
+        train_epochs=500,
+        train_batch_size=4,
+        train_workers=0,
+        train_device="cpu",
+        min_train_samples=8,
+        min_image_side=16,
+        exposr_core_endpoint="http://127.0.0.1:9/none",
+    )
 
 
 def shoot(browser, out: Path, name: str) -> None:
@@ -104,12 +120,19 @@ def run_demo(browser, base: str, out: Path) -> None:
     client.post("/train").raise_for_status()
     wait.until(lambda b: "images/s" in b.find_element(By.ID, "running-list").text)
     shoot(browser, out, "overview")
-    for name, path in (("models", "/ui/models"), ("model", "/ui/models/vit/v2"), ("jobs", "/ui/jobs"),
-                       ("review", "/ui/review")):
+    for name, path in (
+        ("models", "/ui/models"),
+        ("model", "/ui/models/vit/v2"),
+        ("jobs", "/ui/jobs"),
+        ("review", "/ui/review"),
+    ):
         browser.get(f"{base}{path}")
         if name == "review":
-            wait.until(lambda b: b.execute_script(
-                "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+            wait.until(
+                lambda b: b.execute_script(
+                    "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+                )
+            )
             browser.find_element(By.TAG_NAME, "body").send_keys("r")
             wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "article.item.done"))
         shoot(browser, out, name)

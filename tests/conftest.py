@@ -9,15 +9,21 @@ import pytest
 from config.settings import Settings
 
 # Suites that run against SQLite and a real PostgreSQL server (tests/pgserver.py) alike.
-POSTGRES_SUITES = ("tests/dataset/test_index.py", "tests/dataset/test_manager.py",
-                   "tests/dataset/test_schema.py", "tests/dataset/test_metadata_lock.py", "tests/app/",
-                   "tests/labeler/")
+POSTGRES_SUITES = (
+    "tests/dataset/test_index.py",
+    "tests/dataset/test_manager.py",
+    "tests/dataset/test_schema.py",
+    "tests/dataset/test_metadata_lock.py",
+    "tests/app/",
+    "tests/labeler/",
+)
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_generate_tests(metafunc):
     if "db_backend" not in metafunc.fixturenames or any(
-            metafunc.definition.get_closest_marker(m) for m in ("sqlite_only", "postgres_only")):
+        metafunc.definition.get_closest_marker(m) for m in ("sqlite_only", "postgres_only")
+    ):
         return
     path = metafunc.definition.path.relative_to(ROOT).as_posix()
     if any(path.startswith(suite) for suite in POSTGRES_SUITES):
@@ -93,7 +99,11 @@ def _no_ambient_env(monkeypatch):
 
     for name in list(os.environ):
         if name.endswith(("_API_KEY", "_ACCESS_KEY")) or name in {
-            "TRAINER_API_KEY", "STORAGE_DRIVER", "DATABASE_URL", "DATASET_DIR", "MODELS_DIR",
+            "TRAINER_API_KEY",
+            "STORAGE_DRIVER",
+            "DATABASE_URL",
+            "DATASET_DIR",
+            "MODELS_DIR",
         }:
             monkeypatch.delenv(name, raising=False)
 

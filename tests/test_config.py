@@ -100,7 +100,11 @@ def test_defaults_match_design():
     assert (s.storage_driver, s.scrape_every_hours, s.train_every_days) == ("local", 12, 7)
     assert (s.min_train_samples, s.val_fraction, s.model_name) == (50, 0.1, "vit")
     assert (s.train_arch, s.train_image_size, s.train_epochs, s.train_batch_size) == (
-        "vit_small_patch16_224", 224, 5, 32)
+        "vit_small_patch16_224",
+        224,
+        5,
+        32,
+    )
     assert s.upload_max_bytes == 20_000_000 and s.trainer_api_key is None
     assert s.db_url == "sqlite+aiosqlite:///datasets/dedupe.db"
 

@@ -50,7 +50,7 @@ def test_every_example_uses_one_token_variable_and_fails_on_errors():
     for page in PAGES:
         for command in shell_commands(page):
             assert "$KEY" not in command and "$TOKEN" not in command, (page.name, command)
-            assert "localhost:8001" not in command, (page.name, command)   # $T, so PORT=... works too
+            assert "localhost:8001" not in command, (page.name, command)  # $T, so PORT=... works too
             if re.search(r"\s(-o\s+(?!/dev/null)|-O)", command):
                 assert re.search(r"\s-f|\s-[a-zA-Z]*f", command), f"{page.name}: no -f: {command}"
 
@@ -61,14 +61,18 @@ def test_relative_links_point_at_files_that_exist():
             if "://" in target or target.startswith("mailto:"):
                 continue
             if Path(target).name == "scaling-out.md" and not (page.parent / target).exists():
-                continue   # issue 10 brings docs/scaling-out.md
+                continue  # issue 10 brings docs/scaling-out.md
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)}: broken link {target}"
 
 
 def test_architecture_lists_every_module():
     text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
-    modules = sorted(str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).rglob("*.py")
-                     if (p.name != "__init__.py" or p.parent.name == "ui") and "migrations" not in p.parts)
+    modules = sorted(
+        str(p.relative_to(ROOT))
+        for package in PACKAGES
+        for p in (ROOT / package).rglob("*.py")
+        if (p.name != "__init__.py" or p.parent.name == "ui") and "migrations" not in p.parts
+    )
     missing = [m for m in modules if f"`{m}`" not in text]
     assert not missing, f"ARCHITECTURE.md lacks a line for: {', '.join(missing)}"
 
@@ -95,29 +99,60 @@ def served(tmp_path_factory):
         (real / f"r{i}.jpg").write_bytes(jpeg(100 + i))
         (ai / f"a{i}.png").write_bytes(encode(noise(200 + i, size=(72, 72)), "PNG"))
     sources = root / "sources.yaml"
-    sources.write_text(yaml.safe_dump({"sources": [{"name": "folder", "label": "real", "path": str(real)},
-                                                   {"name": "folder", "label": "ai", "path": str(ai)}]}))
+    sources.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "folder", "label": "real", "path": str(real)},
+                    {"name": "folder", "label": "ai", "path": str(ai)},
+                ]
+            }
+        )
+    )
     work = root / "work"
     work.mkdir()
     (work / "photo.jpg").write_bytes(jpeg(777))
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_API_KEY": KEY, "SOURCES_CONFIG": str(sources),
-           "DATASET_DIR": str(root / "datasets"), "MODELS_DIR": str(root / "models"),
-           "LOG_DIR": str(root / "logs"), "SCHEDULER_ENABLED": "false", "TRAIN_ARCH": "resnet10t",
-           "TRAIN_PRETRAINED": "false", "TRAIN_IMAGE_SIZE": "32", "TRAIN_EPOCHS": "4",
-           "TRAIN_BATCH_SIZE": "8", "TRAIN_LR": "0.003", "TRAIN_WORKERS": "0", "MIN_TRAIN_SAMPLES": "12",
-           "VAL_FRACTION": "0.25", "TRAIN_SEED": "1", "TRAIN_DEVICE": "cpu", "HF_HUB_OFFLINE": "1",
-           # Exposr-Core is not there: the labeler example scores with the local model.
-           "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/analyze", "T": f"http://127.0.0.1:{port}",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRAINER_API_KEY": KEY,
+        "SOURCES_CONFIG": str(sources),
+        "DATASET_DIR": str(root / "datasets"),
+        "MODELS_DIR": str(root / "models"),
+        "LOG_DIR": str(root / "logs"),
+        "SCHEDULER_ENABLED": "false",
+        "TRAIN_ARCH": "resnet10t",
+        "TRAIN_PRETRAINED": "false",
+        "TRAIN_IMAGE_SIZE": "32",
+        "TRAIN_EPOCHS": "4",
+        "TRAIN_BATCH_SIZE": "8",
+        "TRAIN_LR": "0.003",
+        "TRAIN_WORKERS": "0",
+        "MIN_TRAIN_SAMPLES": "12",
+        "VAL_FRACTION": "0.25",
+        "TRAIN_SEED": "1",
+        "TRAIN_DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        # Exposr-Core is not there: the labeler example scores with the local model.
+        "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/analyze",
+        "T": f"http://127.0.0.1:{port}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    }
     cli = [sys.executable, "-m", "app.cli"]
     for command in ("scrape", "train"):
         done = subprocess.run([*cli, command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         (root / f"{command}.out").write_text(done.stdout + done.stderr)
-    log = (root / "serve.log").open("w")   # a file, not a pipe: a full pipe would block the server
-    server = subprocess.Popen([*cli, "serve", "--port", str(port)], cwd=work, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, text=True)
+    log = (root / "serve.log").open("w")  # a file, not a pipe: a full pipe would block the server
+    server = subprocess.Popen(
+        [*cli, "serve", "--port", str(port)],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -134,8 +169,13 @@ def served(tmp_path_factory):
         assert latest.status_code == 200, (root / "train.out").read_text()[-3000:]
         assert latest.json()["model_version"] == "v1", latest.text
         for seed in (901, 902):
-            answer = httpx.post(f"{env['T']}/upload", headers=auth, timeout=30, data={"label": "unlabeled"},
-                                files={"file": ("u.jpg", jpeg(seed), "image/jpeg")})
+            answer = httpx.post(
+                f"{env['T']}/upload",
+                headers=auth,
+                timeout=30,
+                data={"label": "unlabeled"},
+                files={"file": ("u.jpg", jpeg(seed), "image/jpeg")},
+            )
             assert answer.status_code == 201, answer.text
         yield env, work
     finally:
@@ -178,8 +218,9 @@ def test_every_curl_example_runs_as_written(served, page):
             script.append("wait_idle")
         script += [f"echo '>>> example {i}' >&2", command]
     script.append("wait_idle")
-    done = subprocess.run(["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     failed = re.findall(r">>> example (\d+)", done.stderr)
     where = commands[int(failed[-1])] if failed else "(before the first example)"
     assert done.returncode == 0, f"{page.name} (exit {done.returncode}): {where}\n{done.stderr[-1500:]}"

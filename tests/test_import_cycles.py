@@ -86,6 +86,8 @@ def test_the_checker_finds_a_circle():
 def test_no_import_circles_between_our_modules():
     known = modules()
     # A package's __init__ importing its own modules is not a circle between modules.
-    graph = {name: {m for m in imported(path, set(known)) if m != name and not name.startswith(m + ".")}
-             for name, path in known.items()}
+    graph = {
+        name: {m for m in imported(path, set(known)) if m != name and not name.startswith(m + ".")}
+        for name, path in known.items()
+    }
     assert cycles(graph) == []

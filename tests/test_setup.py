@@ -34,7 +34,7 @@ def test_install_prints_each_step_and_never_silences_pip():
     out = make_dry_run("install")
     assert "--quiet" not in out and "-q " not in out
     assert out.count('echo "==> [') == 4
-    assert "--index-url" not in out   # torch from the default index unless TORCH_INDEX_URL is set
+    assert "--index-url" not in out  # torch from the default index unless TORCH_INDEX_URL is set
     assert "-c constraints.txt -e '.[test]'" in out
 
 
@@ -42,7 +42,7 @@ def test_a_torch_index_installs_the_pinned_torch_pair_from_it_first():
     out = make_dry_run("install", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu")
     torch_step = out.index("--index-url https://download.pytorch.org/whl/cpu")
     assert "sed -n 's/^torch==//p' constraints.txt" in out[torch_step:]
-    assert torch_step < out.index("-c constraints.txt -e '.[test]'")   # then the rest, same pins
+    assert torch_step < out.index("-c constraints.txt -e '.[test]'")  # then the rest, same pins
 
 
 def test_a_busy_port_fails_before_the_app_is_imported(tmp_path):
@@ -50,13 +50,21 @@ def test_a_busy_port_fails_before_the_app_is_imported(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code = (f"import sys; from app.cli import main; rc = main(['serve', '--port', '{port}']); "
-                "print(rc, 'app.main' in sys.modules, 'torch' in sys.modules)")
-        env = {**os.environ, "DATASET_DIR": str(tmp_path / "d"), "MODELS_DIR": str(tmp_path / "m"),
-               "LOG_DIR": str(tmp_path / "l"), "PYTHONPATH": str(ROOT),
-               "SOURCES_CONFIG": str(ROOT / "config" / "sources.yaml")}
-        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=120)
+        code = (
+            f"import sys; from app.cli import main; rc = main(['serve', '--port', '{port}']); "
+            "print(rc, 'app.main' in sys.modules, 'torch' in sys.modules)"
+        )
+        env = {
+            **os.environ,
+            "DATASET_DIR": str(tmp_path / "d"),
+            "MODELS_DIR": str(tmp_path / "m"),
+            "LOG_DIR": str(tmp_path / "l"),
+            "PYTHONPATH": str(ROOT),
+            "SOURCES_CONFIG": str(ROOT / "config" / "sources.yaml"),
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
     assert f"--port {port + 1}" in done.stderr and f"make run PORT={port + 1}" in done.stderr
@@ -68,5 +76,5 @@ def test_the_dockerfile_installs_dependencies_before_copying_the_code():
     deps = lines.index("COPY pyproject.toml constraints.txt ./")
     code = next(i for i, line in enumerate(lines) if line.startswith("COPY app"))
     installs = [i for i, line in enumerate(lines) if "pip install" in line]
-    assert deps < installs[0] < installs[1] < code < installs[-1]   # torch, deps, then the code
+    assert deps < installs[0] < installs[1] < code < installs[-1]  # torch, deps, then the code
     assert any("--no-deps" in lines[i] for i in range(code, len(lines)))

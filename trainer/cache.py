@@ -106,8 +106,9 @@ class CacheBuild:
 class ImageCache:
     """Cached pictures at one decode side and quality. DataLoader workers read through it."""
 
-    def __init__(self, storage: StorageDriver, side: int, max_pixels: int,
-                 quality: int = CACHE_QUALITY) -> None:
+    def __init__(
+        self, storage: StorageDriver, side: int, max_pixels: int, quality: int = CACHE_QUALITY
+    ) -> None:
         self.storage, self.side, self.max_pixels, self.quality = storage, side, max_pixels, quality
         # Entries found corrupt or missing while reading (in any DataLoader worker), rebuilt.
         self.rebuilt = multiprocessing.get_context("fork").Value("i", 0)
@@ -137,10 +138,14 @@ class ImageCache:
                 report.failed += not ok
         report.seconds = time.perf_counter() - started
         if report.built or report.failed:
-            log.info("training cache %s: %d built (%.1f images/s), %d present, %d originals unreadable",
-                     cache_id(self.side, self.quality), report.built,
-                     report.built / max(report.seconds, 1e-9),
-                     report.present, report.failed)
+            log.info(
+                "training cache %s: %d built (%.1f images/s), %d present, %d originals unreadable",
+                cache_id(self.side, self.quality),
+                report.built,
+                report.built / max(report.seconds, 1e-9),
+                report.present,
+                report.failed,
+            )
         self.last_build = report
         return report
 
@@ -165,8 +170,9 @@ class ImageCache:
             reason = f"shorter side {min(image.size)} > {self.side}"
         except (StorageError, OSError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
-        log.warning("training cache entry of %s unusable (%s): rebuilt from the original",
-                    original_key, reason)
+        log.warning(
+            "training cache entry of %s unusable (%s): rebuilt from the original", original_key, reason
+        )
         data = self._encoded(original_key)
         try:
             self.storage.put(self.key(sha256), data)

@@ -30,8 +30,8 @@ from trainer.cache import prepared
 log = logging.getLogger(__name__)
 
 TRAIN_JPEG_QUALITY = (50, 95)  # re-compression range during training
-EVAL_JPEG_QUALITY = 90         # one fixed re-compression at evaluation/prediction: same path as training
-EVAL_CROP_PCT = 0.875          # resize the shorter side to size / crop_pct, then centre-crop
+EVAL_JPEG_QUALITY = 90  # one fixed re-compression at evaluation/prediction: same path as training
+EVAL_CROP_PCT = 0.875  # resize the shorter side to size / crop_pct, then centre-crop
 # Decoding may reduce by a power of two as long as the shorter side stays >= this x image size.
 # RandomResizedCrop's smallest crops (half the area, aspect 3:4..4:3) are then still >= the image
 # size on 4:3 and 3:2 photos (1.06x, 1.13x); only on a square picture can one be ~0.92x (scaled up).
@@ -55,24 +55,32 @@ class Preprocessing:
         return int(self.image_size * DECODE_MARGIN + 0.5)
 
     def as_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_pct": self.crop_pct, "jpeg_quality": self.jpeg_quality,
-                "interpolation": "bilinear", "resize": "shorter_side",
-                "decode_reduce_to": self.decode_side,
-                # then the shorter side is resized to exactly this (bilinear; trainer/cache.py)
-                "resize_shorter_to": self.decode_side,
-                # then, when set, a JPEG round trip at this quality (4:4:4), as the training cache does
-                "cache_jpeg_quality": self.cache_quality}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "crop_pct": self.crop_pct,
+            "jpeg_quality": self.jpeg_quality,
+            "interpolation": "bilinear",
+            "resize": "shorter_side",
+            "decode_reduce_to": self.decode_side,
+            # then the shorter side is resized to exactly this (bilinear; trainer/cache.py)
+            "resize_shorter_to": self.decode_side,
+            # then, when set, a JPEG round trip at this quality (4:4:4), as the training cache does
+            "cache_jpeg_quality": self.cache_quality,
+        }
 
 
-def preprocessing_for(model: torch.nn.Module, image_size: int,
-                      cache_quality: int | None = None) -> Preprocessing:
+def preprocessing_for(
+    model: torch.nn.Module, image_size: int, cache_quality: int | None = None
+) -> Preprocessing:
     """Mean/std from the model's pretrained config (timm.data), at our image size."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({"input_size": (3, image_size, image_size)}, model=model)
-    return Preprocessing(image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                         cache_quality=cache_quality)
+    return Preprocessing(
+        image_size=image_size, mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), cache_quality=cache_quality
+    )
 
 
 class JpegRecompress:
@@ -98,22 +106,26 @@ class JpegRecompress:
 
 def train_transform(pre: Preprocessing) -> v2.Compose:
     """Random crop and flip, JPEG re-compression at a random quality; uint8 CHW tensor."""
-    return v2.Compose([
-        v2.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        JpegRecompress(*TRAIN_JPEG_QUALITY),
-        v2.ToImage(),  # uint8: a quarter of the bytes to move; Normalizer finishes on the device
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            JpegRecompress(*TRAIN_JPEG_QUALITY),
+            v2.ToImage(),  # uint8: a quarter of the bytes to move; Normalizer finishes on the device
+        ]
+    )
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
     """Deterministic: resize the shorter side, centre crop, one fixed JPEG re-compression; uint8."""
-    return v2.Compose([
-        v2.Resize(int(round(pre.image_size / pre.crop_pct)), antialias=True),
-        v2.CenterCrop(pre.image_size),
-        JpegRecompress(pre.jpeg_quality),
-        v2.ToImage(),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(int(round(pre.image_size / pre.crop_pct)), antialias=True),
+            v2.CenterCrop(pre.image_size),
+            JpegRecompress(pre.jpeg_quality),
+            v2.ToImage(),
+        ]
+    )
 
 
 class Normalizer:
@@ -137,11 +149,21 @@ class StoredImages(Dataset):
     """(image tensor, class index, position) per stored key; an unreadable image yields
     (None, None, position), so the skip can be traced to its sample."""
 
-    def __init__(self, storage: StorageDriver, keys: Sequence[str], labels: Sequence[int],
-                 transform, max_pixels: int, reduce_to: int | None = None, *,
-                 cache=None, sha256s: Sequence[str] | None = None, quality: int | None = None) -> None:
+    def __init__(
+        self,
+        storage: StorageDriver,
+        keys: Sequence[str],
+        labels: Sequence[int],
+        transform,
+        max_pixels: int,
+        reduce_to: int | None = None,
+        *,
+        cache=None,
+        sha256s: Sequence[str] | None = None,
+        quality: int | None = None,
+    ) -> None:
         self.storage = storage
-        self.samples: list = []   # set by the trainer: which sample each position is (reports, promotion)
+        self.samples: list = []  # set by the trainer: which sample each position is (reports, promotion)
         self.keys = list(keys)
         self.labels = list(labels)
         self.transform = transform
@@ -165,8 +187,12 @@ class StoredImages(Dataset):
         key = self.keys[index]
         try:
             cache = self.cache
-            if (cache is not None and self.sha256s is not None and cache.side == self.reduce_to
-                    and cache.quality == self.quality):
+            if (
+                cache is not None
+                and self.sha256s is not None
+                and cache.side == self.reduce_to
+                and cache.quality == self.quality
+            ):
                 return cache.load(self.sha256s[index], key)
             if not self.reduce_to:
                 return decode_rgb(self.storage.get(key), max_pixels=self.max_pixels)
@@ -184,19 +210,38 @@ def collate_skipping_broken(batch: list):
     if not items:
         return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long), skipped
     images, labels, positions = zip(*items, strict=True)
-    return (torch.stack(images), torch.tensor(labels, dtype=torch.long),
-            torch.tensor(positions, dtype=torch.long), skipped)
+    return (
+        torch.stack(images),
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(positions, dtype=torch.long),
+        skipped,
+    )
 
 
-def make_loader(data: StoredImages, *, batch_size: int, shuffle: bool, workers: int, seed: int,
-                pin_memory: bool = False, drop_last: bool = False, persistent: bool = True) -> DataLoader:
+def make_loader(
+    data: StoredImages,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    pin_memory: bool = False,
+    drop_last: bool = False,
+    persistent: bool = True,
+) -> DataLoader:
     """``persistent=False`` for loaders used now and then (evaluation): their workers end after each
     pass instead of holding their memory through the whole training."""
     generator = torch.Generator().manual_seed(seed)  # shuffling and worker seeds follow TRAIN_SEED
     return DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-        collate_fn=collate_skipping_broken, pin_memory=pin_memory, drop_last=drop_last,
-        generator=generator, persistent_workers=persistent and workers > 0,
+        data,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate_skipping_broken,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers > 0 else None,
     )

@@ -27,8 +27,9 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )
 
 
 class _EpochSampler(DistributedSampler):
@@ -46,10 +47,19 @@ def shard(loader: DataLoader, seed: int) -> DataLoader:
         return loader
     sampler = _EpochSampler(loader.dataset, shuffle=True, seed=seed, drop_last=False)
     workers = loader.num_workers
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-                      persistent_workers=workers > 0, prefetch_factor=loader.prefetch_factor,
-                      worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=loader.prefetch_factor,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+    )
 
 
 def mean(value: float) -> float:

@@ -64,8 +64,16 @@ def train(settings: Settings, progress: Progress | None = None) -> TrainResult:
     with tempfile.TemporaryDirectory(prefix="exposr-ddp-") as folder:
         work = Path(folder)
         (work / "settings.pickle").write_bytes(pickle.dumps(settings))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "trainer.distributed", str(work)]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "trainer.distributed",
+            str(work),
+        ]
         log.info("training with torchrun on %d processes", nproc)
         with open(work / "torchrun.log", "wb") as output:
             proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
@@ -99,8 +107,10 @@ def _outcome(work: Path, returncode: int) -> TrainResult:
     if (work / "error.json").exists():
         raise TrainingError(json.loads((work / "error.json").read_text(encoding="utf-8"))["message"])
     tail = (work / "torchrun.log").read_text(encoding="utf-8", errors="replace")[-2000:]
-    raise TrainingError(f"distributed training (torchrun, TRAIN_NPROC_PER_NODE) exited with code "
-                        f"{returncode} without a result; its last output:\n{tail}")
+    raise TrainingError(
+        f"distributed training (torchrun, TRAIN_NPROC_PER_NODE) exited with code "
+        f"{returncode} without a result; its last output:\n{tail}"
+    )
 
 
 # ---- one rank ----------------------------------------------------------------------------------
@@ -118,16 +128,19 @@ def rank_main(argv: list[str]) -> int:
         work = Path(argv[0])
         settings = pickle.loads((work / "settings.pickle").read_bytes())
     rank_tag = f"rank{os.environ.get('RANK', '?')}"
-    logging.basicConfig(level=settings.log_level,  # to torchrun's output (the caller keeps its tail)
-                        format=f"%(asctime)s %(levelname)s {rank_tag} %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level,  # to torchrun's output (the caller keeps its tail)
+        format=f"%(asctime)s %(levelname)s {rank_tag} %(name)s: %(message)s",
+    )
     cuda = settings.train_device != "cpu" and torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     world = dist.get_world_size()
-    settings = settings.model_copy(update={"train_batch_size": max(1, settings.train_batch_size // world),
-                                           "train_nproc_per_node": 1})
+    settings = settings.model_copy(
+        update={"train_batch_size": max(1, settings.train_batch_size // world), "train_nproc_per_node": 1}
+    )
 
     def report(event: dict) -> None:
         if work is not None and is_main():
@@ -142,8 +155,9 @@ def rank_main(argv: list[str]) -> int:
     except Exception as exc:  # the rank's boundary: rank 0's reason reaches the job row
         log.exception("distributed training failed on rank %d", dist.get_rank())
         if work is not None and is_main():
-            (work / "error.json").write_text(json.dumps({"message": str(exc) or type(exc).__name__}),
-                                             encoding="utf-8")
+            (work / "error.json").write_text(
+                json.dumps({"message": str(exc) or type(exc).__name__}), encoding="utf-8"
+            )
         code = 1
     finally:
         dist.destroy_process_group()

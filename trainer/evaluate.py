@@ -57,8 +57,14 @@ def evaluate(model: torch.nn.Module, loader, prepare, amp_dtype: torch.dtype | N
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Scores(np.zeros(0), empty, np.zeros(0), empty, float("nan"), skipped)
-    return Scores(torch.cat(probs).numpy(), torch.cat(labels).numpy(), torch.cat(margins).numpy(),
-                  torch.cat(positions).numpy(), loss_sum / n, skipped)
+    return Scores(
+        torch.cat(probs).numpy(),
+        torch.cat(labels).numpy(),
+        torch.cat(margins).numpy(),
+        torch.cat(positions).numpy(),
+        loss_sum / n,
+        skipped,
+    )
 
 
 def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -88,8 +94,9 @@ def midranks(values: np.ndarray) -> np.ndarray:
     return (ends - (counts - 1) / 2.0)[inverse]
 
 
-def classification_metrics(labels: ArrayLike, probs: ArrayLike, loss: float,
-                           threshold: float = DECISION_THRESHOLD) -> dict:
+def classification_metrics(
+    labels: ArrayLike, probs: ArrayLike, loss: float, threshold: float = DECISION_THRESHOLD
+) -> dict:
     """Accuracy, AUC, precision/recall/F1 for "ai", the confusion matrix and the threshold used."""
     y = np.asarray(labels)
     predicted = (np.asarray(probs) >= threshold).astype(int)
@@ -112,8 +119,9 @@ def classification_metrics(labels: ArrayLike, probs: ArrayLike, loss: float,
     }
 
 
-def accuracy_by_source(labels: ArrayLike, probs: ArrayLike, sources: Sequence[str],
-                       threshold: float = DECISION_THRESHOLD) -> dict[str, dict]:
+def accuracy_by_source(
+    labels: ArrayLike, probs: ArrayLike, sources: Sequence[str], threshold: float = DECISION_THRESHOLD
+) -> dict[str, dict]:
     """{source: {"n", "accuracy"}}: shows when one source is easy and another is not."""
     correct = (np.asarray(probs) >= threshold).astype(int) == np.asarray(labels)
     names = np.asarray(sources)

@@ -77,8 +77,9 @@ class Artifact:
                     yield block
             return
         assert self._store is not None and self._key is not None  # a bucket artifact has both
-        body = self._store.storage.client.get_object(Bucket=self._store.storage.bucket,
-                                                     Key=self._store.storage.prefix + self._key)["Body"]
+        body = self._store.storage.client.get_object(
+            Bucket=self._store.storage.bucket, Key=self._store.storage.prefix + self._key
+        )["Body"]
         try:
             yield from body.iter_chunks(CHUNK)
         finally:
@@ -124,8 +125,9 @@ class SharedModelStore:
 
     def _registry_and_etag(self) -> tuple[list[dict], str | None]:
         try:
-            response = self.storage.client.get_object(Bucket=self.storage.bucket,
-                                                      Key=self.storage.prefix + REGISTRY_KEY)
+            response = self.storage.client.get_object(
+                Bucket=self.storage.bucket, Key=self.storage.prefix + REGISTRY_KEY
+            )
         except Exception as exc:  # boto errors: a missing registry is an empty one
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -135,11 +137,13 @@ class SharedModelStore:
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.describe()} is not valid JSON ({exc}); restore it from a backup"
-                             ) from exc
+            raise ValueError(
+                f"{self.describe()} is not valid JSON ({exc}); restore it from a backup"
+            ) from exc
         if not isinstance(data, list):
-            raise ValueError(f"{self.describe()} must hold a JSON array of entries, "
-                             f"found {type(data).__name__}")
+            raise ValueError(
+                f"{self.describe()} must hold a JSON array of entries, found {type(data).__name__}"
+            )
         return data, response.get("ETag")
 
     def load_registry(self) -> list[dict]:
@@ -153,8 +157,10 @@ class SharedModelStore:
         try:
             head = self.storage._head(key)
         except StorageKeyError as exc:
-            raise ArtifactMissing(f"{self.storage.describe()}{key} is registered but missing from the "
-                                  "bucket; retrain or restore it") from exc
+            raise ArtifactMissing(
+                f"{self.storage.describe()}{key} is registered but missing from the "
+                "bucket; retrain or restore it"
+            ) from exc
         return Artifact(entry, filename, int(head["ContentLength"]), _store=self, _key=key)
 
     # ---- the training host's side -------------------------------------------------------------
@@ -179,7 +185,7 @@ class SharedModelStore:
         staging = make_staging_dir(self.models_dir)
         try:
             for key in list(self.storage.list(prefix)):
-                name = key[len(prefix):]
+                name = key[len(prefix) :]
                 if "/" in name or not name or name.startswith("."):
                     continue
                 write_file_atomic(staging / name, self.storage.get(key))
@@ -203,14 +209,16 @@ class SharedModelStore:
         body = (json.dumps(local, indent=2) + "\n").encode("utf-8")
         condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
         try:
-            self.storage.client.put_object(Bucket=self.storage.bucket, Key=self.storage.prefix + REGISTRY_KEY,
-                                           Body=body, **condition)
+            self.storage.client.put_object(
+                Bucket=self.storage.bucket, Key=self.storage.prefix + REGISTRY_KEY, Body=body, **condition
+            )
         except Exception as exc:
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise RegistryConflict(
                     f"{model} {version} was trained, but another host published to {self.describe()} "
-                    "meanwhile, so it was not registered there; run the training again") from exc
+                    "meanwhile, so it was not registered there; run the training again"
+                ) from exc
             raise StorageError(f"cannot write {self.describe()}: {exc}") from exc
         log.info("published %s %s to %s", model, version, self.describe())
         return entry

@@ -32,12 +32,17 @@ def push_latest_model(config: Settings) -> dict | None:
         "sha256": entry.get("sha256"),
         # Headline figures of honest evaluation (docs/evaluation.md): AUC with its 95 % interval and
         # sample size; P(ai) = softmax(logits / temperature)[ai].
-        "evaluation": {"auc": entry.get("val_auc"), "auc_ci95": entry.get("val_auc_ci95"),
-                       "n": entry.get("eval_n"), "ece": entry.get("ece"),
-                       "unseen_generators": entry.get("unseen_generators") or {}},
+        "evaluation": {
+            "auc": entry.get("val_auc"),
+            "auc_ci95": entry.get("val_auc_ci95"),
+            "n": entry.get("eval_n"),
+            "ece": entry.get("ece"),
+            "unseen_generators": entry.get("unseen_generators") or {},
+        },
         "temperature": entry.get("temperature", 1.0),
-        "report_url": (f"/models/{entry['model']}/{entry['version']}/report"
-                       if entry.get("report") else None),
+        "report_url": (
+            f"/models/{entry['model']}/{entry['version']}/report" if entry.get("report") else None
+        ),
     }
 
 
@@ -48,8 +53,11 @@ def get_model_path(config: Settings, model_name: str | None = None, version: str
     registered names and versions are looked up, so a request cannot point outside models_dir.
     """
     name = model_name or config.model_name
-    entry = (promoted_entry(config.models_dir, name) if version is None
-             else find_entry(config.models_dir, name, version))
+    entry = (
+        promoted_entry(config.models_dir, name)
+        if version is None
+        else find_entry(config.models_dir, name, version)
+    )
     if entry is None:
         what = "no promoted version" if version is None else f"no version {version!r}"
         raise ModelNotFound(f"model {name!r} has {what} in {config.models_dir / 'registry.json'}")

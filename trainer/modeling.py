@@ -27,8 +27,10 @@ log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.pt"
 MODEL_JSON = "model.json"
-_PRETRAINED_HELP = ("Set TRAIN_PRETRAINED_FILE to a local checkpoint of this architecture "
-                    "(offline machines), or TRAIN_PRETRAINED=false to train from scratch.")
+_PRETRAINED_HELP = (
+    "Set TRAIN_PRETRAINED_FILE to a local checkpoint of this architecture "
+    "(offline machines), or TRAIN_PRETRAINED=false to train from scratch."
+)
 # One request, no retries, to learn whether the hub answers at all: offline, the hub client would
 # otherwise retry with backoff for about 50 s per weights file before giving up.
 HUB_PROBE_TIMEOUT_S = 5.0
@@ -38,8 +40,10 @@ def build_model(settings: Settings) -> torch.nn.Module:
     """timm model with a two-class head, starting from the configured pretrained weights."""
     arch = settings.train_arch
     if not timm.is_model(arch):
-        raise TrainingError(f"TRAIN_ARCH={arch!r} is not a timm architecture; "
-                            "pick one of timm.list_models(), e.g. 'vit_small_patch16_224'")
+        raise TrainingError(
+            f"TRAIN_ARCH={arch!r} is not a timm architecture; "
+            "pick one of timm.list_models(), e.g. 'vit_small_patch16_224'"
+        )
     file = settings.train_pretrained_file
     if file is not None:
         return _from_file(arch, Path(file))
@@ -55,11 +59,15 @@ def _from_hub(arch: str) -> torch.nn.Module:
         with _hub_offline(not online):
             return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX))
     except (OSError, RuntimeError, ValueError) as exc:
-        where = "could not be fetched" if online else (
-            "are not in the local Hugging Face cache and the hub does not answer (no network?)")
+        where = (
+            "could not be fetched"
+            if online
+            else ("are not in the local Hugging Face cache and the hub does not answer (no network?)")
+        )
         raise TrainingError(
             f"pretrained weights for {arch!r} {where} (TRAIN_PRETRAINED=true): "
-            f"{type(exc).__name__}: {_first_line(exc)}. {_PRETRAINED_HELP}") from exc
+            f"{type(exc).__name__}: {_first_line(exc)}. {_PRETRAINED_HELP}"
+        ) from exc
 
 
 def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
@@ -76,8 +84,11 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
     try:
         get_session().head(constants.ENDPOINT, timeout=timeout)
     except httpx2.TransportError as exc:
-        log.warning("Hugging Face Hub at %s does not answer (%s): using the local cache only",
-                    constants.ENDPOINT, _first_line(exc))
+        log.warning(
+            "Hugging Face Hub at %s does not answer (%s): using the local cache only",
+            constants.ENDPOINT,
+            _first_line(exc),
+        )
         return False
     return True
 
@@ -98,16 +109,21 @@ def _hub_offline(offline: bool) -> Iterator[None]:
 
 def _from_file(arch: str, file: Path) -> torch.nn.Module:
     if not file.is_file():
-        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} does not exist or is not a file. "
-                            "Point it at a checkpoint for TRAIN_ARCH, or unset it and use "
-                            "TRAIN_PRETRAINED=true (needs internet) or false (from scratch).")
+        raise TrainingError(
+            f"TRAIN_PRETRAINED_FILE={file} does not exist or is not a file. "
+            "Point it at a checkpoint for TRAIN_ARCH, or unset it and use "
+            "TRAIN_PRETRAINED=true (needs internet) or false (from scratch)."
+        )
     try:
         # timm loads the file and drops the classifier when its class count differs from ours.
-        return timm.create_model(arch, pretrained=True, num_classes=len(CLASS_INDEX),
-                                 pretrained_cfg_overlay={"file": str(file)})
+        return timm.create_model(
+            arch, pretrained=True, num_classes=len(CLASS_INDEX), pretrained_cfg_overlay={"file": str(file)}
+        )
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise TrainingError(f"TRAIN_PRETRAINED_FILE={file} does not fit TRAIN_ARCH={arch!r} (a checkpoint of "
-                            f"another architecture?): {_first_line(exc)}. {_PRETRAINED_HELP}") from exc
+        raise TrainingError(
+            f"TRAIN_PRETRAINED_FILE={file} does not fit TRAIN_ARCH={arch!r} (a checkpoint of "
+            f"another architecture?): {_first_line(exc)}. {_PRETRAINED_HELP}"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:
@@ -131,20 +147,23 @@ def save_artifacts(folder: Path, model: torch.nn.Module, pre: Preprocessing, inf
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, weights)
     sha256 = file_sha256(weights)
-    write_json_atomic(folder / MODEL_JSON, {
-        **info,
-        "num_classes": len(CLASS_INDEX),
-        "class_index": CLASS_INDEX,
-        "positive_class": "ai",
-        "image_size": pre.image_size,
-        "mean": list(pre.mean),
-        "std": list(pre.std),
-        "preprocessing": pre.as_dict(),
-        "weights_file": WEIGHTS_FILE,
-        "sha256": sha256,
-        "timm_version": timm.__version__,
-        "torch_version": torch.__version__,
-    })
+    write_json_atomic(
+        folder / MODEL_JSON,
+        {
+            **info,
+            "num_classes": len(CLASS_INDEX),
+            "class_index": CLASS_INDEX,
+            "positive_class": "ai",
+            "image_size": pre.image_size,
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "preprocessing": pre.as_dict(),
+            "weights_file": WEIGHTS_FILE,
+            "sha256": sha256,
+            "timm_version": timm.__version__,
+            "torch_version": torch.__version__,
+        },
+    )
     return sha256
 
 
@@ -156,8 +175,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_artifacts(folder: Path, device: torch.device | str = "cpu",
-                   ) -> tuple[torch.nn.Module, Preprocessing, dict]:
+def load_artifacts(
+    folder: Path,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.nn.Module, Preprocessing, dict]:
     """Rebuild the model from model.json with timm and load its weights (checked against sha256)."""
     folder = Path(folder)
     try:
@@ -172,7 +193,12 @@ def load_artifacts(folder: Path, device: torch.device | str = "cpu",
     model = timm.create_model(card["architecture"], pretrained=False, num_classes=card["num_classes"])
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     p = card["preprocessing"]
-    pre = Preprocessing(image_size=p["image_size"], mean=tuple(p["mean"]), std=tuple(p["std"]),
-                        crop_pct=p["crop_pct"], jpeg_quality=p["jpeg_quality"],
-                        cache_quality=p.get("cache_jpeg_quality"))
+    pre = Preprocessing(
+        image_size=p["image_size"],
+        mean=tuple(p["mean"]),
+        std=tuple(p["std"]),
+        crop_pct=p["crop_pct"],
+        jpeg_quality=p["jpeg_quality"],
+        cache_quality=p.get("cache_jpeg_quality"),
+    )
     return model.to(device).eval(), pre, card

@@ -43,8 +43,9 @@ class Prediction:
 class Predictor:
     """A loaded model plus its preprocessing; ``predict_bytes`` returns P(ai) per image."""
 
-    def __init__(self, folder: Path, device: str = "auto", batch_size: int = 32,
-                 max_pixels: int = 50_000_000) -> None:
+    def __init__(
+        self, folder: Path, device: str = "auto", batch_size: int = 32, max_pixels: int = 50_000_000
+    ) -> None:
         self.device, self.amp_dtype = pick_device(device)
         self.model, self.pre, self.card = load_artifacts(folder, self.device)
         # Calibration (docs/evaluation.md): P(ai) = softmax(logits / T)[ai]; 1 for older models.
@@ -62,11 +63,12 @@ class Predictor:
         """A Prediction per encoded image, in order; a bad image gets its reason, the rest are scored."""
         outcomes: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
-            prepared = [self._prepare(data) for data in images[start:start + self.batch_size]]
+            prepared = [self._prepare(data) for data in images[start : start + self.batch_size]]
             good = [tensor for tensor in prepared if isinstance(tensor, torch.Tensor)]
             probs = iter(self._forward(torch.stack(good)) if good else [])
-            outcomes += [Prediction(next(probs)) if isinstance(item, torch.Tensor) else item
-                         for item in prepared]
+            outcomes += [
+                Prediction(next(probs)) if isinstance(item, torch.Tensor) else item for item in prepared
+            ]
         return outcomes
 
     def predict_bytes(self, images: Sequence[bytes]) -> list[float]:
@@ -85,7 +87,7 @@ class Predictor:
         """
         outcomes: list[Prediction] = []
         for start in range(0, len(paths), self.batch_size):
-            contents = [_read(Path(p)) for p in paths[start:start + self.batch_size]]
+            contents = [_read(Path(p)) for p in paths[start : start + self.batch_size]]
             scored = iter(self.predict_each([data for data in contents if isinstance(data, bytes)]))
             outcomes += [next(scored) if isinstance(data, bytes) else data for data in contents]
         return outcomes
@@ -112,13 +114,18 @@ def load_promoted(settings: Settings, batch_size: int | None = None) -> Predicto
     """The served model; ModelNotFound (with what to do) when none has been promoted yet."""
     entry = promoted_entry(settings.models_dir, settings.model_name)
     if entry is None:
-        raise ModelNotFound(f"no promoted {settings.model_name!r} model in {settings.models_dir}; "
-                            "run `exposr-trainer train` first")
+        raise ModelNotFound(
+            f"no promoted {settings.model_name!r} model in {settings.models_dir}; "
+            "run `exposr-trainer train` first"
+        )
     folder = Path(settings.models_dir) / entry["model"] / entry["version"]
     log.info("loading %s %s from %s", entry["model"], entry["version"], folder)
-    return Predictor(folder, device=settings.train_device,
-                     batch_size=batch_size or settings.train_batch_size,
-                     max_pixels=settings.max_image_pixels)
+    return Predictor(
+        folder,
+        device=settings.train_device,
+        batch_size=batch_size or settings.train_batch_size,
+        max_pixels=settings.max_image_pixels,
+    )
 
 
 def _read(path: Path) -> bytes | Prediction:

@@ -23,8 +23,9 @@ REPORT_EVERY_SECONDS = 0.5
 OnBatch = Callable[[int, int, int], None]
 
 
-def batch_reporter(progress: Progress | None, epoch: int, epochs: int,
-                   clock: Callable[[], float] = time.monotonic) -> OnBatch | None:
+def batch_reporter(
+    progress: Progress | None, epoch: int, epochs: int, clock: Callable[[], float] = time.monotonic
+) -> OnBatch | None:
     """A per-batch callback for epoch ``epoch`` of ``epochs`` (None when nobody listens)."""
     if progress is None:
         return None
@@ -47,10 +48,18 @@ def batch_event(epoch: int, epochs: int, batch: int, batches: int, images: int, 
     batches = max(batches, 1)
     done, total = (epoch - 1) * batches + batch, epochs * batches
     per_batch = seconds / batch if batch else 0.0
-    return {"stage": "train", "epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches,
-            "done": done, "total": total, "percent": round(100.0 * done / total, 1),
-            "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
-            "eta_s": round((total - done) * per_batch, 1)}
+    return {
+        "stage": "train",
+        "epoch": epoch,
+        "epochs": epochs,
+        "batch": batch,
+        "batches": batches,
+        "done": done,
+        "total": total,
+        "percent": round(100.0 * done / total, 1),
+        "images_per_s": round(images / seconds, 2) if seconds > 0 else None,
+        "eta_s": round((total - done) * per_batch, 1),
+    }
 
 
 def cumulative(progress: Progress) -> Progress:

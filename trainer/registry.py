@@ -160,8 +160,11 @@ def clean_stale(models_dir: Path) -> list[Path]:
             if path.name.startswith(STAGING_PREFIX) and not _owner_alive(path.name):
                 removed.append(path)
             elif path.is_dir() and not path.name.startswith("."):
-                removed += [v for v in path.iterdir()
-                            if v.is_dir() and _version_number(v.name) and (path.name, v.name) not in known]
+                removed += [
+                    v
+                    for v in path.iterdir()
+                    if v.is_dir() and _version_number(v.name) and (path.name, v.name) not in known
+                ]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
     if removed:
@@ -171,7 +174,7 @@ def clean_stale(models_dir: Path) -> list[Path]:
 
 def _owner_alive(staging_name: str) -> bool:
     try:
-        pid = int(staging_name[len(STAGING_PREFIX):].split("-", 1)[0])
+        pid = int(staging_name[len(STAGING_PREFIX) :].split("-", 1)[0])
     except ValueError:
         return False
     if pid == os.getpid():

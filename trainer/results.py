@@ -11,7 +11,7 @@ class RegistryEntry(TypedDict, total=False):
 
     model: str
     version: str
-    weights: str                  # {model}/{version}/weights.pt, relative to MODELS_DIR
+    weights: str  # {model}/{version}/weights.pt, relative to MODELS_DIR
     timestamp: str
     architecture: str
     image_size: int
@@ -45,14 +45,14 @@ class RegistryEntry(TypedDict, total=False):
 class TrainResult(RegistryEntry, total=False):
     """``train_model(settings, progress)``: the registered entry plus the run's facts."""
 
-    metrics: dict[str, Any]        # val_acc, val_auc, val_loss, precision, recall, f1, confusion matrix ...
-    skipped_images: int            # distinct images that could not be read or decoded
-    skipped_ids: list[str]         # the first 50 of them, sorted
-    cache: dict[str, Any]          # the training cache's counts (TRAIN_CACHE)
+    metrics: dict[str, Any]  # val_acc, val_auc, val_loss, precision, recall, f1, confusion matrix ...
+    skipped_images: int  # distinct images that could not be read or decoded
+    skipped_ids: list[str]  # the first 50 of them, sorted
+    cache: dict[str, Any]  # the training cache's counts (TRAIN_CACHE)
     duration_s: float
     train_losses: list[float]
     class_weights: dict[str, float] | None
     resumed_from_epoch: int | None  # a killed run continued from this epoch (trainer/checkpoint.py)
-    linear_probe: dict[str, Any]   # TRAIN_MODE=linear_probe: embedded, reused, features, seconds
-    rank: str                      # torchrun: "follower" on the ranks other than 0 (trainer/distributed.py)
-    world_size: int                # torchrun: the number of ranks that trained
+    linear_probe: dict[str, Any]  # TRAIN_MODE=linear_probe: embedded, reused, features, seconds
+    rank: str  # torchrun: "follower" on the ranks other than 0 (trainer/distributed.py)
+    world_size: int  # torchrun: the number of ranks that trained

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from rich.table import Table
 
-_ROWS = (("val_auc", "validation AUC"), ("val_acc", "validation accuracy"), ("val_loss", "validation loss"),
-         ("precision", "precision (ai)"), ("recall", "recall (ai)"), ("f1", "F1 (ai)"))
+_ROWS = (
+    ("val_auc", "validation AUC"),
+    ("val_acc", "validation accuracy"),
+    ("val_loss", "validation loss"),
+    ("precision", "precision (ai)"),
+    ("recall", "recall (ai)"),
+    ("f1", "F1 (ai)"),
+)
 
 
 def summary_table(result: dict) -> Table:
@@ -16,8 +22,11 @@ def summary_table(result: dict) -> Table:
     promoted = "yes" if result.get("promoted") else "no"
     table.add_row("promoted", f"{promoted} ({result.get('promotion_reason')})")
     table.add_row("architecture", str(result.get("architecture")))
-    table.add_row("images", f"{result.get('dataset_size')} ({result.get('train_size')} train, "
-                  f"{result.get('val_size')} validation, {result.get('skipped_images', 0)} skipped)")
+    table.add_row(
+        "images",
+        f"{result.get('dataset_size')} ({result.get('train_size')} train, "
+        f"{result.get('val_size')} validation, {result.get('skipped_images', 0)} skipped)",
+    )
     metrics = result.get("metrics", {})
     for key, label in _ROWS:
         table.add_row(label, _fmt(metrics.get(key)))
@@ -29,8 +38,10 @@ def summary_table(result: dict) -> Table:
         table.add_row("shortcut audit", f"[yellow]{result['shortcut_warning']}[/yellow]")
     cm = metrics.get("confusion_matrix")
     if cm:
-        table.add_row("confusion (threshold {:.2f})".format(metrics.get("threshold", 0.5)),
-                      f"real→real {cm['tn']}, real→ai {cm['fp']}, ai→real {cm['fn']}, ai→ai {cm['tp']}")
+        table.add_row(
+            "confusion (threshold {:.2f})".format(metrics.get("threshold", 0.5)),
+            f"real→real {cm['tn']}, real→ai {cm['fp']}, ai→real {cm['fn']}, ai→ai {cm['tp']}",
+        )
     for source, row in sorted(metrics.get("by_source", {}).items()):
         table.add_row(f"accuracy on {source}", f"{_fmt(row['accuracy'])} (n={row['n']})")
     table.add_row("weights", f"{result.get('weights')} sha256 {str(result.get('sha256'))[:12]}…")

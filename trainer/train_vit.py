@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 WEIGHT_DECAY = 0.05
 WARMUP_FRACTION = 0.1  # of all optimiser steps, linear warm-up before the cosine decay
-MAX_SKIPPED_IDS = 50   # ids of unreadable images listed in the result (the count covers all)
+MAX_SKIPPED_IDS = 50  # ids of unreadable images listed in the result (the count covers all)
 REPORT_FILE = "report.json"
 
 
@@ -81,13 +81,22 @@ def train_model(settings: Settings, progress: Progress | None = None) -> TrainRe
     hold for every later training (trainer/split.py).
     """
     samples, storage = load_samples(settings)
-    return train_on_samples(settings, samples, storage, progress,
-                            record_splits=lambda decided: _run_async(_record_splits(settings, decided)))
+    return train_on_samples(
+        settings,
+        samples,
+        storage,
+        progress,
+        record_splits=lambda decided: _run_async(_record_splits(settings, decided)),
+    )
 
 
-def train_on_samples(settings: Settings, samples: list[Sample], storage: StorageDriver,
-                     progress: Progress | None = None,
-                     record_splits: Callable[[dict], object] | None = None) -> TrainResult:
+def train_on_samples(
+    settings: Settings,
+    samples: list[Sample],
+    storage: StorageDriver,
+    progress: Progress | None = None,
+    record_splits: Callable[[dict], object] | None = None,
+) -> TrainResult:
     started = time.monotonic()
     samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
     check_dataset(samples, settings.min_train_samples)
@@ -96,100 +105,181 @@ def train_on_samples(settings: Settings, samples: list[Sample], storage: Storage
     plan = plan_split(settings, samples, record_splits)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
-    shortcut = shortcut_probe(train_set + val_set, _facts_reader(storage), plan.group_of,
-                              settings.shortcut_warn_auc)
+    shortcut = shortcut_probe(
+        train_set + val_set, _facts_reader(storage), plan.group_of, settings.shortcut_warn_auc
+    )
     if shortcut["warning"]:
         log.warning("shortcut audit: %s", shortcut["warning"])
     if progress is not None:
-        progress({"stage": "audit", "shortcut_warning": shortcut["warning"],
-                  "metadata_probe_auc": shortcut["metadata_probe_auc"]})
+        progress(
+            {
+                "stage": "audit",
+                "shortcut_warning": shortcut["warning"],
+                "metadata_probe_auc": shortcut["metadata_probe_auc"],
+            }
+        )
 
     seed_everything(settings.train_seed)
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
-    pre = preprocessing_for(model, settings.train_image_size,
-                            cache_quality=CACHE_QUALITY if settings.train_cache else None)
+    pre = preprocessing_for(
+        model, settings.train_image_size, cache_quality=CACHE_QUALITY if settings.train_cache else None
+    )
     prepare = Normalizer(pre, device)
     cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
-    train_loader, val_data, val_loader = build_loaders(storage, train_set, val_set, pre, settings, device,
-                                                       cache)
-    resume = Resume(settings.models_dir, settings.model_name,
-                    fingerprint(settings, [s.id for s in train_set], [s.id for s in val_set]))
+    train_loader, val_data, val_loader = build_loaders(
+        storage, train_set, val_set, pre, settings, device, cache
+    )
+    resume = Resume(
+        settings.models_dir,
+        settings.model_name,
+        fingerprint(settings, [s.id for s in train_set], [s.id for s in val_set]),
+    )
 
     staging = make_staging_dir(settings.models_dir)
     try:
         fit = fit_linear_probe if settings.train_mode == "linear_probe" else fit_finetune
-        model, scores, metrics, skipped, facts = fit(settings, model, pre, prepare, device, amp_dtype,
-                                                     train_set, val_set, train_loader, val_loader,
-                                                     storage, cache, resume, progress)
+        model, scores, metrics, skipped, facts = fit(
+            settings,
+            model,
+            pre,
+            prepare,
+            device,
+            amp_dtype,
+            train_set,
+            val_set,
+            train_loader,
+            val_loader,
+            storage,
+            cache,
+            resume,
+            progress,
+        )
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
         if progress is not None:
             progress({"stage": "evaluate"})
         evaluated = scored(val_set, scores)
-        report = build_report(settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated,
-                              shortcut)
+        report = build_report(
+            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut
+        )
         metrics["val_auc_ci95"] = report["evaluation"]["auc_ci95"]
         metrics["by_source"] = accuracy_by_source(
-            scores.labels, scores.probs, [val_set[i].source for i in scores.positions])
+            scores.labels, scores.probs, [val_set[i].source for i in scores.positions]
+        )
         promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
         report["promotion"] = promotion
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
-        info = {"model": settings.model_name, "architecture": settings.train_arch,
-                "metrics": metrics, **sizes, "seed": settings.train_seed, "epochs": settings.train_epochs,
-                "trained_at": _now(), "temperature": report["evaluation"]["temperature"],
-                "train_mode": settings.train_mode, "ema_decay": settings.train_ema_decay or None,
-                "evaluation": headline(report)}
+        info = {
+            "model": settings.model_name,
+            "architecture": settings.train_arch,
+            "metrics": metrics,
+            **sizes,
+            "seed": settings.train_seed,
+            "epochs": settings.train_epochs,
+            "trained_at": _now(),
+            "temperature": report["evaluation"]["temperature"],
+            "train_mode": settings.train_mode,
+            "ema_decay": settings.train_ema_decay or None,
+            "evaluation": headline(report),
+        }
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
         write_json_atomic(staging / TRAIN_IDS_FILE, sorted(s.id for s in train_set))
-        entry = commit_version(settings.models_dir, staging, _registry_entry(
-            settings, metrics, sizes, sha256, promotion, device, report),
-            compared_with=promotion["compared_with"])
+        entry = commit_version(
+            settings.models_dir,
+            staging,
+            _registry_entry(settings, metrics, sizes, sha256, promotion, device, report),
+            compared_with=promotion["compared_with"],
+        )
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves models/ as it was
         raise
     resume.clear()
-    return cast(TrainResult, {
-        **entry, "metrics": metrics, "skipped_images": len(skipped), "cache": _cache_facts(cache), **facts,
-        "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS], "shortcut_warning": shortcut["warning"],
-        "duration_s": round(time.monotonic() - started, 1)})
+    return cast(
+        TrainResult,
+        {
+            **entry,
+            "metrics": metrics,
+            "skipped_images": len(skipped),
+            "cache": _cache_facts(cache),
+            **facts,
+            "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS],
+            "shortcut_warning": shortcut["warning"],
+            "duration_s": round(time.monotonic() - started, 1),
+        },
+    )
 
 
-def plan_split(settings: Settings, samples: list[Sample],
-               record_splits: Callable[[dict], object] | None = None) -> SplitPlan:
+def plan_split(
+    settings: Settings, samples: list[Sample], record_splits: Callable[[dict], object] | None = None
+) -> SplitPlan:
     """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
-    plan = assign_splits(samples, radius=settings.split_near_dup_distance,
-                         eval_fraction=settings.val_fraction, min_per_class=settings.eval_min_per_class,
-                         holdout_generators=settings.holdout_generators,
-                         holdout_sources=settings.holdout_sources)
+    plan = assign_splits(
+        samples,
+        radius=settings.split_near_dup_distance,
+        eval_fraction=settings.val_fraction,
+        min_per_class=settings.eval_min_per_class,
+        holdout_generators=settings.holdout_generators,
+        holdout_sources=settings.holdout_sources,
+    )
     if record_splits is not None and plan.decided:
         record_splits(plan.decided)
-    log.info("split: %d train, %d evaluation, %d held out, %d excluded (%d newly decided; radius %d)",
-             len(plan.train), len(plan.eval), len(plan.held_out), len(plan.excluded), len(plan.decided),
-             settings.split_near_dup_distance)
+    log.info(
+        "split: %d train, %d evaluation, %d held out, %d excluded (%d newly decided; radius %d)",
+        len(plan.train),
+        len(plan.eval),
+        len(plan.held_out),
+        len(plan.excluded),
+        len(plan.decided),
+        settings.split_near_dup_distance,
+    )
     return plan
 
 
-def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: StorageDriver, plan: SplitPlan,
-                 val_data: StoredImages, evaluated: Scored, shortcut: dict) -> dict:
+def build_report(
+    settings: Settings,
+    model,
+    prepare,
+    pre,
+    amp_dtype,
+    storage: StorageDriver,
+    plan: SplitPlan,
+    val_data: StoredImages,
+    evaluated: Scored,
+    shortcut: dict,
+) -> dict:
     """report.json without its promotion section: every figure on images the model never trained on."""
+
     def score(data: StoredImages) -> Scored:
-        loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False, workers=0,
-                             seed=settings.train_seed)
+        loader = make_loader(
+            data, batch_size=settings.train_batch_size, shuffle=False, workers=0, seed=settings.train_seed
+        )
         return scored(data.samples, evaluate(model, loader, prepare, amp_dtype))
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = (score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
-            if plan.held_out else None)
-    robust = {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()} \
-        if len(val_data) else {}
-    few = _images(storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings,
-                  val_data.cache)
-    swap = format_swap_auc(score(perturbed(few, Perturb("png", None, 1.0))),
-                           score(perturbed(few, Perturb("jpeg", 95, 1.0)))) if len(few) else {}
+    held = (
+        score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
+        if plan.held_out
+        else None
+    )
+    robust = (
+        {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()}
+        if len(val_data)
+        else {}
+    )
+    few = _images(
+        storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings, val_data.cache
+    )
+    swap = (
+        format_swap_auc(
+            score(perturbed(few, Perturb("png", None, 1.0))), score(perturbed(few, Perturb("jpeg", 95, 1.0)))
+        )
+        if len(few)
+        else {}
+    )
     unseen_gen = unseen_src = {}
     if held is not None:
         in_gen = np.array([s.generator in settings.holdout_generators for s in held.samples], dtype=bool)
@@ -197,13 +287,20 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
         in_src = np.array([s.source in settings.holdout_sources for s in held.samples], dtype=bool)
         unseen_src = by_attribute(held.subset(in_src), _source, others=evaluated) if in_src.any() else {}
     return {
-        "version": None, "model": settings.model_name, "created_at": _now(),
-        "split": {"train": len(plan.train), "eval": len(plan.eval), "held_out": len(plan.held_out),
-                  "excluded": len(plan.excluded), "newly_decided": len(plan.decided),
-                  "radius": settings.split_near_dup_distance,
-                  "eval_min_per_class": settings.eval_min_per_class,
-                  "holdout_generators": sorted(settings.holdout_generators),
-                  "holdout_sources": sorted(settings.holdout_sources)},
+        "version": None,
+        "model": settings.model_name,
+        "created_at": _now(),
+        "split": {
+            "train": len(plan.train),
+            "eval": len(plan.eval),
+            "held_out": len(plan.held_out),
+            "excluded": len(plan.excluded),
+            "newly_decided": len(plan.decided),
+            "radius": settings.split_near_dup_distance,
+            "eval_min_per_class": settings.eval_min_per_class,
+            "holdout_generators": sorted(settings.holdout_generators),
+            "holdout_sources": sorted(settings.holdout_sources),
+        },
         "evaluation": block,
         "by_generator": by_attribute(evaluated, _generator),
         "by_source": by_attribute(evaluated, _source),
@@ -217,24 +314,36 @@ def build_report(settings: Settings, model, prepare, pre, amp_dtype, storage: St
 def headline(report: dict) -> dict:
     """The figures /models/latest and /metrics carry: AUC with its interval and sample size."""
     ev = report["evaluation"]
-    unseen = {g: {"auc": f["auc"], "auc_ci95": f["auc_ci95"], "n": f["n"]}
-              for g, f in report.get("unseen_generators", {}).items()}
-    return {"auc": ev["auc"], "auc_ci95": ev["auc_ci95"], "n": ev["n"], "acc": ev["acc"], "ece": ev["ece"],
-            "temperature": ev["temperature"], "unseen_generators": unseen,
-            "shortcut_warning": report["shortcut"].get("warning")}
+    unseen = {
+        g: {"auc": f["auc"], "auc_ci95": f["auc_ci95"], "n": f["n"]}
+        for g, f in report.get("unseen_generators", {}).items()
+    }
+    return {
+        "auc": ev["auc"],
+        "auc_ci95": ev["auc_ci95"],
+        "n": ev["n"],
+        "acc": ev["acc"],
+        "ece": ev["ece"],
+        "temperature": ev["temperature"],
+        "unseen_generators": unseen,
+        "shortcut_warning": report["shortcut"].get("warning"),
+    }
 
 
 def check_training_set(train_set: list[Sample]) -> None:
     counts = Counter(s.label for s in train_set)
     missing = [label for label in CLASS_INDEX if counts[label] == 0]
     if missing:
-        raise TrainingError(f"the training side has no {', '.join(missing)} image ({counts['real']} real, "
-                            f"{counts['ai']} ai): add labelled images of that class (held-out generators and "
-                            "sources never train)")
+        raise TrainingError(
+            f"the training side has no {', '.join(missing)} image ({counts['real']} real, "
+            f"{counts['ai']} ai): add labelled images of that class (held-out generators and "
+            "sources never train)"
+        )
 
 
 def _facts_reader(storage: StorageDriver):
     """(bytes, has EXIF) of a sample: from the index, or read from storage for older rows."""
+
     def facts(sample: Sample) -> tuple[int, bool]:
         if sample.size_bytes is not None and sample.has_exif is not None:
             return sample.size_bytes, bool(sample.has_exif)
@@ -243,6 +352,7 @@ def _facts_reader(storage: StorageDriver):
         except StorageError:
             return 0, False
         return len(data), has_exif(data)
+
     return facts
 
 
@@ -259,8 +369,22 @@ async def _record_splits(settings: Settings, decided: dict) -> int:
         return await dm.record_splits(decided)
 
 
-def fit_finetune(settings: Settings, model, pre, prepare, device, amp_dtype, train_set, val_set,
-                 train_loader, val_loader, storage, cache, resume: Resume, progress: Progress | None):
+def fit_finetune(
+    settings: Settings,
+    model,
+    pre,
+    prepare,
+    device,
+    amp_dtype,
+    train_set,
+    val_set,
+    train_loader,
+    val_loader,
+    storage,
+    cache,
+    resume: Resume,
+    progress: Progress | None,
+):
     """The fine-tune loop: every epoch trains, evaluates (the EMA weights when TRAIN_EMA_DECAY is set)
     and checkpoints, so a killed run resumes from its last finished epoch.
 
@@ -287,8 +411,18 @@ def fit_finetune(settings: Settings, model, pre, prepare, device, amp_dtype, tra
     scores = metrics = None
     for epoch in range(first, settings.train_epochs + 1):
         train_loss, step, unreadable = train_one_epoch(
-            trained, train_loader, prepare, optimizer, scheduler, scaler, amp_dtype, step,
-            on_batch=batch_reporter(progress, epoch, settings.train_epochs), ema=ema, class_weights=weights)
+            trained,
+            train_loader,
+            prepare,
+            optimizer,
+            scheduler,
+            scaler,
+            amp_dtype,
+            step,
+            on_batch=batch_reporter(progress, epoch, settings.train_epochs),
+            ema=ema,
+            class_weights=weights,
+        )
         train_loss = ddp.mean(train_loss)
         scores = evaluate(scored_model, val_loader, prepare, amp_dtype)
         # A broken file fails again every epoch: count it once, by sample id.
@@ -296,26 +430,65 @@ def fit_finetune(settings: Settings, model, pre, prepare, device, amp_dtype, tra
         metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
         losses.append(train_loss)
         if ddp.is_main():  # one checkpoint per training, rank 0's
-            resume.save({"epoch": epoch, "step": step, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "scaler": scaler.state_dict(),
-                         "ema": ema.module.state_dict() if ema is not None else None,
-                         "rng": rng_state(train_loader.generator), "skipped": sorted(skipped),
-                         "losses": losses})
-        _report(progress, {"stage": "train", "epoch": epoch, "epochs": settings.train_epochs,
-                           "train_loss": train_loss, "val_loss": metrics["val_loss"],
-                           "val_auc": metrics["val_auc"], "val_acc": metrics["val_acc"],
-                           "lr": optimizer.param_groups[0]["lr"]})
+            resume.save(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.module.state_dict() if ema is not None else None,
+                    "rng": rng_state(train_loader.generator),
+                    "skipped": sorted(skipped),
+                    "losses": losses,
+                }
+            )
+        _report(
+            progress,
+            {
+                "stage": "train",
+                "epoch": epoch,
+                "epochs": settings.train_epochs,
+                "train_loss": train_loss,
+                "val_loss": metrics["val_loss"],
+                "val_auc": metrics["val_auc"],
+                "val_acc": metrics["val_acc"],
+                "lr": optimizer.param_groups[0]["lr"],
+            },
+        )
     if scores is None:  # killed after its last checkpoint: every epoch is done, evaluate once
         scores = evaluate(scored_model, val_loader, prepare, amp_dtype)
         metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
-    return scored_model, scores, metrics, skipped, {
-        "train_losses": losses, "resumed_from_epoch": first - 1 if first > 1 else None,
-        "class_weights": _weights_dict(weights)}
+    return (
+        scored_model,
+        scores,
+        metrics,
+        skipped,
+        {
+            "train_losses": losses,
+            "resumed_from_epoch": first - 1 if first > 1 else None,
+            "class_weights": _weights_dict(weights),
+        },
+    )
 
 
-def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype, train_set, val_set,
-                     train_loader, val_loader, storage, cache, resume: Resume, progress: Progress | None):
+def fit_linear_probe(
+    settings: Settings,
+    model,
+    pre,
+    prepare,
+    device,
+    amp_dtype,
+    train_set,
+    val_set,
+    train_loader,
+    val_loader,
+    storage,
+    cache,
+    resume: Resume,
+    progress: Progress | None,
+):
     """Frozen backbone, embeddings cached per image, the linear head fitted on them (trainer/probe.py)."""
     started = time.monotonic()
     for p in model.parameters():
@@ -326,9 +499,15 @@ def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype,
     todo = [s for s in everyone if s.sha256 not in rows]
     if todo:
         data = _images(storage, todo, eval_transform(pre), pre, settings, cache)
-        loader = make_loader(data, batch_size=settings.train_batch_size, shuffle=False,
-                             workers=settings.train_workers, seed=settings.train_seed,
-                             pin_memory=device.type == "cuda", persistent=False)
+        loader = make_loader(
+            data,
+            batch_size=settings.train_batch_size,
+            shuffle=False,
+            workers=settings.train_workers,
+            seed=settings.train_seed,
+            pin_memory=device.type == "cuda",
+            persistent=False,
+        )
         where, feats = embed(model, loader, prepare, amp_dtype)
         if len(where):
             store.add([todo[i].sha256 for i in where], feats)
@@ -336,8 +515,9 @@ def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype,
     have = [s for s in train_set if s.sha256 in rows]
     skipped = {s.id for s in everyone if s.sha256 not in rows}
     if not have or len({s.label for s in have}) < 2:
-        raise TrainingError("linear_probe: the training side has no readable image of a class; "
-                            "run the dataset check command")
+        raise TrainingError(
+            "linear_probe: the training side has no readable image of a class; run the dataset check command"
+        )
     assert matrix is not None  # rows came from it
     x = matrix[[rows[s.sha256] for s in have]].astype(np.float32)
     y = np.array([CLASS_INDEX[s.label] for s in have])
@@ -350,21 +530,44 @@ def fit_linear_probe(settings: Settings, model, pre, prepare, device, amp_dtype,
     scores = evaluate(model, val_loader, prepare, amp_dtype)
     skipped |= {val_set[i].id for i in scores.skipped}
     metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
-    _report(progress, {"stage": "train", "epoch": 1, "epochs": 1, "train_loss": loss,
-                       "val_loss": metrics["val_loss"], "val_auc": metrics["val_auc"],
-                       "val_acc": metrics["val_acc"], "lr": None})
-    return model, scores, metrics, skipped, {
-        "train_losses": [loss], "class_weights": _weights_dict(weights),
-        "linear_probe": {"embedded": len(todo), "reused": len(everyone) - len(todo),
-                         "features": int(matrix.shape[1]), "seconds": round(time.monotonic() - started, 2)}}
+    _report(
+        progress,
+        {
+            "stage": "train",
+            "epoch": 1,
+            "epochs": 1,
+            "train_loss": loss,
+            "val_loss": metrics["val_loss"],
+            "val_auc": metrics["val_auc"],
+            "val_acc": metrics["val_acc"],
+            "lr": None,
+        },
+    )
+    return (
+        model,
+        scores,
+        metrics,
+        skipped,
+        {
+            "train_losses": [loss],
+            "class_weights": _weights_dict(weights),
+            "linear_probe": {
+                "embedded": len(todo),
+                "reused": len(everyone) - len(todo),
+                "features": int(matrix.shape[1]),
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        },
+    )
 
 
 def class_weights(samples: list[Sample], device: torch.device) -> torch.Tensor:
     """Loss weights n / (2 n_class): each class weighs as much as the other, whatever their sizes."""
     counts = Counter(s.label for s in samples)
     total = sum(counts.values())
-    return torch.tensor([total / (2 * max(1, counts[label])) for label in CLASS_INDEX],
-                        dtype=torch.float32, device=device)
+    return torch.tensor(
+        [total / (2 * max(1, counts[label])) for label in CLASS_INDEX], dtype=torch.float32, device=device
+    )
 
 
 def _weights_dict(weights: torch.Tensor | None) -> dict | None:
@@ -385,19 +588,34 @@ def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[S
 def _cache_facts(cache: ImageCache | None) -> dict | None:
     if cache is None:
         return None
-    return {**cache.last_build.as_dict(), "rebuilt_while_reading": cache.rebuilt.value,
-            "id": cache_id(cache.side, cache.quality)}
+    return {
+        **cache.last_build.as_dict(),
+        "rebuilt_while_reading": cache.rebuilt.value,
+        "id": cache_id(cache.side, cache.quality),
+    }
 
 
-def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list[Sample], pre,
-                  settings: Settings, device: torch.device, cache: ImageCache | None = None):
+def build_loaders(
+    storage: StorageDriver,
+    train_set: list[Sample],
+    val_set: list[Sample],
+    pre,
+    settings: Settings,
+    device: torch.device,
+    cache: ImageCache | None = None,
+):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
-    common: dict[str, Any] = dict(batch_size=settings.train_batch_size, workers=settings.train_workers,
-                                  seed=settings.train_seed, pin_memory=device.type == "cuda")
+    common: dict[str, Any] = dict(
+        batch_size=settings.train_batch_size,
+        workers=settings.train_workers,
+        seed=settings.train_seed,
+        pin_memory=device.type == "cuda",
+    )
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
-    train_loader = ddp.shard(make_loader(train_data, shuffle=True,
-                                         drop_last=len(train_set) > settings.train_batch_size, **common),
-                             settings.train_seed)
+    train_loader = ddp.shard(
+        make_loader(train_data, shuffle=True, drop_last=len(train_set) > settings.train_batch_size, **common),
+        settings.train_seed,
+    )
     val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
     return train_loader, val_data, make_loader(val_data, shuffle=False, persistent=False, **common)
 
@@ -405,15 +623,31 @@ def build_loaders(storage: StorageDriver, train_set: list[Sample], val_set: list
 def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int):
     """AdamW (no decay on norms and biases), linear warm-up then cosine decay, stepped per batch."""
     optimizer = create_optimizer_v2(model, "adamw", lr=settings.train_lr, weight_decay=WEIGHT_DECAY)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps), lr_min=settings.train_lr * 0.01,
-                                  warmup_t=max(1, int(total_steps * WARMUP_FRACTION)),
-                                  warmup_lr_init=settings.train_lr * 0.01, t_in_epochs=False)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, total_steps),
+        lr_min=settings.train_lr * 0.01,
+        warmup_t=max(1, int(total_steps * WARMUP_FRACTION)),
+        warmup_lr_init=settings.train_lr * 0.01,
+        t_in_epochs=False,
+    )
     return optimizer, scheduler
 
 
-def train_one_epoch(model, loader, prepare, optimizer, scheduler, scaler, amp_dtype,
-                    step: int, on_batch: OnBatch | None = None, *, ema=None,
-                    class_weights: torch.Tensor | None = None) -> tuple[float, int, set[int]]:
+def train_one_epoch(
+    model,
+    loader,
+    prepare,
+    optimizer,
+    scheduler,
+    scaler,
+    amp_dtype,
+    step: int,
+    on_batch: OnBatch | None = None,
+    *,
+    ema=None,
+    class_weights: torch.Tensor | None = None,
+) -> tuple[float, int, set[int]]:
     """One pass over the training loader; returns (mean loss, optimiser steps so far, positions of
     the images that could not be read).
 
@@ -454,16 +688,21 @@ def check_dataset(samples: list[Sample], min_samples: int) -> None:
     counts = Counter(s.label for s in samples)
     have = f"{len(samples)} labelled images ({counts['real']} real, {counts['ai']} ai)"
     if len(samples) < min_samples:
-        raise TrainingError(f"not enough data to train: {have}, MIN_TRAIN_SAMPLES={min_samples}. "
-                            "Scrape or upload more labelled images first.")
+        raise TrainingError(
+            f"not enough data to train: {have}, MIN_TRAIN_SAMPLES={min_samples}. "
+            "Scrape or upload more labelled images first."
+        )
     missing = [label for label in CLASS_INDEX if counts[label] < 2]
     if missing:
-        raise TrainingError(f"both classes are needed, at least 2 images each: {have}. "
-                            f"Add labelled images of: {', '.join(missing)}.")
+        raise TrainingError(
+            f"both classes are needed, at least 2 images each: {have}. "
+            f"Add labelled images of: {', '.join(missing)}."
+        )
 
 
 def load_samples(settings: Settings) -> tuple[list[Sample], StorageDriver]:
     """Labelled samples and the storage driver, from the dataset index."""
+
     async def collect():
         async with DatasetManager(settings) as dm:
             return await dm.samples(("real", "ai")), dm.storage
@@ -486,36 +725,65 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _images(storage, samples: list[Sample], transform, pre, settings: Settings,
-            cache: ImageCache | None = None) -> StoredImages:
-    data = StoredImages(storage, [s.image_key for s in samples], [CLASS_INDEX[s.label] for s in samples],
-                        transform, settings.max_image_pixels, reduce_to=pre.decode_side,
-                        cache=cache, sha256s=[s.sha256 for s in samples], quality=pre.cache_quality)
+def _images(
+    storage, samples: list[Sample], transform, pre, settings: Settings, cache: ImageCache | None = None
+) -> StoredImages:
+    data = StoredImages(
+        storage,
+        [s.image_key for s in samples],
+        [CLASS_INDEX[s.label] for s in samples],
+        transform,
+        settings.max_image_pixels,
+        reduce_to=pre.decode_side,
+        cache=cache,
+        sha256s=[s.sha256 for s in samples],
+        quality=pre.cache_quality,
+    )
     data.samples = list(samples)  # which sample each position is (reports and promotion go by id)
     return data
 
 
-def _registry_entry(settings: Settings, metrics: dict, sizes: dict, sha256: str, promotion: dict,
-                    device: torch.device, report: dict) -> dict:
+def _registry_entry(
+    settings: Settings,
+    metrics: dict,
+    sizes: dict,
+    sha256: str,
+    promotion: dict,
+    device: torch.device,
+    report: dict,
+) -> dict:
     ev = report["evaluation"]
     return {
-        "val_auc_ci95": ev["auc_ci95"], "eval_n": ev["n"], "temperature": ev["temperature"],
-        "ece": ev["ece"], "report": REPORT_FILE, "shortcut_warning": report["shortcut"]["warning"],
+        "val_auc_ci95": ev["auc_ci95"],
+        "eval_n": ev["n"],
+        "temperature": ev["temperature"],
+        "ece": ev["ece"],
+        "report": REPORT_FILE,
+        "shortcut_warning": report["shortcut"]["warning"],
         "unseen_generators": headline(report)["unseen_generators"],
-        "model": settings.model_name, "timestamp": _now(), **sizes,
+        "model": settings.model_name,
+        "timestamp": _now(),
+        **sizes,
         **{k: metrics[k] for k in ("val_acc", "val_auc", "val_loss", "precision", "recall", "f1")},
-        "architecture": settings.train_arch, "image_size": settings.train_image_size,
-        "sha256": sha256, "promoted": promotion["promoted"], "promotion_reason": promotion["reason"],
+        "architecture": settings.train_arch,
+        "image_size": settings.train_image_size,
+        "sha256": sha256,
+        "promoted": promotion["promoted"],
+        "promotion_reason": promotion["reason"],
         "auc_difference": promotion["auc_difference"],
         "auc_difference_ci95": promotion["auc_difference_ci95"],
-        "compared_with": promotion["compared_with"], "incumbent_metrics": promotion["incumbent_metrics"],
-        "epochs": settings.train_epochs, "device": device.type,
+        "compared_with": promotion["compared_with"],
+        "incumbent_metrics": promotion["incumbent_metrics"],
+        "epochs": settings.train_epochs,
+        "device": device.type,
     }
 
 
 def _report(progress: Progress | None, event: dict) -> None:
-    log.info("epoch %(epoch)d/%(epochs)d train_loss=%(train_loss).4f val_loss=%(val_loss)s "
-             "val_auc=%(val_auc)s", event)
+    log.info(
+        "epoch %(epoch)d/%(epochs)d train_loss=%(train_loss).4f val_loss=%(val_loss)s val_auc=%(val_auc)s",
+        event,
+    )
     if progress is not None:
         progress(event)
 

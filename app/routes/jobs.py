@@ -32,20 +32,35 @@ async def start_job(runner, kind: str) -> dict:
     return {"job_id": job["id"], "kind": kind, "state": job["state"], "status_url": f"/jobs/{job['id']}"}
 
 
-@router.post("/scrape", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
-             summary="Start a scrape of every enabled source")
+@router.post(
+    "/scrape",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_CONFLICT,
+    summary="Start a scrape of every enabled source",
+)
 async def post_scrape(runner: RunnerDep) -> dict:
     return await start_job(runner, "scrape")
 
 
-@router.post("/train", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
-             summary="Start a training run (separate process)")
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_CONFLICT,
+    summary="Start a training run (separate process)",
+)
 async def post_train(runner: RunnerDep) -> dict:
     return await start_job(runner, "train")
 
 
-@router.post("/label", status_code=202, response_model=JobAccepted, responses=_CONFLICT,
-             summary="Score images that lack a score from the current scorer (Exposr-Core or local model)")
+@router.post(
+    "/label",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=_CONFLICT,
+    summary="Score images that lack a score from the current scorer (Exposr-Core or local model)",
+)
 async def post_label(runner: RunnerDep) -> dict:
     return await start_job(runner, "label")
 
@@ -60,8 +75,12 @@ async def list_jobs(
     return {"jobs": await runner.list(limit=limit, kind=kind and kind.value, state=state and state.value)}
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"model": ErrorOut}},
-            summary="One job: state, timestamps, progress, result or error")
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobOut,
+    responses={404: {"model": ErrorOut}},
+    summary="One job: state, timestamps, progress, result or error",
+)
 async def get_job(job_id: str, runner: RunnerDep) -> dict:
     job = await runner.get(job_id)
     if job is None:

@@ -56,8 +56,12 @@ class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: Literal["real", "ai"]
-    reviewer: str | None = Field(None, max_length=64, pattern=r"^[\w .@-]+$",
-                                 description="who labelled it (kept in label_source); default 'api'")
+    reviewer: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[\w .@-]+$",
+        description="who labelled it (kept in label_source); default 'api'",
+    )
 
 
 class LabelOut(BaseModel):
@@ -94,16 +98,32 @@ async def get_review(
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _IMAGE_RESPONSES = {
-    200: {"description": "the stored bytes, typed by their real format",
-          "content": {media: _BINARY for media in ("image/jpeg", "image/png", "image/webp", "image/gif",
-                                                   "image/avif", "image/tiff", "image/bmp")}},
+    200: {
+        "description": "the stored bytes, typed by their real format",
+        "content": {
+            media: _BINARY
+            for media in (
+                "image/jpeg",
+                "image/png",
+                "image/webp",
+                "image/gif",
+                "image/avif",
+                "image/tiff",
+                "image/bmp",
+            )
+        },
+    },
     404: {"model": ErrorOut, "description": "not an image id, or no image has it"},
     503: {"model": ErrorOut, "description": "storage unavailable (or TRAINER_API_KEY not set)"},
 }
 
 
-@router.get("/images/{image_id}", summary="The stored image bytes", response_class=Response,
-            responses=_IMAGE_RESPONSES)
+@router.get(
+    "/images/{image_id}",
+    summary="The stored image bytes",
+    response_class=Response,
+    responses=_IMAGE_RESPONSES,
+)
 async def get_image(image_id: str, dataset: DatasetDep) -> Response:
     image_id = _image_id(image_id)
     try:
@@ -130,13 +150,24 @@ async def _label_body(request: Request) -> LabelIn:
         raise RequestValidationError(errors) from None
 
 
-_LABEL_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": LabelIn.model_json_schema()}}}}
+_LABEL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": LabelIn.model_json_schema()}},
+    }
+}
 
 
-@router.patch("/images/{image_id}", response_model=LabelOut, summary="Record a person's label",
-              openapi_extra=_LABEL_BODY, responses={404: {"description": "unknown id, or its file is gone"},
-                                                    422: {"description": "the body is not a label"}})
+@router.patch(
+    "/images/{image_id}",
+    response_model=LabelOut,
+    summary="Record a person's label",
+    openapi_extra=_LABEL_BODY,
+    responses={
+        404: {"description": "unknown id, or its file is gone"},
+        422: {"description": "the body is not a label"},
+    },
+)
 async def patch_image(image_id: str, dataset: DatasetDep, request: Request) -> dict:
     image_id = _image_id(image_id)
     body = await _label_body(request)
@@ -150,5 +181,9 @@ async def patch_image(image_id: str, dataset: DatasetDep, request: Request) -> d
         raise HTTPException(503, detail=f"storage unavailable, label not recorded: {exc}; retry") from exc
     request.app.state.overview.invalidate()  # /status counts move at once
     log.info("image %s labelled %s by a person", image_id, body.label)
-    return {"id": image_id, "label": doc["label"], "label_source": doc["label_source"],
-            "score": doc.get("confidence")}
+    return {
+        "id": image_id,
+        "label": doc["label"],
+        "label_source": doc["label_source"],
+        "score": doc.get("confidence"),
+    }

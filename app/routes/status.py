@@ -19,8 +19,9 @@ STATUS_CACHE_SECONDS = 1.0
 
 def overview_cache(state) -> TTLCache:
     """collect_status, cached briefly: pollers must not turn into a query storm. Job changes reset it."""
-    cache = TTLCache(STATUS_CACHE_SECONDS,
-                     lambda: collect_status(state.settings, state.dataset, state.runner.store))
+    cache = TTLCache(
+        STATUS_CACHE_SECONDS, lambda: collect_status(state.settings, state.dataset, state.runner.store)
+    )
     state.runner.on_change.append(cache.invalidate)
     return cache
 
@@ -35,8 +36,11 @@ def running_jobs(runner: JobRunner, overview: dict) -> list[dict]:
     live = runner.active_jobs()
     kinds = {job["kind"] for job in live}
     finished = {job["id"] for job in runner.unwritten_jobs()}  # ended here; the row lags behind
-    return live + [job for kind, job in overview["last_jobs"].items()
-                   if kind not in kinds and job["state"] in ACTIVE_STATES and job["id"] not in finished]
+    return live + [
+        job
+        for kind, job in overview["last_jobs"].items()
+        if kind not in kinds and job["state"] in ACTIVE_STATES and job["id"] not in finished
+    ]
 
 
 @router.get("/status", response_model=StatusOut, summary="Service, dataset, scheduler and job overview")
@@ -47,14 +51,17 @@ async def get_status(request: Request, runner: RunnerDep, scheduler: SchedulerDe
     for job in [*runner.unwritten_jobs(), *running]:  # live state beats the cached row
         if job["kind"] not in last_jobs or last_jobs[job["kind"]]["created_at"] <= job["created_at"]:
             last_jobs[job["kind"]] = job
-    return public({
-        **overview,
-        "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
-        "started_at": request.app.state.started_at,
-        "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
-        "last_jobs": last_jobs,
-        "running_jobs": running,
-    }, request.app.state.settings)  # a public page: settings' names, never the server's paths
+    return public(
+        {
+            **overview,
+            "uptime": round(time.monotonic() - request.app.state.started_monotonic, 3),
+            "started_at": request.app.state.started_at,
+            "scheduler": {"state": scheduler.state, "next_runs": scheduler.next_runs()},
+            "last_jobs": last_jobs,
+            "running_jobs": running,
+        },
+        request.app.state.settings,
+    )  # a public page: settings' names, never the server's paths
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")
@@ -62,8 +69,12 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/metrics", response_model=MetricsOut, dependencies=[Authorized],
-            summary="Dataset size and model quality, for Exposr-Core")
+@router.get(
+    "/metrics",
+    response_model=MetricsOut,
+    dependencies=[Authorized],
+    summary="Dataset size and model quality, for Exposr-Core",
+)
 async def get_metrics(request: Request, runner: RunnerDep) -> dict:
     overview = await _overview(request)
     promoted = overview["latest_model"] or {}

@@ -26,24 +26,38 @@ router = APIRouter(tags=["dataset"], dependencies=[Authorized])
 
 LABELS = ("real", "ai", "unlabeled")
 ENVELOPE_SLACK = 64 * 1024  # multipart boundaries, headers and the label field
-REJECTED_STATUS = {"not_an_image": 415, "unsupported_format": 415, "too_large": 413,
-                   "decompression_bomb": 413}
+REJECTED_STATUS = {
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "too_large": 413,
+    "decompression_bomb": 413,
+}
 
 _BODY_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["file", "label"],
-            "properties": {
-                "file": {"type": "string", "format": "binary", "description": "the image file"},
-                "label": {"type": "string", "enum": list(LABELS)},
-                "generator": {"type": "string", "maxLength": 64,
-                              "description": "what made the image (e.g. 'Midjourney v6'); optional"},
-                "edit_of": {"type": "string", "description": "id of the stored image this one is an edit "
-                            "of: both stay on one side of the train/evaluation split; optional"},
-            },
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "label"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "the image file"},
+                        "label": {"type": "string", "enum": list(LABELS)},
+                        "generator": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "description": "what made the image (e.g. 'Midjourney v6'); optional",
+                        },
+                        "edit_of": {
+                            "type": "string",
+                            "description": "id of the stored image this one is an edit "
+                            "of: both stay on one side of the train/evaluation split; optional",
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 _ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
@@ -92,8 +106,9 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
     try:
         async with _counting_request(request, max_body).form(max_files=1, max_fields=4) as form:
             file, label = form.get("file"), form.get("label")
-            extras = {k: v for k in ("generator", "edit_of")
-                      if isinstance(v := form.get(k), str) and v.strip()}
+            extras = {
+                k: v for k in ("generator", "edit_of") if isinstance(v := form.get(k), str) and v.strip()
+            }
             if not isinstance(file, UploadFile):
                 raise HTTPException(400, detail="missing 'file' part: attach the image as field 'file'")
             data, filename = await file.read(limit + 1), file.filename
@@ -111,21 +126,33 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
     return data, label, (filename or None) and filename[-200:], extras
 
 
-@router.post("/upload", status_code=201, response_model=UploadOut, openapi_extra=_BODY_SCHEMA,
-             responses={200: {"model": UploadOut, "description": "duplicate or near-duplicate"}, **_ERRORS},
-             summary="Add one labelled image to the dataset")
+@router.post(
+    "/upload",
+    status_code=201,
+    response_model=UploadOut,
+    openapi_extra=_BODY_SCHEMA,
+    responses={200: {"model": UploadOut, "description": "duplicate or near-duplicate"}, **_ERRORS},
+    summary="Add one labelled image to the dataset",
+)
 async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
     data, label, filename, extras = await read_upload(request, settings.upload_max_bytes)
-    metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
-                "api_data": {"filename": filename}}
+    metadata = {
+        "source": "upload",
+        "label": label,
+        "attribution": {"platform": "upload"},
+        "api_data": {"filename": filename},
+    }
     if "generator" in extras:
         metadata["generator"] = extras["generator"]
     if "edit_of" in extras:
         original = await dataset.get_metadata(extras["edit_of"][:64])
         if original is None:
-            raise HTTPException(400, detail="edit_of: no stored image has the id "
-                                f"{extras['edit_of'][:64]!r}; "
-                                "give the id an earlier upload answered with, or leave edit_of out")
+            raise HTTPException(
+                400,
+                detail="edit_of: no stored image has the id "
+                f"{extras['edit_of'][:64]!r}; "
+                "give the id an earlier upload answered with, or leave edit_of out",
+            )
         metadata["group_hint"] = original.get("group_hint") or f"{EDIT_PREFIX}{original['id']}"
     try:
         outcome = await dataset.ingest(data, metadata)
@@ -143,6 +170,7 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
         # An upload never relabels what is stored: answer with the label the image keeps.
         existing = await dataset.get_metadata(outcome.id)
         label = existing["label"] if existing else label
-    body = UploadOut(id=outcome.id, status=outcome.status, label=label, message=outcome.message,
-                     distance=outcome.distance)
+    body = UploadOut(
+        id=outcome.id, status=outcome.status, label=label, message=outcome.message, distance=outcome.distance
+    )
     return JSONResponse(body.model_dump(), status_code=201 if outcome.status == "stored" else 200)

@@ -40,8 +40,10 @@ MAX_FILES = 20
 async def live_jobs(request: Request, session: Session) -> dict:
     state = request.app.state
     status = await state.overview.get()
-    return {"jobs": [views.progress_view(job) for job in running_jobs(state.runner, status)],
-            "counts": status["dataset_counts"]}
+    return {
+        "jobs": [views.progress_view(job) for job in running_jobs(state.runner, status)],
+        "counts": status["dataset_counts"],
+    }
 
 
 class LabelIn(BaseModel):
@@ -75,8 +77,13 @@ async def label_json(body: LabelIn, request: Request, session: Session):
 
 
 @router.post("/review/label")
-async def label_form(request: Request, session: Session, id: Annotated[str, Form()] = "",
-                     label: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = ""):
+async def label_form(
+    request: Request,
+    session: Session,
+    id: Annotated[str, Form()] = "",
+    label: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+):
     check_csrf(session, csrf_token)
     code, answer = await apply_label(request, id, label)
     message = f"{answer['id']} labelled {answer['label']}" if code == 200 else answer["detail"]
@@ -105,10 +112,18 @@ async def ingest_file(request: Request, file: UploadFile, label: str, generator:
     data = await file.read(settings.upload_max_bytes + 1)
     if len(data) > settings.upload_max_bytes:
         metrics.count_ingest("rejected", "too_large")
-        return {"file": name, "status": "rejected", "reason": "too_large",
-                "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)"}
-    metadata = {"source": "upload", "label": label, "attribution": {"platform": "upload"},
-                "api_data": {"filename": name}}
+        return {
+            "file": name,
+            "status": "rejected",
+            "reason": "too_large",
+            "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)",
+        }
+    metadata = {
+        "source": "upload",
+        "label": label,
+        "attribution": {"platform": "upload"},
+        "api_data": {"filename": name},
+    }
     if generator:
         metadata["generator"] = generator
     try:
@@ -134,46 +149,70 @@ async def upload(request: Request, session: Session):
         return _upload_answer(request, session, None, "send multipart/form-data with files and a label", 400)
     try:
         async with _counting_request(request, MAX_FILES * (limit + ENVELOPE_SLACK)).form(
-                max_files=MAX_FILES, max_fields=4) as form:
+            max_files=MAX_FILES, max_fields=4
+        ) as form:
             if header_token is None:
                 token = form.get("csrf_token")
                 check_csrf(session, token if isinstance(token, str) else None)
             label = form.get("label")
             files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
             if not isinstance(label, str) or label not in LABELS:
-                return _upload_answer(request, session, None,
-                                      f"label must be one of {', '.join(LABELS)}; nothing was stored", 400)
+                return _upload_answer(
+                    request,
+                    session,
+                    None,
+                    f"label must be one of {', '.join(LABELS)}; nothing was stored",
+                    400,
+                )
             if not files:
                 return _upload_answer(request, session, None, "choose at least one file", 400)
             generator = form.get("generator")
             try:  # optional, as on POST /upload: which model made the images (docs/evaluation.md)
-                generator = clean_generator(generator) if isinstance(generator, str) and generator.strip() \
-                    else None
+                generator = (
+                    clean_generator(generator) if isinstance(generator, str) and generator.strip() else None
+                )
             except ValueError as exc:
                 return _upload_answer(request, session, None, f"generator: {exc}; nothing was stored", 400)
             results = [await ingest_file(request, f, label, generator) for f in files]
     except BodyTooLarge:
-        return _upload_answer(request, session, None, f"too much at once: at most {MAX_FILES} files of "
-                                                      f"UPLOAD_MAX_BYTES ({limit} bytes) each", 413)
+        return _upload_answer(
+            request,
+            session,
+            None,
+            f"too much at once: at most {MAX_FILES} files of UPLOAD_MAX_BYTES ({limit} bytes) each",
+            413,
+        )
     return _upload_answer(request, session, results, None, 200)
 
 
-def _upload_answer(request: Request, session: dict, results: list[dict] | None, message: str | None,
-                   code: int):
+def _upload_answer(
+    request: Request, session: dict, results: list[dict] | None, message: str | None, code: int
+):
     if "application/json" in request.headers.get("accept", ""):
-        return JSONResponse({"results": results} if results is not None else {"detail": message},
-                            status_code=code)
-    context = {"active": "upload", "results": results, "message": message,
-               "max_bytes": request.app.state.settings.upload_max_bytes}
+        return JSONResponse(
+            {"results": results} if results is not None else {"detail": message}, status_code=code
+        )
+    context = {
+        "active": "upload",
+        "results": results,
+        "message": message,
+        "max_bytes": request.app.state.settings.upload_max_bytes,
+    }
     return render(request, "upload.html", context, session=session, status_code=code)
 
 
 @router.get("/models/{name}/{version}/weights.pt")
 async def download_weights(name: str, version: str, request: Request, session: Session):
-    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
-                                       "weights.pt")
-    return artifact_response(artifact, "application/octet-stream", weights_sha256(artifact.entry), request,
-                             filename=f"{name}-{version}-weights.pt")
+    artifact = await run_in_threadpool(
+        registered_artifact, request.app.state.settings, name, version, "weights.pt"
+    )
+    return artifact_response(
+        artifact,
+        "application/octet-stream",
+        weights_sha256(artifact.entry),
+        request,
+        filename=f"{name}-{version}-weights.pt",
+    )
 
 
 @router.get("/models/{name}/{version}/{document}.json")
@@ -181,7 +220,14 @@ async def download_json(name: str, version: str, document: str, request: Request
     if document not in ("model", "report"):
         raise HTTPException(404, detail="only model.json and report.json are served here")
     filename = "model.json" if document == "model" else "report.json"
-    artifact = await run_in_threadpool(registered_artifact, request.app.state.settings, name, version,
-                                       filename, f"model {name} {version} has no {document}.json")
-    return artifact_response(artifact, "application/json", None, request,
-                             filename=f"{name}-{version}-{document}.json")
+    artifact = await run_in_threadpool(
+        registered_artifact,
+        request.app.state.settings,
+        name,
+        version,
+        filename,
+        f"model {name} {version} has no {document}.json",
+    )
+    return artifact_response(
+        artifact, "application/json", None, request, filename=f"{name}-{version}-{document}.json"
+    )

@@ -22,9 +22,11 @@ AUTH_ERRORS = {
 # The docs pages may load only from this service: Redoc's footer would fetch its logo from a CDN
 # (no option turns it off), so the browser is told not to. Their HTML (FastAPI's) has inline
 # scripts, and both libraries inject styles; Redoc runs its search in a blob: worker.
-DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-            "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
-            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,22 +38,29 @@ def _offline(page: HTMLResponse) -> HTMLResponse:
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    return _offline(get_swagger_ui_html(
-        openapi_url=request.app.openapi_url, title=f"{request.app.title} - API docs",
-        swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
-        swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
-        swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
-        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
-    ))
+    return _offline(
+        get_swagger_ui_html(
+            openapi_url=request.app.openapi_url,
+            title=f"{request.app.title} - API docs",
+            swagger_js_url=f"{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url=f"{VENDOR}/swagger-ui/swagger-ui.css",
+            swagger_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
+    )
 
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    return _offline(get_redoc_html(
-        openapi_url=request.app.openapi_url, title=f"{request.app.title} - API reference",
-        redoc_js_url=f"{VENDOR}/redoc/redoc.standalone.js",
-        redoc_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png", with_google_fonts=False,
-    ))
+    return _offline(
+        get_redoc_html(
+            openapi_url=request.app.openapi_url,
+            title=f"{request.app.title} - API reference",
+            redoc_js_url=f"{VENDOR}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{VENDOR}/swagger-ui/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+    )
 
 
 def _add_auth_errors(schema: dict) -> None:
@@ -61,19 +70,27 @@ def _add_auth_errors(schema: dict) -> None:
             if not isinstance(operation, dict) or not operation.get("security"):
                 continue
             for code, description in AUTH_ERRORS.items():
-                operation["responses"].setdefault(code, {
-                    "description": description,
-                    "content": {"application/json": {"schema": ERROR_SCHEMA}}})
+                operation["responses"].setdefault(
+                    code,
+                    {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}},
+                )
 
 
 def install_openapi(app: FastAPI) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).setdefault("ErrorOut", {
-                "title": "ErrorOut", "type": "object", "required": ["detail"],
-                "properties": {"detail": {"title": "Detail", "type": "string"}}})
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).setdefault(
+                "ErrorOut",
+                {
+                    "title": "ErrorOut",
+                    "type": "object",
+                    "required": ["detail"],
+                    "properties": {"detail": {"title": "Detail", "type": "string"}},
+                },
+            )
             _add_auth_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -49,15 +49,18 @@ class SharedState:
         snap = self.snapshot
         if not snap:
             return
-        images = GaugeMetricFamily("exposr_dataset_images", "Images in the dataset index",
-                                   labels=["label", "source"])
+        images = GaugeMetricFamily(
+            "exposr_dataset_images", "Images in the dataset index", labels=["label", "source"]
+        )
         for source, counts in sorted(snap["by_source"].items()):
             for label in ("real", "ai_generated", "unlabeled"):
                 images.add_metric([label, source], counts.get(label, 0))
         yield images
-        scraped = CounterMetricFamily("exposr_scrape_ingest_outcomes",
-                                      "Images from scrape jobs by outcome and reason (all recorded jobs)",
-                                      labels=["source", "outcome", "reason"])
+        scraped = CounterMetricFamily(
+            "exposr_scrape_ingest_outcomes",
+            "Images from scrape jobs by outcome and reason (all recorded jobs)",
+            labels=["source", "outcome", "reason"],
+        )
         for (source, outcome, reason), n in sorted(snap["scrape_outcomes"].items()):
             scraped.add_metric([source, outcome, reason], n)
         yield scraped
@@ -65,8 +68,9 @@ class SharedState:
         for (kind, state), n in sorted(snap["jobs"].items()):
             jobs.add_metric([kind, state], n)
         yield jobs
-        durations = SummaryMetricFamily("exposr_job_duration_seconds", "Run time of finished jobs",
-                                        labels=["kind", "state"])
+        durations = SummaryMetricFamily(
+            "exposr_job_duration_seconds", "Run time of finished jobs", labels=["kind", "state"]
+        )
         for (kind, state), (count, total) in sorted(snap["durations"].items()):
             durations.add_metric([kind, state], count_value=count, sum_value=total)
         yield durations
@@ -74,11 +78,15 @@ class SharedState:
 
 
 def _model_families(entries: list[dict], promoted: dict | None):
-    info = GaugeMetricFamily("exposr_model_version_info", "Registered model versions (value 1)",
-                             labels=["model", "version", "architecture", "promoted"])
+    info = GaugeMetricFamily(
+        "exposr_model_version_info",
+        "Registered model versions (value 1)",
+        labels=["model", "version", "architecture", "promoted"],
+    )
     auc = GaugeMetricFamily("exposr_model_val_auc", "Validation AUC per version", labels=["model", "version"])
-    acc = GaugeMetricFamily("exposr_model_val_acc", "Validation accuracy per version",
-                            labels=["model", "version"])
+    acc = GaugeMetricFamily(
+        "exposr_model_val_acc", "Validation accuracy per version", labels=["model", "version"]
+    )
     for e in entries:
         key = [str(e.get("model")), str(e.get("version"))]
         info.add_metric([*key, str(e.get("architecture") or ""), str(bool(e.get("promoted"))).lower()], 1)
@@ -86,8 +94,9 @@ def _model_families(entries: list[dict], promoted: dict | None):
             auc.add_metric(key, e["val_auc"])
         if isinstance(e.get("val_acc"), int | float):
             acc.add_metric(key, e["val_acc"])
-    served = GaugeMetricFamily("exposr_model_served_info", "The promoted (served) version (value 1)",
-                               labels=["model", "version"])
+    served = GaugeMetricFamily(
+        "exposr_model_served_info", "The promoted (served) version (value 1)", labels=["model", "version"]
+    )
     if promoted:
         served.add_metric([str(promoted["model"]), str(promoted["version"])], 1)
     yield from (info, auc, acc, served)
@@ -96,12 +105,19 @@ def _model_families(entries: list[dict], promoted: dict | None):
 class ConsoleMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.latency = Histogram("exposr_http_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.uploads = CounterMetric("exposr_ingest_outcomes",
-                                     "Uploads (API and console) by outcome and reason",
-                                     ["source", "outcome", "reason"], registry=self.registry)
+        self.latency = Histogram(
+            "exposr_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.uploads = CounterMetric(
+            "exposr_ingest_outcomes",
+            "Uploads (API and console) by outcome and reason",
+            ["source", "outcome", "reason"],
+            registry=self.registry,
+        )
         self.shared = SharedState()
         self.registry.register(self.shared)
 
@@ -121,19 +137,26 @@ async def measure_requests(request: Request, call_next) -> Response:
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         request.app.state.metrics.latency.labels(request.method, path, str(status)).observe(
-            time.perf_counter() - start)
+            time.perf_counter() - start
+        )
 
 
 async def _job_facts(engine) -> tuple[Counter, dict, Counter]:
     states: Counter = Counter()
     durations: dict[tuple[str, str], tuple[int, float]] = {}
     scrape: Counter = Counter()
-    count = select(jobs_table.c.kind, jobs_table.c.state, func.count()).group_by(jobs_table.c.kind,
-                                                                                  jobs_table.c.state)
-    timed = select(jobs_table.c.kind, jobs_table.c.state, jobs_table.c.started_at, jobs_table.c.finished_at,
-                   ).where(jobs_table.c.finished_at.is_not(None), jobs_table.c.started_at.is_not(None))
-    reports = select(jobs_table.c.result).where(jobs_table.c.kind == "scrape",
-                                                jobs_table.c.state == "succeeded")
+    count = select(jobs_table.c.kind, jobs_table.c.state, func.count()).group_by(
+        jobs_table.c.kind, jobs_table.c.state
+    )
+    timed = select(
+        jobs_table.c.kind,
+        jobs_table.c.state,
+        jobs_table.c.started_at,
+        jobs_table.c.finished_at,
+    ).where(jobs_table.c.finished_at.is_not(None), jobs_table.c.started_at.is_not(None))
+    reports = select(jobs_table.c.result).where(
+        jobs_table.c.kind == "scrape", jobs_table.c.state == "succeeded"
+    )
     async with engine.connect() as conn:
         for kind, state, n in (await conn.execute(count)).all():
             states[(kind, state)] = n
@@ -161,16 +184,26 @@ def _add_scrape_outcomes(counter: Counter, result: dict) -> None:
 
 def _seconds(started: str, finished: str) -> float | None:
     try:
-        return (datetime.fromisoformat(finished.replace("Z", "+00:00"))
-                - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+        return (
+            datetime.fromisoformat(finished.replace("Z", "+00:00"))
+            - datetime.fromisoformat(started.replace("Z", "+00:00"))
+        ).total_seconds()
     except (AttributeError, ValueError):
         return None
 
 
-@router.get("/metrics/prometheus", dependencies=[Authorized], response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
-                             "description": "Prometheus text exposition format"}},
-            summary="Metrics for Prometheus (text format)")
+@router.get(
+    "/metrics/prometheus",
+    dependencies=[Authorized],
+    response_class=Response,
+    responses={
+        200: {
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+            "description": "Prometheus text exposition format",
+        }
+    },
+    summary="Metrics for Prometheus (text format)",
+)
 async def prometheus_metrics(request: Request) -> Response:
     state = request.app.state
     counts = await state.dataset.counts()
@@ -180,7 +213,12 @@ async def prometheus_metrics(request: Request) -> Response:
     except (ValueError, StorageError):  # a corrupt registry must not take the metrics down
         entries = []
     metrics: ConsoleMetrics = state.metrics
-    metrics.shared.snapshot = {"by_source": counts.get("by_source") or {}, "jobs": states,
-                               "durations": durations, "scrape_outcomes": scrape, "models": entries,
-                               "promoted": model_facts(state.settings)["promoted"]}
+    metrics.shared.snapshot = {
+        "by_source": counts.get("by_source") or {},
+        "jobs": states,
+        "durations": durations,
+        "scrape_outcomes": scrape,
+        "models": entries,
+        "promoted": model_facts(state.settings)["promoted"],
+    }
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

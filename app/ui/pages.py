@@ -20,19 +20,25 @@ templates.env.globals["safe_url"] = views.safe_url
 # The console's own pages run only our static script: markup that slipped into metadata cannot run.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
-                               "script-src 'self'; object-src 'none'; base-uri 'none'; "
-                               "frame-ancestors 'none'; form-action 'self'",
+    "script-src 'self'; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-NAV = (("overview", "/ui/", "Overview"), ("models", "/ui/models", "Models"), ("jobs", "/ui/jobs", "Jobs"),
-       ("review", "/ui/review", "Review"), ("upload", "/ui/upload", "Upload"))
+NAV = (
+    ("overview", "/ui/", "Overview"),
+    ("models", "/ui/models", "Models"),
+    ("jobs", "/ui/jobs", "Jobs"),
+    ("review", "/ui/review", "Review"),
+    ("upload", "/ui/upload", "Upload"),
+)
 
 
-def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200,
-           session: dict | None = None) -> HTMLResponse:
+def render(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200, session: dict | None = None
+) -> HTMLResponse:
     context = {"nav": NAV, "session": session, "csrf": session["csrf"] if session else None, **context}
     response = templates.TemplateResponse(request, name, context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
@@ -44,8 +50,10 @@ def wants_json(request: Request) -> bool:
 
 
 async def console_disabled(request: Request, exc: ConsoleDisabled):
-    message = ("TRAINER_API_KEY is not set on the server, so the console is disabled (as is the API); "
-               "set it in the environment or .env and restart")
+    message = (
+        "TRAINER_API_KEY is not set on the server, so the console is disabled (as is the API); "
+        "set it in the environment or .env and restart"
+    )
     if wants_json(request):
         return JSONResponse({"detail": message}, status_code=503)
     return render(request, "disabled.html", {"message": message}, status_code=503)
@@ -53,8 +61,9 @@ async def console_disabled(request: Request, exc: ConsoleDisabled):
 
 async def login_required(request: Request, exc: LoginRequired):
     if wants_json(request):
-        return JSONResponse({"detail": "not logged in or the session expired: log in at /ui/login"},
-                            status_code=401)
+        return JSONResponse(
+            {"detail": "not logged in or the session expired: log in at /ui/login"}, status_code=401
+        )
     return RedirectResponse("/ui/login", status_code=303)
 
 
@@ -65,5 +74,8 @@ async def csrf_rejected(request: Request, exc: CsrfRejected):
     return render(request, "error.html", {"title": "Refused", "message": message}, status_code=403)
 
 
-EXCEPTION_HANDLERS = {ConsoleDisabled: console_disabled, LoginRequired: login_required,
-                      CsrfRejected: csrf_rejected}
+EXCEPTION_HANDLERS = {
+    ConsoleDisabled: console_disabled,
+    LoginRequired: login_required,
+    CsrfRejected: csrf_rejected,
+}

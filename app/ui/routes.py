@@ -41,8 +41,9 @@ JOB_STATES = ACTIVE_STATES + FINAL_STATES
 
 def _login_page(request: Request, message: str | None = None, status_code: int = 200):
     token, payload = issue_token(api_key(request), "login", LOGIN_FORM_SECONDS)
-    response = render(request, "login.html", {"login_csrf": payload["csrf"], "message": message},
-                      status_code=status_code)
+    response = render(
+        request, "login.html", {"login_csrf": payload["csrf"], "message": message}, status_code=status_code
+    )
     set_cookie(request, response, LOGIN_COOKIE, token, LOGIN_FORM_SECONDS)
     return response
 
@@ -53,13 +54,19 @@ async def login_form(request: Request):
 
 
 @router.post("/login")
-async def login(request: Request, api_key_field: Annotated[str, Form(alias="api_key")] = "",
-                csrf_token: Annotated[str, Form()] = ""):
+async def login(
+    request: Request,
+    api_key_field: Annotated[str, Form(alias="api_key")] = "",
+    csrf_token: Annotated[str, Form()] = "",
+):
     key = api_key(request)
     form = read_token(key, "login", request.cookies.get(LOGIN_COOKIE))
     if form is None or not keys_match(form["csrf"], csrf_token):
-        return _login_page(request, "The login form expired or was not sent from this page: "
-                                    "enter the key again.", status_code=403)
+        return _login_page(
+            request,
+            "The login form expired or was not sent from this page: enter the key again.",
+            status_code=403,
+        )
     if not keys_match(key, api_key_field):
         return _login_page(request, "Wrong key: enter the server's TRAINER_API_KEY.", status_code=401)
     hours = request.app.state.settings.ui_session_hours
@@ -89,19 +96,31 @@ async def overview(request: Request, session: Session):
     state = request.app.state
     status = await state.overview.get()
     running = [views.progress_view(job) for job in running_jobs(state.runner, status)]
-    context = {"active": "overview", "status": status, "running": running,
-               "chart": views.growth_chart(await views.growth(state.dataset)),
-               "scrapes": await views.last_scrape_reports(state.runner.store),
-               "scheduler": {"state": state.scheduler.state, "next_runs": state.scheduler.next_runs()}}
+    context = {
+        "active": "overview",
+        "status": status,
+        "running": running,
+        "chart": views.growth_chart(await views.growth(state.dataset)),
+        "scrapes": await views.last_scrape_reports(state.runner.store),
+        "scheduler": {"state": state.scheduler.state, "next_runs": state.scheduler.next_runs()},
+    }
     return render(request, "overview.html", context, session=session)
 
 
 @router.get("/models")
 async def models(request: Request, session: Session):
     entries = views.model_entries(request.app.state.settings)
-    return render(request, "models.html", {"active": "models", "entries": entries,
-                                           "chart": views.models_chart(entries),
-                                           "metrics": views.MODEL_METRICS}, session=session)
+    return render(
+        request,
+        "models.html",
+        {
+            "active": "models",
+            "entries": entries,
+            "chart": views.models_chart(entries),
+            "metrics": views.MODEL_METRICS,
+        },
+        session=session,
+    )
 
 
 @router.get("/models/{name}/{version}")
@@ -126,8 +145,15 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
     for row in rows:
         row["duration"] = views.duration(row)
         row["progress_text"] = views.describe_progress(row.get("progress") or {})
-    context = {"active": "jobs", "jobs": rows, "kinds": kinds, "states": JOB_STATES, "kind": kind,
-               "state": state, "message": message}
+    context = {
+        "active": "jobs",
+        "jobs": rows,
+        "kinds": kinds,
+        "states": JOB_STATES,
+        "kind": kind,
+        "state": state,
+        "message": message,
+    }
     return render(request, "jobs.html", context, session=session, status_code=400 if message else 200)
 
 
@@ -135,8 +161,13 @@ async def review_page(request: Request, session: dict, message: str | None = Non
     state = request.app.state
     page = await review_queue(state.dataset, state.settings, kind="all", limit=REVIEW_PAGE)
     counts = (await state.overview.get())["dataset_counts"]
-    return render(request, "review.html", {"active": "review", "page": page, "counts": counts,
-                                           "message": message}, session=session, status_code=status_code)
+    return render(
+        request,
+        "review.html",
+        {"active": "review", "page": page, "counts": counts, "message": message},
+        session=session,
+        status_code=status_code,
+    )
 
 
 @router.get("/review")
@@ -146,6 +177,9 @@ async def review(request: Request, session: Session):
 
 @router.get("/upload")
 async def upload_form(request: Request, session: Session):
-    return render(request, "upload.html", {"active": "upload", "results": None,
-                                           "max_bytes": request.app.state.settings.upload_max_bytes},
-                  session=session)
+    return render(
+        request,
+        "upload.html",
+        {"active": "upload", "results": None, "max_bytes": request.app.state.settings.upload_max_bytes},
+        session=session,
+    )

@@ -109,8 +109,15 @@ def check_csrf(session: dict, presented: str | None) -> None:
 
 
 def set_cookie(request: Request, response, name: str, value: str, seconds: float) -> None:
-    response.set_cookie(name, value, max_age=int(seconds), path=COOKIE_PATH, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        name,
+        value,
+        max_age=int(seconds),
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 def clear_cookie(response, name: str) -> None:

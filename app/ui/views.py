@@ -25,8 +25,13 @@ LABELS = ("real", "ai", "unlabeled")
 MODEL_METRICS = ("val_auc", "val_acc", "f1", "precision", "recall")
 SCRAPE_HISTORY = 20  # newest succeeded scrape jobs searched for each source's last report
 # (done, total) pairs a progress dict may carry, most specific first.
-PROGRESS_PAIRS = (("done", "total"), ("step", "total"), ("images_done", "images_total"),
-                  ("batch", "batches"), ("epoch", "epochs"))
+PROGRESS_PAIRS = (
+    ("done", "total"),
+    ("step", "total"),
+    ("images_done", "images_total"),
+    ("batch", "batches"),
+    ("epoch", "epochs"),
+)
 
 
 async def growth(dataset) -> dict[str, Any]:
@@ -66,12 +71,18 @@ def progress_view(job: dict) -> dict[str, Any]:
                 break
     stage = progress.get("stage") or progress.get("source") or job.get("kind")
     rate = progress.get("images_per_s")
-    return {"id": job["id"], "kind": job["kind"], "state": job["state"], "trigger": job.get("trigger"),
-            "started_at": job.get("started_at"), "stage": str(stage),
-            "percent": None if percent is None else round(min(100.0, max(0.0, percent)), 1),
-            "eta": format_seconds(progress.get("eta_s")),
-            "rate": f"{rate:.1f} images/s" if isinstance(rate, int | float) else None,
-            "detail": describe_progress(progress)}
+    return {
+        "id": job["id"],
+        "kind": job["kind"],
+        "state": job["state"],
+        "trigger": job.get("trigger"),
+        "started_at": job.get("started_at"),
+        "stage": str(stage),
+        "percent": None if percent is None else round(min(100.0, max(0.0, percent)), 1),
+        "eta": format_seconds(progress.get("eta_s")),
+        "rate": f"{rate:.1f} images/s" if isinstance(rate, int | float) else None,
+        "detail": describe_progress(progress),
+    }
 
 
 def describe_progress(progress: dict) -> str:
@@ -81,8 +92,11 @@ def describe_progress(progress: dict) -> str:
         if isinstance(progress.get(done), int) and isinstance(progress.get(total), int) and done not in used:
             parts.append(f"{done} {progress[done]}/{progress[total]}")
             used |= {done, total}
-    parts += [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in progress.items()
-              if k not in used and isinstance(v, str | int | float) and len(str(v)) < 60]
+    parts += [
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in progress.items()
+        if k not in used and isinstance(v, str | int | float) and len(str(v)) < 60
+    ]
     return " · ".join(parts)[:200]
 
 
@@ -126,10 +140,17 @@ def model_entries(settings) -> list[dict]:
 def models_chart(entries: list[dict]) -> Any:
     ordered = list(reversed(entries))  # oldest first, left to right
     labels = [f"{e.get('model')} {e.get('version')}" for e in ordered]
-    series = {name: [e.get(name) if isinstance(e.get(name), int | float) else None for e in ordered]
-              for name in MODEL_METRICS}
-    return line_chart(labels, {k: v for k, v in series.items() if any(x is not None for x in v)},
-                      title="validation metrics per version", y_min=0, y_max=1)
+    series = {
+        name: [e.get(name) if isinstance(e.get(name), int | float) else None for e in ordered]
+        for name in MODEL_METRICS
+    }
+    return line_chart(
+        labels,
+        {k: v for k, v in series.items() if any(x is not None for x in v)},
+        title="validation metrics per version",
+        y_min=0,
+        y_max=1,
+    )
 
 
 def artifact_json(settings, entry: dict, filename: str) -> dict | None:

@@ -9,8 +9,12 @@ import time
 def quick(settings, progress):
     progress({"step": 1, "total": 2, "pid": os.getpid()})
     progress({"step": 2, "total": 2, "pid": os.getpid()})
-    return {"pid": os.getpid(), "models_dir": settings.models_dir, "niceness": os.nice(0),
-            "policy": os.sched_getscheduler(0)}
+    return {
+        "pid": os.getpid(),
+        "models_dir": settings.models_dir,
+        "niceness": os.nice(0),
+        "policy": os.sched_getscheduler(0),
+    }
 
 
 def too_small(settings, progress):

@@ -9,9 +9,16 @@ import pytest
 
 from tests.app.conftest import AUTH, TOKEN
 
-PROTECTED = [("GET", "/metrics"), ("POST", "/scrape"), ("POST", "/train"), ("GET", "/jobs"),
-             ("GET", "/jobs/some-id"), ("POST", "/upload"), ("GET", "/models/latest"),
-             ("GET", "/models/vit/v1/weights.pt")]
+PROTECTED = [
+    ("GET", "/metrics"),
+    ("POST", "/scrape"),
+    ("POST", "/train"),
+    ("GET", "/jobs"),
+    ("GET", "/jobs/some-id"),
+    ("POST", "/upload"),
+    ("GET", "/models/latest"),
+    ("GET", "/models/vit/v1/weights.pt"),
+]
 
 
 def test_status_and_healthz_are_public_and_report_the_seed_fields(client):
@@ -95,13 +102,26 @@ def test_a_job_cut_off_by_shutdown_is_interrupted_after_restart(make_client, gat
 
 def test_openapi_documents_every_endpoint_with_a_response_model(client):
     spec = client.get("/openapi.json").json()
-    expected = {"/status", "/healthz", "/metrics", "/scrape", "/train", "/jobs", "/jobs/{job_id}",
-                "/upload", "/models/latest", "/models/{name}/{version}/weights.pt"}
+    expected = {
+        "/status",
+        "/healthz",
+        "/metrics",
+        "/scrape",
+        "/train",
+        "/jobs",
+        "/jobs/{job_id}",
+        "/upload",
+        "/models/latest",
+        "/models/{name}/{version}/weights.pt",
+    }
     assert expected <= set(spec["paths"])
     for path in expected - {"/models/{name}/{version}/weights.pt"}:
         for operation in spec["paths"][path].values():
-            ok = operation["responses"].get("200") or operation["responses"].get("201") \
+            ok = (
+                operation["responses"].get("200")
+                or operation["responses"].get("201")
                 or operation["responses"].get("202")
+            )
             assert "$ref" in str(ok["content"]["application/json"]["schema"]), path
     assert "multipart/form-data" in spec["paths"]["/upload"]["post"]["requestBody"]["content"]
     assert client.get("/docs").status_code == 200

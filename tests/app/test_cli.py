@@ -111,18 +111,28 @@ def test_train_command_shows_per_batch_progress_in_80_columns(env, capsys):
     from tests.images import encode
     from tests.trainer.builders import tinted
 
-    for name, value in {"TRAIN_ARCH": "test_resnet", "TRAIN_IMAGE_SIZE": "32", "TRAIN_EPOCHS": "2",
-                        "TRAIN_BATCH_SIZE": "8", "TRAIN_WORKERS": "0", "TRAIN_PRETRAINED": "false",
-                        "TRAIN_DEVICE": "cpu", "MIN_TRAIN_SAMPLES": "20", "VAL_FRACTION": "0.25",
-                        "COLUMNS": "80"}.items():
+    for name, value in {
+        "TRAIN_ARCH": "test_resnet",
+        "TRAIN_IMAGE_SIZE": "32",
+        "TRAIN_EPOCHS": "2",
+        "TRAIN_BATCH_SIZE": "8",
+        "TRAIN_WORKERS": "0",
+        "TRAIN_PRETRAINED": "false",
+        "TRAIN_DEVICE": "cpu",
+        "MIN_TRAIN_SAMPLES": "20",
+        "VAL_FRACTION": "0.25",
+        "COLUMNS": "80",
+    }.items():
         env.setenv(name, value)
 
     async def ingest() -> None:
         async with DatasetManager(load_settings()) as dm:
             for i in range(40):
                 drawn = "ai" if i % 2 else "real"
-                await dm.ingest(encode(tinted(9100 + i, drawn, size=(64, 48)), "JPEG"),
-                                {"source": "folder", "label": drawn, "attribution": {}})
+                await dm.ingest(
+                    encode(tinted(9100 + i, drawn, size=(64, 48)), "JPEG"),
+                    {"source": "folder", "label": drawn, "attribution": {}},
+                )
 
     asyncio.run(ingest())
     assert cli.main(["train"]) == 0

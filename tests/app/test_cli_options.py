@@ -13,28 +13,36 @@ from tests.images import jpeg
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no developer .env is picked up
-    for name, value in {"DATASET_DIR": tmp_path / "datasets", "MODELS_DIR": tmp_path / "models",
-                        "LOG_DIR": tmp_path / "logs"}.items():
+    for name, value in {
+        "DATASET_DIR": tmp_path / "datasets",
+        "MODELS_DIR": tmp_path / "models",
+        "LOG_DIR": tmp_path / "logs",
+    }.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(cli, "configure_logging", lambda settings: None)
     return monkeypatch
 
 
-@pytest.mark.parametrize(("command", "options"), [
-    ("train", ["--arch", "--epochs", "--image-size", "--device", "--batch-size", "--mode"]),
-    ("scrape", ["--source"]),
-    ("serve", ["--host", "--port"]),
-    ("check", ["--repair", "--force", "--rebuild-index"]),
-    ("review", ["--kind", "--limit", "--offset"]),
-    ("predict", ["IMAGE..."]),
-    ("status", []), ("label", []), ("worker", []),
-])
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("train", ["--arch", "--epochs", "--image-size", "--device", "--batch-size", "--mode"]),
+        ("scrape", ["--source"]),
+        ("serve", ["--host", "--port"]),
+        ("check", ["--repair", "--force", "--rebuild-index"]),
+        ("review", ["--kind", "--limit", "--offset"]),
+        ("predict", ["IMAGE..."]),
+        ("status", []),
+        ("label", []),
+        ("worker", []),
+    ],
+)
 def test_each_command_has_its_own_help_with_its_options(command, options, capsys):
     assert cli.main([command, "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"Usage: exposr-trainer {command}")
     assert all(option in out for option in options), out
-    assert ".env" in out   # where the settings come from
+    assert ".env" in out  # where the settings come from
 
 
 def test_top_level_help_names_env_and_exit_codes_without_markup(capsys):
@@ -52,8 +60,16 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"exposr-trainer {metadata.version('exposr-trainer')}"
 
 
-@pytest.mark.parametrize("argv", [["train", "--epochs", "0"], ["train", "--device", "tpu"],
-                                  ["scrape", "--bogus"], ["nosuchcommand"], ["serve", "--port", "70000"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "0"],
+        ["train", "--device", "tpu"],
+        ["scrape", "--bogus"],
+        ["nosuchcommand"],
+        ["serve", "--port", "70000"],
+    ],
+)
 def test_a_usage_error_exits_2_naming_the_problem(argv, capsys):
     assert cli.main(argv) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
@@ -66,8 +82,13 @@ def test_train_options_override_the_settings_for_that_run(env, monkeypatch):
     seen = {}
 
     def fake_train(settings, args):
-        seen.update(arch=settings.train_arch, epochs=settings.train_epochs, size=settings.train_image_size,
-                    device=settings.train_device, batch=settings.train_batch_size)
+        seen.update(
+            arch=settings.train_arch,
+            epochs=settings.train_epochs,
+            size=settings.train_image_size,
+            device=settings.train_device,
+            batch=settings.train_batch_size,
+        )
         return 0
 
     monkeypatch.setattr(cli, "run_train_command", fake_train)
@@ -96,8 +117,14 @@ def test_scrape_source_runs_only_the_named_sources(env, tmp_path, capsys):
     photos.mkdir()
     (photos / "a.jpg").write_bytes(jpeg(5))
     env.delenv("PEXELS_API_KEY", raising=False)
-    env.setenv("SOURCES_CONFIG", write_sources(tmp_path, {"name": "pexels", "label": "real"},
-                                               {"name": "folder", "label": "real", "path": str(photos)}))
+    env.setenv(
+        "SOURCES_CONFIG",
+        write_sources(
+            tmp_path,
+            {"name": "pexels", "label": "real"},
+            {"name": "folder", "label": "real", "path": str(photos)},
+        ),
+    )
     assert cli.main(["scrape", "--source", "folder"]) == 0
     out = capsys.readouterr().out
     assert "folder" in out and "pexels" not in out

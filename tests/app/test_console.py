@@ -171,37 +171,58 @@ def test_a_label_for_an_unknown_id_is_a_message_and_changes_nothing(client, bad_
 def test_a_label_other_than_real_or_ai_is_refused(client):
     csrf = login(client)
     image_id = ingest(client, image_bytes(6))
-    answer = client.post("/ui/api/label", json={"id": image_id, "label": "unlabeled"},
-                         headers={"X-CSRF-Token": csrf})
+    answer = client.post(
+        "/ui/api/label", json={"id": image_id, "label": "unlabeled"}, headers={"X-CSRF-Token": csrf}
+    )
     assert answer.status_code == 400 and "real or ai" in answer.json()["detail"]
 
 
 def test_upload_reports_each_file_with_its_outcome(client):
     csrf = login(client)
-    files = [("files", ("one.png", image_bytes(11), "image/png")),
-             ("files", ("two.jpg", image_bytes(12), "image/jpeg")),
-             ("files", ("notes.txt", b"just text, not an image", "text/plain")),
-             ("files", ("again.png", image_bytes(11), "image/png"))]
-    answer = client.post("/ui/upload", data={"label": "real", "csrf_token": csrf}, files=files,
-                         headers={"Accept": "application/json"})
+    files = [
+        ("files", ("one.png", image_bytes(11), "image/png")),
+        ("files", ("two.jpg", image_bytes(12), "image/jpeg")),
+        ("files", ("notes.txt", b"just text, not an image", "text/plain")),
+        ("files", ("again.png", image_bytes(11), "image/png")),
+    ]
+    answer = client.post(
+        "/ui/upload",
+        data={"label": "real", "csrf_token": csrf},
+        files=files,
+        headers={"Accept": "application/json"},
+    )
     assert answer.status_code == 200
     results = answer.json()["results"]
     assert [(r["file"], r["status"]) for r in results] == [
-        ("one.png", "stored"), ("two.jpg", "stored"), ("notes.txt", "rejected"), ("again.png", "duplicate")]
+        ("one.png", "stored"),
+        ("two.jpg", "stored"),
+        ("notes.txt", "rejected"),
+        ("again.png", "duplicate"),
+    ]
     assert results[2]["reason"] == "not_an_image" and results[2]["message"]
     assert client.get("/status").json()["dataset_counts"]["real"] == 2
     # The plain form (no script) gets the same outcomes on the page, each reason beside its file.
-    html = client.post("/ui/upload", data={"label": "ai", "csrf_token": csrf},
-                       files=[("files", ("bad.gif", b"GIF89a but not really", "image/gif"))])
+    html = client.post(
+        "/ui/upload",
+        data={"label": "ai", "csrf_token": csrf},
+        files=[("files", ("bad.gif", b"GIF89a but not really", "image/gif"))],
+    )
     assert html.status_code == 200
-    assert re.search(r'<span class="file">bad.gif</span>: <span class="status">rejected</span> '
-                     r'<span class="reason">\w+</span>', html.text)
+    assert re.search(
+        r'<span class="file">bad.gif</span>: <span class="status">rejected</span> '
+        r'<span class="reason">\w+</span>',
+        html.text,
+    )
 
 
 def test_upload_with_a_bad_label_stores_nothing(client):
     csrf = login(client)
-    answer = client.post("/ui/upload", data={"label": "maybe"}, files={"files": ("a.png", image_bytes(2))},
-                         headers={"X-CSRF-Token": csrf, "Accept": "application/json"})
+    answer = client.post(
+        "/ui/upload",
+        data={"label": "maybe"},
+        files={"files": ("a.png", image_bytes(2))},
+        headers={"X-CSRF-Token": csrf, "Accept": "application/json"},
+    )
     assert answer.status_code == 400 and "label must be one of" in answer.json()["detail"]
     assert client.get("/status").json()["dataset_counts"]["total"] == 0
 
@@ -212,14 +233,28 @@ def test_html_in_source_metadata_is_escaped_everywhere(make_client):
         raise RuntimeError(f"source said {EVIL}")
 
     async def reporting(settings, progress):
-        return {"sources": {"folder": {"label": "real", "status": "stopped", "message": EVIL, "stored": 1,
-                                       "duplicates": 0, "near_duplicates": 0,
-                                       "rejected": {EVIL: 2}, "errors": {}}}}
+        return {
+            "sources": {
+                "folder": {
+                    "label": "real",
+                    "status": "stopped",
+                    "message": EVIL,
+                    "stored": 1,
+                    "duplicates": 0,
+                    "near_duplicates": 0,
+                    "rejected": {EVIL: 2},
+                    "errors": {},
+                }
+            }
+        }
 
     client = make_client(job_kinds={"scrape": reporting, "train": failing})
     login(client)
-    ingest(client, image_bytes(7), attribution={"platform": EVIL, "photographer": EVIL,
-                                                "url": "javascript:alert(1)", "license": EVIL})
+    ingest(
+        client,
+        image_bytes(7),
+        attribution={"platform": EVIL, "photographer": EVIL, "url": "javascript:alert(1)", "license": EVIL},
+    )
     for kind in ("scrape", "train"):
         job = client.post(f"/{kind}", headers=AUTH).json()
         client.portal.call(client.app.state.runner.wait, job["job_id"])
@@ -240,10 +275,13 @@ def test_overview_plots_dataset_size_by_label(client):
     for i, label in enumerate(["real", "real", "ai", "unlabeled"]):
         ingest(client, image_bytes(20 + i), label=label)
     page = client.get("/ui/").text
-    svg = page[page.index('<figure id="growth">'):page.index("</figure>")]
+    svg = page[page.index('<figure id="growth">') : page.index("</figure>")]
     assert '<svg class="chart"' in svg
     assert re.findall(r'data-name="(\w+)" data-points="(\d+)"', svg) == [
-        ("real", "1"), ("ai", "1"), ("unlabeled", "1")]  # all ingested today: one point per label
+        ("real", "1"),
+        ("ai", "1"),
+        ("unlabeled", "1"),
+    ]  # all ingested today: one point per label
     assert re.search(r'data-count="real">2<', page) and re.search(r'data-count="total">4<', page)
 
 
@@ -251,8 +289,14 @@ def test_models_page_lists_versions_with_plot_report_and_downloads(client):
     login(client)
     models_dir = client.app.state.settings.models_dir
     register_version(models_dir, val_auc=0.81, promoted=True, reason="first model")
-    register_version(models_dir, val_auc=0.77, promoted=False, reason="AUC lower than v1's",
-                     compared_with="v1", report=report_for("v2", 0.77))
+    register_version(
+        models_dir,
+        val_auc=0.77,
+        promoted=False,
+        reason="AUC lower than v1's",
+        compared_with="v1",
+        report=report_for("v2", 0.77),
+    )
     page = client.get("/ui/models").text
     assert re.search(r'data-name="val_auc" data-points="2"', page)
     assert "AUC lower than v1&#39;s" in page and "promoted" in page and "rejected" in page
@@ -294,8 +338,20 @@ def test_jobs_page_filters_by_kind_and_state_and_shows_result_or_error(make_clie
 
 def test_running_jobs_are_polled_with_percent_stage_and_eta(make_client, gate):
     async def training(settings, progress):
-        progress({"stage": "train", "epoch": 1, "epochs": 2, "batch": 3, "batches": 10, "done": 3,
-                  "total": 20, "percent": 15.0, "images_per_s": 41.25, "eta_s": 125.0})
+        progress(
+            {
+                "stage": "train",
+                "epoch": 1,
+                "epochs": 2,
+                "batch": 3,
+                "batches": 10,
+                "done": 3,
+                "total": 20,
+                "percent": 15.0,
+                "images_per_s": 41.25,
+                "eta_s": 125.0,
+            }
+        )
         while not gate.open:
             await asyncio.sleep(0.01)
         return {}
@@ -336,22 +392,35 @@ def test_thumbnails_are_made_small_and_cached(client):
 def test_upload_takes_an_optional_generator_and_refuses_a_bad_one(client):
     csrf = login(client)
     headers = {"X-CSRF-Token": csrf, "Accept": "application/json"}
-    good = client.post("/ui/upload", data={"label": "ai", "generator": "  SDXL   1.0 "},
-                       files={"files": ("a.png", image_bytes(41))}, headers=headers)
+    good = client.post(
+        "/ui/upload",
+        data={"label": "ai", "generator": "  SDXL   1.0 "},
+        files={"files": ("a.png", image_bytes(41))},
+        headers=headers,
+    )
     stored = good.json()["results"][0]
     assert stored["status"] == "stored"
     assert client.portal.call(client.app.state.dataset.get_metadata, stored["id"])["generator"] == "SDXL 1.0"
-    bad = client.post("/ui/upload", data={"label": "ai", "generator": "<b>x</b>"},
-                      files={"files": ("b.png", image_bytes(42))}, headers=headers)
+    bad = client.post(
+        "/ui/upload",
+        data={"label": "ai", "generator": "<b>x</b>"},
+        files={"files": ("b.png", image_bytes(42))},
+        headers=headers,
+    )
     assert bad.status_code == 400 and "generator" in bad.json()["detail"]
     assert client.get("/status").json()["dataset_counts"]["total"] == 1
 
 
 def test_models_show_the_auc_interval_and_the_overview_a_shortcut_warning(client):
     login(client)
-    register_version(client.app.state.settings.models_dir, val_auc=0.9, promoted=True, reason="first",
-                     val_auc_ci95=[0.85, 0.94],
-                     shortcut_warning="metadata alone separates the classes (AUC 0.97)")
+    register_version(
+        client.app.state.settings.models_dir,
+        val_auc=0.9,
+        promoted=True,
+        reason="first",
+        val_auc_ci95=[0.85, 0.94],
+        shortcut_warning="metadata alone separates the classes (AUC 0.97)",
+    )
     client.app.state.overview.invalidate()
     assert "95% 0.850–0.940" in client.get("/ui/models").text
     overview = client.get("/ui/").text

@@ -28,8 +28,13 @@ def test_docs_load_every_asset_from_this_service(client, path):
 
 def test_vendored_files_ship_with_their_licences():
     vendor = STATIC / "vendor"
-    for name in ("swagger-ui/swagger-ui-bundle.js", "swagger-ui/swagger-ui.css", "swagger-ui/LICENSE",
-                 "redoc/redoc.standalone.js", "redoc/LICENSE"):
+    for name in (
+        "swagger-ui/swagger-ui-bundle.js",
+        "swagger-ui/swagger-ui.css",
+        "swagger-ui/LICENSE",
+        "redoc/redoc.standalone.js",
+        "redoc/LICENSE",
+    ):
         assert (vendor / name).is_file(), name
     assert "Apache License" in (vendor / "swagger-ui" / "LICENSE").read_text()
     assert "MIT" in (vendor / "redoc" / "LICENSE").read_text()
@@ -37,14 +42,19 @@ def test_vendored_files_ship_with_their_licences():
 
 def test_every_protected_operation_documents_401_and_503(client):
     spec = client.get("/openapi.json").json()
-    protected = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()
-                 if op.get("security")]
+    protected = [
+        (path, method, op)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if op.get("security")
+    ]
     assert len(protected) >= 12
     for path, method, op in protected:
         for code in ("401", "503"):
             assert code in op["responses"], (method, path, code)
             assert op["responses"][code]["content"]["application/json"]["schema"] == {
-                "$ref": "#/components/schemas/ErrorOut"}
+                "$ref": "#/components/schemas/ErrorOut"
+            }
     assert not spec["paths"]["/status"]["get"].get("security")
     assert "401" not in spec["paths"]["/status"]["get"]["responses"]
 
@@ -61,8 +71,14 @@ def test_openapi_has_conditional_weights_enums_and_typed_answers(client):
         return schemas[ref.rsplit("/", 1)[1]]["enum"]
 
     assert enum_of(params["kind"]) == ["scrape", "train", "label"]
-    assert set(enum_of(params["state"])) == {"queued", "running", "succeeded", "failed", "interrupted",
-                                             "skipped"}
+    assert set(enum_of(params["state"])) == {
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "interrupted",
+        "skipped",
+    }
     card = spec["paths"]["/models/{name}/{version}/model.json"]["get"]["responses"]["200"]
     assert card["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ModelCard"}
     image = spec["paths"]["/images/{image_id}"]["get"]["responses"]["200"]["content"]
@@ -71,8 +87,9 @@ def test_openapi_has_conditional_weights_enums_and_typed_answers(client):
 
 
 def test_head_on_weights_gives_size_and_etag_without_the_body(client):
-    entry = register_version(Path(client.app.state.settings.models_dir), val_auc=0.8, promoted=True,
-                             reason="first")
+    entry = register_version(
+        Path(client.app.state.settings.models_dir), val_auc=0.8, promoted=True, reason="first"
+    )
     url = "/models/vit/v1/weights.pt"
     got = client.get(url, headers=AUTH)
     head = client.head(url, headers=AUTH)

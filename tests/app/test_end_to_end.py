@@ -16,8 +16,17 @@ from tests.images import encode, jpeg, noise
 
 pytestmark = pytest.mark.slow
 KINDS = {"scrape": scrape_job, "train": train_job}  # without follow-up label jobs
-TINY = dict(train_arch="resnet10t", train_image_size=32, train_epochs=4, train_batch_size=8, train_lr=3e-3,
-            train_workers=0, min_train_samples=12, val_fraction=0.25, train_seed=1)
+TINY = dict(
+    train_arch="resnet10t",
+    train_image_size=32,
+    train_epochs=4,
+    train_batch_size=8,
+    train_lr=3e-3,
+    train_workers=0,
+    min_train_samples=12,
+    val_fraction=0.25,
+    train_seed=1,
+)
 
 
 def write_sources(tmp_path, n: int = 24):
@@ -28,10 +37,16 @@ def write_sources(tmp_path, n: int = 24):
         (real / f"r{i}.jpg").write_bytes(jpeg(100 + i))
         (ai / f"a{i}.png").write_bytes(encode(noise(200 + i, size=(72, 72)), "PNG"))
     config = tmp_path / "sources.yaml"
-    config.write_text(yaml.safe_dump({"sources": [
-        {"name": "folder", "label": "real", "path": str(real)},
-        {"name": "folder", "label": "ai", "path": str(ai)},
-    ]}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "folder", "label": "real", "path": str(real)},
+                    {"name": "folder", "label": "ai", "path": str(ai)},
+                ]
+            }
+        )
+    )
     return config
 
 
@@ -48,7 +63,8 @@ def wait_for(client, job_id: str, seconds: float = 240) -> dict:
 
 # torchvision 0.29 deprecates its JPEG codec, which the trainer's transforms use.
 @pytest.mark.filterwarnings(
-    "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+    "ignore:The image decoding and encoding capabilities of TorchVision:DeprecationWarning"
+)
 def test_scrape_train_download_predict(make_client, tmp_path):
     client = make_client(job_kinds=KINDS, sources_config=write_sources(tmp_path), **TINY)
 
@@ -104,6 +120,10 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     scores = Predictor(folder, device="cpu").predict_bytes([jpeg(999), encode(noise(999), "PNG")])
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
 
-    for bad in ("/models/vit/v2/weights.pt", "/models/other/v1/weights.pt",
-                "/models/vit/..%2F..%2Fx/weights.pt", "/models/vit/v1/../../../registry.json"):
+    for bad in (
+        "/models/vit/v2/weights.pt",
+        "/models/other/v1/weights.pt",
+        "/models/vit/..%2F..%2Fx/weights.pt",
+        "/models/vit/v1/../../../registry.json",
+    ):
         assert client.get(bad, headers=AUTH).status_code == 404

@@ -39,19 +39,38 @@ def fleet_env(postgres_server, s3_bucket, tmp_path) -> dict[str, str]:
     sources = tmp_path / "sources.yaml"
     sources.write_text("sources: []\n")
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "UNSPLASH_ACCESS_KEY"}
-    env.update({
-        "PYTHONPATH": str(ROOT), "DATABASE_URL": postgres_server.new_database(), "STORAGE_DRIVER": "s3",
-        "S3_BUCKET": bucket, "S3_PREFIX": "fleet/", "S3_ENDPOINT_URL": endpoint,
-        "TRAINER_API_KEY": "fleet-token-0123456789",
-        "SOURCES_CONFIG": str(sources), "SCHEDULER_ENABLED": "true",
-        "SCRAPE_EVERY_HOURS": str(SCRAPE_EVERY_SECONDS / 3600), "TRAIN_EVERY_DAYS": "365",
-        "WORKER_KINDS": "train,label", "JOB_SWEEP_SECONDS": "1", "WORKER_POLL_SECONDS": "0.2",
-        "EXPOSR_CORE_ENDPOINT": f"http://127.0.0.1:{free_port()}/api/v1/analyze",
-        "TRAIN_ARCH": "resnet10t", "TRAIN_PRETRAINED": "false", "TRAIN_IMAGE_SIZE": "32", "TRAIN_EPOCHS": "5",
-        "TRAIN_BATCH_SIZE": "8", "TRAIN_LR": "0.003", "TRAIN_WORKERS": "0", "TRAIN_DEVICE": "cpu",
-        "TRAIN_SEED": "1", "MIN_TRAIN_SAMPLES": "8", "VAL_FRACTION": "0.25", "MIN_IMAGE_SIDE": "16",
-        "LOG_LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": postgres_server.new_database(),
+            "STORAGE_DRIVER": "s3",
+            "S3_BUCKET": bucket,
+            "S3_PREFIX": "fleet/",
+            "S3_ENDPOINT_URL": endpoint,
+            "TRAINER_API_KEY": "fleet-token-0123456789",
+            "SOURCES_CONFIG": str(sources),
+            "SCHEDULER_ENABLED": "true",
+            "SCRAPE_EVERY_HOURS": str(SCRAPE_EVERY_SECONDS / 3600),
+            "TRAIN_EVERY_DAYS": "365",
+            "WORKER_KINDS": "train,label",
+            "JOB_SWEEP_SECONDS": "1",
+            "WORKER_POLL_SECONDS": "0.2",
+            "EXPOSR_CORE_ENDPOINT": f"http://127.0.0.1:{free_port()}/api/v1/analyze",
+            "TRAIN_ARCH": "resnet10t",
+            "TRAIN_PRETRAINED": "false",
+            "TRAIN_IMAGE_SIZE": "32",
+            "TRAIN_EPOCHS": "5",
+            "TRAIN_BATCH_SIZE": "8",
+            "TRAIN_LR": "0.003",
+            "TRAIN_WORKERS": "0",
+            "TRAIN_DEVICE": "cpu",
+            "TRAIN_SEED": "1",
+            "MIN_TRAIN_SAMPLES": "8",
+            "VAL_FRACTION": "0.25",
+            "MIN_IMAGE_SIDE": "16",
+            "LOG_LEVEL": "INFO",
+        }
+    )
     return env
 
 
@@ -63,13 +82,22 @@ class Fleet:
     def host_env(self, name: str) -> dict[str, str]:
         host = self.root / name
         host.mkdir(exist_ok=True)
-        return {**self.env, "DATASET_DIR": str(host / "datasets"), "MODELS_DIR": str(host / "models"),
-                "LOG_DIR": str(host / "logs")}
+        return {
+            **self.env,
+            "DATASET_DIR": str(host / "datasets"),
+            "MODELS_DIR": str(host / "models"),
+            "LOG_DIR": str(host / "logs"),
+        }
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen([sys.executable, *args], env=self.host_env(name), cwd=self.root / name,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            env=self.host_env(name),
+            cwd=self.root / name,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.procs.append(proc)
         return proc
 
@@ -101,9 +129,14 @@ class Fleet:
 
 
 async def fill(env: dict[str, str], root: Path, make_settings) -> None:
-    settings = make_settings(dataset_dir=root / "loader", database_url=env["DATABASE_URL"],
-                             storage_driver="s3", s3_bucket=env["S3_BUCKET"], s3_prefix="fleet/",
-                             s3_endpoint_url=env["S3_ENDPOINT_URL"])
+    settings = make_settings(
+        dataset_dir=root / "loader",
+        database_url=env["DATABASE_URL"],
+        storage_driver="s3",
+        s3_bucket=env["S3_BUCKET"],
+        s3_prefix="fleet/",
+        s3_endpoint_url=env["S3_ENDPOINT_URL"],
+    )
     async with DatasetManager(settings) as dm:
         for i in range(2 * N_PER_CLASS):
             label = ("real", "ai")[i % 2]
@@ -184,6 +217,9 @@ def test_two_replicas_and_a_worker_behave_as_one_service(fleet_env, tmp_path, ma
 
 def scheduled_scrapes(url: str) -> list[datetime]:
     rows = httpx.get(f"{url}/jobs", params={"kind": "scrape", "limit": 100}, headers=AUTH).json()["jobs"]
-    times = [datetime.fromisoformat(j["created_at"].replace("Z", "+00:00")) for j in rows
-             if j["trigger"] == "scheduled"]
+    times = [
+        datetime.fromisoformat(j["created_at"].replace("Z", "+00:00"))
+        for j in rows
+        if j["trigger"] == "scheduled"
+    ]
     return sorted(times)

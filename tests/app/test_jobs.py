@@ -164,8 +164,9 @@ async def test_single_flight_holds_across_two_runners_on_one_dataset(settings, s
 
 async def test_single_flight_holds_against_another_process(settings, store, tmp_path):
     ready, release = tmp_path / "ready", tmp_path / "release"
-    other = multiprocessing.get_context("spawn").Process(target=hold_a_train_job,
-                                                         args=(settings, ready, release))
+    other = multiprocessing.get_context("spawn").Process(
+        target=hold_a_train_job, args=(settings, ready, release)
+    )
     other.start()
     try:
         for _ in range(600):

@@ -8,8 +8,15 @@ from app.logging_setup import RedactSecretsFilter, configure_logging, remove_han
 
 
 def test_filter_redacts_every_configured_secret_in_message_and_args():
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "calling with %s and key=%s",
-                               ("Bearer s3cr3t-token", "pexels-key-42"), None)
+    record = logging.LogRecord(
+        "x",
+        logging.INFO,
+        __file__,
+        1,
+        "calling with %s and key=%s",
+        ("Bearer s3cr3t-token", "pexels-key-42"),
+        None,
+    )
     RedactSecretsFilter(["s3cr3t-token", "pexels-key-42", ""]).filter(record)
     assert record.getMessage() == "calling with Bearer *** and key=***"
 
@@ -33,8 +40,7 @@ def test_configured_logging_never_writes_the_api_key(make_settings, caplog):
         remove_handlers()
 
 
-def test_stderr_handler_follows_a_swapped_stderr_and_never_writes_to_a_closed_one(
-        make_settings, monkeypatch):
+def test_stderr_handler_follows_a_swapped_stderr_and_never_writes_to_a_closed_one(make_settings, monkeypatch):
     # A CLI run (or rich's progress bar) configures logging while sys.stderr is one stream; that
     # stream is later closed while threads keep logging: lines must go to the current stderr.
     first, second = io.StringIO(), io.StringIO()

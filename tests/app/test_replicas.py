@@ -30,8 +30,13 @@ def replica_settings(make_settings, postgres_server, tmp_path):
 
     def build(n: int, **overrides):
         root = tmp_path / f"host{n}"
-        return make_settings(dataset_dir=root / "datasets", models_dir=root / "models", log_dir=root / "logs",
-                             database_url=url, **overrides)
+        return make_settings(
+            dataset_dir=root / "datasets",
+            models_dir=root / "models",
+            log_dir=root / "logs",
+            database_url=url,
+            **overrides,
+        )
 
     return build
 
@@ -88,8 +93,9 @@ async def test_a_kind_runs_once_across_replicas_and_a_live_job_is_left_alone(rep
 async def test_a_killed_replicas_job_is_marked_interrupted_by_the_sweep(replica_settings, engines, tmp_path):
     dead_settings = replica_settings(1)
     ready, release = tmp_path / "ready", tmp_path / "release"
-    other = multiprocessing.get_context("spawn").Process(target=hold_a_train_job,
-                                                         args=(dead_settings, ready, release))
+    other = multiprocessing.get_context("spawn").Process(
+        target=hold_a_train_job, args=(dead_settings, ready, release)
+    )
     other.start()
     live_settings = replica_settings(2, job_sweep_seconds=0.2)
     runner = None
@@ -149,7 +155,9 @@ def test_post_train_on_two_replicas_starts_one_job_and_409_names_it(replica_sett
         assert first.status_code == 202
         assert second.status_code == 409 and first.json()["job_id"] in second.json()["detail"]
         assert clients[1].get(f"/jobs/{first.json()['job_id']}", headers=AUTH).json()["state"] in (
-            "queued", "running")
+            "queued",
+            "running",
+        )
         gate.open = True
     finally:
         for client in clients:

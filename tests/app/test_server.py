@@ -40,16 +40,37 @@ def server_env(tmp_path: Path) -> dict:
         folder.mkdir()
         for i in range(6):
             (folder / f"{i}.img").with_suffix(".jpg" if label == "real" else ".png").write_bytes(make(i))
-    (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": [
-        {"name": "folder", "label": "real", "path": str(tmp_path / "real")},
-        {"name": "folder", "label": "ai", "path": str(tmp_path / "ai")}]}))
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TRAINER_API_KEY": TOKEN, "SCHEDULER_ENABLED": "false",
-            "DATASET_DIR": str(tmp_path / "datasets"), "MODELS_DIR": str(tmp_path / "models"),
-            "LOG_DIR": str(tmp_path / "logs"), "SOURCES_CONFIG": str(tmp_path / "sources.yaml"),
-            "TRAIN_ARCH": "resnet10t", "TRAIN_PRETRAINED": "false", "TRAIN_IMAGE_SIZE": "32",
-            "TRAIN_EPOCHS": "1000", "TRAIN_BATCH_SIZE": "4", "TRAIN_WORKERS": "0",
-            "TRAIN_DEVICE": "cpu", "MIN_TRAIN_SAMPLES": "8", "MIN_IMAGE_SIDE": "16", "VAL_FRACTION": "0.25",
-            "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/none"}
+    (tmp_path / "sources.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "sources": [
+                    {"name": "folder", "label": "real", "path": str(tmp_path / "real")},
+                    {"name": "folder", "label": "ai", "path": str(tmp_path / "ai")},
+                ]
+            }
+        )
+    )
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRAINER_API_KEY": TOKEN,
+        "SCHEDULER_ENABLED": "false",
+        "DATASET_DIR": str(tmp_path / "datasets"),
+        "MODELS_DIR": str(tmp_path / "models"),
+        "LOG_DIR": str(tmp_path / "logs"),
+        "SOURCES_CONFIG": str(tmp_path / "sources.yaml"),
+        "TRAIN_ARCH": "resnet10t",
+        "TRAIN_PRETRAINED": "false",
+        "TRAIN_IMAGE_SIZE": "32",
+        "TRAIN_EPOCHS": "1000",
+        "TRAIN_BATCH_SIZE": "4",
+        "TRAIN_WORKERS": "0",
+        "TRAIN_DEVICE": "cpu",
+        "MIN_TRAIN_SAMPLES": "8",
+        "MIN_IMAGE_SIDE": "16",
+        "VAL_FRACTION": "0.25",
+        "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/none",
+    }
 
 
 def wait_until(check, seconds: float = 120, what: str = "condition"):
@@ -68,8 +89,13 @@ def job_state(client: httpx.Client, job_id: str) -> dict:
 
 def test_sigterm_during_training_interrupts_the_job_and_leaves_the_registry(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)], cwd=tmp_path,
-                            env=server_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=server_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             wait_until(lambda: _healthy(client), 60, "the server to start")

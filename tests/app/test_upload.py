@@ -8,8 +8,9 @@ from tests.images import encode, jpeg, png, scene
 
 
 def upload(client, data: bytes, label: str = "real", name: str = "photo.jpg"):
-    return client.post("/upload", headers=AUTH, files={"file": (name, data, "image/jpeg")},
-                       data={"label": label})
+    return client.post(
+        "/upload", headers=AUTH, files={"file": (name, data, "image/jpeg")}, data={"label": label}
+    )
 
 
 def test_stored_then_duplicate_with_the_existing_id(client):
@@ -61,17 +62,22 @@ def test_too_large_by_content_length_is_413(make_client):
 def test_too_large_streamed_without_content_length_is_413(make_client):
     client = make_client(upload_max_bytes=1000)
     boundary = "xyzboundary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"label\"\r\n\r\nreal\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="label"\r\n\r\nreal\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
 
     def chunks():  # no Content-Length: the server must count while reading
         yield head
         for _ in range(200):
             yield b"\xff" * 1024
 
-    response = client.post("/upload", content=chunks(),
-                           headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/upload",
+        content=chunks(),
+        headers={**AUTH, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 413
     assert "UPLOAD_MAX_BYTES" in response.json()["detail"]
 
@@ -84,17 +90,27 @@ async def test_the_body_is_cut_off_while_streaming_not_read_to_the_end():
     from app.routes.upload import ENVELOPE_SLACK, read_upload
 
     boundary = "b0undary"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
-            "Content-Type: image/jpeg\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
     received = []
 
     async def receive():
         received.append(1)
-        return {"type": "http.request", "body": head if len(received) == 1 else b"\xff" * 65536,
-                "more_body": len(received) < 1000}
+        return {
+            "type": "http.request",
+            "body": head if len(received) == 1 else b"\xff" * 65536,
+            "more_body": len(received) < 1000,
+        }
 
-    scope = {"type": "http", "method": "POST", "path": "/upload", "query_string": b"",
-             "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "query_string": b"",
+        "headers": [(b"content-type", f"multipart/form-data; boundary={boundary}".encode())],
+    }
     with pytest.raises(HTTPException) as err:
         await read_upload(Request(scope, receive), limit=100_000)
     assert err.value.status_code == 413

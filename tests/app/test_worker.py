@@ -26,8 +26,15 @@ def replica_settings(make_settings, postgres_server, tmp_path):
 
     def build(n: int, **overrides):
         root = tmp_path / f"host{n}"
-        values = dict(dataset_dir=root / "datasets", models_dir=root / "models", log_dir=root / "logs",
-                      database_url=url, worker_kinds="train", job_sweep_seconds=0.2, worker_poll_seconds=0.05)
+        values = dict(
+            dataset_dir=root / "datasets",
+            models_dir=root / "models",
+            log_dir=root / "logs",
+            database_url=url,
+            worker_kinds="train",
+            job_sweep_seconds=0.2,
+            worker_poll_seconds=0.05,
+        )
         return make_settings(**{**values, **overrides})
 
     return build
@@ -54,8 +61,10 @@ async def wait_for(predicate, seconds: float = 30):
 async def test_api_replicas_queue_and_the_worker_runs_once(replica_settings):
     api_settings = [replica_settings(1), replica_settings(2)]
     engines = [make_engine(s) for s in api_settings]
-    apis = [JobRunner(s, JobStore(e), {"train": api_must_not_run}) for s, e in zip(api_settings, engines,
-                                                                                     strict=True)]
+    apis = [
+        JobRunner(s, JobStore(e), {"train": api_must_not_run})
+        for s, e in zip(api_settings, engines, strict=True)
+    ]
     for api in apis:
         await api.start()
     queued = await apis[0].submit("train")
@@ -69,6 +78,7 @@ async def test_api_replicas_queue_and_the_worker_runs_once(replica_settings):
     worker_settings = replica_settings(3)
     worker = asyncio.create_task(run_worker(worker_settings, stop, kinds={"train": trained}))
     try:
+
         async def finished():
             row = await apis[1].store.get(queued["id"])
             return row if row["state"] not in ("queued", "running") else None
@@ -87,15 +97,17 @@ async def test_api_replicas_queue_and_the_worker_runs_once(replica_settings):
             await engine.dispose()
 
 
-async def test_a_killed_worker_leaves_an_interrupted_job_and_the_next_one_succeeds(replica_settings,
-                                                                                   tmp_path):
+async def test_a_killed_worker_leaves_an_interrupted_job_and_the_next_one_succeeds(
+    replica_settings, tmp_path
+):
     api_settings = replica_settings(1)
     engine = make_engine(api_settings)
     api = JobRunner(api_settings, JobStore(engine), {"train": api_must_not_run})
     await api.start()
     ready = tmp_path / "ready"
-    process = multiprocessing.get_context("spawn").Process(target=run_a_worker,
-                                                           args=(replica_settings(2), ready))
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_a_worker, args=(replica_settings(2), ready)
+    )
     process.start()
     stop = asyncio.Event()
     second = None

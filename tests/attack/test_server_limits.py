@@ -188,8 +188,9 @@ def test_plain_uvicorn_with_the_hardened_protocol_reads_http_read_timeout(monkey
         config.load()
         loop = asyncio.new_event_loop()
         try:
-            protocol = HardenedH11Protocol(config=config, server_state=ServerState(), app_state={},
-                                           _loop=loop)
+            protocol = HardenedH11Protocol(
+                config=config, server_state=ServerState(), app_state={}, _loop=loop
+            )
         finally:
             loop.close()
         assert protocol.read_timeout == 7.0

@@ -25,8 +25,16 @@ from tests.images import encode, jpeg, scene
 
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
-CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")
+CHROMIUM_ARGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+)
 
 
 def missing_browser() -> str | None:
@@ -64,8 +72,14 @@ def free_port() -> int:
 def running_server(settings: Settings, job_kinds: dict | None = None) -> Iterator[str]:
     """The app under uvicorn on 127.0.0.1; yields its base URL and stops it afterwards."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings, job_kinds=job_kinds), host="127.0.0.1", port=port,
-                            log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings, job_kinds=job_kinds),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="console-server", daemon=True)
     thread.start()
@@ -91,18 +105,38 @@ def seed(settings: Settings, unlabeled: int = 6) -> None:
                 label = "real" if i % 3 else "ai"
                 data = jpeg(1000 + i) if label == "real" else encode(scene(2000 + i), "PNG")
                 source = "folder" if i % 2 else "pexels"
-                outcome = await dataset.ingest(data, {"source": source, "label": label, "attribution": {
-                    "platform": "Pexels", "photographer": f"P{i}"}})
+                outcome = await dataset.ingest(
+                    data,
+                    {
+                        "source": source,
+                        "label": label,
+                        "attribution": {"platform": "Pexels", "photographer": f"P{i}"},
+                    },
+                )
                 # Spread over four days, so the growth plot has a history to draw.
                 await dataset.index.update(outcome.id, created_at=f"2026-11-{10 + i // 3:02d}T12:00:00Z")
             for i in range(unlabeled):
                 photographer = EVIL if i == 0 else f"Photographer {i}"
-                await dataset.ingest(jpeg(3000 + i, (320, 240)), {
-                    "source": "upload", "label": "unlabeled",
-                    "attribution": {"platform": "upload", "photographer": photographer,
-                                    "url": "javascript:alert(1)" if i == 0 else "https://example.org/p"}})
+                await dataset.ingest(
+                    jpeg(3000 + i, (320, 240)),
+                    {
+                        "source": "upload",
+                        "label": "unlabeled",
+                        "attribution": {
+                            "platform": "upload",
+                            "photographer": photographer,
+                            "url": "javascript:alert(1)" if i == 0 else "https://example.org/p",
+                        },
+                    },
+                )
 
     asyncio.run(ingest_all())
     register_version(settings.models_dir, val_auc=0.82, promoted=True, reason="first model: nothing to beat")
-    register_version(settings.models_dir, val_auc=0.79, promoted=False, compared_with="v1",
-                     reason="AUC 0.79 is below v1's 0.82", report=report_for("v2", 0.79))
+    register_version(
+        settings.models_dir,
+        val_auc=0.79,
+        promoted=False,
+        compared_with="v1",
+        reason="AUC 0.79 is below v1's 0.82",
+        report=report_for("v2", 0.79),
+    )

@@ -70,9 +70,13 @@ def test_label_three_images_by_keyboard_and_status_moves(browser, console):
     browser.get(f"{console}/ui/review")
     items = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#review-grid article.item"))
     assert len(items) == 6
-    wait(browser, lambda b: b.execute_script(
-        "return [...document.querySelectorAll('#review-grid img')]"
-        ".every(i => i.complete && i.naturalWidth > 0)"))  # the thumbnails loaded
+    wait(
+        browser,
+        lambda b: b.execute_script(
+            "return [...document.querySelectorAll('#review-grid img')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"
+        ),
+    )  # the thumbnails loaded
     # The photographer called <script> is text on the page, and no script of theirs ran.
     assert "<script>alert('x')</script>" in browser.find_element(By.ID, "review-grid").text
     assert browser.execute_script("return document.scripts.length") == 1
@@ -102,8 +106,12 @@ def test_upload_two_files_through_the_file_input(browser, console, tmp_path):
         path.write_bytes(jpeg(5000 + seed_value, (200, 150)))
     browser.find_element(By.ID, "upload-label").send_keys("real")
     browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
-    wait(browser, lambda b: [e.text for e in b.find_elements(By.CSS_SELECTOR, "#outcomes .status")]
-         == ["stored", "stored"])
+    wait(
+        browser,
+        lambda b: (
+            [e.text for e in b.find_elements(By.CSS_SELECTOR, "#outcomes .status")] == ["stored", "stored"]
+        ),
+    )
     names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#outcomes .file")]
     assert names == ["first.jpg", "second.jpg"]
     after = counts(console)
@@ -112,8 +120,9 @@ def test_upload_two_files_through_the_file_input(browser, console, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not an image at all")
     browser.find_element(By.ID, "files").send_keys(str(text))
-    rejected = wait(browser, EC.presence_of_element_located(
-        (By.CSS_SELECTOR, "#outcomes li.outcome-rejected")))
+    rejected = wait(
+        browser, EC.presence_of_element_located((By.CSS_SELECTOR, "#outcomes li.outcome-rejected"))
+    )
     assert "notes.txt" in rejected.text and "not_an_image" in rejected.text
     assert counts(console)["total"] == after["total"]
 
@@ -123,8 +132,20 @@ def test_running_job_progress_updates_without_reloading(browser, make_settings):
 
     async def training(settings, progress):
         for batch in range(1, 4):
-            progress({"stage": "train", "epoch": 1, "epochs": 1, "batch": batch, "batches": 4, "done": batch,
-                      "total": 4, "percent": 25.0 * batch, "images_per_s": 12.5, "eta_s": 30 - batch})
+            progress(
+                {
+                    "stage": "train",
+                    "epoch": 1,
+                    "epochs": 1,
+                    "batch": batch,
+                    "batches": 4,
+                    "done": batch,
+                    "total": 4,
+                    "percent": 25.0 * batch,
+                    "images_per_s": 12.5,
+                    "eta_s": 30 - batch,
+                }
+            )
             await asyncio.sleep(0.3)
         while not release.is_set():
             await asyncio.sleep(0.05)
@@ -147,8 +168,10 @@ def test_running_job_progress_updates_without_reloading(browser, make_settings):
             browser.delete_all_cookies()
 
 
-@pytest.mark.parametrize(("path", "selector", "text"), [
-    ("/docs", ".swagger-ui .info .title", "Exposr Trainer"), ("/redoc", "h1", "Exposr Trainer")])
+@pytest.mark.parametrize(
+    ("path", "selector", "text"),
+    [("/docs", ".swagger-ui .info .title", "Exposr Trainer"), ("/redoc", "h1", "Exposr Trainer")],
+)
 def test_api_docs_render_with_no_network(browser, make_settings, path, selector, text):
     settings = make_settings()
     with running_server(settings) as base:
@@ -156,7 +179,8 @@ def test_api_docs_render_with_no_network(browser, make_settings, path, selector,
         title = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, selector)))
         assert text in title.text
         requests = browser.execute_script(
-            "return performance.getEntriesByType('resource').map(e => [e.name, e.transferSize])")
+            "return performance.getEntriesByType('resource').map(e => [e.name, e.transferSize])"
+        )
         assert any(url.startswith(base) for url, _ in requests)
         # Redoc's footer asks for a logo on a CDN; the page's CSP stops it before any byte moves.
         blocked = " ".join(entry["message"] for entry in browser.get_log("browser"))

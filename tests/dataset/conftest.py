@@ -39,5 +39,10 @@ async def dm(driver_settings):
 
 
 def meta_in(label: str = "real", source: str = "test", **extra) -> dict:
-    return {"source": source, "label": label, "attribution": {"platform": "Test", "url": "http://x/1"},
-            "api_data": {"photo_id": 1}, **extra}
+    return {
+        "source": source,
+        "label": label,
+        "attribution": {"platform": "Test", "url": "http://x/1"},
+        "api_data": {"photo_id": 1},
+        **extra,
+    }

@@ -27,17 +27,26 @@ def reject_reason(data: bytes, **limits) -> str:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height: decoding it would allocate gigabytes."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_accepts_jpeg_png_webp_with_extension_from_the_real_format():
-    cases = [(jpeg(1), "JPEG", "jpg"), (png(1), "PNG", "png"), (encode(scene(1), "WEBP"), "WEBP", "webp"),
-             (encode(scene(1), "GIF"), "GIF", "gif")]
+    cases = [
+        (jpeg(1), "JPEG", "jpg"),
+        (png(1), "PNG", "png"),
+        (encode(scene(1), "WEBP"), "WEBP", "webp"),
+        (encode(scene(1), "GIF"), "GIF", "gif"),
+    ]
     for data, fmt, ext in cases:
         info = inspect_image(data, **LIMITS)
         assert (info.format, info.ext, info.width, info.height) == (fmt, ext, 96, 72)
@@ -65,7 +74,7 @@ def test_truncated(maker):
 def test_corrupt_data_of_full_length_is_truncated():
     data = bytearray(png(3, (300, 200)))
     start = data.find(b"IDAT") + 40
-    data[start:start + 40] = bytes(b ^ 0xFF for b in data[start:start + 40])  # garbled, nothing cut
+    data[start : start + 40] = bytes(b ^ 0xFF for b in data[start : start + 40])  # garbled, nothing cut
     assert reject_reason(bytes(data)) == "truncated"
 
 

@@ -10,9 +10,20 @@ from dataset.index import DedupeIndex, PhashCache, to_signed, to_unsigned
 
 
 def index_row(image_id: str, phash: int) -> dict:
-    return dict(id=image_id, sha256=image_id.rjust(64, "0"), phash=phash, label="real", confidence=None,
-                source="s", image_key=f"images/{image_id}.jpg", meta_key=f"meta/{image_id}.json",
-                format="JPEG", width=10, height=10, created_at="2025-01-01T00:00:00Z")
+    return dict(
+        id=image_id,
+        sha256=image_id.rjust(64, "0"),
+        phash=phash,
+        label="real",
+        confidence=None,
+        source="s",
+        image_key=f"images/{image_id}.jpg",
+        meta_key=f"meta/{image_id}.json",
+        format="JPEG",
+        width=10,
+        height=10,
+        created_at="2025-01-01T00:00:00Z",
+    )
 
 
 def brute_nearest(hashes: list[int], q: int, max_d: int) -> int | None:

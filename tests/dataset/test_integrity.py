@@ -92,6 +92,7 @@ async def test_crash_before_the_row_is_rebuilt_not_deleted(driver_settings, monk
     # metadata are complete, so the metadata file gives the row back; nothing is deleted.
     flaky = FlakyStorage(make_storage(driver_settings), fail_delete=True)
     async with DatasetManager(driver_settings, storage=flaky) as dm:
+
         async def crash(row):
             raise RuntimeError("killed")
 
@@ -199,8 +200,9 @@ async def test_unreadable_metadata_is_reported_not_deleted(dm):
 
 
 async def test_unreachable_bucket_is_a_storage_error_outcome(make_settings, s3_server, aws_env):
-    settings = make_settings(storage_driver="s3", s3_bucket="bucket-that-does-not-exist",
-                             s3_endpoint_url=s3_server)
+    settings = make_settings(
+        storage_driver="s3", s3_bucket="bucket-that-does-not-exist", s3_endpoint_url=s3_server
+    )
     async with DatasetManager(settings) as dm:
         out = await dm.ingest(jpeg(1), meta_in())
         assert (out.status, out.reason) == ("error", "storage_error")

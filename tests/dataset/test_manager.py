@@ -65,12 +65,23 @@ async def test_bad_image_is_a_rejection_with_reason(dm):
 
 
 async def test_counts_by_label_and_source(dm):
-    for i, (label, source) in enumerate([("real", "pexels"), ("real", "unsplash"), ("ai", "civitai"),
-                                         ("unlabeled", "upload"), ("real", "pexels")]):
+    for i, (label, source) in enumerate(
+        [
+            ("real", "pexels"),
+            ("real", "unsplash"),
+            ("ai", "civitai"),
+            ("unlabeled", "upload"),
+            ("real", "pexels"),
+        ]
+    ):
         assert (await dm.ingest(jpeg(10 + i), meta_in(label, source))).status == "stored"
     counts = await dm.counts()
     assert {k: counts[k] for k in ("total", "real", "ai_generated", "unlabeled")} == {
-        "total": 5, "real": 3, "ai_generated": 1, "unlabeled": 1}
+        "total": 5,
+        "real": 3,
+        "ai_generated": 1,
+        "unlabeled": 1,
+    }
     assert counts["by_source"]["pexels"] == {"total": 2, "real": 2, "ai_generated": 0, "unlabeled": 0}
     assert counts["by_source"]["upload"]["unlabeled"] == 1
     assert {s.label for s in await dm.samples()} == {"real", "ai"}

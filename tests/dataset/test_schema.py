@@ -91,8 +91,7 @@ def test_the_cli_prints_the_database_error_without_a_traceback(monkeypatch, tmp_
 
 
 @pytest.mark.postgres_only
-async def test_the_database_going_away_fails_one_ingest_and_the_next_works_when_it_is_back(
-        make_settings):
+async def test_the_database_going_away_fails_one_ingest_and_the_next_works_when_it_is_back(make_settings):
     from tests.conftest import missing_part
     from tests.images import jpeg
     from tests.pgserver import PostgresServer, missing_reason

@@ -17,14 +17,21 @@ pytestmark = pytest.mark.postgres_only
 PAIRS = 40
 
 
-async def test_no_label_or_score_is_lost_between_two_hosts(make_settings, postgres_server, s3_bucket,
-                                                           tmp_path):
+async def test_no_label_or_score_is_lost_between_two_hosts(
+    make_settings, postgres_server, s3_bucket, tmp_path
+):
     endpoint, bucket = s3_bucket
     url = postgres_server.new_database()
 
     def host(n: int):
-        return make_settings(dataset_dir=tmp_path / f"host{n}" / "datasets", database_url=url,
-                             storage_driver="s3", s3_bucket=bucket, s3_prefix="ds/", s3_endpoint_url=endpoint)
+        return make_settings(
+            dataset_dir=tmp_path / f"host{n}" / "datasets",
+            database_url=url,
+            storage_driver="s3",
+            s3_bucket=bucket,
+            s3_prefix="ds/",
+            s3_endpoint_url=endpoint,
+        )
 
     async with DatasetManager(host(1)) as a, DatasetManager(host(2)) as b:
         ids = []
@@ -45,8 +52,13 @@ async def test_no_label_or_score_is_lost_between_two_hosts(make_settings, postgr
             for reader in (a, b):
                 doc = await reader.get_metadata(image_id)
                 row = await reader.index.get(image_id)
-                kept = (doc["label"] == labels[image_id] and doc.get("confidence") == scores[image_id]
-                        and doc["label_source"]["by"] == "reviewer" and doc["scored_by"]["version"] == "9"
-                        and row["label"] == labels[image_id] and row["confidence"] == scores[image_id])
+                kept = (
+                    doc["label"] == labels[image_id]
+                    and doc.get("confidence") == scores[image_id]
+                    and doc["label_source"]["by"] == "reviewer"
+                    and doc["scored_by"]["version"] == "9"
+                    and row["label"] == labels[image_id]
+                    and row["confidence"] == scores[image_id]
+                )
                 lost += not kept
         assert lost == 0, f"{lost} of {2 * PAIRS} reads show a lost label or score"

@@ -89,8 +89,9 @@ def test_s3_keys_live_under_the_prefix(make_settings, s3_bucket):
     import boto3
 
     endpoint, bucket = s3_bucket
-    driver = make_storage(make_settings(storage_driver="s3", s3_bucket=bucket, s3_prefix="/team/ds",
-                                        s3_endpoint_url=endpoint))
+    driver = make_storage(
+        make_settings(storage_driver="s3", s3_bucket=bucket, s3_prefix="/team/ds", s3_endpoint_url=endpoint)
+    )
     driver.put("images/2025/01/01/a.jpg", b"x")
     listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket)["Contents"]
     assert [o["Key"] for o in listed] == ["team/ds/images/2025/01/01/a.jpg"]
@@ -104,7 +105,8 @@ def test_s3_driver_talks_http_to_the_loopback_server(make_settings, s3_bucket):
     driver = make_storage(make_settings(storage_driver="s3", s3_bucket=bucket, s3_endpoint_url=endpoint))
     driver.put("images/2025/01/01/h.jpg", b"over the wire")
     url = driver.client.generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": "images/2025/01/01/h.jpg"}, ExpiresIn=60)
+        "get_object", Params={"Bucket": bucket, "Key": "images/2025/01/01/h.jpg"}, ExpiresIn=60
+    )
     assert url.startswith(f"{endpoint}/")
     answer = httpx.get(url)
     assert (answer.status_code, answer.content) == (200, b"over the wire")

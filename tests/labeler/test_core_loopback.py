@@ -53,15 +53,18 @@ async def test_labeler_against_a_real_server(make_settings, core_url):
     settings = make_settings(exposr_core_endpoint=url, exposr_core_score_field="result.ai_probability")
     images = {"jpeg": jpeg(1), "png": png(2)}
     async with DatasetManager(settings) as dm:
-        ids = {kind: (await dm.ingest(data, {"source": "upload", "label": "unlabeled"})).id
-               for kind, data in images.items()}
+        ids = {
+            kind: (await dm.ingest(data, {"source": "upload", "label": "unlabeled"})).id
+            for kind, data in images.items()
+        }
 
     report = await run_labeler(settings)
 
     assert report["scorer"] == {"name": "exposr-core", "version": "stand-in-1"}
     assert report["scored"] == 2 and report["errors"] == {}
     assert sorted((s["content_type"], s["size"]) for s in seen) == sorted(
-        [("image/jpeg", len(images["jpeg"])), ("image/png", len(images["png"]))])
+        [("image/jpeg", len(images["jpeg"])), ("image/png", len(images["png"]))]
+    )
     assert {s["filename"] for s in seen} == {f"{ids['jpeg']}.jpg", f"{ids['png']}.png"}
     async with DatasetManager(settings) as dm:
         for kind, image_id in ids.items():

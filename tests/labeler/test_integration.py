@@ -48,11 +48,14 @@ def test_post_label_is_single_flight(make_settings):
         client.portal.call(client.app.state.runner.wait, first["job_id"])
 
 
-@pytest.mark.parametrize(("kind", "result", "labels"), [
-    ("scrape", {"stored": 3}, True),
-    ("train", {"promoted": True, "version": "v2"}, True),
-    ("train", {"promoted": False, "version": "v3"}, False),
-])
+@pytest.mark.parametrize(
+    ("kind", "result", "labels"),
+    [
+        ("scrape", {"stored": 3}, True),
+        ("train", {"promoted": True, "version": "v2"}, True),
+        ("train", {"promoted": False, "version": "v3"}, False),
+    ],
+)
 async def test_a_label_run_follows_each_scrape_and_each_promotion(settings, kind, result, labels):
     ran = []
 
@@ -83,9 +86,14 @@ async def test_a_label_run_follows_each_scrape_and_each_promotion(settings, kind
 def cli_env(tmp_path, monkeypatch, settings):
     """The CLI reads the environment: point it at the test's folders."""
     monkeypatch.chdir(tmp_path)  # no developer .env
-    for name, value in {"DATASET_DIR": settings.dataset_dir, "MODELS_DIR": settings.models_dir,
-                        "LOG_DIR": settings.log_dir, "EXPOSR_CORE_ENDPOINT": ENDPOINT,
-                        "SCHEDULER_ENABLED": "false", "MIN_IMAGE_SIDE": "16"}.items():
+    for name, value in {
+        "DATASET_DIR": settings.dataset_dir,
+        "MODELS_DIR": settings.models_dir,
+        "LOG_DIR": settings.log_dir,
+        "EXPOSR_CORE_ENDPOINT": ENDPOINT,
+        "SCHEDULER_ENABLED": "false",
+        "MIN_IMAGE_SIDE": "16",
+    }.items():
         monkeypatch.setenv(name, str(value))
     if settings.database_url:
         monkeypatch.setenv("DATABASE_URL", settings.database_url)
@@ -94,8 +102,10 @@ def cli_env(tmp_path, monkeypatch, settings):
 
 async def ingest(settings, labels: list[str]) -> list[str]:
     async with DatasetManager(settings) as dm:
-        return [(await dm.ingest(jpeg(seed), {"source": "upload", "label": label})).id
-                for seed, label in enumerate(labels)]
+        return [
+            (await dm.ingest(jpeg(seed), {"source": "upload", "label": label})).id
+            for seed, label in enumerate(labels)
+        ]
 
 
 async def test_a_scrape_that_ends_during_a_label_run_gets_a_label_run_after_it(settings):
@@ -129,7 +139,9 @@ async def test_a_scrape_that_ends_during_a_label_run_gets_a_label_run_after_it(s
         rows = await runner.list(kind="label")
         assert label_runs == [0, 1]
         assert sorted((row["trigger"], row["state"]) for row in rows) == [
-            ("manual", "succeeded"), ("scheduled", "succeeded")]
+            ("manual", "succeeded"),
+            ("scheduled", "succeeded"),
+        ]
     finally:
         await runner.shutdown()
         await engine.dispose()

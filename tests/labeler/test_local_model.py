@@ -36,11 +36,21 @@ def pristine(tmp_path_factory):
 @pytest.fixture
 async def settings_with_model(make_settings, pristine, tmp_path):
     """Settings on a fresh copy of the pristine dataset and models: each test starts unscored."""
+
     def tiny(root):
         return make_settings(
-            dataset_dir=root / "datasets", models_dir=root / "models", exposr_core_endpoint=ENDPOINT,
-            train_arch="test_resnet", train_image_size=32, train_epochs=4, train_batch_size=8, train_lr=3e-3,
-            train_workers=0, min_train_samples=8, val_fraction=0.25, eval_min_per_class=5,
+            dataset_dir=root / "datasets",
+            models_dir=root / "models",
+            exposr_core_endpoint=ENDPOINT,
+            train_arch="test_resnet",
+            train_image_size=32,
+            train_epochs=4,
+            train_batch_size=8,
+            train_lr=3e-3,
+            train_workers=0,
+            min_train_samples=8,
+            val_fraction=0.25,
+            eval_min_per_class=5,
         )
 
     if not (pristine / "models" / "registry.json").exists():
@@ -71,8 +81,9 @@ async def stored_images(settings) -> dict[str, tuple[bytes, dict]]:
 async def test_local_model_scores_when_core_is_down_then_skips_what_it_scored(settings_with_model):
     settings = settings_with_model
     respx.post(ENDPOINT).mock(side_effect=httpx.ConnectError("connection refused"))
-    labels_before = {image_id: meta["label"] for image_id, (_, meta) in
-                     (await stored_images(settings)).items()}
+    labels_before = {
+        image_id: meta["label"] for image_id, (_, meta) in (await stored_images(settings)).items()
+    }
 
     report = await run_labeler(settings, sleep=no_sleep)
     assert report["scorer"] == {"name": "local-model", "model": "vit", "version": "v1"}
@@ -97,8 +108,10 @@ async def test_core_back_up_rescores_over_the_local_model(settings_with_model):
     settings = settings_with_model
     respx.post(ENDPOINT).mock(side_effect=httpx.ConnectError("connection refused"))
     await run_labeler(settings, sleep=no_sleep)
-    respx.post(ENDPOINT).mock(side_effect=None, return_value=httpx.Response(
-        200, json={"ai_probability": 0.42, "model_version": "core-1"}))
+    respx.post(ENDPOINT).mock(
+        side_effect=None,
+        return_value=httpx.Response(200, json={"ai_probability": 0.42, "model_version": "core-1"}),
+    )
 
     report = await run_labeler(settings, sleep=no_sleep)
     assert report["scorer"]["name"] == "exposr-core"

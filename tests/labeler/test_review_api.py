@@ -38,8 +38,9 @@ def test_endpoints_need_the_bearer_token(client):
     image_id = upload(client, jpeg(1), "unlabeled")
     assert client.get("/review").status_code == 401
     assert client.get(f"/images/{image_id}").status_code == 401
-    response = client.patch(f"/images/{image_id}", json={"label": "ai"},
-                            headers={"Authorization": "Bearer wrong"})
+    response = client.patch(
+        f"/images/{image_id}", json={"label": "ai"}, headers={"Authorization": "Bearer wrong"}
+    )
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == "Bearer"
 
@@ -58,8 +59,12 @@ def test_queue_order_fields_and_pagination(client):
     assert page["total"] == 3
     assert [item["id"] for item in page["items"]] == [wrong_real, unsure, sure]
     first = page["items"][0]
-    assert (first["reason"], first["label"], first["score"], first["source"]) == ("disagreement", "real", 0.9,
-                                                                                   "upload")
+    assert (first["reason"], first["label"], first["score"], first["source"]) == (
+        "disagreement",
+        "real",
+        0.9,
+        "upload",
+    )
     assert first["image_url"] == f"/images/{wrong_real}"
     assert first["attribution"] == {"platform": "upload"}
     assert first["scored_by"]["version"] == "core-1"
@@ -93,8 +98,10 @@ def test_a_camera_jpeg_with_extra_frames_is_served_as_jpeg(client):
 
 @pytest.mark.parametrize("bad_id", ["not-a-uuid", "..settings", "1234", "%00"])
 def test_ids_that_are_not_uuids_are_404_with_a_reason(client, bad_id):
-    for response in (client.get(f"/images/{bad_id}", headers=AUTH),
-                     client.patch(f"/images/{bad_id}", headers=AUTH, json={"label": "ai"})):
+    for response in (
+        client.get(f"/images/{bad_id}", headers=AUTH),
+        client.patch(f"/images/{bad_id}", headers=AUTH, json={"label": "ai"}),
+    ):
         assert response.status_code == 404
         assert "ids are UUIDs" in response.json()["detail"]
 
@@ -112,8 +119,16 @@ def test_unknown_image_is_404(client):
     assert missing in response.json()["detail"]
 
 
-@pytest.mark.parametrize("body", [{"label": "maybe"}, {"label": "unlabeled"}, {}, {"label": "ai", "x": 1},
-                                  {"label": "ai", "reviewer": "<script>"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"label": "maybe"},
+        {"label": "unlabeled"},
+        {},
+        {"label": "ai", "x": 1},
+        {"label": "ai", "reviewer": "<script>"},
+    ],
+)
 def test_invalid_label_bodies_are_422(client, body):
     image_id = upload(client, jpeg(7), "unlabeled")
     response = client.patch(f"/images/{image_id}", headers=AUTH, json=body)
@@ -163,7 +178,10 @@ def test_storage_failure_is_503_with_the_reason(client):
 
     dataset = client.app.state.dataset
     dataset.storage = Broken(client.app.state.settings.dataset_dir)
-    for response in (client.get(f"/images/{image_id}", headers=AUTH), client.get("/review", headers=AUTH),
-                     client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "ai"})):
+    for response in (
+        client.get(f"/images/{image_id}", headers=AUTH),
+        client.get("/review", headers=AUTH),
+        client.patch(f"/images/{image_id}", headers=AUTH, json={"label": "ai"}),
+    ):
         assert response.status_code == 503
         assert "storage unavailable" in response.json()["detail"]

@@ -12,8 +12,14 @@ from tests.images import encode, jpeg, png, scene
 
 
 def meta(n: int, label: str, score: float | None, **extra) -> dict:
-    return {"id": f"00000000-0000-4000-8000-{n:012d}", "label": label, "confidence": score,
-            "source": "upload", "timestamp": f"2025-10-28T20:00:{n:02d}Z", **extra}
+    return {
+        "id": f"00000000-0000-4000-8000-{n:012d}",
+        "label": label,
+        "confidence": score,
+        "source": "upload",
+        "timestamp": f"2025-10-28T20:00:{n:02d}Z",
+        **extra,
+    }
 
 
 def ids(queue: list[dict]) -> list[int]:
@@ -21,8 +27,13 @@ def ids(queue: list[dict]) -> list[int]:
 
 
 def test_unlabeled_most_uncertain_first_unscored_counts_as_fully_uncertain(settings):
-    metas = [meta(1, "unlabeled", 0.95), meta(2, "unlabeled", 0.45), meta(3, "unlabeled", None),
-             meta(4, "unlabeled", 0.1), meta(5, "unlabeled", 0.6)]
+    metas = [
+        meta(1, "unlabeled", 0.95),
+        meta(2, "unlabeled", 0.45),
+        meta(3, "unlabeled", None),
+        meta(4, "unlabeled", 0.1),
+        meta(5, "unlabeled", 0.6),
+    ]
     queue = build_queue(metas, settings)
     assert ids(queue) == [3, 2, 5, 4, 1]
     assert {item["reason"] for item in queue} == {"unlabeled"}
@@ -31,14 +42,14 @@ def test_unlabeled_most_uncertain_first_unscored_counts_as_fully_uncertain(setti
 def test_disagreements_strongest_first_and_before_unlabeled(make_settings):
     settings = make_settings(review_real_max_score=0.8, review_ai_min_score=0.2)
     metas = [
-        meta(1, "real", 0.85),       # disagreement 0.85
-        meta(2, "ai", 0.02),         # disagreement 0.98
-        meta(3, "real", 0.8),        # at the threshold: agrees enough
-        meta(4, "ai", 0.2),          # at the threshold
-        meta(5, "real", 0.1),        # agrees
+        meta(1, "real", 0.85),  # disagreement 0.85
+        meta(2, "ai", 0.02),  # disagreement 0.98
+        meta(3, "real", 0.8),  # at the threshold: agrees enough
+        meta(4, "ai", 0.2),  # at the threshold
+        meta(5, "real", 0.1),  # agrees
         meta(6, "unlabeled", 0.5),
-        meta(7, "ai", 0.15),         # disagreement 0.85, younger than 1
-        meta(8, "real", None),       # never scored: nothing to disagree with
+        meta(7, "ai", 0.15),  # disagreement 0.85, younger than 1
+        meta(8, "real", None),  # never scored: nothing to disagree with
     ]
     queue = build_queue(metas, settings)
     assert ids(queue) == [2, 1, 7, 6]

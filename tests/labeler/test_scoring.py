@@ -59,8 +59,11 @@ async def label(settings, **kwargs) -> dict:
 
 @respx.mock
 async def test_core_scores_every_image_and_records_the_scorer(core_settings, stored):
-    respx.post(ENDPOINT).mock(side_effect=core_answers(
-        lambda seed: httpx.Response(200, json={"ai_probability": seed / 10, "model_version": "core-3"})))
+    respx.post(ENDPOINT).mock(
+        side_effect=core_answers(
+            lambda seed: httpx.Response(200, json={"ai_probability": seed / 10, "model_version": "core-3"})
+        )
+    )
     events = []
     report = await label(core_settings, progress=events.append)
 
@@ -83,8 +86,11 @@ async def test_second_run_skips_what_the_current_scorer_scored_and_a_new_version
     core_settings, stored
 ):
     version = {"now": "core-3"}
-    route = respx.post(ENDPOINT).mock(side_effect=lambda request: httpx.Response(
-        200, json={"ai_probability": 0.5, "model_version": version["now"]}))
+    route = respx.post(ENDPOINT).mock(
+        side_effect=lambda request: httpx.Response(
+            200, json={"ai_probability": 0.5, "model_version": version["now"]}
+        )
+    )
     await label(core_settings)
     calls_before = route.call_count
 
@@ -106,13 +112,20 @@ async def test_garbage_answers_are_counted_errors_never_scores(core_settings, st
         3: httpx.Response(200, json={"ai_probability": 1.7}),
         4: httpx.Response(200, text='{"ai_probability": NaN}'),
     }
-    respx.post(ENDPOINT).mock(side_effect=core_answers(
-        lambda seed: garbage.get(seed, httpx.Response(200, json={"ai_probability": 0.25}))))
+    respx.post(ENDPOINT).mock(
+        side_effect=core_answers(
+            lambda seed: garbage.get(seed, httpx.Response(200, json={"ai_probability": 0.25}))
+        )
+    )
     report = await label(core_settings)
 
     assert report["scored"] == 2
-    assert report["errors"] == {"core_bad_json": 1, "core_missing_field": 1, "core_out_of_range": 1,
-                                "core_not_a_number": 1}
+    assert report["errors"] == {
+        "core_bad_json": 1,
+        "core_missing_field": 1,
+        "core_out_of_range": 1,
+        "core_not_a_number": 1,
+    }
     metas = await metadata(core_settings, stored)
     assert [metas[s]["confidence"] for s in range(6)] == [0.25, None, None, None, None, 0.25]
     assert all("scored_by" not in metas[s] for s in garbage)

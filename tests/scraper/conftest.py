@@ -31,8 +31,13 @@ async def dataset(settings):
 
 
 def source(name: str, **fields) -> SourceConfig:
-    values = {"name": name, "label": "real", "queries": ["nature"], "limit_per_query": 5,
-              "rate_limit_per_hour": 0}
+    values = {
+        "name": name,
+        "label": "real",
+        "queries": ["nature"],
+        "limit_per_query": 5,
+        "rate_limit_per_hour": 0,
+    }
     values.update(fields)
     return SourceConfig(**values)
 
@@ -47,8 +52,14 @@ def make_manager(settings, dataset, sleeps):
     """A FetcherManager over the real DatasetManager, with recorded sleeps and seeded jitter."""
 
     def build(*entries: SourceConfig, settings_=None, client=None) -> FetcherManager:
-        manager = FetcherManager(settings_ or settings, SourcesFile(sources=list(entries)), dataset,
-                                 client, sleep=sleeps, retry=RetryPolicy(attempts=3))
+        manager = FetcherManager(
+            settings_ or settings,
+            SourcesFile(sources=list(entries)),
+            dataset,
+            client,
+            sleep=sleeps,
+            retry=RetryPolicy(attempts=3),
+        )
         return manager
 
     return build

@@ -47,8 +47,9 @@ class FakeSourceApi:
         sock.bind(("127.0.0.1", 0))
         host, port = sock.getsockname()
         self.base_url = f"http://{host}:{port}"
-        config = uvicorn.Config(self.app(), log_level="warning", lifespan="off", ws="none", http="h11",
-                                access_log=False)
+        config = uvicorn.Config(
+            self.app(), log_level="warning", lifespan="off", ws="none", http="h11", access_log=False
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
@@ -65,9 +66,13 @@ class FakeSourceApi:
         self._thread.join(timeout=10)
 
     def settings_overrides(self) -> dict[str, str]:
-        return {"unsplash_api_url": f"{self.base_url}/unsplash", "unsplash_access_key": UNSPLASH_KEY,
-                "pexels_api_url": f"{self.base_url}/pexels", "pexels_api_key": PEXELS_KEY,
-                "civitai_api_url": f"{self.base_url}/civitai"}
+        return {
+            "unsplash_api_url": f"{self.base_url}/unsplash",
+            "unsplash_access_key": UNSPLASH_KEY,
+            "pexels_api_url": f"{self.base_url}/pexels",
+            "pexels_api_key": PEXELS_KEY,
+            "civitai_api_url": f"{self.base_url}/civitai",
+        }
 
     def image_ids(self, source: str) -> range:
         start = SOURCES.index(source) * self.per_source
@@ -79,14 +84,16 @@ class FakeSourceApi:
     # ---- the app ---------------------------------------------------------------------------
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/unsplash/search/photos", self.unsplash_search),
-            Route("/unsplash/photos/{pid}/download", self.unsplash_download),
-            Route("/pexels/search", self.pexels_search),
-            Route("/civitai/models", self.civitai_models),
-            Route("/civitai/images", self.civitai_images),
-            Route("/cdn/{index:int}.jpg", self.cdn),
-        ])
+        return Starlette(
+            routes=[
+                Route("/unsplash/search/photos", self.unsplash_search),
+                Route("/unsplash/photos/{pid}/download", self.unsplash_download),
+                Route("/pexels/search", self.pexels_search),
+                Route("/civitai/models", self.civitai_models),
+                Route("/civitai/images", self.civitai_images),
+                Route("/cdn/{index:int}.jpg", self.cdn),
+            ]
+        )
 
     async def unsplash_search(self, request: Request) -> Response:
         self.hits["unsplash_search"] += 1
@@ -94,7 +101,7 @@ class FakeSourceApi:
             return JSONResponse({"errors": ["OAuth error: The access token is invalid"]}, status_code=401)
         ids = list(self.image_ids("unsplash"))
         page, per_page = int(request.query_params["page"]), min(30, int(request.query_params["per_page"]))
-        chunk = ids[(page - 1) * per_page: page * per_page]
+        chunk = ids[(page - 1) * per_page : page * per_page]
         total_pages = -(-len(ids) // per_page)
         cdn = f"{self.base_url}/cdn"
         results = []
@@ -103,8 +110,10 @@ class FakeSourceApi:
             photo["urls"]["raw"] = f"{cdn}/{i}.jpg?ixid=IX{i}"
             photo["links"]["download_location"] = f"{self.base_url}/unsplash/photos/{i}/download?ixid=IX{i}"
             results.append(photo)
-        return JSONResponse({"total": len(ids), "total_pages": total_pages, "results": results},
-                            headers={"X-Ratelimit-Limit": "5000", "X-Ratelimit-Remaining": "4999"})
+        return JSONResponse(
+            {"total": len(ids), "total_pages": total_pages, "results": results},
+            headers={"X-Ratelimit-Limit": "5000", "X-Ratelimit-Remaining": "4999"},
+        )
 
     async def unsplash_download(self, request: Request) -> Response:
         if request.headers.get("Authorization") != f"Client-ID {UNSPLASH_KEY}":
@@ -118,7 +127,7 @@ class FakeSourceApi:
             return JSONResponse({"error": "Unauthorized"}, status_code=401)
         ids = list(self.image_ids("pexels"))
         page, per_page = int(request.query_params["page"]), min(80, int(request.query_params["per_page"]))
-        chunk = ids[(page - 1) * per_page: page * per_page]
+        chunk = ids[(page - 1) * per_page : page * per_page]
         photos = []
         for i in chunk:
             photo = pexels_photo(i)

@@ -36,10 +36,21 @@ async def test_the_guide_adds_a_working_source(make_settings, tmp_path, monkeypa
     config = tmp_path / "sources.yaml"
     config.write_text("sources:\n" + guide_blocks("yaml")[0], encoding="utf-8")
 
-    photos = [{"id": i, "url": f"https://cdn.example.com/{i}.jpg", "author": "Ann", "license": "CC0",
-               "page": f"https://example.com/p/{i}", "width": 96, "height": 72} for i in range(3)]
+    photos = [
+        {
+            "id": i,
+            "url": f"https://cdn.example.com/{i}.jpg",
+            "author": "Ann",
+            "license": "CC0",
+            "page": f"https://example.com/p/{i}",
+            "width": 96,
+            "height": 72,
+        }
+        for i in range(3)
+    ]
     api = respx.get("https://api.example.com/photos").mock(
-        return_value=httpx.Response(200, json={"photos": photos}))
+        return_value=httpx.Response(200, json={"photos": photos})
+    )
     respx.get("https://cdn.example.com/0.jpg").mock(return_value=httpx.Response(200, content=jpeg(200)))
     respx.get("https://cdn.example.com/1.jpg").mock(return_value=httpx.Response(404))
     respx.get("https://cdn.example.com/2.jpg").mock(return_value=httpx.Response(200, content=jpeg(201)))

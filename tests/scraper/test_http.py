@@ -40,13 +40,19 @@ class FakeClock:
 
 def make_http(client, sleeps, **kwargs) -> SourceHttp:
     kwargs.setdefault("max_bytes", 1000)
-    return SourceHttp(client, TokenBucket(0), sleep=sleeps, rng=random.Random(0),
-                      retry=RetryPolicy(attempts=4, base_delay=1.0, max_delay=8.0), **kwargs)
+    return SourceHttp(
+        client,
+        TokenBucket(0),
+        sleep=sleeps,
+        rng=random.Random(0),
+        retry=RetryPolicy(attempts=4, base_delay=1.0, max_delay=8.0),
+        **kwargs,
+    )
 
 
 async def test_token_bucket_allows_a_burst_then_paces_at_the_hourly_rate():
     clock = FakeClock()
-    bucket = TokenBucket(120, clock=clock)   # 2 per minute: burst of 2, then one every 30 s
+    bucket = TokenBucket(120, clock=clock)  # 2 per minute: burst of 2, then one every 30 s
     for _ in range(4):
         await bucket.acquire(clock.sleep)
     assert clock.sleeps == [pytest.approx(30.0), pytest.approx(30.0)]
@@ -77,8 +83,9 @@ def test_parse_retry_after_seconds_and_http_date():
 
 @respx.mock
 async def test_5xx_then_success_retries_with_growing_jittered_backoff(sleeps):
-    route = respx.get(API).mock(side_effect=[httpx.Response(502), httpx.Response(503),
-                                             httpx.Response(200, json={"ok": 1})])
+    route = respx.get(API).mock(
+        side_effect=[httpx.Response(502), httpx.Response(503), httpx.Response(200, json={"ok": 1})]
+    )
     async with make_client() as client:
         http = make_http(client, sleeps)
         assert await http.get_json(API) == {"ok": 1}
@@ -89,10 +96,12 @@ async def test_5xx_then_success_retries_with_growing_jittered_backoff(sleeps):
 
 @respx.mock
 async def test_retry_after_is_honoured_on_503(sleeps):
-    respx.get(API).mock(side_effect=[
-        httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "busy"}),
-        httpx.Response(200, json=[]),
-    ])
+    respx.get(API).mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "2"}, json={"error": "busy"}),
+            httpx.Response(200, json=[]),
+        ]
+    )
     async with make_client() as client:
         assert await make_http(client, sleeps).get_json(API) == []
     assert 2.0 <= sleeps.calls[0] <= 3.0
@@ -129,8 +138,13 @@ async def test_other_4xx_is_not_retried_and_names_the_api_message(sleeps):
 
 @respx.mock
 async def test_timeouts_and_connection_errors_are_retried_then_reported(sleeps):
-    respx.get(API).mock(side_effect=[httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
-                                     httpx.Response(200, json={"a": 1})])
+    respx.get(API).mock(
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.ReadTimeout("slow"),
+            httpx.Response(200, json={"a": 1}),
+        ]
+    )
     respx.get(CDN).mock(side_effect=httpx.ReadTimeout("slow"))
     async with make_client() as client:
         http = make_http(client, sleeps)
@@ -142,11 +156,14 @@ async def test_timeouts_and_connection_errors_are_retried_then_reported(sleeps):
 
 @respx.mock
 async def test_html_error_page_and_malformed_json_are_typed_errors(sleeps):
-    respx.get(API).mock(side_effect=[
-        httpx.Response(200, text="<html><body>Cloudflare</body></html>",
-                       headers={"Content-Type": "text/html"}),
-        httpx.Response(200, text='{"items": [', headers={"Content-Type": "application/json"}),
-    ])
+    respx.get(API).mock(
+        side_effect=[
+            httpx.Response(
+                200, text="<html><body>Cloudflare</body></html>", headers={"Content-Type": "text/html"}
+            ),
+            httpx.Response(200, text='{"items": [', headers={"Content-Type": "application/json"}),
+        ]
+    )
     async with make_client() as client:
         http = make_http(client, sleeps)
         with pytest.raises(FetchError) as html:
@@ -220,17 +237,20 @@ async def test_token_bucket_serves_simultaneous_callers_in_turn():
     async def no_sleep(seconds: float) -> None:
         await asyncio.sleep(0)
 
-    bucket = TokenBucket(60, clock=lambda: 1000.0)     # one a minute, burst of one; time stands still
+    bucket = TokenBucket(60, clock=lambda: 1000.0)  # one a minute, burst of one; time stands still
     waits = await asyncio.gather(*(bucket.acquire(no_sleep) for _ in range(3)))
     assert waits == [0.0, pytest.approx(60.0), pytest.approx(120.0)]
 
 
 @respx.mock
 async def test_rate_limits_without_a_reset_time_can_be_left_unretried_but_retry_after_still_counts(sleeps):
-    route = respx.get(API).mock(side_effect=[
-        httpx.Response(429), httpx.Response(429, headers={"Retry-After": "3"}),
-        httpx.Response(200, json={"ok": 1}),
-    ])
+    route = respx.get(API).mock(
+        side_effect=[
+            httpx.Response(429),
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            httpx.Response(200, json={"ok": 1}),
+        ]
+    )
     async with make_client() as client:
         http = make_http(client, sleeps, retry_rate_limited=False)
         with pytest.raises(RateLimited):
@@ -244,18 +264,25 @@ async def test_rate_limits_without_a_reset_time_can_be_left_unretried_but_retry_
 async def test_a_compressed_download_is_decoded_once(sleeps):
     import gzip
 
-    respx.get(CDN).mock(return_value=httpx.Response(
-        200, content=gzip.compress(b"z" * 900), headers={"Content-Encoding": "gzip"}))
+    respx.get(CDN).mock(
+        return_value=httpx.Response(
+            200, content=gzip.compress(b"z" * 900), headers={"Content-Encoding": "gzip"}
+        )
+    )
     async with make_client() as client:
         assert await make_http(client, sleeps).download(CDN) == b"z" * 900
 
 
 @respx.mock
 async def test_undecodable_bodies_and_redirect_loops_are_fetch_errors_never_retried(sleeps):
-    broken = respx.get(CDN).mock(return_value=httpx.Response(
-        200, stream=httpx.ByteStream(b"this is not gzip"), headers={"Content-Encoding": "gzip"}))
-    loop = respx.get("https://cdn.example.test/loop.jpg").mock(return_value=httpx.Response(
-        302, headers={"Location": "https://cdn.example.test/loop.jpg"}))
+    broken = respx.get(CDN).mock(
+        return_value=httpx.Response(
+            200, stream=httpx.ByteStream(b"this is not gzip"), headers={"Content-Encoding": "gzip"}
+        )
+    )
+    loop = respx.get("https://cdn.example.test/loop.jpg").mock(
+        return_value=httpx.Response(302, headers={"Location": "https://cdn.example.test/loop.jpg"})
+    )
     async with make_client() as client:
         http = make_http(client, sleeps)
         kinds = []

@@ -38,7 +38,7 @@ async def test_scrape_three_sources_over_real_http(make_settings, tmp_path):
     assert s["unsplash"]["stored"] + s["civitai"]["stored"] == 2 * PER_SOURCE - 1
     assert report["totals"]["duplicates"] == 1 and report["totals"]["downloaded"] == 3 * PER_SOURCE
     assert report["totals"]["errors"] == {} and report["totals"]["rejected"] == {}
-    assert api.hits["unsplash_download_event"] == s["unsplash"]["stored"]   # stored ones only
+    assert api.hits["unsplash_download_event"] == s["unsplash"]["stored"]  # stored ones only
     assert api.hits["cdn"] == 3 * PER_SOURCE
     assert api.hits["civitai_models"] == 1 and api.hits["civitai_images"] == 1
     assert events[-1]["done"] == PER_SOURCE

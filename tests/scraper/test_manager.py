@@ -57,11 +57,18 @@ def write_folder(root, images: dict[str, bytes]):
 
 
 async def test_folder_source_imports_recursively_with_label(make_manager, dataset, tmp_path):
-    root = write_folder(tmp_path / "photos", {
-        "a.jpg": jpeg(1), "trip/b.PNG": png(2), "trip/deeper/c.jpeg": jpeg(3),
-        ".hidden/d.jpg": jpeg(4), "notes.txt": b"hello", "broken.jpg": b"not an image",
-        "phone/IMG_1.HEIC": b"\x00\x00\x00\x18ftypheic" + bytes(64),
-    })
+    root = write_folder(
+        tmp_path / "photos",
+        {
+            "a.jpg": jpeg(1),
+            "trip/b.PNG": png(2),
+            "trip/deeper/c.jpeg": jpeg(3),
+            ".hidden/d.jpg": jpeg(4),
+            "notes.txt": b"hello",
+            "broken.jpg": b"not an image",
+            "phone/IMG_1.HEIC": b"\x00\x00\x00\x18ftypheic" + bytes(64),
+        },
+    )
     report = await make_manager(folder_source(root, label="ai")).run()
     r = report["sources"]["folder"]
     assert (r["downloaded"], r["stored"], r["api_requests"]) == (5, 3, 0)
@@ -96,13 +103,19 @@ async def test_folder_is_walked_once_and_off_the_event_loop(make_manager, tmp_pa
 
 
 async def test_missing_keys_and_folder_are_skipped_with_a_message_and_others_run(
-        make_settings, dataset, sleeps, tmp_path):
+    make_settings, dataset, sleeps, tmp_path
+):
     root = write_folder(tmp_path / "p", {"x.jpg": jpeg(70)})
     from config.sources import SourcesFile
 
-    sources = SourcesFile(sources=[source("unsplash"), source("pexels"),
-                                   folder_source(tmp_path / "missing"),
-                                   folder_source(root)])
+    sources = SourcesFile(
+        sources=[
+            source("unsplash"),
+            source("pexels"),
+            folder_source(tmp_path / "missing"),
+            folder_source(root),
+        ]
+    )
     report = await FetcherManager(make_settings(), sources, dataset, sleep=sleeps).run()
     s = report["sources"]
     assert s["unsplash"]["status"] == "skipped"
@@ -145,8 +158,9 @@ class HookedFolder(FolderFetcher):
             raise RuntimeError("download event endpoint down")
 
 
-async def test_finished_on_stored_hooks_are_let_go_and_their_failures_counted(make_manager, monkeypatch,
-                                                                              tmp_path):
+async def test_finished_on_stored_hooks_are_let_go_and_their_failures_counted(
+    make_manager, monkeypatch, tmp_path
+):
     # One hook task per stored image: held until the run ended, they grew with the import
     # (about 0.7 kB each, 700 MB for a folder of a million images).
     monkeypatch.setitem(FETCHERS, "hooked", HookedFolder)
@@ -164,11 +178,14 @@ async def test_duplicates_across_sources_are_counted_once_stored(make_manager, d
     shared = jpeg(90)
     root = write_folder(tmp_path / "p", {"same.jpg": shared})
     respx.get("https://api.pexels.com/v1/search").mock(
-        return_value=httpx.Response(200, json=pexels_search([1, 2], page=1, per_page=5, has_next=False)))
+        return_value=httpx.Response(200, json=pexels_search([1, 2], page=1, per_page=5, has_next=False))
+    )
     respx.get(url__regex=r"https://images\.pexels\.com/photos/1/.*").mock(
-        return_value=httpx.Response(200, content=shared))
+        return_value=httpx.Response(200, content=shared)
+    )
     respx.get(url__regex=r"https://images\.pexels\.com/photos/2/.*").mock(
-        return_value=httpx.Response(200, content=jpeg(91)))
+        return_value=httpx.Response(200, content=jpeg(91))
+    )
     first = await make_manager(folder_source(root)).run()
     second = await make_manager(source("pexels")).run()
     assert first["sources"]["folder"]["stored"] == 1
@@ -180,14 +197,16 @@ async def test_progress_events_and_report_table(make_manager, make_settings, tmp
     root = write_folder(tmp_path / "p", {f"{i}.jpg": jpeg(100 + i) for i in range(3)})
     (root / "bad.jpg").write_bytes(b"not an image")
     events: list[dict] = []
-    report = await make_manager(folder_source(root), source("pexels"),
-                                settings_=make_settings()).run(events.append)
+    report = await make_manager(folder_source(root), source("pexels"), settings_=make_settings()).run(
+        events.append
+    )
     folder = [e for e in events if e["source"] == "folder"]  # sources run side by side: interleaved
     assert folder[0] == {"source": "folder", "done": 0, "total": 4, "stored": 0}
     assert folder[-2] == {"source": "folder", "done": 4, "total": 4, "stored": 3}
     assert folder[-1] == {"source": "folder", "done": 4, "stored": 3, "status": "ok"}
     assert [e for e in events if e["source"] == "pexels"] == [
-        {"source": "pexels", "done": 0, "stored": 0, "status": "skipped"}]
+        {"source": "pexels", "done": 0, "stored": 0, "status": "skipped"}
+    ]
     console = Console(record=True, width=80)
     console.print(format_report_table(report))
     lines = [line.split() for line in console.export_text().splitlines()]
@@ -212,25 +231,39 @@ async def test_a_client_passed_in_stays_open_and_one_created_is_closed(make_mana
 async def test_run_scrape_loads_the_sources_file_and_opens_the_dataset(make_settings, tmp_path):
     root = write_folder(tmp_path / "p", {"x.jpg": jpeg(120), "y.jpg": jpeg(121)})
     config = tmp_path / "sources.yaml"
-    config.write_text(f"reddit: {{enabled: false}}\nsources:\n"
-                      f"  - {{name: folder, label: real, path: '{root}'}}\n"
-                      f"  - {{name: pexels, enabled: false, label: real}}\n")
+    config.write_text(
+        f"reddit: {{enabled: false}}\nsources:\n"
+        f"  - {{name: folder, label: real, path: '{root}'}}\n"
+        f"  - {{name: pexels, enabled: false, label: real}}\n"
+    )
     report = await run_scrape(make_settings(sources_config=config))
     assert list(report["sources"]) == ["folder"]
     assert report["totals"]["stored"] == 2
 
 
 @respx.mock
-@pytest.mark.parametrize(("name", "option", "value", "expected"), [
-    ("civitai", "browsing_level", "PG",
-     "'browsing_level' of source 'civitai' in sources.yaml must be a whole number from 1 to 31 (got 'PG')"),
-    ("civitai", "browsing_level", 32, "from 1 to 31 (got 32)"),
-    ("pexels", "image_size", "huge",
-     "'image_size' of source 'pexels' in sources.yaml must be one of original, large2x"),
-    ("unsplash", "content_filter", "medium", "must be one of high, low (got 'medium')"),
-    ("unsplash", "image_width", "wide", "from 100 to 10000 (got 'wide')"),
-    ("pexels", "download_concurrency", 0, "'download_concurrency' of source 'pexels'"),
-])
+@pytest.mark.parametrize(
+    ("name", "option", "value", "expected"),
+    [
+        (
+            "civitai",
+            "browsing_level",
+            "PG",
+            "'browsing_level' of source 'civitai' in sources.yaml "
+            "must be a whole number from 1 to 31 (got 'PG')",
+        ),
+        ("civitai", "browsing_level", 32, "from 1 to 31 (got 32)"),
+        (
+            "pexels",
+            "image_size",
+            "huge",
+            "'image_size' of source 'pexels' in sources.yaml must be one of original, large2x",
+        ),
+        ("unsplash", "content_filter", "medium", "must be one of high, low (got 'medium')"),
+        ("unsplash", "image_width", "wide", "from 100 to 10000 (got 'wide')"),
+        ("pexels", "download_concurrency", 0, "'download_concurrency' of source 'pexels'"),
+    ],
+)
 async def test_a_bad_option_skips_the_source_before_any_request(make_manager, name, option, value, expected):
     report = await make_manager(source(name, **{option: value})).run()
     r = report["sources"][name]

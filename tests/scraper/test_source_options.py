@@ -67,7 +67,7 @@ def write(tmp_path: Path, *entries: dict) -> Path:
 
 
 def misspell(key: str) -> str:
-    return key[:-2] + key[-1] + key[-2]   # the last two letters swapped
+    return key[:-2] + key[-1] + key[-2]  # the last two letters swapped
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -121,8 +121,11 @@ def test_a_missing_required_option_stops_start_up(name, tmp_path):
 
 
 def test_every_problem_of_a_file_is_listed_at_once(tmp_path):
-    path = write(tmp_path, {"name": "folder", "label": "real", "paht": "/data"},
-                 {"name": "civitai", "label": "ai", "browsing_level": 99, "limit_per_qeury": 3})
+    path = write(
+        tmp_path,
+        {"name": "folder", "label": "real", "paht": "/data"},
+        {"name": "civitai", "label": "ai", "browsing_level": 99, "limit_per_qeury": 3},
+    )
     with pytest.raises(ConfigError) as err:
         load_sources(path, FETCHERS)
     msg = str(err.value)

@@ -19,8 +19,9 @@ def tinted(seed: int, label: str, size=(48, 40)) -> Image.Image:
     return Image.blend(scene(seed, size), Image.new("RGB", size, TINT[label]), 0.45)
 
 
-def make_samples(storage: LocalStorage, n: int, *, seed: int = 0, learnable: bool = True,
-                 source_of=lambda i: "folder") -> list[Sample]:
+def make_samples(
+    storage: LocalStorage, n: int, *, seed: int = 0, learnable: bool = True, source_of=lambda i: "folder"
+) -> list[Sample]:
     """``n`` stored images, half per label; with ``learnable=False`` the labels are random."""
     rng = random.Random(seed)
     samples = []
@@ -37,13 +38,31 @@ def store(storage: LocalStorage, image_id: str, label: str, data: bytes, source:
     info = inspect_image(data, max_bytes=10_000_000, min_side=8, max_pixels=10_000_000)
     key = f"images/2026/01/01/{image_id}.{info.ext}"
     storage.put(key, data)
-    return Sample(id=image_id, label=label, source=source, image_key=key,
-                  meta_key=f"meta/2026/01/01/{image_id}.json", sha256=info.sha256, phash=info.phash,
-                  width=info.width, height=info.height, created_at="2026-01-01T00:00:00Z")
+    return Sample(
+        id=image_id,
+        label=label,
+        source=source,
+        image_key=key,
+        meta_key=f"meta/2026/01/01/{image_id}.json",
+        sha256=info.sha256,
+        phash=info.phash,
+        width=info.width,
+        height=info.height,
+        created_at="2026-01-01T00:00:00Z",
+    )
 
 
 def fake_sample(image_id: str, label: str, phash: int, source: str = "folder") -> Sample:
     """A sample that exists only in the index (for split tests, which never read images)."""
-    return Sample(id=image_id, label=label, source=source, image_key=f"images/x/{image_id}.jpg",
-                  meta_key=f"meta/x/{image_id}.json", sha256=image_id, phash=phash, width=64,
-                  height=64, created_at="2026-01-01T00:00:00Z")
+    return Sample(
+        id=image_id,
+        label=label,
+        source=source,
+        image_key=f"images/x/{image_id}.jpg",
+        meta_key=f"meta/x/{image_id}.json",
+        sha256=image_id,
+        phash=phash,
+        width=64,
+        height=64,
+        created_at="2026-01-01T00:00:00Z",
+    )

@@ -34,9 +34,18 @@ async def fill(settings) -> None:
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_and_register_once(make_settings, tmp_path):
-    common = dict(dataset_dir=tmp_path / "datasets", train_arch="test_resnet", train_image_size=32,
-                  train_epochs=6, train_batch_size=8, train_lr=3e-3, train_workers=0, min_train_samples=8,
-                  val_fraction=0.25, train_device="cpu")
+    common = dict(
+        dataset_dir=tmp_path / "datasets",
+        train_arch="test_resnet",
+        train_image_size=32,
+        train_epochs=6,
+        train_batch_size=8,
+        train_lr=3e-3,
+        train_workers=0,
+        min_train_samples=8,
+        val_fraction=0.25,
+        train_device="cpu",
+    )
     single = make_settings(models_dir=tmp_path / "single", **common)
     asyncio.run(fill(single))
     one = train(single, lambda event: None)
@@ -48,8 +57,10 @@ def test_two_gloo_processes_match_one_process_and_register_once(make_settings, t
     assert two["world_size"] == 2 and "world_size" not in one
     assert one["version"] == two["version"] == "v1"
     assert (one["train_size"], one["val_size"]) == (two["train_size"], two["val_size"])  # the same split
-    print(f"1 process: auc {one['val_auc']} acc {one['val_acc']} loss {one['val_loss']}; "
-          f"2 ranks: auc {two['val_auc']} acc {two['val_acc']} loss {two['val_loss']}")
+    print(
+        f"1 process: auc {one['val_auc']} acc {one['val_acc']} loss {one['val_loss']}; "
+        f"2 ranks: auc {two['val_auc']} acc {two['val_acc']} loss {two['val_loss']}"
+    )
     assert abs(one["val_auc"] - two["val_auc"]) <= AUC_TOLERANCE, (one["val_auc"], two["val_auc"])
     assert abs(one["val_loss"] - two["val_loss"]) <= LOSS_TOLERANCE, (one["val_loss"], two["val_loss"])
     registry = json.loads((tmp_path / "ddp" / "registry.json").read_text())

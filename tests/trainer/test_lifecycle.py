@@ -21,8 +21,16 @@ WORKERS = min(2, len(os.sched_getaffinity(0)))
 
 
 def _tiny(make_settings, **overrides):
-    values = dict(train_arch="test_resnet", train_image_size=32, train_epochs=2, train_batch_size=16,
-                  train_lr=3e-3, train_workers=WORKERS, val_fraction=0.25, min_train_samples=20)
+    values = dict(
+        train_arch="test_resnet",
+        train_image_size=32,
+        train_epochs=2,
+        train_batch_size=16,
+        train_lr=3e-3,
+        train_workers=WORKERS,
+        val_fraction=0.25,
+        min_train_samples=20,
+    )
     return make_settings(**{**values, **overrides})
 
 
@@ -31,8 +39,10 @@ async def _ingest(settings, n: int, unlabeled: int = 0) -> None:
         for i in range(n + unlabeled):
             label = "unlabeled" if i >= n else ("ai" if i % 2 else "real")
             drawn = "ai" if i % 2 else "real"
-            outcome = await dm.ingest(encode(tinted(7000 + i, drawn, size=(64, 48)), "JPEG"),
-                                      {"source": "folder", "label": label, "attribution": {}, "api_data": {}})
+            outcome = await dm.ingest(
+                encode(tinted(7000 + i, drawn, size=(64, 48)), "JPEG"),
+                {"source": "folder", "label": label, "attribution": {}, "api_data": {}},
+            )
             assert outcome.status == "stored", outcome
 
 
@@ -80,6 +90,19 @@ def test_killed_training_leaves_models_as_they_were_and_is_cleaned_up(make_setti
     assert [e["version"] for e in load_registry(settings.models_dir)] == ["v1", "v2"]
 
 
-_FIELDS = {"dataset_dir", "models_dir", "log_dir", "train_arch", "train_image_size", "train_epochs",
-           "train_batch_size", "train_lr", "train_workers", "val_fraction", "min_train_samples",
-           "train_pretrained", "train_device", "min_image_side"}
+_FIELDS = {
+    "dataset_dir",
+    "models_dir",
+    "log_dir",
+    "train_arch",
+    "train_image_size",
+    "train_epochs",
+    "train_batch_size",
+    "train_lr",
+    "train_workers",
+    "val_fraction",
+    "min_train_samples",
+    "train_pretrained",
+    "train_device",
+    "min_image_side",
+}

@@ -17,11 +17,22 @@ from trainer.train_vit import train_on_samples
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Settings:
     root = tmp_path_factory.mktemp("predict")
-    settings = Settings(_env_file=None, dataset_dir=root / "datasets", models_dir=root / "models",
-                        log_dir=root / "logs", train_arch="test_resnet", train_image_size=32,
-                        train_epochs=4, train_lr=3e-3, train_batch_size=16, train_workers=0,
-                        val_fraction=0.25,
-                        min_train_samples=20, train_pretrained=False, train_device="cpu")
+    settings = Settings(
+        _env_file=None,
+        dataset_dir=root / "datasets",
+        models_dir=root / "models",
+        log_dir=root / "logs",
+        train_arch="test_resnet",
+        train_image_size=32,
+        train_epochs=4,
+        train_lr=3e-3,
+        train_batch_size=16,
+        train_workers=0,
+        val_fraction=0.25,
+        min_train_samples=20,
+        train_pretrained=False,
+        train_device="cpu",
+    )
     storage = LocalStorage(settings.dataset_dir)
     result = train_on_samples(settings, make_samples(storage, 80), storage)
     assert result["promoted"], result["promotion_reason"]
@@ -56,8 +67,12 @@ def test_predict_files_reports_unreadable_files(trained, tmp_path):
 
 def test_cli_predict_prints_a_reason_for_a_bad_file_and_goes_on(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no developer .env is picked up
-    for name, value in (("DATASET_DIR", trained.dataset_dir), ("MODELS_DIR", trained.models_dir),
-                        ("LOG_DIR", tmp_path / "logs"), ("TRAIN_DEVICE", "cpu")):
+    for name, value in (
+        ("DATASET_DIR", trained.dataset_dir),
+        ("MODELS_DIR", trained.models_dir),
+        ("LOG_DIR", tmp_path / "logs"),
+        ("TRAIN_DEVICE", "cpu"),
+    ):
         monkeypatch.setenv(name, str(value))
     monkeypatch.setattr(cli, "configure_logging", lambda settings: None)
     files = [tmp_path / "a.jpg", tmp_path / "broken.jpg", tmp_path / "b.png"]

@@ -35,8 +35,15 @@ def test_reporter_sends_first_and_last_batch_and_paces_the_rest():
 
 
 def test_training_reports_rate_and_eta_from_the_first_batch(make_settings, tmp_path):
-    settings = make_settings(train_arch="test_resnet", train_image_size=32, train_epochs=2,
-                             train_batch_size=8, train_workers=0, val_fraction=0.25, min_train_samples=20)
+    settings = make_settings(
+        train_arch="test_resnet",
+        train_image_size=32,
+        train_epochs=2,
+        train_batch_size=8,
+        train_workers=0,
+        val_fraction=0.25,
+        min_train_samples=20,
+    )
     storage = LocalStorage(tmp_path / "datasets")
     events = []
     train_on_samples(settings, make_samples(storage, 40), storage, progress=events.append)
@@ -55,8 +62,18 @@ def test_cli_bar_fits_80_columns_and_keeps_the_batch_count_after_an_epoch():
     console = Console(file=out, width=80, force_terminal=False)
     with progress_bar("train", console=console) as report:
         report(batch_event(2, 5, 17, 40, 17 * 32, 9.5))
-        report({"stage": "train", "epoch": 2, "epochs": 5, "train_loss": 0.5, "val_loss": 0.4,
-                "val_auc": 0.9123, "val_acc": 0.8, "lr": 1e-4})
+        report(
+            {
+                "stage": "train",
+                "epoch": 2,
+                "epochs": 5,
+                "train_loss": 0.5,
+                "val_loss": 0.4,
+                "val_auc": 0.9123,
+                "val_acc": 0.8,
+                "lr": 1e-4,
+            }
+        )
     lines = [line for line in out.getvalue().splitlines() if line.strip()]
     assert all(len(line) <= 80 for line in lines), lines
     # 143 batches left at 9.5/17 s each: ETA 1:19.

@@ -27,9 +27,20 @@ def _staged(models_dir, payload=b"weights"):
 
 
 def _entry(promoted=True, auc=0.9):
-    return {"model": "vit", "timestamp": "2026-01-01T00:00:00Z", "dataset_size": 10, "train_size": 9,
-            "val_size": 1, "val_acc": 0.8, "val_auc": auc, "val_loss": 0.3, "precision": 0.7,
-            "recall": 0.6, "promoted": promoted, "sha256": "ab" * 32}
+    return {
+        "model": "vit",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "dataset_size": 10,
+        "train_size": 9,
+        "val_size": 1,
+        "val_acc": 0.8,
+        "val_auc": auc,
+        "val_loss": 0.3,
+        "precision": 0.7,
+        "recall": 0.6,
+        "promoted": promoted,
+        "sha256": "ab" * 32,
+    }
 
 
 def test_commit_numbers_versions_and_moves_the_folder(tmp_path):
@@ -71,8 +82,9 @@ def test_push_latest_model_and_paths(tmp_path, make_settings):
 
 def test_clean_stale_removes_dead_staging_and_unregistered_versions(tmp_path):
     commit_version(tmp_path, _staged(tmp_path), _entry(), compared_with=None)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     (tmp_path / f".staging-{dead}-cafe").mkdir()
     orphan = tmp_path / "vit" / "v7"  # a commit killed between rename and registry write
     orphan.mkdir()
@@ -91,26 +103,28 @@ def test_atomic_write_leaves_no_temp_files_and_corrupt_registry_is_explained(tmp
 
 
 def test_registry_module_does_not_import_torch():
-    code = ("import sys, trainer.registry, trainer.model_sync; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = "import sys, trainer.registry, trainer.model_sync; sys.exit(1 if 'torch' in sys.modules else 0)"
     root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
 
 
 def test_concurrent_commits_from_two_processes_get_distinct_versions(tmp_path):
     """The fcntl lock serialises read-modify-write of registry.json across processes."""
-    code = ("import json, sys\n"
-            "from pathlib import Path\n"
-            "from trainer.registry import commit_version, make_staging_dir\n"
-            "root = Path(sys.argv[1])\n"
-            "for _ in range(8):\n"
-            "    staging = make_staging_dir(root)\n"
-            "    (staging / 'weights.pt').write_bytes(b'w')\n"
-            "    commit_version(root, staging, json.loads(sys.argv[2]), compared_with=None)\n")
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from trainer.registry import commit_version, make_staging_dir\n"
+        "root = Path(sys.argv[1])\n"
+        "for _ in range(8):\n"
+        "    staging = make_staging_dir(root)\n"
+        "    (staging / 'weights.pt').write_bytes(b'w')\n"
+        "    commit_version(root, staging, json.loads(sys.argv[2]), compared_with=None)\n"
+    )
     root = Path(__file__).resolve().parents[2]
     entry = json.dumps(_entry(promoted=False))
-    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), entry], cwd=root)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path), entry], cwd=root) for _ in range(2)
+    ]
     assert [w.wait() for w in workers] == [0, 0]
     versions = [e["version"] for e in load_registry(tmp_path)]
     assert sorted(versions, key=lambda v: int(v[1:])) == [f"v{i}" for i in range(1, 17)]

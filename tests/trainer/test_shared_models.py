@@ -27,10 +27,24 @@ def host(make_settings, s3_bucket, tmp_path):
     def build(n: int):
         root = tmp_path / f"host{n}"
         return make_settings(
-            dataset_dir=root / "datasets", models_dir=root / "models", log_dir=root / "logs", database_url=db,
-            storage_driver="s3", s3_bucket=bucket, s3_prefix="fleet/", s3_endpoint_url=endpoint,
-            train_arch="resnet10t", train_image_size=32, train_epochs=5, train_batch_size=8, train_lr=3e-3,
-            train_workers=0, min_train_samples=8, val_fraction=0.25, train_seed=1)
+            dataset_dir=root / "datasets",
+            models_dir=root / "models",
+            log_dir=root / "logs",
+            database_url=db,
+            storage_driver="s3",
+            s3_bucket=bucket,
+            s3_prefix="fleet/",
+            s3_endpoint_url=endpoint,
+            train_arch="resnet10t",
+            train_image_size=32,
+            train_epochs=5,
+            train_batch_size=8,
+            train_lr=3e-3,
+            train_workers=0,
+            min_train_samples=8,
+            val_fraction=0.25,
+            train_seed=1,
+        )
 
     return build
 
@@ -62,14 +76,22 @@ def test_every_replica_serves_the_model_another_host_trained(host):
             latest = client.get("/models/latest", headers=AUTH)
             card = client.get("/models/vit/v1/model.json", headers=AUTH)
             weights = client.get(latest.json()["download_url"], headers=AUTH)
-            again = client.get(latest.json()["download_url"], headers={**AUTH, "If-None-Match":
-                                                                        weights.headers["etag"]})
+            again = client.get(
+                latest.json()["download_url"], headers={**AUTH, "If-None-Match": weights.headers["etag"]}
+            )
             status = client.get("/metrics", headers=AUTH).json()
         assert latest.status_code == 200 and card.status_code == 200 and weights.status_code == 200
         assert again.status_code == 304
         assert status["models_trained"] == 1
-        answers.append((latest.json(), card.json(), weights.content, weights.headers["etag"],
-                        weights.headers["content-length"]))
+        answers.append(
+            (
+                latest.json(),
+                card.json(),
+                weights.content,
+                weights.headers["etag"],
+                weights.headers["content-length"],
+            )
+        )
         assert not (host(n).models_dir / "registry.json").exists()  # served from the bucket
     assert answers[0] == answers[1]
     local_weights = (trainer_host.models_dir / "vit" / "v1" / "weights.pt").read_bytes()

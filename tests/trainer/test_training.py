@@ -31,9 +31,18 @@ ARCH = "test_resnet"
 @pytest.fixture
 def tiny(make_settings):
     def build(**overrides):
-        values = dict(train_arch=ARCH, train_image_size=32, train_epochs=4, train_batch_size=16,
-                      train_lr=3e-3, train_workers=0, val_fraction=0.25, min_train_samples=20)
+        values = dict(
+            train_arch=ARCH,
+            train_image_size=32,
+            train_epochs=4,
+            train_batch_size=16,
+            train_lr=3e-3,
+            train_workers=0,
+            val_fraction=0.25,
+            min_train_samples=20,
+        )
         return make_settings(**{**values, **overrides})
+
     return build
 
 
@@ -56,8 +65,22 @@ def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, stora
     assert (result["dataset_size"], result["train_size"] + result["val_size"]) == (120, 120)
 
     entry = load_registry(settings.models_dir)[0]
-    for field in ("model", "version", "timestamp", "dataset_size", "train_size", "val_size", "val_acc",
-                  "val_auc", "val_loss", "precision", "recall", "architecture", "weights", "sha256"):
+    for field in (
+        "model",
+        "version",
+        "timestamp",
+        "dataset_size",
+        "train_size",
+        "val_size",
+        "val_acc",
+        "val_auc",
+        "val_loss",
+        "precision",
+        "recall",
+        "architecture",
+        "weights",
+        "sha256",
+    ):
         assert entry[field] is not None, field
     # Rebuild from model.json alone, as Exposr-Core would, and reproduce the trainer's scores.
     folder = settings.models_dir / "vit" / "v1"
@@ -84,12 +107,17 @@ def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, stora
 def _probs_from_card(model, card, images: list[bytes], temperature: float = 1.0) -> list[float]:
     pre = card["preprocessing"]
     cached = [_pillow_jpeg(pre["cache_jpeg_quality"], subsampling=0)] if pre.get("cache_jpeg_quality") else []
-    transform = v2.Compose([
-        *cached,  # the training cache's JPEG round trip (these pictures need no shrink)
-        v2.Resize(int(round(pre["image_size"] / pre["crop_pct"])), antialias=True),
-        v2.CenterCrop(pre["image_size"]), _pillow_jpeg(pre["jpeg_quality"]), v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(card["mean"], card["std"]),
-    ])
+    transform = v2.Compose(
+        [
+            *cached,  # the training cache's JPEG round trip (these pictures need no shrink)
+            v2.Resize(int(round(pre["image_size"] / pre["crop_pct"])), antialias=True),
+            v2.CenterCrop(pre["image_size"]),
+            _pillow_jpeg(pre["jpeg_quality"]),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(card["mean"], card["std"]),
+        ]
+    )
     batch = torch.stack([transform(decode_rgb(b)) for b in images])
     with torch.no_grad():
         return (model(batch) / temperature).softmax(dim=1)[:, card["class_index"]["ai"]].tolist()
@@ -100,6 +128,7 @@ def _pillow_jpeg(quality: int, **options):
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=quality, **options)
         return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
     return recompress
 
 
@@ -165,8 +194,9 @@ def test_unreachable_hub_still_serves_weights_from_the_local_cache(tiny, offline
 
 def test_missing_pretrained_file_is_named(tiny, storage, tmp_path):
     with pytest.raises(TrainingError, match="TRAIN_PRETRAINED_FILE=.*does not exist"):
-        train_on_samples(tiny(train_pretrained_file=tmp_path / "nope.pth"), make_samples(storage, 40),
-                         storage)
+        train_on_samples(
+            tiny(train_pretrained_file=tmp_path / "nope.pth"), make_samples(storage, 40), storage
+        )
 
 
 def test_pretrained_file_is_loaded_except_the_head(tiny, storage, tmp_path):
@@ -185,11 +215,15 @@ def test_unknown_architecture_is_explained(tiny, storage):
 
 def test_unreadable_images_are_skipped_and_counted_once_each(tiny, storage):
     settings, samples = tiny(train_epochs=3), make_samples(storage, 60)
-    plan = assign_splits(samples, radius=settings.split_near_dup_distance,
-                         eval_fraction=settings.val_fraction, min_per_class=settings.eval_min_per_class)
+    plan = assign_splits(
+        samples,
+        radius=settings.split_near_dup_distance,
+        eval_fraction=settings.val_fraction,
+        min_per_class=settings.eval_min_per_class,
+    )
     train, val = plan.train, plan.eval
     broken = [train[0], val[0]]  # one on each side: training reads and validation reads
-    (storage.root / broken[0].image_key).unlink()                       # missing file
+    (storage.root / broken[0].image_key).unlink()  # missing file
     (storage.root / broken[1].image_key).write_bytes(b"not a picture")  # undecodable
     result = train_on_samples(settings, samples, storage)  # each is read (and fails) 3 times
     assert result["skipped_images"] == 2 and result["version"] == "v1"
@@ -237,8 +271,11 @@ def test_failure_mid_run_leaves_models_as_they_were(tiny, storage):
 
 def _snapshot(folder) -> dict:
     """Registry and version folders (the lock and resume checkpoints of a failed run are not models)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != ".registry.lock" and ".resume" not in p.parts}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".registry.lock" and ".resume" not in p.parts
+    }
 
 
 def test_probabilities_are_well_formed(tiny, storage):
@@ -249,18 +286,20 @@ def test_probabilities_are_well_formed(tiny, storage):
     assert probs.shape == (80,) and ((probs >= 0) & (probs <= 1)).all()
 
 
-@pytest.mark.parametrize(("image_size", "fmt", "decoded"), [
-    (64, "JPEG", (144, 96)),     # decoded at 1/4 (180 >= 1.5 x 64), then shrunk to exactly 96
-    (160, "JPEG", (360, 240)),   # 1/2 (360 >= 240), then 240
-    (64, "PNG", (144, 96)),      # other formats reduce by the same factor
-    (480, "JPEG", (1080, 720)),  # nothing to spare: full size
-])
+@pytest.mark.parametrize(
+    ("image_size", "fmt", "decoded"),
+    [
+        (64, "JPEG", (144, 96)),  # decoded at 1/4 (180 >= 1.5 x 64), then shrunk to exactly 96
+        (160, "JPEG", (360, 240)),  # 1/2 (360 >= 240), then 240
+        (64, "PNG", (144, 96)),  # other formats reduce by the same factor
+        (480, "JPEG", (1080, 720)),  # nothing to spare: full size
+    ],
+)
 def test_big_images_are_decoded_reduced_to_what_training_needs(storage, image_size, fmt, decoded):
     from trainer.data import Preprocessing, StoredImages
 
     pre = Preprocessing(image_size, (0.5,) * 3, (0.5,) * 3)
     key = f"images/big.{fmt.lower()}"
     storage.put(key, encode(Image.new("RGB", (1080, 720), (90, 120, 150)), fmt))
-    data = StoredImages(storage, [key], [0], transform=None, max_pixels=10_000_000,
-                        reduce_to=pre.decode_side)
+    data = StoredImages(storage, [key], [0], transform=None, max_pixels=10_000_000, reduce_to=pre.decode_side)
     assert data.load(0).size == decoded

@@ -18,8 +18,12 @@ depends_on = None
 
 # Nullable columns later releases of the first schema added; an older images table gets them here.
 IMAGE_ADDED_COLUMNS = {
-    "scorer": sa.Text(), "generator": sa.String(64), "group_hint": sa.String(100),
-    "split_group": sa.String(36), "split": sa.String(8), "size_bytes": sa.BigInteger(),
+    "scorer": sa.Text(),
+    "generator": sa.String(64),
+    "group_hint": sa.String(100),
+    "split_group": sa.String(36),
+    "split": sa.String(8),
+    "size_bytes": sa.BigInteger(),
     "has_exif": sa.Integer(),
 }
 
