@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
 
 from config.clock import iso_seconds
 from config.progress import Progress
@@ -36,6 +38,7 @@ from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
     Normalizer,
+    Preprocessing,
     StoredImages,
     eval_transform,
     make_loader,
@@ -139,7 +142,7 @@ def train_on_samples(
     staging = make_staging_dir(settings.models_dir)
     try:
         fit = fit_linear_probe if settings.train_mode == "linear_probe" else fit_finetune
-        model, scores, metrics, skipped, facts = fit(
+        run = FitRun(
             settings,
             model,
             pre,
@@ -155,6 +158,7 @@ def train_on_samples(
             resume,
             progress,
         )
+        model, scores, metrics, skipped, facts = fit(run)
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
@@ -369,28 +373,36 @@ async def _record_splits(settings: Settings, decided: dict) -> int:
         return await dm.record_splits(decided)
 
 
-def fit_finetune(
-    settings: Settings,
-    model,
-    pre,
-    prepare,
-    device,
-    amp_dtype,
-    train_set,
-    val_set,
-    train_loader,
-    val_loader,
-    storage,
-    cache,
-    resume: Resume,
-    progress: Progress | None,
-):
+@dataclass
+class FitRun:
+    """What a fit function (fine-tune or linear probe) works with, built once by train_on_samples."""
+
+    settings: Settings
+    model: torch.nn.Module
+    pre: Preprocessing
+    prepare: Normalizer
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    train_set: list[Sample]
+    val_set: list[Sample]
+    train_loader: DataLoader
+    val_loader: DataLoader
+    storage: StorageDriver
+    cache: ImageCache | None
+    resume: Resume
+    progress: Progress | None
+
+
+def fit_finetune(run: FitRun):
     """The fine-tune loop: every epoch trains, evaluates (the EMA weights when TRAIN_EMA_DECAY is set)
     and checkpoints, so a killed run resumes from its last finished epoch.
 
     Returns (the model to evaluate and save, its last validation scores, metrics, skipped sample ids,
     facts for the result: losses per epoch, resumed_from, class_weights).
     """
+    settings, model, device, amp_dtype = run.settings, run.model, run.device, run.amp_dtype
+    train_set, val_set, prepare, progress = run.train_set, run.val_set, run.prepare, run.progress
+    train_loader, val_loader, resume = run.train_loader, run.val_loader, run.resume
     optimizer, scheduler = build_optimizer(model, settings, settings.train_epochs * len(train_loader))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = ModelEmaV3(model, decay=settings.train_ema_decay) if settings.train_ema_decay > 0 else None
@@ -473,23 +485,11 @@ def fit_finetune(
     )
 
 
-def fit_linear_probe(
-    settings: Settings,
-    model,
-    pre,
-    prepare,
-    device,
-    amp_dtype,
-    train_set,
-    val_set,
-    train_loader,
-    val_loader,
-    storage,
-    cache,
-    resume: Resume,
-    progress: Progress | None,
-):
+def fit_linear_probe(run: FitRun):
     """Frozen backbone, embeddings cached per image, the linear head fitted on them (trainer/probe.py)."""
+    settings, model, device, amp_dtype = run.settings, run.model, run.device, run.amp_dtype
+    train_set, val_set, prepare, progress = run.train_set, run.val_set, run.prepare, run.progress
+    pre, storage, cache, val_loader = run.pre, run.storage, run.cache, run.val_loader
     started = time.monotonic()
     for p in model.parameters():
         p.requires_grad_(False)
