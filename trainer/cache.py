@@ -130,10 +130,10 @@ class ImageCache:
         """
         started = time.perf_counter()
         have = self.present()
-        todo = {sha: key for sha, key in items if sha not in have}
+        missing = {sha: key for sha, key in items if sha not in have}
         report = CacheBuild(present=len(have))
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for ok in pool.map(lambda item: self._write(*item), todo.items()):
+            for ok in pool.map(lambda item: self._write(*item), missing.items()):
                 report.built += ok
                 report.failed += not ok
         report.seconds = time.perf_counter() - started

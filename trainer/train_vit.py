@@ -496,9 +496,9 @@ def fit_linear_probe(run: FitRun):
     store = FeatureStore(storage, feature_id(settings.train_arch, model, pre.as_dict()))
     rows, matrix = store.load()
     everyone = train_set + val_set
-    todo = [s for s in everyone if s.sha256 not in rows]
-    if todo:
-        data = _images(storage, todo, eval_transform(pre), pre, settings, cache)
+    missing = [s for s in everyone if s.sha256 not in rows]
+    if missing:
+        data = _images(storage, missing, eval_transform(pre), pre, settings, cache)
         loader = make_loader(
             data,
             batch_size=settings.train_batch_size,
@@ -510,8 +510,13 @@ def fit_linear_probe(run: FitRun):
         )
         where, feats = embed(model, loader, prepare, amp_dtype)
         if len(where):
-            store.add([todo[i].sha256 for i in where], feats)
-            rows, matrix = store.load()
+            new = [missing[i].sha256 for i in where]
+            store.add(new, feats)
+            # Extend what was loaded instead of reading every shard again; float16 as stored.
+            offset = 0 if matrix is None else len(matrix)
+            rows.update((sha, offset + k) for k, sha in enumerate(new))
+            feats16 = feats.astype(np.float16)
+            matrix = feats16 if matrix is None else np.concatenate([matrix, feats16])
     have = [s for s in train_set if s.sha256 in rows]
     skipped = {s.id for s in everyone if s.sha256 not in rows}
     if not have or len({s.label for s in have}) < 2:
@@ -552,8 +557,8 @@ def fit_linear_probe(run: FitRun):
             "train_losses": [loss],
             "class_weights": _weights_dict(weights),
             "linear_probe": {
-                "embedded": len(todo),
-                "reused": len(everyone) - len(todo),
+                "embedded": len(missing),
+                "reused": len(everyone) - len(missing),
                 "features": int(matrix.shape[1]),
                 "seconds": round(time.monotonic() - started, 2),
             },

@@ -13,6 +13,32 @@ def _torch_threads():
     torch.set_num_threads(previous)
 
 
+# A tiny timm test architecture on 32 px images: a real training in seconds.
+TINY = dict(
+    train_arch="test_resnet",
+    train_image_size=32,
+    train_epochs=4,
+    train_batch_size=16,
+    train_lr=3e-3,
+    train_workers=0,
+    val_fraction=0.25,
+    min_train_samples=20,
+)
+
+
+@pytest.fixture
+def tiny(make_settings):
+    """Settings for a tiny training; keyword overrides win."""
+    return lambda **overrides: make_settings(**{**TINY, **overrides})
+
+
+@pytest.fixture
+def storage(tmp_path):
+    from dataset.storage import LocalStorage
+
+    return LocalStorage(tmp_path / "datasets")
+
+
 @pytest.fixture
 def s3_storage(s3_server, aws_env):
     """An S3Storage on moto's standalone server on 127.0.0.1 (free port), as the product talks to MinIO."""

@@ -4,10 +4,8 @@ rebuilt when broken, and the same pixels as the uncached path -- so format and s
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
-from dataset.storage import LocalStorage
 from tests.images import encode, scene
 from tests.trainer.builders import make_samples, store
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_key, check_cache
@@ -17,11 +15,6 @@ from trainer.stats import auc_estimate
 from trainer.train_vit import train_on_samples
 
 PRE = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)  # decode side 48
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return LocalStorage(tmp_path / "datasets")
 
 
 def _items(samples):
@@ -121,17 +114,8 @@ def store_s3(storage, image_id, data):
     )
 
 
-def test_format_and_size_stay_hidden_with_the_cache_on(make_settings, storage):
-    settings = make_settings(
-        train_arch="test_resnet",
-        train_image_size=32,
-        train_epochs=4,
-        train_batch_size=16,
-        train_lr=3e-3,
-        train_workers=0,
-        val_fraction=0.25,
-        min_train_samples=20,
-    )
+def test_format_and_size_stay_hidden_with_the_cache_on(tiny, storage):
+    settings = tiny()
     train_on_samples(settings, make_samples(storage, 120), storage)
     from trainer.modeling import load_artifacts
 

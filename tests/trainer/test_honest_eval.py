@@ -29,22 +29,6 @@ from trainer.stats import (
 )
 from trainer.train_vit import train_model, train_on_samples
 
-TINY = dict(
-    train_arch="test_resnet",
-    train_image_size=32,
-    train_epochs=4,
-    train_batch_size=16,
-    train_lr=3e-3,
-    train_workers=0,
-    val_fraction=0.25,
-    min_train_samples=20,
-)
-
-
-@pytest.fixture
-def tiny(make_settings):
-    return lambda **overrides: make_settings(**{**TINY, **overrides})
-
 
 async def _ingest(settings, start: int, n: int, **extra) -> list[str]:
     ids = []

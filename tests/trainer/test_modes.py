@@ -16,7 +16,6 @@ import timm
 import torch
 
 from dataset.manager import DatasetManager
-from dataset.storage import LocalStorage
 from tests.images import encode
 from tests.trainer.builders import make_samples, tinted
 from trainer.errors import TrainingError
@@ -25,26 +24,6 @@ from trainer.probe import FEATURES_PREFIX
 from trainer.train_vit import train_model, train_on_samples
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(
-    train_arch="test_resnet",
-    train_image_size=32,
-    train_epochs=4,
-    train_batch_size=16,
-    train_lr=3e-3,
-    train_workers=0,
-    val_fraction=0.25,
-    min_train_samples=20,
-)
-
-
-@pytest.fixture
-def tiny(make_settings):
-    return lambda **overrides: make_settings(**{**TINY, **overrides})
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return LocalStorage(tmp_path / "datasets")
 
 
 def test_linear_probe_embeds_each_image_once_and_saves_a_complete_model(tiny, storage):

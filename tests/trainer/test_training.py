@@ -15,7 +15,6 @@ from sklearn.metrics import log_loss, roc_auc_score
 from torchvision.transforms import v2
 
 from dataset.images import decode_rgb
-from dataset.storage import LocalStorage
 from tests.images import encode
 from tests.trainer.builders import make_samples
 from trainer.errors import TrainingError
@@ -26,29 +25,6 @@ from trainer.split import assign_splits
 from trainer.train_vit import train_on_samples
 
 ARCH = "test_resnet"
-
-
-@pytest.fixture
-def tiny(make_settings):
-    def build(**overrides):
-        values = dict(
-            train_arch=ARCH,
-            train_image_size=32,
-            train_epochs=4,
-            train_batch_size=16,
-            train_lr=3e-3,
-            train_workers=0,
-            val_fraction=0.25,
-            min_train_samples=20,
-        )
-        return make_settings(**{**values, **overrides})
-
-    return build
-
-
-@pytest.fixture
-def storage(tmp_path):
-    return LocalStorage(tmp_path / "datasets")
 
 
 def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, storage):
