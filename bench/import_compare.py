@@ -22,11 +22,11 @@ reads the first N of them, the 2N-run all of them (hard links of the same files)
 for the other two), so each is run as a whole fresh process on N and on 2N images, and the
 steady-state rate is N / (t(2N) - t(N)); the "start-up" column is 2 t(N) - t(2N). The runs are
 interleaved round-robin (ours N, img2dataset N, imagededup N, ours 2N, ...), ``--repeats`` rounds,
-and the median of the per-round figures is shown, so the load swings of a shared machine hit all
-three alike. CPU is the process tree's user + system time (``os.wait4``: the process and every
+so the load swings of a shared machine hit all three alike; t(N) and t(2N) are the medians over
+the rounds. CPU is the process tree's user + system time (``os.wait4``: the process and every
 child it waited for -- the tools' worker pools are joined before they exit); CPU per image is
-(cpu(2N) - cpu(N)) / N. Every run is checked: ours stored N rows in its SQLite index, img2dataset
-wrote N image files, imagededup returned N hashes; a shortfall is printed.
+(cpu(2N) - cpu(N)) / N, from the medians likewise. Every run is checked: ours stored N rows in its
+SQLite index, img2dataset wrote N image files, imagededup returned N hashes; a shortfall is printed.
 
 **What each does per image** (read from their sources: img2dataset 1.47.0 ``downloader.py``,
 ``resizer.py``, ``writer.py``; imagededup 0.3.3 ``methods/hashing.py``, ``utils/image_utils.py``):
@@ -391,23 +391,21 @@ def our_version(repo: Path) -> str:
 
 
 def summarise(runs: list[Run], tool: str, n: int) -> Summary:
-    rounds = sorted({r.round for r in runs if r.tool == tool})
-    by = {(r.size, r.round): r for r in runs if r.tool == tool}
-    pairs = [(by[(n, k)], by[(2 * n, k)]) for k in rounds if (n, k) in by and (2 * n, k) in by]
-    rates = [n / (b.wall - a.wall) for a, b in pairs if b.wall > a.wall]
-    cpus = [(b.cpu - a.cpu) / n * 1000 for a, b in pairs]
+    """Medians over the rounds of each run's wall and CPU, then the steady state from those medians
+    (a per-round difference of two noisy walls can come out near zero or negative; the medians'
+    difference is steadier). None where t(2N) <= t(N): the noise was larger than N images' work."""
+    mine = [r for r in runs if r.tool == tool]
+    wall = {size: statistics.median(r.wall for r in mine if r.size == size) for size in (n, 2 * n)}
+    cpu = {size: statistics.median(r.cpu for r in mine if r.size == size) for size in (n, 2 * n)}
+    extra_wall, extra_cpu = wall[2 * n] - wall[n], cpu[2 * n] - cpu[n]
     return Summary(
         tool,
-        statistics.median(a.wall for a, _ in pairs),
-        statistics.median(b.wall for _, b in pairs),
-        statistics.median(2 * a.wall - b.wall for a, b in pairs),
-        statistics.median(rates) if rates else None,
-        statistics.median(cpus) if cpus else None,
-        [
-            f"round {r.round} {r.size}: {r.done}/{r.size} {r.note}"
-            for r in runs
-            if r.tool == tool and r.done != r.size
-        ],
+        wall[n],
+        wall[2 * n],
+        wall[n] - extra_wall,
+        n / extra_wall if extra_wall > 0 else None,
+        extra_cpu / n * 1000 if extra_cpu > 0 else None,
+        [f"round {r.round} {r.size}: {r.done}/{r.size} {r.note}" for r in mine if r.done != r.size],
     )
 
 
@@ -535,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=32, help="images of the first run; the second has 2N")
     parser.add_argument("--tools-python", help="Python of a venv with img2dataset and imagededup")
     parser.add_argument("--workers", type=int, default=2, help="img2dataset processes, imagededup workers")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds; the median is shown")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds; medians are shown")
     parser.add_argument(
         "--repo", type=Path, default=REPO, help="tree whose exposr-trainer runs (default: this one)"
     )
