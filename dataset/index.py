@@ -325,6 +325,15 @@ class DedupeIndex:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(images.c.id).where(images.c.sha256 == sha256))).scalar()
 
+    async def find_shas(self, shas: list[str]) -> dict[str, str]:
+        """{sha256: id} of those already indexed: one query per 500 hashes (a batch's exact check)."""
+        found: dict[str, str] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(shas), 500):
+                q = select(images.c.sha256, images.c.id).where(images.c.sha256.in_(shas[start : start + 500]))
+                found.update((sha, image_id) for sha, image_id in (await conn.execute(q)).all())
+        return found
+
     async def find_near(self, phash: int, max_distance: int) -> NearMatch | None:
         return (await self.near_check(phash, max_distance))[0]
 
@@ -333,26 +342,33 @@ class DedupeIndex:
         (rows after it are for :meth:`near_between` to check once this image's own row is in)."""
         await self.refresh()
         seen = self.cache.last_seq
+        return await self.near_cached(phash, max_distance), seen
+
+    async def near_cached(self, phash: int, max_distance: int) -> NearMatch | None:
+        """The nearest image within max_distance among the hashes in memory (no catch-up query: a
+        batch catches up once with :meth:`refresh`). Only a hit costs a query, to make sure its row
+        still exists."""
         while (match := self.cache.nearest(phash, max_distance)) is not None:
             if await self.get(match.id) is not None:
                 break
             # Deleted by another process (check --repair, a near-race loser): that hash never
             # matches again here, and the next nearest one gets its turn.
             self.cache.forget(match.id)
-        return match, seen
+        return match
 
     async def near_between(self, phash: int, max_distance: int, after: int, before: int) -> NearMatch | None:
         """The nearest row with after < seq < before: images inserted while one was being stored."""
         if max_distance <= 0 or before <= after + 1:  # detection off, or nothing came in between
             return None
+        return nearest_row(await self.rows_between(after, before), phash, max_distance)
+
+    async def rows_between(self, after: int, before: int) -> list[tuple[int, str, int]]:
+        """(seq, id, unsigned phash) of the rows with after < seq < before."""
         q = select(images.c.seq, images.c.id, images.c.phash).where(
             images.c.seq > after, images.c.seq < before
         )
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        found = [(bin(to_unsigned(h) ^ phash).count("1"), seq, image_id) for seq, image_id, h in rows]
-        best = min((f for f in found if f[0] <= max_distance), default=None)
-        return NearMatch(best[2], best[0]) if best else None
+            return [(seq, image_id, to_unsigned(h)) for seq, image_id, h in (await conn.execute(q)).all()]
 
     async def insert(self, row: dict) -> int:
         """Insert one image row and return its seq; DuplicateHash if its SHA-256 is already there."""
@@ -368,6 +384,23 @@ class DedupeIndex:
         key = result.inserted_primary_key
         assert key is not None  # an INSERT of one row has its key
         return int(key[0])
+
+    async def insert_many(self, rows: list[dict]) -> list[int]:
+        """Insert a batch's rows in one transaction and return their seqs, in order. IntegrityError
+        (nothing inserted) when any SHA-256 is indexed already: the caller then inserts one by one."""
+        if not rows:
+            return []
+        values = [dict(row, phash=to_signed(row["phash"])) for row in rows]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(insert(images).returning(images.c.id, images.c.seq), values)
+            seqs: dict[str, int] = {image_id: seq for image_id, seq in result.all()}
+        return [int(seqs[row["id"]]) for row in rows]
+
+    async def delete_many(self, image_ids: list[str]) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(images).where(images.c.id.in_(image_ids)))
+        for image_id in image_ids:
+            self.cache.forget(image_id)
 
     async def get(self, image_id: str) -> dict | None:
         async with self.engine.connect() as conn:
@@ -428,6 +461,13 @@ class DedupeIndex:
         q = select(images.c.label, images.c.source, func.count()).group_by(images.c.label, images.c.source)
         async with self.engine.connect() as conn:
             return [tuple(r) for r in (await conn.execute(q)).all()]
+
+
+def nearest_row(rows: list[tuple[int, str, int]], phash: int, max_distance: int) -> NearMatch | None:
+    """The nearest of (seq, id, unsigned phash) rows within max_distance bits of phash, or None."""
+    found = [((h ^ phash).bit_count(), seq, image_id) for seq, image_id, h in rows]
+    best = min((f for f in found if f[0] <= max_distance), default=None)
+    return NearMatch(best[2], best[0]) if best else None
 
 
 def _row_dict(row) -> dict:

@@ -67,6 +67,11 @@ class BaseFetcher(ABC, Generic[OptionsT]):
     retry_rate_limited = True
     #: API statuses that will not change for the rest of the run (a rejected key): they stop the source.
     fatal_statuses: frozenset[int] = frozenset()
+    #: How many images may be fetched ahead of the dataset's ingest. 1 (the default): the next one is
+    #: fetched once the last was stored and its ``on_stored`` hook started, so an answer that ends
+    #: the source (a quota used up by a download event) stops it before another request. A source
+    #: whose reads cost no API quota (a local folder) reads ahead so ingest can take whole batches.
+    read_ahead: ClassVar[int] = 1
 
     def __init__(self, config: SourceConfig, settings: Settings, http: SourceHttp):
         self.config = config
