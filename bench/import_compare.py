@@ -11,8 +11,9 @@ Importable: ``compare(folder, n, tools_python, workers)`` runs the same and retu
 
 **The files.** 2N distinct images are written once into a temp folder and every tool reads those
 same files: the images of ``--folder`` (each folder's image files, recursively), then, when that is
-fewer than 2N, variants of them -- cropped by 3 % on each side, flipped (left-right, then
-top-bottom, then both) and re-encoded in the source's format (JPEG quality 90). A file goes in only
+fewer than 2N, variants of them -- cropped by 3 % on each side, flipped or turned (left-right,
+top-bottom, 180 degrees, then the two diagonal flips and the two quarter turns, as many as needed)
+and re-encoded in the source's format (JPEG quality 90). A file goes in only
 when its pHash (imagehash, on the full image) is more than 10 bits from every file already in, so
 neither a SHA-256 nor a near-duplicate check (the product's radius is 6) merges any two of them; a
 crop alone is not enough for that, a flip is. The 2N files are shuffled (fixed seed), the N-run
@@ -33,12 +34,15 @@ SQLite index, img2dataset wrote N image files, imagededup returned N hashes; a s
 
 - **exposr-trainer** ``scrape --source folder`` exactly as a user runs it (the console script next
   to this Python, or ``python -m app.cli``; PYTHONPATH = this repository, a fresh working folder
-  without ``.env``, ``DATASET_DIR`` and ``SOURCES_CONFIG`` there, scheduler off). It reads the file,
-  validates it by decoding every byte of its image data (JPEGs at the DCT scale that keeps ~256 px,
-  other formats at full size; ``dataset/images.py`` ``inspect_image``), SHA-256 of the bytes, a
-  64-bit pHash, an exact and a near-duplicate (Hamming radius 6) lookup against the index, writes
-  the original bytes and a metadata JSON durably (temp file, fsync, rename), and inserts the row in
-  the SQLite index. It has no worker setting for a folder source; ``--workers`` does not apply to it.
+  without ``.env``, ``DATASET_DIR`` and ``SOURCES_CONFIG`` there, scheduler off). Per image it reads
+  the file, validates it by decoding every byte of its image data (JPEGs at the DCT scale that keeps
+  ~256 px, other formats at full size; ``dataset/images.py`` ``inspect_image``), SHA-256 of the
+  bytes, a 64-bit pHash, an exact and a near-duplicate (Hamming radius 6) lookup against the index,
+  writes the original bytes and a metadata JSON durably (temp file, fsync, rename) and inserts the
+  row in the SQLite index. Since the batched ingest (``DatasetManager.ingest_many``) the folder
+  source reads ahead and does the lookups, the fsyncs (a group commit) and the index transaction per
+  batch rather than per image. It has no worker setting for a folder source: ``--workers`` does not
+  apply to it.
 - **img2dataset** ``download()`` on a list of ``file://`` URLs (urllib opens them; nothing leaves
   the machine), ``resize_mode="no"``, ``output_format="files"``, ``compute_hash="sha256"``,
   ``processes_count=workers`` with one shard per process (``number_sample_per_shard = ceil(N /
@@ -85,7 +89,16 @@ TOOLS = ("exposr-trainer", "img2dataset", "imagededup")
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MIN_DISTANCE = 11  # pHash bits between any two files of the set (> 10; the product merges at <= 6)
 CROP = 0.03  # of each side, in every variant
-VARIANTS = ("FLIP_LEFT_RIGHT", "FLIP_TOP_BOTTOM", "ROTATE_180")
+# PIL.Image.Transpose members, in the order variants are made (a flip or turn: a pHash > 10 bits away)
+VARIANTS = (
+    "FLIP_LEFT_RIGHT",
+    "FLIP_TOP_BOTTOM",
+    "ROTATE_180",
+    "TRANSPOSE",
+    "TRANSVERSE",
+    "ROTATE_90",
+    "ROTATE_270",
+)
 SEED = 12
 VENV_HINT = "python -m venv /tmp/cmpvenv && /tmp/cmpvenv/bin/pip install img2dataset imagededup"
 I2D_THREADS = 16
@@ -231,7 +244,7 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
     if len(chosen) < count:
         raise SystemExit(
             f"only {len(chosen)} distinct images from {', '.join(map(str, folders))} (the files and "
-            f"{len(VARIANTS)} flipped variants of each, {MIN_DISTANCE}+ pHash bits apart); "
+            f"{len(VARIANTS)} flipped or turned variants of each, {MIN_DISTANCE}+ pHash bits apart); "
             f"2N = {count} are needed: pass another --folder or a smaller --n"
         )
     random.Random(SEED).shuffle(chosen)
@@ -246,7 +259,7 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
     shutil.rmtree(stage)
     originals = sum(1 for p in chosen if p.parent != stage)
     log(
-        f"image set: {count} files ({originals} originals, {count - originals} flipped variants; "
+        f"image set: {count} files ({originals} originals, {count - originals} flipped/turned variants; "
         f"{dropped} candidates left out as within {MIN_DISTANCE - 1} pHash bits of another), "
         f"{sum(p.stat().st_size for p in files) / 2**20:.0f} MiB"
     )
@@ -386,8 +399,8 @@ def our_version(repo: Path) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{repo} at {commit}" + (" + uncommitted changes" if dirty else "")
+    dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    return f"{repo} at {commit}" + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
 def summarise(runs: list[Run], tool: str, n: int) -> Summary:
