@@ -29,6 +29,13 @@ child it waited for -- the tools' worker pools are joined before they exit); CPU
 (cpu(2N) - cpu(N)) / N, from the medians likewise. Every run is checked: ours stored N rows in its
 SQLite index, img2dataset wrote N image files, imagededup returned N hashes; a shortfall is printed.
 
+Cross-check, "in-run img/s": 2N / each tool's own clock on the 2N run, which leaves its start-up
+out -- ours: the folder source's seconds in the scrape summary (trainer.log); img2dataset: first
+shard start to last shard end in its ``*_stats.json``; imagededup: ``encode_images`` +
+``find_duplicates`` timed inside its process. The N-vs-2N difference is ~1 s at N = 150 here (the
+others' start-up varies by about that much), so it needs N of a few hundred; the in-run figure
+does not, but each tool draws its clock's line in a different place.
+
 **What each does per image** (read from their sources: img2dataset 1.47.0 ``downloader.py``,
 ``resizer.py``, ``writer.py``; imagededup 0.3.3 ``methods/hashing.py``, ``utils/image_utils.py``):
 
@@ -72,6 +79,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sqlite3
 import statistics
@@ -130,19 +138,21 @@ if __name__ == "__main__":
 """.replace("{threads}", str(I2D_THREADS))
 
 IDED_SCRIPT = """
-import json, sys
+import json, sys, time
 from imagededup.methods import PHash
 
 if __name__ == "__main__":
     folder, workers = sys.argv[1], int(sys.argv[2])
     phasher = PHash(verbose=False)
+    start = time.perf_counter()
     encodings = phasher.encode_images(image_dir=folder, num_enc_workers=workers)
     dups = phasher.find_duplicates(
         encoding_map=encodings, max_distance_threshold=6, num_dist_workers=workers
     )
-    print("RESULT " + json.dumps(
-        {"encoded": len(encodings), "with_duplicates": sum(1 for v in dups.values() if v)}
-    ))
+    print("RESULT " + json.dumps({
+        "encoded": len(encodings), "with_duplicates": sum(1 for v in dups.values() if v),
+        "seconds": time.perf_counter() - start,
+    }))
 """
 
 
@@ -154,6 +164,7 @@ class Run:
     wall: float
     cpu: float
     done: int
+    inner: float | None  # the tool's own clock around the import work (start-up left out)
     note: str = ""
 
 
@@ -165,6 +176,7 @@ class Summary:
     startup: float
     rate: float | None  # steady-state images/s
     cpu_ms: float | None  # steady-state CPU ms per image
+    inner_rate: float | None  # 2N / the tool's own clock on the 2N run (median): a cross-check
     short: list[str] = field(default_factory=list)  # runs that did not do all the work
 
 
@@ -309,7 +321,7 @@ def ours_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
 
 
-def run_ours(folder: Path, work: Path, repo: Path) -> tuple[float, float, int, str]:
+def run_ours(folder: Path, work: Path, repo: Path) -> tuple[float, float, int, float | None, str]:
     work.mkdir(parents=True)
     (work / "sources.yaml").write_text(
         "sources:\n  - name: folder\n    label: real\n    path: " + json.dumps(str(folder)) + "\n"
@@ -330,12 +342,16 @@ def run_ours(folder: Path, work: Path, repo: Path) -> tuple[float, float, int, s
         with sqlite3.connect(db) as con:
             stored = con.execute("SELECT count(*) FROM images").fetchone()[0]
     note = "" if rc == 0 else f"exit {rc}: {tail(log_file)}"
-    return wall, cpu, stored, note
+    # the scrape's own clock for the source, from its summary line in trainer.log ("..., 4.1s")
+    trainer_log = work / "logs" / "trainer.log"
+    text = trainer_log.read_text() if trainer_log.exists() else ""
+    found = re.findall(r"folder: \w+; .*, ([0-9.]+)s$", text, re.M)
+    return wall, cpu, stored, float(found[-1]) if found else None, note
 
 
 def run_img2dataset(
     files: Sequence[Path], work: Path, python: str, workers: int, reencode: bool
-) -> tuple[float, float, int, str]:
+) -> tuple[float, float, int, float | None, str]:
     work.mkdir(parents=True)
     (work / "urls.txt").write_text("".join(p.resolve().as_uri() + "\n" for p in files))
     (work / "run_i2d.py").write_text(I2D_SCRIPT)
@@ -347,16 +363,22 @@ def run_img2dataset(
     out = work / "out"
     written = sum(1 for _ in out.glob("*/*.jpg")) if out.exists() else 0
     stats: dict[str, int] = {}
+    spans = []  # its shards' own start and end times (after its reader and process start-up)
     for stats_file in out.glob("*_stats.json") if out.exists() else ():
-        for key, value in json.loads(stats_file.read_text())["status_dict"].items():
+        doc = json.loads(stats_file.read_text())
+        spans.append((doc["start_time"], doc["end_time"]))
+        for key, value in doc["status_dict"].items():
             stats[key] = stats.get(key, 0) + value
     notes = [] if rc == 0 else [f"exit {rc}: {tail(log_file)}"]
     if written != len(files):
         notes.append(f"statuses {stats}")
-    return wall, cpu, written, "; ".join(notes)
+    inner = max(e for _, e in spans) - min(s for s, _ in spans) if spans else None
+    return wall, cpu, written, inner, "; ".join(notes)
 
 
-def run_imagededup(folder: Path, work: Path, python: str, workers: int) -> tuple[float, float, int, str]:
+def run_imagededup(
+    folder: Path, work: Path, python: str, workers: int
+) -> tuple[float, float, int, float | None, str]:
     work.mkdir(parents=True)
     (work / "run_ided.py").write_text(IDED_SCRIPT)
     env = base_env(work) | {"NO_ALBUMENTATIONS_UPDATE": "1"}
@@ -367,7 +389,7 @@ def run_imagededup(folder: Path, work: Path, python: str, workers: int) -> tuple
     notes = [] if rc == 0 else [f"exit {rc}: {tail(log_file)}"]
     if result.get("with_duplicates"):
         notes.append(f"{result['with_duplicates']} images with a duplicate within 6 bits")
-    return wall, cpu, int(result.get("encoded", 0)), "; ".join(notes)
+    return wall, cpu, int(result.get("encoded", 0)), result.get("seconds"), "; ".join(notes)
 
 
 # ---- the comparison ----------------------------------------------------------------------------
@@ -411,6 +433,7 @@ def summarise(runs: list[Run], tool: str, n: int) -> Summary:
     wall = {size: statistics.median(r.wall for r in mine if r.size == size) for size in (n, 2 * n)}
     cpu = {size: statistics.median(r.cpu for r in mine if r.size == size) for size in (n, 2 * n)}
     extra_wall, extra_cpu = wall[2 * n] - wall[n], cpu[2 * n] - cpu[n]
+    inner = [r.inner for r in mine if r.size == 2 * n and r.inner]
     return Summary(
         tool,
         wall[n],
@@ -418,6 +441,7 @@ def summarise(runs: list[Run], tool: str, n: int) -> Summary:
         wall[n] - extra_wall,
         n / extra_wall if extra_wall > 0 else None,
         extra_cpu / n * 1000 if extra_cpu > 0 else None,
+        2 * n / statistics.median(inner) if inner else None,
         [f"round {r.round} {r.size}: {r.done}/{r.size} {r.note}" for r in mine if r.done != r.size],
     )
 
@@ -430,22 +454,24 @@ def table(summaries: list[Summary], n: int) -> str:
 
     head = (
         f"{'tool':<15} {'N-run s':>8} {'2N-run s':>9} {'start-up s':>10} {'steady img/s':>12} "
-        f"{'CPU ms/img':>10} {'ours/theirs: rate':>17} {'CPU':>5} {'2N-run':>6}"
+        f"{'CPU ms/img':>10} {'in-run img/s':>12} {'ours/theirs: rate':>17} {'CPU':>5} {'2N-run':>6} "
+        f"{'in-run':>6}"
     )
     lines = [f"N = {n}, 2N = {2 * n}; ratios > 1 mean Exposr Trainer is ahead", head, "-" * len(head)]
     for s in summaries:
         rate = f"{s.rate:.1f}" if s.rate else "n/a"
         cpu = f"{s.cpu_ms:.0f}" if s.cpu_ms is not None else "n/a"
+        inner = f"{s.inner_rate:.1f}" if s.inner_rate else "n/a"
         if s is ours:
-            ratios = f"{'':>17} {'':>5} {'':>6}"
+            ratios = ""
         else:
             ratios = (
                 f"{ratio(ours.rate, s.rate):>17} {ratio(s.cpu_ms, ours.cpu_ms):>5} "
-                f"{ratio(s.wall_2n, ours.wall_2n):>6}"
+                f"{ratio(s.wall_2n, ours.wall_2n):>6} {ratio(ours.inner_rate, s.inner_rate):>6}"
             )
         lines.append(
             f"{s.tool:<15} {s.wall_n:>8.1f} {s.wall_2n:>9.1f} {s.startup:>10.1f} {rate:>12} {cpu:>10} "
-            + ratios
+            f"{inner:>12} {ratios}"
         )
     return "\n".join(lines)
 
@@ -489,17 +515,20 @@ def compare(
                 for tool in tools:
                     work = tmp / "runs" / f"{tool}_{size}_{k}"
                     if tool == "exposr-trainer":
-                        wall, cpu, done, note = run_ours(inputs[size], work, repo)
+                        wall, cpu, done, inner, note = run_ours(inputs[size], work, repo)
                     elif tool == "img2dataset":
-                        wall, cpu, done, note = run_img2dataset(
+                        wall, cpu, done, inner, note = run_img2dataset(
                             sorted(inputs[size].iterdir()), work, tools_python, workers, i2d_reencode
                         )
                     else:
-                        wall, cpu, done, note = run_imagededup(inputs[size], work, tools_python, workers)
-                    runs.append(Run(tool, size, k, wall, cpu, done, note))
+                        wall, cpu, done, inner, note = run_imagededup(
+                            inputs[size], work, tools_python, workers
+                        )
+                    runs.append(Run(tool, size, k, wall, cpu, done, inner, note))
                     log(
                         f"  round {k} {tool:<15} {size:>4} images: {wall:6.1f} s wall, {cpu:6.1f} s CPU, "
-                        f"done {done}/{size}" + (f"  [{note}]" if note else "")
+                        f"done {done}/{size}, its own clock {'?' if inner is None else f'{inner:.2f}'} s"
+                        + (f"  [{note}]" if note else "")
                     )
                     if not keep:
                         shutil.rmtree(work, ignore_errors=True)
@@ -525,6 +554,7 @@ def compare(
                     "rate": ours.rate / s.rate if ours.rate and s.rate else None,
                     "cpu": s.cpu_ms / ours.cpu_ms if s.cpu_ms and ours.cpu_ms else None,
                     "whole_2n_run": s.wall_2n / ours.wall_2n,
+                    "in_run": ours.inner_rate / s.inner_rate if ours.inner_rate and s.inner_rate else None,
                 }
                 for s in summaries[1:]
             },
