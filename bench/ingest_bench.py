@@ -1,17 +1,23 @@
-"""Ingest throughput per core, against plain decoding of the same files; near-dup lookup cost.
+"""Ingest against a plain full decode of the same files; truncation still caught; near-dup lookup.
 
-    python bench/ingest_bench.py [--folder /work/shared/acceptance-data/real] [--n 24]
+    python bench/ingest_bench.py [--folder DIR/real --folder DIR/ai] [--n 96] [--batch 32]
+                                 [--tricky DIR/tricky] [--compare --tools-python PY]
 
-1. Baseline: Pillow decode of each file to RGB (what any consumer of the bytes pays at least).
-2. Pipeline: DatasetManager.ingest of the same files, one at a time (= one core): validate
-   (full decode) + SHA-256 + pHash + near-dup lookup + image/metadata writes + index insert, on a
-   local dataset in a temp folder. Ratio = pipeline time / decode time.
-   The two are interleaved image by image (decode A, ingest A, decode B, ...), so a shared machine's
-   load swings hit both alike; wall time and CPU time (all threads of this process) are both shown,
-   the CPU ratio being the one other processes disturb least.
-3. Near-duplicate lookup per image with 10k, 100k and 1M hashes: the numpy scan alone, and the
-   whole ``DedupeIndex.near_check`` that ingest calls (catch-up query on a SQLite file holding that
-   many rows + scan).
+1. Baseline: a plain Pillow decode of each file to RGB at full size (what any consumer of the bytes
+   pays at least), against the product's ingest of the same files: validation (a DCT-scaled decode
+   that still reads every entropy-coded byte), SHA-256, pHash, near-duplicate lookup, image and
+   metadata files (durable) and the index rows, on a local dataset in a temp folder.
+   Both the batched path a folder import takes (``DatasetManager.ingest_many``, one group commit and
+   one transaction per batch) and the one-image path an upload takes (``ingest``) are measured.
+   The process is pinned to ONE CPU, so every thread shares one core: the ratios are per core.
+   The three are interleaved batch by batch, so a shared machine's load swings hit them alike.
+2. ``--tricky``: every file of the acceptance set's tricky/ folder validated twice, by the product
+   (DCT-scaled) and by a full-size decode with the same checks: both must reject the same files.
+3. Near-duplicate lookup per image with 10k, 100k and 1M hashes: the in-memory lookup a batch does
+   per image (``DedupeIndex.near_cached``: faiss multi-index hashing), a plain numpy scan of the same
+   hashes, and the catch-up query a batch makes once, on a SQLite index holding that many rows.
+4. ``--compare``: bench/import_compare.py, a side-by-side folder import against img2dataset and
+   imagededup (their own venv: ``--tools-python``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import random
 import sys
 import tempfile
@@ -28,9 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageFile  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
+from dataset.images import FORMAT_EXT, ImageRejected, inspect_image  # noqa: E402
 from dataset.index import DedupeIndex, PhashCache, images, to_signed  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
 from tests.images import scene  # noqa: E402
@@ -51,8 +59,13 @@ def generated_jpegs(n: int) -> list[bytes]:
     return out
 
 
-def folder_images(folder: Path, n: int) -> list[bytes]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
+def folder_images(folders: list[Path], n: int) -> list[bytes]:
+    files = sorted(
+        p
+        for folder in folders
+        for p in folder.iterdir()
+        if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"}
+    )
     return [p.read_bytes() for p in files[:n]]
 
 
@@ -65,30 +78,107 @@ def clocks() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-async def decode_and_ingest(images: list[bytes]) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Seconds spent per phase, [wall, cpu], with the phases interleaved image by image."""
-    spent = {"decode": [0.0, 0.0], "ingest": [0.0, 0.0]}
-    statuses: dict[str, int] = {}
+def bench_meta() -> dict:
+    return {"source": "bench", "label": "real"}
+
+
+PHASES = ("plain decode", "ingest_many (batch)", "ingest (one image)")
+
+
+async def decode_and_ingest(
+    images: list[bytes], batch: int
+) -> tuple[dict[str, list[float]], dict[str, dict]]:
+    """Seconds spent per phase, [wall, cpu], interleaved batch by batch; outcomes per ingest path.
+    The two ingest paths each fill their own dataset, so both see every file as new."""
+    spent = {phase: [0.0, 0.0] for phase in PHASES}
+    statuses: dict[str, dict[str, int]] = {PHASES[1]: {}, PHASES[2]: {}}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(_env_file=None, dataset_dir=Path(tmp) / "datasets", scheduler_enabled=False)
-        async with DatasetManager(settings) as dm:
-            for data in images:
-                start = clocks()
-                decode(data)
-                mid = clocks()
-                out = await dm.ingest(data, {"source": "bench", "label": "real"})
-                end = clocks()
-                for phase, (a, b) in (("decode", (start, mid)), ("ingest", (mid, end))):
-                    spent[phase][0] += b[0] - a[0]
-                    spent[phase][1] += b[1] - a[1]
-                key = out.status if out.reason is None else f"{out.status}:{out.reason}"
-                statuses[key] = statuses.get(key, 0) + 1
+
+        def settings(name: str) -> Settings:
+            return Settings(
+                _env_file=None, dataset_dir=Path(tmp) / name, scheduler_enabled=False, min_image_side=16
+            )
+
+        async with DatasetManager(settings("many")) as many, DatasetManager(settings("one")) as one:
+            # Warm-up outside the timing: plugin imports, faiss, the first transaction of each.
+            warm = generated_jpegs(1)[0]
+            await many.ingest_many([(warm, {"source": "warm", "label": "real"})] * 2)
+            await one.ingest(warm, {"source": "warm", "label": "real"})
+            for start in range(0, len(images), batch):
+                part = images[start : start + batch]
+
+                async def plain(part=part) -> list:
+                    for data in part:
+                        decode(data)
+                    return []
+
+                async def batched(part=part) -> list:
+                    return await many.ingest_many([(data, bench_meta()) for data in part])
+
+                async def singly(part=part) -> list:
+                    return [await one.ingest(data, bench_meta()) for data in part]
+
+                for phase, run in zip(PHASES, (plain, batched, singly), strict=True):
+                    before = clocks()
+                    outcomes = await run()
+                    after = clocks()
+                    spent[phase][0] += after[0] - before[0]
+                    spent[phase][1] += after[1] - before[1]
+                    for out in outcomes:
+                        key = out.status if out.reason is None else f"{out.status}:{out.reason}"
+                        statuses[phase][key] = statuses[phase].get(key, 0) + 1
     return spent, statuses
 
 
-def lookup_ms(n_hashes: int, queries: int = 500) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of PhashCache.nearest (multi-index hashing) and of a plain XOR + popcount scan of
-    the same hashes, on queries that half the time have a stored hash within 3 bits."""
+def full_size_verdict(data: bytes) -> str:
+    """The reference validation: the same checks with every pixel decoded at full size."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if getattr(img, "n_frames", 1) > 1 and img.format != "MPO":
+                return "rejected:animated"
+            if img.format not in FORMAT_EXT:
+                return "rejected:unsupported_format"
+            img.load()
+        return "accepted"
+    except Image.DecompressionBombError:
+        return "rejected:decompression_bomb"
+    except Exception:  # noqa: BLE001 - any decoding failure is a rejection here
+        return "rejected:truncated"
+
+
+def product_verdict(data: bytes) -> str:
+    try:
+        inspect_image(data, max_bytes=1 << 40, min_side=1, max_pixels=Image.MAX_IMAGE_PIXELS * 2)
+        return "accepted"
+    except ImageRejected as exc:
+        return f"rejected:{exc.reason}"
+
+
+def check_tricky(folder: Path) -> None:
+    """Do the DCT-scaled validation and a full-size decode reject the same files?"""
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    disagree, rejected, jpeg_rejected = [], 0, 0
+    for path in files:
+        data = path.read_bytes()
+        ours, full = product_verdict(data), full_size_verdict(data)
+        accepted_ours, accepted_full = ours == "accepted", full == "accepted"
+        rejected += not accepted_ours
+        jpeg_rejected += not accepted_ours and data[:3] == b"\xff\xd8\xff"
+        if accepted_ours != accepted_full:
+            disagree.append(f"{path.relative_to(folder)}: product {ours}, full decode {full}")
+    print(
+        f"tricky files: {len(files)}; rejected by the product: {rejected} ({jpeg_rejected} of them JPEGs); "
+        f"files where the DCT-scaled validation and a full-size decode disagree: {len(disagree)}"
+    )
+    for line in disagree:
+        print(f"  {line}")
+
+
+def lookup_ms(n_hashes: int, queries: int = 1000) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of the in-memory lookup a batch makes per image (PhashCache.nearest: faiss
+    multi-index hashing) and of a plain XOR + popcount scan of the same hashes, on queries that half
+    the time have a stored hash within 3 bits."""
     rng = random.Random(n_hashes)
     cache = PhashCache()
     cache.add([(i + 1, f"id{i}", to_signed(rng.getrandbits(64))) for i in range(n_hashes)])
@@ -114,8 +204,9 @@ def lookup_ms(n_hashes: int, queries: int = 500) -> dict[str, tuple[float, float
     }
 
 
-async def index_lookup_ms(sizes: tuple[int, ...], queries: int = 200) -> dict[int, float]:
-    """near_check per image on a real SQLite index grown to each size (rows inserted in bulk)."""
+async def catch_up_ms(sizes: tuple[int, ...], rounds: int = 100) -> dict[int, float]:
+    """The catch-up a batch makes once (DedupeIndex.refresh, nothing new) on a real SQLite index
+    grown to each size (rows inserted in bulk): median ms."""
     rng, out = random.Random(7), {}
     with tempfile.TemporaryDirectory() as tmp:
         index = DedupeIndex(f"sqlite+aiosqlite:///{tmp}/dedupe.db")
@@ -123,12 +214,13 @@ async def index_lookup_ms(sizes: tuple[int, ...], queries: int = 200) -> dict[in
         try:
             for n in sizes:
                 await _grow(index, n, rng)
-                probes = [rng.getrandbits(64) for _ in range(queries)]
-                await index.near_check(probes[0], 6)  # load the cache outside the timing
-                start = time.perf_counter()
-                for q in probes:
-                    await index.near_check(q, 6)
-                out[n] = (time.perf_counter() - start) / queries * 1000
+                await index.refresh()  # load the cache outside the timing
+                spent = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    await index.refresh()
+                    spent.append((time.perf_counter() - start) * 1000)
+                out[n] = sorted(spent)[len(spent) // 2]
         finally:
             await index.close()
     return out
@@ -160,34 +252,56 @@ def _fake_row(i: int, rng: random.Random) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", type=Path, help="take images from this folder instead of generating")
-    ap.add_argument("--n", type=int, default=24)
-    args = ap.parse_args()
-    images = folder_images(args.folder, args.n) if args.folder else generated_jpegs(args.n)
-    mpx = sum(Image.open(io.BytesIO(d)).size[0] * Image.open(io.BytesIO(d)).size[1] for d in images)
-    print(
-        f"{len(images)} images, {mpx / len(images) / 1e6:.1f} MP and "
-        f"{sum(map(len, images)) / len(images) / 1e6:.2f} MB on average, one core"
+    ap.add_argument("--folder", type=Path, action="append", help="take images from this folder (repeatable)")
+    ap.add_argument("--n", type=int, default=96, help="images (generated, or the first N of the folders)")
+    ap.add_argument("--batch", type=int, default=32, help="images per ingest_many batch (a folder import's)")
+    ap.add_argument(
+        "--tricky", type=Path, help="the acceptance set's tricky/ folder: truncation still caught?"
     )
-    for data in images[:2]:
-        decode(data)  # warm-up: plugin imports, allocator
-    spent, statuses = asyncio.run(decode_and_ingest(images))
-    for name, (wall, cpu) in spent.items():
-        per_image = f"{wall / len(images) * 1000:.1f} ms/image wall, {cpu / len(images) * 1000:.1f} ms CPU"
-        print(f"{name:<13}: {len(images) / wall:7.1f} images/s ({per_image})")
-    print(f"ingest outcomes: {statuses}")
-    (dw, dc), (iw, ic) = spent["decode"], spent["ingest"]
-    print(f"ratio ingest/decode: {iw / dw:.2f}x wall time, {ic / dc:.2f}x CPU time")
-    sizes = (10_000, 100_000, 1_000_000)
-    through_index = asyncio.run(index_lookup_ms(sizes))
-    for n in sizes:
-        got = lookup_ms(n)
-        (p50, p99), (s50, s99) = got["index"], got["scan"]
-        print(
-            f"near-dup lookup with {n:>9,} hashes: multi-index hashing p50 {p50:.3f} ms p99 {p99:.3f} ms; "
-            f"numpy scan p50 {s50:.3f} p99 {s99:.3f} ({s50 / p50:.1f}x); "
-            f"{through_index[n]:.3f} ms/image through DedupeIndex.near_check (SQLite, with catch-up)"
+    ap.add_argument("--compare", action="store_true", help="also run bench/import_compare.py")
+    ap.add_argument("--tools-python", type=Path, help="python of a venv with img2dataset and imagededup")
+    ap.add_argument("--skip-lookup", action="store_true", help="leave out the 1M-hash lookup section")
+    args = ap.parse_args()
+    if args.tricky:
+        check_tricky(args.tricky)
+    images = folder_images(args.folder, args.n) if args.folder else generated_jpegs(args.n)
+    sizes = [Image.open(io.BytesIO(d)).size for d in images]
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})  # every thread of this process on one core: per-core figures
+    print(
+        f"{len(images)} images, {sum(w * h for w, h in sizes) / len(images) / 1e6:.1f} MP and "
+        f"{sum(map(len, images)) / len(images) / 1e6:.2f} MB on average; pinned to CPU {cpu}; "
+        f"batches of {args.batch}"
+    )
+    spent, statuses = asyncio.run(decode_and_ingest(images, args.batch))
+    (dw, dc) = spent[PHASES[0]]
+    for name, (wall, cpu_s) in spent.items():
+        per_image = (
+            f"{wall / len(images) * 1000:5.1f} ms/image wall, {cpu_s / len(images) * 1000:5.1f} ms CPU"
         )
+        ratio = (
+            "" if name == PHASES[0] else f"; {dw / wall:.2f}x the plain decode's rate ({dc / cpu_s:.2f}x CPU)"
+        )
+        print(f"{name:<20}: {len(images) / wall:6.1f} images/s ({per_image}){ratio}")
+    print(f"outcomes: {statuses}")
+    os.sched_setaffinity(0, os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
+    if not args.skip_lookup:
+        lookup_sizes = (10_000, 100_000, 1_000_000)
+        catch_up = asyncio.run(catch_up_ms(lookup_sizes))
+        for n in lookup_sizes:
+            got = lookup_ms(n)
+            (p50, p99), (s50, s99) = got["index"], got["scan"]
+            print(
+                f"near-dup lookup per image with {n:>9,} hashes: p50 {p50:.3f} ms, p99 {p99:.3f} ms "
+                f"(numpy scan p50 {s50:.3f}, p99 {s99:.3f}: {s99 / p99:.1f}x the p99); "
+                f"catch-up query once per batch {catch_up[n]:.2f} ms "
+                f"({catch_up[n] / args.batch:.3f} ms per image in a batch of {args.batch})"
+            )
+    if args.compare:
+        from bench import import_compare
+
+        folders = args.folder or []
+        import_compare.main_from(folders, args.tools_python)
 
 
 if __name__ == "__main__":

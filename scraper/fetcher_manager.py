@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 # a batch (catch-up query, transaction, folder fsyncs) to well under a millisecond per image, while a
 # batch's bytes (at most this many downloads of UPLOAD_MAX_BYTES) stay a modest amount of memory.
 INGEST_BATCH = 32
+INGEST_PIPELINE = 2  # batches being ingested at once (see FetcherManager._pump)
 
 
 FETCHERS: dict[str, type[BaseFetcher[Any]]] = {
@@ -217,7 +219,23 @@ class FetcherManager:
             finally:
                 await arrived.put(None)  # the end, also after a failure (re-raised by `await downloads`)
 
+        async def settle(batch: list[tuple[bytes, dict]], ingesting: asyncio.Task[list[bool]]) -> None:
+            for (_data, metadata), stored in zip(batch, await ingesting, strict=True):
+                if stored:
+                    hook = asyncio.ensure_future(fetcher.on_stored(metadata))
+                    hooks.add(hook)
+                    hook.add_done_callback(finished)
+                room.release()
+            _notify(
+                progress,
+                {"source": report.source, "done": report.downloaded, "total": total, "stored": report.stored},
+            )
+
         downloads = asyncio.create_task(download())
+        # Up to INGEST_PIPELINE batches in flight: one is validated (a worker thread) while another's
+        # files and rows are written, so a folder import keeps two cores busy. Racing batches are
+        # safe: the index decides exact duplicates, the near re-check after the rows the near ones.
+        ingesting: deque[tuple[list[tuple[bytes, dict]], asyncio.Task[list[bool]]]] = deque()
         try:
             done = False
             while not done:
@@ -229,28 +247,19 @@ class FetcherManager:
                         break
                     item = arrived.get_nowait()
                 done = item is None
-                if not batch:
-                    continue
-                report.downloaded += len(batch)
-                for (_data, metadata), stored in zip(batch, await self._ingest(batch, report), strict=True):
-                    if stored:
-                        hook = asyncio.ensure_future(fetcher.on_stored(metadata))
-                        hooks.add(hook)
-                        hook.add_done_callback(finished)
-                    room.release()
-                _notify(
-                    progress,
-                    {
-                        "source": report.source,
-                        "done": report.downloaded,
-                        "total": total,
-                        "stored": report.stored,
-                    },
-                )
+                if batch:
+                    report.downloaded += len(batch)
+                    ingesting.append((batch, asyncio.create_task(self._ingest(batch, report))))
+                # Settle the oldest batch when the pipeline is full, at the end, and when nothing has
+                # arrived: the source may be waiting for room (read_ahead) that only settling frees.
+                while ingesting and (done or len(ingesting) >= INGEST_PIPELINE or arrived.empty()):
+                    await settle(*ingesting.popleft())
             await downloads  # a source's failure is raised here, after what it downloaded was stored
             await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:
             downloads.cancel()
+            for _batch, task in ingesting:
+                task.cancel()
             for task in list(hooks):
                 task.cancel()
 

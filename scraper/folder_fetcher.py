@@ -47,7 +47,7 @@ class FolderOptions(SourceOptions):
 
 class FolderFetcher(BaseFetcher[FolderOptions]):
     options_model = FolderOptions
-    read_ahead = 32  # no quota to spend: fill whole ingest batches (fetcher_manager.INGEST_BATCH)
+    read_ahead = 64  # no quota to spend: fill two whole ingest batches (fetcher_manager.INGEST_BATCH)
     _listing: list[Path] | None = None
 
     def get_source_name(self) -> str:

@@ -12,6 +12,7 @@ from config.settings import Settings
 POSTGRES_SUITES = (
     "tests/dataset/test_index.py",
     "tests/dataset/test_manager.py",
+    "tests/dataset/test_ingest_batch.py",
     "tests/dataset/test_schema.py",
     "tests/dataset/test_metadata_lock.py",
     "tests/app/",
