@@ -6,8 +6,8 @@
     (make the tools' venv once: python -m venv /tmp/cmpvenv &&
      /tmp/cmpvenv/bin/pip install img2dataset imagededup)
 
-Importable: ``compare(folder, n, tools_python, workers)`` runs the same and returns the figures
-(bench/ingest_bench.py calls it for ``--compare``).
+Importable: ``compare(folder, n, tools_python, workers)`` runs the same and returns the figures;
+``main_from(folders, tools_python)`` is what ``bench/ingest_bench.py --compare`` calls.
 
 **The files.** 2N distinct images are written once into a temp folder and every tool reads those
 same files: the images of ``--folder`` (each folder's image files, recursively), then, when that is
@@ -562,6 +562,17 @@ def compare(
     finally:
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main_from(folders: Sequence[Path], tools_python: Path | str | None, workers: int = 2) -> dict | None:
+    """``bench/ingest_bench.py --compare``: the comparison on its ``--folder`` folders, N = 300 where
+    they allow 600 distinct files (real/ + ai/ of the acceptance set do), fewer otherwise."""
+    if not folders:
+        print("import comparison skipped: it needs --folder (e.g. the acceptance set's real/ and ai/)")
+        return None
+    candidates = len(source_files([Path(f) for f in folders])) * (1 + len(VARIANTS))
+    n = min(300, int(candidates * 0.9) // 2)  # ~3 % of the candidates fall within 10 pHash bits
+    return compare(folders, n, str(tools_python) if tools_python else None, workers)
 
 
 def main(argv: list[str] | None = None) -> int:
