@@ -24,7 +24,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 FEATURES_PREFIX = "features"
 HEAD_L2 = 1e-3  # weight decay of the head, per image (the loss is a mean)
 HEAD_MAX_ITER = 200
+CHUNK_ROWS = 8192  # rows per feature shard and per step of the head fit: the memory bound
 
 
 def timm_model(model: torch.nn.Module) -> Any:
@@ -62,44 +64,111 @@ def feature_id(arch: str, model: torch.nn.Module, preprocessing: dict) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
+class FeatureMatrix:
+    """Embeddings of the cached images in a float16 file on disk, memory-mapped (``rows`` x dims).
+
+    Filled shard by shard (:meth:`append`), so neither loading nor extending holds more than one
+    shard in memory; the sha256 of each row is kept as fixed-width bytes (65 bytes a row), not as
+    Python strings. Later rows win on a repeated sha256.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / "features.f16"
+        self.path.write_bytes(b"")
+        self.dims = 0
+        self.count = 0
+        self._shas: list[np.ndarray] = []
+
+    def append(self, shas: np.ndarray, emb: np.ndarray) -> None:
+        """Rows for ``shas`` (S64 array) with embeddings ``emb`` (converted to float16)."""
+        if len(shas) == 0:
+            return
+        if self.dims and emb.shape[1] != self.dims:
+            raise ValueError(f"embeddings of {emb.shape[1]} dims after {self.dims}")
+        self.dims = int(emb.shape[1])
+        with self.path.open("ab") as f:
+            f.write(np.ascontiguousarray(emb, dtype=np.float16).tobytes())
+        self._shas.append(np.asarray(shas, dtype="S64"))
+        self.count += len(shas)
+
+    def rows_of(self, shas: Sequence[str]) -> np.ndarray:
+        """Row of each sha256 (the last one stored), -1 where it has none."""
+        wanted = np.array([s.encode() for s in shas], dtype="S64")
+        if not self.count:
+            return np.full(len(wanted), -1, dtype=np.int64)
+        have = np.concatenate(self._shas)
+        # last occurrence of each sha256: a stable sort of the reversed array puts it first
+        order = len(have) - 1 - np.argsort(have[::-1], kind="stable")
+        unique, first = np.unique(have[order], return_index=True)
+        rows = order[first]
+        at = np.minimum(np.searchsorted(unique, wanted), len(unique) - 1)
+        return np.where(unique[at] == wanted, rows[at], -1).astype(np.int64)
+
+    def matrix(self) -> np.ndarray:
+        """The rows as a read-only float16 memmap ([0, 0] when empty)."""
+        if not self.count:
+            return np.zeros((0, self.dims), dtype=np.float16)
+        return np.memmap(self.path, dtype=np.float16, mode="r", shape=(self.count, self.dims))
+
+    def gather(self, rows: np.ndarray, folder: Path) -> np.ndarray:
+        """The given rows, in that order, copied chunk by chunk into a new float16 memmap in ``folder``."""
+        source = self.matrix()
+        out = np.lib.format.open_memmap(
+            Path(folder) / "train.npy", mode="w+", dtype=np.float16, shape=(len(rows), self.dims)
+        )
+        for start in range(0, len(rows), CHUNK_ROWS):
+            out[start : start + CHUNK_ROWS] = source[rows[start : start + CHUNK_ROWS]]
+        out.flush()
+        return out
+
+
 class FeatureStore:
-    """Embeddings per image sha256 in shards under ``features/{id}/``; a new shard per retrain."""
+    """Embeddings per image sha256 in shards under ``features/{id}/``; new shards per retrain
+    (at most ``CHUNK_ROWS`` rows each, so a shard is always small enough to load)."""
 
     def __init__(self, storage: StorageDriver, fid: str) -> None:
         self.storage, self.prefix = storage, f"{FEATURES_PREFIX}/{fid}/"
 
-    def load(self) -> tuple[dict[str, int], np.ndarray | None]:
-        """(sha256 -> row, float16 matrix) of every shard; later shards win on a repeated sha256."""
-        rows: dict[str, int] = {}
-        parts: list[np.ndarray] = []
-        offset = 0
+    def load(self, into: FeatureMatrix) -> FeatureMatrix:
+        """Every shard appended to ``into``, one at a time, in name order (later shards win)."""
         for key in sorted(self.storage.list(self.prefix)):
             if not key.endswith(".npz"):
                 continue
             try:
                 with np.load(io.BytesIO(self.storage.get(key))) as shard:
                     shas, emb = shard["sha256"], shard["emb"]
+                if emb.ndim != 2 or len(emb) != len(shas):
+                    raise ValueError(f"{len(shas)} sha256s for embeddings of shape {emb.shape}")
+                into.append(shas, emb)
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("feature shard %s unreadable (%s): its images are embedded again", key, exc)
-                continue
-            parts.append(emb)
-            rows.update((s.decode(), offset + i) for i, s in enumerate(shas.tolist()))
-            offset += len(emb)
-        return rows, (np.concatenate(parts) if parts else None)
+        return into
 
-    def add(self, shas: Sequence[str], emb: np.ndarray) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, sha256=np.array([s.encode() for s in shas], dtype="S64"), emb=emb.astype(np.float16))
-        self.storage.put(
-            f"{self.prefix}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.npz", buf.getvalue()
-        )
+    def add(self, shas: Sequence[str], emb: np.ndarray) -> np.ndarray:
+        """Store the embeddings of ``shas`` in shards of at most ``CHUNK_ROWS``; returns the S64 array."""
+        encoded = np.array([s.encode() for s in shas], dtype="S64")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for start in range(0, len(encoded), CHUNK_ROWS):
+            buf = io.BytesIO()
+            np.savez(
+                buf,
+                sha256=encoded[start : start + CHUNK_ROWS],
+                emb=np.asarray(emb[start : start + CHUNK_ROWS]).astype(np.float16),
+            )
+            self.storage.put(f"{self.prefix}{stamp}-{uuid.uuid4().hex[:8]}.npz", buf.getvalue())
+        return encoded
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, loader, prepare, amp_dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset positions, pre-logit features) of every readable image of ``loader``."""
+def embed_chunks(
+    model: torch.nn.Module, loader, prepare, amp_dtype, rows: int = CHUNK_ROWS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(dataset positions, float32 pre-logit features) of the readable images of ``loader``, about
+    ``rows`` at a time: the caller stores each chunk, so the features never pile up in memory."""
     model.eval()
-    positions, feats = [], []
+    positions: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    held = 0
     for images, _, where, _ in loader:
         if len(where) == 0:
             continue
@@ -108,9 +177,61 @@ def embed(model: torch.nn.Module, loader, prepare, amp_dtype) -> tuple[np.ndarra
             out = timm_model(model).forward_head(timm_model(model).forward_features(images), pre_logits=True)
         feats.append(out.float().cpu().numpy())
         positions.append(where.numpy())
-    if not feats:
+        held += len(where)
+        if held >= rows:
+            yield np.concatenate(positions), np.concatenate(feats)
+            positions, feats, held = [], [], 0
+    if feats:
+        yield np.concatenate(positions), np.concatenate(feats)
+
+
+def embed(model: torch.nn.Module, loader, prepare, amp_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(dataset positions, pre-logit features) of every readable image of ``loader``, in memory."""
+    chunks = list(embed_chunks(model, loader, prepare, amp_dtype))
+    if not chunks:
         return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(positions), np.concatenate(feats)
+    return np.concatenate([p for p, _ in chunks]), np.concatenate([f for _, f in chunks])
+
+
+def head_objective(
+    features: np.ndarray,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
+    l2: float = HEAD_L2,
+    chunk_rows: int = CHUNK_ROWS,
+    *,
+    backward: bool = True,
+) -> float:
+    """Class-weighted mean cross-entropy of the head over ``features`` plus ``l2 / 2 * |weight|^2``;
+    with ``backward`` its gradient is added to ``weight.grad`` and ``bias.grad``.
+
+    The same value as ``F.cross_entropy(x @ weight.T + bias, labels, weight=class_weights)`` on the
+    whole float32 matrix, summed over ``chunk_rows`` rows at a time, each chunk converted to float32
+    on its own: ``features`` may be a memory-mapped float16 array, and only one chunk is in memory.
+    """
+    cw = class_weights if class_weights is not None else torch.ones(2)
+    total_weight = cw[labels].sum()  # the denominator of the weighted mean (float32, as cross_entropy's)
+    total = 0.0
+    with torch.set_grad_enabled(backward):
+        for start in range(0, len(labels), chunk_rows):
+            x = torch.from_numpy(np.asarray(features[start : start + chunk_rows], dtype=np.float32))
+            part = (
+                F.cross_entropy(
+                    x @ weight.T + bias, labels[start : start + chunk_rows], weight=cw, reduction="sum"
+                )
+                / total_weight
+            )
+            if backward:
+                part.backward()  # gradients add up over the chunks
+            total += part.item()
+        if l2:
+            penalty = 0.5 * l2 * (weight**2).sum()
+            if backward:
+                penalty.backward()
+            total += penalty.item()
+    return total
 
 
 def fit_head(
@@ -119,11 +240,16 @@ def fit_head(
     class_weights: torch.Tensor | None = None,
     l2: float = HEAD_L2,
     max_iter: int = HEAD_MAX_ITER,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(weight [2, D], bias [2], final loss) of a class-weighted, L2-regularised softmax regression."""
-    x = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    """(weight [2, D], bias [2], final loss) of a class-weighted, L2-regularised softmax regression.
+
+    ``features`` may be a memory-mapped float16 array: the loss and its gradient are streamed
+    (:func:`head_objective`), so the fit holds one chunk of ``chunk_rows`` rows in memory, not the
+    dataset. The final loss is the weighted mean cross-entropy without the L2 term.
+    """
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    weight = torch.zeros(2, x.shape[1], requires_grad=True)
+    weight = torch.zeros(2, features.shape[1], requires_grad=True)
     bias = torch.zeros(2, requires_grad=True)
     opt = torch.optim.LBFGS(
         [weight, bias],
@@ -137,13 +263,10 @@ def fit_head(
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weights) + 0.5 * l2 * (weight**2).sum()
-        loss.backward()
-        return loss
+        return torch.tensor(head_objective(features, y, weight, bias, class_weights, l2, chunk_rows))
 
     opt.step(closure)
-    with torch.no_grad():
-        final = float(F.cross_entropy(x @ weight.T + bias, y, weight=class_weights))
+    final = head_objective(features, y, weight, bias, class_weights, 0.0, chunk_rows, backward=False)
     return weight.detach(), bias.detach(), final
 
 
