@@ -64,61 +64,106 @@ def feature_id(arch: str, model: torch.nn.Module, preprocessing: dict) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-class FeatureMatrix:
-    """Embeddings of the cached images in a float16 file on disk, memory-mapped (``rows`` x dims).
+class RowFile:
+    """A float16 matrix kept on disk row after row, read a chunk at a time.
 
-    Filled shard by shard (:meth:`append`), so neither loading nor extending holds more than one
-    shard in memory; the sha256 of each row is kept as fixed-width bytes (65 bytes a row), not as
-    Python strings. Later rows win on a repeated sha256.
+    ``rows[a:b]`` reads those rows into a new array; :meth:`take` maps only the span of the rows
+    asked for, for the time of the copy. Pages read once stay in the kernel's page cache (cheap to
+    read again, reclaimable), not in this process: a memory map of the whole file would count every
+    page it touched in the process's RSS -- 200 MB for 100k x 1,024 features, 400 MB with the
+    training copy (measured with ``bench/train_bench.py --mode probe-memory``).
+    """
+
+    def __init__(self, path: Path, dims: int = 0) -> None:
+        self.path, self.dims, self.count = Path(path), dims, 0
+        self.path.write_bytes(b"")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.count, self.dims
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        if self.dims and rows.shape[1] != self.dims:
+            raise ValueError(f"rows of {rows.shape[1]} values after rows of {self.dims}")
+        self.dims = int(rows.shape[1])
+        with self.path.open("ab") as f:
+            f.write(np.ascontiguousarray(rows, dtype=np.float16).tobytes())
+        self.count += len(rows)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(self.count)
+        if step != 1:
+            raise ValueError("RowFile reads contiguous rows only")
+        n = max(0, stop - start)
+        if n == 0:
+            return np.zeros((0, self.dims), dtype=np.float16)
+        out = np.fromfile(self.path, dtype=np.float16, count=n * self.dims, offset=start * self.dims * 2)
+        return out.reshape(n, self.dims)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows, in that order (a chunk's worth: the copy is in memory)."""
+        if len(rows) == 0:
+            return np.zeros((0, self.dims), dtype=np.float16)
+        low, high = int(rows.min()), int(rows.max()) + 1
+        span = np.memmap(
+            self.path, dtype=np.float16, mode="r", offset=low * self.dims * 2, shape=(high - low, self.dims)
+        )
+        try:
+            return np.array(span[rows - low])
+        finally:
+            del span  # unmapped here: the pages read do not stay in this process
+
+
+class FeatureMatrix:
+    """Embeddings of the cached images in a float16 :class:`RowFile` in ``folder``, with the sha256
+    of each row as fixed-width bytes (65 bytes a row, not a Python string). Filled shard by shard
+    (:meth:`append`), so neither loading nor extending holds more than one shard in memory.
+    Later rows win on a repeated sha256.
     """
 
     def __init__(self, folder: Path) -> None:
-        self.path = Path(folder) / "features.f16"
-        self.path.write_bytes(b"")
-        self.dims = 0
-        self.count = 0
+        self.folder = Path(folder)
+        self.rows = RowFile(self.folder / "features.f16")
         self._shas: list[np.ndarray] = []
 
+    @property
+    def dims(self) -> int:
+        return self.rows.dims
+
+    @property
+    def count(self) -> int:
+        return self.rows.count
+
     def append(self, shas: np.ndarray, emb: np.ndarray) -> None:
-        """Rows for ``shas`` (S64 array) with embeddings ``emb`` (converted to float16)."""
-        if len(shas) == 0:
-            return
-        if self.dims and emb.shape[1] != self.dims:
-            raise ValueError(f"embeddings of {emb.shape[1]} dims after {self.dims}")
-        self.dims = int(emb.shape[1])
-        with self.path.open("ab") as f:
-            f.write(np.ascontiguousarray(emb, dtype=np.float16).tobytes())
-        self._shas.append(np.asarray(shas, dtype="S64"))
-        self.count += len(shas)
+        """Rows for ``shas`` (S64 array) with embeddings ``emb`` (stored as float16)."""
+        if len(shas) != len(emb):
+            raise ValueError(f"{len(shas)} sha256s for {len(emb)} embeddings")
+        self.rows.append(emb)
+        if len(shas):
+            self._shas.append(np.asarray(shas, dtype="S64"))
 
     def rows_of(self, shas: Sequence[str]) -> np.ndarray:
         """Row of each sha256 (the last one stored), -1 where it has none."""
-        wanted = np.array([s.encode() for s in shas], dtype="S64")
+        wanted = np.array(shas, dtype="S64")  # hex digests: ASCII, encoded without a list of bytes
         if not self.count:
             return np.full(len(wanted), -1, dtype=np.int64)
         have = np.concatenate(self._shas)
-        # last occurrence of each sha256: a stable sort of the reversed array puts it first
-        order = len(have) - 1 - np.argsort(have[::-1], kind="stable")
-        unique, first = np.unique(have[order], return_index=True)
-        rows = order[first]
-        at = np.minimum(np.searchsorted(unique, wanted), len(unique) - 1)
-        return np.where(unique[at] == wanted, rows[at], -1).astype(np.int64)
+        order = np.argsort(have, kind="stable")  # equal sha256s keep their row order ...
+        have = have[order]
+        at = np.searchsorted(have, wanted, side="right") - 1  # ... so the last of them is the latest
+        found = (at >= 0) & (have[np.maximum(at, 0)] == wanted)
+        return np.where(found, order[np.maximum(at, 0)], -1).astype(np.int64)
 
-    def matrix(self) -> np.ndarray:
-        """The rows as a read-only float16 memmap ([0, 0] when empty)."""
-        if not self.count:
-            return np.zeros((0, self.dims), dtype=np.float16)
-        return np.memmap(self.path, dtype=np.float16, mode="r", shape=(self.count, self.dims))
-
-    def gather(self, rows: np.ndarray, folder: Path) -> np.ndarray:
-        """The given rows, in that order, copied chunk by chunk into a new float16 memmap in ``folder``."""
-        source = self.matrix()
-        out = np.lib.format.open_memmap(
-            Path(folder) / "train.npy", mode="w+", dtype=np.float16, shape=(len(rows), self.dims)
-        )
+    def gather(self, rows: np.ndarray, name: str = "train.f16") -> RowFile:
+        """The given rows, in that order, copied chunk by chunk into a new RowFile beside this one."""
+        out = RowFile(self.folder / name, self.dims)
         for start in range(0, len(rows), CHUNK_ROWS):
-            out[start : start + CHUNK_ROWS] = source[rows[start : start + CHUNK_ROWS]]
-        out.flush()
+            out.append(self.rows.take(rows[start : start + CHUNK_ROWS]))
         return out
 
 
@@ -147,15 +192,18 @@ class FeatureStore:
     def add(self, shas: Sequence[str], emb: np.ndarray) -> np.ndarray:
         """Store the embeddings of ``shas`` in shards of at most ``CHUNK_ROWS``; returns the S64 array."""
         encoded = np.array([s.encode() for s in shas], dtype="S64")
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for start in range(0, len(encoded), CHUNK_ROWS):
+        # Names sort in the order written (to the nanosecond), so a later shard wins on load.
+        now = time.time_ns()
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S', time.localtime(now // 10**9))}.{now % 10**9:09d}"
+        stamp += f"-{uuid.uuid4().hex[:8]}"
+        for part, start in enumerate(range(0, len(encoded), CHUNK_ROWS)):
             buf = io.BytesIO()
             np.savez(
                 buf,
                 sha256=encoded[start : start + CHUNK_ROWS],
                 emb=np.asarray(emb[start : start + CHUNK_ROWS]).astype(np.float16),
             )
-            self.storage.put(f"{self.prefix}{stamp}-{uuid.uuid4().hex[:8]}.npz", buf.getvalue())
+            self.storage.put(f"{self.prefix}{stamp}-{part:05d}.npz", buf.getvalue())  # name order = row order
         return encoded
 
 

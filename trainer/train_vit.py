@@ -495,9 +495,9 @@ def fit_linear_probe(run: FitRun):
         p.requires_grad_(False)
     store = FeatureStore(storage, feature_id(settings.train_arch, model, pre.as_dict()))
     everyone = train_set + val_set
-    # The features live in a float16 file memory-mapped from a private folder of models_dir (removed
-    # after the fit; clean_stale removes it after a kill), filled one shard or chunk at a time, and
-    # the head is fitted chunk by chunk: memory stays flat however many images there are.
+    # The features live in float16 files in a private folder of models_dir (removed after the fit;
+    # clean_stale removes it after a kill), written one shard or chunk at a time and read back a
+    # chunk at a time by the head fit: memory stays flat however many images there are.
     scratch = make_staging_dir(settings.models_dir)
     try:
         features = store.load(FeatureMatrix(scratch))
@@ -526,12 +526,11 @@ def fit_linear_probe(run: FitRun):
                 "linear_probe: the training side has no readable image of a class; "
                 "run the dataset check command"
             )
-        x = features.gather(train_rows[train_rows >= 0], scratch)
+        x = features.gather(train_rows[train_rows >= 0])
         y = np.array([CLASS_INDEX[s.label] for s in have], dtype=np.int64)
         weights = class_weights(have, torch.device("cpu")) if settings.train_balance == "loss" else None
         weight, bias, loss = fit_head(x, y, weights)
         dims = features.dims
-        del x
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     try:

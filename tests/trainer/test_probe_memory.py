@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import probe
-from trainer.probe import FEATURES_PREFIX, FeatureMatrix, FeatureStore, fit_head, head_objective
+from trainer.probe import FEATURES_PREFIX, FeatureMatrix, FeatureStore, RowFile, fit_head, head_objective
 
 
 def in_memory_fit(x: np.ndarray, y: np.ndarray, class_weights=None, l2=probe.HEAD_L2):
@@ -60,12 +60,12 @@ class CountingRows:
         return out
 
 
-def on_disk(tmp_path, x16: np.ndarray) -> np.ndarray:
-    """``x16`` written to a .npy file and opened memory-mapped, as the trainer hands it to the fit."""
-    mapped = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=x16.shape)
-    mapped[:] = x16
-    mapped.flush()
-    return np.load(tmp_path / "x.npy", mmap_mode="r")
+def on_disk(tmp_path, x16: np.ndarray) -> RowFile:
+    """``x16`` written to a float16 row file, as the trainer hands the features to the fit."""
+    rows = RowFile(tmp_path / "x.f16")
+    rows.append(x16[:300])
+    rows.append(x16[300:])
+    return rows
 
 
 def balancing(y: np.ndarray) -> torch.Tensor:
@@ -93,7 +93,7 @@ def test_streamed_loss_and_gradient_equal_the_whole_matrix_ones(tmp_path, balanc
     assert torch.allclose(w.grad, w_ref.grad, atol=1e-7) and torch.allclose(b.grad, b_ref.grad, atol=1e-7)
 
 
-def test_streamed_fit_on_a_memmap_gives_the_in_memory_weights(tmp_path):
+def test_streamed_fit_from_disk_gives_the_in_memory_weights(tmp_path):
     x16, y = features(700, 24, seed=1)
     w, b, loss = fit_head(on_disk(tmp_path, x16), y, l2=1e-2, chunk_rows=64)  # 11 chunks
     w_ref, b_ref, loss_ref = in_memory_fit(x16, y, l2=1e-2)
@@ -132,17 +132,18 @@ def test_feature_store_writes_bounded_shards_and_loads_them_one_by_one(storage, 
     loaded = store.load(FeatureMatrix(tmp_path))
     rows = loaded.rows_of([*shas, "f" * 64])
     assert rows[-1] == -1  # never embedded
-    matrix = loaded.matrix()
-    assert isinstance(matrix, np.memmap) and matrix.dtype == np.float16
-    np.testing.assert_array_equal(matrix[rows[:-1]], emb.astype(np.float16))
+    assert loaded.rows.shape == (10, 3)
+    np.testing.assert_array_equal(loaded.rows[:], emb.astype(np.float16))
+    np.testing.assert_array_equal(loaded.rows[3:7], emb[3:7].astype(np.float16))
+    np.testing.assert_array_equal(loaded.rows.take(rows[:-1][::-1]), emb[::-1].astype(np.float16))
 
     # A later shard wins on a repeated sha256; the train matrix comes out in the order asked.
     store.add([shas[2]], np.full((1, 3), -1.0, dtype=np.float32))
     (tmp_path / "again").mkdir()
     loaded = store.load(FeatureMatrix(tmp_path / "again"))
     assert loaded.count == 11
-    picked = loaded.gather(loaded.rows_of([shas[5], shas[2]]), tmp_path / "again")
-    np.testing.assert_array_equal(picked, np.array([emb[5], [-1, -1, -1]], dtype=np.float16))
+    picked = loaded.gather(loaded.rows_of([shas[5], shas[2]]))
+    np.testing.assert_array_equal(picked[:], np.array([emb[5], [-1, -1, -1]], dtype=np.float16))
 
 
 def test_an_unreadable_shard_is_skipped_and_named(storage, tmp_path, caplog):
