@@ -159,6 +159,9 @@ def train_on_samples(
             progress,
         )
         model, scores, metrics, skipped, facts = fit(run)
+        # The last references to the training loader: its workers (alive through the epochs) end
+        # now instead of holding their memory through the report and promotion.
+        del run, train_loader
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}

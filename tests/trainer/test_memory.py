@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ import pytest
 from tests.trainer.builders import make_samples
 from trainer.cache import bounded_map
 from trainer.data import PackedStrings, StoredImages
+from trainer.train_vit import train_on_samples
 
 
 class CountingPool(ThreadPoolExecutor):
@@ -73,3 +78,27 @@ def test_a_subset_of_stored_images_keeps_keys_labels_sha256s_and_samples_aligned
     image, label, position = part[1]
     assert (label, position) == (int(samples[2].label == "ai"), 1) and type(label) is int
     assert image.tobytes() == data.load(2).tobytes()
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_training_workers_end_before_the_report_and_promotion(tiny, storage):
+    samples = make_samples(storage, 60)
+    before = _children()
+    seen: dict[str, set[int]] = {}
+
+    def progress(event: dict) -> None:
+        if event.get("stage") in ("train", "evaluate"):
+            seen[event["stage"]] = _children() - before
+
+    result = train_on_samples(tiny(train_workers=2, train_epochs=1), samples, storage, progress)
+    assert result["version"] == "v1"
+    assert len(seen["train"]) >= 2  # the training loader's workers, alive during the epochs
+    assert seen["evaluate"] == set()  # ended once the fit was done
