@@ -314,9 +314,9 @@ def memory(args) -> None:
     )
     print(
         "| images | trainer peak RSS | trainer peak PSS | one worker peak RSS | workers peak PSS (sum) "
-        "| workers peak private (sum) | training |"
+        "| workers peak private (sum) | trainer + workers PSS, peak | training |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = {}
     for n in args.sizes:
         cmd = [
@@ -344,12 +344,12 @@ def memory(args) -> None:
         print(
             f"| {n:,} | {out['self_mb']:.0f} MB | {out['self_pss_mb']:.0f} MB | {out['children_mb']:.0f} MB "
             f"| {out['workers_pss_mb']:.0f} MB | {out['workers_private_mb']:.0f} MB "
-            f"| {out['train_s']:.0f} s ({out['ips']:.0f} images/s) |",
+            f"| {out['total_pss_mb']:.0f} MB | {out['train_s']:.0f} s ({out['ips']:.0f} images/s) |",
             flush=True,
         )
     small, big = min(results), max(results)
     if small != big:
-        for what in ("self_mb", "self_pss_mb", "workers_pss_mb", "workers_private_mb"):
+        for what in ("self_mb", "self_pss_mb", "workers_pss_mb", "workers_private_mb", "total_pss_mb"):
             ratio = results[big][what] / results[small][what]
             grew = (results[big][what] - results[small][what]) * 1024 * 1024 / (big - small)
             print(f"{what}: {big:,} / {small:,} images = {ratio:.3f} ({grew:+.0f} bytes per added image)")
@@ -383,13 +383,14 @@ def _children(pid: int) -> list[int]:
 class MemorySampler(threading.Thread):
     """Peaks of this process's PSS and of its child processes (the DataLoader workers), sampled
     from /proc every ``interval`` seconds: PSS divides each shared page among the processes that
-    map it, so trainer PSS + workers' PSS is what the training costs the machine; "private" is
-    what a worker alone holds (Private_Clean + Private_Dirty, its USS)."""
+    map it, so trainer PSS + workers' PSS at the same moment ("total") is what the training costs
+    the machine; "private" is what the workers alone hold (Private_Clean + Private_Dirty, USS).
+    The trainer's own PSS rises when its workers end (its pages are no longer shared)."""
 
     def __init__(self, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.interval, self.done = interval, threading.Event()
-        self.peak = {"self_pss": 0, "workers_pss": 0, "workers_private": 0, "workers": 0}
+        self.peak = {"self_pss": 0, "workers_pss": 0, "workers_private": 0, "total_pss": 0, "workers": 0}
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -404,6 +405,7 @@ class MemorySampler(threading.Thread):
             "workers_private": sum(k.get("Private_Clean", 0) + k.get("Private_Dirty", 0) for k in kids),
             "workers": len(kids),
         }
+        now["total_pss"] = now["self_pss"] + now["workers_pss"]  # what the training costs the machine
         for name, value in now.items():
             self.peak[name] = max(self.peak[name], value)
 
@@ -433,6 +435,7 @@ def rss_child(args) -> None:
                 "self_pss_mb": peak["self_pss"] / kb,
                 "workers_pss_mb": peak["workers_pss"] / kb,
                 "workers_private_mb": peak["workers_private"] / kb,
+                "total_pss_mb": peak["total_pss"] / kb,
                 "workers_seen": peak["workers"],
                 "train_s": elapsed,
                 "ips": args.images / elapsed,
