@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import json
 import logging
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +59,9 @@ COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
 
 # What a failing database raises: SQLAlchemy's errors, and asyncpg's refused connection as itself.
 INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
+
+
+MAX_DECODE_THREADS = 4  # validation threads of one batch at most
 
 
 class UnknownImage(KeyError):
@@ -167,7 +171,7 @@ class DatasetManager:
 
     async def ingest_many(self, items: Sequence[tuple[bytes, dict]]) -> list[IngestOutcome]:
         """Ingest a batch: the outcome of each image, in order, as :meth:`ingest` one by one gives it,
-        for a fraction of the cost per image -- the batch is validated in one worker thread, caught
+        for a fraction of the cost per image -- the batch is validated in worker threads, caught
         up with the index once, checked for exact duplicates in one query, written with one group
         commit (:meth:`StorageDriver.put_many`), indexed in one transaction and re-checked for racing
         near duplicates in one query. The crash guarantees are those of :meth:`ingest`: every file
@@ -178,7 +182,14 @@ class DatasetManager:
         to one image at a time, so each image still gets its own outcome.
         """
         outcomes: list[IngestOutcome | None] = [None] * len(items)
-        checked = await asyncio.to_thread(self._inspect_all, items)
+        # Validation in up to one worker thread per usable core (Pillow's decoders and SHA-256 run
+        # without the GIL); DECODE_MEMORY_BUDGET_MB still bounds what the decodes hold together.
+        threads = max(1, min(len(items), len(os.sched_getaffinity(0)), MAX_DECODE_THREADS))
+        parts = [items[k::threads] for k in range(threads)]
+        done = await asyncio.gather(*(asyncio.to_thread(self._inspect_all, part) for part in parts))
+        checked: list[ImageInfo | IngestOutcome] = [
+            done[i % threads][i // threads] for i in range(len(items))
+        ]
         todo = [i for i, got in enumerate(checked) if isinstance(got, ImageInfo)]
         for i, got in enumerate(checked):
             if isinstance(got, IngestOutcome):

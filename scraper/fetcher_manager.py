@@ -219,8 +219,8 @@ class FetcherManager:
             finally:
                 await arrived.put(None)  # the end, also after a failure (re-raised by `await downloads`)
 
-        async def settle(batch: list[tuple[bytes, dict]], ingesting: asyncio.Task[list[bool]]) -> None:
-            for (_data, metadata), stored in zip(batch, await ingesting, strict=True):
+        async def settle(batch: list[tuple[bytes, dict]], ingest: asyncio.Task[list[bool]]) -> None:
+            for (_data, metadata), stored in zip(batch, await ingest, strict=True):
                 if stored:
                     hook = asyncio.ensure_future(fetcher.on_stored(metadata))
                     hooks.add(hook)
@@ -233,12 +233,19 @@ class FetcherManager:
 
         downloads = asyncio.create_task(download())
         # Up to INGEST_PIPELINE batches in flight: one is validated (a worker thread) while another's
-        # files and rows are written, so a folder import keeps two cores busy. Racing batches are
-        # safe: the index decides exact duplicates, the near re-check after the rows the near ones.
+        # files and rows are written, so a folder import keeps two cores busy. A second batch only
+        # starts when a whole one is waiting (otherwise the oldest is finished first, meanwhile more
+        # arrive), so batches stay full. Racing batches are safe: the index decides exact
+        # duplicates, the near re-check after the rows the near ones.
         ingesting: deque[tuple[list[tuple[bytes, dict]], asyncio.Task[list[bool]]]] = deque()
         try:
-            done = False
-            while not done:
+            ended = False  # the end of the downloads was taken from the queue
+            while not ended or ingesting:
+                if ingesting and (
+                    ended or len(ingesting) >= INGEST_PIPELINE or arrived.qsize() < INGEST_BATCH
+                ):
+                    await settle(*ingesting.popleft())  # also frees room for the source to read ahead
+                    continue
                 batch: list[tuple[bytes, dict]] = []
                 item = await arrived.get()
                 while item is not None:
@@ -246,14 +253,10 @@ class FetcherManager:
                     if len(batch) == INGEST_BATCH or arrived.empty():
                         break
                     item = arrived.get_nowait()
-                done = item is None
+                ended = item is None
                 if batch:
                     report.downloaded += len(batch)
                     ingesting.append((batch, asyncio.create_task(self._ingest(batch, report))))
-                # Settle the oldest batch when the pipeline is full, at the end, and when nothing has
-                # arrived: the source may be waiting for room (read_ahead) that only settling frees.
-                while ingesting and (done or len(ingesting) >= INGEST_PIPELINE or arrived.empty()):
-                    await settle(*ingesting.popleft())
             await downloads  # a source's failure is raised here, after what it downloaded was stored
             await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:

@@ -104,6 +104,14 @@ class FullDiskStorage(LocalStorage):
             self.room -= 1
         super().put(key, data)
 
+    def put_many(self, items):
+        # A batch that does not fit fails whole (nothing of it written), as a group commit would.
+        images = sum(key.startswith("images/") for key, _data in items)
+        if images > self.room:
+            raise StorageError(f"cannot write {items[0][0]} under {self.root}: No space left on device")
+        self.room -= images
+        super().put_many(items)
+
 
 @pytest.mark.parametrize(("room", "status"), [(3, "partial"), (0, "failed")])
 async def test_a_scrape_that_could_not_store_images_is_not_ok(settings, tmp_path, room, status):

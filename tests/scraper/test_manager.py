@@ -271,3 +271,34 @@ async def test_a_bad_option_skips_the_source_before_any_request(make_manager, na
     r = report["sources"][name]
     assert r["status"] == "skipped" and expected in r["message"]
     assert r["api_requests"] == 0 and len(respx.calls) == 0
+
+
+@respx.mock
+async def test_a_folder_is_ingested_in_full_batches_and_a_network_source_image_by_image(
+    make_manager, dataset, monkeypatch, tmp_path
+):
+    # The folder reads ahead, so the dataset gets whole batches (the fixed costs of a batch paid once
+    # per INGEST_BATCH images); an API source is ingested as each image arrives.
+    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 8)
+    sizes, real_ingest_many = [], dataset.ingest_many
+
+    async def measured(items):
+        sizes.append(len(items))
+        return await real_ingest_many(items)
+
+    monkeypatch.setattr(dataset, "ingest_many", measured)
+    root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(700 + i) for i in range(40)})
+    report = await make_manager(folder_source(root)).run()
+    assert report["sources"]["folder"]["stored"] == 40 and sum(sizes) == 40
+    assert max(sizes) == 8 and sizes.count(8) >= 3  # the first batch may be smaller: nothing read yet
+
+    sizes.clear()
+    respx.get("https://api.pexels.com/v1/search").mock(
+        return_value=httpx.Response(200, json=pexels_search([1, 2, 3, 4], page=1, per_page=5, has_next=False))
+    )
+    for photo in range(1, 5):
+        respx.get(url__regex=rf"https://images\.pexels\.com/photos/{photo}/.*").mock(
+            return_value=httpx.Response(200, content=jpeg(800 + photo))
+        )
+    report = await make_manager(source("pexels")).run()
+    assert report["sources"]["pexels"]["stored"] == 4 and sizes == [1, 1, 1, 1]
