@@ -313,10 +313,10 @@ def memory(args) -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
     print(
-        "| images | trainer peak RSS | trainer peak PSS | one worker peak RSS | workers peak PSS (sum) "
-        "| workers peak private (sum) | trainer + workers PSS, peak | training |"
+        "| images | trainer peak RSS | trainer peak private | workers peak private (sum) "
+        "| one worker peak RSS | trainer + workers PSS, peak | training |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     results = {}
     for n in args.sizes:
         cmd = [
@@ -342,14 +342,16 @@ def memory(args) -> None:
         child = subprocess.run(cmd, check=True, capture_output=True, text=True)
         out = results[n] = json.loads(child.stdout.splitlines()[-1])
         print(
-            f"| {n:,} | {out['self_mb']:.0f} MB | {out['self_pss_mb']:.0f} MB | {out['children_mb']:.0f} MB "
-            f"| {out['workers_pss_mb']:.0f} MB | {out['workers_private_mb']:.0f} MB "
-            f"| {out['total_pss_mb']:.0f} MB | {out['train_s']:.0f} s ({out['ips']:.0f} images/s) |",
+            f"| {n:,} | {out['self_mb']:.0f} MB | {out['self_private_mb']:.0f} MB "
+            f"| {out['workers_private_mb']:.0f} MB ({out['workers_seen']} at most) "
+            f"| {out['children_mb']:.0f} MB "
+            f"| {out['total_pss_mb']:.0f} MB ({out['workers_at_total_peak']} workers then) "
+            f"| {out['train_s']:.0f} s ({out['ips']:.0f} images/s) |",
             flush=True,
         )
     small, big = min(results), max(results)
     if small != big:
-        for what in ("self_mb", "self_pss_mb", "workers_pss_mb", "workers_private_mb", "total_pss_mb"):
+        for what in ("self_mb", "self_private_mb", "workers_private_mb", "total_pss_mb"):
             ratio = results[big][what] / results[small][what]
             grew = (results[big][what] - results[small][what]) * 1024 * 1024 / (big - small)
             print(f"{what}: {big:,} / {small:,} images = {ratio:.3f} ({grew:+.0f} bytes per added image)")
@@ -370,27 +372,45 @@ def _rollup(pid: int) -> dict[str, int] | None:
 
 
 def _children(pid: int) -> list[int]:
-    """Direct child processes of ``pid`` (every thread's children list)."""
+    """Direct child processes of ``pid`` that are forks of it (DataLoader workers: same command
+    line; not multiprocessing's resource tracker, a fresh interpreter)."""
     kids: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
             kids += [int(k) for k in (task / "children").read_text().split()]
         except OSError:
             continue
-    return kids
+    own = _cmdline(pid)
+    return [k for k in kids if _cmdline(k) == own]
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
 
 
 class MemorySampler(threading.Thread):
     """Peaks of this process's PSS and of its child processes (the DataLoader workers), sampled
     from /proc every ``interval`` seconds: PSS divides each shared page among the processes that
     map it, so trainer PSS + workers' PSS at the same moment ("total") is what the training costs
-    the machine; "private" is what the workers alone hold (Private_Clean + Private_Dirty, USS).
-    The trainer's own PSS rises when its workers end (its pages are no longer shared)."""
+    the machine -- but it also falls when other processes map the same libraries (torch), so
+    compare it within one run. "private" is what a process alone holds (Private_Clean +
+    Private_Dirty, its USS): the figure to compare between dataset sizes."""
 
     def __init__(self, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.interval, self.done = interval, threading.Event()
-        self.peak = {"self_pss": 0, "workers_pss": 0, "workers_private": 0, "total_pss": 0, "workers": 0}
+        self.peak = {
+            "self_pss": 0,
+            "self_private": 0,
+            "workers_pss": 0,
+            "workers_private": 0,
+            "total_pss": 0,
+            "workers": 0,
+        }
+        self.workers_at_total_peak = 0
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -401,11 +421,14 @@ class MemorySampler(threading.Thread):
         kids = [r for r in (_rollup(pid) for pid in _children(os.getpid())) if r]
         now = {
             "self_pss": me.get("Pss", 0),
+            "self_private": me.get("Private_Clean", 0) + me.get("Private_Dirty", 0),
             "workers_pss": sum(k.get("Pss", 0) for k in kids),
             "workers_private": sum(k.get("Private_Clean", 0) + k.get("Private_Dirty", 0) for k in kids),
             "workers": len(kids),
         }
         now["total_pss"] = now["self_pss"] + now["workers_pss"]  # what the training costs the machine
+        if now["total_pss"] > self.peak["total_pss"]:
+            self.workers_at_total_peak = len(kids)
         for name, value in now.items():
             self.peak[name] = max(self.peak[name], value)
 
@@ -433,10 +456,12 @@ def rss_child(args) -> None:
                 "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
                 "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb,
                 "self_pss_mb": peak["self_pss"] / kb,
+                "self_private_mb": peak["self_private"] / kb,
                 "workers_pss_mb": peak["workers_pss"] / kb,
                 "workers_private_mb": peak["workers_private"] / kb,
                 "total_pss_mb": peak["total_pss"] / kb,
                 "workers_seen": peak["workers"],
+                "workers_at_total_peak": sampler.workers_at_total_peak,
                 "train_s": elapsed,
                 "ips": args.images / elapsed,
             }
