@@ -26,7 +26,7 @@ probe-memory mode: peak RSS of loading cached feature shards and fitting the hea
 memory mode: a whole train_on_samples run (split, cache build, 1 epoch, evaluation, report, save,
 register) per dataset size (--sizes), each in a fresh process; prints its peak RSS and PSS, the
 peak RSS of one worker process and the workers' peak PSS and private memory (summed over the
-workers alive at the same moment, sampled from /proc/<pid>/smaps_rollup every 0.2 s), and the
+workers alive at the same moment, sampled from /proc/<pid>/smaps_rollup every 0.1 s), and the
 ratio of the largest size to the smallest.
 The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
 """
@@ -313,10 +313,10 @@ def memory(args) -> None:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
     print(
-        "| images | trainer peak RSS | trainer peak private | workers peak private (sum) "
-        "| one worker peak RSS | trainer + workers PSS, peak | training |"
+        "| images | trainer peak RSS | trainer peak private | one worker peak private "
+        "| workers peak private (sum) | one worker peak RSS | trainer + workers PSS, peak | training |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = {}
     for n in args.sizes:
         cmd = [
@@ -343,6 +343,7 @@ def memory(args) -> None:
         out = results[n] = json.loads(child.stdout.splitlines()[-1])
         print(
             f"| {n:,} | {out['self_mb']:.0f} MB | {out['self_private_mb']:.0f} MB "
+            f"| {out['one_worker_private_mb']:.0f} MB (of {out['worker_processes']}) "
             f"| {out['workers_private_mb']:.0f} MB ({out['workers_seen']} at most) "
             f"| {out['children_mb']:.0f} MB "
             f"| {out['total_pss_mb']:.0f} MB ({out['workers_at_total_peak']} workers then) "
@@ -351,7 +352,7 @@ def memory(args) -> None:
         )
     small, big = min(results), max(results)
     if small != big:
-        for what in ("self_mb", "self_private_mb", "workers_private_mb", "total_pss_mb"):
+        for what in ("self_mb", "self_private_mb", "one_worker_private_mb", "total_pss_mb"):
             ratio = results[big][what] / results[small][what]
             grew = (results[big][what] - results[small][what]) * 1024 * 1024 / (big - small)
             print(f"{what}: {big:,} / {small:,} images = {ratio:.3f} ({grew:+.0f} bytes per added image)")
@@ -399,7 +400,7 @@ class MemorySampler(threading.Thread):
     compare it within one run. "private" is what a process alone holds (Private_Clean +
     Private_Dirty, its USS): the figure to compare between dataset sizes."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.1) -> None:
         super().__init__(daemon=True)
         self.interval, self.done = interval, threading.Event()
         self.peak = {
@@ -411,6 +412,7 @@ class MemorySampler(threading.Thread):
             "workers": 0,
         }
         self.workers_at_total_peak = 0
+        self.private_of: dict[int, int] = {}  # peak private memory of each worker, by pid
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
@@ -418,7 +420,12 @@ class MemorySampler(threading.Thread):
 
     def sample(self) -> None:
         me = _rollup(os.getpid()) or {}
-        kids = [r for r in (_rollup(pid) for pid in _children(os.getpid())) if r]
+        by_pid = {pid: _rollup(pid) for pid in _children(os.getpid())}
+        kids = [r for r in by_pid.values() if r]
+        for pid, r in by_pid.items():
+            if r:
+                mine = r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+                self.private_of[pid] = max(self.private_of.get(pid, 0), mine)
         now = {
             "self_pss": me.get("Pss", 0),
             "self_private": me.get("Private_Clean", 0) + me.get("Private_Dirty", 0),
@@ -462,6 +469,8 @@ def rss_child(args) -> None:
                 "total_pss_mb": peak["total_pss"] / kb,
                 "workers_seen": peak["workers"],
                 "workers_at_total_peak": sampler.workers_at_total_peak,
+                "one_worker_private_mb": max(sampler.private_of.values(), default=0) / kb,
+                "worker_processes": len(sampler.private_of),
                 "train_s": elapsed,
                 "ips": args.images / elapsed,
             }
