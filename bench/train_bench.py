@@ -24,10 +24,11 @@ probe-memory mode: peak RSS of loading cached feature shards and fitting the hea
    embeddings (--probe-sizes), each in a fresh process; --probe-in-ram also measures the in-RAM
    load and fit the trainer used before.
 memory mode: a whole train_on_samples run (split, cache build, 1 epoch, evaluation, report, save,
-register) per dataset size (--sizes), each in a fresh process; prints its peak RSS and PSS, the
-peak RSS of one worker process and the workers' peak PSS and private memory (summed over the
-workers alive at the same moment, sampled from /proc/<pid>/smaps_rollup every 0.1 s), and the
-ratio of the largest size to the smallest.
+register) per dataset size (--sizes), each in a fresh process; prints the trainer's peak RSS
+(ru_maxrss) and peak private memory, each worker's peak private memory, the workers' private
+memory summed at one moment, the peak RSS of a worker (ru_maxrss of the children: it counts the
+pages shared with the trainer) and trainer + workers PSS at one moment (sampled from
+/proc/<pid>/smaps_rollup every 0.1 s), then the ratio of the largest size to the smallest.
 The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
 """
 
