@@ -161,7 +161,7 @@ def _budgeted(img: Image.Image, budget: int):
 _open_lock = threading.Lock()
 
 
-PHASH_DECODE_SIDE = 256  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
+PHASH_DECODE_SIDE = 128  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
 
 
 def inspect_image(
@@ -180,7 +180,7 @@ def inspect_image(
     width, height = img.size
     if min(width, height) < min_side:
         raise ImageRejected("too_small", f"{width}x{height} is under the minimum side of {min_side} px")
-    # pHash looks at a 32x32 resample of a box-reduced copy at most ~256 px on its shorter side
+    # pHash looks at a 32x32 resample of a box-reduced copy at most ~2x PHASH_DECODE_SIDE on its shorter side
     # (phash_int): a JPEG is decoded straight at that scale (DCT scaling), several times less work
     # than every pixel at full size. The decoder still reads every entropy-coded byte, so a
     # truncated or corrupt file is still rejected (tests/dataset/test_images.py, the acceptance
@@ -223,9 +223,10 @@ def decode_rgb(
 
 
 def phash_int(rgb: Image.Image) -> int:
-    """64-bit pHash as an unsigned int. Large images are box-reduced first: pHash only looks at a
-    32x32 resample, and resizing a 12 MP image with Lanczos would dominate the ingest time."""
-    factor = min(rgb.size) // 256
+    """64-bit pHash as an unsigned int. Large images are box-reduced first (to at least
+    PHASH_DECODE_SIDE on the shorter side, 4x the 32x32 resample pHash looks at): resizing a 12 MP
+    image with Lanczos would dominate the ingest time."""
+    factor = min(rgb.size) // PHASH_DECODE_SIDE
     small = rgb.reduce(factor) if factor > 1 else rgb
     bits = imagehash.phash(small).hash.flatten()
     return int("".join("1" if b else "0" for b in bits), 2)
