@@ -11,7 +11,10 @@ linear layer generalise to unseen generators better than fine-tuned CNNs). Here:
    feature id hashes the architecture, the backbone's weights and the preprocessing. A retrain
    embeds only images not yet in a shard; every host shares them.
 3. The head (the model's own classifier, ``model.get_classifier()``) is fitted by L-BFGS on the
-   features of the training side, class-weighted like the fine-tune loss.
+   features of the training side, class-weighted like the fine-tune loss. The features are never
+   held in RAM as a whole: shards (``CHUNK_ROWS`` each at most) are appended to a float16 file
+   on disk and the loss and gradient are summed a chunk at a time, so memory stays flat as the
+   dataset grows (docs/benchmarks.md, "Peak memory").
 4. The saved artifact is the whole model -- backbone plus head -- so ``model.json``,
    ``predict``, the labeler, promotion and Exposr-Core use it unchanged.
 """
@@ -308,9 +311,10 @@ def fit_head(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(weight [2, D], bias [2], final loss) of a class-weighted, L2-regularised softmax regression.
 
-    ``features`` may be a memory-mapped float16 array: the loss and its gradient are streamed
-    (:func:`head_objective`), so the fit holds one chunk of ``chunk_rows`` rows in memory, not the
-    dataset. The final loss is the weighted mean cross-entropy without the L2 term.
+    ``features`` may be float16 rows on disk (:class:`RowFile`) or any array: the loss and its
+    gradient are streamed (:func:`head_objective`), so the fit holds one chunk of ``chunk_rows``
+    rows in memory, not the dataset. The final loss is the weighted mean cross-entropy without the
+    L2 term.
     """
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     weight = torch.zeros(2, features.shape[1], requires_grad=True)
