@@ -3,7 +3,8 @@
     python bench/train_bench.py [--arch resnet10t] [--image-size 64] [--batch 32] [--workers 2]
                                 [--images 512] [--device auto] [--source-size 1080x720] [--folder DIR]
                                 [--decode reduced|full]
-    python bench/train_bench.py --mode memory --sizes 1000,10000 [same options]
+    python bench/train_bench.py --mode memory [--sizes 1000,10000,100000] [same options]
+    python bench/train_bench.py --mode probe-memory [--probe-sizes 10000,100000 --dim 1024 --probe-in-ram]
     python bench/train_bench.py --mode probe [--probe-n 100000 --dim 1024] [same options]
 
 throughput mode, in one run on one device:
@@ -17,22 +18,33 @@ throughput mode, in one run on one device:
    for a before/after comparison; ``reduced`` (default) is what the trainer does.
    Then the training cache is built (images/s) and the same epoch is timed reading it.
 probe mode: feature extraction images/s through the frozen --arch backbone on cached images, and
-   the linear head's L-BFGS fit on --probe-n synthetic embeddings (float16, as cached) on one core.
-memory mode: a whole train_on_samples run (split, 1 epoch, evaluation, save, register) per
-dataset size, each in a fresh process; prints its peak RSS and the peak of its worker processes.
+   the linear head's L-BFGS fit on --probe-n synthetic embeddings (float16 in a file on disk, read
+   a chunk at a time, as the trainer fits) on one core.
+probe-memory mode: peak RSS of loading cached feature shards and fitting the head, per number of
+   embeddings (--probe-sizes), each in a fresh process; --probe-in-ram also measures the in-RAM
+   load and fit the trainer used before.
+memory mode: a whole train_on_samples run (split, cache build, 1 epoch, evaluation, report, save,
+register) per dataset size (--sizes), each in a fresh process; prints the trainer's peak RSS
+(ru_maxrss) and peak private memory, each worker's peak private memory, the workers' private
+memory summed at one moment, the peak RSS of a worker (ru_maxrss of the children: it counts the
+pages shared with the trainer) and trainer + workers PSS at one moment (sampled from
+/proc/<pid>/smaps_rollup every 0.1 s), then the ratio of the largest size to the smallest.
 The images are generated (smooth colour fields plus grain, saved as JPEG q=90) unless --folder is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
+import os
 import random
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -55,7 +67,7 @@ from trainer.data import (  # noqa: E402
     train_transform,
 )
 from trainer.modeling import build_model, pick_device  # noqa: E402
-from trainer.probe import embed, fit_head  # noqa: E402
+from trainer.probe import CHUNK_ROWS, RowFile, embed, fit_head  # noqa: E402
 from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
 
 
@@ -65,12 +77,15 @@ def generate_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0) -
     At most 256 distinct pictures, each stored under several keys: drawing 1080x720 grain is
     slower than training on it, and repeated content costs the data path the same.
     """
-    storage, rng = LocalStorage(root), np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     distinct = [_picture(rng, size) for _ in range(min(n, 256))]
     samples = []
+    folder = Path(root) / "images/2026/01/01"  # where LocalStorage(root) keeps these keys
+    folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         key = f"images/2026/01/01/{i:07d}.jpg"
-        storage.put(key, distinct[i % len(distinct)])
+        # Plain writes, no fsync per file: scratch files of a benchmark (100k in seconds, not minutes).
+        (folder / f"{i:07d}.jpg").write_bytes(distinct[i % len(distinct)])
         samples.append(_sample(str(i), "ai" if i % 2 else "real", key, rng))
     return samples
 
@@ -292,10 +307,18 @@ def _memory_batches(args, device, steps: int) -> list:
 
 
 def memory(args) -> None:
+    """Peak memory of a whole training per dataset size, each in a fresh process, and the ratios."""
     print(
         f"memory mode: arch={args.arch} image_size={args.image_size} batch={args.batch} "
-        f"workers={args.workers} source={args.source_size}"
+        f"workers={args.workers} source={args.source_size[0]}x{args.source_size[1]} "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     )
+    print(
+        "| images | trainer peak RSS | trainer peak private | one worker peak private "
+        "| workers peak private (sum) | one worker peak RSS | trainer + workers PSS, peak | training |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results = {}
     for n in args.sizes:
         cmd = [
             sys.executable,
@@ -318,31 +341,250 @@ def memory(args) -> None:
             f"{args.source_size[0]}x{args.source_size[1]}",
         ]
         child = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        out = json.loads(child.stdout.splitlines()[-1])
+        out = results[n] = json.loads(child.stdout.splitlines()[-1])
         print(
-            f"{n:>7} images: trainer peak RSS {out['self_mb']:7.1f} MB, worker peak RSS "
-            f"{out['children_mb']:7.1f} MB, training {out['train_s']:.1f} s ({out['ips']:.0f} images/s)"
+            f"| {n:,} | {out['self_mb']:.0f} MB | {out['self_private_mb']:.0f} MB "
+            f"| {out['one_worker_private_mb']:.0f} MB (of {out['worker_processes']}) "
+            f"| {out['workers_private_mb']:.0f} MB ({out['workers_seen']} at most) "
+            f"| {out['children_mb']:.0f} MB "
+            f"| {out['total_pss_mb']:.0f} MB ({out['workers_at_total_peak']} workers then) "
+            f"| {out['train_s']:.0f} s ({out['ips']:.0f} images/s) |",
+            flush=True,
         )
+    small, big = min(results), max(results)
+    if small != big:
+        for what in ("self_mb", "self_private_mb", "one_worker_private_mb", "total_pss_mb"):
+            ratio = results[big][what] / results[small][what]
+            grew = (results[big][what] - results[small][what]) * 1024 * 1024 / (big - small)
+            print(f"{what}: {big:,} / {small:,} images = {ratio:.3f} ({grew:+.0f} bytes per added image)")
+
+
+def _rollup(pid: int) -> dict[str, int] | None:
+    """Rss, Pss, Private_Clean, Private_Dirty ... of a process in kB (/proc/<pid>/smaps_rollup)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:  # the process ended, or no such file here
+        return None
+    out = {}
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            out[name] = int(rest.split()[0])
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` that are forks of it (DataLoader workers: same command
+    line; not multiprocessing's resource tracker, a fresh interpreter)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    own = _cmdline(pid)
+    return [k for k in kids if _cmdline(k) == own]
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
+class MemorySampler(threading.Thread):
+    """Peaks of this process's PSS and of its child processes (the DataLoader workers), sampled
+    from /proc every ``interval`` seconds: PSS divides each shared page among the processes that
+    map it, so trainer PSS + workers' PSS at the same moment ("total") is what the training costs
+    the machine -- but it also falls when other processes map the same libraries (torch), so
+    compare it within one run. "private" is what a process alone holds (Private_Clean +
+    Private_Dirty, its USS): the figure to compare between dataset sizes."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.done = interval, threading.Event()
+        self.peak = {
+            "self_pss": 0,
+            "self_private": 0,
+            "workers_pss": 0,
+            "workers_private": 0,
+            "total_pss": 0,
+            "workers": 0,
+        }
+        self.workers_at_total_peak = 0
+        self.private_of: dict[int, int] = {}  # peak private memory of each worker, by pid
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        me = _rollup(os.getpid()) or {}
+        by_pid = {pid: _rollup(pid) for pid in _children(os.getpid())}
+        kids = [r for r in by_pid.values() if r]
+        for pid, r in by_pid.items():
+            if r:
+                mine = r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
+                self.private_of[pid] = max(self.private_of.get(pid, 0), mine)
+        now = {
+            "self_pss": me.get("Pss", 0),
+            "self_private": me.get("Private_Clean", 0) + me.get("Private_Dirty", 0),
+            "workers_pss": sum(k.get("Pss", 0) for k in kids),
+            "workers_private": sum(k.get("Private_Clean", 0) + k.get("Private_Dirty", 0) for k in kids),
+            "workers": len(kids),
+        }
+        now["total_pss"] = now["self_pss"] + now["workers_pss"]  # what the training costs the machine
+        if now["total_pss"] > self.peak["total_pss"]:
+            self.workers_at_total_peak = len(kids)
+        for name, value in now.items():
+            self.peak[name] = max(self.peak[name], value)
+
+    def stop(self) -> dict[str, int]:
+        self.done.set()
+        self.join()
+        self.sample()
+        return self.peak
 
 
 def rss_child(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         samples = generate_dataset(Path(tmp) / "datasets", args.images, args.source_size)
         storage = LocalStorage(Path(tmp) / "datasets")
+        sampler = MemorySampler()
+        sampler.start()
         start = time.perf_counter()
         train_on_samples(_settings(args, Path(tmp), val_fraction=0.1), samples, storage)
         elapsed = time.perf_counter() - start
-    kb = 1024.0  # ru_maxrss is in KiB on Linux
+        peak = sampler.stop()
+    kb = 1024.0  # ru_maxrss and smaps_rollup are in KiB on Linux
     print(
         json.dumps(
             {
                 "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kb,
                 "children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kb,
+                "self_pss_mb": peak["self_pss"] / kb,
+                "self_private_mb": peak["self_private"] / kb,
+                "workers_pss_mb": peak["workers_pss"] / kb,
+                "workers_private_mb": peak["workers_private"] / kb,
+                "total_pss_mb": peak["total_pss"] / kb,
+                "workers_seen": peak["workers"],
+                "workers_at_total_peak": sampler.workers_at_total_peak,
+                "one_worker_private_mb": max(sampler.private_of.values(), default=0) / kb,
+                "worker_processes": len(sampler.private_of),
                 "train_s": elapsed,
                 "ips": args.images / elapsed,
             }
         )
     )
+
+
+def probe_memory(args) -> None:
+    """Peak memory of the linear probe's head fit from cached feature shards, per dataset size.
+
+    For each size a fresh process loads synthetic float16 embeddings (written as feature shards,
+    as the trainer stores them) the way fit_linear_probe does -- into a float16 file on disk, the
+    training rows gathered into another, read back a chunk at a time -- and fits the head
+    ("on-disk"); ``--probe-in-ram`` also measures loading the shards into one array and fitting on
+    a float32 copy in one chunk ("in-ram", what the trainer did before).
+    Prints the growth of the peak RSS over the process's RSS before the load, and the ratio.
+    """
+    print(f"probe memory: dim={args.dim or 1024} sizes={args.probe_sizes} one core")
+    print("| embeddings | how | peak RSS | growth during load + fit | load + fit time |")
+    print("|---:|---|---:|---:|---:|")
+    growth: dict[tuple[str, int], float] = {}
+    for how in ("in-ram", "on-disk") if args.probe_in_ram else ("on-disk",):
+        for n in args.probe_sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--mode",
+                    "probe-memory-child",
+                    "--probe-n",
+                    str(n),
+                    "--dim",
+                    str(args.dim or 1024),
+                    "--folder",
+                    tmp,
+                ]
+                if how == "in-ram":
+                    cmd.append("--probe-in-ram")
+                env = {**os.environ, "OMP_NUM_THREADS": "1"}
+                child = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            out = json.loads(child.stdout.splitlines()[-1])
+            growth[how, n] = out["growth_mb"]
+            print(
+                f"| {n:,} | {how} | {out['peak_mb']:.0f} MB | {out['growth_mb']:.0f} MB "
+                f"| {out['fit_s']:.2f} s (loss {out['loss']:.4f}) |",
+                flush=True,
+            )
+    small, big = min(args.probe_sizes), max(args.probe_sizes)
+    for how in ("in-ram", "on-disk"):
+        if (how, small) in growth and small != big:
+            ratio = growth[how, big] / max(growth[how, small], 1e-9)
+            print(f"{how}: growth at {big:,} / growth at {small:,} embeddings = {ratio:.2f}")
+
+
+def probe_memory_child(args) -> None:
+    from trainer.probe import FeatureMatrix, FeatureStore
+
+    torch.set_num_threads(1)
+    storage = LocalStorage(args.folder / "datasets")
+    store = FeatureStore(storage, "bench")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, args.probe_n)
+    shas = [f"{i:064x}" for i in range(args.probe_n)]
+    chunks = []
+    for start in range(0, args.probe_n, 8192):
+        y = labels[start : start + 8192]
+        chunks.append((rng.normal(0, 1, (len(y), args.dim)) + y[:, None] * 0.05).astype(np.float16))
+    if args.probe_in_ram:  # before: one shard per retrain, whatever its size
+        buf = io.BytesIO()
+        np.savez(buf, sha256=np.array([s.encode() for s in shas], dtype="S64"), emb=np.concatenate(chunks))
+        storage.put(f"{store.prefix}all.npz", buf.getvalue())
+        del buf
+    else:
+        for i, chunk in enumerate(chunks):  # shards of 8,192 rows, as FeatureStore.add writes them
+            store.add(shas[i * 8192 : (i + 1) * 8192], chunk)
+    del chunks
+    gc.collect()
+    before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets the peak RSS (VmHWM) to the current RSS
+    start = time.perf_counter()
+    if args.probe_in_ram:  # what fit_linear_probe did before: a dict of rows, one array, a float32 copy
+        rows: dict[str, int] = {}
+        parts, offset = [], 0
+        for key in sorted(storage.list(store.prefix)):
+            with np.load(io.BytesIO(storage.get(key))) as shard:
+                names, emb = shard["sha256"], shard["emb"]
+            rows.update((s.decode(), offset + i) for i, s in enumerate(names.tolist()))
+            parts.append(emb)
+            offset += len(emb)
+        matrix = np.concatenate(parts)
+        del parts
+        features = matrix[[rows[s] for s in shas]].astype(np.float32)
+        _, _, loss = fit_head(features, labels, chunk_rows=len(features))
+    else:
+        scratch = args.folder / "scratch"
+        scratch.mkdir()
+        loaded = store.load(FeatureMatrix(scratch))
+        features = loaded.gather(loaded.rows_of(shas))
+        _, _, loss = fit_head(features, labels)
+    fit_s = time.perf_counter() - start
+    peak = _status_kb("VmHWM")
+    print(
+        json.dumps(
+            {"peak_mb": peak / 1024, "growth_mb": (peak - before) / 1024, "fit_s": fit_s, "loss": loss}
+        )
+    )
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def probe(args) -> None:
@@ -378,26 +620,43 @@ def probe(args) -> None:
     rng = np.random.default_rng(0)
     dim = args.dim or feats.shape[1]
     labels = rng.integers(0, 2, args.probe_n)
-    x = (rng.normal(0, 1, (args.probe_n, dim)) + labels[:, None] * 0.05).astype(np.float16)  # as cached
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    start = time.perf_counter()
-    _, _, loss = fit_head(x.astype(np.float32), labels)
-    fit_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        x = RowFile(Path(tmp) / "train.f16")  # float16 on disk, as fit_linear_probe hands it over
+        for start in range(0, args.probe_n, CHUNK_ROWS):
+            y = labels[start : start + CHUNK_ROWS]
+            x.append((rng.normal(0, 1, (len(y), dim)) + y[:, None] * 0.05).astype(np.float16))
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        start = time.perf_counter()
+        _, _, loss = fit_head(x, labels)  # streamed, CHUNK_ROWS rows at a time
+        fit_s = time.perf_counter() - start
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        whole = x[:].astype(np.float32)  # before: the whole float32 matrix in RAM, one chunk
+        start = time.perf_counter()
+        fit_head(whole, labels, chunk_rows=len(whole))
+        in_ram_s = time.perf_counter() - start
     print(f"linear probe: arch={args.arch} image_size={args.image_size} device={device}")
     print(
         f"feature extraction:  {len(samples) / extract_s:9.1f} images/s ({len(samples)} cached images, "
         f"{feats.shape[1]} features)"
     )
     print(
-        f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core "
-        f"(loss {loss:.4f}); peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
-        f"(before the fit {rss_before:.0f} MB)"
+        f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core, "
+        f"streamed from disk {CHUNK_ROWS} rows at a time "
+        f"(loss {loss:.4f}); peak RSS {peak_mb:.0f} MB (before the fit {rss_before:.0f} MB)"
+    )
+    print(
+        f"head fit in RAM:     {in_ram_s:9.2f} s (the whole float32 matrix, as before; "
+        f"streamed / in RAM = {fit_s / in_ram_s:.2f})"
     )
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--mode", choices=["throughput", "memory", "rss-child", "probe"], default="throughput")
+    p.add_argument(
+        "--mode",
+        choices=["throughput", "memory", "rss-child", "probe", "probe-memory", "probe-memory-child"],
+        default="throughput",
+    )
     p.add_argument(
         "--probe-n", type=int, default=100_000, help="probe mode: embeddings the head is fitted on"
     )
@@ -422,14 +681,32 @@ def parse_args() -> argparse.Namespace:
         help="reduced: the trainer's decoding at a power-of-two scale; full: every pixel (before)",
     )
     p.add_argument("--folder", type=Path, help="use the images of this folder instead of generated ones")
-    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000])
+    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1000, 10000, 100000])
+    p.add_argument(
+        "--probe-sizes",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[10000, 100000],
+        help="probe-memory mode: numbers of cached embeddings",
+    )
+    p.add_argument(
+        "--probe-in-ram",
+        action="store_true",
+        help="probe-memory mode: also measure the in-RAM load and fit (the trainer before memory-mapping)",
+    )
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
     random.seed(0)
-    {"throughput": throughput, "memory": memory, "rss-child": rss_child, "probe": probe}[args.mode](args)
+    {
+        "throughput": throughput,
+        "memory": memory,
+        "rss-child": rss_child,
+        "probe": probe,
+        "probe-memory": probe_memory,
+        "probe-memory-child": probe_memory_child,
+    }[args.mode](args)
 
 
 if __name__ == "__main__":

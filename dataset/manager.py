@@ -80,7 +80,7 @@ class IngestOutcome:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: ~56 bytes less per image (100k in a training)
 class Sample:
     id: str
     label: str

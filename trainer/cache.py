@@ -28,7 +28,8 @@ import io
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -103,6 +104,19 @@ class CacheBuild:
         }
 
 
+def bounded_map(pool: ThreadPoolExecutor, fn, items: Iterable[tuple], in_flight: int) -> Iterator:
+    """``pool.map(fn, *zip(*items))`` with at most ``in_flight`` calls submitted at a time, results in
+    order. ``Executor.map`` submits every item at once: ~1.6 KB of futures and work items per image,
+    160 MB for 100k images, in the trainer's peak memory."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, *item))
+        if len(pending) >= in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 class ImageCache:
     """Cached pictures at one decode side and quality. DataLoader workers read through it."""
 
@@ -133,7 +147,7 @@ class ImageCache:
         missing = {sha: key for sha, key in items if sha not in have}
         report = CacheBuild(present=len(have))
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for ok in pool.map(lambda item: self._write(*item), missing.items()):
+            for ok in bounded_map(pool, self._write, missing.items(), in_flight=4 * max(1, workers)):
                 report.built += ok
                 report.failed += not ok
         report.seconds = time.perf_counter() - started

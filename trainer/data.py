@@ -8,16 +8,20 @@ nor size can become the feature the model learns.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import functools
+import gc
 import io
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import overload
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
@@ -145,9 +149,53 @@ class Normalizer:
         return (images - self.mean) / self.std
 
 
+class PackedStrings(Sequence[str]):
+    """Strings packed into one UTF-8 bytes object with an offsets array: a read-only sequence of str.
+
+    A DataLoader worker (a fork of the trainer) that reads ``keys[i]`` from a list touches that
+    string object's reference count, so the page holding it is copied into the worker; over an
+    epoch that copies every page of the per-image objects into every worker. Reading from one
+    bytes object and one numpy array copies nothing per image.
+    """
+
+    def __init__(self, values: Iterable[str]) -> None:
+        encoded = [v.encode() for v in values]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._blob = b"".join(encoded)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} strings")
+        return self._blob[int(self._offsets[index]) : int(self._offsets[index + 1])].decode()
+
+    def take(self, positions: Iterable[int]) -> PackedStrings:
+        return PackedStrings(self[i] for i in positions)
+
+    def __repr__(self) -> str:
+        return f"PackedStrings({len(self)} strings, {len(self._blob)} bytes)"
+
+
 class StoredImages(Dataset):
     """(image tensor, class index, position) per stored key; an unreadable image yields
-    (None, None, position), so the skip can be traced to its sample."""
+    (None, None, position), so the skip can be traced to its sample.
+
+    Keys, sha256s and labels are kept packed (:class:`PackedStrings`, an int8 array): the DataLoader
+    workers read them without copying the trainer's per-image objects (see PackedStrings).
+    """
 
     def __init__(
         self,
@@ -164,15 +212,26 @@ class StoredImages(Dataset):
     ) -> None:
         self.storage = storage
         self.samples: list = []  # set by the trainer: which sample each position is (reports, promotion)
-        self.keys = list(keys)
-        self.labels = list(labels)
+        self.keys = PackedStrings(keys)
+        self.labels = np.fromiter(labels, dtype=np.int8, count=len(labels))
+        if len(self.labels) != len(self.keys):
+            raise ValueError(f"{len(self.keys)} keys but {len(self.labels)} labels")
         self.transform = transform
         self.max_pixels = max_pixels
         self.reduce_to = reduce_to
         # trainer.cache.ImageCache at reduce_to, and the sha256 of each key: read the cached picture.
         self.cache = cache
-        self.sha256s = list(sha256s) if sha256s is not None else None
+        self.sha256s = PackedStrings(sha256s) if sha256s is not None else None
         self.quality = quality  # Preprocessing.cache_quality: the cache's JPEG round trip, cached or not
+
+    def subset(self, positions: Sequence[int]) -> StoredImages:
+        """A copy holding only ``positions`` (in that order): keys, labels, sha256s and samples alike."""
+        out = copy.copy(self)
+        out.keys = self.keys.take(positions)
+        out.labels = self.labels[np.asarray(positions, dtype=np.int64)]
+        out.sha256s = self.sha256s.take(positions) if self.sha256s is not None else None
+        out.samples = [self.samples[i] for i in positions] if self.samples else []
+        return out
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -181,7 +240,7 @@ class StoredImages(Dataset):
         image = self.load(index)
         if image is None:
             return None, None, index
-        return self.transform(image), self.labels[index], index
+        return self.transform(image), int(self.labels[index]), index
 
     def load(self, index: int) -> Image.Image | None:
         key = self.keys[index]
@@ -243,8 +302,19 @@ def make_loader(
         generator=generator,
         persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=functools.partial(die_with_parent, os.getpid()) if workers > 0 else None,
+        worker_init_fn=functools.partial(init_worker, os.getpid()) if workers > 0 else None,
     )
+
+
+def init_worker(parent_pid: int, worker_id: int | None = None) -> None:
+    """A DataLoader worker's start: keep the trainer's objects shared, end with the trainer.
+
+    ``gc.freeze()``: the objects this fork inherited from the trainer (every Sample, the split's
+    tables, the modules) are left out of this worker's garbage collections; a full collection
+    would otherwise write to each of them and so copy every page they sit on into this worker.
+    """
+    gc.freeze()
+    die_with_parent(parent_pid, worker_id)
 
 
 def die_with_parent(parent_pid: int, _worker_id: int | None = None) -> None:

@@ -17,7 +17,6 @@ Rule (docs/evaluation.md has a worked example):
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import pickle
@@ -197,11 +196,8 @@ def score_saved_model(
     """Margins of a saved model on the samples of ``subset`` (which index ``val_data`` by id)."""
     model, pre, _ = load_artifacts(folder, device)
     wanted = {s.id for s in subset.samples}
-    data = copy.copy(val_data)
-    positions = [i for i, sample in enumerate(val_data.samples) if sample.id in wanted]
-    data.keys = [val_data.keys[i] for i in positions]
-    data.labels = [val_data.labels[i] for i in positions]
-    data.samples = [val_data.samples[i] for i in positions]
+    # subset() keeps the sha256s aligned with the keys: the cached picture read is the image's own
+    data = val_data.subset([i for i, sample in enumerate(val_data.samples) if sample.id in wanted])
     data.transform, data.reduce_to, data.quality = eval_transform(pre), pre.decode_side, pre.cache_quality
     loader = make_loader(
         data,

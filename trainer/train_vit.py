@@ -48,7 +48,7 @@ from trainer.data import (
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
-from trainer.probe import FeatureStore, embed, feature_id, fit_head, set_head
+from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
 from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
@@ -159,6 +159,9 @@ def train_on_samples(
             progress,
         )
         model, scores, metrics, skipped, facts = fit(run)
+        # The last references to the training loader: its workers (alive through the epochs) end
+        # now instead of holding their memory through the report and promotion.
+        del run, train_loader
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
@@ -494,40 +497,45 @@ def fit_linear_probe(run: FitRun):
     for p in model.parameters():
         p.requires_grad_(False)
     store = FeatureStore(storage, feature_id(settings.train_arch, model, pre.as_dict()))
-    rows, matrix = store.load()
     everyone = train_set + val_set
-    missing = [s for s in everyone if s.sha256 not in rows]
-    if missing:
-        data = _images(storage, missing, eval_transform(pre), pre, settings, cache)
-        loader = make_loader(
-            data,
-            batch_size=settings.train_batch_size,
-            shuffle=False,
-            workers=settings.train_workers,
-            seed=settings.train_seed,
-            pin_memory=device.type == "cuda",
-            persistent=False,
-        )
-        where, feats = embed(model, loader, prepare, amp_dtype)
-        if len(where):
-            new = [missing[i].sha256 for i in where]
-            store.add(new, feats)
-            # Extend what was loaded instead of reading every shard again; float16 as stored.
-            offset = 0 if matrix is None else len(matrix)
-            rows.update((sha, offset + k) for k, sha in enumerate(new))
-            feats16 = feats.astype(np.float16)
-            matrix = feats16 if matrix is None else np.concatenate([matrix, feats16])
-    have = [s for s in train_set if s.sha256 in rows]
-    skipped = {s.id for s in everyone if s.sha256 not in rows}
-    if not have or len({s.label for s in have}) < 2:
-        raise TrainingError(
-            "linear_probe: the training side has no readable image of a class; run the dataset check command"
-        )
-    assert matrix is not None  # rows came from it
-    x = matrix[[rows[s.sha256] for s in have]].astype(np.float32)
-    y = np.array([CLASS_INDEX[s.label] for s in have])
-    weights = class_weights(have, torch.device("cpu")) if settings.train_balance == "loss" else None
-    weight, bias, loss = fit_head(x, y, weights)
+    # The features live in float16 files in a private folder of models_dir (removed after the fit;
+    # clean_stale removes it after a kill), written one shard or chunk at a time and read back a
+    # chunk at a time by the head fit: memory stays flat however many images there are.
+    scratch = make_staging_dir(settings.models_dir)
+    try:
+        features = store.load(FeatureMatrix(scratch))
+        found = features.rows_of([s.sha256 for s in everyone])
+        missing = [s for s, row in zip(everyone, found, strict=True) if row < 0]
+        if missing:
+            data = _images(storage, missing, eval_transform(pre), pre, settings, cache)
+            loader = make_loader(
+                data,
+                batch_size=settings.train_batch_size,
+                shuffle=False,
+                workers=settings.train_workers,
+                seed=settings.train_seed,
+                pin_memory=device.type == "cuda",
+                persistent=False,
+            )
+            # Each chunk is stored as a shard and appended to what was loaded (not read back).
+            for where, feats in embed_chunks(model, loader, prepare, amp_dtype):
+                features.append(store.add([missing[i].sha256 for i in where], feats), feats)
+        rows = features.rows_of([s.sha256 for s in everyone])
+        skipped = {s.id for s, row in zip(everyone, rows, strict=True) if row < 0}
+        train_rows = rows[: len(train_set)]
+        have = [s for s, row in zip(train_set, train_rows, strict=True) if row >= 0]
+        if not have or len({s.label for s in have}) < 2:
+            raise TrainingError(
+                "linear_probe: the training side has no readable image of a class; "
+                "run the dataset check command"
+            )
+        x = features.gather(train_rows[train_rows >= 0])
+        y = np.array([CLASS_INDEX[s.label] for s in have], dtype=np.int64)
+        weights = class_weights(have, torch.device("cpu")) if settings.train_balance == "loss" else None
+        weight, bias, loss = fit_head(x, y, weights)
+        dims = features.dims
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     try:
         set_head(model, weight, bias)
     except ValueError as exc:
@@ -559,7 +567,7 @@ def fit_linear_probe(run: FitRun):
             "linear_probe": {
                 "embedded": len(missing),
                 "reused": len(everyone) - len(missing),
-                "features": int(matrix.shape[1]),
+                "features": dims,
                 "seconds": round(time.monotonic() - started, 2),
             },
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import socket
@@ -125,7 +126,7 @@ def test_too_few_samples_names_the_counts(tiny, storage):
 
 def test_one_class_only_is_refused_and_unlabeled_never_counts(tiny, storage):
     samples = [s for s in make_samples(storage, 60) if s.label == "real"]
-    samples += [s.__class__(**{**s.__dict__, "id": s.id + "u", "label": "unlabeled"}) for s in samples]
+    samples += [dataclasses.replace(s, id=s.id + "u", label="unlabeled") for s in samples]
     with pytest.raises(TrainingError, match=r"30 labelled images \(30 real, 0 ai\).*ai"):
         train_on_samples(tiny(), samples, storage)
 
