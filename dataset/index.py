@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -406,6 +407,34 @@ class DedupeIndex:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(images).where(images.c.id == image_id))).mappings().first()
         return _row_dict(row) if row else None
+
+    async def column_pages(
+        self, columns: Sequence[str], labels: tuple[str, ...], page: int = 10_000
+    ) -> AsyncIterator[list[tuple]]:
+        """The given columns of the rows with these labels, in seq order, a page at a time (keyset
+        pagination on seq): the caller keeps what it needs of a page and lets the page go, so a
+        million rows never exist as rows all at once. ``phash`` comes back unsigned."""
+        wanted = [images.c[name] for name in columns]
+        unsign = columns.index("phash") if "phash" in columns else None
+        last = 0
+        while True:
+            q = (
+                select(images.c.seq, *wanted)
+                .where(images.c.label.in_(labels), images.c.seq > last)
+                .order_by(images.c.seq)
+                .limit(page)
+            )
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(q)).all()
+            if not rows:
+                return
+            last = rows[-1][0]
+            out = [tuple(row[1:]) for row in rows]
+            if unsign is not None:
+                out = [(*r[:unsign], to_unsigned(r[unsign]), *r[unsign + 1 :]) for r in out]
+            yield out
+            if len(rows) < page:
+                return
 
     async def all_rows(self, labels: tuple[str, ...] | None = None) -> list[dict]:
         q = select(images).order_by(images.c.seq)

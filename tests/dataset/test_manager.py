@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dataset.manager import DatasetManager, UnknownImage, run_check
+from dataset.manager import DatasetManager, UnknownImage, run_check, sample_from_row
 from tests.dataset.conftest import meta_in
 from tests.images import encode, jpeg, png, scene
 
@@ -208,3 +208,17 @@ async def test_near_duplicates_from_two_managers_at_once_store_one(driver_settin
         outs = await asyncio.gather(a.ingest(big, meta_in()), b.ingest(small, meta_in()))
         assert sorted(o.status for o in outs) == ["near_duplicate", "stored"]
         assert (await a.counts())["total"] == 1 and len(list(a.storage.list("images/"))) == 1
+
+
+async def test_samples_read_a_page_at_a_time_equal_the_rows(dm):
+    # samples() builds Samples page by page (keyset on seq) instead of from every row dict at once;
+    # the result must be what the rows say, in seq order, for the labels asked for.
+    for i, label in enumerate(["real", "ai", "unlabeled", "ai", "real", "real", "ai"]):
+        assert (await dm.ingest(jpeg(300 + i), meta_in(label=label, generator="sd15"))).status == "stored"
+    await dm.index.update((await dm.index.all_rows())[1]["id"], has_exif=1, split="eval")
+    expected = [sample_from_row(r) for r in await dm.index.all_rows(("real", "ai"))]
+    assert await dm.samples() == expected and len(expected) == 6
+    pages = [page async for page in dm.index.column_pages(("id", "phash"), ("ai",), page=2)]
+    assert [len(p) for p in pages] == [2, 1]
+    assert [row for page in pages for row in page] == [(s.id, s.phash) for s in expected if s.label == "ai"]
+    assert all(0 <= phash < 2**64 for page in pages for _id, phash in page)
