@@ -9,6 +9,7 @@ import threading
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -23,7 +24,16 @@ WAIT = 20  # seconds: a bound for a loaded machine, not a timing assertion
 
 
 def wait(browser, condition, seconds: float = WAIT):
-    return WebDriverWait(browser, seconds).until(condition)
+    # A progress update re-renders the list: an element read in the middle of it is stale, so the
+    # condition is simply asked again.
+    return WebDriverWait(browser, seconds, ignored_exceptions=(StaleElementReferenceException,)).until(
+        condition
+    )
+
+
+def _text_with(browser, selector: str, part: str) -> str | None:
+    text = browser.find_element(By.CSS_SELECTOR, selector).text
+    return text if part in text else None
 
 
 def log_in(browser, base: str) -> None:
@@ -159,9 +169,10 @@ def test_running_job_progress_updates_without_reloading(browser, make_settings):
             assert browser.find_element(By.ID, "no-running").is_displayed()
             marker = browser.execute_script("window.__same_page = true; return window.__same_page")
             httpx.post(f"{base}/train", headers=AUTH).raise_for_status()
-            item = wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, "#running-list li")))
-            wait(browser, lambda b: "75" in b.find_element(By.CSS_SELECTOR, "#running-list .percent").text)
-            assert "ETA 0:27" in item.text and "12.5 images/s" in item.text
+            wait(browser, EC.visibility_of_element_located((By.CSS_SELECTOR, "#running-list li")))
+            # Each update re-renders the item: the text is read afresh, in the same look as the 75 %.
+            text = wait(browser, lambda b: _text_with(b, "#running-list li", "75"))
+            assert "ETA 0:27" in text and "12.5 images/s" in text
             assert browser.execute_script("return window.__same_page") is marker is True  # no reload
         finally:
             release.set()
