@@ -107,13 +107,6 @@ class Sample:
 SHARED_STRINGS = frozenset({"label", "source", "format", "generator", "split", "scorer"})
 
 
-def sample_from_row(row: dict) -> Sample:
-    values: dict[str, Any] = {f: row.get(f) for f in Sample.__dataclass_fields__}
-    if values["has_exif"] is not None:
-        values["has_exif"] = bool(values["has_exif"])
-    return Sample(**values)
-
-
 def iso(when: datetime) -> str:
     return iso_seconds(when)
 
@@ -194,19 +187,19 @@ class DatasetManager:
         checked: list[ImageInfo | IngestOutcome] = [
             done[i % threads][i // threads] for i in range(len(items))
         ]
-        todo = [i for i, got in enumerate(checked) if isinstance(got, ImageInfo)]
+        valid = [i for i, got in enumerate(checked) if isinstance(got, ImageInfo)]
         for i, got in enumerate(checked):
             if isinstance(got, IngestOutcome):
                 outcomes[i] = got
-        infos = {i: cast(ImageInfo, checked[i]) for i in todo}
+        infos = {i: cast(ImageInfo, checked[i]) for i in valid}
         accepted: list[int] = []
         later: list[int] = []
         distance = self.settings.near_dup_max_distance
         try:
             await self.index.refresh()  # once per batch, before the exact check (see ingest)
             seen_seq = self.index.cache.last_seq
-            known = await self.index.find_shas([infos[i].sha256 for i in todo])
-            for i in todo:
+            known = await self.index.find_shas([infos[i].sha256 for i in valid])
+            for i in valid:
                 info = infos[i]
                 if info.sha256 in known:
                     outcomes[i] = _duplicate(known[info.sha256])
@@ -217,7 +210,7 @@ class DatasetManager:
                 else:
                     accepted.append(i)
         except INDEX_ERRORS as exc:  # the database is away: nothing was written
-            for i in todo:
+            for i in valid:
                 outcomes[i] = outcomes[i] or self._index_error(None, exc)
             return cast(list[IngestOutcome], outcomes)
         entries = [(items[i][0], items[i][1], infos[i]) for i in accepted]

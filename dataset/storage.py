@@ -113,44 +113,29 @@ class LocalStorage(StorageDriver):
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write_atomic(path, data)
         except OSError as exc:
-            raise StorageError(f"cannot write {key} under {self.root}: {exc.strerror or exc}") from exc
+            raise self._write_error(key, exc) from exc
 
     @staticmethod
     def _write_atomic(path: Path, data: bytes) -> None:
         write_file_atomic(path, data)
 
     def put_many(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Group commit: every temp file written, then each flushed to disk, then all renamed (in the
-        order given), then each folder flushed once. Per file that is one ``fsync`` instead of two
-        and one rename; a crash at any point leaves complete files or temp files, never a partial
-        file under a real name (``check`` removes old temp files)."""
-        pending: list[tuple[int, str, Path]] = []  # (fd, temp path, final path)
-        failed = ""  # the key being written, for the message
+        """One group commit (:func:`write_files_atomic`): one ``fsync`` per file and one per folder
+        for the whole batch, instead of two per file."""
+        paths = [(self._path(key), data) for key, data in items]
+        for key, _data in items:
+            try:
+                self._path(key).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._write_error(key, exc) from exc
         try:
-            for failed, data in items:
-                path = self._path(failed)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
-                pending.append((fd, tmp, path))
-                os.fchmod(fd, 0o666 & ~_UMASK)
-                _write_all(fd, data)
-            for fd, _tmp, path in pending:
-                failed = path.relative_to(self.root).as_posix()
-                os.fsync(fd)
-            for _fd, tmp, path in pending:
-                failed = path.relative_to(self.root).as_posix()
-                os.replace(tmp, path)
+            write_files_atomic(paths)
         except OSError as exc:
-            for _fd, tmp, _path in pending:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)  # already renamed: nothing to do here, the caller deletes the key
-            raise StorageError(f"cannot write {failed} under {self.root}: {exc.strerror or exc}") from exc
-        finally:
-            for fd, _tmp, _path in pending:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        for folder in dict.fromkeys(path.parent for _fd, _tmp, path in pending):
-            _fsync_dir(folder)
+            failed = Path(exc.filename).relative_to(self.root).as_posix() if exc.filename else "a batch"
+            raise self._write_error(failed, exc) from exc
+
+    def _write_error(self, key: str, exc: OSError) -> StorageError:
+        return StorageError(f"cannot write {key} under {self.root}: {exc.strerror or exc}")
 
     def get(self, key: str) -> bytes:
         try:
@@ -313,26 +298,44 @@ _UMASK = _read_umask()  # read once at import, before any threads: os.umask cann
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one.
+    """Readers see the old file or the new one, never half of one (see :func:`write_files_atomic`)."""
+    write_files_atomic([(path, data)])
 
-    Temp file in the same folder so os.replace is a rename on one filesystem; fsync before the
-    rename so a power cut cannot leave a complete-looking name over incomplete data.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
+
+def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Write each file atomically, all of them durable when this returns: every temp file (in the
+    same folder, so ``os.replace`` is a rename on one filesystem), then an ``fsync`` of each, then
+    the renames in the order given, then one ``fsync`` per folder for the renames themselves. A
+    crash leaves complete files or ``.tmp-*`` files, never a partial file under a real name.
+    On failure no temp file is left; the OSError's ``filename`` is the final path that failed."""
+    pending: list[tuple[int, str, Path]] = []  # (fd, temp path, final path)
+    current: Path | None = None
     try:
-        # mkstemp creates 0600; the final file gets the permissions an ordinary file would
-        # (0666 less the umask), so another user (Exposr-Core, a backup job) can read the models.
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        for current, data in files:
+            fd, tmp = tempfile.mkstemp(dir=current.parent, prefix=TMP_PREFIX)
+            pending.append((fd, tmp, current))
+            # mkstemp creates 0600; the final file gets the permissions an ordinary file would
+            # (0666 less the umask), so another user (Exposr-Core, a backup job) can read it.
+            os.fchmod(fd, 0o666 & ~_UMASK)
+            _write_all(fd, data)
+        for fd, _tmp, path in pending:
+            current = path  # named in the error if this flush fails
+            os.fsync(fd)
+        for _fd, tmp, current in pending:
+            os.replace(tmp, current)
+    except OSError as exc:
+        for _fd, tmp, _path in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # already renamed: nothing to do here, the caller deletes the file
+        if exc.filename is None and current is not None:
+            exc.filename = str(current)
         raise
-    _fsync_dir(path.parent)
+    finally:
+        for fd, _tmp, _path in pending:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    for folder in dict.fromkeys(path.parent for _fd, _tmp, path in pending):
+        _fsync_dir(folder)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dataset.manager import DatasetManager, UnknownImage, run_check, sample_from_row
+from dataset.manager import DatasetManager, Sample, UnknownImage, run_check
 from tests.dataset.conftest import meta_in
 from tests.images import encode, jpeg, png, scene
 
@@ -216,9 +216,16 @@ async def test_samples_read_a_page_at_a_time_equal_the_rows(dm):
     for i, label in enumerate(["real", "ai", "unlabeled", "ai", "real", "real", "ai"]):
         assert (await dm.ingest(jpeg(300 + i), meta_in(label=label, generator="sd15"))).status == "stored"
     await dm.index.update((await dm.index.all_rows())[1]["id"], has_exif=1, split="eval")
-    expected = [sample_from_row(r) for r in await dm.index.all_rows(("real", "ai"))]
+    expected = [_sample(r) for r in await dm.index.all_rows(("real", "ai"))]
     assert await dm.samples() == expected and len(expected) == 6
     pages = [page async for page in dm.index.column_pages(("id", "phash"), ("ai",), page=2)]
     assert [len(p) for p in pages] == [2, 1]
     assert [row for page in pages for row in page] == [(s.id, s.phash) for s in expected if s.label == "ai"]
     assert all(0 <= phash < 2**64 for page in pages for _id, phash in page)
+
+
+def _sample(row: dict) -> Sample:
+    """The reference conversion: every Sample field from one row dict."""
+    values = {name: row.get(name) for name in Sample.__dataclass_fields__}
+    values["has_exif"] = None if values["has_exif"] is None else bool(values["has_exif"])
+    return Sample(**values)
