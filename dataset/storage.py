@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -123,9 +123,10 @@ class LocalStorage(StorageDriver):
         """One group commit (:func:`write_files_atomic`): one ``fsync`` per file and one per folder
         for the whole batch, instead of two per file."""
         paths = [(self._path(key), data) for key, data in items]
-        for key, _data in items:
+        folders = {path.parent: key for (path, _data), (key, _d) in zip(paths, items, strict=True)}
+        for folder, key in folders.items():
             try:
-                self._path(key).parent.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise self._write_error(key, exc) from exc
         try:
@@ -288,15 +289,6 @@ def _error_code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # read once at import, before any threads: os.umask cannot be read safely later
-
-
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never half of one (see :func:`write_files_atomic`)."""
     write_files_atomic([(path, data)])
@@ -312,11 +304,8 @@ def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
     current: Path | None = None
     try:
         for current, data in files:
-            fd, tmp = tempfile.mkstemp(dir=current.parent, prefix=TMP_PREFIX)
+            fd, tmp = _create_temp(current)
             pending.append((fd, tmp, current))
-            # mkstemp creates 0600; the final file gets the permissions an ordinary file would
-            # (0666 less the umask), so another user (Exposr-Core, a backup job) can read it.
-            os.fchmod(fd, 0o666 & ~_UMASK)
             _write_all(fd, data)
         for fd, _tmp, path in pending:
             current = path  # named in the error if this flush fails
@@ -336,6 +325,18 @@ def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> None:
                 os.close(fd)
     for folder in dict.fromkeys(path.parent for _fd, _tmp, path in pending):
         _fsync_dir(folder)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside ``path`` (created, never opened if it exists), with the permissions an
+    ordinary file gets (0666 less the umask, where mkstemp's would be 0600), so another user
+    (Exposr-Core, a backup job) can read the final file."""
+    while True:
+        tmp = str(path.parent / f"{TMP_PREFIX}{path.name[:200]}.{secrets.token_hex(4)}")  # < NAME_MAX
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:  # another writer of the same file drew the same suffix
+            continue
 
 
 def _write_all(fd: int, data: bytes) -> None:
