@@ -24,12 +24,15 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+import orjson
+from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -62,7 +65,7 @@ COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
 INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
-MAX_DECODE_THREADS = 4  # validation threads of one batch at most
+MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
 
 
 class UnknownImage(KeyError):
@@ -122,6 +125,7 @@ class DatasetManager:
         # ... and this file lock does the same across processes (the label job runs in a worker
         # process while the API records a person's label on the same image).
         self._meta_lock_path = settings.dataset_dir / ".metadata.lock"
+        self._decoders: ThreadPoolExecutor | None = None  # validation threads, made on first use
 
     async def open(self) -> DatasetManager:
         await self.index.open()
@@ -129,6 +133,9 @@ class DatasetManager:
         return self
 
     async def close(self) -> None:
+        if self._decoders is not None:
+            self._decoders.shutdown(wait=False, cancel_futures=True)
+            self._decoders = None
         await self.index.close()
 
     async def verify(self) -> None:
@@ -148,7 +155,7 @@ class DatasetManager:
 
     async def ingest(self, data: bytes, metadata: dict) -> IngestOutcome:
         """One image (an upload): validate, check, store. A batch goes faster through :meth:`ingest_many`."""
-        info = await asyncio.to_thread(self._inspect, data, metadata)
+        info = await self.validate(data, metadata)
         if isinstance(info, IngestOutcome):
             return info
         try:
@@ -166,7 +173,11 @@ class DatasetManager:
             return self._index_error(None, exc)
         return await self._store(data, metadata, info, seen_seq)
 
-    async def ingest_many(self, items: Sequence[tuple[bytes, dict]]) -> list[IngestOutcome]:
+    async def ingest_many(
+        self,
+        items: Sequence[tuple[bytes, dict]],
+        validation: Sequence[Awaitable[ImageInfo | IngestOutcome]] | None = None,
+    ) -> list[IngestOutcome]:
         """Ingest a batch: the outcome of each image, in order, as :meth:`ingest` one by one gives it,
         for a fraction of the cost per image -- the batch is validated in worker threads, caught
         up with the index once, checked for exact duplicates in one query, written with one group
@@ -177,16 +188,19 @@ class DatasetManager:
         An image that repeats (or nearly repeats) an earlier one of the same batch is decided after
         the batch is stored, against it. A storage failure or a lost exact-duplicate race falls back
         to one image at a time, so each image still gets its own outcome.
+
+        ``validation``: what :meth:`validate` returned for each item, when the caller started it as
+        the images arrived (a folder import does, so the decodes never wait for a batch to form).
         """
+        if validation is not None and len(validation) != len(items):
+            raise ValueError(f"{len(validation)} validations for {len(items)} images")
+        checked = await asyncio.gather(*(validation or [self.validate(data, meta) for data, meta in items]))
+        return await self._ingest_checked(items, checked)
+
+    async def _ingest_checked(
+        self, items: Sequence[tuple[bytes, dict]], checked: Sequence[ImageInfo | IngestOutcome]
+    ) -> list[IngestOutcome]:
         outcomes: list[IngestOutcome | None] = [None] * len(items)
-        # Validation in up to one worker thread per usable core (Pillow's decoders and SHA-256 run
-        # without the GIL); DECODE_MEMORY_BUDGET_MB still bounds what the decodes hold together.
-        threads = max(1, min(len(items), len(os.sched_getaffinity(0)), MAX_DECODE_THREADS))
-        parts = [items[k::threads] for k in range(threads)]
-        done = await asyncio.gather(*(asyncio.to_thread(self._inspect_all, part) for part in parts))
-        checked: list[ImageInfo | IngestOutcome] = [
-            done[i % threads][i // threads] for i in range(len(items))
-        ]
         valid = [i for i, got in enumerate(checked) if isinstance(got, ImageInfo)]
         for i, got in enumerate(checked):
             if isinstance(got, IngestOutcome):
@@ -217,12 +231,20 @@ class DatasetManager:
         for i, outcome in zip(accepted, await self._store_batch(entries, seen_seq), strict=True):
             outcomes[i] = outcome
         if later:
-            for i, outcome in zip(later, await self.ingest_many([items[i] for i in later]), strict=True):
+            again = await self._ingest_checked([items[i] for i in later], [checked[i] for i in later])
+            for i, outcome in zip(later, again, strict=True):
                 outcomes[i] = outcome
         return cast(list[IngestOutcome], outcomes)
 
-    def _inspect_all(self, items: Sequence[tuple[bytes, dict]]) -> list[ImageInfo | IngestOutcome]:
-        return [self._inspect(data, metadata) for data, metadata in items]
+    def validate(self, data: bytes, metadata: dict) -> asyncio.Future[ImageInfo | IngestOutcome]:
+        """Start validating one image (decode, hashes) in the manager's validation threads, one per
+        usable core: Pillow's decoders and SHA-256 run without the GIL, so the cores decode side by
+        side while the event loop goes on; DECODE_MEMORY_BUDGET_MB bounds what the decodes hold
+        together. The result goes to :meth:`ingest_many`."""
+        if self._decoders is None:
+            threads = max(1, min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS))
+            self._decoders = ThreadPoolExecutor(threads, thread_name_prefix="validate")
+        return asyncio.get_running_loop().run_in_executor(self._decoders, self._inspect, data, metadata)
 
     def _inspect(self, data: bytes, metadata: dict) -> ImageInfo | IngestOutcome:
         """The image's facts, or the outcome that rejects it (a bad label, bytes that fail validation)."""
@@ -616,8 +638,29 @@ def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | N
     )
 
 
+def load_ingest_libraries() -> None:
+    """Load what validating and looking up the first image would load (scipy's DCT under imagehash,
+    faiss), for a process that then wants its start-up done (``exposr-trainer scrape``)."""
+    from dataset.images import phash_int
+    from dataset.nearindex import NearIndex
+
+    phash_int(Image.new("RGB", (32, 32)))
+    NearIndex()
+
+
+# orjson: json's indented output is written by its pure-Python encoder, the largest cost of a batch's
+# bookkeeping after the decodes (220 us an image); orjson gives the same text in a tenth of that.
+_ORJSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
 def json_bytes(doc: dict) -> bytes:
-    return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+    """A metadata file: JSON indented by two spaces, UTF-8, anything else as its ``str``. The same
+    text as ``json.dumps(doc, indent=2, ensure_ascii=False, default=str)``, which still writes what
+    orjson refuses (an integer beyond 64 bits) and where only the float spelling differs."""
+    try:
+        return orjson.dumps(doc, default=str, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
 async def run_check(

@@ -39,7 +39,8 @@ from scraper.report import (
 from scraper.unsplash_fetcher import UnsplashFetcher
 
 if TYPE_CHECKING:
-    from dataset.manager import DatasetManager
+    from dataset.images import ImageInfo
+    from dataset.manager import DatasetManager, IngestOutcome
 
 __all__ = [
     "FETCHERS",
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 # batch's bytes (at most this many downloads of UPLOAD_MAX_BYTES) stay a modest amount of memory.
 INGEST_BATCH = 32
 INGEST_PIPELINE = 2  # batches being ingested at once (see FetcherManager._pump)
+
+# An image from a source, its metadata and its validation (started as it arrived)
+Arrival = tuple[bytes, dict, "asyncio.Future[ImageInfo | IngestOutcome]"]
 
 
 FETCHERS: dict[str, type[BaseFetcher[Any]]] = {
@@ -196,8 +200,12 @@ class FetcherManager:
         # on_stored hooks (Unsplash's download event) run beside the next downloads, not before them.
         # Only the unfinished ones are held: one task per stored image would grow with the run.
         hooks: set[asyncio.Task] = set()
-        arrived: asyncio.Queue[tuple[bytes, dict] | None] = asyncio.Queue()
+        # each image with its validation, started as it arrives (DatasetManager.validate): the decode
+        # threads work on the next images while a batch's files and rows are written
+        arrived: asyncio.Queue[Arrival | None] = asyncio.Queue()
         room = asyncio.Semaphore(max(1, fetcher.read_ahead))  # fetched, not yet ingested
+        batch_waiting = asyncio.Event()  # a whole batch, or the end, is in `arrived`
+        end_queued = False
 
         def finished(task: asyncio.Task) -> None:
             hooks.discard(task)
@@ -205,6 +213,7 @@ class FetcherManager:
                 report.errors[f"on_stored_{type(task.exception()).__name__}"] += 1
 
         async def download() -> None:
+            nonlocal end_queued
             images = aiter(fetcher.iter_images(total))
             try:
                 while True:
@@ -215,12 +224,16 @@ class FetcherManager:
                         break
                     metadata.setdefault("source", name)
                     metadata.setdefault("label", fetcher.config.label)
-                    arrived.put_nowait((data, metadata))
+                    arrived.put_nowait((data, metadata, self.dataset.validate(data, metadata)))
+                    if arrived.qsize() >= INGEST_BATCH:
+                        batch_waiting.set()
             finally:
                 await arrived.put(None)  # the end, also after a failure (re-raised by `await downloads`)
+                end_queued = True
+                batch_waiting.set()
 
-        async def settle(batch: list[tuple[bytes, dict]], ingest: asyncio.Task[list[bool]]) -> None:
-            for (_data, metadata), stored in zip(batch, await ingest, strict=True):
+        async def settle(batch: list[Arrival], ingest: asyncio.Task[list[bool]]) -> None:
+            for (_data, metadata, _checked), stored in zip(batch, await ingest, strict=True):
                 if stored:
                     hook = asyncio.ensure_future(fetcher.on_stored(metadata))
                     hooks.add(hook)
@@ -232,21 +245,31 @@ class FetcherManager:
             )
 
         downloads = asyncio.create_task(download())
-        # Up to INGEST_PIPELINE batches in flight: one is validated (a worker thread) while another's
-        # files and rows are written, so a folder import keeps two cores busy. A second batch only
-        # starts when a whole one is waiting (otherwise the oldest is finished first, meanwhile more
-        # arrive), so batches stay full. Racing batches are safe: the index decides exact
-        # duplicates, the near re-check after the rows the near ones.
-        ingesting: deque[tuple[list[tuple[bytes, dict]], asyncio.Task[list[bool]]]] = deque()
+        # Up to INGEST_PIPELINE batches in flight: one's files and rows are written while the next
+        # is checked, and the decode threads validate what arrives meanwhile, so a folder import
+        # keeps the cores busy. A further batch starts as soon as a whole one is waiting (or the
+        # source has ended), not when the oldest is done; so batches stay full. Racing batches are
+        # safe: the index decides exact duplicates, the near re-check after the rows the near ones.
+        ingesting: deque[tuple[list[Arrival], asyncio.Task[list[bool]]]] = deque()
+
+        def whole() -> bool:
+            return arrived.qsize() >= INGEST_BATCH or end_queued
+
         try:
             ended = False  # the end of the downloads was taken from the queue
             while not ended or ingesting:
-                if ingesting and (
-                    ended or len(ingesting) >= INGEST_PIPELINE or arrived.qsize() < INGEST_BATCH
-                ):
-                    await settle(*ingesting.popleft())  # also frees room for the source to read ahead
-                    continue
-                batch: list[tuple[bytes, dict]] = []
+                if ingesting:
+                    if not ended and len(ingesting) < INGEST_PIPELINE and not whole():
+                        batch_waiting.clear()  # no await since whole(): the source cannot run between
+                        waiter = asyncio.ensure_future(batch_waiting.wait())
+                        try:  # the oldest batch done, or a whole new one waiting: whichever is first
+                            await asyncio.wait((ingesting[0][1], waiter), return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            waiter.cancel()
+                    if ended or len(ingesting) >= INGEST_PIPELINE or not whole():
+                        await settle(*ingesting.popleft())  # also frees room for the source to read ahead
+                        continue
+                batch: list[Arrival] = []
                 item = await arrived.get()
                 while item is not None:
                     batch.append(item)
@@ -263,13 +286,19 @@ class FetcherManager:
             downloads.cancel()
             for _batch, task in ingesting:
                 task.cancel()
+            while not arrived.empty():  # a failure left images unbatched: their decodes are not wanted
+                if (left := arrived.get_nowait()) is not None:
+                    left[2].cancel()
             for task in list(hooks):
                 task.cancel()
 
-    async def _ingest(self, batch: list[tuple[bytes, dict]], report: SourceReport) -> list[bool]:
+    async def _ingest(self, batch: list[Arrival], report: SourceReport) -> list[bool]:
         """Hand a batch to the dataset and count the outcomes; True for each image that was stored."""
         try:
-            outcomes = await self.dataset.ingest_many(batch)
+            outcomes = await self.dataset.ingest_many(
+                [(data, metadata) for data, metadata, _checked in batch],
+                [checked for *_item, checked in batch],
+            )
         except Exception as exc:  # noqa: BLE001 - a storage fault is counted per image; the run goes on
             report.errors[f"ingest_{type(exc).__name__}"] += len(batch)
             logger.warning("%s: ingest of %d images failed: %s", report.source, len(batch), exc)

@@ -284,9 +284,9 @@ async def test_a_folder_is_ingested_in_full_batches_and_a_network_source_image_b
     monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 8)
     sizes, real_ingest_many = [], dataset.ingest_many
 
-    async def measured(items):
+    async def measured(items, validation=None):
         sizes.append(len(items))
-        return await real_ingest_many(items)
+        return await real_ingest_many(items, validation)
 
     monkeypatch.setattr(dataset, "ingest_many", measured)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(700 + i) for i in range(40)})
