@@ -228,8 +228,8 @@ def phash_int(rgb: Image.Image) -> int:
     image with Lanczos would dominate the ingest time."""
     factor = min(rgb.size) // PHASH_DECODE_SIDE
     small = rgb.reduce(factor) if factor > 1 else rgb
-    bits = imagehash.phash(small).hash.flatten()
-    return int("".join("1" if b else "0" for b in bits), 2)
+    bits = imagehash.phash(small).hash.flatten()  # row by row, the first bit the most significant
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
 def _open_checked(data: bytes, max_pixels: int) -> Image.Image:

@@ -154,3 +154,41 @@ def test_16_bit_grey_is_scaled_not_clipped():
     assert rgb.mode == "RGB"
     assert abs(rgb.getpixel((3, 3))[0] - 30_000 * 255 / 65_535) <= 1.5  # ~117, not 255
     assert inspect_image(data, **LIMITS).format == "PNG"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_phash_int_is_imagehashs_bits_read_as_one_number(seed):
+    import imagehash
+
+    from dataset.images import phash_int
+
+    img = scene(seed, (160, 120))
+    bits = imagehash.phash(img).hash.flatten()  # row by row; the first bit is the most significant
+    assert phash_int(img) == int("".join("1" if b else "0" for b in bits), 2)
+    assert f"{phash_int(img):016x}" == str(imagehash.phash(img))  # imagehash's own hex spelling
+
+
+def _exif_by_definition(data: bytes) -> bool:
+    head = data[: 1 << 16]
+    return b"Exif\x00\x00" in head or b"eXIf" in head or b"EXIF" in head
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM",  # JPEG APP1
+        b"\x89PNG....eXIf....",  # PNG chunk
+        b"RIFF....WEBPEXIF",  # WebP chunk
+        b"xmlns:exif='...' exif exif EXIf Exif\x00 eXif",  # lower-case and near misses only
+        b"exif" * 5000 + b"EXIF",  # many candidates before the real one
+        b"x" * (2**16 - 6) + b"Exif\x00\x00",  # ends exactly at the limit
+        b"x" * (2**16 - 5) + b"Exif\x00\x00",  # one byte past it
+        b"x" * 2**16 + b"EXIF",  # beyond the header region
+        bytes(range(256)) * 300,
+    ],
+)
+def test_has_exif_finds_the_three_block_names_in_the_header_region(data):
+    from dataset.facts import has_exif
+
+    assert has_exif(data) == _exif_by_definition(data)

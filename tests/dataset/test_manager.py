@@ -229,3 +229,33 @@ def _sample(row: dict) -> Sample:
     values = {name: row.get(name) for name in Sample.__dataclass_fields__}
     values["has_exif"] = None if values["has_exif"] is None else bool(values["has_exif"])
     return Sample(**values)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"id": "a", "nested": [1, {"b": None, "c": True, "d": 0.93}], "empty": [], "none": {}},
+        {"text": 'ünï 🎨 "quoted" \\ \n\t\u0001 \u2028', 7: "an int key", "big": 2**63 + 5},
+        {"beyond 64 bits": 2**70, "negative": -(2**65)},  # orjson refuses these: json writes them
+    ],
+)
+def test_metadata_files_are_written_as_jsons_indented_text(doc):
+    # json_bytes uses orjson for speed; the files must read exactly as json.dumps(indent=2) wrote them
+    import datetime
+    import uuid
+
+    from dataset.manager import json_bytes
+
+    doc = {
+        **doc,
+        "when": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "uuid": uuid.UUID(int=7),
+    }
+    assert json_bytes(doc) == json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+
+
+async def test_a_stored_images_metadata_file_is_indented_json(dm):
+    out = await dm.ingest(jpeg(1), meta_in("real", attribution={"photographer": "Zoë"}))
+    row = await dm.index.get(out.id)
+    text = dm.storage.get(row["meta_key"]).decode("utf-8")
+    assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) and "Zoë" in text
