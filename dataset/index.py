@@ -249,6 +249,7 @@ class DedupeIndex:
         self.engine = make_engine(db_url)
         self.cache = PhashCache()
         self._refresh_lock = asyncio.Lock()
+        self._caught_up_from = -1.0  # when the last finished catch-up query began (monotonic)
 
     async def open(self) -> None:
         """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
@@ -287,9 +288,17 @@ class DedupeIndex:
         await self.engine.dispose()
 
     async def refresh(self) -> None:
-        """Pull rows inserted since the last look (by this or any other process)."""
-        async with self._refresh_lock:  # concurrent ingests share one catch-up query
+        """Pull rows inserted since the last look (by this or any other process). Concurrent callers
+        share a query: one that began after this call was made has seen every row this call would
+        see, so when the lock comes free after such a query, there is nothing left to ask for (the
+        uploads that arrive together make one catch-up query, not one each)."""
+        asked = time.monotonic()
+        async with self._refresh_lock:
+            if self._caught_up_from >= asked:
+                return
+            began = time.monotonic()
             await self._pull_into(self.cache)
+            self._caught_up_from = began
 
     async def _pull_into(self, cache: PhashCache) -> None:
         """Gaps first (one indexed IN lookup), then the new rows in pages of CATCH_UP_PAGE: ORDER BY +

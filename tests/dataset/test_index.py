@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -142,3 +143,25 @@ async def test_near_lookup_finds_a_row_committed_out_of_sequence_order(two_index
     await slow.close()
     near = await b.find_near(0xF0F0, 0 + 2)
     assert near is not None and (near.id, near.distance) == ("early", 0)
+
+
+async def test_concurrent_catch_ups_share_queries_and_miss_no_row(two_indexes, monkeypatch):
+    # Ten lookups at once (uploads arriving together): the first queries; the others asked after
+    # that query began, so one more query answers all nine -- and sees the row that came in between.
+    a, b = two_indexes
+    queries, real_pull = [], b._pull_into
+
+    async def slow_pull(cache):
+        queries.append(len(queries))
+        if len(queries) == 1:
+            await asyncio.sleep(0.05)  # the other nine ask while this one runs
+            await a.insert(index_row("late", 0b1011))  # committed after this query began
+        await real_pull(cache)
+
+    monkeypatch.setattr(b, "_pull_into", slow_pull)
+    first = asyncio.ensure_future(b.refresh())
+    await asyncio.sleep(0.01)
+    await asyncio.gather(first, *(b.refresh() for _ in range(9)))
+    assert len(queries) == 2 and "late" in b.cache.positions
+    await b.refresh()  # asked after every query so far began: it queries again
+    assert len(queries) == 3
