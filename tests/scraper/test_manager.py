@@ -304,3 +304,36 @@ async def test_a_folder_is_ingested_in_full_batches_and_a_network_source_image_b
         )
     report = await make_manager(source("pexels")).run()
     assert report["sources"]["pexels"]["stored"] == 4 and sizes == [1, 1, 1, 1]
+
+
+async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
+    make_manager, dataset, monkeypatch, tmp_path
+):
+    # While the first batch is being stored, the next whole batch starts (INGEST_PIPELINE) and the
+    # images after it are already being validated: the pump must not wait for the oldest batch.
+    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 4)
+    real_ingest_many, real_validate = dataset.ingest_many, dataset.validate
+    first_may_finish = asyncio.Event()
+    calls, validated_while_first_held = [], []
+
+    def counted_validate(data, metadata):
+        if calls and not first_may_finish.is_set():
+            validated_while_first_held.append(metadata["api_data"]["path"])
+        return real_validate(data, metadata)
+
+    async def held(items, validation=None):
+        calls.append(len(items))
+        if len(calls) == 1:  # held until the second batch starts (a pump that waits fails here)
+            await asyncio.wait_for(first_may_finish.wait(), 10)
+        elif len(calls) == 2:
+            await asyncio.sleep(0.2)  # give the source time to read and validate what follows
+            first_may_finish.set()
+        return await real_ingest_many(items, validation)
+
+    monkeypatch.setattr(dataset, "validate", counted_validate)
+    monkeypatch.setattr(dataset, "ingest_many", held)
+    root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(900 + i) for i in range(20)})
+    report = await make_manager(folder_source(root)).run()
+    assert report["sources"]["folder"]["stored"] == 20 and sum(calls) == 20
+    assert len(calls) >= 2 and first_may_finish.is_set()  # the 2nd batch began before the 1st ended
+    assert len(validated_while_first_held) >= 4  # a whole batch beyond the first was validated meanwhile
