@@ -648,8 +648,9 @@ def load_ingest_libraries() -> None:
     NearIndex()
 
 
-# orjson: json's indented output is written by its pure-Python encoder, the largest cost of a batch's
-# bookkeeping after the decodes (220 us an image); orjson gives the same text in a tenth of that.
+# orjson: json's indented output is written by its pure-Python encoder, which holds the GIL that
+# the decode threads need; orjson writes the same text 24x faster (a 660-byte metadata file:
+# 16.2 us -> 0.7 us).
 _ORJSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
