@@ -82,9 +82,13 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
     # Everything start-up made (modules, settings) lives until the command ends: frozen, the cyclic
     # garbage collector no longer walks it again and again while thousands of images go through.
     load_ingest_libraries()
+    gc.collect()  # start-up's garbage first: what is frozen is never collected
     gc.freeze()
-    with progress_bar("scrape") as report_progress:
-        report = asyncio.run(run_scrape(settings, report_progress, only=args.source or None))
+    try:
+        with progress_bar("scrape") as report_progress:
+            report = asyncio.run(run_scrape(settings, report_progress, only=args.source or None))
+    finally:
+        gc.unfreeze()  # the command may run inside a longer process (tests call main())
     console.print(format_report_table(report))
     statuses = [r["status"] for r in report["sources"].values()]
     if not statuses:

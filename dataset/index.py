@@ -249,7 +249,8 @@ class DedupeIndex:
         self.engine = make_engine(db_url)
         self.cache = PhashCache()
         self._refresh_lock = asyncio.Lock()
-        self._caught_up_from = -1.0  # when the last finished catch-up query began (monotonic)
+        self._queries_started = 0  # catch-up queries begun, numbered from 1
+        self._caught_up_by = 0  # the number of the last one that finished
 
     async def open(self) -> None:
         """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
@@ -292,13 +293,14 @@ class DedupeIndex:
         share a query: one that began after this call was made has seen every row this call would
         see, so when the lock comes free after such a query, there is nothing left to ask for (the
         uploads that arrive together make one catch-up query, not one each)."""
-        asked = time.monotonic()
+        asked = self._queries_started  # every query numbered above this began after this call
         async with self._refresh_lock:
-            if self._caught_up_from >= asked:
+            if self._caught_up_by > asked:
                 return
-            began = time.monotonic()
+            self._queries_started += 1
+            number = self._queries_started
             await self._pull_into(self.cache)
-            self._caught_up_from = began
+            self._caught_up_by = number
 
     async def _pull_into(self, cache: PhashCache) -> None:
         """Gaps first (one indexed IN lookup), then the new rows in pages of CATCH_UP_PAGE: ORDER BY +

@@ -123,7 +123,9 @@ class LocalStorage(StorageDriver):
         """One group commit (:func:`write_files_atomic`): one ``fsync`` per file and one per folder
         for the whole batch, instead of two per file."""
         paths = [(self._path(key), data) for key, data in items]
-        folders = {path.parent: key for (path, _data), (key, _d) in zip(paths, items, strict=True)}
+        folders: dict[Path, str] = {}  # each folder, with the first key that goes into it
+        for (path, _data), (key, _d) in zip(paths, items, strict=True):
+            folders.setdefault(path.parent, key)
         for folder, key in folders.items():
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -331,11 +333,11 @@ def _create_temp(path: Path) -> tuple[int, str]:
     """A new temp file beside ``path`` (created, never opened if it exists), with the permissions an
     ordinary file gets (0666 less the umask, where mkstemp's would be 0600), so another user
     (Exposr-Core, a backup job) can read the final file."""
-    while True:
-        tmp = str(path.parent / f"{TMP_PREFIX}{path.name[:200]}.{secrets.token_hex(4)}")  # < NAME_MAX
+    while True:  # a fixed-length name: the final one may be near the filesystem's limit
+        tmp = str(path.parent / f"{TMP_PREFIX}{secrets.token_hex(8)}")
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
-        except FileExistsError:  # another writer of the same file drew the same suffix
+        except FileExistsError:  # another writer drew the same name
             continue
 
 

@@ -284,8 +284,10 @@ class FetcherManager:
             await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:
             downloads.cancel()
-            for _batch, task in ingesting:
+            for batch, task in ingesting:
                 task.cancel()
+                for *_item, checked in batch:  # a batch whose task never ran still holds its validations
+                    checked.cancel()
             while not arrived.empty():  # a failure left images unbatched: their decodes are not wanted
                 if (left := arrived.get_nowait()) is not None:
                     left[2].cancel()

@@ -146,21 +146,24 @@ async def test_near_lookup_finds_a_row_committed_out_of_sequence_order(two_index
 
 
 async def test_concurrent_catch_ups_share_queries_and_miss_no_row(two_indexes, monkeypatch):
-    # Ten lookups at once (uploads arriving together): the first queries; the others asked after
-    # that query began, so one more query answers all nine -- and sees the row that came in between.
+    # Ten lookups at once (uploads arriving together): the first queries; the other nine ask while it
+    # runs, after a row was committed that its read did not see -- so one more query, shared by the
+    # nine, must run, and it sees that row.
     a, b = two_indexes
     queries, real_pull = [], b._pull_into
+    committed = asyncio.Event()
 
     async def slow_pull(cache):
         queries.append(len(queries))
-        if len(queries) == 1:
-            await asyncio.sleep(0.05)  # the other nine ask while this one runs
-            await a.insert(index_row("late", 0b1011))  # committed after this query began
         await real_pull(cache)
+        if len(queries) == 1:
+            await a.insert(index_row("late", 0b1011))  # after the first query's read
+            committed.set()
+            await asyncio.sleep(0.05)  # the other nine ask while this query has not finished
 
     monkeypatch.setattr(b, "_pull_into", slow_pull)
     first = asyncio.ensure_future(b.refresh())
-    await asyncio.sleep(0.01)
+    await committed.wait()
     await asyncio.gather(first, *(b.refresh() for _ in range(9)))
     assert len(queries) == 2 and "late" in b.cache.positions
     await b.refresh()  # asked after every query so far began: it queries again

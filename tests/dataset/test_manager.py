@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import numpy as np
 import pytest
 
-from dataset.manager import DatasetManager, Sample, UnknownImage, run_check
+from dataset.manager import DatasetManager, IngestOutcome, Sample, UnknownImage, run_check
 from tests.dataset.conftest import meta_in
 from tests.images import encode, jpeg, png, scene
 
@@ -237,6 +238,7 @@ def _sample(row: dict) -> Sample:
         {"id": "a", "nested": [1, {"b": None, "c": True, "d": 0.93}], "empty": [], "none": {}},
         {"text": 'ünï 🎨 "quoted" \\ \n\t\u0001 \u2028', 7: "an int key", "big": 2**63 + 5},
         {"beyond 64 bits": 2**70, "negative": -(2**65)},  # orjson refuses these: json writes them
+        {"numpy": [np.float64(0.25), np.int64(3)], "a dataclass": IngestOutcome("stored", id="x")},
     ],
 )
 def test_metadata_files_are_written_as_jsons_indented_text(doc):
@@ -252,6 +254,14 @@ def test_metadata_files_are_written_as_jsons_indented_text(doc):
         "uuid": uuid.UUID(int=7),
     }
     assert json_bytes(doc) == json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
+
+
+@pytest.mark.parametrize("given", ["nan", float("inf"), -float("inf"), "not a number"])
+async def test_a_confidence_that_is_no_number_is_stored_as_none(dm, given):
+    out = await dm.ingest(jpeg(2), meta_in("real", confidence=given))
+    row = await dm.index.get(out.id)
+    assert row["confidence"] is None
+    assert json.loads(dm.storage.get(row["meta_key"]))["confidence"] is None
 
 
 async def test_a_stored_images_metadata_file_is_indented_json(dm):
