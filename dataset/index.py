@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -251,6 +252,7 @@ class DedupeIndex:
         self._refresh_lock = asyncio.Lock()
         self._queries_started = 0  # catch-up queries begun, numbered from 1
         self._caught_up_by = 0  # the number of the last one that finished
+        self._caught_up_at = -math.inf  # when that one began (monotonic)
 
     async def open(self) -> None:
         """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
@@ -288,19 +290,24 @@ class DedupeIndex:
     async def close(self) -> None:
         await self.engine.dispose()
 
-    async def refresh(self) -> None:
+    async def refresh(self, max_age: float = 0.0) -> None:
         """Pull rows inserted since the last look (by this or any other process). Concurrent callers
         share a query: one that began after this call was made has seen every row this call would
         see, so when the lock comes free after such a query, there is nothing left to ask for (the
-        uploads that arrive together make one catch-up query, not one each)."""
+        uploads that arrive together make one catch-up query, not one each).
+
+        ``max_age``: a look that began at most this many seconds ago is recent enough. For a caller
+        that re-checks the rows inserted since the look once its own row is in (an upload's
+        ``near_between``), a row the look missed is found then, so it need not ask per image."""
         asked = self._queries_started  # every query numbered above this began after this call
         async with self._refresh_lock:
-            if self._caught_up_by > asked:
+            if self._caught_up_by > asked or time.monotonic() - self._caught_up_at <= max_age:
                 return
             self._queries_started += 1
             number = self._queries_started
+            began = time.monotonic()
             await self._pull_into(self.cache)
-            self._caught_up_by = number
+            self._caught_up_by, self._caught_up_at = number, began
 
     async def _pull_into(self, cache: PhashCache) -> None:
         """Gaps first (one indexed IN lookup), then the new rows in pages of CATCH_UP_PAGE: ORDER BY +
@@ -349,10 +356,13 @@ class DedupeIndex:
     async def find_near(self, phash: int, max_distance: int) -> NearMatch | None:
         return (await self.near_check(phash, max_distance))[0]
 
-    async def near_check(self, phash: int, max_distance: int) -> tuple[NearMatch | None, int]:
+    async def near_check(
+        self, phash: int, max_distance: int, max_age: float = 0.0
+    ) -> tuple[NearMatch | None, int]:
         """The nearest indexed image within max_distance, and the seq up to which rows were looked at
-        (rows after it are for :meth:`near_between` to check once this image's own row is in)."""
-        await self.refresh()
+        (rows after it are for :meth:`near_between` to check once this image's own row is in).
+        ``max_age``: see :meth:`refresh`."""
+        await self.refresh(max_age)
         seen = self.cache.last_seq
         return await self.near_cached(phash, max_distance), seen
 

@@ -66,6 +66,10 @@ COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
 INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
+# One image at a time (uploads) catches up with other writers at most once a second: a near duplicate
+# stored elsewhere since then is found by the re-check after the insert, which withdraws this image.
+UPLOAD_CATCH_UP_SECONDS = 1.0
+
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
 
 
@@ -163,7 +167,9 @@ class DatasetManager:
             existing = await self.index.find_sha(info.sha256)
             if existing is not None:
                 return _duplicate(existing)
-            near, seen_seq = await self.index.near_check(info.phash, self.settings.near_dup_max_distance)
+            near, seen_seq = await self.index.near_check(
+                info.phash, self.settings.near_dup_max_distance, max_age=UPLOAD_CATCH_UP_SECONDS
+            )
             if near is not None:
                 # An identical image may have been inserted since the exact check: say so precisely.
                 existing = await self.index.find_sha(info.sha256)

@@ -179,8 +179,8 @@ async def test_two_near_duplicates_racing_store_one(dm, monkeypatch):
     checked, real_check, real_insert = asyncio.Event(), dm.index.near_check, dm.index.insert
     calls = []
 
-    async def counting_check(phash, max_distance):
-        result = await real_check(phash, max_distance)
+    async def counting_check(phash, max_distance, max_age=0.0):
+        result = await real_check(phash, max_distance, max_age)
         calls.append(phash)
         if len(calls) == 2:
             checked.set()
@@ -269,3 +269,33 @@ async def test_a_stored_images_metadata_file_is_indented_json(dm):
     row = await dm.index.get(out.id)
     text = dm.storage.get(row["meta_key"]).decode("utf-8")
     assert text == json.dumps(json.loads(text), indent=2, ensure_ascii=False) and "Zoë" in text
+
+
+async def test_uploads_catch_up_once_a_second_and_still_yield_to_a_near_copy_stored_elsewhere(
+    driver_settings, monkeypatch
+):
+    # One image at a time (an upload) does not ask the index for other writers' rows per image: a
+    # look less than UPLOAD_CATCH_UP_SECONDS old is used. A near copy another process stored since
+    # that look is then found by the re-check after the insert: same answer, files withdrawn.
+    async with DatasetManager(driver_settings) as here, DatasetManager(driver_settings) as elsewhere:
+        looks, real_pull = [], here.index._pull_into
+
+        async def counted(cache):
+            looks.append(1)
+            await real_pull(cache)
+
+        monkeypatch.setattr(here.index, "_pull_into", counted)
+        monkeypatch.setattr("dataset.manager.UPLOAD_CATCH_UP_SECONDS", 60.0)  # the whole test
+        assert (await here.ingest(jpeg(11, (200, 150)), meta_in())).status == "stored"
+        original = await elsewhere.ingest(jpeg(12, (200, 150)), meta_in())
+        smaller = encode(scene(12, (200, 150)).resize((150, 112)), "JPEG", quality=70)
+        near = await here.ingest(smaller, meta_in())
+        assert (near.status, near.id) == ("near_duplicate", original.id)  # through the re-check
+        assert (await here.ingest(jpeg(13, (200, 150)), meta_in())).status == "stored"
+        assert looks == []  # three uploads: each used the look made when the index was opened
+        assert (await here.counts())["total"] == 3
+        monkeypatch.setattr("dataset.manager.UPLOAD_CATCH_UP_SECONDS", 0.0)
+        await here.ingest(jpeg(14, (200, 150)), meta_in())
+        assert looks == [1]  # an old look is renewed
+    report = await run_check(driver_settings, repair=False)
+    assert report["ok"] and report["rows"] == 4 and report["image_files"] == 4, report
