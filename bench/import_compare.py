@@ -418,7 +418,8 @@ def tools_versions(python: str | None, scratch: Path) -> tuple[dict[str, str] | 
 
 def our_version(repo: Path) -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.strip()
+        # only the end is trimmed: a porcelain line starts with a space when only the work tree changed
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True).stdout.rstrip()
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown commit"
     dirty = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
