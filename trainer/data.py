@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
 from trainer.cache import prepared
@@ -303,6 +304,20 @@ def make_loader(
         persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(init_worker, os.getpid()) if workers > 0 else None,
+    )
+
+
+def evaluation_loader(data: StoredImages, settings: Settings, device: torch.device) -> DataLoader:
+    """The fixed-order loader of every evaluation pass (validation, the probe's features, promotion's
+    scoring): TRAIN_BATCH_SIZE, TRAIN_WORKERS and TRAIN_SEED, and workers that end after each pass."""
+    return make_loader(
+        data,
+        batch_size=settings.train_batch_size,
+        shuffle=False,
+        workers=settings.train_workers,
+        seed=settings.train_seed,
+        pin_memory=device.type == "cuda",
+        persistent=False,
     )
 
 

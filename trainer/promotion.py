@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from config.settings import Settings
-from trainer.data import Normalizer, StoredImages, eval_transform, make_loader
+from trainer.data import Normalizer, StoredImages, eval_transform, evaluation_loader
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX, evaluate
 from trainer.modeling import load_artifacts
@@ -199,15 +199,7 @@ def score_saved_model(
     # subset() keeps the sha256s aligned with the keys: the cached picture read is the image's own
     data = val_data.subset([i for i, sample in enumerate(val_data.samples) if sample.id in wanted])
     data.transform, data.reduce_to, data.quality = eval_transform(pre), pre.decode_side, pre.cache_quality
-    loader = make_loader(
-        data,
-        batch_size=settings.train_batch_size,
-        shuffle=False,
-        workers=settings.train_workers,
-        seed=settings.train_seed,
-        pin_memory=device.type == "cuda",
-    )
-    scores = evaluate(model, loader, Normalizer(pre, device), amp_dtype)
+    scores = evaluate(model, evaluation_loader(data, settings, device), Normalizer(pre, device), amp_dtype)
     return Scored(
         [data.samples[i] for i in scores.positions], np.asarray(scores.labels), np.asarray(scores.margins)
     )

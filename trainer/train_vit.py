@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from trainer.data import (
     Preprocessing,
     StoredImages,
     eval_transform,
+    evaluation_loader,
     make_loader,
     preprocessing_for,
     train_transform,
@@ -508,15 +509,7 @@ def fit_linear_probe(run: FitRun):
         missing = [s for s, row in zip(everyone, found, strict=True) if row < 0]
         if missing:
             data = _images(storage, missing, eval_transform(pre), pre, settings, cache)
-            loader = make_loader(
-                data,
-                batch_size=settings.train_batch_size,
-                shuffle=False,
-                workers=settings.train_workers,
-                seed=settings.train_seed,
-                pin_memory=device.type == "cuda",
-                persistent=False,
-            )
+            loader = evaluation_loader(data, settings, device)
             # Each chunk is stored as a shard and appended to what was loaded (not read back).
             for where, feats in embed_chunks(model, loader, prepare, amp_dtype):
                 features.append(store.add([missing[i].sha256 for i in where], feats), feats)
@@ -618,19 +611,19 @@ def build_loaders(
     cache: ImageCache | None = None,
 ):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
-    common: dict[str, Any] = dict(
+    train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
+    train_loader = make_loader(
+        train_data,
         batch_size=settings.train_batch_size,
+        shuffle=True,
         workers=settings.train_workers,
         seed=settings.train_seed,
         pin_memory=device.type == "cuda",
-    )
-    train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
-    train_loader = ddp.shard(
-        make_loader(train_data, shuffle=True, drop_last=len(train_set) > settings.train_batch_size, **common),
-        settings.train_seed,
+        drop_last=len(train_set) > settings.train_batch_size,
     )
     val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
-    return train_loader, val_data, make_loader(val_data, shuffle=False, persistent=False, **common)
+    val_loader = evaluation_loader(val_data, settings, device)
+    return ddp.shard(train_loader, settings.train_seed), val_data, val_loader
 
 
 def build_optimizer(model: torch.nn.Module, settings: Settings, total_steps: int):
