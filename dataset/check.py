@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, cast
 from config.clock import utc_now
 from dataset.contracts import CheckReport
 from dataset.index import DuplicateHash
-from dataset.rebuild import MetadataInvalid, metadata_from_row, row_from_metadata
+from dataset.rebuild import MetadataInvalid, json_bytes, metadata_from_row, row_from_metadata
 from dataset.storage import StorageError, StorageKeyError
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: boo
         row = await dm.index.get(missing["id"])
         if row is not None and not await asyncio.to_thread(dm.storage.exists, row["meta_key"]):
             doc = metadata_from_row(row)
-            await asyncio.to_thread(dm.storage.put, row["meta_key"], json.dumps(doc, indent=2).encode())
+            await asyncio.to_thread(dm.storage.put, row["meta_key"], json_bytes(doc))
             done["meta_rewritten"] += 1
     for diff in report["mismatched"]:
         if diff["field"] in REPAIRABLE_FIELDS:

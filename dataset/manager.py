@@ -32,7 +32,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
 from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -52,7 +51,7 @@ from dataset.index import (
     nearest_row,
     sqlite_path,
 )
-from dataset.rebuild import scorer_json  # the scorer column (rebuilt rows use it too)
+from dataset.rebuild import json_bytes, scorer_json  # the metadata file's text; the scorer column
 from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
@@ -656,35 +655,6 @@ def load_ingest_libraries() -> None:
 
     phash_int(Image.new("RGB", (32, 32)))
     NearIndex()
-
-
-# orjson: json's indented output is written by its pure-Python encoder, which holds the GIL that
-# the decode threads need; orjson writes the same text 24x faster (a 660-byte metadata file:
-# 16.2 us -> 0.7 us).
-_ORJSON_OPTIONS = (
-    orjson.OPT_INDENT_2
-    | orjson.OPT_NON_STR_KEYS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-)
-
-
-def _json_default(value: object) -> object:
-    """What json's ``default=str`` would give for what orjson does not write itself: a float
-    subclass (numpy's float64) as the number it is, anything else as its ``str``."""
-    return float(value) if isinstance(value, float) else str(value)
-
-
-def json_bytes(doc: dict) -> bytes:
-    """A metadata file: JSON indented by two spaces, UTF-8, anything else as its ``str``. The same
-    text as ``json.dumps(doc, indent=2, ensure_ascii=False, default=str)``, which still writes what
-    orjson refuses (an integer beyond 64 bits). Where they differ: orjson spells some floats
-    differently (``1e-05`` as ``0.00001``), writes an Enum as its value, and a NaN or infinity as
-    ``null`` where json writes ``NaN``, which is not JSON (no field we fill can hold one)."""
-    try:
-        return orjson.dumps(doc, default=_json_default, option=_ORJSON_OPTIONS)
-    except TypeError:  # orjson.JSONEncodeError
-        return json.dumps(doc, indent=2, ensure_ascii=False, default=str).encode("utf-8")
 
 
 async def run_check(
