@@ -67,7 +67,7 @@ from trainer.data import (  # noqa: E402
     train_transform,
 )
 from trainer.modeling import build_model, pick_device  # noqa: E402
-from trainer.probe import CHUNK_ROWS, RowFile, embed, fit_head  # noqa: E402
+from trainer.probe import CHUNK_ROWS, RowFile, embed_chunks, fit_head  # noqa: E402
 from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
 
 
@@ -615,10 +615,11 @@ def probe(args) -> None:
             data, batch_size=args.batch, shuffle=False, workers=args.workers, seed=0, persistent=False
         )
         start = time.perf_counter()
-        _, feats = embed(model, loader, Normalizer(pre, device), amp_dtype)
+        chunks = list(embed_chunks(model, loader, Normalizer(pre, device), amp_dtype))
+        features = chunks[0][1].shape[1] if chunks else 0
         extract_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    dim = args.dim or feats.shape[1]
+    dim = args.dim or features
     labels = rng.integers(0, 2, args.probe_n)
     with tempfile.TemporaryDirectory() as tmp:
         x = RowFile(Path(tmp) / "train.f16")  # float16 on disk, as fit_linear_probe hands it over
@@ -637,7 +638,7 @@ def probe(args) -> None:
     print(f"linear probe: arch={args.arch} image_size={args.image_size} device={device}")
     print(
         f"feature extraction:  {len(samples) / extract_s:9.1f} images/s ({len(samples)} cached images, "
-        f"{feats.shape[1]} features)"
+        f"{features} features)"
     )
     print(
         f"head fit:            {fit_s:9.2f} s for {args.probe_n} embeddings of {dim} dims on one core, "

@@ -245,14 +245,6 @@ def embed_chunks(
         yield np.concatenate(positions), np.concatenate(feats)
 
 
-def embed(model: torch.nn.Module, loader, prepare, amp_dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(dataset positions, pre-logit features) of every readable image of ``loader``, in memory."""
-    chunks = list(embed_chunks(model, loader, prepare, amp_dtype))
-    if not chunks:
-        return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate([p for p, _ in chunks]), np.concatenate([f for _, f in chunks])
-
-
 def head_objective(
     features: Rows,
     labels: torch.Tensor,
