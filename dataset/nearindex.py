@@ -5,7 +5,7 @@ Each hash is cut into :data:`NHASH` substrings of 21 bits, one hash table each
 Two hashes within d bits agree within ``d // NHASH`` bits on at least one substring (pigeonhole),
 so probing every table with that many flipped bits finds every hash within d -- exactly, not
 approximately -- while looking at a few hundred candidates instead of every hash. Measured with
-``bench/ingest_bench.py`` (radius 6): p99 0.34 ms at a million hashes against 0.47 ms for four
+``bench/ingest_bench.py`` (radius 6): p99 0.34–0.46 ms at a million hashes against 0.47 ms for four
 16-bit tables and several ms for a full XOR + popcount scan; 21-bit tables hold ~0.5 hashes per
 bucket at a million, so the candidates grow slowly with the dataset. Radii above
 :data:`MAX_HASHED_RADIUS` (probing 3 flipped bits of 21 would cost more than it saves) are

@@ -29,8 +29,8 @@ LEGACY_LEVELS = {"None": 1, "Soft": 2, "Mature": 4, "X": 8, "Blocked": 32}
 
 
 class CivitaiOptions(SourceOptions):
-    # A bitmask of CivitAI's content levels: PG=1, PG-13=2, R=4, X=8, XXX=16 (level names);
-    # Blocked (32) is never asked for.
+    # A bitmask of CivitAI's content levels, by CivitAI's own names: PG=1, PG-13=2, R=4, X=8 and
+    # "XXX"=16 (the explicit level above X). Blocked (32) is never asked for.
     browsing_level: int = Field(1, ge=1, le=31)
     # /images has no keyword search: each query picks this many models.
     models_per_query: int = Field(3, ge=1, le=100)

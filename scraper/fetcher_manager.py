@@ -190,10 +190,9 @@ class FetcherManager:
 
     async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
         """Downloads (the fetcher's iterator) run beside ingest, at most ``fetcher.read_ahead`` images
-        ahead: whatever has arrived while the last batch was being stored is the next batch (at most
-        INGEST_BATCH). A network source (read_ahead 1) is ingested image by image as it arrives; a
-        local folder in batches that pay for the validation thread, index round trips and
-        durability once (DatasetManager.ingest_many)."""
+        ahead, each validated as it arrives (DatasetManager.validate). A network source (read_ahead
+        1) is ingested image by image as it arrives; a local folder in batches of up to INGEST_BATCH
+        that pay for the index round trips and durability once (DatasetManager.ingest_many)."""
         total = await asyncio.to_thread(fetcher.planned_limit)  # the folder source walks its folder
         name = fetcher.config.name
         _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
