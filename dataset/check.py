@@ -6,6 +6,9 @@ Drift kinds (per image id, files grouped by their id):
 - unindexed: image and valid metadata (its ``hash`` is the image's SHA-256) but no row: a lost,
   truncated or replaced index, or a crash between the writes and the insert -> ``--rebuild-index``
   (and ``--repair``) insert the row rebuilt from the metadata file;
+- duplicate_copies: such a pair whose image is byte for byte one indexed under another id (a
+  crash between the writes and the insert, then the same image imported again) -> repair deletes
+  the copy's two files, as ingest itself never keeps a second copy; the indexed image stays;
 - missing_meta: a row and its image, but no metadata file -> repair writes the file from the row;
 - dead_rows: a row whose image is missing -> repair deletes the row and its metadata file;
 - orphan_images / orphan_meta: an image with neither metadata nor row, or metadata with neither
@@ -60,6 +63,7 @@ REPAIR_MAX_DELETE_COUNT = 10
 DRIFT_KINDS = (
     "dead_rows",
     "unindexed",
+    "duplicate_copies",
     "missing_meta",
     "orphan_images",
     "orphan_meta",
@@ -103,6 +107,7 @@ async def check_dataset(
     report["in_flight"] = sorted(young)
     pairs = {i: keys for i, keys in pairs.items() if not set(keys.values()) & young}
     rebuildable = await asyncio.to_thread(_classify_unowned, dm, pairs, report)
+    rebuildable = await _set_apart_copies(dm, rebuildable, report, grace=None if force else grace)
     temp = set(await asyncio.to_thread(_temp_files, dm))
     report["stale_temp_files"] = sorted(
         temp - (set() if force else await asyncio.to_thread(_younger_than, dm, temp, grace))
@@ -121,7 +126,42 @@ async def check_dataset(
 def deletion_candidates(report: dict) -> list[str]:
     """Every file a repair would delete (temp files aside), for the operator to read first."""
     dead = [key for d in report["dead_rows"] for key in d["delete"]]
-    return sorted(dead + report["orphan_images"] + report["orphan_meta"])
+    copies = [c[kind] for c in report["duplicate_copies"] for kind in ("image_key", "meta_key")]
+    return sorted(dead + copies + report["orphan_images"] + report["orphan_meta"])
+
+
+async def _set_apart_copies(
+    dm: DatasetManager, rebuildable: list[dict], report: dict, grace: timedelta | None
+) -> list[dict]:
+    """The rebuildable rows whose SHA-256 is indexed under another id are copies, not lost rows:
+    moved from ``unindexed`` to ``duplicate_copies`` (a young one to ``in_flight``: an ingest that
+    lost an exact-duplicate race removes its own files). The others are returned."""
+    indexed = await dm.index.find_shas([row["sha256"] for row in rebuildable])
+    copies = [row for row in rebuildable if indexed.get(row["sha256"], row["id"]) != row["id"]]
+    if not copies:
+        return rebuildable
+    files = {row["id"]: (row["image_key"], row["meta_key"]) for row in copies}
+    young = (
+        set()
+        if grace is None
+        else await asyncio.to_thread(
+            _younger_than, dm, {key for pair in files.values() for key in pair}, grace
+        )
+    )
+    report["unindexed"] = [u for u in report["unindexed"] if u["id"] not in files]
+    for row in copies:
+        if set(files[row["id"]]) & young:
+            report["in_flight"] = sorted({*report["in_flight"], *files[row["id"]]})
+            continue
+        report["duplicate_copies"].append(
+            {
+                "id": row["id"],
+                "image_key": row["image_key"],
+                "meta_key": row["meta_key"],
+                "copy_of": indexed[row["sha256"]],
+            }
+        )
+    return [row for row in rebuildable if row["id"] not in files]
 
 
 def _list(dm: DatasetManager, prefix: str) -> list[str]:
@@ -296,7 +336,8 @@ async def _delete_drift(dm: DatasetManager, by_id: dict, report: dict, done: dic
         for key in dead["delete"]:
             await asyncio.to_thread(dm.storage.delete, key)
             done["files_deleted"] += 1
-    for key in report["orphan_images"] + report["orphan_meta"]:
+    copies = [c[kind] for c in report["duplicate_copies"] for kind in ("meta_key", "image_key")]
+    for key in report["orphan_images"] + report["orphan_meta"] + copies:
         if await dm.index.get(PurePosixPath(key).stem) is not None:  # its row arrived since: not an orphan
             continue
         await asyncio.to_thread(dm.storage.delete, key)

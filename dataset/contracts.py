@@ -34,6 +34,7 @@ class CheckReport(TypedDict, total=False):
     meta_files: int
     dead_rows: list[dict[str, Any]]
     unindexed: list[dict[str, Any]]
+    duplicate_copies: list[dict[str, Any]]
     missing_meta: list[dict[str, Any]]
     orphan_images: list[str]
     orphan_meta: list[str]

@@ -266,8 +266,9 @@ def test_kill_9_during_a_folder_import_leaves_no_row_without_files(make_settings
     async def after_the_rerun() -> None:
         async with DatasetManager(settings) as dm:
             assert (await dm.counts())["total"] == n  # every image once: the rest stored, none twice
-            await dm.check(repair=True, force=True)  # the killed batch's files: indexed or removed
-            assert (await dm.check())["ok"] and (await dm.counts())["total"] == n
+            repaired = await dm.check(repair=True, force=True)  # the killed batch's files: indexed or removed
+            report = await dm.check()
+            assert report["ok"] and (await dm.counts())["total"] == n, (repaired, report)
             assert len(list(dm.storage.list("images/"))) == n
 
     asyncio.run(after_the_rerun())

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from config.clock import utc_now
 from dataset.manager import DatasetManager, IngestOutcome, Sample, UnknownImage, run_check
 from tests.dataset.conftest import meta_in
 from tests.images import encode, jpeg, png, scene
@@ -299,3 +300,30 @@ async def test_uploads_catch_up_once_a_second_and_still_yield_to_a_near_copy_sto
         assert looks == [1]  # an old look is renewed
     report = await run_check(driver_settings, repair=False)
     assert report["ok"] and report["rows"] == 4 and report["image_files"] == 4, report
+
+
+async def test_a_copy_of_an_indexed_image_left_by_a_crash_is_removed_by_repair(dm):
+    # A crash between a batch's files and its rows, then the same image imported again: the first
+    # pair is a byte-identical copy of an indexed image. Rebuilding its row would index the image
+    # twice; repair removes the copy's files instead, and the indexed image stays.
+    from dataset.storage import image_key, meta_key
+
+    kept = await dm.ingest(jpeg(21, (200, 150)), meta_in())
+    row = await dm.index.get(kept.id)
+    copy_id = "00000000-0000-4000-8000-000000000021"
+    now = utc_now()
+    doc = {**json.loads(dm.storage.get(row["meta_key"])), "id": copy_id}
+    copy_keys = (image_key(copy_id, "jpg", now), meta_key(copy_id, now))
+    dm.storage.put(copy_keys[0], dm.storage.get(row["image_key"]))
+    dm.storage.put(copy_keys[1], json.dumps(doc).encode())
+
+    young = await dm.check()  # just written: maybe an ingest that is about to remove its own files
+    assert young["duplicate_copies"] == [] and set(copy_keys) <= set(young["in_flight"])
+    found = await dm.check(force=True)
+    assert [c["copy_of"] for c in found["duplicate_copies"]] == [kept.id] and found["unindexed"] == []
+    assert set(copy_keys) <= set(found["deletion_candidates"]) and not found["ok"]
+    await dm.check(repair=True, force=True)
+    after = await dm.check()
+    assert after["ok"] and after["rows"] == 1 and after["image_files"] == 1, after
+    assert not any(dm.storage.exists(key) for key in copy_keys)
+    assert dm.storage.exists(row["image_key"]) and dm.storage.exists(row["meta_key"])
