@@ -237,11 +237,28 @@ def make_engine(db_url: str) -> AsyncEngine:
     @event.listens_for(engine.sync_engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers never block the writer
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     return engine
+
+
+WAL_SWITCH_ATTEMPTS = 20  # 5 s in all
+
+
+def _switch_to_wal(cur) -> None:
+    """Connections that open a new database at once (replicas starting together) race to switch it
+    to WAL; SQLite can answer the loser "database is locked" at once, without waiting out the busy
+    timeout, so the switch is tried again (in the connection's own thread) before giving up."""
+    for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, whichever adapter raised it
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
+                raise
+            time.sleep(0.025 * attempt)
 
 
 class DedupeIndex:
