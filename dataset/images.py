@@ -18,11 +18,13 @@ import contextlib
 import ctypes
 import hashlib
 import io
+import struct
 import threading
 import warnings
 from dataclasses import dataclass
 from typing import cast
 
+import imagecodecs
 import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -187,7 +189,7 @@ def inspect_image(
     # tricky/ files: bench/ingest_bench.py --check-tricky).
     img.draft(None, (PHASH_DECODE_SIDE, PHASH_DECODE_SIDE))
     with _budgeted(img, memory_budget):
-        _load_fully(img)
+        img = _load_fully(img, data)
         # High-depth grey is hashed as 8-bit grey: the same pHash as its RGB copy, a quarter the memory.
         visible = _high_depth_to_l(_exif_transposed(img)) if img.mode in HIGH_DEPTH else to_rgb(img)
         del img
@@ -213,7 +215,7 @@ def decode_rgb(
     if reduce_to:
         img.draft(None, (reduce_to, reduce_to))  # JPEG only; a no-op for other formats
     with _budgeted(img, memory_budget):
-        _load_fully(img)
+        img = _load_fully(img, data)
         rgb = to_rgb(img)
         del img
     if reduce_to:
@@ -271,15 +273,67 @@ def _unidentified(data: bytes) -> ImageRejected:
     return ImageRejected("not_an_image", "the bytes are not a recognised image format")
 
 
-def _load_fully(img: Image.Image) -> None:
+def _load_fully(img: Image.Image, data: bytes) -> Image.Image:
+    """Decode every pixel of the opened `img` (the header of `data`); the decoded image is returned."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files would pass as valid")
+    if _plain_png(img, data):
+        return _spng_load(img, data)
     try:
         img.load()
     except Image.DecompressionBombError as exc:  # some plugins check again while decoding
         raise ImageRejected("decompression_bomb", str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - hostile bytes make Pillow raise almost anything
         raise ImageRejected("truncated", f"decoding failed: {exc}") from exc
+    return img
+
+
+# PNG: Pillow unfilters rows one byte at a time, half the time of decoding a PNG; libspng
+# (imagecodecs, which releases the GIL) gives the same pixels in about 0.65 x the time.
+# It takes the plain case only -- 8-bit RGB or RGBA, not interlaced, no transparency key, nothing
+# but IEND after the image data -- and Pillow decodes every other PNG as before.
+_CHUNK_HEAD = struct.Struct(">I4s")
+
+
+def _plain_png(img: Image.Image, data: bytes) -> bool:
+    if img.format != "PNG" or img.mode not in ("RGB", "RGBA") or img.info.get("interlace"):
+        return False
+    tile = cast(ImageFile.ImageFile, img).tile
+    if "transparency" in img.info or len(tile) != 1 or tile[0].args != img.mode:  # "RGB;16B" is 16-bit
+        return False
+    # The chunk list, checked whole: a chunk cut short anywhere is a truncated file (Pillow says so
+    # when it needs the missing bytes; libspng stops reading where the image data ends).
+    pos, size, image_data = 8, len(data), False
+    while pos < size:
+        if pos + 12 > size:
+            raise ImageRejected("truncated", f"the PNG ends inside a chunk header at byte {pos} of {size}")
+        length, kind = _CHUNK_HEAD.unpack_from(data, pos)
+        if pos + 12 + length > size:
+            raise ImageRejected(
+                "truncated", f"the PNG's {kind!r} chunk declares {length} bytes; {size - pos - 12} are left"
+            )
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            image_data = True
+        elif image_data or kind == b"acTL":
+            return False  # text, EXIF or frames after the image data, or an APNG: Pillow reads them
+        pos += 12 + length
+    return image_data
+
+
+def _spng_load(img: Image.Image, data: bytes) -> Image.Image:
+    try:
+        pixels = imagecodecs.spng_decode(data)
+    except Exception as exc:  # noqa: BLE001 - SpngError and anything else hostile bytes cause
+        raise ImageRejected("truncated", f"decoding failed: {exc}") from exc
+    width, height = img.size
+    if pixels.dtype != np.uint8 or pixels.shape != (height, width, len(img.mode)):
+        got = f"{pixels.shape} {pixels.dtype}"
+        raise ImageRejected("truncated", f"the PNG decodes to {got}, not the size its header declares")
+    out = Image.fromarray(pixels)
+    out.info.update(img.info)  # EXIF and XMP (orientation) as read with the header
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

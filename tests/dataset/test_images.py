@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dataset.images import REASONS, ImageRejected, decode_rgb, inspect_image
-from tests.images import encode, jpeg, png, scene
+from tests.images import encode, jpeg, noise, png, scene
 
 LIMITS = dict(max_bytes=5_000_000, min_side=16, max_pixels=50_000_000)
 
@@ -192,3 +192,124 @@ def test_has_exif_finds_the_three_block_names_in_the_header_region(data):
     from dataset.facts import has_exif
 
     assert has_exif(data) == _exif_by_definition(data)
+
+
+# --- PNG: the plain case is decoded by libspng (imagecodecs), every other PNG by Pillow ---
+
+
+def _chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, length) of each chunk of a PNG."""
+    out, pos = [], 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        out.append((kind, pos, length))
+        pos += 12 + length
+    return out
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _pillow_reference(data: bytes):
+    """What Pillow alone makes of the bytes: decoded pixels (orientation applied, alpha on white), pHash."""
+    from dataset.images import phash_int, to_rgb
+
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    rgb = to_rgb(img)
+    return np.asarray(rgb), phash_int(rgb)
+
+
+def _plain(data: bytes) -> bool:
+    from dataset.images import _plain_png
+
+    return _plain_png(Image.open(io.BytesIO(data)), data)
+
+
+def _tagged_sideways(mode: str) -> bytes:
+    upright = scene(8, (150, 100)).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways; EXIF says turn it to display
+    return encode(upright.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: png(4, (300, 200)),
+        lambda: encode(scene(5, (256, 160)).convert("RGBA"), "PNG"),
+        lambda: encode(noise(6, (97, 131)), "PNG", compress_level=9),
+        lambda: _tagged_sideways("RGB"),
+        lambda: _tagged_sideways("RGBA"),
+    ],
+    ids=["rgb", "rgba", "noise-odd-size", "rgb-exif-rotated", "rgba-exif-rotated"],
+)
+def test_plain_png_gives_pillows_pixels_and_hash(make):
+    data = make()
+    assert _plain(data)  # this case takes libspng
+    pixels, phash = _pillow_reference(data)
+    assert np.array_equal(np.asarray(decode_rgb(data)), pixels)
+    assert inspect_image(data, **LIMITS).phash == phash
+    if b"eXIf" in data:
+        assert decode_rgb(data).size == (150, 100)  # the EXIF read with the header still turns it upright
+
+
+def _with_text_after_image_data(data: bytes) -> bytes:
+    iend = data.rindex(b"IEND") - 4
+    return data[:iend] + _chunk(b"tEXt", b"Comment\0after the pixels") + data[iend:]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: encode(scene(1).convert("P"), "PNG"),
+        lambda: encode(scene(2).convert("L"), "PNG"),
+        lambda: _interlaced(),
+        lambda: _with_text_after_image_data(png(4)),
+        lambda: _rgb_with_transparency_key(),
+    ],
+    ids=["palette", "grey", "interlaced", "text-after-idat", "trns-key"],
+)
+def test_other_pngs_are_left_to_pillow_with_the_same_result(make):
+    data = make()
+    assert not _plain(data)
+    pixels, phash = _pillow_reference(data)
+    assert np.array_equal(np.asarray(decode_rgb(data)), pixels)
+    assert inspect_image(data, **LIMITS).phash == phash
+
+
+def _interlaced() -> bytes:
+    """An Adam7 PNG: Pillow cannot write one, so the scanlines are filtered and compressed here."""
+    img = np.asarray(scene(3, (40, 24)))
+    # Adam7's seven passes: first column, first row, column step, row step
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4)]
+    passes += [(0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    raw = b"".join(
+        b"\0" + img[y, x0::dx].tobytes() for x0, y0, dx, dy in passes for y in range(y0, img.shape[0], dy)
+    )
+    ihdr = struct.pack(">IIBBBBB", img.shape[1], img.shape[0], 8, 2, 0, 0, 1)
+    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _rgb_with_transparency_key() -> bytes:
+    img = scene(7, (48, 32))
+    return encode(img, "PNG", transparency=img.getpixel((0, 0)))
+
+
+def test_plain_png_cut_after_its_image_data_is_truncated():
+    """The acceptance file tricky/truncated_corrupt/truncated_end_chunk.png: the pixels are all there,
+    then a chunk header whose body is missing. Pillow rejects it; so must the libspng path."""
+    data = png(4, (300, 200))
+    image_data = data[: data.rindex(b"IEND") - 4]
+    assert reject_reason(image_data + struct.pack(">I", 5000) + b"IDAT" + bytes(100)) == "truncated"
+    assert reject_reason(image_data + struct.pack(">I", 5000) + b"ID") == "truncated"  # header cut too
+    assert reject_reason(data[:-6]) == "truncated"  # IEND's own CRC cut short
+
+
+def test_plain_png_without_iend_is_accepted_as_pillow_does():
+    data = png(4, (300, 200))
+    no_end = data[: data.rindex(b"IEND") - 4]
+    assert _plain(no_end)
+    assert inspect_image(no_end, **LIMITS).phash == inspect_image(data, **LIMITS).phash
