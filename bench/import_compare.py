@@ -511,6 +511,10 @@ def compare(
             f"(img2dataset processes, imagededup encode/search workers; ours has no such setting)"
         )
         runs: list[Run] = []
+        # Every run's output stays until the end (a few hundred MB per round): on ext4 without a
+        # journal (this VM's disk), creating a file skips every inode freed in the last minute or
+        # more, one buffer lookup each, so deleting a run's ~1,000 files slowed the file creation of
+        # the runs after it -- in the kernel, at up to 17 % of our import's CPU -- unevenly by order.
         for k in range(1, repeats + 1):
             for size in (n, 2 * n):
                 for tool in tools:
@@ -531,8 +535,6 @@ def compare(
                         f"done {done}/{size}, its own clock {'?' if inner is None else f'{inner:.2f}'} s"
                         + (f"  [{note}]" if note else "")
                     )
-                    if not keep:
-                        shutil.rmtree(work, ignore_errors=True)
         summaries = [summarise(runs, tool, n) for tool in tools]
         log("")
         log(table(summaries, n))
