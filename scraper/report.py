@@ -83,7 +83,7 @@ class SourceReport:
             f"{self.source}: {self.status}; {self.api_requests} API requests, {self.downloaded} "
             f"downloaded, {self.stored} stored, {self.duplicates} duplicates, {self.near_duplicates} "
             f"near-duplicates, rejected {dict(self.rejected) or 0}, errors {dict(self.errors) or 0}, "
-            f"{self.duration_s:.1f}s"
+            f"{self.duration_s:.2f}s"
         )
         return f"{text} ({self.message})" if self.message else text
 
