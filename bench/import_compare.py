@@ -1,6 +1,6 @@
 """Side by side, steady state: importing one folder with Exposr Trainer, img2dataset and imagededup.
 
-    .venv/bin/python bench/import_compare.py --folder DIR [--folder DIR2] --n 150 \\
+    .venv/bin/python bench/import_compare.py --folder DIR [--folder DIR2] [--generated K] --n 150 \\
         --tools-python /tmp/cmpvenv/bin/python [--workers 2] [--repeats 2]
 
     (make the tools' venv once: python -m venv /tmp/cmpvenv &&
@@ -12,8 +12,9 @@ Importable: ``compare(folder, n, tools_python, workers)`` runs the same and retu
 **The files.** 2N distinct images are written once into a temp folder and every tool reads those
 same files: the images of ``--folder`` (each folder's image files, recursively), then, when that is
 fewer than 2N, variants of them -- cropped by 3 % on each side, flipped or turned (left-right,
-top-bottom, 180 degrees, then the two diagonal flips and the two quarter turns, as many as needed)
-and re-encoded in the source's format (JPEG quality 90). A file goes in only
+top-bottom, 180 degrees, then the two diagonal flips and the two quarter turns, as many as needed;
+beyond those, negatives: every pixel inverted, then flipped or turned the same ways) and
+re-encoded in the source's format (JPEG quality 90). A file goes in only
 when its pHash (imagehash, on the full image) is more than 10 bits from every file already in, so
 neither a SHA-256 nor a near-duplicate check (the product's radius is 6) merges any two of them; a
 crop alone is not enough for that, a flip is. The 2N files are shuffled (fixed seed), the N-run
@@ -35,6 +36,13 @@ shard start to last shard end in its ``*_stats.json``; imagededup: ``encode_imag
 ``find_duplicates`` timed inside its process. The N-vs-2N difference is ~1 s at N = 150 here (the
 others' start-up varies by about that much), so it needs N of a few hundred; the in-run figure
 does not, but each tool draws its clock's line in a different place.
+
+"marginal img/s": N / (own clock on 2N - own clock on N), medians over the rounds -- what N more
+images cost each tool by its own clock, so both its start-up and whatever its clock includes
+before the first image (a pool's ramp) drop out. The whole-process steady state above turned out
+the least reliable figure: img2dataset's time outside its own clock was up to 0.6 s *shorter* on
+its 2N runs than on its N runs (its process pool's start varies by ~1 s), which made its
+"steady" rate 780-850 img/s while its own clock never showed more than ~340.
 
 **What each does per image** (read from their sources: img2dataset 1.47.0 ``downloader.py``,
 ``resizer.py``, ``writer.py``; imagededup 0.3.3 ``methods/hashing.py``, ``utils/image_utils.py``):
@@ -97,8 +105,8 @@ TOOLS = ("exposr-trainer", "img2dataset", "imagededup")
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MIN_DISTANCE = 11  # pHash bits between any two files of the set (> 10; the product merges at <= 6)
 CROP = 0.03  # of each side, in every variant
-# PIL.Image.Transpose members, in the order variants are made (a flip or turn: a pHash > 10 bits away)
-VARIANTS = (
+# PIL.Image.Transpose members (a flip or turn: a pHash > 10 bits away)
+TURNS = (
     "FLIP_LEFT_RIGHT",
     "FLIP_TOP_BOTTOM",
     "ROTATE_180",
@@ -106,6 +114,13 @@ VARIANTS = (
     "TRANSVERSE",
     "ROTATE_90",
     "ROTATE_270",
+)
+# the variants in the order they are made: (turn or None, negative); the negatives (every pixel
+# inverted: most pHash bits flip) come after all the turns, for sets larger than 8 x the files
+VARIANTS: tuple[tuple[str | None, bool], ...] = (
+    *((turn, False) for turn in TURNS),
+    (None, True),
+    *((turn, True) for turn in TURNS),
 )
 SEED = 12
 VENV_HINT = "python -m venv /tmp/cmpvenv && /tmp/cmpvenv/bin/pip install img2dataset imagededup"
@@ -177,10 +192,26 @@ class Summary:
     rate: float | None  # steady-state images/s
     cpu_ms: float | None  # steady-state CPU ms per image
     inner_rate: float | None  # 2N / the tool's own clock on the 2N run (median): a cross-check
+    marginal: float | None  # N / (own clock on 2N - own clock on N), medians: start-up and ramp left out
     short: list[str] = field(default_factory=list)  # runs that did not do all the work
 
 
 # ---- the image set ------------------------------------------------------------------------------
+
+
+def write_generated(count: int, dest: Path, log: Callable[[str], None]) -> Path:
+    """``count`` photo-sized JPEGs (1.2 to 4 MP, noise over a drawn scene, quality 88): the files the
+    issue measured ingest on, from bench/ingest_bench.py."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ingest_bench import generated_jpegs
+
+    dest.mkdir(parents=True)
+    total = 0
+    for i, data in enumerate(generated_jpegs(count)):
+        (dest / f"photo_{i:04d}.jpg").write_bytes(data)
+        total += len(data)
+    log(f"generated: {count} JPEGs of 1.2-4 MP, {total / 2**20:.0f} MiB")
+    return dest
 
 
 def source_files(folders: Sequence[Path]) -> list[Path]:
@@ -202,7 +233,7 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
     """``count`` pairwise-distinct image files in ``dest`` (see the module docstring), shuffled."""
     import imagehash
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     def phash(path: Path) -> int:
         with Image.open(path) as img:
@@ -237,7 +268,7 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
         if len(chosen) == count:
             break
         offer(src)
-    for i, op in enumerate(VARIANTS, 1):
+    for i, (turn, negative) in enumerate(VARIANTS, 1):
         for src in sources:
             if len(chosen) == count:
                 break
@@ -246,7 +277,11 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
                 fmt = img.format
                 w, h = img.size
                 box = (round(w * CROP), round(h * CROP), w - round(w * CROP), h - round(h * CROP))
-                var = img.crop(box).transpose(getattr(Image.Transpose, op))
+                var = img.crop(box)
+                if turn:
+                    var = var.transpose(getattr(Image.Transpose, turn))
+                if negative:
+                    var = ImageOps.invert(var if var.mode in ("RGB", "L") else var.convert("RGB"))
                 if fmt == "JPEG":
                     var = var if var.mode in ("RGB", "L", "CMYK") else var.convert("RGB")
                     var.save(out, format="JPEG", quality=90)
@@ -256,7 +291,8 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
     if len(chosen) < count:
         raise SystemExit(
             f"only {len(chosen)} distinct images from {', '.join(map(str, folders))} (the files and "
-            f"{len(VARIANTS)} flipped or turned variants of each, {MIN_DISTANCE}+ pHash bits apart); "
+            f"{len(VARIANTS)} flipped, turned or negative variants of each, {MIN_DISTANCE}+ pHash bits "
+            "apart); "
             f"2N = {count} are needed: pass another --folder or a smaller --n"
         )
     random.Random(SEED).shuffle(chosen)
@@ -271,7 +307,8 @@ def build_set(folders: Sequence[Path], count: int, dest: Path, log: Callable[[st
     shutil.rmtree(stage)
     originals = sum(1 for p in chosen if p.parent != stage)
     log(
-        f"image set: {count} files ({originals} originals, {count - originals} flipped/turned variants; "
+        f"image set: {count} files ({originals} originals, {count - originals} flipped, turned or "
+        "negative variants; "
         f"{dropped} candidates left out as within {MIN_DISTANCE - 1} pHash bits of another), "
         f"{sum(p.stat().st_size for p in files) / 2**20:.0f} MiB"
     )
@@ -435,6 +472,8 @@ def summarise(runs: list[Run], tool: str, n: int) -> Summary:
     cpu = {size: statistics.median(r.cpu for r in mine if r.size == size) for size in (n, 2 * n)}
     extra_wall, extra_cpu = wall[2 * n] - wall[n], cpu[2 * n] - cpu[n]
     inner = [r.inner for r in mine if r.size == 2 * n and r.inner]
+    inner_n = [r.inner for r in mine if r.size == n and r.inner]
+    extra_inner = statistics.median(inner) - statistics.median(inner_n) if inner and inner_n else 0.0
     return Summary(
         tool,
         wall[n],
@@ -443,6 +482,7 @@ def summarise(runs: list[Run], tool: str, n: int) -> Summary:
         n / extra_wall if extra_wall > 0 else None,
         extra_cpu / n * 1000 if extra_cpu > 0 else None,
         2 * n / statistics.median(inner) if inner else None,
+        n / extra_inner if extra_inner > 0 else None,
         [f"round {r.round} {r.size}: {r.done}/{r.size} {r.note}" for r in mine if r.done != r.size],
     )
 
@@ -455,24 +495,26 @@ def table(summaries: list[Summary], n: int) -> str:
 
     head = (
         f"{'tool':<15} {'N-run s':>8} {'2N-run s':>9} {'start-up s':>10} {'steady img/s':>12} "
-        f"{'CPU ms/img':>10} {'in-run img/s':>12} {'ours/theirs: rate':>17} {'CPU':>5} {'2N-run':>6} "
-        f"{'in-run':>6}"
+        f"{'CPU ms/img':>10} {'in-run img/s':>12} {'marginal img/s':>14} {'ours/theirs: rate':>17} "
+        f"{'CPU':>5} {'2N-run':>6} {'in-run':>6} {'marginal':>8}"
     )
     lines = [f"N = {n}, 2N = {2 * n}; ratios > 1 mean Exposr Trainer is ahead", head, "-" * len(head)]
     for s in summaries:
         rate = f"{s.rate:.1f}" if s.rate else "n/a"
         cpu = f"{s.cpu_ms:.0f}" if s.cpu_ms is not None else "n/a"
         inner = f"{s.inner_rate:.1f}" if s.inner_rate else "n/a"
+        marginal = f"{s.marginal:.1f}" if s.marginal else "n/a"
         if s is ours:
             ratios = ""
         else:
             ratios = (
                 f"{ratio(ours.rate, s.rate):>17} {ratio(s.cpu_ms, ours.cpu_ms):>5} "
-                f"{ratio(s.wall_2n, ours.wall_2n):>6} {ratio(ours.inner_rate, s.inner_rate):>6}"
+                f"{ratio(s.wall_2n, ours.wall_2n):>6} {ratio(ours.inner_rate, s.inner_rate):>6} "
+                f"{ratio(ours.marginal, s.marginal):>8}"
             )
         lines.append(
             f"{s.tool:<15} {s.wall_n:>8.1f} {s.wall_2n:>9.1f} {s.startup:>10.1f} {rate:>12} {cpu:>10} "
-            f"{inner:>12} {ratios}"
+            f"{inner:>12} {marginal:>14} {ratios}"
         )
     return "\n".join(lines)
 
@@ -488,6 +530,7 @@ def compare(
     i2d_reencode: bool = False,
     keep: bool = False,
     log: Callable[[str], None] = print,
+    generated: int = 0,
 ) -> dict:
     """Run the comparison (module docstring) and print it through ``log``; returns the figures:
     ``{"n", "workers", "versions", "runs": [...], "summary": {tool: {...}}, "ratios": {tool: {...}}}``
@@ -504,6 +547,8 @@ def compare(
         log(f"exposr-trainer: {our_version(repo)}")
         if versions:
             log("tools: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f" ({tools_python})")
+        if generated:
+            folders = [write_generated(generated, tmp / "generated", log), *folders]
         files = build_set(folders, 2 * n, tmp / "set", log)
         inputs = {n: link_subset(files[:n], tmp / f"in_{n}"), 2 * n: tmp / "set"}
         log(
@@ -558,6 +603,7 @@ def compare(
                     "cpu": s.cpu_ms / ours.cpu_ms if s.cpu_ms and ours.cpu_ms else None,
                     "whole_2n_run": s.wall_2n / ours.wall_2n,
                     "in_run": ours.inner_rate / s.inner_rate if ours.inner_rate and s.inner_rate else None,
+                    "marginal": ours.marginal / s.marginal if ours.marginal and s.marginal else None,
                 }
                 for s in summaries[1:]
             },
@@ -584,8 +630,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(__doc__.split("\n", 1)[1]),
     )
+    parser.add_argument("--folder", action="append", type=Path, help="image folder (repeatable)")
     parser.add_argument(
-        "--folder", action="append", required=True, type=Path, help="image folder (repeatable)"
+        "--generated",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also K generated photo-sized JPEGs of 1.2-4 MP (bench/ingest_bench.py's, the issue's own case)",
     )
     parser.add_argument("--n", type=int, default=32, help="images of the first run; the second has 2N")
     parser.add_argument("--tools-python", help="Python of a venv with img2dataset and imagededup")
@@ -599,8 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (image set, outputs, logs)")
     args = parser.parse_args(argv)
+    if not args.folder and not args.generated:
+        parser.error("give --folder DIR (repeatable), --generated K, or both")
     compare(
-        args.folder,
+        args.folder or [],
         args.n,
         args.tools_python,
         args.workers,
@@ -608,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         repo=args.repo.resolve(),
         i2d_reencode=args.i2d_reencode,
         keep=args.keep,
+        generated=args.generated,
     )
     return 0
 
