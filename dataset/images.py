@@ -163,6 +163,7 @@ def _budgeted(img: Image.Image, budget: int):
 _open_lock = threading.Lock()
 
 
+DECODE_READ_MAX = 4 << 20  # bytes a JPEG decoder call is given at once (_load_fully)
 PHASH_DECODE_SIDE = 128  # JPEGs are validated and hashed at the DCT scale that keeps this many pixels
 
 
@@ -277,13 +278,15 @@ def _load_fully(img: Image.Image, data: bytes) -> Image.Image:
     """Decode every pixel of the opened `img` (the header of `data`); the decoded image is returned."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set: truncated files would pass as valid")
-    if _plain_png(img, data):
-        return _spng_load(img, data)
-    # One decoder call for the whole file (up to 4 MB) rather than one per 64 KB: each call gives up
-    # the GIL and must win it back from the event loop and the other decode thread; fewer calls made
-    # a folder import 6-11 % faster (paired runs of `exposr-trainer scrape` on the benchmark sets).
+    if _plain_png(img, data) and (decoded := _spng_decoded(img, data)) is not None:
+        return decoded
     opened = cast(ImageFile.ImageFile, img)
-    opened.decodermaxblock = max(opened.decodermaxblock, min(len(data), DECODE_READ_MAX))
+    if opened.format in ("JPEG", "MPO"):
+        # One decoder call for the whole file (up to 4 MB) rather than one per 64 KB: each call gives
+        # up the GIL and must win it back from the event loop and the other decode thread; fewer
+        # calls made a folder import 6-11 % faster (paired runs of `exposr-trainer scrape`). JPEG
+        # only: a TIFF reads a block per strip, and thousands of strips would each copy 4 MB.
+        opened.decodermaxblock = max(opened.decodermaxblock, min(len(data), DECODE_READ_MAX))
     try:
         img.load()
     except Image.DecompressionBombError as exc:  # some plugins check again while decoding
@@ -293,52 +296,50 @@ def _load_fully(img: Image.Image, data: bytes) -> Image.Image:
     return img
 
 
-DECODE_READ_MAX = 4 << 20
-
-
 # PNG: Pillow unfilters rows one byte at a time, half the time of decoding a PNG; libspng
-# (imagecodecs, which releases the GIL) gives the same pixels in about 0.65 x the time.
-# It takes the plain case only -- 8-bit RGB or RGBA, not interlaced, no transparency key, nothing
-# but IEND after the image data -- and Pillow decodes every other PNG as before.
+# (imagecodecs) gives the same pixels in about 0.65 x the time. It takes only the plain case, a
+# well-formed file Pillow reads the same way: 8-bit RGB or RGBA, not interlaced, no transparency
+# key, no APNG chunks, complete chunks with nothing but IEND after the image data. Pillow stays the
+# only judge of a broken file: anything else, and anything libspng refuses, is decoded by Pillow,
+# so the verdicts are Pillow's (tests/dataset/test_images.py compares them on mutated files).
 _CHUNK_HEAD = struct.Struct(">I4s")
+_ANIMATION_CHUNKS = (b"acTL", b"fcTL", b"fdAT")
 
 
 def _plain_png(img: Image.Image, data: bytes) -> bool:
     if img.format != "PNG" or img.mode not in ("RGB", "RGBA") or img.info.get("interlace"):
         return False
     tile = cast(ImageFile.ImageFile, img).tile
-    if "transparency" in img.info or len(tile) != 1 or tile[0].args != img.mode:  # "RGB;16B" is 16-bit
+    if "transparency" in img.info or "bbox" in img.info or len(tile) != 1:
         return False
-    # The chunk list, checked whole: a chunk cut short anywhere is a truncated file (Pillow says so
-    # when it needs the missing bytes; libspng stops reading where the image data ends).
+    if tile[0].args != img.mode or tuple(tile[0].extents or ()) != (0, 0, *img.size):  # "RGB;16B": 16-bit
+        return False
     pos, size, image_data = 8, len(data), False
     while pos < size:
         if pos + 12 > size:
-            raise ImageRejected("truncated", f"the PNG ends inside a chunk header at byte {pos} of {size}")
+            return False  # a chunk header or CRC cut short
         length, kind = _CHUNK_HEAD.unpack_from(data, pos)
-        if pos + 12 + length > size:
-            raise ImageRejected(
-                "truncated", f"the PNG's {kind!r} chunk declares {length} bytes; {size - pos - 12} are left"
-            )
+        if pos + 12 + length > size or kind in _ANIMATION_CHUNKS or (kind == b"IHDR") != (pos == 8):
+            return False
         if kind == b"IEND":
-            break
+            return image_data and length == 0
         if kind == b"IDAT":
             image_data = True
-        elif image_data or kind == b"acTL":
-            return False  # text, EXIF or frames after the image data, or an APNG: Pillow reads them
+        elif image_data or (kind[:1].isupper() and kind not in (b"IHDR", b"PLTE")):
+            return False  # a chunk after the image data, or an unknown critical chunk
         pos += 12 + length
-    return image_data
+    return image_data  # no IEND, the file ending where a chunk does: Pillow accepts that too
 
 
-def _spng_load(img: Image.Image, data: bytes) -> Image.Image:
+def _spng_decoded(img: Image.Image, data: bytes) -> Image.Image | None:
+    """The pixels by libspng, or None when it refuses them (then Pillow decodes, and judges)."""
     try:
         pixels = imagecodecs.spng_decode(data)
-    except Exception as exc:  # noqa: BLE001 - SpngError and anything else hostile bytes cause
-        raise ImageRejected("truncated", f"decoding failed: {exc}") from exc
+    except Exception:  # noqa: BLE001 - SpngError and anything else: Pillow's verdict decides
+        return None
     width, height = img.size
     if pixels.dtype != np.uint8 or pixels.shape != (height, width, len(img.mode)):
-        got = f"{pixels.shape} {pixels.dtype}"
-        raise ImageRejected("truncated", f"the PNG decodes to {got}, not the size its header declares")
+        return None
     out = Image.fromarray(pixels)
     out.info.update(img.info)  # EXIF and XMP (orientation) as read with the header
     return out

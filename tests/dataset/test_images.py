@@ -211,20 +211,47 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def _pillow_reference(data: bytes):
-    """What Pillow alone makes of the bytes: decoded pixels (orientation applied, alpha on white), pHash."""
-    from dataset.images import phash_int, to_rgb
-
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    rgb = to_rgb(img)
-    return np.asarray(rgb), phash_int(rgb)
+def _insert_before(data: bytes, kind: bytes, extra: bytes) -> bytes:
+    at = next(offset for name, offset, _ in _chunks(data) if name == kind)
+    return data[:at] + extra + data[at:]
 
 
-def _plain(data: bytes) -> bool:
-    from dataset.images import _plain_png
+def _outcome(data: bytes) -> tuple:
+    """What inspect_image makes of the bytes: the reason of a rejection, or the image's facts."""
+    try:
+        info = inspect_image(data, **LIMITS)
+    except ImageRejected as exc:
+        return ("rejected", exc.reason)
+    return ("ok", info.format, info.width, info.height, info.phash)
 
-    return _plain_png(Image.open(io.BytesIO(data)), data)
+
+@pytest.fixture
+def spng_calls(monkeypatch) -> list[int]:
+    """Counts the calls into libspng (each goes through to the real decoder)."""
+    import imagecodecs
+
+    calls: list[int] = []
+    real = imagecodecs.spng_decode
+
+    def counted(data, *args, **kwargs):
+        calls.append(len(data))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "spng_decode", counted)
+    return calls
+
+
+def _pillow_alone(monkeypatch, data: bytes) -> tuple:
+    """The outcome with the libspng path switched off: the Pillow-only reference."""
+    with monkeypatch.context() as m:
+        m.setattr("dataset.images._plain_png", lambda img, data: False)
+        return _outcome(data)
+
+
+def _pillow_pixels(monkeypatch, data: bytes) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setattr("dataset.images._plain_png", lambda img, data: False)
+        return np.asarray(decode_rgb(data))
 
 
 def _tagged_sideways(mode: str) -> bytes:
@@ -232,6 +259,43 @@ def _tagged_sideways(mode: str) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways; EXIF says turn it to display
     return encode(upright.transpose(Image.Transpose.ROTATE_90), "PNG", exif=exif.tobytes())
+
+
+def _split_image_data(data: bytes, parts: int = 5) -> bytes:
+    """The same PNG with its image data spread over several IDAT chunks, as libpng writes it."""
+    _, offset, length = next(c for c in _chunks(data) if c[0] == b"IDAT")
+    body = data[offset + 8 : offset + 8 + length]
+    step = -(-len(body) // parts)
+    idats = b"".join(_chunk(b"IDAT", body[i : i + step]) for i in range(0, len(body), step))
+    return data[:offset] + idats + data[offset + 12 + length :]
+
+
+def _png_by_hand(array: np.ndarray, color_type: int, bit_depth: int, interlace: bool = False) -> bytes:
+    """A PNG Pillow cannot write (16-bit colour, Adam7), its scanlines filtered (none) by hand."""
+    height, width = array.shape[:2]
+    if interlace:  # Adam7's seven passes: first column, first row, column step, row step
+        passes = [
+            (0, 0, 8, 8),
+            (4, 0, 8, 8),
+            (0, 4, 4, 8),
+            (2, 0, 4, 4),
+            (0, 2, 2, 4),
+            (1, 0, 2, 2),
+            (0, 1, 1, 2),
+        ]
+    else:
+        passes = [(0, 0, 1, 1)]
+    raw = b"".join(
+        b"\0" + array[y, x0::dx].tobytes() for x0, y0, dx, dy in passes for y in range(y0, height, dy)
+    )
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, int(interlace))
+    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def _frame_control(width: int, height: int) -> bytes:
+    """An APNG frame control chunk without the animation chunk (Pillow then decodes into its box)."""
+    return _chunk(b"fcTL", struct.pack(">IIIIIHHBB", 0, width, height, 0, 0, 1, 10, 0, 0))
 
 
 @pytest.mark.parametrize(
@@ -242,22 +306,29 @@ def _tagged_sideways(mode: str) -> bytes:
         lambda: encode(noise(6, (97, 131)), "PNG", compress_level=9),
         lambda: _tagged_sideways("RGB"),
         lambda: _tagged_sideways("RGBA"),
+        lambda: _split_image_data(png(7, (200, 120))),
+        lambda: png(4, (300, 200))[:-12],  # no IEND: Pillow accepts it
     ],
-    ids=["rgb", "rgba", "noise-odd-size", "rgb-exif-rotated", "rgba-exif-rotated"],
+    ids=["rgb", "rgba", "noise-odd-size", "rgb-exif-rotated", "rgba-exif-rotated", "split-idat", "no-iend"],
 )
-def test_plain_png_gives_pillows_pixels_and_hash(make):
+def test_plain_png_is_decoded_by_libspng_with_pillows_pixels_and_hash(make, monkeypatch, spng_calls):
     data = make()
-    assert _plain(data)  # this case takes libspng
-    pixels, phash = _pillow_reference(data)
-    assert np.array_equal(np.asarray(decode_rgb(data)), pixels)
-    assert inspect_image(data, **LIMITS).phash == phash
+    pixels = np.asarray(decode_rgb(data))
+    assert len(spng_calls) == 1  # this case took libspng
+    assert np.array_equal(pixels, _pillow_pixels(monkeypatch, data))
+    assert _outcome(data) == _pillow_alone(monkeypatch, data)
     if b"eXIf" in data:
-        assert decode_rgb(data).size == (150, 100)  # the EXIF read with the header still turns it upright
+        assert pixels.shape[:2] == (100, 150)  # the EXIF read with the header still turns it upright
 
 
 def _with_text_after_image_data(data: bytes) -> bytes:
-    iend = data.rindex(b"IEND") - 4
-    return data[:iend] + _chunk(b"tEXt", b"Comment\0after the pixels") + data[iend:]
+    return _insert_before(data, b"IEND", _chunk(b"tEXt", b"Comment\0after the pixels"))
+
+
+def _with_exif_after_image_data() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 3  # upside down
+    return _insert_before(png(9, (120, 80)), b"IEND", _chunk(b"eXIf", exif.tobytes()))
 
 
 @pytest.mark.parametrize(
@@ -265,51 +336,63 @@ def _with_text_after_image_data(data: bytes) -> bytes:
     [
         lambda: encode(scene(1).convert("P"), "PNG"),
         lambda: encode(scene(2).convert("L"), "PNG"),
-        lambda: _interlaced(),
+        lambda: _png_by_hand(np.asarray(scene(3, (40, 24))), color_type=2, bit_depth=8, interlace=True),
+        lambda: _png_by_hand(np.asarray(scene(3, (40, 24))).astype(">u2") * 257, color_type=2, bit_depth=16),
         lambda: _with_text_after_image_data(png(4)),
-        lambda: _rgb_with_transparency_key(),
+        lambda: _with_exif_after_image_data(),
+        lambda: encode(scene(7, (48, 32)), "PNG", transparency=scene(7, (48, 32)).getpixel((0, 0))),
+        lambda: _insert_before(png(5, (120, 80)), b"IDAT", _frame_control(120, 40)),  # decodes into the box
+        lambda: _insert_before(png(5, (120, 80)), b"IDAT", _frame_control(0, 0)),  # Pillow rejects this
+        lambda: _insert_before(png(5, (120, 80)), b"IDAT", _chunk(b"ABCD", b"x")),  # unknown critical
     ],
-    ids=["palette", "grey", "interlaced", "text-after-idat", "trns-key"],
-)
-def test_other_pngs_are_left_to_pillow_with_the_same_result(make):
+    ids=[
+        "palette", "grey", "interlaced", "rgb-16-bit", "text-after-idat", "exif-after-idat", "trns-key",
+        "fctl-half", "fctl-empty", "unknown-critical",
+    ],
+)  # fmt: skip
+def test_other_pngs_are_decoded_by_pillow_alone(make, monkeypatch, spng_calls):
     data = make()
-    assert not _plain(data)
-    pixels, phash = _pillow_reference(data)
-    assert np.array_equal(np.asarray(decode_rgb(data)), pixels)
-    assert inspect_image(data, **LIMITS).phash == phash
+    assert _outcome(data) == _pillow_alone(monkeypatch, data)
+    assert spng_calls == []
 
 
-def _interlaced() -> bytes:
-    """An Adam7 PNG: Pillow cannot write one, so the scanlines are filtered and compressed here."""
-    img = np.asarray(scene(3, (40, 24)))
-    # Adam7's seven passes: first column, first row, column step, row step
-    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4)]
-    passes += [(0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
-    raw = b"".join(
-        b"\0" + img[y, x0::dx].tobytes() for x0, y0, dx, dy in passes for y in range(y0, img.shape[0], dy)
-    )
-    ihdr = struct.pack(">IIBBBBB", img.shape[1], img.shape[0], 8, 2, 0, 0, 1)
-    chunks = _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + chunks
-
-
-def _rgb_with_transparency_key() -> bytes:
-    img = scene(7, (48, 32))
-    return encode(img, "PNG", transparency=img.getpixel((0, 0)))
-
-
-def test_plain_png_cut_after_its_image_data_is_truncated():
-    """The acceptance file tricky/truncated_corrupt/truncated_end_chunk.png: the pixels are all there,
-    then a chunk header whose body is missing. Pillow rejects it; so must the libspng path."""
+def test_plain_png_cut_after_its_image_data_is_judged_by_pillow(monkeypatch):
+    """tricky/truncated_corrupt/truncated_end_chunk.png: all the pixels, then a chunk whose body is
+    missing. libspng stops where the image data ends and would take it; Pillow rejects it."""
     data = png(4, (300, 200))
     image_data = data[: data.rindex(b"IEND") - 4]
-    assert reject_reason(image_data + struct.pack(">I", 5000) + b"IDAT" + bytes(100)) == "truncated"
-    assert reject_reason(image_data + struct.pack(">I", 5000) + b"ID") == "truncated"  # header cut too
-    assert reject_reason(data[:-6]) == "truncated"  # IEND's own CRC cut short
+    cut = image_data + struct.pack(">I", 5000) + b"IDAT" + bytes(100)
+    assert reject_reason(cut) == "truncated"
+    for ending in (data[:-4], data[:-1], image_data + b"\0\0\0"):  # what Pillow lets through
+        assert _outcome(ending) == _pillow_alone(monkeypatch, ending)
 
 
-def test_plain_png_without_iend_is_accepted_as_pillow_does():
-    data = png(4, (300, 200))
-    no_end = data[: data.rindex(b"IEND") - 4]
-    assert _plain(no_end)
-    assert inspect_image(no_end, **LIMITS).phash == inspect_image(data, **LIMITS).phash
+def test_png_verdicts_are_pillows_on_damaged_files(monkeypatch):
+    """Cut, flipped and spliced copies of plain PNGs: the same verdict, size and pHash as Pillow
+    alone, whichever decoder ran. (A review's fuzzing found an fcTL chunk and cut tails differing.)"""
+    rng = np.random.default_rng(20261130)
+    originals = [
+        png(11, (64, 48)),
+        encode(scene(12, (72, 40)).convert("RGBA"), "PNG"),
+        _split_image_data(png(13)),
+    ]
+    extras = [_chunk(b"tEXt", b"k\0v"), _frame_control(32, 16), _chunk(b"ABCD", b""), _chunk(b"IEND", b"")]
+    differing, rejected = [], 0
+    for k in range(240):
+        data = bytearray(originals[k % len(originals)])
+        kind = k % 4
+        if kind == 0:  # cut anywhere after the header
+            del data[int(rng.integers(33, len(data))) :]
+        elif kind == 1:  # one byte flipped anywhere after the signature
+            data[int(rng.integers(8, len(data)))] ^= int(rng.integers(1, 256))
+        elif kind == 2:  # a chunk spliced in at a chunk boundary
+            at = [offset for _n, offset, _l in _chunks(bytes(data))][int(rng.integers(1, 3))]
+            data[at:at] = extras[int(rng.integers(len(extras)))]
+        else:  # stray bytes after the end
+            data += rng.integers(0, 256, int(rng.integers(1, 16)), dtype=np.uint8).tobytes()
+        got = _outcome(bytes(data))
+        rejected += got[0] == "rejected"
+        if got != _pillow_alone(monkeypatch, bytes(data)):
+            differing.append((k, got))
+    assert differing == []
+    assert 30 < rejected < 200  # the mutations reach both verdicts
