@@ -42,7 +42,7 @@ images cost each tool by its own clock, so both its start-up and whatever its cl
 before the first image (a pool's ramp) drop out. The whole-process steady state above turned out
 the least reliable figure: img2dataset's time outside its own clock was up to 0.6 s *shorter* on
 its 2N runs than on its N runs (its process pool's start varies by ~1 s), which made its
-"steady" rate 780-850 img/s while its own clock never showed more than ~340.
+"steady" rate 380-850 img/s while its own clock never showed more than ~350.
 
 **What each does per image** (read from their sources: img2dataset 1.47.0 ``downloader.py``,
 ``resizer.py``, ``writer.py``; imagededup 0.3.3 ``methods/hashing.py``, ``utils/image_utils.py``):
@@ -202,7 +202,9 @@ class Summary:
 def write_generated(count: int, dest: Path, log: Callable[[str], None]) -> Path:
     """``count`` photo-sized JPEGs (1.2 to 4 MP, noise over a drawn scene, quality 88): the files the
     issue measured ingest on, from bench/ingest_bench.py."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     from ingest_bench import generated_jpegs
 
     dest.mkdir(parents=True)
@@ -535,8 +537,8 @@ def compare(
     """Run the comparison (module docstring) and print it through ``log``; returns the figures:
     ``{"n", "workers", "versions", "runs": [...], "summary": {tool: {...}}, "ratios": {tool: {...}}}``
     with ratios ours / theirs (> 1: Exposr Trainer ahead), ``skipped`` when the others were."""
-    if n < 1 or workers < 1 or repeats < 1:
-        raise ValueError("n, workers and repeats must be at least 1")
+    if n < 1 or workers < 1 or repeats < 1 or generated < 0:
+        raise ValueError("n, workers and repeats must be at least 1, generated at least 0")
     folders = [Path(folder)] if isinstance(folder, (str, Path)) else [Path(f) for f in folder]
     tmp = Path(tempfile.mkdtemp(prefix="import_compare_"))
     try:
@@ -652,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.folder and not args.generated:
         parser.error("give --folder DIR (repeatable), --generated K, or both")
+    if args.generated < 0:
+        parser.error(f"--generated {args.generated}: the number of photos to generate is 0 or more")
     compare(
         args.folder or [],
         args.n,
