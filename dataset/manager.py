@@ -132,7 +132,14 @@ class DatasetManager:
         self._decoders: ThreadPoolExecutor | None = None  # validation threads, made on first use
 
     async def open(self) -> DatasetManager:
-        await self.index.open()
+        try:
+            await self.index.open()
+        except BaseException:
+            # A refused start (SchemaMismatch, IndexUnusable, DatabaseUnavailable) leaves no pooled
+            # connection behind: one collected later, after its event loop closed, made aiosqlite's
+            # thread raise into whatever ran then.
+            await self.index.close()
+            raise
         log.info("dataset at %s, index %s rows", self.storage.describe(), len(self.index.cache))
         return self
 
