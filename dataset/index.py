@@ -275,7 +275,16 @@ class DedupeIndex:
         """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
 
         An unreachable server is DatabaseUnavailable (naming DATABASE_URL, password masked); a damaged
-        SQLite file is IndexUnusable (saying how to rebuild it from the metadata files)."""
+        SQLite file is IndexUnusable (saying how to rebuild it from the metadata files). A refused
+        open keeps no pooled connection: one collected later, after its event loop closed, made
+        aiosqlite's thread raise into whatever ran then."""
+        try:
+            await self._open()
+        except BaseException:
+            await self.engine.dispose()
+            raise
+
+    async def _open(self) -> None:
         try:
             await migrate(self.engine)
             await self.refresh()

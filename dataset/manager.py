@@ -132,14 +132,7 @@ class DatasetManager:
         self._decoders: ThreadPoolExecutor | None = None  # validation threads, made on first use
 
     async def open(self) -> DatasetManager:
-        try:
-            await self.index.open()
-        except BaseException:
-            # A refused start (SchemaMismatch, IndexUnusable, DatabaseUnavailable) leaves no pooled
-            # connection behind: one collected later, after its event loop closed, made aiosqlite's
-            # thread raise into whatever ran then.
-            await self.index.close()
-            raise
+        await self.index.open()
         log.info("dataset at %s, index %s rows", self.storage.describe(), len(self.index.cache))
         return self
 

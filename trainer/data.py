@@ -307,18 +307,25 @@ def make_loader(
     )
 
 
-def evaluation_loader(data: StoredImages, settings: Settings, device: torch.device) -> DataLoader:
-    """The fixed-order loader of every evaluation pass (validation, the probe's features, promotion's
-    scoring): TRAIN_BATCH_SIZE, TRAIN_WORKERS and TRAIN_SEED, and workers that end after each pass."""
+def settings_loader(
+    data: StoredImages, settings: Settings, device: torch.device, *, shuffle: bool, **options
+) -> DataLoader:
+    """:func:`make_loader` with TRAIN_BATCH_SIZE, TRAIN_WORKERS and TRAIN_SEED, pinned memory on CUDA."""
     return make_loader(
         data,
         batch_size=settings.train_batch_size,
-        shuffle=False,
+        shuffle=shuffle,
         workers=settings.train_workers,
         seed=settings.train_seed,
         pin_memory=device.type == "cuda",
-        persistent=False,
+        **options,
     )
+
+
+def evaluation_loader(data: StoredImages, settings: Settings, device: torch.device) -> DataLoader:
+    """The fixed-order loader of every evaluation pass (validation, the probe's features, promotion's
+    scoring), with workers that end after each pass."""
+    return settings_loader(data, settings, device, shuffle=False, persistent=False)
 
 
 def init_worker(parent_pid: int, worker_id: int | None = None) -> None:

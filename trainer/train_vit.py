@@ -44,6 +44,7 @@ from trainer.data import (
     evaluation_loader,
     make_loader,
     preprocessing_for,
+    settings_loader,
     train_transform,
 )
 from trainer.errors import TrainingError
@@ -612,14 +613,8 @@ def build_loaders(
 ):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
-    train_loader = make_loader(
-        train_data,
-        batch_size=settings.train_batch_size,
-        shuffle=True,
-        workers=settings.train_workers,
-        seed=settings.train_seed,
-        pin_memory=device.type == "cuda",
-        drop_last=len(train_set) > settings.train_batch_size,
+    train_loader = settings_loader(
+        train_data, settings, device, shuffle=True, drop_last=len(train_set) > settings.train_batch_size
     )
     val_data = _images(storage, val_set, eval_transform(pre), pre, settings, cache)
     val_loader = evaluation_loader(val_data, settings, device)
