@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +36,7 @@ from PIL import Image
 
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
+from trainer.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class ImageCache:
     ) -> None:
         self.storage, self.side, self.max_pixels, self.quality = storage, side, max_pixels, quality
         # Entries found corrupt or missing while reading (in any DataLoader worker), rebuilt.
-        self.rebuilt = multiprocessing.get_context("fork").Value("i", 0)
+        self.rebuilt = worker_context().Value("i", 0)
         self.last_build = CacheBuild()
 
     def key(self, sha256: str) -> str:

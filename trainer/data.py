@@ -31,6 +31,7 @@ from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
 from trainer.cache import prepared
+from trainer.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +305,9 @@ def make_loader(
         persistent_workers=persistent and workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(init_worker, os.getpid()) if workers > 0 else None,
+        # Never the process's default: in the service's spawned training child that is spawn
+        # (trainer/workers.py says why it must match the cache's shared counter).
+        multiprocessing_context=worker_context() if workers > 0 else None,
     )
 
 

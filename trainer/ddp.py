@@ -59,6 +59,7 @@ def shard(loader: DataLoader, seed: int) -> DataLoader:
         prefetch_factor=loader.prefetch_factor,
         worker_init_fn=loader.worker_init_fn,
         generator=loader.generator,
+        multiprocessing_context=loader.multiprocessing_context,
     )
 
 

@@ -22,7 +22,6 @@ TINY = dict(
     train_epochs=4,
     train_batch_size=8,
     train_lr=3e-3,
-    train_workers=0,
     min_train_samples=12,
     val_fraction=0.25,
     train_seed=1,
