@@ -141,6 +141,7 @@ def evaluation_block(eval_set: Scored, calibration: dict, threshold: float = DEC
     acc = float(((probs >= threshold).astype(int) == (eval_set.labels == AI)).mean()) if len(probs) else None
     return {
         "image_ids": sorted(s.id for s in eval_set.samples),
+        "images": per_image_scores(eval_set, calibration["temperature"]),
         "n": {"real": head["n_real"], "ai": head["n_ai"]},
         "auc": head["auc"],
         "auc_ci95": head["auc_ci95"],
@@ -149,6 +150,29 @@ def evaluation_block(eval_set: Scored, calibration: dict, threshold: float = DEC
         "calibration_note": calibration["note"],
         **({"note": head["note"]} if "note" in head else {}),
     }
+
+
+def per_image_scores(eval_set: Scored, temperature: float) -> list[dict]:
+    """Every evaluation image with its score before and after temperature, sorted by id: enough to
+    redraw every figure and plot of the evaluation from report.json alone (AUC, DeLong interval,
+    ROC/PR curves, histograms, reliability, the confusion matrix at any threshold)."""
+    raw, calibrated = eval_set.probs(), eval_set.probs(temperature)
+    rows = [
+        {
+            "id": s.id,
+            "sha256": s.sha256,
+            "label": "ai" if label == AI else "real",
+            "generator": s.generator,
+            "source": s.source,
+            "margin": round(float(margin), 6),
+            "p_ai_raw": round(float(p_raw), 6),
+            "p_ai": round(float(p_cal), 6),
+        }
+        for s, label, margin, p_raw, p_cal in zip(
+            eval_set.samples, eval_set.labels, eval_set.margins, raw, calibrated, strict=True
+        )
+    ]
+    return sorted(rows, key=lambda row: row["id"])
 
 
 # ---- perturbations scored by the trainer ----------------------------------------------------------

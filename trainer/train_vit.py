@@ -179,6 +179,7 @@ def train_on_samples(
         )
         promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
         report["promotion"] = promotion
+        report["training"] = {"epochs": facts.get("epoch_history", [])}  # the loss / AUC curves
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
         info = {
             "model": settings.model_name,
@@ -412,7 +413,7 @@ def fit_finetune(run: FitRun):
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = ModelEmaV3(model, decay=settings.train_ema_decay) if settings.train_ema_decay > 0 else None
     weights = class_weights(train_set, device) if settings.train_balance == "loss" else None
-    step, skipped, losses, first = 0, set(), [], 1
+    step, skipped, losses, history, first = 0, set(), [], [], 1
     if (state := resume.load()) is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -422,6 +423,7 @@ def fit_finetune(run: FitRun):
             ema.module.load_state_dict(state["ema"])
         restore_rng(state["rng"], train_loader.generator)
         step, skipped, losses = state["step"], set(state["skipped"]), list(state["losses"])
+        history = list(state.get("history", []))  # checkpoints of older versions have none
         first = state["epoch"] + 1
     scored_model = ema.module if ema is not None else model
     trained = ddp.wrap(model, device)  # DDP under torchrun (trainer/distributed.py); else the model
@@ -446,6 +448,7 @@ def fit_finetune(run: FitRun):
         skipped |= {train_set[i].id for i in unreadable} | {val_set[i].id for i in scores.skipped}
         metrics = classification_metrics(scores.labels, scores.probs, scores.loss)
         losses.append(train_loss)
+        history.append(epoch_row(epoch, train_loss, metrics, optimizer.param_groups[0]["lr"]))
         if ddp.is_main():  # one checkpoint per training, rank 0's
             resume.save(
                 {
@@ -459,6 +462,7 @@ def fit_finetune(run: FitRun):
                     "rng": rng_state(train_loader.generator),
                     "skipped": sorted(skipped),
                     "losses": losses,
+                    "history": history,
                 }
             )
         _report(
@@ -484,6 +488,7 @@ def fit_finetune(run: FitRun):
         skipped,
         {
             "train_losses": losses,
+            "epoch_history": history,
             "resumed_from_epoch": first - 1 if first > 1 else None,
             "class_weights": _weights_dict(weights),
         },
@@ -557,6 +562,7 @@ def fit_linear_probe(run: FitRun):
         skipped,
         {
             "train_losses": [loss],
+            "epoch_history": [epoch_row(1, loss, metrics, None)],
             "class_weights": _weights_dict(weights),
             "linear_probe": {
                 "embedded": len(missing),
@@ -566,6 +572,22 @@ def fit_linear_probe(run: FitRun):
             },
         },
     )
+
+
+def epoch_row(epoch: int, train_loss: float, metrics: dict, lr: float | None) -> dict:
+    """One epoch of the training curve kept in report.json (the console plots it)."""
+    return {
+        "epoch": epoch,
+        "train_loss": _rounded(train_loss),
+        "val_loss": _rounded(metrics.get("val_loss")),
+        "val_auc": _rounded(metrics.get("val_auc")),
+        "val_acc": _rounded(metrics.get("val_acc")),
+        "lr": None if lr is None else float(f"{lr:.4g}"),
+    }
+
+
+def _rounded(value, digits: int = 4):
+    return None if value is None or not math.isfinite(float(value)) else round(float(value), digits)
 
 
 def class_weights(samples: list[Sample], device: torch.device) -> torch.Tensor:

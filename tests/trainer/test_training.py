@@ -79,6 +79,28 @@ def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, stora
     assert card["temperature"] > 0 and card["temperature"] == report["evaluation"]["temperature"]
     calibrated = _probs_from_card(model, card, images, temperature=card["temperature"])
     assert load_promoted(settings).predict_bytes(images) == pytest.approx(calibrated, abs=1e-5)
+    _report_alone_redraws_its_figures(report, samples, calibrated)
+
+
+def _report_alone_redraws_its_figures(report: dict, samples, calibrated: list[float]) -> None:
+    """report.json's per-image rows are enough to recompute the AUC, its DeLong interval and the
+    curves, without the model or the images (the console plots from them)."""
+    from trainer.stats import auc_estimate
+
+    rows = report["evaluation"]["images"]
+    by_id = {s.id: s for s in samples}
+    assert [r["id"] for r in rows] == report["evaluation"]["image_ids"]
+    for row in rows:
+        sample = by_id[row["id"]]
+        assert (row["sha256"], row["label"], row["source"]) == (sample.sha256, sample.label, sample.source)
+    labels = np.array([r["label"] == "ai" for r in rows], dtype=int)
+    estimate = auc_estimate(labels, np.array([r["margin"] for r in rows]))
+    assert round(estimate.auc, 4) == report["evaluation"]["auc"]
+    assert [round(x, 4) for x in estimate.ci95] == report["evaluation"]["auc_ci95"]
+    assert roc_auc_score(labels, [r["p_ai_raw"] for r in rows]) == pytest.approx(estimate.auc, abs=1e-6)
+    assert [r["p_ai"] for r in rows] == pytest.approx(calibrated, abs=1e-5)  # after temperature
+    curve = report["training"]["epochs"]
+    assert [e["epoch"] for e in curve] == [1, 2, 3, 4] and all(e["train_loss"] > 0 for e in curve)
 
 
 def _probs_from_card(model, card, images: list[bytes], temperature: float = 1.0) -> list[float]:
