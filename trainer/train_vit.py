@@ -53,7 +53,7 @@ from trainer.modeling import build_model, pick_device, save_artifacts
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
-from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
+from trainer.registry import clean_stale, commit_version, load_registry, make_staging_dir, write_json_atomic
 from trainer.report import (
     FORMAT_SWAP_MAX_IMAGES,
     ROBUSTNESS,
@@ -177,7 +177,7 @@ def train_on_samples(
         metrics["by_source"] = accuracy_by_source(
             scores.labels, scores.probs, [val_set[i].source for i in scores.positions]
         )
-        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
+        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype, class_totals(plan))
         report["promotion"] = promotion
         report["training"] = {"epochs": facts.get("epoch_history", [])}  # the loss / AUC curves
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
@@ -226,6 +226,7 @@ def plan_split(
     settings: Settings, samples: list[Sample], record_splits: Callable[[dict], object] | None = None
 ) -> SplitPlan:
     """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
+    gate = gate_wanted(settings)
     plan = assign_splits(
         samples,
         radius=settings.split_near_dup_distance,
@@ -233,7 +234,10 @@ def plan_split(
         min_per_class=settings.eval_min_per_class,
         holdout_generators=settings.holdout_generators,
         holdout_sources=settings.holdout_sources,
+        gate_wanted=gate,
     )
+    if gate:
+        log.info("split: the promotion gate asked for %s evaluation images (new images go there first)", gate)
     if record_splits is not None and plan.decided:
         record_splits(plan.decided)
     log.info(
@@ -246,6 +250,22 @@ def plan_split(
         settings.split_near_dup_distance,
     )
     return plan
+
+
+def gate_wanted(settings: Settings) -> dict[str, int] | None:
+    """The evaluation images per class the newest version's promotion decision asked for, if any."""
+    entries = [e for e in load_registry(settings.models_dir) if e.get("model") == settings.model_name]
+    if not entries:
+        return None
+    wanted = entries[-1].get("eval_wanted")
+    return {str(k): int(v) for k, v in wanted.items()} if isinstance(wanted, dict) else None
+
+
+def class_totals(plan: SplitPlan) -> dict[str, int]:
+    """Labelled images per class outside the held-out sets: what the evaluation side's cap of half a
+    class is taken of (trainer/split.py eval_targets)."""
+    counts = Counter(s.label for s in (*plan.train, *plan.eval, *plan.excluded))
+    return {label: counts[label] for label in CLASS_INDEX}
 
 
 def build_report(
@@ -797,6 +817,7 @@ def _registry_entry(
         "auc_difference_ci95": promotion["auc_difference_ci95"],
         "compared_with": promotion["compared_with"],
         "incumbent_metrics": promotion["incumbent_metrics"],
+        "eval_wanted": promotion.get("eval_wanted"),
         "epochs": settings.train_epochs,
         "device": device.type,
     }
