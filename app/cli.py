@@ -149,13 +149,20 @@ def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
     from trainer.errors import ModelNotFound
-    from trainer.predict import load_promoted
+    from trainer.predict import load_promoted, load_version
 
     try:
-        predictor = load_promoted(settings)
+        predictor = load_version(settings, args.version) if args.version else load_promoted(settings)
     except ModelNotFound as exc:
         print(f"no model to predict with: {exc}", file=sys.stderr)
         return 1
+    if not predictor.served:
+        served = predictor.served_version
+        print(
+            f"scoring with {settings.model_name} {predictor.version}, which is not the served version "
+            f"({served + ' is' if served else 'none is served yet'}; /models/latest)",
+            file=sys.stderr,
+        )
     images = [Path(p) for p in args.images]
     predictions = predictor.predict_files(images)
     for path, prediction in zip(images, predictions, strict=True):
@@ -366,13 +373,20 @@ def status() -> int:
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Print P(ai) per image.")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-def predict(images: tuple[str, ...]) -> int:
-    """Print P(ai) per image with the promoted model.
+@click.option(
+    "--version",
+    "version",
+    metavar="vN",
+    help="Score with this registered version (served or not; stderr says when it is not the "
+    "served one). Default: the served (promoted) version.",
+)
+def predict(images: tuple[str, ...], version: str | None) -> int:
+    """Print P(ai) per image with the promoted model (or --version vN).
 
     A file that cannot be scored is named on stderr with the reason and the others are still
     scored; exits 1 when any image could not be scored, or when there is no model yet.
     """
-    return _dispatch(run_predict_command, images=list(images))
+    return _dispatch(run_predict_command, images=list(images), version=version)
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Report (and --repair) dataset drift.")

@@ -20,7 +20,7 @@ from app.deps import Authorized, SettingsDep
 from app.schemas import ErrorOut, LatestModel, ModelCard
 from dataset.storage import StorageError
 from trainer.model_store import ARTIFACTS, Artifact, ArtifactMissing, model_store, registered
-from trainer.model_sync import push_latest_model
+from trainer.model_sync import push_latest_model, why_none_served
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])
 
@@ -64,11 +64,11 @@ def etag_matches(if_none_match: str | None, sha: str) -> bool:
 async def latest_model(settings: SettingsDep) -> dict:
     with registry_errors():
         latest = await run_in_threadpool(push_latest_model, settings)
-    if latest is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail="no model trained yet: POST /train once the dataset is large enough",
-        )
+        if latest is None:  # how many were trained, that none passed the gate, and where to read why
+            entries = await run_in_threadpool(model_store(settings).load_registry)
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=why_none_served(entries, settings.model_name)
+            )
     return latest
 
 
