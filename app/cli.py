@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,21 +75,76 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_as_job(settings: Settings, kind: str, work, report: Callable[[dict], None]) -> dict:
+    """Run ``work(settings, progress)`` as a ``kind`` job with trigger ``cli``, as the service runs its
+    jobs: a row in the jobs table (so /jobs, /status and the console see it), the kind's lock held
+    across processes and hosts (a service or worker running the same kind refuses this one, and
+    the other way round: :class:`app.jobs.JobBusy` names the running job), progress saved as it
+    goes, and Ctrl-C recorded as ``interrupted``. Returns the job's final row."""
+    from app.jobs import JobRunner
+    from app.jobstore import JobStore, make_engine
+
+    async def with_bar(settings: Settings, progress: Callable[[dict], None]) -> Any:
+        def both(data: dict) -> None:
+            progress(data)
+            report(data)
+
+        return await work(settings, both)
+
+    engine = make_engine(settings)
+    # worker=True: run the kind here even when WORKER_KINDS hands it to workers (the user asked).
+    runner = JobRunner(settings, JobStore(engine), kinds={kind: with_bar}, worker=True)
+    try:
+        await runner.start()
+        job = await runner.submit(kind, trigger="cli")
+        row = await runner.wait(job["id"])
+        return row or await runner.get(job["id"]) or job
+    finally:
+        await runner.shutdown()
+        await engine.dispose()
+
+
+def _busy(exc: Exception) -> int:
+    job = getattr(exc, "job", {})
+    print(
+        f"refused: {exc} (trigger {job.get('trigger', '?')}, on {job.get('holder') or 'another process'}); "
+        "wait for it to end (`exposr-trainer status`, GET /jobs) and run this again",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
 def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.jobs import JobBusy, scrape_job
+    from config.sources import load_sources
     from dataset.manager import load_ingest_libraries
-    from scraper.fetcher_manager import format_report_table, run_scrape
+    from scraper.fetcher_manager import FETCHERS, format_report_table, only_sources, run_scrape
 
     validate_sources(settings)
+    if args.source:  # an unknown --source is a usage error (exit 2), before any job is recorded
+        only_sources(load_sources(settings.sources_config, FETCHERS), set(args.source), settings)
     # Everything start-up made (modules, settings) lives until the command ends: frozen, the cyclic
     # garbage collector no longer walks it again and again while thousands of images go through.
     load_ingest_libraries()
     gc.collect()  # start-up's garbage first: what is frozen is never collected
     gc.freeze()
+
+    async def scrape(settings: Settings, progress: Callable[[dict], None]) -> Any:
+        if args.source:
+            return await run_scrape(settings, progress, only=args.source)
+        return await scrape_job(settings, progress)  # the service's job: the same failure rule
+
     try:
         with progress_bar("scrape") as report_progress:
-            report = asyncio.run(run_scrape(settings, report_progress, only=args.source or None))
+            row = asyncio.run(run_as_job(settings, "scrape", scrape, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
     finally:
         gc.unfreeze()  # the command may run inside a longer process (tests call main())
+    if row["state"] != "succeeded":
+        print(f"scrape {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    report = row["result"]
     console.print(format_report_table(report))
     statuses = [r["status"] for r in report["sources"].values()]
     if not statuses:
@@ -104,18 +160,27 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
-    from dataset.storage import StorageError
+    from app.jobs import JobBusy, train_job
+    from trainer.architectures import check_architecture
     from trainer.errors import TrainingError
-    from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
 
+    try:  # a typo in --arch is caught here, in milliseconds, before any data work
+        check_architecture(settings.train_arch, "--arch / TRAIN_ARCH")
+    except TrainingError as exc:
+        print(f"training refused: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         with progress_bar("train") as report_progress:
-            result = train_with_shared_store(settings, report_progress)
-    except (TrainingError, RegistryConflict, StorageError) as exc:
-        print(f"training failed: {exc}", file=sys.stderr)
-        return 1
-    console.print(summary_table(result))
+            report_progress({"stage": "starting the training process"})
+            # The service's train job: the same spawned process, DataLoader workers and cache.
+            row = asyncio.run(run_as_job(settings, "train", train_job, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
+    if row["state"] != "succeeded":
+        print(f"training {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    console.print(summary_table(row["result"]))
     return 0
 
 
@@ -123,28 +188,100 @@ def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobstore import JobStore, make_engine
     from app.overview import collect_status
     from dataset.manager import DatasetManager
+    from trainer.model_store import model_store
+    from trainer.model_sync import why_none_served
 
-    async def collect() -> dict:
+    async def collect() -> tuple[dict, list[dict], dict]:
         engine = make_engine(settings)
         try:
             store = JobStore(engine)
             await store.create_tables()
             async with DatasetManager(settings) as dataset:
-                return await collect_status(settings, dataset, store)
+                status = await collect_status(settings, dataset, store)
+            running = await store.list(limit=20, state="running") + await store.list(limit=20, state="queued")
+            scheduler = await scheduler_facts(settings, store)
+            return status, running, scheduler
         finally:
             await engine.dispose()
 
-    status = asyncio.run(collect())
+    status, running, scheduler = asyncio.run(collect())
+    entries = [e for e in model_store(settings).load_registry() if e.get("model") == settings.model_name]
     last_jobs = status.pop("last_jobs")
-    print_mapping("Status", status)
+    print_mapping("Dataset", {"counts": status["dataset_counts"], "by source": status["by_source"]})
+    latest = status["latest_model"]
     print_mapping(
-        "Last job of each kind",
+        "Served model",
+        {"served": f"{latest['version']} (AUC {_auc_text(latest)})"}
+        if latest
+        else {"served": why_none_served(entries, settings.model_name)},
+    )
+    print_mapping(
+        "Versions",
         {
-            kind: f"{job['state']} {job.get('finished_at') or job['created_at']} ({job['id']})"
-            for kind, job in last_jobs.items()
+            e["version"]: f"{e.get('timestamp')}  AUC {_auc_text(e)}  "
+            + ("promoted" if e.get("promoted") else "not promoted")
+            for e in entries[-10:]
+        }
+        or {"none": "no version trained yet"},
+    )
+    last_scrape = last_jobs.get("scrape")
+    print_mapping(
+        "Last scrape",
+        {
+            "finished": status["last_scrape"] or "no scrape has finished yet",
+            "last job": _job_text(last_scrape) if last_scrape else "none",
         },
     )
+    print_mapping("Scheduler", scheduler)
+    print_mapping(
+        "Running jobs", {job["kind"]: _job_text(job) for job in running} or {"jobs": "none running"}
+    )
+    print_mapping("Last job of each kind", {kind: _job_text(job) for kind, job in last_jobs.items()})
     return 0
+
+
+def _auc_text(entry: dict) -> str:
+    auc, ci = entry.get("val_auc"), entry.get("val_auc_ci95")
+    if not isinstance(auc, int | float):
+        return "n/a"
+    return f"{auc:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else "")
+
+
+def _job_text(job: dict) -> str:
+    when = job.get("finished_at") or job.get("started_at") or job.get("created_at") or ""
+    return f"{job['state']} {str(when)[:19]} (trigger {job.get('trigger')}, {job['id']})"
+
+
+async def scheduler_facts(settings: Settings, store) -> dict:
+    """Whether a scheduler runs on this deployment (its lock is held), its intervals, and the last
+    scheduled run of each kind with the next one it implies."""
+    from datetime import datetime
+
+    from app.locks import holder_lock
+    from app.scheduler import LOCK_NAME, job_intervals
+
+    if not settings.scheduler_enabled:
+        state = "disabled (SCHEDULER_ENABLED=false)"
+    else:
+        lock = holder_lock(settings, store.engine, LOCK_NAME[:-5])
+        free = await lock.acquire()
+        if free:
+            await lock.release()
+        state = "not running (no service holds the schedule)" if free else "running in a service"
+    intervals = job_intervals(settings)
+    facts = {
+        "state": state,
+        "intervals": (
+            f"scrape every {settings.scrape_every_hours:g} h, train every {settings.train_every_days:g} d"
+        ),
+    }
+    for kind, interval in intervals.items():
+        rows = [r for r in await store.list(limit=50, kind=kind) if r.get("trigger") == "scheduled"]
+        if rows:
+            last = rows[0]["created_at"]
+            nxt = datetime.fromisoformat(str(last).replace("Z", "+00:00")) + interval
+            facts[f"last scheduled {kind}"] = f"{str(last)[:19]} (next about {nxt.isoformat()[:19]})"
+    return facts
 
 
 def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,10 +341,17 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.scoring import run_labeler
+    from app.jobs import JobBusy, label_job
 
-    with progress_bar("label") as report_progress:
-        report = asyncio.run(run_labeler(settings, report_progress))
+    try:
+        with progress_bar("label") as report_progress:
+            row = asyncio.run(run_as_job(settings, "label", label_job, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
+    if row["state"] != "succeeded":
+        print(f"labelling {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    report = row["result"]
     print_mapping("Labeler report", report)
     if report["scorer"] is None and report["total"]:
         print(f"nothing scored: {report['reason']}", file=sys.stderr)
@@ -253,7 +397,13 @@ SETTINGS_NOTE = (
     prog_name="exposr-trainer",
     message="%(prog)s %(version)s",
 )
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also show the libraries' own INFO lines (alembic's migrations, faiss's loader).",
+)
+def cli(verbose: bool) -> None:
     """Exposr Trainer: collects labelled images, trains a real-vs-AI image detector, serves it.
 
     Every setting is an environment variable or a line in .env, read from the current folder
@@ -270,6 +420,10 @@ def cli() -> None:
            the message names what to change
       130  interrupted (Ctrl-C)
     """
+    from app.logging_setup import VERBOSE_ENV
+
+    if verbose:  # an environment variable, so that the spawned training or labelling process has it too
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def _dispatch(
