@@ -128,11 +128,9 @@ def served(tmp_path_factory):
         "TRAIN_EPOCHS": "4",
         "TRAIN_BATCH_SIZE": "8",
         "TRAIN_LR": "0.003",
-        "TRAIN_WORKERS": "0",
         "MIN_TRAIN_SAMPLES": "12",
         "VAL_FRACTION": "0.25",
         "TRAIN_SEED": "1",
-        "TRAIN_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
         # Exposr-Core is not there: the labeler example scores with the local model.
         "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/analyze",

@@ -34,6 +34,7 @@ from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
 from trainer import ddp
+from trainer.architectures import check_architecture
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
@@ -85,6 +86,8 @@ def train_model(settings: Settings, progress: Progress | None = None) -> TrainRe
     The split sides decided for new images are stored in the index before training starts, so they
     hold for every later training (trainer/split.py).
     """
+    check_architecture(settings.train_arch)  # a typo fails now, not after loading and splitting
+    _stage(progress, "load")
     samples, storage = load_samples(settings)
     return train_on_samples(
         settings,
@@ -103,13 +106,16 @@ def train_on_samples(
     record_splits: Callable[[dict], object] | None = None,
 ) -> TrainResult:
     started = time.monotonic()
+    check_architecture(settings.train_arch)
     samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
     check_dataset(samples, settings.min_train_samples)
     clean_stale(settings.models_dir)
 
+    _stage(progress, "split")
     plan = plan_split(settings, samples, record_splits)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
+    _stage(progress, "audit")
     shortcut = shortcut_probe(
         train_set + val_set, _facts_reader(storage), plan.group_of, settings.shortcut_warn_auc
     )
@@ -125,13 +131,14 @@ def train_on_samples(
         )
 
     seed_everything(settings.train_seed)
+    _stage(progress, "model")
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
     pre = preprocessing_for(
         model, settings.train_image_size, cache_quality=CACHE_QUALITY if settings.train_cache else None
     )
     prepare = Normalizer(pre, device)
-    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
+    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out, progress)
     train_loader, val_data, val_loader = build_loaders(
         storage, train_set, val_set, pre, settings, device, cache
     )
@@ -167,8 +174,7 @@ def train_on_samples(
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
-        if progress is not None:
-            progress({"stage": "evaluate"})
+        _stage(progress, "evaluate")
         evaluated = scored(val_set, scores)
         report = build_report(
             settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut
@@ -625,13 +631,40 @@ def _weights_dict(weights: torch.Tensor | None) -> dict | None:
     return {label: round(float(weights[i]), 4) for label, i in CLASS_INDEX.items()}
 
 
-def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[Sample]) -> ImageCache | None:
+def build_cache(
+    settings: Settings, storage: StorageDriver, pre, samples: list[Sample], progress: Progress | None = None
+) -> ImageCache | None:
     """The training cache at this preprocessing, with every sample's entry present (TRAIN_CACHE)."""
     if not settings.train_cache:
         return None
     cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels, pre.cache_quality)
-    cache.build(((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers))
+    on_entry = None
+    if progress is not None:
+        _stage(progress, "cache", done=0, total=len(samples))
+        on_entry = throttled(lambda done, total: _stage(progress, "cache", done=done, total=total))
+    cache.build(
+        ((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers), on_entry=on_entry
+    )
     return cache
+
+
+def throttled(report: Callable[[int, int], None], every_s: float = 0.5) -> Callable[[int, int], None]:
+    """``report(done, total)`` at most every ``every_s`` seconds, and always for the last one."""
+    last = [0.0]
+
+    def call(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every_s:
+            last[0] = now
+            report(done, total)
+
+    return call
+
+
+def _stage(progress: Progress | None, stage: str, **fields) -> None:
+    """Which step the training is in ("split", "audit", "cache" 37/117 ...), for the bar and /jobs."""
+    if progress is not None:
+        progress({"stage": stage, **fields})
 
 
 def _cache_facts(cache: ImageCache | None) -> dict | None:
@@ -825,11 +858,20 @@ def _registry_entry(
 
 def _report(progress: Progress | None, event: dict) -> None:
     log.info(
-        "epoch %(epoch)d/%(epochs)d train_loss=%(train_loss).4f val_loss=%(val_loss)s val_auc=%(val_auc)s",
-        event,
+        "epoch %d/%d train_loss=%s val_loss=%s val_auc=%s",
+        event["epoch"],
+        event["epochs"],
+        _fmt(event["train_loss"]),
+        _fmt(event["val_loss"]),
+        _fmt(event["val_auc"]),
     )
     if progress is not None:
         progress(event)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """A metric for a log line: 4 decimals (what the figures mean at these sample sizes), or n/a."""
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
 
 
 def _now() -> str:

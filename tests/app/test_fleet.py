@@ -62,8 +62,6 @@ def fleet_env(postgres_server, s3_bucket, tmp_path) -> dict[str, str]:
             "TRAIN_EPOCHS": "5",
             "TRAIN_BATCH_SIZE": "8",
             "TRAIN_LR": "0.003",
-            "TRAIN_WORKERS": "0",
-            "TRAIN_DEVICE": "cpu",
             "TRAIN_SEED": "1",
             "MIN_TRAIN_SAMPLES": "8",
             "VAL_FRACTION": "0.25",

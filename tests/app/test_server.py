@@ -64,8 +64,6 @@ def server_env(tmp_path: Path) -> dict:
         "TRAIN_IMAGE_SIZE": "32",
         "TRAIN_EPOCHS": "1000",
         "TRAIN_BATCH_SIZE": "4",
-        "TRAIN_WORKERS": "0",
-        "TRAIN_DEVICE": "cpu",
         "MIN_TRAIN_SAMPLES": "8",
         "MIN_IMAGE_SIDE": "16",
         "VAL_FRACTION": "0.25",
