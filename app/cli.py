@@ -35,6 +35,18 @@ def validate_sources(settings: Settings) -> None:
     validate_sources_file(settings)
 
 
+def validate_training_settings(settings: Settings) -> None:
+    """TRAIN_ARCH must name a timm architecture: a service or worker with a typo would otherwise
+    start and fail every scheduled training (ConfigError naming the variable; no torch import)."""
+    from trainer.architectures import check_architecture
+    from trainer.errors import TrainingError
+
+    try:
+        check_architecture(settings.train_arch)
+    except TrainingError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 async def prepare_database(settings: Settings) -> None:
     """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
     from dataset.index import make_engine
@@ -53,6 +65,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.ports import ensure_port_free
 
     validate_sources(settings)
+    validate_training_settings(settings)
     ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
@@ -362,6 +375,7 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
 def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.worker import run_worker
 
+    validate_training_settings(settings)
     asyncio.run(prepare_database(settings))
     asyncio.run(run_worker(settings))
     return 0

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import yaml
+from sqlalchemy.exc import DBAPIError
 
 from app import cli
 from app.jobs import JobRunner
@@ -108,3 +109,16 @@ def test_no_library_chatter_unless_verbose(env, capsys):
     env.setenv("DATASET_DIR", str(load_settings().dataset_dir) + "-2")  # migrate again, verbosely
     assert cli.main(["--verbose", "status"]) == 0
     assert "alembic.runtime.migration" in capsys.readouterr().err
+
+
+def test_an_unknown_architecture_stops_train_and_serve_at_once_naming_the_setting(env, capsys):
+    assert cli.main(["train", "--arch", "resnet10"]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "TRAIN_ARCH='resnet10' is not a timm architecture; did you mean 'resnet10t'" in err
+    try:  # refused before any job or data work: not even the jobs table was made
+        assert asyncio.run(_rows(load_settings())) == []
+    except DBAPIError as exc:
+        assert "jobs" in str(exc)
+    env.setenv("TRAIN_ARCH", "not_a_model")
+    assert cli.main(["serve", "--port", "1"]) == cli.EXIT_CONFIG
+    assert "TRAIN_ARCH='not_a_model'" in capsys.readouterr().err

@@ -103,7 +103,7 @@ class Fleet:
         port = free_port()
         self.start(name, ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:

@@ -188,7 +188,7 @@ def test_public_status_tells_the_true_final_state_while_the_database_refuses_it(
     client = make_client(job_kinds={"scrape": scrape})
     switches.append(WriteSwitch(client.app.state.runner.store.engine))
     job_id = client.post("/scrape", headers=AUTH).json()["job_id"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while client.app.state.runner.unwritten_jobs() == [] and time.monotonic() < deadline:
         time.sleep(0.02)
     status = client.get("/status").json()
