@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import os
 import sys
@@ -187,7 +188,8 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
         with progress_bar("train") as report_progress:
             report_progress({"stage": "starting the training process"})
             # The service's train job: the same spawned process, DataLoader workers and cache.
-            row = asyncio.run(run_as_job(settings, "train", train_job, report_progress))
+            foreground = functools.partial(train_job, background=False)  # the user's own priority
+            row = asyncio.run(run_as_job(settings, "train", foreground, report_progress))
     except JobBusy as exc:
         return _busy(exc)
     if row["state"] != "succeeded":
@@ -358,7 +360,8 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         with progress_bar("label") as report_progress:
-            row = asyncio.run(run_as_job(settings, "label", label_job, report_progress))
+            foreground = functools.partial(label_job, background=False)
+            row = asyncio.run(run_as_job(settings, "label", foreground, report_progress))
     except JobBusy as exc:
         return _busy(exc)
     if row["state"] != "succeeded":
