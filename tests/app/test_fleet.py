@@ -146,7 +146,7 @@ def job(url: str, job_id: str) -> dict:
     return httpx.get(f"{url}/jobs/{job_id}", headers=AUTH, timeout=10).json()
 
 
-def wait_state(url: str, job_id: str, states: tuple[str, ...], seconds: float = 240) -> dict:
+def wait_state(url: str, job_id: str, states: tuple[str, ...], seconds: float = 900) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         row = job(url, job_id)
