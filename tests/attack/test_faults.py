@@ -80,7 +80,7 @@ async def test_a_final_state_the_database_refused_is_written_once_it_takes_write
         await engine.dispose()
 
 
-async def _until(read, done, seconds: float = 10):
+async def _until(read, done, seconds: float = 60):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = await read()
