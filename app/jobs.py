@@ -38,6 +38,7 @@ from app.processes import run_in_process
 from config.clock import iso_micro
 from config.progress import Progress
 from config.settings import Settings
+from dataset.storage import StorageError
 
 if TYPE_CHECKING:  # the result types only: no scraper, labeler or trainer import at start-up
     from labeler.scoring import LabelReport
@@ -141,6 +142,7 @@ class JobRunner:
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
         self._sweeper: asyncio.Task | None = None
         self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
+        self._uninserted: set[str] = set()  # of those, jobs that never started: no row at all yet
         self._writer: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -400,7 +402,37 @@ class JobRunner:
                     follow_up,
                 )
             else:
-                await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
+                try:
+                    await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
+                except (OSError, StorageError, SQLAlchemyError) as exc:  # a full disk, a database away
+                    await self._record_failed_start(follow_up, f"the follow-up of a {kind} job", exc)
+
+    async def _record_failed_start(self, kind: str, what: str, exc: Exception) -> None:
+        """A job that could not even start is a ``failed`` row saying why (kept in memory and
+        written once the database takes it, like any final state), never a lost task exception."""
+        now = iso_micro()
+        reason = public_text(str(getattr(exc, "orig", None) or exc).splitlines()[0], self.settings)
+        job = {
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "trigger": "scheduled",
+            "state": "failed",
+            "progress": None,
+            "created_at": now,
+            "started_at": now,
+            "finished_at": now,
+            "holder": self.holder,
+            "error": f"{what} could not start: {reason or type(exc).__name__}",
+        }
+        log.error("%s job (%s) %s", kind, what, job["error"])
+        try:
+            await self.store.insert(**job)
+        except SQLAlchemyError:
+            self._unwritten[job["id"]] = job
+            self._uninserted.add(job["id"])
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_unwritten(), name="job-final-writes")
+        self._changed()
 
     async def _finish(self, job: dict, state: str, **values) -> None:
         """Record the final state; a database that refuses it (disk full, locked) gets it again
@@ -441,7 +473,11 @@ class JobRunner:
         for job_id, job in list(self._unwritten.items()):
             fields = {k: job.get(k) for k in FINAL_FIELDS}
             try:
-                await self.store.update(job_id, **fields)
+                if job_id in self._uninserted:  # a job that failed to start has no row yet
+                    await self.store.insert(**job)
+                    self._uninserted.discard(job_id)
+                else:
+                    await self.store.update(job_id, **fields)
             except SQLAlchemyError as exc:
                 log.warning("job %s: its final record still cannot be written (%s)", job_id, _reason(exc))
                 return

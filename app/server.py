@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from urllib.parse import urlsplit
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -246,6 +247,7 @@ class RequestGuard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = scope["headers"]
+        send = _relative_redirects(send, next((v for k, v in headers if k == b"host"), b""))
         target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
         if target > MAX_TARGET_BYTES:  # h11's limit holds for heads that arrive in pieces; this for all
             return await _reject(send, 414, f"request target over {MAX_TARGET_BYTES} bytes")
@@ -283,6 +285,28 @@ class RequestGuard:
         except BodyTooLarge:
             if not started:
                 await _reject(send, 413, f"request body over {self.max_body} bytes")
+
+
+def _relative_redirects(send, host: bytes):
+    """Redirect targets as paths, never built from the client's ``Host`` header (starlette's
+    trailing-slash redirect writes ``http://<Host>/path/``: a forged Host would be reflected)."""
+
+    async def relative_send(message) -> None:
+        if message["type"] == "http.response.start" and 300 <= message["status"] < 400:
+            message = {**message, "headers": [_relative(k, v, host) for k, v in message.get("headers", [])]}
+        await send(message)
+
+    return relative_send
+
+
+def _relative(name: bytes, value: bytes, host: bytes) -> tuple[bytes, bytes]:
+    if name.lower() != b"location" or not value.lower().startswith((b"http://", b"https://")):
+        return name, value
+    parts = urlsplit(value.decode("latin-1"))
+    if parts.netloc.encode("latin-1").lower() != host.lower():
+        return name, value  # a redirect elsewhere, chosen by the app
+    path = "/" + parts.path.lstrip("/")  # never "//host": that would be absolute again
+    return name, (path + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
 
 
 async def _reject(send, status: int, detail: str, retry: int | None = None) -> None:

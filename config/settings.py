@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     s3_bucket: str | None = None
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
+    s3_timeout: float = Field(15, gt=0, le=600)  # connect and read timeout of every S3 call (seconds)
 
     dataset_dir: Path = Path("datasets")
     models_dir: Path = Path("models")

@@ -37,7 +37,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from config.clock import iso_seconds, utc_now
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from dataset.contracts import CheckReport, DatasetCounts
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
@@ -56,6 +56,10 @@ from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(ConfigError):
+    """Start-up found the dataset's storage unreadable (the message says what to fix)."""
 
 LABELS = ("real", "ai", "unlabeled")
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
@@ -146,7 +150,11 @@ class DatasetManager:
         """IndexUnusable if the index has no rows but metadata files exist (see dataset/check.py)."""
         from dataset.check import index_problem
 
-        if problem := await index_problem(self):
+        try:
+            problem = await index_problem(self)
+        except StorageError as exc:  # start-up: a message naming the fix, not a traceback
+            raise StorageUnavailable(f"the dataset storage cannot be read at start-up: {exc}") from exc
+        if problem:
             raise IndexUnusable(problem)
 
     async def __aenter__(self) -> DatasetManager:

@@ -29,7 +29,6 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized
 from app.jobstore import jobs_table
-from app.overview import model_facts
 from dataset.storage import StorageError
 from trainer.model_store import model_store
 
@@ -223,7 +222,7 @@ async def prometheus_metrics(request: Request) -> Response:
         "durations": durations,
         "scrape_outcomes": scrape,
         "models": entries,
-        "promoted": model_facts(state.settings)["promoted"],
+        "promoted": (await state.overview.get())["latest_model"],  # from memory: never a wait here
     }
     page = await run_in_threadpool(generate_latest, metrics.registry)  # never on the event loop
     return Response(page, media_type=CONTENT_TYPE_LATEST)
