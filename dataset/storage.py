@@ -282,7 +282,12 @@ class S3Storage(StorageDriver):
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
         """Turn boto errors into StorageError with a message a person can act on."""
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         what = f"cannot {action} {key} in {self.describe()}"
         try:

@@ -72,3 +72,10 @@ class LiveServer:
 def live_server(make_settings):
     with LiveServer(make_settings(http_read_timeout=1.0)) as server:
         yield server
+
+
+@pytest.fixture
+def storage(tmp_path):
+    from dataset.storage import LocalStorage
+
+    return LocalStorage(tmp_path / "datasets")
