@@ -137,8 +137,10 @@ class PostgresServer:
             os.kill(pid, signal.SIGCONT)
 
     def restart(self) -> None:
-        """``pg_ctl restart -m fast``: every connection is cut, the data kept."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "restart")
+        """``pg_ctl restart -m fast`` (as a stop and a start, so the server's output goes to its log
+        file, not to this process's pipes): every connection is cut, the data kept."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.start()
 
     def url(self, database: str = "postgres", driver: str = "asyncpg") -> str:
         return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{database}"
