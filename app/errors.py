@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
+from app.connections import ClientLog
 from config.settings import Settings
 from dataset.storage import StorageError
 
@@ -87,7 +88,10 @@ async def _environment_error(request: Request, exc: Exception) -> Response:
 
 
 async def _client_gone(request: Request, exc: ClientDisconnect) -> Response:
-    log.info("%s %s: the client disconnected before its request was read", request.method, request.url.path)
+    client = request.client.host if request.client else "unknown"
+    request.app.state.client_log.info(  # a client can do this at will: rate limited per client
+        client, "%s %s: the client disconnected before its request was read", request.method, request.url.path
+    )
     return Response(status_code=499)  # nobody reads it; the request log shows 499
 
 
@@ -103,6 +107,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.state.client_log = ClientLog(log)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)

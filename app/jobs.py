@@ -38,6 +38,7 @@ from app.processes import run_in_process
 from config.clock import iso_micro
 from config.progress import Progress
 from config.settings import Settings
+from dataset.storage import StorageError
 
 if TYPE_CHECKING:  # the result types only: no scraper, labeler or trainer import at start-up
     from labeler.scoring import LabelReport
@@ -148,6 +149,8 @@ class JobRunner:
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
         self._sweeper: asyncio.Task | None = None
         self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
+        self._uninserted: set[str] = set()  # of those, jobs that never started: no row at all yet
+        self._stop_reasons: dict[str, str] = {}  # job id -> why it is being stopped (lock lost)
         self._writer: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -165,7 +168,9 @@ class JobRunner:
                 log.debug("a %s job is running in another process (%s held)", kind, lock.description)
                 continue
             try:
-                marked += await self._interrupt_leftovers(kind)
+                marked += await self._interrupt_leftovers(kind, lock)
+            except JobBusy:  # the server restarted a moment ago: the holder may be re-taking it
+                continue
             finally:
                 await lock.release()
         return marked
@@ -219,13 +224,14 @@ class JobRunner:
             raise JobBusy(await self._running_elsewhere(kind))
         self._locks[kind] = lock
         try:
-            await self._interrupt_leftovers(kind)  # with the lock held, an active row is a dead one's
+            await self._interrupt_leftovers(kind, lock)  # lock held: an active row is a dead one's
             job.update(await self.store.insert(**job))
         except BaseException:
             await self._release(kind)
             raise
         self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
+        lock.watch(lambda reason: self._lost_lock(job, reason))  # a database restart drops the lock
         log.info("job %s (%s, %s) queued", job["id"], kind, trigger)
         return dict(job)
 
@@ -239,7 +245,7 @@ class JobRunner:
             waiting = await self.store.waiting_for_worker(kind)
             if waiting is not None:
                 raise JobBusy(waiting)
-            await self._interrupt_leftovers(kind)
+            await self._interrupt_leftovers(kind, lock)
             row = await self.store.insert(
                 id=str(uuid.uuid4()), kind=kind, trigger=trigger, state="queued", runner="worker"
             )
@@ -259,7 +265,7 @@ class JobRunner:
             if not await lock.acquire():
                 continue  # another worker runs this kind
             try:
-                await self._interrupt_leftovers(kind)
+                await self._interrupt_leftovers(kind, lock)
                 row = await self.store.waiting_for_worker(kind)
                 claimed = row is not None and await self.store.claim(
                     row["id"], started_at=iso_micro(), holder=self.holder
@@ -276,6 +282,7 @@ class JobRunner:
             log.info("worker claimed job %s (%s)", job["id"], kind)
             task = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
             self._tasks[job["id"]] = task
+            lock.watch(lambda reason, job=job: self._lost_lock(job, reason))
             await self.wait(job["id"])
             return await self.store.get(job["id"])
         return None
@@ -299,13 +306,30 @@ class JobRunner:
             await asyncio.sleep(0.05)
         return row or {"id": "in-another-process", "kind": kind, "state": "running"}
 
-    async def _interrupt_leftovers(self, kind: str) -> int:
+    async def _interrupt_leftovers(self, kind: str, lock: HolderLock) -> int:
+        """With ``lock`` held, active rows of ``kind`` are a dead process's: marked interrupted. Not
+        while the database server has only just started (app/locks.py): their holder may be taking
+        its lock again, so the kind is busy (JobBusy naming the row) instead."""
+        active = await self.store.active(kind)
+        held_elsewhere = active is not None and active.get("holder") and active["id"] not in self._tasks
+        if held_elsewhere and not await lock.settled(_epoch(active.get("created_at"))):
+            raise JobBusy(active)
         leftovers = await self.store.interrupt_leftovers(kind)
         if leftovers:
             log.warning(
                 "marked %d %s job(s) left running by a stopped process as interrupted", leftovers, kind
             )
         return leftovers
+
+    def _lost_lock(self, job: dict, reason: str) -> None:
+        """The job's kind lock is gone for good (app/locks.py): stop the job before another
+        process may start the kind; its row says why."""
+        task = self._tasks.get(job["id"])
+        if task is None or task.done():
+            return
+        log.error("job %s (%s): %s", job["id"], job["kind"], reason)
+        self._stop_reasons[job["id"]] = reason
+        task.cancel()
 
     async def _release(self, kind: str) -> None:
         self._active.pop(kind, None)
@@ -375,7 +399,8 @@ class JobRunner:
             result = await self.kinds[kind](self.settings, lambda data: job.__setitem__("progress", data))
             await self._finish(job, "succeeded", result=result)
         except asyncio.CancelledError:
-            await self._finish(job, "interrupted", error="interrupted by service shutdown")
+            reason = self._stop_reasons.pop(job_id, "interrupted by service shutdown")
+            await self._finish(job, "interrupted", error=reason)
         except Exception as exc:  # the job's boundary: its failure is the row's state, not a crash
             log.exception("job %s (%s) failed", job_id, kind)
             # The log has the full text; the job row (shown by /jobs) names settings, not server paths.
@@ -407,7 +432,37 @@ class JobRunner:
                     follow_up,
                 )
             else:
-                await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
+                try:
+                    await self.submit_scheduled(follow_up)  # busy in another process: recorded as skipped
+                except (OSError, StorageError, SQLAlchemyError) as exc:  # a full disk, a database away
+                    await self._record_failed_start(follow_up, f"the follow-up of a {kind} job", exc)
+
+    async def _record_failed_start(self, kind: str, what: str, exc: Exception) -> None:
+        """A job that could not even start is a ``failed`` row saying why (kept in memory and
+        written once the database takes it, like any final state), never a lost task exception."""
+        now = iso_micro()
+        reason = public_text(str(getattr(exc, "orig", None) or exc).splitlines()[0], self.settings)
+        job = {
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "trigger": "scheduled",
+            "state": "failed",
+            "progress": None,
+            "created_at": now,
+            "started_at": now,
+            "finished_at": now,
+            "holder": self.holder,
+            "error": f"{what} could not start: {reason or type(exc).__name__}",
+        }
+        log.error("%s job (%s) %s", kind, what, job["error"])
+        try:
+            await self.store.insert(**job)
+        except SQLAlchemyError:
+            self._unwritten[job["id"]] = job
+            self._uninserted.add(job["id"])
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_unwritten(), name="job-final-writes")
+        self._changed()
 
     async def _finish(self, job: dict, state: str, **values) -> None:
         """Record the final state; a database that refuses it (disk full, locked) gets it again
@@ -448,7 +503,11 @@ class JobRunner:
         for job_id, job in list(self._unwritten.items()):
             fields = {k: job.get(k) for k in FINAL_FIELDS}
             try:
-                await self.store.update(job_id, **fields)
+                if job_id in self._uninserted:  # a job that failed to start has no row yet
+                    await self.store.insert(**job)
+                    self._uninserted.discard(job_id)
+                else:
+                    await self.store.update(job_id, **fields)
             except SQLAlchemyError as exc:
                 log.warning("job %s: its final record still cannot be written (%s)", job_id, _reason(exc))
                 return
@@ -483,6 +542,15 @@ class JobRunner:
                     log.warning("job %s: progress not saved (%s)", job["id"], _reason(exc))
                     continue
                 written = job.get("progress")
+
+
+def _epoch(iso: str | None) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _reason(exc: SQLAlchemyError) -> str:

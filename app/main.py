@@ -47,7 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await scheduler.start()
         stack.push_async_callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
-        app.state.overview = status.overview_cache(app.state)
+        app.state.overview = await status.overview_cache(app.state)
         app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield

@@ -64,6 +64,18 @@ class ModelInfo(BaseModel):
     eval_n: dict[str, int] | None = Field(None, description="evaluation images per class")
 
 
+class StalePart(BaseModel):
+    age_s: float | None = Field(description="seconds since this part was read (null: never read)")
+    reason: str
+
+
+STALE_DESCRIPTION = (
+    "null when every figure is fresh (at most twice the 1 s refresh old); else the parts answered "
+    "from memory because their source did not answer within 1 s or failed: 'database' (counts, jobs), "
+    "'models' (the registry)"
+)
+
+
 class StatusOut(BaseModel):
     uptime: float = Field(description="seconds since the service started")
     started_at: str
@@ -78,6 +90,7 @@ class StatusOut(BaseModel):
         None,
         description="the newest training's metadata-only probe separated the classes (docs/evaluation.md)",
     )
+    stale: dict[str, StalePart] | None = Field(None, description=STALE_DESCRIPTION)
 
 
 class MetricsOut(BaseModel):
@@ -95,6 +108,7 @@ class MetricsOut(BaseModel):
     dataset_counts: DatasetCounts
     by_source: dict[str, dict[str, int]] = Field(default_factory=dict)
     jobs_running: list[str] = Field(default_factory=list, description="kinds running now")
+    stale: dict[str, StalePart] | None = Field(None, description=STALE_DESCRIPTION)
 
 
 class Health(BaseModel):

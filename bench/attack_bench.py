@@ -10,13 +10,19 @@ since start) and GET /healthz latency during the attack against the idle baselin
 3. slow: --slow connections that send half a request head and stop (closed after HTTP_READ_TIMEOUT);
 4. decode: six 7000x7000 float TIFFs uploaded at once (DECODE_MEMORY_BUDGET_MB);
 5. fuzz: --fuzz Schemathesis cases (valid and invalid, with and without the token): 5xx count;
-6. index: --images images, the index truncated, `check --rebuild-index`: time and rows restored.
+6. index: --images images, the index truncated, `check --rebuild-index`: time and rows restored;
+7. halfopen (issue 21): --half-open sockets that send `GET / HTTP/1.1\r\nHost: x\r\n` and stop,
+   reopened as soon as the server closes them, from one address (127.0.0.2) and then spread over
+   250 addresses (127.0.1.x, 4 each: under the per-client cap); /healthz probed from 127.0.0.1
+   on a new connection each time for --probe-seconds: share answered 200 and p50/p99 against the
+   same probes on the idle server, measured first in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -175,8 +181,9 @@ def _answer(sock: socket.socket) -> str:
 
 def attack_slow(server: Server, n: int) -> dict:
     socks = []
-    for _ in range(n):
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    for i in range(n):  # from 127.0.0.2 on, 10 a client (under HTTP_MAX_HALF_OPEN_PER_CLIENT)
+        source = (f"127.0.2.{i // 10 + 1}", 0)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30, source_address=source)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         socks.append(sock)
     start = time.perf_counter()
@@ -255,6 +262,110 @@ def attack_fuzz(server: Server, n: int) -> dict:
     }
 
 
+HALF_HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n"
+
+
+def hold_half_open(port: int, sources: list[str], stop, ready, opened) -> None:
+    """In a process of its own: one half-open socket per entry of ``sources`` (an address may repeat),
+    each reopened as soon as the server closes it, until ``stop`` is set."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+
+    def open_one(source: str) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.bind((source, 0))
+        with contextlib.suppress(BlockingIOError):
+            sock.connect(("127.0.0.1", port))
+        selector.register(sock, selectors.EVENT_WRITE, (source, False))
+        with opened.get_lock():
+            opened.value += 1
+
+    for source in sources:
+        open_one(source)
+    ready.set()
+    while not stop.is_set():
+        for key, _events in selector.select(timeout=0.2):
+            sock, (source, sent) = key.fileobj, key.data
+            try:
+                if not sent:
+                    sock.send(HALF_HEAD)
+                    selector.modify(sock, selectors.EVENT_READ, (source, True))
+                    continue
+                if sock.recv(4096):
+                    continue  # an answer (a 4xx/5xx): keep reading until it closes
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                pass
+            selector.unregister(sock)  # closed (or reset) by the server: open another at once
+            sock.close()
+            open_one(source)
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+
+
+def probe_healthz(server: Server, seconds: float, rate: float = 20) -> dict:
+    """GET /healthz on a new connection each time, ``rate`` per second for ``seconds``."""
+    times, codes = [], []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        code = _one_probe(server.port)
+        times.append((time.perf_counter() - start) * 1000)
+        codes.append(code)
+        time.sleep(max(0.0, 1 / rate - (time.perf_counter() - start)))
+    times.sort()
+    return {
+        "probes": len(codes),
+        "ok_share": round(codes.count(200) / len(codes), 4),
+        "statuses": {str(c): codes.count(c) for c in sorted(set(codes))},
+        "p50_ms": round(statistics.median(times), 2),
+        "p99_ms": round(times[max(0, int(0.99 * len(times)) - 1)], 2),
+    }
+
+
+def _one_probe(port: int) -> int:
+    """A raw GET /healthz on a new connection (no client library's set-up in the timing)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+    except OSError:
+        return 0
+    try:
+        return int(answer.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def attack_half_open(server: Server, n: int, seconds: float) -> dict:
+    import multiprocessing
+
+    idle = probe_healthz(server, seconds)
+    report = {"sockets": n, "idle": idle}
+    spread = [f"127.0.1.{i % 250 + 1}" for i in range(n)]
+    for name, sources in (("one_address", ["127.0.0.2"] * n), ("250_addresses", spread)):
+        context = multiprocessing.get_context("fork")
+        stop, ready, opened = context.Event(), context.Event(), context.Value("q", 0)
+        holder = context.Process(target=hold_half_open, args=(server.port, sources, stop, ready, opened))
+        holder.start()
+        ready.wait(60)
+        time.sleep(1)
+        during = probe_healthz(server, seconds)
+        stop.set()
+        holder.join(30)
+        during["connections_opened"] = opened.value
+        during["p99_vs_idle"] = round(during["p99_ms"] / idle["p99_ms"], 2)
+        during["memory"] = server.memory_mb()
+        report[name] = during
+        time.sleep(2)
+    return report
+
+
 def attack_index(work: Path, n: int) -> dict:
     from config.settings import Settings
     from dataset.manager import DatasetManager
@@ -311,12 +422,22 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=200)
     parser.add_argument("--fuzz", type=int, default=2000)
     parser.add_argument("--decode-budget", type=int, default=1024, help="DECODE_MEMORY_BUDGET_MB")
+    parser.add_argument("--half-open", type=int, default=1000, help="sockets that never finish their head")
+    parser.add_argument("--probe-seconds", type=float, default=30)
+    parser.add_argument("--only", choices=["halfopen"], help="run this phase alone")
     args = parser.parse_args()
     global DECODE_BUDGET_MB
     DECODE_BUDGET_MB = args.decode_budget
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = Server(work)
+        if args.only == "halfopen":
+            try:
+                report = {"halfopen": attack_half_open(server, args.half_open, args.probe_seconds)}
+            finally:
+                server.stop()
+            print(json.dumps(report, indent=2))
+            return
         try:
             report = {"idle": {"healthz": healthz_ms(server), "memory": server.memory_mb()}}
             for name, attack in (
@@ -332,6 +453,8 @@ def main() -> None:
             print("decode", json.dumps(report["decode"]), flush=True)
             report["fuzz"] = attack_fuzz(server, args.fuzz)
             print("fuzz", json.dumps(report["fuzz"]), flush=True)
+            report["halfopen"] = attack_half_open(server, args.half_open, args.probe_seconds)
+            print("halfopen", json.dumps(report["halfopen"]), flush=True)
             report["after"] = {"healthz": healthz_ms(server), "memory": server.memory_mb()}
         finally:
             server.stop()

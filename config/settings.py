@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     s3_bucket: str | None = None
     s3_prefix: str = ""
     s3_endpoint_url: str | None = None
+    s3_timeout: float = Field(15, gt=0, le=600)  # connect and read timeout of every S3 call (seconds)
 
     dataset_dir: Path = Path("datasets")
     models_dir: Path = Path("models")
@@ -106,6 +107,9 @@ class Settings(BaseSettings):
     # Hardening (docs/hardening.md): slow clients, decode memory.
     http_read_timeout: float = Field(30, gt=0, le=3600)
     http_keepalive_timeout: int = Field(5, ge=1, le=300)
+    # Per client address (behind a proxy every client has the proxy's: raise these there).
+    http_max_connections_per_client: int = Field(64, ge=1, le=100_000)
+    http_max_half_open_per_client: int = Field(16, ge=1, le=100_000)
     decode_memory_budget_mb: int = Field(1024, ge=64)
 
     @field_validator("trainer_api_key")

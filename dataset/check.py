@@ -36,17 +36,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from datetime import timedelta
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
+
+from sqlalchemy import Column, MetaData, String, Table, Text, delete, insert, select
 
 from config.clock import utc_now
 from dataset.contracts import CheckReport
-from dataset.index import DuplicateHash
-from dataset.rebuild import MetadataInvalid, json_bytes, metadata_from_row, row_from_metadata
-from dataset.storage import StorageError, StorageKeyError
+from dataset.index import DuplicateHash, sqlite_path
+from dataset.rebuild import (
+    MetadataInvalid,
+    MetadataUnparsable,
+    json_bytes,
+    metadata_from_row,
+    read_metadata,
+    row_from_metadata,
+)
+from dataset.storage import StorageError, StorageKeyError, write_file_atomic
 
 if TYPE_CHECKING:
     from dataset.manager import DatasetManager
@@ -58,6 +66,18 @@ COMPARED = {"label": "label", "confidence": "confidence", "hash": "sha256", "sou
 # An ingest writes its two files and inserts its row within seconds; files without a row that are
 # younger than this may belong to one that is still running.
 ORPHAN_GRACE = timedelta(minutes=5)
+# Start-up refuses an index holding fewer rows than this share of the metadata files (and more than
+# PARTIAL_SLACK fewer): a rebuild cut off, or an old copy of the index.
+PARTIAL_FRACTION = 0.9
+PARTIAL_SLACK = 10
+QUARANTINE = "quarantine"
+REBUILD_MARK = "rebuild"
+marks_table = Table(
+    "index_marks",
+    MetaData(),
+    Column("name", String(32), primary_key=True),
+    Column("value", Text, nullable=False),
+)
 REPAIR_MAX_DELETE_FRACTION = 0.05
 REPAIR_MAX_DELETE_COUNT = 10
 DRIFT_KINDS = (
@@ -116,6 +136,8 @@ async def check_dataset(
         await _compare(dm, row, report)
     report["deletion_candidates"] = deletion_candidates(report)
     if rebuild_index or repair:
+        by_id = {r["id"]: r for r in live} if repair else {}
+        report["quarantined"] = await asyncio.to_thread(_quarantine, dm, report, by_id)
         report["repaired"]["rows_rebuilt"] = await _rebuild_rows(dm, rebuildable, report)
     if repair:
         report["repaired"].update(await _repair(dm, rows, report, force))
@@ -221,7 +243,10 @@ def _classify_unowned(dm: DatasetManager, pairs: dict[str, dict[str, str]], repo
             try:
                 row = _rebuilt_row(dm, image_id, keys)
             except (StorageError, MetadataInvalid) as exc:
-                report["unreadable_meta"].append({"id": image_id, "key": keys["meta"], "error": str(exc)})
+                entry = {"id": image_id, "key": keys["meta"], "error": str(exc)}
+                if isinstance(exc, MetadataUnparsable):  # set apart by a rebuild (quarantine)
+                    entry["image_key"] = keys["image"]
+                report["unreadable_meta"].append(entry)
                 continue
             report["unindexed"].append({"id": image_id, "image_key": keys["image"], "meta_key": keys["meta"]})
             rebuildable.append(row)
@@ -231,27 +256,29 @@ def _classify_unowned(dm: DatasetManager, pairs: dict[str, dict[str, str]], repo
 def _rebuilt_row(dm: DatasetManager, image_id: str, keys: dict[str, str]) -> dict:
     raw = dm.storage.get(keys["meta"])
     data = dm.storage.get(keys["image"])
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MetadataInvalid(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("id") != image_id:
+    doc = read_metadata(raw, keys["meta"])
+    if doc.get("id") != image_id:
         raise MetadataInvalid(f"not the metadata of image {image_id} (no matching 'id')")
     if doc.get("hash") != hashlib.sha256(data).hexdigest():
         raise MetadataInvalid("its 'hash' is not the SHA-256 of the image file")
-    return row_from_metadata(
-        doc, data, (keys["image"], keys["meta"]), max_pixels=dm.settings.max_image_pixels
-    )
+    try:
+        return row_from_metadata(
+            doc, data, (keys["image"], keys["meta"]), max_pixels=dm.settings.max_image_pixels
+        )
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        if isinstance(exc, MetadataInvalid):
+            raise
+        raise MetadataUnparsable(f"a value cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
     try:
-        doc = json.loads(await asyncio.to_thread(dm.storage.get, row["meta_key"]))
+        doc = read_metadata(await asyncio.to_thread(dm.storage.get, row["meta_key"]), row["meta_key"])
     except (StorageError, ValueError) as exc:
-        report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"], "error": str(exc)})
-        return
-    if not isinstance(doc, dict):
-        report["unreadable_meta"].append({"id": row["id"], "key": row["meta_key"], "error": "not an object"})
+        entry = {"id": row["id"], "key": row["meta_key"], "error": str(exc)}
+        if isinstance(exc, MetadataUnparsable):  # --repair sets it apart and writes it from the row
+            entry["unparsable"] = True
+        report["unreadable_meta"].append(entry)
         return
     for field, column in COMPARED.items():
         if doc.get(field) != row[column]:
@@ -261,6 +288,26 @@ async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
 
 
 async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
+    """Insert the rebuilt rows, marked in the index as a rebuild in progress until the last one is
+    in: a rebuild cut off leaves the mark, and start-up refuses the index (:func:`index_problem`)."""
+    await _set_mark(dm, f"{len(rebuildable)} rows to insert, begun {utc_now():%Y-%m-%d %H:%M:%S} UTC")
+    rebuilt = await _insert_rows(dm, rebuildable, report)
+    await _clear_mark(dm)
+    return rebuilt
+
+
+async def _set_mark(dm: DatasetManager, value: str) -> None:
+    async with dm.index.engine.begin() as conn:
+        await conn.execute(delete(marks_table).where(marks_table.c.name == REBUILD_MARK))
+        await conn.execute(insert(marks_table).values(name=REBUILD_MARK, value=value))
+
+
+async def _clear_mark(dm: DatasetManager) -> None:
+    async with dm.index.engine.begin() as conn:
+        await conn.execute(delete(marks_table).where(marks_table.c.name == REBUILD_MARK))
+
+
+async def _insert_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
     rebuilt = 0
     for row in rebuildable:
         try:
@@ -344,11 +391,59 @@ async def _delete_drift(dm: DatasetManager, by_id: dict, report: dict, done: dic
         done["files_deleted"] += 1
 
 
+def quarantine_dir(dm: DatasetManager) -> Path:
+    """Beside the index: the SQLite file's folder, else DATASET_DIR (a local folder either way)."""
+    path = sqlite_path(dm.index.db_url)
+    return (path.parent if path else Path(dm.settings.dataset_dir)) / QUARANTINE
+
+
+def _quarantine(dm: DatasetManager, report: dict, rows: dict[str, dict]) -> list[dict]:
+    """Metadata files that cannot be parsed or hold out-of-range values are moved beside the index
+    (``quarantine/<id>/``, with ``reason.txt``), so the rebuild goes on with every other row:
+    without a row, together with their image (which has no record without them); with a row, the
+    file alone, written again from the row (``--repair``). Nothing is deleted."""
+    moved = []
+    for entry in report["unreadable_meta"]:
+        unindexed = "image_key" in entry
+        if not (unindexed or (entry.get("unparsable") and entry["id"] in rows)):
+            continue  # a hash that is not its image's: reported only (docs/hardening.md)
+        keys = [entry["key"], *([entry["image_key"]] if unindexed else [])]
+        folder = quarantine_dir(dm) / entry["id"]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for key in keys:
+                write_file_atomic(folder / PurePosixPath(key).name, dm.storage.get(key))
+            write_file_atomic(folder / "reason.txt", f"{entry['key']}: {entry['error']}\n".encode())
+            for key in keys:
+                dm.storage.delete(key)
+        except (OSError, StorageError) as exc:
+            log.error("check: cannot quarantine %s (%s); left where it is", entry["key"], exc)
+            continue
+        if not unindexed:  # the row holds the record: its metadata file is written again from it
+            dm.storage.put(entry["key"], json_bytes(metadata_from_row(rows[entry["id"]])))
+        entry["quarantined_to"] = str(folder)
+        moved.append({"id": entry["id"], "files": keys, "to": str(folder), "reason": entry["error"]})
+        log.warning("check: %s set apart in %s: %s", entry["key"], folder, entry["error"])
+    return moved
+
+
 async def index_problem(dm: DatasetManager) -> str | None:
     """At start-up: an index with no rows beside a dataset with metadata files has been lost or
-    replaced (truncated, deleted, a new DATABASE_URL): serving it would show an empty dataset."""
-    if await dm.index.row_count() > 0:
-        return None
+    replaced (truncated, deleted, a new DATABASE_URL): serving it would show an empty dataset. An
+    index marked as being rebuilt, or far short of the metadata files, is partial: refused too."""
+    async with dm.index.engine.connect() as conn:
+        mark = (
+            await conn.execute(select(marks_table.c.value).where(marks_table.c.name == REBUILD_MARK))
+        ).first()
+    if mark is not None:
+        return (
+            f"the dataset index {dm.index.describe()} is partial: an index rebuild ({mark[0]}) did not "
+            "finish. Run `exposr-trainer check --rebuild-index` again (it inserts what is missing, "
+            "nothing is deleted), then start the service"
+        )
+    rows = await dm.index.row_count()
+    if rows > 0:
+        return await asyncio.to_thread(_far_short, dm, rows)
     first = await asyncio.to_thread(lambda: next(iter(dm.storage.list("meta/")), None))
     if first is None:
         return None
@@ -358,3 +453,17 @@ async def index_problem(dm: DatasetManager) -> str | None:
         "Rebuild it from the metadata files with `exposr-trainer check --rebuild-index` "
         "(nothing is deleted), then start the service again"
     )
+
+
+def _far_short(dm: DatasetManager, rows: int) -> str | None:
+    """Metadata files counted until they show the index is partial (or the listing ends)."""
+    limit = max(rows / PARTIAL_FRACTION, rows + PARTIAL_SLACK)
+    for files, _key in enumerate(dm.storage.list("meta/"), start=1):
+        if files > limit:
+            return (
+                f"the dataset index {dm.index.describe()} is partial: it has {rows} rows, but the "
+                f"dataset at DATASET_DIR / S3_BUCKET holds more than {int(limit)} metadata files. "
+                "Rebuild the missing rows with `exposr-trainer check --rebuild-index` (nothing is "
+                "deleted), then start the service"
+            )
+    return None

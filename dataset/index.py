@@ -214,11 +214,13 @@ class PhashCache:
 # idle + interval * count = 10 + 5 * 3 s, which releases the locks its connection held (app/locks.py).
 PG_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 PG_CONNECT_TIMEOUT_SECONDS = 10
+PG_COMMAND_TIMEOUT_SECONDS = 120  # no statement of ours takes long: a hung server is noticed
 
 
 def postgres_connect_args() -> dict:
     return {
         "timeout": PG_CONNECT_TIMEOUT_SECONDS,
+        "command_timeout": PG_COMMAND_TIMEOUT_SECONDS,
         "server_settings": {"application_name": "exposr-trainer", **PG_KEEPALIVES},
     }
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
-import json
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from config.clock import iso_seconds, utc_now
-from config.settings import Settings
+from config.settings import ConfigError, Settings
 from dataset.contracts import CheckReport, DatasetCounts
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
@@ -51,11 +50,20 @@ from dataset.index import (
     nearest_row,
     sqlite_path,
 )
-from dataset.rebuild import json_bytes, scorer_json  # the metadata file's text; the scorer column
+from dataset.rebuild import (  # the metadata file's text; the scorer column
+    json_bytes,
+    read_metadata,
+    scorer_json,
+)
 from dataset.schema import unavailable
 from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
+
+
+class StorageUnavailable(ConfigError):
+    """Start-up found the dataset's storage unreadable (the message says what to fix)."""
+
 
 LABELS = ("real", "ai", "unlabeled")
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
@@ -146,7 +154,11 @@ class DatasetManager:
         """IndexUnusable if the index has no rows but metadata files exist (see dataset/check.py)."""
         from dataset.check import index_problem
 
-        if problem := await index_problem(self):
+        try:
+            problem = await index_problem(self)
+        except StorageError as exc:  # start-up: a message naming the fix, not a traceback
+            raise StorageUnavailable(f"the dataset storage cannot be read at start-up: {exc}") from exc
+        if problem:
             raise IndexUnusable(problem)
 
     async def __aenter__(self) -> DatasetManager:
@@ -480,7 +492,7 @@ class DatasetManager:
         if row is None:
             return None
         try:
-            return json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+            return read_metadata(await asyncio.to_thread(self.storage.get, row["meta_key"]), row["meta_key"])
         except StorageKeyError:
             log.warning("image %s has an index row but no metadata file: run `check`", image_id)
             return None
@@ -535,7 +547,7 @@ class DatasetManager:
         async with self.index.locked_row(image_id) as (conn, row):
             if row is None:
                 raise UnknownImage(f"no image with id {image_id!r}")
-            doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+            doc = read_metadata(await asyncio.to_thread(self.storage.get, row["meta_key"]), row["meta_key"])
             change(doc)
             await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
             if index_values:
@@ -556,7 +568,7 @@ class DatasetManager:
 
     async def _rewrite_meta(self, image_id: str, change) -> dict:
         row = await self._row(image_id)
-        doc = json.loads(await asyncio.to_thread(self.storage.get, row["meta_key"]))
+        doc = read_metadata(await asyncio.to_thread(self.storage.get, row["meta_key"]), row["meta_key"])
         change(doc)
         await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
         return doc

@@ -9,6 +9,7 @@ the image bytes (size, EXIF) or stay None (generator, split: trainer/split.py de
 from __future__ import annotations
 
 import json
+import math
 
 import orjson
 
@@ -33,6 +34,31 @@ class MetadataInvalid(ValueError):
     """A metadata file that cannot be the record of its image; the message says why."""
 
 
+class MetadataUnparsable(MetadataInvalid):
+    """A metadata file that is not a bounded JSON object, or whose values are out of range: the
+    rebuild sets it apart (quarantine) and goes on with the others."""
+
+
+MAX_METADATA_BYTES = 1 << 20  # a metadata file is a few hundred bytes; API data included, a few KB
+MAX_SIDE = (1 << 31) - 1  # an image side the index (a 32-bit integer) can hold
+
+
+def read_metadata(raw: bytes, where: str = "the metadata file") -> dict:
+    """A metadata file's JSON object, parsed with bounds: size, nesting depth (the parser's
+    recursion limit) and an object at the top; MetadataUnparsable naming ``where`` otherwise."""
+    if len(raw) > MAX_METADATA_BYTES:
+        raise MetadataUnparsable(f"{where} is {len(raw)} bytes, over {MAX_METADATA_BYTES}")
+    try:
+        doc = json.loads(raw)
+    except RecursionError as exc:
+        raise MetadataUnparsable(f"{where} is nested too deep to be metadata") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MetadataUnparsable(f"{where} is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise MetadataUnparsable(f"{where} holds a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
 def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixels: int) -> dict:
     """The index row of one image, from its metadata document and its bytes."""
     if doc.get("label") not in LABELS:
@@ -44,7 +70,7 @@ def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixe
         id=doc["id"],
         sha256=doc["hash"],
         label=doc["label"],
-        confidence=_float_or_none(doc.get("confidence")),
+        confidence=_confidence(doc.get("confidence")),
         scorer=scorer_json(doc.get("scored_by")),
         source=str(doc.get("source") or "unknown")[:64],
         image_key=keys[0],
@@ -63,12 +89,16 @@ def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixe
 
 
 def _image_facts(doc: dict, data: bytes, max_pixels: int) -> dict:
+    for side in ("width", "height"):  # range-checked on read: 1e999, 2**64 - 1 fit no index column
+        value = doc.get(side)
+        if value is not None and not (_is_number(value) and 1 <= value <= MAX_SIDE):
+            raise MetadataUnparsable(f"'{side}' {_short(value)} is out of range (1 to {MAX_SIDE})")
     try:
         phash = int(doc["phash"], 16)
         facts = {"format": str(doc["format"]), "width": int(doc["width"]), "height": int(doc["height"])}
         if facts["format"] in FORMAT_EXT and 0 <= phash < 1 << 64:
             return {**facts, "phash": phash}
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         pass
     try:  # an older file without the image facts: measure them again
         info = inspect_image(data, max_bytes=len(data) + 1, min_side=1, max_pixels=max_pixels)
@@ -77,11 +107,24 @@ def _image_facts(doc: dict, data: bytes, max_pixels: int) -> dict:
     return {"format": info.format, "width": info.width, "height": info.height, "phash": info.phash}
 
 
-def _float_or_none(value: object) -> float | None:
-    try:
-        return None if value is None else float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+def _confidence(value: object) -> float | None:
+    """P(ai) in [0, 1], or None; anything else (10**400, -3, "x", NaN) is out of range."""
+    if value is None:
         return None
+    if not (_is_number(value) and 0 <= value <= 1):
+        raise MetadataUnparsable(f"'confidence' {_short(value)} is out of range (0 to 1, or null)")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # 10**400: an int
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 def metadata_from_row(row: dict) -> dict:

@@ -58,10 +58,26 @@ def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
     password = _password(url)
     if password:
         reason = reason.replace(password, "***")
+    if _sqlite_file(url):
+        return DatabaseUnavailable(
+            f"cannot use the dataset index {_sqlite_file(url)} (DATABASE_URL={masked_url(url)}): {reason}. "
+            "If another process holds it, stop that process; if the file is damaged, run "
+            "`exposr-trainer check --rebuild-index`, which moves it aside and rebuilds the index "
+            "from the metadata files (nothing is deleted); if its folder is not writable, fix the "
+            "permissions of DATASET_DIR."
+        )
     return DatabaseUnavailable(
         f"cannot use the database at DATABASE_URL={masked_url(url)}: {reason}. Check that the server is "
         "running and reachable, and the user, password and database name in DATABASE_URL."
     )
+
+
+def _sqlite_file(url: str) -> str | None:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    return parsed.database if parsed.get_backend_name() == "sqlite" and parsed.database else None
 
 
 def _password(url: str) -> str | None:

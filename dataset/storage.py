@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+S3_TIMEOUT_S = 15.0  # S3_TIMEOUT: connect and read timeout of each S3 call
+S3_ATTEMPTS = 2  # one retry (botocore's standard mode: throttling, 5xx, connection errors)
 
 
 class StorageError(Exception):
@@ -187,8 +189,11 @@ class LocalStorage(StorageDriver):
 class S3Storage(StorageDriver):
     """An S3 bucket (AWS, MinIO, any S3-compatible endpoint). Credentials: boto3's usual chain."""
 
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", endpoint_url: str | None = None, timeout: float = S3_TIMEOUT_S
+    ) -> None:
         self.bucket = bucket
+        self.timeout = timeout
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.endpoint_url = endpoint_url
         self._client: Any = None
@@ -205,9 +210,17 @@ class S3Storage(StorageDriver):
     def client(self) -> Any:
         if self._client is None or self._client_pid != os.getpid():
             import boto3
+            from botocore.config import Config
 
             # verify=True: TLS certificates are always checked (an http:// endpoint has no TLS).
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, verify=True)
+            # Every call is bounded: a bucket that accepts connections and never answers costs at
+            # most S3_ATTEMPTS * (connect + read timeout), never the botocore default of minutes.
+            config = Config(
+                connect_timeout=self.timeout,
+                read_timeout=self.timeout,
+                retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS},
+            )
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, verify=True, config=config)
             self._client_pid = os.getpid()
         return self._client
 
@@ -269,16 +282,30 @@ class S3Storage(StorageDriver):
     @contextlib.contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
         """Turn boto errors into StorageError with a message a person can act on."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         what = f"cannot {action} {key} in {self.describe()}"
         try:
             yield
         except ClientError as exc:
-            if _error_code(exc) in MISSING_KEY_CODES:  # GetObject says NoSuchKey, HeadObject a bare 404
+            if error_code(exc) in MISSING_KEY_CODES:  # GetObject says NoSuchKey, HeadObject a bare 404
                 raise StorageKeyError(f"no object {key} in {self.describe()}") from exc
-            detail = exc.response.get("Error", {}).get("Message", "")
-            raise StorageError(f"{what}: {_error_code(exc)} {detail}".strip()) from exc
+            error = exc.response.get("Error") if isinstance(exc.response, dict) else None
+            detail = str(error.get("Message") or "") if isinstance(error, dict) else ""
+            raise StorageError(f"{what}: {error_code(exc)} {detail}".strip()) from exc
+        except NoCredentialsError as exc:
+            raise StorageError(
+                f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE, or give the host an IAM role), or use STORAGE_DRIVER=local"
+            ) from exc
+        except EndpointConnectionError as exc:
+            where = f"S3_ENDPOINT_URL={self.endpoint_url}" if self.endpoint_url else "the S3 endpoint"
+            raise StorageError(f"{what}: {exc}; check that {where} is reachable") from exc
         except BotoCoreError as exc:
             raise StorageError(f"{what}: {exc}") from exc
 
@@ -287,8 +314,12 @@ MISSING_KEY_CODES = ("NoSuchKey", "404", "NotFound")
 S3_PUT_THREADS = 8  # puts of one batch in flight at once
 
 
-def _error_code(exc: Any) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
+def error_code(exc: Any) -> str:
+    """The S3 error code of a botocore exception, "" for every shape that has none (a timeout, a
+    refused connection, an unparsable answer: their ``response`` is absent or None)."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error") if isinstance(response, dict) else None
+    return str(error.get("Code") or "") if isinstance(error, dict) else ""
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
@@ -368,7 +399,7 @@ def _local_storage(settings: Settings) -> StorageDriver:
 def _s3_storage(settings: Settings) -> StorageDriver:
     if not settings.s3_bucket:
         raise ValueError("STORAGE_DRIVER=s3 needs S3_BUCKET to be set")
-    return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url)
+    return S3Storage(settings.s3_bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_timeout)
 
 
 STORAGE_DRIVERS: dict[str, Callable[[Settings], StorageDriver]] = {"local": _local_storage, "s3": _s3_storage}

@@ -110,6 +110,38 @@ class PostgresServer:
         if not keep:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def pids(self) -> list[int]:
+        """The postmaster and every process it started (backends, background workers)."""
+        main = int((self.data / "postmaster.pid").read_text().split()[0])
+        found = [main]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == main:  # the parent pid
+                found.append(int(stat.parent.name))
+        return found
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections are accepted by the kernel and never answered."""
+        import signal
+
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import signal
+
+        for pid in self.pids():
+            os.kill(pid, signal.SIGCONT)
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast`` (as a stop and a start, so the server's output goes to its log
+        file, not to this process's pipes): every connection is cut, the data kept."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
+        self.start()
+
     def url(self, database: str = "postgres", driver: str = "asyncpg") -> str:
         return f"postgresql+{driver}://postgres@127.0.0.1:{self.port}/{database}"
 

@@ -14,6 +14,13 @@ a new preprocessing (another size, or a change of :data:`CACHE_VERSION`) is a ne
 stale entry is never read. Writes are atomic through the driver (a local temp file renamed into
 place, a single S3 PUT), so a reader never sees half a file, even while another host is writing.
 
+Each entry is tied to its original: it starts with a header line (:data:`ENTRY_MAGIC`, then JSON
+with the SHA-256 and size of the original and of the JPEG that follows). A reader checks the
+header against the key and the JPEG's own hash, then decodes through the same bounded decode as
+ingest (``decode_rgb``: decompression bombs refused); an entry that fails any of it (overwritten,
+truncated, a bomb, another picture) is rebuilt from the original and counted, never trained on,
+and ``exposr-trainer check --repair`` removes it.
+
 Both classes go through the same steps. The JPEG round trip is part of the preprocessing
 (``model.json``: ``preprocessing.resize_shorter_to`` and ``cache_jpeg_quality``): the uncached
 path and predictions (``trainer.predict``) apply :func:`prepared` to the original, so the model
@@ -24,7 +31,9 @@ counted; ``exposr-trainer check`` reports and removes entries whose image is gon
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import time
 from collections import deque
@@ -41,7 +50,9 @@ from trainer.workers import worker_context
 log = logging.getLogger(__name__)
 
 CACHE_PREFIX = "cache"
-CACHE_VERSION = 1  # bump when decode_rgb or shrink change what a cached picture holds
+CACHE_VERSION = 2  # bump when decode_rgb, shrink or the entry format change (2: the header)
+ENTRY_MAGIC = b"EXPOSR-CACHE-ENTRY 1\n"
+MAX_HEADER = 1024
 CACHE_QUALITY = 95  # JPEG quality of cached pictures (chroma not subsampled)
 
 
@@ -82,6 +93,44 @@ def encode_cached(image: Image.Image, quality: int) -> bytes:
 def decode_cached(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
+
+
+class EntryMismatch(ValueError):
+    """A cache entry that is not what its original gave (the message says how it differs)."""
+
+
+def entry_bytes(jpeg: bytes, original: bytes) -> bytes:
+    """A cache entry: the header tying it to ``original``, then the JPEG."""
+    header = {
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "original_size": len(original),
+        "entry_sha256": hashlib.sha256(jpeg).hexdigest(),
+        "entry_size": len(jpeg),
+    }
+    return ENTRY_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + jpeg
+
+
+def entry_jpeg(data: bytes, sha256: str) -> bytes:
+    """The JPEG of an entry whose header names the original ``sha256`` and matches the JPEG's own
+    size and hash; EntryMismatch otherwise."""
+    if not data.startswith(ENTRY_MAGIC):
+        raise EntryMismatch("no entry header (not written by the cache)")
+    line, newline, jpeg = data[len(ENTRY_MAGIC) : len(ENTRY_MAGIC) + MAX_HEADER].partition(b"\n")
+    if not newline:
+        raise EntryMismatch("the entry header is not terminated")
+    jpeg = data[len(ENTRY_MAGIC) + len(line) + 1 :]
+    try:
+        header = json.loads(line)
+    except ValueError as exc:
+        raise EntryMismatch(f"the entry header is not JSON ({exc})") from exc
+    if not isinstance(header, dict) or header.get("original_sha256") != sha256:
+        raise EntryMismatch("the entry is not tied to this original (SHA-256 differs)")
+    if (
+        header.get("entry_size") != len(jpeg)
+        or header.get("entry_sha256") != hashlib.sha256(jpeg).hexdigest()
+    ):
+        raise EntryMismatch("the picture is not the one the entry was written with (size or SHA-256)")
+    return jpeg
 
 
 @dataclass
@@ -174,69 +223,106 @@ class ImageCache:
         self.last_build = report
         return report
 
-    def _encoded(self, original_key: str) -> bytes:
-        picture = prepared(self.storage.get(original_key), self.side, self.max_pixels)
-        return encode_cached(picture, self.quality)
+    def _encoded(self, original_key: str) -> tuple[bytes, bytes]:
+        """(the entry, its JPEG) made from the original."""
+        original = self.storage.get(original_key)
+        jpeg = encode_cached(prepared(original, self.side, self.max_pixels), self.quality)
+        return entry_bytes(jpeg, original), jpeg
 
     def _write(self, sha256: str, original_key: str) -> bool:
         try:
-            self.storage.put(self.key(sha256), self._encoded(original_key))
+            self.storage.put(self.key(sha256), self._encoded(original_key)[0])
             return True
         except (StorageError, ImageRejected, OSError) as exc:
             log.warning("cannot cache %s: %s", original_key, exc)
             return False
 
+    def decode_entry(self, data: bytes, sha256: str) -> Image.Image:
+        """The picture of an entry, checked (header, hashes) and decoded with ingest's bounds;
+        EntryMismatch, ImageRejected or OSError when it is not usable."""
+        image = decode_rgb(entry_jpeg(data, sha256), max_pixels=self.max_pixels)
+        if min(image.size) > self.side:
+            raise EntryMismatch(f"shorter side {min(image.size)} > {self.side}")
+        return image
+
     def load(self, sha256: str, original_key: str) -> Image.Image:
-        """The cached picture; a missing or corrupt entry is rebuilt from the original and counted."""
+        """The cached picture; a missing, mismatched or undecodable entry is rebuilt from the
+        original and counted (never trained on)."""
         try:
-            image = decode_cached(self.storage.get(self.key(sha256)))
-            if min(image.size) <= self.side:
-                return image
-            reason = f"shorter side {min(image.size)} > {self.side}"
-        except (StorageError, OSError, ValueError) as exc:
+            return self.decode_entry(self.storage.get(self.key(sha256)), sha256)
+        except (StorageError, OSError, ValueError, ImageRejected) as exc:
             reason = str(exc) or type(exc).__name__
         log.warning(
             "training cache entry of %s unusable (%s): rebuilt from the original", original_key, reason
         )
-        data = self._encoded(original_key)
+        entry, jpeg = self._encoded(original_key)
         try:
-            self.storage.put(self.key(sha256), data)
+            self.storage.put(self.key(sha256), entry)
         except StorageError as exc:  # still train on the picture; the next run tries again
             log.warning("could not rewrite the cache entry of %s: %s", original_key, exc)
         with self.rebuilt.get_lock():
             self.rebuilt.value += 1
-        return decode_cached(data)  # exactly what a reader of the rewritten entry gets
+        return decode_cached(jpeg)  # exactly what a reader of the rewritten entry gets
 
 
 async def run_check_cache(settings, repair: bool = False) -> dict:
-    """``exposr-trainer check``'s training-cache part: entries per preprocessing, orphans removed
-    with ``--repair`` (a missing or corrupt entry needs nothing: the next training rebuilds it)."""
+    """``exposr-trainer check``'s training-cache part: entries per preprocessing; orphans, and
+    entries that are not what their original gave (overwritten, undecodable), removed with
+    ``--repair`` (a missing entry needs nothing: the next training builds it)."""
     from dataset.manager import DatasetManager
 
     async with DatasetManager(settings) as dm:
         known = {s.sha256 for s in await dm.samples(("real", "ai", "unlabeled"))}
         storage = dm.storage
-    return check_cache(storage, known, repair)
+    return check_cache(storage, known, repair, settings.max_image_pixels)
 
 
-def check_cache(storage: StorageDriver, known_sha256: Sequence[str] | set[str], repair: bool = False) -> dict:
-    """Cache entries per preprocessing, and orphans (their image is no longer in the index)."""
+def check_cache(
+    storage: StorageDriver,
+    known_sha256: Sequence[str] | set[str],
+    repair: bool = False,
+    max_pixels: int = 50_000_000,
+) -> dict:
+    """Cache entries per preprocessing, orphans (their image is no longer in the index) and bad
+    entries of the current format (each read and checked as a training would)."""
     known = set(known_sha256)
     by_id: dict[str, int] = {}
     orphans: list[str] = []
+    bad: list[dict] = []
+    current = f"-v{CACHE_VERSION}"
     for key in storage.list(f"{CACHE_PREFIX}/"):
         parts = key.split("/")
         if len(parts) != 4 or not parts[3].endswith(".jpg"):
             continue
         by_id[parts[1]] = by_id.get(parts[1], 0) + 1
-        if parts[3].removesuffix(".jpg") not in known:
+        sha = parts[3].removesuffix(".jpg")
+        if sha not in known:
             orphans.append(key)
+        elif parts[1].endswith(current) and (
+            reason := _entry_problem(storage, key, sha, parts[1], max_pixels)
+        ):
+            bad.append({"key": key, "reason": reason})
     if repair:
-        for key in orphans:
+        for key in [*orphans, *(b["key"] for b in bad)]:
             storage.delete(key)
     return {
         "entries": by_id,
         "orphans": len(orphans),
-        "removed": len(orphans) if repair else 0,
+        "bad_entries": bad[:20],
+        "bad": len(bad),
+        "removed": len(orphans) + len(bad) if repair else 0,
         "orphan_keys": sorted(orphans)[:20],
     }
+
+
+def _entry_problem(storage: StorageDriver, key: str, sha: str, cache: str, max_pixels: int) -> str | None:
+    side = int(cache.split("-")[0].removeprefix("side"))
+    checker = ImageCache.__new__(ImageCache)  # decode_entry needs only these two
+    checker.side, checker.max_pixels = side, max_pixels
+    try:
+        checker.decode_entry(storage.get(key), sha)
+    except StorageError as exc:
+        return f"unreadable: {exc}"
+    except (OSError, ValueError, ImageRejected) as exc:
+        return str(exc) or type(exc).__name__
+    return None

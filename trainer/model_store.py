@@ -28,13 +28,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from config.settings import Settings
-from dataset.storage import S3Storage, StorageError, StorageKeyError, make_storage, write_file_atomic
+from dataset.storage import (
+    MISSING_KEY_CODES,
+    S3Storage,
+    StorageError,
+    StorageKeyError,
+    error_code,
+    make_storage,
+    write_file_atomic,
+)
 from trainer.registry import (
     REGISTRY_FILE,
     find_entry,
     load_registry,
     make_staging_dir,
+    parse_registry,
     registry_lock,
     write_json_atomic,
 )
@@ -128,23 +139,12 @@ class SharedModelStore:
             response = self.storage.client.get_object(
                 Bucket=self.storage.bucket, Key=self.storage.prefix + REGISTRY_KEY
             )
-        except Exception as exc:  # boto errors: a missing registry is an empty one
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("NoSuchKey", "404", "NotFound"):
+            raw = response["Body"].read()
+        except (BotoCoreError, ClientError) as exc:  # every botocore shape: a missing registry is empty
+            if error_code(exc) in MISSING_KEY_CODES:
                 return [], None
             raise StorageError(f"cannot read {self.describe()}: {exc}") from exc
-        raw = response["Body"].read()
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{self.describe()} is not valid JSON ({exc}); restore it from a backup"
-            ) from exc
-        if not isinstance(data, list):
-            raise ValueError(
-                f"{self.describe()} must hold a JSON array of entries, found {type(data).__name__}"
-            )
-        return data, response.get("ETag")
+        return parse_registry(raw, self.describe()), response.get("ETag")
 
     def load_registry(self) -> list[dict]:
         return self._registry_and_etag()[0]
@@ -212,9 +212,8 @@ class SharedModelStore:
             self.storage.client.put_object(
                 Bucket=self.storage.bucket, Key=self.storage.prefix + REGISTRY_KEY, Body=body, **condition
             )
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+        except (BotoCoreError, ClientError) as exc:
+            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise RegistryConflict(
                     f"{model} {version} was trained, but another host published to {self.describe()} "
                     "meanwhile, so it was not registered there; run the training again"

@@ -41,13 +41,39 @@ def load_registry(models_dir: Path) -> list[dict]:
     """All entries, oldest first; an absent registry is an empty one."""
     path = Path(models_dir) / REGISTRY_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
     except FileNotFoundError:
         return []
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}); restore it from a backup or remove it") from exc
+    return parse_registry(raw, str(path))
+
+
+MAX_REGISTRY_BYTES = 64 << 20  # a registry of a million versions is far smaller
+
+
+def parse_registry(raw: bytes, where: str) -> list[dict]:
+    """registry.json's bytes as its entries, or ValueError naming ``where`` and what is wrong: not
+    JSON, nested too deep, not an array, or an entry that is not an object with a ``model`` and a
+    ``version`` string (a hand-edited ``[1, 2, 3]`` or ``[null]`` must not reach the routes)."""
+    fix = "restore it from a backup or remove it"
+    if len(raw) > MAX_REGISTRY_BYTES:
+        raise ValueError(f"{where} is {len(raw)} bytes, over {MAX_REGISTRY_BYTES}; {fix}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{where} is not valid JSON ({exc}); {fix}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"{where} is nested too deep to be a registry; {fix}") from exc
     if not isinstance(data, list):
-        raise ValueError(f"{path} must hold a JSON array of entries, found {type(data).__name__}")
+        raise ValueError(f"{where} must hold a JSON array of entries, found {type(data).__name__}; {fix}")
+    for i, entry in enumerate(data):
+        if not (
+            isinstance(entry, dict)
+            and all(isinstance(entry.get(k), str) and entry.get(k) for k in ("model", "version"))
+        ):
+            raise ValueError(
+                f"{where}: entry {i} is not an object with 'model' and 'version' strings "
+                f"(found {type(entry).__name__}); {fix}"
+            )
     return data
 
 

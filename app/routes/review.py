@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from app.deps import Authorized, DatasetDep, SettingsDep
 from app.schemas import ErrorOut
 from dataset.manager import UnknownImage
+from dataset.rebuild import MetadataInvalid
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import (
     InvalidImageId,
@@ -179,6 +180,12 @@ async def patch_image(image_id: str, dataset: DatasetDep, request: Request) -> d
         raise _not_found(image_id) from None
     except StorageError as exc:
         raise HTTPException(503, detail=f"storage unavailable, label not recorded: {exc}; retry") from exc
+    except MetadataInvalid as exc:  # a damaged metadata file: the repair sets it apart and rewrites it
+        raise HTTPException(
+            409,
+            detail=f"label not recorded: {exc}; run `exposr-trainer check --repair`, which sets the "
+            "file apart and writes it again from the index",
+        ) from exc
     request.app.state.overview.invalidate()  # /status counts move at once
     log.info("image %s labelled %s by a person", image_id, body.label)
     return {

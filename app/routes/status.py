@@ -10,20 +10,21 @@ from app.deps import Authorized, RunnerDep, SchedulerDep
 from app.errors import public
 from app.jobs import JobRunner
 from app.jobstore import ACTIVE_STATES
-from app.overview import TTLCache, collect_status
+from app.overview import Overview
 from app.schemas import Health, MetricsOut, StatusOut
 
 router = APIRouter(tags=["status"])
 STATUS_CACHE_SECONDS = 1.0
 
 
-def overview_cache(state) -> TTLCache:
-    """collect_status, cached briefly: pollers must not turn into a query storm. Job changes reset it."""
-    cache = TTLCache(
-        STATUS_CACHE_SECONDS, lambda: collect_status(state.settings, state.dataset, state.runner.store)
-    )
-    state.runner.on_change.append(cache.invalidate)
-    return cache
+async def overview_cache(state) -> Overview:
+    """The overview in memory (app/overview.py): pollers must not turn into a query storm, an idle
+    replica must not answer with old numbers, and a hanging source must not hold the answer.
+    Job changes reset it."""
+    overview = Overview(state.settings, state.dataset, state.runner.store, STATUS_CACHE_SECONDS)
+    state.runner.on_change.append(overview.invalidate)
+    await overview.prime()
+    return overview
 
 
 async def _overview(request: Request) -> dict:
@@ -91,4 +92,5 @@ async def get_metrics(request: Request, runner: RunnerDep) -> dict:
         "dataset_counts": overview["dataset_counts"],
         "by_source": overview["by_source"],
         "jobs_running": [job["kind"] for job in running_jobs(runner, overview)],
+        "stale": overview["stale"],
     }

@@ -29,10 +29,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized
 from app.jobstore import jobs_table
-from app.overview import model_facts
 from dataset.storage import StorageError
 from trainer.model_store import model_store
 
+# Label values come from closed sets, so no client can add series: h11 accepts any token as a method.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SCRAPE_OUTCOMES = (("stored", "stored"), ("duplicates", "duplicate"), ("near_duplicates", "near_duplicate"))
 
@@ -126,7 +127,8 @@ class ConsoleMetrics:
 
 
 async def measure_requests(request: Request, call_next) -> Response:
-    """Latency by route template (``/jobs/{job_id}``, not the id: bounded label values)."""
+    """Latency by method (``other`` outside the standard ones), route template (``/jobs/{job_id}``,
+    not the id; ``unmatched`` for unknown paths) and status: every label from a closed set."""
     start = time.perf_counter()
     status = 500
     try:
@@ -136,7 +138,8 @@ async def measure_requests(request: Request, call_next) -> Response:
     finally:
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
-        request.app.state.metrics.latency.labels(request.method, path, str(status)).observe(
+        method = request.method if request.method in METHODS else "other"
+        request.app.state.metrics.latency.labels(method, path, str(status)).observe(
             time.perf_counter() - start
         )
 
@@ -219,6 +222,7 @@ async def prometheus_metrics(request: Request) -> Response:
         "durations": durations,
         "scrape_outcomes": scrape,
         "models": entries,
-        "promoted": model_facts(state.settings)["promoted"],
+        "promoted": (await state.overview.get())["latest_model"],  # from memory: never a wait here
     }
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    page = await run_in_threadpool(generate_latest, metrics.registry)  # never on the event loop
+    return Response(page, media_type=CONTENT_TYPE_LATEST)

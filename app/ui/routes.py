@@ -28,6 +28,7 @@ from app.ui.session import (
     current_session,
     issue_token,
     keys_match,
+    login_throttle,
     read_token,
     set_cookie,
 )
@@ -60,14 +61,25 @@ async def login(
     csrf_token: Annotated[str, Form()] = "",
 ):
     key = api_key(request)
+    client, throttle = request.client.host if request.client else "unknown", login_throttle(request)
+    if wait := throttle.retry_after(client):
+        response = _login_page(request, f"Too many failed logins: try again in {wait} s.", status_code=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     form = read_token(key, "login", request.cookies.get(LOGIN_COOKIE))
-    if form is None or not keys_match(form["csrf"], csrf_token):
+    if (
+        form is None
+        or not keys_match(form["csrf"], csrf_token)
+        or not await request.app.state.ui_revoked.revoke(request, form)  # each form is used once
+    ):
+        throttle.failed(client)
         return _login_page(
             request,
-            "The login form expired or was not sent from this page: enter the key again.",
+            "The login form expired, was already used or was not sent from this page: enter the key again.",
             status_code=403,
         )
     if not keys_match(key, api_key_field):
+        throttle.failed(client)
         return _login_page(request, "Wrong key: enter the server's TRAINER_API_KEY.", status_code=401)
     hours = request.app.state.settings.ui_session_hours
     token, _ = issue_token(key, "session", hours * 3600)
@@ -80,7 +92,7 @@ async def login(
 @router.post("/logout")
 async def logout(request: Request, session: Session, csrf_token: Annotated[str, Form()] = ""):
     check_csrf(session, csrf_token)
-    request.app.state.ui_revoked.revoke(session)
+    await request.app.state.ui_revoked.revoke(request, session)
     response = RedirectResponse("/ui/login", status_code=303)
     clear_cookie(response, SESSION_COOKIE)
     return response

@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections import OrderedDict, deque
 
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 SESSION_COOKIE = "exposr_session"
 LOGIN_COOKIE = "exposr_login"
 LOGIN_FORM_SECONDS = 3600
+LOGIN_TRIES, LOGIN_WINDOW_S = 10, 60.0  # failed logins per client address, then 429
 COOKIE_PATH = "/ui"
 
 
@@ -80,25 +85,77 @@ def api_key(request: Request) -> str:
     return key.get_secret_value()
 
 
+revocations_table = Table(
+    "ui_revocations",
+    MetaData(),
+    Column("sid", String(64), primary_key=True),
+    Column("until", BigInteger, nullable=False),
+)
+
+
 class Revocations:
-    """Session ids logged out in this process, each kept until its session would expire."""
+    """Session ids logged out and login forms used, in the database beside the jobs (every replica
+    and every restart sees them), each kept until it would have expired anyway."""
 
-    def __init__(self) -> None:
-        self._until: dict[str, int] = {}
+    async def revoke(self, request: Request, payload: dict) -> bool:
+        """Record ``payload``'s id as used; False if it already was (a form sent twice)."""
+        engine = _engine(request)
+        async with engine.begin() as conn:
+            await conn.execute(delete(revocations_table).where(revocations_table.c.until < int(time.time())))
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(revocations_table).values(sid=payload["sid"], until=payload["exp"]))
+        except IntegrityError:
+            return False
+        return True
 
-    def revoke(self, payload: dict) -> None:
-        now = time.time()
-        self._until = {sid: exp for sid, exp in self._until.items() if exp > now}
-        self._until[payload["sid"]] = payload["exp"]
-
-    def __contains__(self, sid: str) -> bool:
-        return sid in self._until
+    async def contains(self, request: Request, sid: str) -> bool:
+        query = select(revocations_table.c.sid).where(revocations_table.c.sid == sid)
+        async with _engine(request).connect() as conn:
+            return (await conn.execute(query)).first() is not None
 
 
-def current_session(request: Request) -> dict:
+def _engine(request: Request):
+    return request.app.state.runner.store.engine  # the jobs' database (DATABASE_URL)
+
+
+class LoginThrottle:
+    """At most ``tries`` failed logins per client address in ``window`` seconds; then 429."""
+
+    def __init__(self, tries: int = LOGIN_TRIES, window: float = LOGIN_WINDOW_S, clients: int = 10_000):
+        self.tries, self.window, self.clients = tries, window, clients
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, client: str, now: float | None = None) -> int:
+        """Seconds until ``client`` may try again (0: now)."""
+        now = time.monotonic() if now is None else now
+        failures = self._failures.get(client)
+        while failures and failures[0] <= now - self.window:
+            failures.popleft()
+        if not failures or len(failures) < self.tries:
+            return 0
+        return max(1, math.ceil(failures[0] + self.window - now))
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        failures = self._failures.pop(client, None) or deque(maxlen=self.tries)
+        failures.append(now)
+        self._failures[client] = failures  # most recent last: the oldest clients are forgotten first
+        while len(self._failures) > self.clients:
+            self._failures.popitem(last=False)
+
+
+def login_throttle(request: Request) -> LoginThrottle:
+    state = request.app.state
+    if getattr(state, "ui_login_throttle", None) is None:
+        state.ui_login_throttle = LoginThrottle()
+    return state.ui_login_throttle
+
+
+async def current_session(request: Request) -> dict:
     """The request's valid session; LoginRequired (or ConsoleDisabled) otherwise."""
     payload = read_token(api_key(request), "session", request.cookies.get(SESSION_COOKIE))
-    if payload is None or payload["sid"] in request.app.state.ui_revoked:
+    if payload is None or await request.app.state.ui_revoked.contains(request, payload["sid"]):
         raise LoginRequired
     return payload
 

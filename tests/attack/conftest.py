@@ -19,7 +19,7 @@ class LiveServer:
     """The app served by real uvicorn (with the limits of ``exposr-trainer serve``) on loopback, in a
     thread of this process: raw sockets can misbehave against it, and caplog sees its log."""
 
-    def __init__(self, settings, job_kinds: dict | None = None) -> None:
+    def __init__(self, settings, job_kinds: dict | None = None, **options) -> None:
         import socket
 
         import uvicorn
@@ -38,7 +38,7 @@ class LiveServer:
             port=self.port,
             log_config=None,
             access_log=False,
-            **server_options(settings),
+            **{**server_options(settings), **options},
         )
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -59,13 +59,23 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(120)
 
-    def raw(self, timeout: float = 10):
+    def raw(self, timeout: float = 10, source: str | None = None):
+        """A socket to the server, from ``source`` (another loopback address: another client) if given."""
         import socket
 
-        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return socket.create_connection(
+            ("127.0.0.1", self.port), timeout=timeout, source_address=(source, 0) if source else None
+        )
 
 
 @pytest.fixture
 def live_server(make_settings):
     with LiveServer(make_settings(http_read_timeout=1.0)) as server:
         yield server
+
+
+@pytest.fixture
+def storage(tmp_path):
+    from dataset.storage import LocalStorage
+
+    return LocalStorage(tmp_path / "datasets")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -190,13 +191,19 @@ async def test_metadata_disagreeing_with_the_index(dm):
     assert (await dm.index.get(out.id))["label"] == "ai" and (await dm.check())["ok"]
 
 
-async def test_unreadable_metadata_is_reported_not_deleted(dm):
+async def test_unreadable_metadata_is_reported_kept_aside_and_written_again_from_its_row(dm):
+    # issue 21: --repair sets the file apart beside the index (nothing deleted) and writes the
+    # record again from the index row, so the image can be labelled again
     out = await dm.ingest(jpeg(1), meta_in())
     row = await dm.index.get(out.id)
     dm.storage.put(row["meta_key"], b"{not json")
     report = await dm.check(repair=True)
     assert [u["id"] for u in report["unreadable_meta"]] == [out.id] and not report["ok"]
-    assert dm.storage.get(row["meta_key"]) == b"{not json"
+    [moved] = report["quarantined"]
+    assert (Path(moved["to"]) / f"{out.id}.json").read_bytes() == b"{not json"
+    rewritten = json.loads(dm.storage.get(row["meta_key"]))
+    assert rewritten["id"] == out.id and rewritten["rebuilt_from_index"] is True
+    assert (await dm.check())["ok"]
 
 
 async def test_unreachable_bucket_is_a_storage_error_outcome(make_settings, s3_server, aws_env):

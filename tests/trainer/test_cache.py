@@ -55,7 +55,10 @@ class storage_file:
 
         from PIL import Image
 
-        self.image = Image.open(io.BytesIO(storage.get(key)))
+        from trainer.cache import entry_jpeg
+
+        sha = key.rsplit("/", 1)[-1].removesuffix(".jpg")
+        self.image = Image.open(io.BytesIO(entry_jpeg(storage.get(key), sha)))
 
     def __enter__(self):
         return self.image
@@ -81,7 +84,7 @@ def test_another_preprocessing_is_another_prefix_and_check_finds_orphans(storage
     ImageCache(storage, 48, 10_000_000).build(_items(samples))
     assert ImageCache(storage, 96, 10_000_000).build(_items(samples)).built == 4  # never reads side 48
     report = check_cache(storage, {s.sha256 for s in samples[:3]})
-    assert report["entries"] == {"side48-q95-v1": 4, "side96-q95-v1": 4} and report["orphans"] == 2
+    assert report["entries"] == {"side48-q95-v2": 4, "side96-q95-v2": 4} and report["orphans"] == 2
     assert check_cache(storage, {s.sha256 for s in samples[:3]}, repair=True)["removed"] == 2
     assert check_cache(storage, {s.sha256 for s in samples[:3]})["orphans"] == 0
 
@@ -166,6 +169,6 @@ async def test_check_command_reports_and_removes_cache_entries_of_deleted_images
         ImageCache(dm.storage, 48, 10_000_000).build([(r["sha256"], r["image_key"]) for r in rows])
         await dm.index.delete(ids[0])  # the image left the dataset; its cache entry is an orphan
     report = await run_check_cache(settings)
-    assert report["entries"] == {"side48-q95-v1": 3} and report["orphans"] == 1
+    assert report["entries"] == {"side48-q95-v2": 3} and report["orphans"] == 1
     assert (await run_check_cache(settings, repair=True))["removed"] == 1
-    assert (await run_check_cache(settings))["entries"] == {"side48-q95-v1": 2}
+    assert (await run_check_cache(settings))["entries"] == {"side48-q95-v2": 2}
