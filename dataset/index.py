@@ -213,8 +213,10 @@ class PhashCache:
         given (a catch-up's read), plus any of the gaps; rows already seen are skipped."""
         if len(rows) == 0:
             return
-        table = np.array(rows, dtype=np.int64).reshape(-1, 2)
-        self.add_arrays(table[:, 0], table[:, 1], now)
+        # fromiter, not np.array(rows): numpy takes a database row object apart ~100x slower
+        seqs = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        signed = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        self.add_arrays(seqs, signed, now)
 
     def add_arrays(self, seqs: np.ndarray, signed: np.ndarray, now: float | None = None) -> None:
         seqs, first = np.unique(seqs, return_index=True)  # sorted, each row once
@@ -575,17 +577,31 @@ class DedupeIndex:
                 q = select(*columns).where(images.c.seq.in_(gaps[start : start + 1000]))
                 found += (await conn.execute(q)).all()
             while True:
-                q = (
-                    select(*columns)
-                    .where(images.c.seq > cache.last_seq)
-                    .order_by(images.c.seq)
-                    .limit(CATCH_UP_PAGE)
-                )
-                rows = (await conn.execute(q)).all()
+                rows = await self._rows_after(conn, cache.last_seq)
                 cache.add([*found, *rows])
                 found = []
                 if len(rows) < CATCH_UP_PAGE:
                     break
+
+    async def _rows_after(self, conn, after: int) -> Sequence[Any]:
+        """(seq, signed phash) of the next CATCH_UP_PAGE rows after ``after``. Through the driver
+        itself where it is one this project ships (aiosqlite, asyncpg): SQLAlchemy's row objects
+        cost ~7 us a row, most of reading 10M rows when an index is opened without its file."""
+        raw = (await conn.get_raw_connection()).driver_connection
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite" and hasattr(raw, "execute_fetchall"):
+            sql = "SELECT seq, phash FROM images WHERE seq > ? ORDER BY seq LIMIT ?"
+            return list(await raw.execute_fetchall(sql, (after, CATCH_UP_PAGE)))
+        if dialect == "postgresql" and hasattr(raw, "fetch"):
+            sql = "SELECT seq, phash FROM images WHERE seq > $1 ORDER BY seq LIMIT $2"
+            return await raw.fetch(sql, after, CATCH_UP_PAGE)
+        q = (
+            select(images.c.seq, images.c.phash)
+            .where(images.c.seq > after)
+            .order_by(images.c.seq)
+            .limit(CATCH_UP_PAGE)
+        )
+        return (await conn.execute(q)).all()
 
     async def find_sha(self, sha256: str) -> str | None:
         return await self._id_for_sha(sha256)
