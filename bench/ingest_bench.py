@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageFile  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
+from dataset import nearindex  # noqa: E402
 from dataset.images import FORMAT_EXT, ImageRejected, inspect_image  # noqa: E402
 from dataset.index import DedupeIndex, PhashCache, images, to_signed  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
@@ -190,13 +191,15 @@ def check_tricky(folder: Path) -> None:
 
 
 def lookup_ms(n_hashes: int, queries: int = 1000) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of the in-memory lookup a batch makes per image (PhashCache.nearest: faiss
-    multi-index hashing) and of a plain XOR + popcount scan of the same hashes, on queries that half
+    """p50/p99 ms of the in-memory lookup a batch makes per image (PhashCache.nearest: multi-index
+    hashing, dataset/nearindex.py) and of a plain XOR + popcount scan of the same hashes, on queries that half
     the time have a stored hash within 3 bits."""
     rng = random.Random(n_hashes)
+    stored = np.array([rng.getrandbits(64) for _ in range(n_hashes)], dtype=np.uint64)
     cache = PhashCache()
-    cache.add([(i + 1, f"id{i}", to_signed(rng.getrandbits(64))) for i in range(n_hashes)])
-    stored = cache.hashes[:n_hashes]
+    cache.add_arrays(np.arange(1, n_hashes + 1, dtype=np.int64), stored.view(np.int64))
+    if cache.near.tail_size >= nearindex.TAIL_MERGE_ROWS:  # as a grown index holds them: in tables
+        cache.near.adopt(nearindex.merge(*cache.near.snapshot()), n_hashes)
     probes = [
         rng.getrandbits(64) if i % 2 else int(stored[rng.randrange(n_hashes)]) ^ 0b10101
         for i in range(queries)

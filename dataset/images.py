@@ -21,6 +21,7 @@ import io
 import struct
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import cast
 
@@ -334,7 +335,7 @@ def _plain_png(img: Image.Image, data: bytes) -> bool:
 def _spng_decoded(img: Image.Image, data: bytes) -> Image.Image | None:
     """The pixels by libspng, or None when it refuses them (then Pillow decodes, and judges)."""
     try:
-        pixels = imagecodecs.spng_decode(data)
+        pixels = imagecodecs.spng_decode(_inflated_png(img, data) or data)
     except Exception:  # noqa: BLE001 - SpngError and anything else: Pillow's verdict decides
         return None
     width, height = img.size
@@ -343,6 +344,61 @@ def _spng_decoded(img: Image.Image, data: bytes) -> Image.Image | None:
     out = Image.fromarray(pixels)
     out.info.update(img.info)  # EXIF and XMP (orientation) as read with the header
     return out
+
+
+# Inflating the image data is ~2/3 of libspng's time on a PNG, with the system's zlib; libdeflate
+# (imagecodecs) inflates the same stream in about half the time. So the stream is inflated first,
+# with every IDAT chunk's CRC and the stream's Adler-32 checked, and libspng gets the same header
+# with that data *stored* (deflate's uncompressed blocks): it then only unfilters the rows. 0.9 ms
+# less per PNG of the acceptance set (3.1 against 4.0 ms, one core). Anything unexpected -- a CRC,
+# a stream that ends early or runs long -- and libspng reads the file itself, then Pillow: the
+# verdict is still Pillow's. Up to INFLATE_FIRST_MAX bytes of rows (the copies cost memory).
+INFLATE_FIRST_MAX = 16 << 20
+_IDAT_CRC = imagecodecs.deflate_crc32(b"IDAT")
+_STORED_BLOCK = 65535
+
+
+def _inflated_png(img: Image.Image, data: bytes) -> bytes | None:
+    """The plain PNG ``data`` with its image data inflated and stored, or None (then as it is)."""
+    width, height = img.size
+    expected = height * (1 + width * len(img.mode))  # a filter byte, then the row's 8-bit samples
+    if expected > INFLATE_FIRST_MAX:
+        return None
+    view, parts, pos = memoryview(data), [], 8
+    while pos + 12 <= len(data):
+        length, kind = _CHUNK_HEAD.unpack_from(data, pos)
+        if kind == b"IEND":
+            break
+        if kind == b"IDAT":
+            body = view[pos + 8 : pos + 8 + length]
+            if imagecodecs.deflate_crc32(body, _IDAT_CRC) != int.from_bytes(
+                data[pos + 8 + length : pos + 12 + length]
+            ):
+                return None
+            parts.append(body)
+        pos += 12 + length
+    try:
+        rows = imagecodecs.deflate_decode(b"".join(parts), out=expected)  # zlib: Adler-32 checked
+    except Exception:  # noqa: BLE001 - DeflateError: damaged or longer than the header says
+        return None
+    if len(rows) != expected:
+        return None
+    raw = memoryview(rows)
+    blocks = -(-expected // _STORED_BLOCK)
+    size = 2 + 5 * blocks + expected + 4  # zlib header, block headers, rows, Adler-32
+    out = [data[:33], struct.pack(">I", size), b"IDAT"]  # signature and IHDR: a plain PNG's start
+    stored = [b"\x78\x01"]
+    for start in range(0, expected, _STORED_BLOCK):
+        end = min(expected, start + _STORED_BLOCK)
+        stored += (struct.pack("<BHH", end == expected, end - start, (end - start) ^ 0xFFFF), raw[start:end])
+    stored.append(struct.pack(">I", imagecodecs.deflate_adler32(rows)))
+    crc = _IDAT_CRC
+    for piece in stored:
+        crc = imagecodecs.deflate_crc32(piece, crc)
+    return b"".join([*out, *stored, struct.pack(">I", crc), _IEND])  # one copy of the rows
+
+
+_IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -2,22 +2,27 @@
 
 Exact duplicates: ``sha256`` is UNIQUE, so two identical images racing each other (in one
 process or several) end with one row; the loser gets :class:`DuplicateHash` with the winner's id.
-Near duplicates: :class:`PhashCache` keeps every 64-bit perceptual hash in a numpy array and
-answers "nearest within distance d" with XOR + popcount over the whole array (a few ms per
-million hashes); it catches up with rows other processes inserted by reading ``seq > last``.
+
+Near duplicates: :class:`PhashCache` holds every 64-bit perceptual hash in memory, keyed by the
+row's ``seq`` (dataset/nearindex.py: multi-index hashing, a fraction of a millisecond at 10M
+hashes), and catches up with rows other processes inserted by reading ``seq > last``. The
+structure is kept in a file beside the index with the seq up to which it holds rows (its
+watermark), so opening reads only the rows after it; a file that is damaged, of another database
+or ahead of it is rebuilt from the rows, never used (:attr:`DedupeIndex.near_state` counts those).
 Rows that land between one image's near check and its own insert are looked at afterwards by
-:meth:`DedupeIndex.near_between` (a ``seq`` range, usually empty), so racing near duplicates are
-caught too.
+:meth:`DedupeIndex.earlier_near` -- from memory when this process wrote them, else with one query
+-- so racing near duplicates are caught too: the later row yields.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,20 +38,25 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     delete,
     event,
     func,
     insert,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from config.clock import iso_seconds, utc_now
 from config.settings import ConfigError
-from dataset.nearindex import NearIndex
-from dataset.schema import DatabaseUnavailable, migrate, unavailable
+from dataset import nearindex
+from dataset.nearindex import NearFile, NearFileInvalid, NearIndex, read_tables, write_tables
+from dataset.schema import DatabaseUnavailable, masked_url, migrate, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,16 @@ images = Table(
     # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a
     # cache that has read "up to seq N" would never see the new row N.
     sqlite_autoincrement=True,
+)
+
+# One row per fact about the index as a whole. "generation": a random id given to the database when
+# its schema was made (migration i27); a near-duplicate file written for another database -- a
+# rebuilt or replaced one -- carries another and is not used.
+index_state = Table(
+    "index_state",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
 )
 
 
@@ -132,6 +152,8 @@ def to_unsigned(h: int) -> int:
 GAP_SECONDS = 120.0
 MAX_GAPS = 10_000
 CATCH_UP_PAGE = 50_000
+RECHECK_GAP_SECONDS = 10.0  # gaps the re-check after an insert asks for (see DedupeIndex.look)
+VERIFY_SAMPLES = 16  # rows of a near-duplicate file compared with the database when it is opened
 
 
 @dataclass(frozen=True)
@@ -141,24 +163,36 @@ class NearMatch:
 
 
 class PhashCache:
-    """All indexed pHashes in memory; grows by doubling so appends stay cheap.
+    """Every indexed pHash (:class:`NearIndex`, keyed by the row's ``seq``) and how far the catch-up
+    has read: ``last_seq`` and the *gaps* below it.
 
-    Catch-up reads ``seq > last_seq``, plus the *gaps* below it: on PostgreSQL a sequence number is
-    taken at insert but becomes visible at commit, so row 7 can appear after row 8 was read. Every
-    seq skipped over is remembered and asked for again until it shows up or :data:`GAP_SECONDS`
-    pass (an insert is one short transaction: by then it was rolled back, or deleted).
+    Catch-up reads ``seq > last_seq``, plus the gaps: on PostgreSQL a sequence number is taken at
+    insert but becomes visible at commit, so row 7 can appear after row 8 was read. Every seq
+    skipped over is remembered and asked for again until it shows up or :data:`GAP_SECONDS` pass
+    (an insert is one short transaction: by then it was rolled back, or deleted).
     """
 
-    def __init__(self) -> None:
-        self.hashes = np.zeros(1024, dtype=np.uint64)
-        self.ids: list[str | None] = []
-        self.positions: dict[str, int] = {}
-        self.last_seq = 0
-        self.gaps: dict[int, float] = {}  # seq not seen yet below last_seq -> when it was first missed
-        self.near: NearIndex | None = None  # built on the first lookup, kept in step with hashes
+    def __init__(
+        self,
+        near: NearIndex | None = None,
+        last_seq: int = 0,
+        gaps: Iterable[int] = (),
+        now: float | None = None,
+        track_gaps: bool = True,
+    ) -> None:
+        self.near = near if near is not None else NearIndex()
+        self.last_seq = last_seq
+        now = time.monotonic() if now is None else now
+        self.gaps: dict[int, float] = dict.fromkeys(gaps, now)  # seq not seen yet -> first missed
+        # SQLite commits rows in seq order (one writer at a time): a seq missing below one that was
+        # read never shows up later, so there is nothing to ask for again.
+        self.track_gaps = track_gaps
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.near)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self.near
 
     def open_gaps(self, now: float | None = None) -> list[int]:
         """The gaps still worth asking for (older ones are forgotten here)."""
@@ -170,44 +204,76 @@ class PhashCache:
                 del self.gaps[seq]
         return sorted(self.gaps)
 
-    def add(self, rows: list[tuple[int, str, int]], now: float | None = None) -> None:
-        """rows: (seq, id, signed phash) in seq order; rows already seen are skipped."""
-        rows = [r for r in rows if r[0] > self.last_seq or (r[0] in self.gaps and r[1] not in self.positions)]
-        if not rows:
+    def covers(self, after: int, before: int) -> bool:
+        """Whether every committed row with after < seq < before was read into memory."""
+        return self.last_seq >= before - 1 and not any(after < g < before for g in self.gaps)
+
+    def add(self, rows: Sequence[tuple[int, int]], now: float | None = None) -> None:
+        """rows: (seq, signed phash), every committed row above ``last_seq`` up to the largest seq
+        given (a catch-up's read), plus any of the gaps; rows already seen are skipped."""
+        if len(rows) == 0:
+            return
+        # fromiter, not np.array(rows): numpy takes a database row object apart ~100x slower
+        seqs = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        signed = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+        self.add_arrays(seqs, signed, now)
+
+    def add_arrays(self, seqs: np.ndarray, signed: np.ndarray, now: float | None = None) -> None:
+        seqs, first = np.unique(seqs, return_index=True)  # sorted, each row once
+        signed = signed[first]
+        fresh = seqs > self.last_seq
+        if self.gaps:
+            fresh |= np.isin(seqs, np.fromiter(self.gaps, dtype=np.int64, count=len(self.gaps)))
+        seqs, signed = seqs[fresh], signed[fresh]
+        if len(seqs) == 0:
             return
         now = time.monotonic() if now is None else now
-        present = {r[0] for r in rows}
-        top = max(present)
-        if top > self.last_seq:
-            self.gaps.update((s, now) for s in range(self.last_seq + 1, top) if s not in present)
-        for r in rows:
-            self.gaps.pop(r[0], None)
-        n, k = len(self.ids), len(rows)
-        if n + k > len(self.hashes):
-            grown = np.zeros(max(2 * len(self.hashes), n + k), dtype=np.uint64)
-            grown[:n] = self.hashes[:n]
-            self.hashes = grown
-        self.hashes[n : n + k] = np.array([r[2] for r in rows], dtype=np.int64).view(np.uint64)
-        self.positions.update((r[1], n + j) for j, r in enumerate(rows))
-        self.ids.extend(r[1] for r in rows)
-        self.last_seq = max(self.last_seq, top)
+        for seq in seqs[seqs <= self.last_seq].tolist():
+            self.gaps.pop(seq, None)
+        above = seqs[seqs > self.last_seq]
+        if len(above):
+            if self.track_gaps:
+                self._note_gaps(above, now)
+            self.last_seq = int(above[-1])
+        self.near.add(seqs, signed.view(np.uint64))
 
-    def forget(self, image_id: str) -> None:
-        # Keep positions stable: blank the id; its slot can never match again.
-        pos = self.positions.pop(image_id, None)
-        if pos is not None:
-            self.ids[pos] = None
+    def _note_gaps(self, above: np.ndarray, now: float) -> None:
+        """Remember the seqs between last_seq and the newest row read that were not there (the newest
+        MAX_GAPS of them: a bulk load's long-deleted rows are not worth asking for)."""
+        steps = np.diff(np.concatenate(([self.last_seq], above)))
+        ends = np.flatnonzero(steps > 1)
+        missing: list[int] = []
+        for k in ends[::-1].tolist():
+            top = int(above[k])
+            low = top - int(steps[k]) + 1  # the row before it, plus one
+            stop = max(low - 1, top - 1 - (MAX_GAPS - len(missing)))
+            missing.extend(range(top - 1, stop, -1))
+            if len(missing) >= MAX_GAPS:
+                break
+        self.gaps.update(dict.fromkeys(missing, now))
 
-    def nearest(self, phash: int, max_distance: int) -> NearMatch | None:
-        n = len(self.ids)
-        if n == 0 or max_distance <= 0:
-            return None
-        if self.near is None:
-            self.near = NearIndex()  # dataset/nearindex.py: multi-index hashing, sublinear
-        for distance, i in self.near.within(self.hashes, n, phash, max_distance):
-            if (found := self.ids[i]) is not None:
-                return NearMatch(found, int(distance))
-        return None
+    def add_following(self, rows: Sequence[tuple[int, int]]) -> None:
+        """Add rows this process inserted (seq, signed phash) as far as they follow on from
+        ``last_seq`` without a hole (or fill a gap): a hole would be a row of another writer that
+        only a catch-up may vouch for."""
+        fill = [r for r in rows if r[0] in self.gaps]
+        following = []
+        for row in sorted(r for r in rows if r[0] > self.last_seq):
+            if row[0] != self.last_seq + len(following) + 1:
+                break
+            following.append(row)
+        self.add(fill + following)
+
+    def forget(self, seq: int) -> None:
+        """The row is gone: its hash never matches again."""
+        self.near.forget(seq)
+
+    def nearest(self, phash: int, max_distance: int) -> list[tuple[int, int]]:
+        """(distance, seq) of every held hash within max_distance, nearest first; none at distance 0
+        (detection off)."""
+        if max_distance <= 0:
+            return []
+        return self.near.within(phash, max_distance)
 
 
 # A dead client host (power cut, network gone) is noticed by the server within about
@@ -263,11 +329,49 @@ def _switch_to_wal(cur) -> None:
             time.sleep(0.025 * attempt)
 
 
+@dataclass
+class NearState:
+    """Where this process's near-duplicate structure came from, for logs, tests and benchmarks."""
+
+    file: str | None = None  # the file beside the index, None: kept in memory only
+    source: str = "empty"  # "file" (mapped), "built" (every row read), "empty"
+    rebuilds: int = 0  # files found stale or damaged and rebuilt by this process
+    reason: str | None = None  # why the last one was
+    writes: int = 0  # files written
+    write_errors: int = 0
+
+
+@dataclass(frozen=True)
+class Look:
+    """How far the hashes in memory had read when a near check was made: every committed row with
+    ``seq <= seq`` was in memory, but the ``gaps`` (seen out of order, maybe committed since)."""
+
+    seq: int
+    gaps: tuple[int, ...] = ()
+
+
+def near_file_for(db_url: str, folder: Path | None) -> Path | None:
+    """Where the near-duplicate structure is kept: beside a SQLite file; for a database server, in
+    this host's ``folder`` (DATASET_DIR) under a name made from the URL without its password; None
+    (memory only) for an in-memory database or without a folder."""
+    path = sqlite_path(db_url)
+    if path is not None:
+        return path.with_name(path.name + ".near")
+    if folder is None or make_url(db_url).get_backend_name() == "sqlite":
+        return None
+    digest = hashlib.sha256(masked_url(db_url).encode()).hexdigest()[:16]
+    return folder / f".near-{digest}"
+
+
 class DedupeIndex:
-    def __init__(self, db_url: str) -> None:
+    def __init__(self, db_url: str, near_dir: Path | None = None) -> None:
         self.db_url = db_url
         self.engine = make_engine(db_url)
-        self.cache = PhashCache()
+        self.cache = self._new_cache()
+        self.near_state = NearState(file=str(path) if (path := near_file_for(db_url, near_dir)) else None)
+        self._near_file = path
+        self._generation: str | None = None  # the database's index_state generation
+        self._merging: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
         self._queries_started = 0  # catch-up queries begun, numbered from 1
         self._caught_up_by = 0  # the number of the last one that finished
@@ -289,7 +393,7 @@ class DedupeIndex:
     async def _open(self) -> None:
         try:
             await migrate(self.engine)
-            await self.refresh()
+            await self._open_near()
         except DatabaseUnavailable as exc:
             cause = exc.__cause__
             corrupt = self._unusable(cause) if isinstance(cause, DatabaseError) else None
@@ -316,7 +420,124 @@ class DedupeIndex:
         )
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):  # a file being written: let it finish (seconds at 10M)
+            await self.near_written()
         await self.engine.dispose()
+
+    def _new_cache(
+        self, near: NearIndex | None = None, last_seq: int = 0, gaps: Iterable[int] = ()
+    ) -> PhashCache:
+        return PhashCache(near, last_seq, gaps, track_gaps=self.engine.dialect.name != "sqlite")
+
+    async def near_written(self) -> None:
+        """Wait for the near-duplicate tables being made now (and their file) to be done."""
+        while self._merging is not None:
+            await asyncio.shield(self._merging)
+
+    # ---- the near-duplicate structure: opened from its file, caught up, merged, written ----------
+
+    async def _open_near(self) -> None:
+        """Map the file beside the index if it is whole and of this database, then read only the rows
+        after its watermark; otherwise read every row (and write a new file). A file that fails a
+        check is never used: it is rebuilt, counted in ``near_state.rebuilds`` and logged."""
+        async with self.engine.connect() as conn:
+            self._generation = (
+                await conn.execute(select(index_state.c.value).where(index_state.c.name == "generation"))
+            ).scalar()
+        path = self._near_file
+        if path is not None:
+            try:
+                tables, stored = await asyncio.to_thread(read_tables, path)
+                problem = await self._stale(stored)
+            except NearFileInvalid as exc:
+                problem = exc.reason
+            if problem is None:
+                watermark = int(stored.meta["watermark"])
+                self.cache = self._new_cache(NearIndex(tables, stored.dead), watermark, stored.gaps)
+                self.near_state.source = "file"
+                await self.refresh()
+                return
+            if problem != "no file":
+                self.near_state.rebuilds += 1
+                self.near_state.reason = problem
+                log.warning(
+                    "near-duplicate file %s not used (%s): rebuilding it from the index", path, problem
+                )
+        self.cache = self._new_cache()
+        await self.refresh()  # every row
+        self.near_state.source = "built" if len(self.cache) else "empty"
+        await self.near_written()  # a large index: its file is written before the open returns
+
+    async def _stale(self, stored: NearFile) -> str | None:
+        """Why a (whole) file does not describe this database, or None: made for another database
+        (generation), holding rows past the database's counter (a database restored from a backup),
+        or rows whose pHash differs from the database's (a sample)."""
+        watermark, generation = stored.meta.get("watermark"), stored.meta.get("generation")
+        if not isinstance(watermark, int):
+            return "its header has no watermark"
+        if generation != self._generation:
+            return f"it was written for another database (generation {generation}, not {self._generation})"
+        tables = stored.tables
+        async with self.engine.connect() as conn:
+            counter = await self._seq_counter(conn)
+            if counter < watermark:
+                return (
+                    f"it holds rows up to seq {watermark}, past the database's counter ({counter}): "
+                    "a database restored from an earlier backup?"
+                )
+            if tables.n == 0:
+                return None
+            picks = np.unique(np.linspace(0, tables.n - 1, VERIFY_SAMPLES).astype(np.int64))
+            expected = dict(zip(tables.seqs[picks].tolist(), tables.hashes[picks].tolist(), strict=True))
+            q = select(images.c.seq, images.c.phash).where(images.c.seq.in_(list(expected)))
+            for seq, phash in (await conn.execute(q)).all():
+                if to_unsigned(phash) != expected[seq]:
+                    return f"row {seq} has another pHash in the database"
+        return None
+
+    async def _seq_counter(self, conn) -> int:
+        """The highest seq the database has handed out (deleted rows included): it never goes back,
+        but for a database replaced or restored from an older backup."""
+        if self.engine.dialect.name == "sqlite":
+            q = text("SELECT seq FROM sqlite_sequence WHERE name = 'images'")
+        else:
+            q = text("SELECT pg_sequence_last_value(pg_get_serial_sequence('images', 'seq')::regclass)")
+        return int((await conn.execute(q)).scalar() or 0)
+
+    def _merge_if_due(self) -> None:
+        """Start making new tables (and a file) once the tail has TAIL_MERGE_ROWS rows."""
+        if self._merging is None and self.cache.near.tail_size >= nearindex.TAIL_MERGE_ROWS:
+            self._merging = asyncio.get_running_loop().create_task(self._merge())
+
+    async def _merge(self) -> None:
+        """The tail merged into new tables in a worker thread, written to the file when there is
+        one; lookups go on meanwhile against the old tables and the whole tail."""
+        cache = self.cache
+        tables, hashes, seqs = cache.near.snapshot()
+        meta = {
+            "watermark": cache.last_seq,
+            "generation": self._generation,
+            "database": self.describe(),
+            "written": iso_seconds(utc_now()),
+        }
+        gaps, dead = list(cache.gaps), set(cache.near.dead)
+        try:
+            if self._near_file is None:
+                merged = await asyncio.to_thread(nearindex.merge, tables, hashes, seqs)
+            else:
+                try:
+                    merged = await asyncio.to_thread(
+                        write_tables, self._near_file, tables, hashes, seqs, dead=dead, gaps=gaps, meta=meta
+                    )
+                    self.near_state.writes += 1
+                except OSError as exc:  # a full or read-only disk: go on in memory, say so
+                    self.near_state.write_errors += 1
+                    log.warning("could not write the near-duplicate file %s: %s", self._near_file, exc)
+                    merged = await asyncio.to_thread(nearindex.merge, tables, hashes, seqs)
+            cache.near.adopt(merged, len(hashes))
+        finally:
+            self._merging = None
+        self._merge_if_due()
 
     async def refresh(self, max_age: float = 0.0) -> None:
         """Pull rows inserted since the last look (by this or any other process). Concurrent callers
@@ -325,8 +546,8 @@ class DedupeIndex:
         uploads that arrive together make one catch-up query, not one each).
 
         ``max_age``: a look that began at most this many seconds ago is recent enough. For a caller
-        that re-checks the rows inserted since the look once its own row is in (an upload's
-        ``near_between``), a row the look missed is found then, so it need not ask per image."""
+        that re-checks the rows inserted since the look once its own row is in
+        (:meth:`earlier_near`), a row the look missed is found then, so it need not ask per image."""
         asked = self._queries_started  # every query numbered above this began after this call
         async with self._refresh_lock:
             if self._caught_up_by > asked or time.monotonic() - self._caught_up_at <= max_age:
@@ -336,34 +557,53 @@ class DedupeIndex:
             began = time.monotonic()
             await self._pull_into(self.cache)
             self._caught_up_by, self._caught_up_at = number, began
+        self._merge_if_due()
+
+    def look(self) -> Look:
+        """Where memory stands now, for :meth:`earlier_near`: the gaps it names are those noticed in
+        the last RECHECK_GAP_SECONDS (a row still being committed then; older ones are deleted rows
+        far more often, and the catch-up asks for them anyway)."""
+        now = time.monotonic()
+        recent = sorted(seq for seq, since in self.cache.gaps.items() if now - since <= RECHECK_GAP_SECONDS)
+        return Look(self.cache.last_seq, tuple(recent))
 
     async def _pull_into(self, cache: PhashCache) -> None:
         """Gaps first (one indexed IN lookup), then the new rows in pages of CATCH_UP_PAGE: ORDER BY +
         LIMIT on the primary key (an index range scan once the table has statistics; PostgreSQL's
         autovacuum gathers them within a minute of a bulk load)."""
-        columns = (images.c.seq, images.c.id, images.c.phash)
+        columns = (images.c.seq, images.c.phash)
         async with self.engine.connect() as conn:
             gaps = cache.open_gaps()
             found: list[Any] = []
             for start in range(0, len(gaps), 1000):
-                q = (
-                    select(*columns)
-                    .where(images.c.seq.in_(gaps[start : start + 1000]))
-                    .order_by(images.c.seq)
-                )
+                q = select(*columns).where(images.c.seq.in_(gaps[start : start + 1000]))
                 found += (await conn.execute(q)).all()
             while True:
-                q = (
-                    select(*columns)
-                    .where(images.c.seq > cache.last_seq)
-                    .order_by(images.c.seq)
-                    .limit(CATCH_UP_PAGE)
-                )
-                rows = (await conn.execute(q)).all()
-                cache.add([tuple(r) for r in sorted([*found, *rows])])
+                rows = await self._rows_after(conn, cache.last_seq)
+                cache.add([*found, *rows])
                 found = []
                 if len(rows) < CATCH_UP_PAGE:
                     break
+
+    async def _rows_after(self, conn, after: int) -> Sequence[Any]:
+        """(seq, signed phash) of the next CATCH_UP_PAGE rows after ``after``. Through the driver
+        itself where it is one this project ships (aiosqlite, asyncpg): SQLAlchemy's row objects
+        cost ~7 us a row, most of reading 10M rows when an index is opened without its file."""
+        raw = (await conn.get_raw_connection()).driver_connection
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite" and hasattr(raw, "execute_fetchall"):
+            sql = "SELECT seq, phash FROM images WHERE seq > ? ORDER BY seq LIMIT ?"
+            return list(await raw.execute_fetchall(sql, (after, CATCH_UP_PAGE)))
+        if dialect == "postgresql" and hasattr(raw, "fetch"):
+            sql = "SELECT seq, phash FROM images WHERE seq > $1 ORDER BY seq LIMIT $2"
+            return await raw.fetch(sql, after, CATCH_UP_PAGE)
+        q = (
+            select(images.c.seq, images.c.phash)
+            .where(images.c.seq > after)
+            .order_by(images.c.seq)
+            .limit(CATCH_UP_PAGE)
+        )
+        return (await conn.execute(q)).all()
 
     async def find_sha(self, sha256: str) -> str | None:
         return await self._id_for_sha(sha256)
@@ -386,36 +626,109 @@ class DedupeIndex:
 
     async def near_check(
         self, phash: int, max_distance: int, max_age: float = 0.0
-    ) -> tuple[NearMatch | None, int]:
-        """The nearest indexed image within max_distance, and the seq up to which rows were looked at
-        (rows after it are for :meth:`near_between` to check once this image's own row is in).
+    ) -> tuple[NearMatch | None, Look]:
+        """The nearest indexed image within max_distance, and how far the rows in memory reached
+        (rows after it are for :meth:`earlier_near` to check once this image's own row is in).
         ``max_age``: see :meth:`refresh`."""
         await self.refresh(max_age)
-        seen = self.cache.last_seq
+        seen = self.look()
         return await self.near_cached(phash, max_distance), seen
 
     async def near_cached(self, phash: int, max_distance: int) -> NearMatch | None:
         """The nearest image within max_distance among the hashes in memory (no catch-up query: a
-        batch catches up once with :meth:`refresh`). Only a hit costs a query, to make sure its row
-        still exists."""
-        while (match := self.cache.nearest(phash, max_distance)) is not None:
-            if await self.get(match.id) is not None:
+        batch catches up once with :meth:`refresh`)."""
+        return (await self.near_many([phash], max_distance))[0]
+
+    async def near_many(self, phashes: Sequence[int], max_distance: int) -> list[NearMatch | None]:
+        """The nearest image within max_distance of each hash, among the hashes in memory. Only hits
+        cost a query, one for the whole batch: it turns their seqs into ids and makes sure their rows
+        still exist (deleted by another process -- check --repair, a near-race loser -- a hash never
+        matches again here, and the next nearest one gets its turn)."""
+        found = [self.cache.nearest(phash, max_distance) for phash in phashes]
+        return await self._resolve(found)
+
+    async def _resolve(self, found: Sequence[list[tuple[int, int]]]) -> list[NearMatch | None]:
+        """The first candidate (distance, seq) of each list whose row exists, as a NearMatch."""
+        out: list[NearMatch | None] = [None] * len(found)
+        todo = [i for i, candidates in enumerate(found) if candidates]
+        gone: set[int] = set()
+        while todo:
+            heads = {}
+            for i in todo:
+                head = next(((d, seq) for d, seq in found[i] if seq not in gone), None)
+                if head is not None:
+                    heads[i] = head
+            if not heads:
                 break
-            # Deleted by another process (check --repair, a near-race loser): that hash never
-            # matches again here, and the next nearest one gets its turn.
-            self.cache.forget(match.id)
-        return match
+            ids = await self.ids_for_seqs({seq for _d, seq in heads.values()})
+            todo = []
+            for i, (distance, seq) in heads.items():
+                if seq in ids:
+                    out[i] = NearMatch(ids[seq], int(distance))
+                else:
+                    gone.add(seq)
+                    self.cache.forget(seq)
+                    todo.append(i)
+        return out
 
-    async def near_between(self, phash: int, max_distance: int, after: int, before: int) -> NearMatch | None:
-        """The nearest row with after < seq < before: images inserted while one was being stored."""
-        if max_distance <= 0 or before <= after + 1:  # detection off, or nothing came in between
-            return None
-        return nearest_row(await self.rows_between(after, before), phash, max_distance)
+    async def ids_for_seqs(self, seqs: Iterable[int]) -> dict[int, str]:
+        wanted = sorted(seqs)
+        found: dict[int, str] = {}
+        async with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                q = select(images.c.seq, images.c.id).where(images.c.seq.in_(wanted[start : start + 500]))
+                found.update((int(seq), image_id) for seq, image_id in (await conn.execute(q)).all())
+        return found
 
-    async def rows_between(self, after: int, before: int) -> list[tuple[int, str, int]]:
-        """(seq, id, unsigned phash) of the rows with after < seq < before."""
+    async def earlier_near(
+        self, rows: Sequence[tuple[int, int]], look: Look, max_distance: int
+    ) -> dict[int, NearMatch]:
+        """For rows just inserted, (seq, unsigned phash) each, with their near check made at ``look``:
+        the earlier near duplicate each must yield to -- a row that arrived after the look and
+        before it (another batch, another process), or one of the look's gaps that has committed
+        since -- keyed by the row's seq. Rows of the same call never count against each other (the
+        caller decided those before inserting).
+
+        When memory holds every row since the look (this process wrote them, the usual case) the
+        answer comes from memory; otherwise one query reads them, and they join memory as a catch-up
+        would."""
+        if max_distance <= 0 or not rows:
+            return {}
+        ours = {seq for seq, _h in rows}
+        top = max(ours)
+        self.cache.add_following([(seq, to_signed(h)) for seq, h in rows])
+        self._merge_if_due()
+        if look.gaps or not self.cache.covers(look.seq, top):
+            read = await self.rows_between(look.seq, top, also=look.gaps)
+            self.cache.add(
+                [(seq, to_signed(h)) for seq, _id, h in read] + [(s, to_signed(h)) for s, h in rows]
+            )
+            others = [r for r in read if r[0] not in ours]
+            losers = {}
+            for seq, phash in rows:
+                earlier = nearest_row([r for r in others if r[0] < seq], phash, max_distance)
+                if earlier is not None:
+                    losers[seq] = earlier
+            return losers
+        found = [
+            [
+                (d, s)
+                for d, s in self.cache.nearest(phash, max_distance)
+                if look.seq < s < seq and s not in ours
+            ]
+            for seq, phash in rows
+        ]
+        matches = await self._resolve(found)
+        return {seq: m for (seq, _h), m in zip(rows, matches, strict=True) if m is not None}
+
+    async def rows_between(
+        self, after: int, before: int, also: Iterable[int] = ()
+    ) -> list[tuple[int, str, int]]:
+        """(seq, id, unsigned phash) of the rows with after < seq < before, and of the seqs in ``also``."""
+        window = and_(images.c.seq > after, images.c.seq < before)
+        extra = sorted(also)
         q = select(images.c.seq, images.c.id, images.c.phash).where(
-            images.c.seq > after, images.c.seq < before
+            or_(window, images.c.seq.in_(extra)) if extra else window
         )
         async with self.engine.connect() as conn:
             return [(seq, image_id, to_unsigned(h)) for seq, image_id, h in (await conn.execute(q)).all()]
@@ -448,9 +761,12 @@ class DedupeIndex:
 
     async def delete_many(self, image_ids: list[str]) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(delete(images).where(images.c.id.in_(image_ids)))
-        for image_id in image_ids:
-            self.cache.forget(image_id)
+            result = await conn.execute(
+                delete(images).where(images.c.id.in_(image_ids)).returning(images.c.seq)
+            )
+            gone = result.scalars().all()
+        for seq in gone:
+            self.cache.forget(seq)
 
     async def get(self, image_id: str) -> dict | None:
         async with self.engine.connect() as conn:
@@ -527,9 +843,7 @@ class DedupeIndex:
         return changed
 
     async def delete(self, image_id: str) -> None:
-        async with self.engine.begin() as conn:
-            await conn.execute(delete(images).where(images.c.id == image_id))
-        self.cache.forget(image_id)
+        await self.delete_many([image_id])
 
     async def row_count(self) -> int:
         async with self.engine.connect() as conn:

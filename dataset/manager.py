@@ -44,10 +44,10 @@ from dataset.index import (
     DedupeIndex,
     DuplicateHash,
     IndexUnusable,
+    Look,
     NearMatch,
     describe_db,
     images,
-    nearest_row,
     sqlite_path,
 )
 from dataset.rebuild import (  # the metadata file's text; the scorer column
@@ -73,8 +73,9 @@ COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
 INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
-# One image at a time (uploads) catches up with other writers at most once a second: a near duplicate
+# Ingest (an upload, a batch) catches up with other writers at most once a second: a near duplicate
 # stored elsewhere since then is found by the re-check after the insert, which withdraws this image.
+# A process that is the only writer never needs more: its own rows join memory as they are inserted.
 UPLOAD_CATCH_UP_SECONDS = 1.0
 
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
@@ -132,7 +133,8 @@ class DatasetManager:
     def __init__(self, settings: Settings, storage: StorageDriver | None = None) -> None:
         self.settings = settings
         self.storage = storage or make_storage(settings)
-        self.index = DedupeIndex(settings.db_url)
+        # the near-duplicate file of a database server is kept in DATASET_DIR (one per host)
+        self.index = DedupeIndex(settings.db_url, near_dir=settings.dataset_dir)
         self._meta_lock = asyncio.Lock()  # serialises read-modify-write of metadata files
         # ... and this file lock does the same across processes (the label job runs in a worker
         # process while the API records a person's label on the same image).
@@ -178,7 +180,7 @@ class DatasetManager:
             existing = await self.index.find_sha(info.sha256)
             if existing is not None:
                 return _duplicate(existing)
-            near, seen_seq = await self.index.near_check(
+            near, look = await self.index.near_check(
                 info.phash, self.settings.near_dup_max_distance, max_age=UPLOAD_CATCH_UP_SECONDS
             )
             if near is not None:
@@ -189,7 +191,7 @@ class DatasetManager:
                 return _near_duplicate(near)
         except INDEX_ERRORS as exc:  # the database is away: this image fails, nothing was written
             return self._index_error(None, exc)
-        return await self._store(data, metadata, info, seen_seq)
+        return await self._store(data, metadata, info, look)
 
     async def ingest_many(
         self,
@@ -228,16 +230,20 @@ class DatasetManager:
         later: list[int] = []
         distance = self.settings.near_dup_max_distance
         try:
-            await self.index.refresh()  # once per batch, before the exact check (see ingest)
-            seen_seq = self.index.cache.last_seq
+            # at most once a second, before the exact check (see ingest); then one query for the
+            # exact duplicates and, only when some hash is near a stored one, one for those rows
+            await self.index.refresh(max_age=UPLOAD_CATCH_UP_SECONDS)
+            look = self.index.look()
             known = await self.index.find_shas([infos[i].sha256 for i in valid])
+            found = await self.index.near_many([infos[i].phash for i in valid], distance)
+            nears = dict(zip(valid, found, strict=True))
             for i in valid:
                 info = infos[i]
                 if info.sha256 in known:
                     outcomes[i] = _duplicate(known[info.sha256])
                 elif any(_same_or_near(info, infos[j], distance) for j in accepted):
                     later.append(i)
-                elif (near := await self.index.near_cached(info.phash, distance)) is not None:
+                elif (near := nears[i]) is not None:
                     outcomes[i] = _near_duplicate(near)
                 else:
                     accepted.append(i)
@@ -246,7 +252,7 @@ class DatasetManager:
                 outcomes[i] = outcomes[i] or self._index_error(None, exc)
             return cast(list[IngestOutcome], outcomes)
         entries = [(items[i][0], items[i][1], infos[i]) for i in accepted]
-        for i, outcome in zip(accepted, await self._store_batch(entries, seen_seq), strict=True):
+        for i, outcome in zip(accepted, await self._store_batch(entries, look), strict=True):
             outcomes[i] = outcome
         if later:
             again = await self._ingest_checked([items[i] for i in later], [checked[i] for i in later])
@@ -283,14 +289,14 @@ class DatasetManager:
             return IngestOutcome("rejected", reason=exc.reason, message=exc.message)
 
     async def _store_batch(
-        self, entries: list[tuple[bytes, dict, ImageInfo]], seen_seq: int
+        self, entries: list[tuple[bytes, dict, ImageInfo]], look: Look
     ) -> list[IngestOutcome]:
         """Files (one group commit), then rows (one transaction), then the near re-check (one query)."""
         if not entries:
             return []
         if len(entries) == 1:
             data, metadata, info = entries[0]
-            return [await self._store(data, metadata, info, seen_seq)]
+            return [await self._store(data, metadata, info, look)]
         now = utc_now()
         planned = []
         for data, metadata, info in entries:
@@ -309,7 +315,7 @@ class DatasetManager:
         except StorageError as exc:  # which image's write failed is not known: one at a time tells
             log.warning("batch write failed (%s); storing its %d images one at a time", exc, len(entries))
             await self._discard(written)
-            return [await self._store(data, metadata, info, seen_seq) for data, metadata, info in entries]
+            return [await self._store(data, metadata, info, look) for data, metadata, info in entries]
         except BaseException:
             await self._discard(written)
             raise
@@ -317,16 +323,16 @@ class DatasetManager:
         try:
             seqs = await self.index.insert_many(rows)
         except IntegrityError:  # an identical image came in from elsewhere since the exact check
-            return await self._insert_one_by_one(planned, seen_seq)
+            return await self._insert_one_by_one(planned, look)
         except INDEX_ERRORS as exc:
             await self._discard(written)
             return [self._index_error(image_id, exc) for image_id, *_rest in planned]
         except BaseException:
             await self._discard(written)
             raise
-        return await self._yield_batch_to_earlier(planned, seqs, seen_seq)
+        return await self._yield_batch_to_earlier(planned, seqs, look)
 
-    async def _insert_one_by_one(self, planned: list, seen_seq: int) -> list[IngestOutcome]:
+    async def _insert_one_by_one(self, planned: list, look: Look) -> list[IngestOutcome]:
         """After a batch insert lost an exact-duplicate race: each row on its own, so the duplicate
         alone is refused (its files removed) and the others are stored with the files already written."""
         outcomes = []
@@ -343,37 +349,34 @@ class DatasetManager:
                 outcomes.append(self._index_error(image_id, exc))
                 continue
             outcomes.append(
-                await self._yield_to_earlier_near_duplicate(image_id, row["phash"], seen_seq, seq, written)
+                await self._yield_to_earlier_near_duplicate(image_id, row["phash"], look, seq, written)
             )
         return outcomes
 
     async def _yield_batch_to_earlier(
-        self, planned: list, seqs: list[int], seen_seq: int
+        self, planned: list, seqs: list[int], look: Look
     ) -> list[IngestOutcome]:
-        """The batch's :meth:`_yield_to_earlier_near_duplicate`: one read of the rows that other
-        writers inserted since the batch's catch-up; an image with such an earlier near duplicate
-        withdraws itself (rows first, then files)."""
+        """The batch's :meth:`_yield_to_earlier_near_duplicate`: the rows that other writers (another
+        batch in flight, another process) inserted since the batch's look, checked at once -- from
+        memory when this process wrote them, else one query; an image with such an earlier near
+        duplicate withdraws itself (rows first, then files)."""
         outcomes = [IngestOutcome("stored", id=image_id) for image_id, *_rest in planned]
         distance = self.settings.near_dup_max_distance
-        if distance <= 0 or max(seqs) <= seen_seq + 1:
+        if distance <= 0:
             return outcomes
-        ours = {image_id for image_id, *_rest in planned}
+        rows = [(seq, row["phash"]) for (*_rest, row), seq in zip(planned, seqs, strict=True)]
         try:
-            others = [r for r in await self.index.rows_between(seen_seq, max(seqs)) if r[1] not in ours]
-            losers = {}
-            for k, ((_id, _keys, _doc, row), seq) in enumerate(zip(planned, seqs, strict=True)):
-                earlier = nearest_row([r for r in others if r[0] < seq], row["phash"], distance)
-                if earlier is not None:
-                    losers[k] = earlier
+            earlier = await self.index.earlier_near(rows, look, distance)
+            losers = {k: earlier[seq] for k, seq in enumerate(seqs) if seq in earlier}
             if not losers:
                 return outcomes
             await self.index.delete_many([planned[k][0] for k in losers])  # rows first
         except SQLAlchemyError as exc:  # rows and files are all in place: keep them
             log.warning("near-duplicate re-check of a batch failed, kept it: %s", exc)
             return outcomes
-        for k, earlier in losers.items():
+        for k, match in losers.items():
             await self._discard(list(planned[k][1]))
-            outcomes[k] = _near_duplicate(earlier)
+            outcomes[k] = _near_duplicate(match)
         return outcomes
 
     def _index_error(self, image_id: str | None, exc: BaseException) -> IngestOutcome:
@@ -381,7 +384,7 @@ class DatasetManager:
         log.warning("index error while storing %s: %s", image_id or "an image", message)
         return IngestOutcome("error", reason="index_error", message=f"dataset index failed: {message}")
 
-    async def _store(self, data: bytes, metadata: dict, info: ImageInfo, seen_seq: int) -> IngestOutcome:
+    async def _store(self, data: bytes, metadata: dict, info: ImageInfo, look: Look) -> IngestOutcome:
         image_id, now = str(uuid.uuid4()), utc_now()
         keys = (image_key(image_id, info.ext, now), meta_key(image_id, now))
         doc = build_metadata(metadata, image_id, now, info)
@@ -405,16 +408,15 @@ class DatasetManager:
         except BaseException:  # cancelled or a bug: still leave nothing behind
             await self._discard(written)
             raise
-        return await self._yield_to_earlier_near_duplicate(image_id, info.phash, seen_seq, seq, written)
+        return await self._yield_to_earlier_near_duplicate(image_id, info.phash, look, seq, written)
 
     async def _yield_to_earlier_near_duplicate(
-        self, image_id: str, phash: int, seen_seq: int, seq: int, written: list[str]
+        self, image_id: str, phash: int, look: Look, seq: int, written: list[str]
     ) -> IngestOutcome:
         """Withdraw this image if a near duplicate was inserted between our near check and our row."""
         try:
-            earlier = await self.index.near_between(
-                phash, self.settings.near_dup_max_distance, after=seen_seq, before=seq
-            )
+            found = await self.index.earlier_near([(seq, phash)], look, self.settings.near_dup_max_distance)
+            earlier = found.get(seq)
             if earlier is None:
                 return IngestOutcome("stored", id=image_id)
             await self.index.delete(image_id)  # the row first: never a row without its files

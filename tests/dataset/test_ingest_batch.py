@@ -280,3 +280,33 @@ def _rows(db: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+async def test_a_lone_writer_asks_the_index_for_no_rows_per_batch(driver_settings, monkeypatch):
+    # One writer (a folder import): its own rows join memory as they are inserted, so neither a
+    # catch-up nor the re-check after the insert reads rows from the database; near duplicates of
+    # earlier batches are still found (from memory), and a hit costs one query for its row.
+    monkeypatch.setattr("dataset.manager.UPLOAD_CATCH_UP_SECONDS", 60.0)  # the whole test
+    async with DatasetManager(driver_settings) as dm:
+        reads = []
+        real_pull, real_between = dm.index._pull_into, dm.index.rows_between
+
+        async def pull(cache):
+            reads.append("catch-up")
+            await real_pull(cache)
+
+        async def between(*args, **kwargs):
+            reads.append("re-check")
+            return await real_between(*args, **kwargs)
+
+        monkeypatch.setattr(dm.index, "_pull_into", pull)
+        monkeypatch.setattr(dm.index, "rows_between", between)
+        first = await dm.ingest_many([(jpeg(70 + i), meta_in()) for i in range(4)])
+        second = await dm.ingest_many(
+            [(near_copy(71), meta_in()), (jpeg(80), meta_in()), (jpeg(81), meta_in())]
+        )
+        assert [o.status for o in first] == ["stored"] * 4
+        assert [o.status for o in second] == ["near_duplicate", "stored", "stored"]
+        assert second[0].id == first[1].id
+        assert reads == []
+        assert (await dm.check())["ok"] and (await dm.counts())["total"] == 6

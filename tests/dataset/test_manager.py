@@ -327,3 +327,30 @@ async def test_a_copy_of_an_indexed_image_left_by_a_crash_is_removed_by_repair(d
     assert after["ok"] and after["rows"] == 1 and after["image_files"] == 1, after
     assert not any(dm.storage.exists(key) for key in copy_keys)
     assert dm.storage.exists(row["image_key"]) and dm.storage.exists(row["meta_key"])
+
+
+@pytest.mark.sqlite_only  # a damaged SQLite file is what check --rebuild-index moves aside
+async def test_an_index_rebuilt_by_check_does_not_trust_the_old_near_file(make_settings, monkeypatch):
+    # check --rebuild-index moves a damaged SQLite index aside and builds a new one from the metadata
+    # files: its rows are numbered afresh, so the near-duplicate file beside it (written for the old
+    # database) must be rebuilt -- counted -- and near copies of the rebuilt rows still be found.
+    monkeypatch.setattr("dataset.nearindex.TAIL_MERGE_ROWS", 4)  # a file from 4 rows on
+    settings = make_settings()
+    async with DatasetManager(settings) as dm:
+        stored = [await dm.ingest(jpeg(40 + i, (200, 150)), meta_in()) for i in range(6)]
+        assert all(o.status == "stored" for o in stored)
+        await dm.index.near_written()
+    near_file = settings.dataset_dir / "dedupe.db.near"
+    assert near_file.exists()
+    db = settings.dataset_dir / "dedupe.db"
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"not a database" * 100)
+    report = await run_check(settings, rebuild_index=True)
+    assert report["repaired"]["rows_rebuilt"] == 6 and report["index_moved_aside"]
+    async with DatasetManager(settings) as dm:
+        state = dm.index.near_state
+        assert state.rebuilds == 1 and "another database" in state.reason
+        smaller = encode(scene(43, (200, 150)).resize((150, 112)), "JPEG", quality=70)
+        near = await dm.ingest(smaller, meta_in())
+        assert (near.status, near.id) == ("near_duplicate", stored[3].id)

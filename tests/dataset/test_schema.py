@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from app.jobstore import jobs_table
-from dataset.index import images, make_engine
+from dataset.index import images, index_state, make_engine
 from dataset.manager import DatasetManager
 from dataset.schema import DatabaseUnavailable, SchemaMismatch, current_revision, head_revision, migrate
 from tests.pgserver import free_port
@@ -30,7 +30,16 @@ async def test_migrations_create_every_column_the_code_uses(url):
         async with engine.connect() as conn:
             image_columns = await conn.run_sync(_columns, "images")
             job_columns = await conn.run_sync(_columns, "jobs")
-        for table, found in ((images, image_columns), (jobs_table, job_columns)):
+            state_columns = await conn.run_sync(_columns, "index_state")
+            generation = (
+                await conn.execute(text("SELECT value FROM index_state WHERE name = 'generation'"))
+            ).scalar()
+        assert generation and len(generation) == 36  # the database's random id (near-duplicate file)
+        for table, found in (
+            (images, image_columns),
+            (jobs_table, job_columns),
+            (index_state, state_columns),
+        ):
             for column in table.columns:
                 assert column.name in found, f"{table.name}.{column.name} has no migration"
                 assert found[column.name] == column.nullable, f"{table.name}.{column.name} nullability"
