@@ -216,6 +216,33 @@ def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
+    """promote / rollback: move an alias through the model registry, as POST /models/{name}/aliases does."""
+    from dataset.storage import StorageError
+    from trainer.aliases import AliasError
+    from trainer.model_store import ModelRegistry, RegistryConflict
+
+    registry = ModelRegistry(settings)
+    try:
+        version = args.version or registry.rollback_target(settings.model_name)
+        row = registry.move_alias(
+            settings.model_name,
+            args.alias,
+            version,
+            reason=args.reason,
+            actor="cli",
+            cause="rollback" if args.rollback else None,
+        )
+    except (AliasError, RegistryConflict, StorageError, ValueError) as exc:
+        print(f"{'rollback' if args.rollback else 'promote'} refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print_mapping(
+        f"{row['alias']} of {settings.model_name}",
+        {k: row.get(k) for k in ("from", "to", "cause", "actor", "reason", "at")},
+    )
+    return EXIT_OK
+
+
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import DatasetManager
     from labeler.review import review_queue, review_table
@@ -425,6 +452,42 @@ def label() -> int:
 def review(kind: str, limit: int, offset: int) -> int:
     """Print the review queue: unlabeled images and labels the scores dispute."""
     return _dispatch(run_review_command, kind=kind, limit=limit, offset=offset)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Serve a registered version (move the champion alias).")
+@click.argument("version", metavar="VERSION")
+@click.option("--reason", required=True, help="Why (kept in the alias history); must not be empty.")
+@click.option(
+    "--alias",
+    default="champion",
+    show_default=True,
+    help="The alias to move; champion is what /models/latest serves (e.g. canary for another).",
+)
+def promote(version: str, reason: str, alias: str) -> int:
+    """Point an alias (the champion: the served version) at VERSION, e.g. `promote v3 --reason ...`.
+
+    Refused (exit 1, with the reason) for an unknown version, weights that are missing or whose
+    SHA-256 no longer matches, or an empty reason. The change is appended to the history.
+    """
+    return _dispatch(run_alias_command, version=version, reason=reason, alias=alias, rollback=False)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Serve the previous version again.")
+@click.option("--reason", required=True, help="Why (kept in the alias history); must not be empty.")
+@click.option(
+    "--to",
+    "version",
+    default=None,
+    metavar="VERSION",
+    help="The version to serve; default: the newest older version served before the current one.",
+)
+def rollback(reason: str, version: str | None) -> int:
+    """Move the champion back to the version served before it (or --to VERSION), cause `rollback`.
+
+    The rollback holds across restarts; the next training replaces it only if it beats the version
+    now served under the promotion rule.
+    """
+    return _dispatch(run_alias_command, version=version, reason=reason, alias="champion", rollback=True)
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Run queued jobs on this host (WORKER_KINDS).")

@@ -16,8 +16,7 @@ from typing import Any
 from app.jobstore import JobStore
 from config.settings import Settings
 from dataset.storage import StorageError
-from trainer.model_store import model_store
-from trainer.model_store import promoted as promoted_entry_in
+from trainer.model_store import ModelRegistry
 
 log = logging.getLogger(__name__)
 COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
@@ -67,10 +66,11 @@ def dataset_counts(counts: dict) -> dict[str, int]:
 
 
 def model_facts(settings: Settings) -> dict[str, Any]:
-    """Registry facts: entries, the promoted model, the newest training time."""
+    """Registry facts: entries, the served model (the champion alias), the newest training time."""
     try:
-        entries = model_store(settings).load_registry()
-        promoted = promoted_entry_in(entries, settings.model_name)
+        registry = ModelRegistry(settings)
+        entries: list = registry.entries()
+        promoted: Any = registry.champion()
     except (ValueError, StorageError) as exc:  # a corrupt registry.json must not take /status down
         log.error("cannot read the model registry: %s", exc)
         entries, promoted = [], None

@@ -143,3 +143,58 @@ class ModelCard(BaseModel):
     sha256: str | None = Field(None, description="sha256 of the weights file (also its ETag)")
     metrics: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = Field(None, description="calibration: P(ai) = softmax(logits / T)[ai]")
+
+
+class HistoryRowOut(BaseModel):
+    """One change of an alias (design.md §12): appended, never rewritten."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+
+    seq: int = Field(description="position in the history, 1 for the oldest row")
+    alias: str
+    from_: str | None = Field(alias="from", description="the version the alias named before")
+    to: str = Field(description="the version the alias names from then on")
+    at: str = Field(description="when (RFC 3339, UTC)")
+    cause: Literal["promotion", "rollback", "manual"]
+    actor: Literal["scheduler", "api", "console", "cli"]
+    reason: str
+    report: dict[str, Any] | None = Field(
+        None, description="promotion: the decision's report URL and figures"
+    )
+
+
+class HistoryPage(BaseModel):
+    model: str
+    total: int
+    limit: int
+    offset: int
+    rows: list[HistoryRowOut] = Field(description="newest first")
+
+
+class AliasOut(BaseModel):
+    alias: str
+    version: str
+    since: str = Field(description="when the alias was last moved")
+    cause: str
+    actor: str
+    reason: str
+
+
+class AliasesOut(BaseModel):
+    model: str
+    aliases: dict[str, AliasOut]
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="a registered version, e.g. v3", max_length=32)
+    reason: str = Field(description="why (kept in the history); must not be empty", max_length=2000)
+
+
+class AliasMoved(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    alias: str
+    version: str
+    row: HistoryRowOut

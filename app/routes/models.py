@@ -1,4 +1,6 @@
-"""GET /models/latest, GET /models/{name}/{version}/weights.pt (streamed, with ETag), model.json and report.
+"""GET /models/latest (the champion alias; ``?at=`` for an instant), the aliases and their history,
+POST /models/{name}/aliases/{alias} (rollback, manual promotion), GET /models/{name}/{version}/weights.pt
+(streamed, with ETag), model.json and report.
 
 Every artifact read goes through :func:`registered_artifact`: the name and version are looked up
 in the registry and the file comes from that validated entry and a fixed file name
@@ -8,18 +10,29 @@ with STORAGE_DRIVER=s3, so every replica serves the same bytes, Content-Length a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized, SettingsDep
-from app.schemas import ErrorOut, LatestModel, ModelCard
+from app.schemas import AliasesOut, AliasMove, AliasMoved, ErrorOut, HistoryPage, LatestModel, ModelCard
 from dataset.storage import StorageError
-from trainer.model_store import ARTIFACTS, Artifact, ArtifactMissing, model_store, registered
+from trainer.aliases import AliasError, parse_instant
+from trainer.model_store import (
+    ARTIFACTS,
+    Artifact,
+    ArtifactMissing,
+    ModelRegistry,
+    RegistryConflict,
+    model_store,
+    registered,
+)
 from trainer.model_sync import push_latest_model
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])
@@ -58,18 +71,137 @@ def etag_matches(if_none_match: str | None, sha: str) -> bool:
 @router.get(
     "/models/latest",
     response_model=LatestModel,
-    responses={404: {"model": ErrorOut}},
-    summary="The promoted model: version, metrics and download_url",
+    responses={
+        304: {"description": "If-None-Match named the current ETag: nothing changed"},
+        404: {"model": ErrorOut},
+        422: {"model": ErrorOut},
+    },
+    summary="The served model (the champion alias): version, metrics and download_url",
 )
-async def latest_model(settings: SettingsDep) -> dict:
+async def latest_model(
+    settings: SettingsDep,
+    request: Request,
+    at: Annotated[
+        str | None,
+        Query(description="an RFC 3339 instant, e.g. 2026-12-01T00:00:00Z: the version served then"),
+    ] = None,
+) -> Response:
+    """The champion's entry, with an ETag (a hash of the answer): send it back in If-None-Match and
+    an unchanged answer is a 304 without a body."""
+    instant = None
+    if at is not None:
+        instant = parse_instant(at)
+        if instant is None:
+            raise HTTPException(
+                422,
+                detail=f"at={at!r} is not an RFC 3339 instant with a timezone; use e.g. 2026-12-01T00:00:00Z",
+            )
     with registry_errors():
-        latest = await run_in_threadpool(push_latest_model, settings)
+        latest = await run_in_threadpool(push_latest_model, settings, instant)
     if latest is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
-            detail="no model trained yet: POST /train once the dataset is large enough",
+            detail=f"no model was served at {at}"
+            if at is not None
+            else "no model trained yet: POST /train once the dataset is large enough",
         )
-    return latest
+    return json_with_etag(latest, request)
+
+
+def json_with_etag(data: object, request: Request) -> Response:
+    """A JSON answer whose ETag is the SHA-256 of its bytes; 304 when If-None-Match names it."""
+    body = json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    etag = hashlib.sha256(body).hexdigest()
+    headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+@contextmanager
+def alias_errors() -> Iterator[None]:
+    """AliasError's status and reason as the answer (404, 409, 422); an unreadable registry a 503."""
+    try:
+        with registry_errors():
+            yield
+    except AliasError as exc:
+        raise HTTPException(exc.status, detail=str(exc)) from exc
+    except RegistryConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
+
+
+def alias_view(row: dict) -> dict:
+    return {
+        "alias": row["alias"],
+        "version": row["to"],
+        "since": row.get("at"),
+        "cause": row.get("cause"),
+        "actor": row.get("actor"),
+        "reason": row.get("reason"),
+    }
+
+
+@router.get(
+    "/models/{name}/aliases",
+    response_model=AliasesOut,
+    summary="The aliases of a model (champion = served) and the version each names",
+)
+async def model_aliases(name: str, settings: SettingsDep) -> dict:
+    with registry_errors():
+        rows = await run_in_threadpool(ModelRegistry(settings).aliases, name)
+    return {"model": name, "aliases": {alias: alias_view(row) for alias, row in rows.items()}}
+
+
+@router.get(
+    "/models/{name}/history",
+    response_model=HistoryPage,
+    summary="Every change of the model's aliases, newest first, paged",
+)
+async def model_history(
+    name: str,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    alias: Annotated[str | None, Query(description="only this alias's rows")] = None,
+) -> dict:
+    with registry_errors():
+        rows = await run_in_threadpool(ModelRegistry(settings).model_history, name)
+    if alias is not None:
+        rows = [row for row in rows if row.get("alias") == alias]
+    newest_first = rows[::-1]
+    return {
+        "model": name,
+        "total": len(rows),
+        "limit": limit,
+        "offset": offset,
+        "rows": newest_first[offset : offset + limit],
+    }
+
+
+@router.post(
+    "/models/{name}/aliases/{alias}",
+    response_model=AliasMoved,
+    responses={404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
+    summary="Move an alias (champion: what /models/latest serves) to a registered version",
+)
+async def move_alias(name: str, alias: str, move: AliasMove, request: Request, settings: SettingsDep) -> dict:
+    """Rollback or manual promotion: the version must be registered (404) with its weights present
+    and matching their SHA-256 (409); the reason must not be empty (422). The change is appended to
+    the history (cause ``rollback`` when the champion moves to an older version, else ``manual``)."""
+    registry = ModelRegistry(settings)
+    with alias_errors():
+        row = await run_in_threadpool(
+            lambda: registry.move_alias(name, alias, move.version, reason=move.reason, actor="api")
+        )
+    await alias_moved(request, row)
+    return {"alias": alias, "version": row["to"], "row": row}
+
+
+async def alias_moved(request: Request, row: dict) -> None:
+    """After an alias moved: the status cache is stale."""
+    overview = getattr(request.app.state, "overview", None)
+    if overview is not None:
+        overview.invalidate()
 
 
 def registered_artifact(
