@@ -90,15 +90,22 @@ class Artifact:
         assert self._store is not None and self._key is not None  # a bucket artifact has both
         return self._store.storage.get(self._key)
 
-    def chunks(self) -> Iterator[bytes]:
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` to ``end`` (exclusive; None: to the end), in blocks."""
         if self.path is not None:
             with open(self.path, "rb") as fh:
-                while block := fh.read(CHUNK):
+                fh.seek(start)
+                left = (self.size if end is None else end) - start
+                while left > 0 and (block := fh.read(min(CHUNK, left))):
+                    left -= len(block)
                     yield block
             return
         assert self._store is not None and self._key is not None  # a bucket artifact has both
+        ranged = (
+            {"Range": f"bytes={start}-{'' if end is None else end - 1}"} if start or end is not None else {}
+        )
         body = self._store.storage.client.get_object(
-            Bucket=self._store.storage.bucket, Key=self._store.storage.prefix + self._key
+            Bucket=self._store.storage.bucket, Key=self._store.storage.prefix + self._key, **ranged
         )["Body"]
         try:
             yield from body.iter_chunks(CHUNK)

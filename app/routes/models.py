@@ -10,6 +10,7 @@ with STORAGE_DRIVER=s3, so every replica serves the same bytes, Content-Length a
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Iterator
@@ -233,28 +234,70 @@ def registered_artifact(
 def artifact_response(
     artifact: Artifact, media_type: str, etag: str | None, request: Request, filename: str | None = None
 ) -> Response:
-    """Stream an artifact with Content-Length (and ETag when known), from a file or the bucket."""
-    headers = {"ETag": f'"{etag}"'} if etag else {}
+    """Stream an artifact with Content-Length, ETag and its SHA-256 (``Repr-Digest``, RFC 9530)
+    when known, from a file or the bucket; ``Range`` (one range) answers 206 with that part, so a
+    cut download resumes; ``If-Range`` with another ETag gets the whole file."""
+    headers = {"ETag": f'"{etag}"', "Repr-Digest": repr_digest(etag)} if etag else {}
     if etag and etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    if artifact.path is not None:
+    if artifact.path is not None:  # Starlette's FileResponse serves Range and If-Range itself
         return FileResponse(artifact.path, media_type=media_type, filename=filename, headers=headers)
-    headers["Content-Length"] = str(artifact.size)
+    headers["Accept-Ranges"] = "bytes"
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    wanted = requested_range(request, etag, artifact.size)
+    if wanted == "unsatisfiable":
+        return Response(status_code=416, headers={"Content-Range": f"bytes */{artifact.size}"})
+    start, end, code = (0, artifact.size, 200) if wanted is None else (*wanted, 206)
+    headers["Content-Length"] = str(end - start)
+    if code == 206:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{artifact.size}"
     if request.method == "HEAD":  # size and ETag only: the bucket is not read
-        return Response(media_type=media_type, headers=headers)
-    return StreamingResponse(artifact.chunks(), media_type=media_type, headers=headers)
+        return Response(media_type=media_type, headers=headers, status_code=code)
+    body = artifact.chunks(start, end) if code == 206 else artifact.chunks()
+    return StreamingResponse(body, status_code=code, media_type=media_type, headers=headers)
+
+
+def repr_digest(sha256_hex: str) -> str:
+    """RFC 9530 ``Repr-Digest``: the SHA-256 as base64 between colons."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
+
+
+def requested_range(request: Request, etag: str | None, size: int) -> tuple[int, int] | str | None:
+    """(start, end exclusive) of a single ``Range: bytes=...``; None for the whole file (no Range, a
+    stale If-Range, several ranges or a malformed header, which RFC 9110 lets a server ignore);
+    ``"unsatisfiable"`` for a range past the end."""
+    header = request.headers.get("range")
+    if not header or size == 0:
+        return None
+    if_range = request.headers.get("if-range")
+    if if_range is not None and not (etag and if_range.strip() == f'"{etag}"'):
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
+        return None
+    if last and not last.isdigit():
+        return None
+    if not first:  # the last N bytes
+        return (max(size - int(last), 0), size) if int(last) > 0 else "unsatisfiable"
+    start = int(first)
+    if start >= size:
+        return "unsatisfiable"
+    end = min(int(last) + 1, size) if last else size
+    return (start, end) if end > start else None
 
 
 @router.get(
     "/models/{name}/{version}/model.json",
     response_model=ModelCard,
     response_model_exclude_unset=True,
-    responses={404: {"model": ErrorOut}},
+    responses={304: {"description": "If-None-Match named the current ETag"}, 404: {"model": ErrorOut}},
     summary="A registered model's card: architecture, preprocessing, class map, metrics",
 )
-async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
+async def model_card(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
     artifact = await run_in_threadpool(
         registered_artifact,
         settings,
@@ -265,7 +308,7 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
     )
     try:
         raw = await run_in_threadpool(artifact.read)
-        return json.loads(raw.decode("utf-8"))
+        json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, OSError, StorageError) as exc:
         # Registered but unreadable: the server's fault, not the client's; the reason, no path.
         raise HTTPException(
@@ -274,6 +317,11 @@ async def model_card(name: str, version: str, settings: SettingsDep) -> dict:
             f"({type(exc).__name__}: {exc}); restore it from a backup or "
             "retrain",
         ) from exc
+    etag = hashlib.sha256(raw).hexdigest()  # the file's bytes: the same on every replica
+    headers = {"ETag": f'"{etag}"', "Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return Response(raw, media_type="application/json", headers=headers)
 
 
 @router.get(
@@ -313,9 +361,11 @@ async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
 _WEIGHTS_RESPONSES = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        "description": "the weights; ETag is their sha256",
-        "headers": {"ETag": {"schema": {"type": "string"}}},
+        "description": "the weights; ETag is their sha256, Repr-Digest the same as RFC 9530 base64",
+        "headers": {"ETag": {"schema": {"type": "string"}}, "Repr-Digest": {"schema": {"type": "string"}}},
     },
+    206: {"description": "Range asked for one part: that part, with Content-Range (resume a cut download)"},
+    416: {"description": "Range starts past the end of the file"},
     304: {"description": "If-None-Match named the current ETag: the copy the client has is current"},
     404: {"model": ErrorOut},
 }
