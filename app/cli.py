@@ -50,8 +50,10 @@ async def prepare_database(settings: Settings) -> None:
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.ports import ensure_port_free
+    from config.webhooks import load_subscribers
 
     validate_sources(settings)
+    load_subscribers(settings)  # bad WEBHOOKS / WEBHOOKS_FILE stops start-up naming the field
     ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
@@ -218,10 +220,13 @@ def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
     """promote / rollback: move an alias through the model registry, as POST /models/{name}/aliases does."""
+    from app.webhooks import record_alias_change
+    from config.webhooks import load_subscribers
     from dataset.storage import StorageError
     from trainer.aliases import AliasError
     from trainer.model_store import ModelRegistry, RegistryConflict
 
+    load_subscribers(settings)  # bad webhook configuration: refused before anything moves (exit 2)
     registry = ModelRegistry(settings)
     try:
         version = args.version or registry.rollback_target(settings.model_name)
@@ -236,6 +241,7 @@ def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
     except (AliasError, RegistryConflict, StorageError, ValueError) as exc:
         print(f"{'rollback' if args.rollback else 'promote'} refused: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    asyncio.run(record_alias_change(settings, row))  # the service's senders deliver them
     print_mapping(
         f"{row['alias']} of {settings.model_name}",
         {k: row.get(k) for k in ("from", "to", "cause", "actor", "reason", "at")},

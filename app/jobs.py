@@ -139,6 +139,8 @@ class JobRunner:
         self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
+        # awaited with the final row when a job succeeded or failed (webhooks); errors are logged
+        self.on_finished: list[Callable[[dict], Awaitable[None]]] = []
         self._sweeper: asyncio.Task | None = None
         self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
         self._writer: asyncio.Task | None = None
@@ -379,11 +381,20 @@ class JobRunner:
                 flusher.cancel()
             await self._release(kind)
             self._tasks.pop(job_id, None)
+        if job["state"] in ("succeeded", "failed"):
+            await self._announce(job)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})
         if kind in self._owed and job["state"] != "interrupted":
             self._owed.discard(kind)
             await self.submit_scheduled(kind)
+
+    async def _announce(self, job: dict) -> None:
+        for callback in self.on_finished:
+            try:
+                await callback(dict(job))
+            except Exception:  # telling others must not change the job's outcome
+                log.exception("job %s (%s): a finished-job callback failed", job["id"], job["kind"])
 
     async def _start_follow_ups(self, kind: str, result: dict) -> None:
         for follow_up, wanted in FOLLOW_UPS.get(kind, []):

@@ -198,3 +198,37 @@ class AliasMoved(BaseModel):
     alias: str
     version: str
     row: HistoryRowOut
+
+
+class DeliveryAttempt(BaseModel):
+    at: str
+    status: int | None = Field(None, description="the subscriber's HTTP status, None when it did not answer")
+    error: str | None = Field(None, description="why the attempt failed (HTTP 500, timed out, refused ...)")
+    ms: float
+
+
+class DeliveryOut(BaseModel):
+    """One webhook delivery: an event for one subscriber (never its secret)."""
+
+    id: str = Field(description="the webhook-id header, the same on every attempt")
+    event_id: str
+    event: str
+    subscriber: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    attempt_log: list[DeliveryAttempt]
+    created_at: str
+    next_try: str | None = Field(description="when the next attempt is due (pending only)")
+    give_up_at: str
+    delivered_at: str | None
+    last_status: int | None
+    last_error: str | None
+    payload: dict[str, Any] = Field(description="the body sent: {type, timestamp, event_id, data}")
+
+
+class DeliveryPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    deliveries: list[DeliveryOut] = Field(description="newest first")

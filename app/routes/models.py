@@ -199,10 +199,11 @@ async def move_alias(name: str, alias: str, move: AliasMove, request: Request, s
 
 
 async def alias_moved(request: Request, row: dict) -> None:
-    """After an alias moved: the status cache is stale."""
+    """After an alias moved: subscribers are told (webhooks), the status cache is stale."""
     overview = getattr(request.app.state, "overview", None)
     if overview is not None:
         overview.invalidate()
+    await request.app.state.webhooks.alias_moved(row)
 
 
 def registered_artifact(
