@@ -47,7 +47,6 @@ from trainer.aliases import (
 )
 from trainer.registry import (
     REGISTRY_FILE,
-    find_entry,
     load_history,
     load_registry,
     make_staging_dir,
@@ -298,7 +297,7 @@ class SharedModelStore:
 
     def publish(self, version: str, model: str, etag: str | None) -> dict:
         """MODELS_DIR's ``model/version`` folder and registry entry -> the bucket (entry returned)."""
-        entry = find_entry(self.models_dir, model, version)
+        entry = _registered(load_registry(self.models_dir), model, version)
         if entry is None:
             raise LookupError(f"{model} {version} is not in {self.models_dir / REGISTRY_FILE}")
         folder = self.models_dir / model / version
@@ -368,6 +367,18 @@ class ModelRegistry:
         self.settings = settings
         self.store = store or model_store(settings)
 
+    @classmethod
+    def local(cls, settings: Settings) -> ModelRegistry:
+        """This host's copy in MODELS_DIR (what a label job or ``predict`` loads weights from; with
+        STORAGE_DRIVER=s3 it is the bucket's, pulled by :func:`sync_models_down`)."""
+        return cls(settings, LocalModelStore(settings))
+
+    def path(self, entry: RegistryEntry | dict, filename: str = "weights.pt") -> Path:
+        """The file of a version in this host's MODELS_DIR (ArtifactMissing when it is not there)."""
+        artifact = LocalModelStore(self.settings).artifact(dict(entry), filename)
+        assert artifact.path is not None  # a local artifact is a file
+        return artifact.path
+
     def describe(self) -> str:
         return self.store.describe()
 
@@ -375,7 +386,7 @@ class ModelRegistry:
         return cast(list[RegistryEntry], self.store.load_registry())
 
     def entry(self, name: str, version: str) -> RegistryEntry | None:
-        return cast(RegistryEntry | None, registered(self.store.load_registry(), name, version))
+        return cast(RegistryEntry | None, _registered(self.store.load_registry(), name, version))
 
     def history(self) -> list[dict]:
         """Every alias row, oldest first (reconstructed for a registry that predates aliases)."""
@@ -395,13 +406,13 @@ class ModelRegistry:
     def aliased(self, name: str, alias: str) -> RegistryEntry | None:
         entries = self.store.load_registry()
         version = current(effective_history(self.store.load_history(), entries), name).get(alias)
-        return cast(RegistryEntry | None, registered(entries, name, version))
+        return cast(RegistryEntry | None, _registered(entries, name, version))
 
     def served_at(self, name: str, at: datetime) -> RegistryEntry | None:
         """The entry the champion alias named at instant ``at``; None before the first promotion."""
         entries = self.store.load_registry()
         version = served_at(effective_history(self.store.load_history(), entries), name, at)
-        return cast(RegistryEntry | None, registered(entries, name, version))
+        return cast(RegistryEntry | None, _registered(entries, name, version))
 
     def artifact(self, entry: RegistryEntry | dict, filename: str) -> Artifact:
         return self.store.artifact(dict(entry), filename)
@@ -456,7 +467,7 @@ class ModelRegistry:
         self.check_weights(entry)
 
         def move(entries: list[dict], rows: list[dict]) -> dict | None:
-            if registered(entries, name, version) is None:  # removed meanwhile: say so, change nothing
+            if _registered(entries, name, version) is None:  # removed meanwhile: say so, change nothing
                 raise AliasError(404, f"model {name!r} version {version!r} left the registry")
             served = current(rows, name).get(alias)
             why = cause or (
@@ -492,7 +503,7 @@ class ModelRegistry:
         raise AliasError(409, f"model {name!r}: no version was served before {served}; name one with promote")
 
 
-def registered(entries: list[dict], model_name: str, version: str | None) -> dict | None:
+def _registered(entries: list[dict], model_name: str, version: str | None) -> dict | None:
     for entry in entries:
         if entry.get("model") == model_name and entry.get("version") == version:
             return entry

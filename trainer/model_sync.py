@@ -10,8 +10,7 @@ from pathlib import Path
 
 from config.settings import Settings
 from trainer.errors import ModelNotFound
-from trainer.model_store import ModelRegistry
-from trainer.registry import find_entry, promoted_entry
+from trainer.model_store import ArtifactMissing, ModelRegistry
 
 METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 
@@ -60,15 +59,12 @@ def get_model_path(config: Settings, model_name: str | None = None, version: str
     registered names and versions are looked up, so a request cannot point outside models_dir.
     """
     name = model_name or config.model_name
-    entry = (
-        promoted_entry(config.models_dir, name)
-        if version is None
-        else find_entry(config.models_dir, name, version)
-    )
+    registry = ModelRegistry.local(config)
+    entry = registry.champion(name) if version is None else registry.entry(name, version)
     if entry is None:
         what = "no promoted version" if version is None else f"no version {version!r}"
         raise ModelNotFound(f"model {name!r} has {what} in {config.models_dir / 'registry.json'}")
-    path = Path(config.models_dir) / entry["model"] / entry["version"] / "weights.pt"
-    if not path.is_file():
-        raise ModelNotFound(f"{path} is registered but missing on disk; retrain or restore it")
-    return path
+    try:
+        return registry.path(entry, "weights.pt")
+    except ArtifactMissing as exc:
+        raise ModelNotFound(str(exc)) from exc

@@ -21,8 +21,8 @@ from trainer.cache import prepared
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
+from trainer.model_store import ModelRegistry
 from trainer.modeling import load_artifacts, pick_device
-from trainer.registry import promoted_entry
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Predictor:
 
 def load_promoted(settings: Settings, batch_size: int | None = None) -> Predictor:
     """The served model; ModelNotFound (with what to do) when none has been promoted yet."""
-    entry = promoted_entry(settings.models_dir, settings.model_name)
+    entry = ModelRegistry.local(settings).champion()
     if entry is None:
         raise ModelNotFound(
             f"no promoted {settings.model_name!r} model in {settings.models_dir}; "

@@ -80,14 +80,13 @@ def history(models_dir: Path) -> list[dict]:
 
 
 def promoted_entry(models_dir: Path, model_name: str) -> dict | None:
-    """The entry served as "latest": the version the ``champion`` alias names."""
+    """The entry served as "latest": the version the ``champion`` alias names, in ``models_dir``.
+
+    Callers outside the trainer's commit read through ``trainer.model_store.ModelRegistry``
+    (``.champion()``); this is the same lookup on this host's files, for the promotion rule."""
     entries = load_registry(models_dir)
     version = current(effective_history(load_history(models_dir), entries), model_name).get(CHAMPION)
     return _find(entries, model_name, version) if version else None
-
-
-def find_entry(models_dir: Path, model_name: str, version: str) -> dict | None:
-    return _find(load_registry(models_dir), model_name, version)
 
 
 def _find(entries: list[dict], model_name: str, version: str) -> dict | None:

@@ -31,8 +31,6 @@ from trainer.model_store import (
     ArtifactMissing,
     ModelRegistry,
     RegistryConflict,
-    model_store,
-    registered,
 )
 from trainer.model_sync import push_latest_model
 
@@ -214,16 +212,16 @@ def registered_artifact(
     without the file); 503 when the registry or the store cannot be read."""
     if filename not in ARTIFACTS:
         raise ValueError(f"{filename!r} is not a model artifact")
-    store = model_store(settings)
+    registry = ModelRegistry(settings)
     with registry_errors():
-        entry = registered(store.load_registry(), name, version)
+        entry = registry.entry(name, version)
     if entry is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             detail=f"no model {name!r} version {version!r} in the registry; see /models/latest",
         )
     try:
-        return store.artifact(entry, filename)
+        return registry.artifact(entry, filename)
     except ArtifactMissing as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=missing or str(exc)) from exc
     except StorageError as exc:
