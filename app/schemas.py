@@ -205,6 +205,7 @@ class DeliveryAttempt(BaseModel):
     status: int | None = Field(None, description="the subscriber's HTTP status, None when it did not answer")
     error: str | None = Field(None, description="why the attempt failed (HTTP 500, timed out, refused ...)")
     ms: float
+    by: str | None = Field(None, description="the sending process (host:pid:id)")
 
 
 class DeliveryOut(BaseModel):

@@ -165,7 +165,7 @@ class Outbox:
         """One attempt's outcome: delivered, the next try scheduled, or given up."""
         now = time.time()
         attempts = row["attempts"] + 1
-        entry = {"at": iso_micro(), "status": status, "error": error, "ms": round(ms, 1)}
+        entry = {"at": iso_micro(), "status": status, "error": error, "ms": round(ms, 1), "by": holder}
         values: dict[str, Any] = {
             "attempts": attempts,
             "attempt_log": [*row["attempt_log"], entry],

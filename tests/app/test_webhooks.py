@@ -28,6 +28,11 @@ from tests.app.test_aliases import train_versions
 SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+class BurstServer(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of deliveries (2 senders x 16) is not refused by the backlog
+    daemon_threads = True
+
+
 class Receiver:
     """An HTTP server on 127.0.0.1 that answers the scripted statuses (then 200), verifies each
     request's signature as a receiver would (the standardwebhooks library) and records it."""
@@ -50,7 +55,13 @@ class Receiver:
                 with receiver.lock:
                     status = receiver.script.pop(0) if receiver.script else 200
                     receiver.requests.append(
-                        {"headers": headers, "body": json.loads(body), "verified": verified, "status": status}
+                        {
+                            "headers": headers,
+                            "raw": body,
+                            "body": json.loads(body),
+                            "verified": verified,
+                            "status": status,
+                        }
                     )
                 self.send_response(status)
                 self.send_header("content-length", "0")
@@ -59,7 +70,7 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = BurstServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hooks"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -184,9 +195,24 @@ def test_a_rollback_is_delivered_signed_with_the_version_facts(make_client, rece
     listed = wait_for(lambda: [d for d in deliveries(client) if d["state"] == "delivered"], "delivered rows")
     assert {d["event"] for d in listed} == {"alias.changed", "model.rolled_back"}
     assert all(d["attempts"] == 1 and d["attempt_log"][0]["status"] == 200 for d in listed)
+    check_with_the_documented_snippets(target.requests[0])
     raw = client.get("/webhooks/deliveries", headers=AUTH).text
     assert SECRET not in raw and SECRET.removeprefix("whsec_") not in raw
     assert client.get("/webhooks/deliveries").status_code == 401
+
+
+def check_with_the_documented_snippets(request: dict) -> None:
+    """docs/exposr-core.md's verification snippets, run as written on a real delivery (and a forged one)."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "exposr-core.md").read_text(encoding="utf-8")
+    library, three_lines = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len([line for line in three_lines.splitlines() if line.strip()]) == 3
+    for snippet in (library, three_lines):
+        exec(snippet, {"secret": SECRET, "body": request["raw"], "headers": request["headers"]})
+        with pytest.raises(Exception):  # noqa: B017 (the library raises its own, the snippet AssertionError)
+            exec(snippet, {"secret": SECRET, "body": request["raw"] + b" ", "headers": request["headers"]})
 
 
 def test_500_twice_then_200_is_three_attempts_of_one_event(make_client, receiver, tmp_path):
