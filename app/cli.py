@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,17 +107,23 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.webhooks import record_training
+    from config.webhooks import load_subscribers
     from dataset.storage import StorageError
     from trainer.errors import TrainingError
     from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
 
+    load_subscribers(settings)  # bad webhook configuration: refused before the training (exit 2)
+    job = {"id": f"cli-{uuid.uuid4().hex[:12]}", "kind": "train", "trigger": "cli"}
     try:
         with progress_bar("train") as report_progress:
             result = train_with_shared_store(settings, report_progress)
     except (TrainingError, RegistryConflict, StorageError) as exc:
         print(f"training failed: {exc}", file=sys.stderr)
+        asyncio.run(record_training(settings, {**job, "state": "failed", "error": str(exc)}))
         return 1
+    asyncio.run(record_training(settings, {**job, "state": "succeeded", "result": dict(result)}))
     console.print(summary_table(result))
     return 0
 

@@ -477,8 +477,18 @@ async def _entry(settings: Settings, row: dict) -> dict | None:
 
 async def record_alias_change(settings: Settings, row: dict) -> list[str]:
     """For the CLI: the events of an alias move, queued in the outbox (the service's senders send them)."""
+    return await _record(settings, alias_events(settings, row, await _entry(settings, row)))
+
+
+async def record_training(settings: Settings, job: dict) -> list[str]:
+    """For the CLI's ``train``: the events of its outcome (``job``: id, state, result or error)."""
+    champion = await run_in_threadpool(_champion, settings)
+    return await _record(settings, training_events(settings, job, champion))
+
+
+async def _record(settings: Settings, events: list[tuple[str, dict]]) -> list[str]:
     subscribers = load_subscribers(settings)
-    if not subscribers:
+    if not subscribers or not events:
         return []
     from app.jobstore import make_engine
     from dataset.schema import migrate
@@ -490,7 +500,7 @@ async def record_alias_change(settings: Settings, row: dict) -> list[str]:
         await migrate(engine)
         outbox = Outbox(engine, settings, subscribers)
         ids: list[str] = []
-        for event, data in alias_events(settings, row, await _entry(settings, row)):
+        for event, data in events:
             ids += await outbox.enqueue(event, data)
         return ids
     finally:

@@ -276,6 +276,8 @@ class SharedModelStore:
                 write_json_atomic(self.models_dir / REGISTRY_FILE, entries)
             if stored is not None:
                 write_json_atomic(self.models_dir / HISTORY_FILE, stored)
+            else:  # the bucket's registry predates aliases: reconstruct here exactly as there
+                (self.models_dir / HISTORY_FILE).unlink(missing_ok=True)
         return etag
 
     def _download_folder(self, entry: dict, folder: Path) -> None:

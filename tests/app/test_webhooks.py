@@ -340,3 +340,23 @@ def env(monkeypatch, tmp_path, database_url):
     monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.setattr(cli, "configure_logging", lambda settings: None)
     return monkeypatch
+
+
+async def test_the_cli_training_outcome_is_queued_for_the_senders(make_settings, tmp_path):
+    from app.jobstore import make_engine
+    from app.webhooks import record_training
+
+    train_versions(tmp_path / "models", 1)
+    settings = make_settings(webhooks=hooks("https://core.example/hooks"))  # why: a subscriber to queue for
+    job = {"id": "cli-1", "kind": "train", "trigger": "cli", "state": "failed", "error": "too few images"}
+    (failed,) = await record_training(settings, job)
+    result = {"version": "v1", "model": "vit", "promoted": True, "val_auc": 0.9}
+    promoted = await record_training(settings, {**job, "state": "succeeded", "result": result})
+    engine = make_engine(settings)
+    try:
+        total, rows = await Outbox(engine, settings, load_subscribers(settings)).list()
+    finally:
+        await engine.dispose()
+    assert total == 3 and {r["id"] for r in rows} == {failed, *promoted}
+    assert sorted(r["event"] for r in rows) == ["alias.changed", "model.promoted", "training.failed"]
+    assert all(r["state"] == "pending" for r in rows)
