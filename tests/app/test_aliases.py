@@ -257,3 +257,26 @@ def test_check_rebuild_index_leaves_the_registry_and_history_alone(env, models, 
     assert cli.main(["check", "--rebuild-index"]) in (0, 1)
     after = {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()}
     assert after == before and "history.json" in after
+
+
+def test_the_console_serves_a_version_with_csrf_and_confirmation_and_shows_the_trail(client, models):
+    from tests.app.test_console import login
+
+    csrf = login(client)
+    page = client.get("/ui/models")
+    assert page.status_code == 200 and 'id="trail"' in page.text
+    assert page.text.count("Serve this version") == 2  # v1 and v2; v3 is served
+    form = {"version": "v1", "reason": "v3 misbehaves", "csrf_token": csrf}
+    unconfirmed = client.post("/ui/models/vit/serve", data=form)
+    assert unconfirmed.status_code == 422 and "nothing was changed" in unconfirmed.text
+    forged = client.post("/ui/models/vit/serve", data={**form, "confirm": "yes", "csrf_token": "x" * 20})
+    assert forged.status_code == 403
+    assert client.get("/models/latest", headers=AUTH).json()["model_version"] == "v3"
+    served = client.post("/ui/models/vit/serve", data={**form, "confirm": "yes"})
+    assert served.status_code == 200 and "vit v1 is served now (rollback; was v3)" in served.text
+    row = history_file(models)[-1]
+    assert (row["to"], row["cause"], row["actor"], row["reason"]) == ("v1", "rollback", "console", "v3 misbehaves")
+    assert client.get("/models/latest", headers=AUTH).json()["model_version"] == "v1"
+    assert "v3 misbehaves" in client.get("/ui/models").text  # the trail shows the reason
+    empty = client.post("/ui/models/vit/serve", data={**form, "version": "v2", "reason": " ", "confirm": "yes"})
+    assert empty.status_code == 422 and "reason is required" in empty.text
