@@ -64,9 +64,11 @@ async def prepare_database(settings: Settings) -> None:
 
 def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.ports import ensure_port_free
+    from config.webhooks import load_subscribers
 
     validate_sources(settings)
     validate_training_settings(settings)
+    load_subscribers(settings)  # bad WEBHOOKS / WEBHOOKS_FILE stops start-up naming the field
     ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
@@ -175,6 +177,8 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobs import JobBusy, train_job
+    from app.webhooks import record_training
+    from config.webhooks import load_subscribers
     from trainer.architectures import check_architecture
     from trainer.errors import TrainingError
     from trainer.summary import summary_table
@@ -184,6 +188,7 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"training refused: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    load_subscribers(settings)  # bad webhook configuration: refused before the training (exit 2)
     try:
         with progress_bar("train") as report_progress:
             report_progress({"stage": "starting the training process"})
@@ -192,6 +197,8 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
             row = asyncio.run(run_as_job(settings, "train", foreground, report_progress))
     except JobBusy as exc:
         return _busy(exc)
+    if row["state"] in ("succeeded", "failed"):  # subscribers hear of the CLI's trainings too
+        asyncio.run(record_training(settings, row))
     if row["state"] != "succeeded":
         print(f"training {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
         return EXIT_FAILED
@@ -382,6 +389,37 @@ def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(prepare_database(settings))
     asyncio.run(run_worker(settings))
     return 0
+
+
+def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
+    """promote / rollback: move an alias through the model registry, as POST /models/{name}/aliases does."""
+    from app.webhooks import record_alias_change
+    from config.webhooks import load_subscribers
+    from dataset.storage import StorageError
+    from trainer.aliases import AliasError
+    from trainer.model_store import ModelRegistry, RegistryConflict
+
+    load_subscribers(settings)  # bad webhook configuration: refused before anything moves (exit 2)
+    registry = ModelRegistry(settings)
+    try:
+        version = args.version or registry.rollback_target(settings.model_name)
+        row = registry.move_alias(
+            settings.model_name,
+            args.alias,
+            version,
+            reason=args.reason,
+            actor="cli",
+            cause="rollback" if args.rollback else None,
+        )
+    except (AliasError, RegistryConflict, StorageError, ValueError) as exc:
+        print(f"{'rollback' if args.rollback else 'promote'} refused: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    asyncio.run(record_alias_change(settings, row))  # the service's senders deliver them
+    print_mapping(
+        f"{row['alias']} of {settings.model_name}",
+        {k: row.get(k) for k in ("from", "to", "cause", "actor", "reason", "at")},
+    )
+    return EXIT_OK
 
 
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -610,6 +648,42 @@ def label() -> int:
 def review(kind: str, limit: int, offset: int) -> int:
     """Print the review queue: unlabeled images and labels the scores dispute."""
     return _dispatch(run_review_command, kind=kind, limit=limit, offset=offset)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Serve a registered version (move the champion alias).")
+@click.argument("version", metavar="VERSION")
+@click.option("--reason", required=True, help="Why (kept in the alias history); must not be empty.")
+@click.option(
+    "--alias",
+    default="champion",
+    show_default=True,
+    help="The alias to move; champion is what /models/latest serves (e.g. canary for another).",
+)
+def promote(version: str, reason: str, alias: str) -> int:
+    """Point an alias (the champion: the served version) at VERSION, e.g. `promote v3 --reason ...`.
+
+    Refused (exit 1, with the reason) for an unknown version, weights that are missing or whose
+    SHA-256 no longer matches, or an empty reason. The change is appended to the history.
+    """
+    return _dispatch(run_alias_command, version=version, reason=reason, alias=alias, rollback=False)
+
+
+@cli.command(epilog=SETTINGS_NOTE, short_help="Serve the previous version again.")
+@click.option("--reason", required=True, help="Why (kept in the alias history); must not be empty.")
+@click.option(
+    "--to",
+    "version",
+    default=None,
+    metavar="VERSION",
+    help="The version to serve; default: the newest older version served before the current one.",
+)
+def rollback(reason: str, version: str | None) -> int:
+    """Move the champion back to the version served before it (or --to VERSION), cause `rollback`.
+
+    The rollback holds across restarts; the next training replaces it only if it beats the version
+    now served under the promotion rule.
+    """
+    return _dispatch(run_alias_command, version=version, reason=reason, alias="champion", rollback=True)
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Run queued jobs on this host (WORKER_KINDS).")

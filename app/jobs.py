@@ -81,25 +81,21 @@ async def train_job(settings: Settings, progress: Progress, *, background: bool 
     """Training is CPU-bound: a separate process, so the API keeps answering (``background``: at a
     lower priority than the API; the CLI's foreground training runs at the user's priority)."""
     # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
+    from trainer.model_store import train_with_shared_store
     from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
 
     return await run_in_process(
-        "trainer.model_store:train_with_shared_store",
-        settings,
-        cumulative(progress),
-        name="train",
-        background=background,
+        train_with_shared_store, settings, cumulative(progress), name="train", background=background
     )
 
 
 async def label_job(settings: Settings, progress: Progress, *, background: bool = True) -> LabelReport:
     """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
+    from labeler.scoring import run_labeler_sync
     from trainer.model_store import sync_models_down
 
     await asyncio.to_thread(sync_models_down, settings)  # the promoted model, from the bucket if shared
-    return await run_in_process(
-        "labeler.scoring:run_labeler_sync", settings, progress, name="label", background=background
-    )
+    return await run_in_process(run_labeler_sync, settings, progress, name="label", background=background)
 
 
 JOB_KINDS: dict[str, JobFunction] = {"scrape": scrape_job, "train": train_job, "label": label_job}
@@ -147,6 +143,8 @@ class JobRunner:
         self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
+        # awaited with the final row when a job succeeded or failed (webhooks); errors are logged
+        self.on_finished: list[Callable[[dict], Awaitable[None]]] = []
         self._sweeper: asyncio.Task | None = None
         self._unwritten: dict[str, dict] = {}  # finished jobs whose final row the database refused
         self._uninserted: set[str] = set()  # of those, jobs that never started: no row at all yet
@@ -411,11 +409,20 @@ class JobRunner:
                 flusher.cancel()
             await self._release(kind)
             self._tasks.pop(job_id, None)
+        if job["state"] in ("succeeded", "failed"):
+            await self._announce(job)
         if job["state"] == "succeeded":
             await self._start_follow_ups(kind, job.get("result") or {})
         if kind in self._owed and job["state"] != "interrupted":
             self._owed.discard(kind)
             await self.submit_scheduled(kind)
+
+    async def _announce(self, job: dict) -> None:
+        for callback in self.on_finished:
+            try:
+                await callback(dict(job))
+            except Exception:  # telling others must not change the job's outcome
+                log.exception("job %s (%s): a finished-job callback failed", job["id"], job["kind"])
 
     async def _start_follow_ups(self, kind: str, result: dict) -> None:
         for follow_up, wanted in FOLLOW_UPS.get(kind, []):

@@ -18,31 +18,46 @@ from starlette.responses import Response
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
-from app.routes import jobs, models, predict, review, status, upload
+from app.routes import jobs, models, predict, review, status, upload, webhooks
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
 from app.ui import install_console
+from app.webhooks import Webhooks
 from config.clock import iso_micro
 from config.settings import Settings, get_settings
+from config.webhooks import load_subscribers
 from dataset.manager import DatasetManager
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("app.requests")
 
-ROUTERS = [status.router, jobs.router, upload.router, models.router, predict.router, review.router]
+ROUTERS = [
+    status.router,
+    jobs.router,
+    upload.router,
+    models.router,
+    predict.router,
+    review.router,
+    webhooks.router,
+]
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    subscribers = load_subscribers(settings)  # a bad subscriber stops start-up, naming the field
     async with AsyncExitStack() as stack:
         engine = make_engine(settings)
         stack.push_async_callback(engine.dispose)
         app.state.dataset = await stack.enter_async_context(DatasetManager(settings))
         await app.state.dataset.verify()  # a lost index must not be served as an empty dataset
         runner = JobRunner(settings, JobStore(engine), kinds=app.state.job_kinds)
-        await runner.start()
+        await runner.start()  # migrates the schema (the webhook outbox too)
         stack.push_async_callback(runner.shutdown)
+        app.state.webhooks = Webhooks(settings, engine, subscribers)
+        await app.state.webhooks.start()
+        stack.push_async_callback(app.state.webhooks.stop)
+        runner.on_finished.append(app.state.webhooks.job_finished)
         scheduler = JobScheduler(settings, runner)
         await scheduler.start()
         stack.push_async_callback(scheduler.shutdown)
@@ -97,6 +112,7 @@ def _app_from_environment() -> FastAPI:
 
     settings = get_settings()
     validate_sources_file(settings)  # as `exposr-trainer serve` does: a bad sources.yaml stops start-up
+    load_subscribers(settings)  # and bad webhook subscribers
     configure_logging(settings)
     return create_app(settings)
 

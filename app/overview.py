@@ -20,8 +20,7 @@ from fastapi import HTTPException
 from app.jobstore import JobStore
 from config.settings import Settings
 from dataset.storage import StorageError
-from trainer.model_store import model_store
-from trainer.model_store import promoted as promoted_entry_in
+from trainer.model_store import ModelRegistry
 
 log = logging.getLogger(__name__)
 COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
@@ -145,13 +144,14 @@ def dataset_counts(counts: dict) -> dict[str, int]:
 
 
 def model_facts(settings: Settings, raise_storage_errors: bool = False) -> dict[str, Any]:
-    """Registry facts: entries, the promoted model, the newest training time.
+    """Registry facts: entries, the served model (the champion alias), the newest training time.
 
     A corrupt registry reads as none (with a log line); a store that cannot be reached raises
     StorageError when ``raise_storage_errors`` (the overview then answers from memory)."""
     try:
-        entries = model_store(settings).load_registry()
-        promoted = promoted_entry_in(entries, settings.model_name)
+        registry = ModelRegistry(settings)
+        entries: list = registry.entries()
+        promoted: Any = registry.champion()
     except StorageError:
         if raise_storage_errors:
             raise

@@ -36,15 +36,20 @@ class ChildFailed(Exception):
     """The child's function raised (message for a person) or the child died without a result."""
 
 
+JobTarget = Callable[[Settings, Callable[[dict], None]], Any]
+
+
 async def run_in_process(
-    target: str,
+    target: JobTarget | str,
     settings: Settings,
     progress: Callable[[dict], None],
     name: str = "job",
     *,
     background: bool = True,
 ) -> dict:
-    """Call ``target`` ("module:function", called as fn(settings, progress)) in a spawned process.
+    """Call ``target`` (a module-level function, called as fn(settings, progress); or its
+    "module:function" name) in a spawned process. A function travels by its qualified name, as
+    pickle sends functions: the child imports its module.
 
     ``background``: the service's jobs run at a lower priority than the API
     (:func:`_yield_cpu_to_the_service`); a command in the foreground (``exposr-trainer train``)
@@ -106,7 +111,7 @@ async def _stop(proc: Any, name: str, finished: bool) -> None:
 
 
 def child_main(
-    target: str, settings: Settings, messages: Any, parent_pid: int, background: bool = True
+    target: JobTarget | str, settings: Settings, messages: Any, parent_pid: int, background: bool = True
 ) -> None:
     """Entry point of the spawned process: run the function, report progress and the outcome."""
     from app.logging_setup import configure_logging
@@ -117,8 +122,12 @@ def child_main(
         _yield_cpu_to_the_service()
     # SIGTERM from the service raises SystemExit, so `finally` blocks and DataLoader workers unwind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    module_name, _, func_name = target.partition(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    if isinstance(target, str):
+        module_name, _, func_name = target.partition(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+    else:
+        func = target
+    where = target if isinstance(target, str) else f"{target.__module__}.{target.__qualname__}"
 
     def report(data: dict) -> None:
         messages.put({"type": "progress", "data": _plain(data)})
@@ -126,7 +135,7 @@ def child_main(
     try:
         result = func(settings, report)
     except Exception as exc:  # the child's boundary: every failure becomes a message for the job row
-        logging.getLogger(target).exception("%s failed", target)
+        logging.getLogger(where).exception("%s failed", where)
         messages.put({"type": "error", "message": str(exc) or type(exc).__name__})
     else:
         messages.put({"type": "result", "data": _plain(result or {})})

@@ -157,3 +157,93 @@ class ModelCard(BaseModel):
     sha256: str | None = Field(None, description="sha256 of the weights file (also its ETag)")
     metrics: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = Field(None, description="calibration: P(ai) = softmax(logits / T)[ai]")
+
+
+class HistoryRowOut(BaseModel):
+    """One change of an alias (design.md §12): appended, never rewritten."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
+
+    seq: int = Field(description="position in the history, 1 for the oldest row")
+    alias: str
+    from_: str | None = Field(alias="from", description="the version the alias named before")
+    to: str = Field(description="the version the alias names from then on")
+    at: str = Field(description="when (RFC 3339, UTC)")
+    cause: Literal["promotion", "rollback", "manual"]
+    actor: Literal["scheduler", "api", "console", "cli"]
+    reason: str
+    report: dict[str, Any] | None = Field(
+        None, description="promotion: the decision's report URL and figures"
+    )
+
+
+class HistoryPage(BaseModel):
+    model: str
+    total: int
+    limit: int
+    offset: int
+    rows: list[HistoryRowOut] = Field(description="newest first")
+
+
+class AliasOut(BaseModel):
+    alias: str
+    version: str
+    since: str = Field(description="when the alias was last moved")
+    cause: str
+    actor: str
+    reason: str
+
+
+class AliasesOut(BaseModel):
+    model: str
+    aliases: dict[str, AliasOut]
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(description="a registered version, e.g. v3", max_length=32)
+    reason: str = Field(description="why (kept in the history); must not be empty", max_length=2000)
+
+
+class AliasMoved(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    alias: str
+    version: str
+    row: HistoryRowOut
+
+
+class DeliveryAttempt(BaseModel):
+    at: str
+    status: int | None = Field(None, description="the subscriber's HTTP status, None when it did not answer")
+    error: str | None = Field(None, description="why the attempt failed (HTTP 500, timed out, refused ...)")
+    ms: float
+    by: str | None = Field(None, description="the sending process (host:pid:id)")
+
+
+class DeliveryOut(BaseModel):
+    """One webhook delivery: an event for one subscriber (never its secret)."""
+
+    id: str = Field(description="the webhook-id header, the same on every attempt")
+    event_id: str
+    event: str
+    subscriber: str
+    url: str
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int
+    attempt_log: list[DeliveryAttempt]
+    created_at: str
+    next_try: str | None = Field(description="when the next attempt is due (pending only)")
+    give_up_at: str
+    delivered_at: str | None
+    last_status: int | None
+    last_error: str | None
+    payload: dict[str, Any] = Field(description="the body sent: {type, timestamp, event_id, data}")
+
+
+class DeliveryPage(BaseModel):
+    total: int
+    limit: int
+    offset: int
+    deliveries: list[DeliveryOut] = Field(description="newest first")

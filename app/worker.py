@@ -20,7 +20,9 @@ import signal
 
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
+from app.webhooks import Webhooks
 from config.settings import Settings
+from config.webhooks import load_subscribers
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,14 @@ async def run_worker(
         # Not the main thread (tests): the caller sets ``stop`` itself.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
+    subscribers = load_subscribers(settings)  # a bad subscriber stops start-up, naming the field
     engine = make_engine(settings)
     runner = JobRunner(settings, JobStore(engine), kinds=kinds, worker=True)
+    webhooks = Webhooks(settings, engine, subscribers)
+    runner.on_finished.append(webhooks.job_finished)
     try:
         await runner.start()
+        await webhooks.start()
         log.info("worker %s running %s jobs queued in the database", runner.holder, settings.worker_kinds)
         work = asyncio.create_task(runner.work(stop))
         await stop.wait()
@@ -50,4 +56,5 @@ async def run_worker(
         await asyncio.gather(work, return_exceptions=True)
     finally:
         await runner.shutdown()
+        await webhooks.stop()
         await engine.dispose()

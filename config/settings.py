@@ -104,6 +104,16 @@ class Settings(BaseSettings):
     near_dup_max_distance: int = Field(6, ge=0, le=32)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
+    # Exposr-Core integration (docs/exposr-core.md): webhook subscribers and their deliveries.
+    webhooks: SecretStr | None = None  # JSON array of {name, url, secret, events}; secrets inside
+    webhooks_file: Path | None = None  # the same as YAML (`subscribers:` list)
+    public_url: str = ""  # base of the URLs in webhook payloads, e.g. https://trainer.example:8001
+    webhook_timeout_seconds: float = Field(10, gt=0, le=120)
+    webhook_retry_base_seconds: float = Field(5, gt=0)  # first retry after about this long, then doubling
+    webhook_retry_max_seconds: float = Field(3600, gt=0)  # the longest wait between two attempts
+    webhook_retry_hours: float = Field(24, gt=0, le=24 * 14)  # a delivery is given up after this long
+    webhook_poll_seconds: float = Field(2, gt=0)  # how often each process looks for due deliveries
+
     # Hardening (docs/hardening.md): slow clients, decode memory.
     http_read_timeout: float = Field(30, gt=0, le=3600)
     http_keepalive_timeout: int = Field(5, ge=1, le=300)
@@ -138,6 +148,8 @@ class Settings(BaseSettings):
         "s3_endpoint_url",
         "database_url",
         "train_pretrained_file",
+        "webhooks",
+        "webhooks_file",
         mode="before",
     )
     @classmethod
@@ -191,6 +203,16 @@ class Settings(BaseSettings):
     @property
     def holdout_sources(self) -> frozenset[str]:
         return frozenset(n.strip() for n in self.eval_holdout_sources.split(",") if n.strip())
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_base(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        v = v.strip().rstrip("/")
+        if v and (urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname):
+            raise ValueError("must be an http:// or https:// URL, e.g. https://trainer.example:8001")
+        return v
 
     @property
     def db_url(self) -> str:

@@ -35,7 +35,7 @@ from dataset.manager import DatasetManager
 from dataset.storage import StorageError
 from labeler.core_client import CoreBadAnswer, CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
 from trainer.errors import ModelNotFound
-from trainer.registry import promoted_entry
+from trainer.model_store import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +246,7 @@ class Labeler:
 
     async def _score_with_local_model(self, items: list[Item]) -> None:
         try:
-            entry = promoted_entry(self.settings.models_dir, self.settings.model_name)
+            entry = ModelRegistry.local(self.settings).champion()
         except ValueError as exc:  # a registry.json that cannot be read
             self.report["reason"] = f"Exposr-Core did not answer and the model registry is unusable: {exc}"
             return

@@ -5,23 +5,29 @@ No torch import: the API answers /models/latest from here.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from config.settings import Settings
 from trainer.errors import ModelNotFound
-from trainer.model_store import model_store, promoted
-from trainer.registry import find_entry, promoted_entry
+from trainer.model_store import ArtifactMissing, ModelRegistry
 
 METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 
 
-def push_latest_model(config: Settings) -> dict | None:
-    """{model_version, timestamp, metrics, download_url} of the promoted model, None if there is none.
+def push_latest_model(config: Settings, at: datetime | None = None) -> dict | None:
+    """{model_version, timestamp, metrics, download_url} of the served model (the ``champion``
+    alias), None if there is none; with ``at``, of the version served at that instant.
 
-    Read from the model store (trainer/model_store.py): MODELS_DIR, or the bucket with STORAGE_DRIVER=s3."""
-    entry = promoted(model_store(config).load_registry(), config.model_name)
-    if entry is None:
-        return None
+    Read through the model registry (trainer/model_store.py): MODELS_DIR, or the bucket with
+    STORAGE_DRIVER=s3."""
+    registry = ModelRegistry(config)
+    entry = registry.champion() if at is None else registry.served_at(config.model_name, at)
+    return None if entry is None else latest_payload(dict(entry))
+
+
+def latest_payload(entry: dict) -> dict:
+    """What /models/latest answers for a registered entry."""
     return {
         "model_version": entry["version"],
         "timestamp": entry.get("timestamp"),
@@ -75,15 +81,12 @@ def get_model_path(config: Settings, model_name: str | None = None, version: str
     registered names and versions are looked up, so a request cannot point outside models_dir.
     """
     name = model_name or config.model_name
-    entry = (
-        promoted_entry(config.models_dir, name)
-        if version is None
-        else find_entry(config.models_dir, name, version)
-    )
+    registry = ModelRegistry.local(config)
+    entry = registry.champion(name) if version is None else registry.entry(name, version)
     if entry is None:
         what = "no promoted version" if version is None else f"no version {version!r}"
         raise ModelNotFound(f"model {name!r} has {what} in {config.models_dir / 'registry.json'}")
-    path = Path(config.models_dir) / entry["model"] / entry["version"] / "weights.pt"
-    if not path.is_file():
-        raise ModelNotFound(f"{path} is registered but missing on disk; retrain or restore it")
-    return path
+    try:
+        return registry.path(entry, "weights.pt")
+    except ArtifactMissing as exc:
+        raise ModelNotFound(str(exc)) from exc

@@ -21,10 +21,9 @@ from trainer.cache import prepared
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
-from trainer.model_store import ArtifactMissing, model_store, promoted, registered, version_folder
+from trainer.model_store import ArtifactMissing, ModelRegistry, version_folder
 from trainer.model_sync import why_none_served
 from trainer.modeling import load_artifacts, pick_device
-from trainer.registry import load_registry, promoted_entry
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +120,10 @@ class Predictor:
 
 def load_promoted(settings: Settings, batch_size: int | None = None) -> Predictor:
     """The served model; ModelNotFound (with what to do) when none has been promoted yet."""
-    entry = promoted_entry(settings.models_dir, settings.model_name)
+    registry = ModelRegistry.local(settings)
+    entry = registry.champion()
     if entry is None:
-        raise ModelNotFound(why_none_served(load_registry(settings.models_dir), settings.model_name))
+        raise ModelNotFound(why_none_served(registry.entries(), settings.model_name))
     folder = Path(settings.models_dir) / entry["model"] / entry["version"]
     return _predictor(settings, entry, folder, batch_size)
 
@@ -131,10 +131,10 @@ def load_promoted(settings: Settings, batch_size: int | None = None) -> Predicto
 def load_version(settings: Settings, version: str, batch_size: int | None = None) -> Predictor:
     """Any registered version of MODEL_NAME, served or not (``Predictor.served`` tells which);
     ModelNotFound naming the registered versions when ``version`` is not one of them."""
-    entries = model_store(settings).load_registry()
-    entry = registered(entries, settings.model_name, version)
+    registry = ModelRegistry(settings)
+    entry = registry.entry(settings.model_name, version)
     if entry is None:
-        known = [e["version"] for e in entries if e.get("model") == settings.model_name]
+        known = [e["version"] for e in registry.entries() if e.get("model") == settings.model_name]
         raise ModelNotFound(
             f"no {settings.model_name!r} version {version!r} is registered"
             + (f"; registered: {', '.join(known)}" if known else "; none is registered yet")
@@ -143,7 +143,7 @@ def load_version(settings: Settings, version: str, batch_size: int | None = None
         folder = version_folder(settings, entry)
     except ArtifactMissing as exc:
         raise ModelNotFound(str(exc)) from exc
-    served = promoted(entries, settings.model_name)
+    served = registry.champion()
     return _predictor(settings, entry, folder, batch_size, served=served["version"] if served else None)
 
 

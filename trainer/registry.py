@@ -5,6 +5,7 @@ No torch here: the API reads the registry on every /models request and must star
 Layout under ``models_dir``::
 
     registry.json                    JSON array of entries, oldest first
+    history.json                     the aliases' history (trainer/aliases.py), appended, never rewritten
     .registry.lock                   fcntl lock: training runs in another process than the API
     .staging-{pid}-{hex}/            a training in progress writes here, never into a version folder
     {model}/{version}/weights.pt     committed artifacts (plus model.json)
@@ -28,6 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dataset.storage import write_file_atomic
+from trainer.aliases import (
+    CHAMPION,
+    HISTORY_FILE,
+    append_row,
+    current,
+    effective_history,
+    promotion_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +86,37 @@ def parse_registry(raw: bytes, where: str) -> list[dict]:
     return data
 
 
+def load_history(models_dir: Path) -> list[dict] | None:
+    """The stored alias rows, oldest first; None when the registry predates aliases (no file)."""
+    path = Path(models_dir) / HISTORY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); restore it from a backup") from exc
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must hold a JSON array of rows, found {type(data).__name__}")
+    return data
+
+
+def history(models_dir: Path) -> list[dict]:
+    """The alias rows, reconstructed from ``promoted`` flags for a registry that predates them."""
+    return effective_history(load_history(models_dir), load_registry(models_dir))
+
+
 def promoted_entry(models_dir: Path, model_name: str) -> dict | None:
-    """The entry served as "latest": the most recent promoted version of ``model_name``."""
-    for entry in reversed(load_registry(models_dir)):
-        if entry.get("model") == model_name and entry.get("promoted"):
-            return entry
-    return None
+    """The entry served as "latest": the version the ``champion`` alias names, in ``models_dir``.
+
+    Callers outside the trainer's commit read through ``trainer.model_store.ModelRegistry``
+    (``.champion()``); this is the same lookup on this host's files, for the promotion rule."""
+    entries = load_registry(models_dir)
+    version = current(effective_history(load_history(models_dir), entries), model_name).get(CHAMPION)
+    return _find(entries, model_name, version) if version else None
 
 
-def find_entry(models_dir: Path, model_name: str, version: str) -> dict | None:
-    for entry in load_registry(models_dir):
+def _find(entries: list[dict], model_name: str, version: str) -> dict | None:
+    for entry in entries:
         if entry.get("model") == model_name and entry.get("version") == version:
             return entry
     return None
@@ -132,36 +162,46 @@ def _version_number(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def commit_version(models_dir: Path, staging: Path, entry: dict, *, compared_with: str | None) -> dict:
+def commit_version(
+    models_dir: Path, staging: Path, entry: dict, *, compared_with: str | None, actor: str = "scheduler"
+) -> dict:
     """Move ``staging`` into ``{model}/{vN}`` and append its entry, as one step under the lock.
 
-    ``entry["promoted"]`` is the caller's decision against the version ``compared_with`` (the one
-    promoted when the caller scored it); if another training promoted a different version in the
-    meantime, the decision no longer holds and the new version is kept unpromoted.
+    ``entry["promoted"]`` is the caller's decision against the version ``compared_with`` (the
+    champion when the caller scored it: the served version, which may be a rollback's); if the
+    champion moved in the meantime (another training, a rollback), the decision no longer holds and
+    the new version is kept unpromoted. A promotion is committed as the champion alias's move: a
+    ``promotion`` row in history.json carrying the decision's report.
     """
     models_dir = Path(models_dir)
     with registry_lock(models_dir):
         entries = load_registry(models_dir)
+        rows = effective_history(load_history(models_dir), entries)
         model_dir = models_dir / entry["model"]
         version = next_version(entries, model_dir)
         entry = {**entry, "version": version, "weights": f"{entry['model']}/{version}/weights.pt"}
-        if entry.get("promoted") and _current_promoted(entries, entry["model"]) != compared_with:
+        if entry.get("promoted") and current(rows, entry["model"]).get(CHAMPION) != compared_with:
             entry["promoted"] = False
-            entry["promotion_reason"] = "another version was promoted while this one trained"
+            entry["promotion_reason"] = "the served version changed while this one trained"
         for card in ("model.json", "report.json"):
             _stamp_model_json(staging / card, version)
         model_dir.mkdir(parents=True, exist_ok=True)
         os.replace(staging, model_dir / version)
         write_json_atomic(models_dir / REGISTRY_FILE, [*entries, entry])
+        if entry.get("promoted"):
+            append_row(
+                rows,
+                model=entry["model"],
+                alias=CHAMPION,
+                to=version,
+                cause="promotion",
+                actor=actor,
+                reason=str(entry.get("promotion_reason") or "promoted by its training"),
+                report=promotion_report(entry),
+            )
+            write_json_atomic(models_dir / HISTORY_FILE, rows)
     log.info("registered %s %s (promoted=%s)", entry["model"], version, entry["promoted"])
     return entry
-
-
-def _current_promoted(entries: list[dict], model_name: str) -> str | None:
-    for entry in reversed(entries):
-        if entry.get("model") == model_name and entry.get("promoted"):
-            return entry.get("version")
-    return None
 
 
 def _stamp_model_json(path: Path, version: str) -> None:

@@ -22,7 +22,7 @@ from app.routes.status import running_jobs
 from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request
 from app.ui import views
 from app.ui.pages import render
-from app.ui.routes import review_page
+from app.ui.routes import models_page, review_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
 from config.names import clean_generator
@@ -88,6 +88,40 @@ async def label_form(
     code, answer = await apply_label(request, id, label)
     message = f"{answer['id']} labelled {answer['label']}" if code == 200 else answer["detail"]
     return await review_page(request, session, message=message, status_code=code)
+
+
+@router.post("/models/{name}/serve")
+async def serve_version(
+    name: str,
+    request: Request,
+    session: Session,
+    version: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+    confirm: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+):
+    """"Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
+    only with the session's CSRF token and the confirmation box ticked; actor ``console``."""
+    from trainer.aliases import AliasError
+    from trainer.model_store import ModelRegistry, RegistryConflict
+
+    check_csrf(session, csrf_token)
+    if confirm != "yes":
+        message = f"tick the confirmation to serve {version or 'a version'}: nothing was changed"
+        return await models_page(request, session, message=message, status_code=422)
+    registry = ModelRegistry(request.app.state.settings)
+    try:
+        row = await run_in_threadpool(
+            lambda: registry.move_alias(name, "champion", version, reason=reason, actor="console")
+        )
+    except AliasError as exc:
+        return await models_page(request, session, message=str(exc), status_code=exc.status)
+    except (RegistryConflict, StorageError, ValueError) as exc:
+        return await models_page(request, session, message=f"not changed: {exc}", status_code=503)
+    request.app.state.overview.invalidate()
+    await request.app.state.webhooks.alias_moved(row)
+    message = f"{name} {row['to']} is served now ({row['cause']}; was {row['from'] or 'none'})"
+    return await models_page(request, session, message=message)
 
 
 @router.get("/thumbs/{image_id}")

@@ -121,7 +121,14 @@ async def overview(request: Request, session: Session):
 
 @router.get("/models")
 async def models(request: Request, session: Session):
-    entries = views.model_entries(request.app.state.settings)
+    return await models_page(request, session)
+
+
+async def models_page(request: Request, session: dict, message: str | None = None, status_code: int = 200):
+    """Every version with the aliases naming it, a "serve this version" form each, and the trail."""
+    settings = request.app.state.settings
+    entries = views.model_entries(settings)
+    aliases, trail = await run_in_threadpool(views.alias_trail, settings)
     return render(
         request,
         "models.html",
@@ -130,8 +137,12 @@ async def models(request: Request, session: Session):
             "entries": entries,
             "chart": views.models_chart(entries),
             "metrics": views.MODEL_METRICS,
+            "aliases": aliases,
+            "trail": trail,
+            "message": message,
         },
         session=session,
+        status_code=status_code,
     )
 
 

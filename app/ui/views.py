@@ -137,6 +137,22 @@ def model_entries(settings) -> list[dict]:
     return list(reversed(entries))
 
 
+def alias_trail(settings, rows: int = 50) -> tuple[dict[str, list[str]], list[dict]]:
+    """version -> the aliases naming it (champion = served), and the newest ``rows`` alias changes."""
+    from trainer.model_store import ModelRegistry
+
+    try:
+        registry = ModelRegistry(settings)
+        history = registry.model_history(settings.model_name)
+    except (ValueError, StorageError) as exc:
+        log.error("cannot read the alias history: %s", exc)
+        return {}, []
+    named: dict[str, list[str]] = {}
+    for alias, row in sorted(registry.aliases(settings.model_name).items()):
+        named.setdefault(row["to"], []).append(alias)
+    return named, history[::-1][:rows]
+
+
 def models_chart(entries: list[dict]) -> Any:
     ordered = list(reversed(entries))  # oldest first, left to right
     labels = [f"{e.get('model')} {e.get('version')}" for e in ordered]

@@ -196,3 +196,26 @@ async def test_a_dead_processs_leftover_is_interrupted_when_a_live_worker_takes_
     final = await runner.wait((await runner.submit("train"))["id"])
     assert final["state"] == "succeeded"
     assert (await store.get("dead-workers-job"))["state"] == "interrupted"
+
+
+async def test_a_job_runs_an_imported_function_in_the_child(settings):
+    from tests.app.helpers import quick
+
+    seen: list[dict] = []
+    result = await run_in_process(quick, settings, seen.append)
+    assert [p["step"] for p in seen] == [1, 2] and result["pid"] == seen[0]["pid"] != os.getpid()
+
+
+async def test_the_train_job_hands_the_child_the_training_function_itself(settings, monkeypatch):
+    import app.jobs as jobs
+    from trainer.model_store import train_with_shared_store
+
+    handed = []
+
+    async def fake_run_in_process(target, settings, progress, name="job"):
+        handed.append(target)
+        return {"version": "v1"}
+
+    monkeypatch.setattr(jobs, "run_in_process", fake_run_in_process)
+    await jobs.train_job(settings, lambda data: None)
+    assert handed == [train_with_shared_store]

@@ -57,7 +57,7 @@ def test_commit_numbers_versions_and_moves_the_folder(tmp_path):
 def test_promotion_decided_against_a_stale_incumbent_is_withdrawn(tmp_path):
     commit_version(tmp_path, _staged(tmp_path), _entry(), compared_with=None)
     late = commit_version(tmp_path, _staged(tmp_path), _entry(), compared_with=None)  # scored vs nothing
-    assert late["promoted"] is False and "another version" in late["promotion_reason"]
+    assert late["promoted"] is False and "served version changed" in late["promotion_reason"]
 
 
 def test_push_latest_model_and_paths(tmp_path, make_settings):

@@ -119,3 +119,43 @@ def test_a_registry_changed_since_the_pull_is_not_overwritten(host):
     with pytest.raises(RegistryConflict, match="another host published"):
         store.publish("v1", "vit", etag)
     assert store.load_registry() == []
+
+
+def _commit(settings, n: int, compared_with):
+    import hashlib
+
+    from trainer.registry import commit_version, make_staging_dir
+
+    payload = f"weights {n}".encode()
+    staging = make_staging_dir(settings.models_dir)
+    (staging / "weights.pt").write_bytes(payload)
+    (staging / "model.json").write_text("{}")
+    entry = {"model": "vit", "promoted": True, "sha256": hashlib.sha256(payload).hexdigest()}
+    return commit_version(settings.models_dir, staging, entry, compared_with=compared_with)
+
+
+def test_the_bucket_keeps_the_alias_history_and_a_rollback_there_holds(host):
+    from trainer.model_store import ModelRegistry
+
+    trainer_host, operator_host = host(1), host(2)
+    store = SharedModelStore(trainer_host)
+    for n in (1, 2):  # two trainings on the trainer host, each beating the champion it pulled
+        etag = store.pull()
+        _commit(trainer_host, n, compared_with=f"v{n - 1}" if n > 1 else None)
+        store.publish(f"v{n}", "vit", etag)
+    fleet = ModelRegistry(operator_host)  # any replica reads the bucket's history
+    assert [(r["from"], r["to"], r["cause"]) for r in fleet.history()] == [
+        (None, "v1", "promotion"),
+        ("v1", "v2", "promotion"),
+    ]
+    etag = store.pull()  # a third training starts: it will be scored against v2 ...
+    fleet.move_alias(
+        "vit", "champion", "v1", reason="v2 misbehaves", actor="api"
+    )  # ... rolled back meanwhile
+    _commit(trainer_host, 3, compared_with="v2")  # locally, v2 was still the champion
+    store.publish("v3", "vit", etag)
+    assert fleet.champion()["version"] == "v1"  # the rollback holds: v3 never beat v1
+    assert [r["to"] for r in fleet.history()] == ["v1", "v2", "v1"]
+    store.pull()  # the next training on the trainer host compares with the served version
+    assert ModelRegistry.local(trainer_host).champion()["version"] == "v1"
+    assert (trainer_host.models_dir / "vit" / "v1" / "weights.pt").is_file()
