@@ -18,7 +18,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def install_console(app: FastAPI) -> None:
     """Routes, static files, exception handlers and metrics of the console on ``app``."""
-    from app.ui import actions, docs, metrics, pages, routes
+    from app import prometheus as metrics
+    from app.ui import actions, docs, pages, routes
     from app.ui.session import Revocations
 
     app.state.metrics = metrics.ConsoleMetrics()
