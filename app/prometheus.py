@@ -15,7 +15,6 @@ The JSON ``GET /metrics`` is unchanged; this endpoint is for Prometheus.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -124,21 +123,12 @@ class ConsoleMetrics:
     def count_ingest(self, status: str, reason: str | None = None, source: str = "upload") -> None:
         self.uploads.labels(source, status, reason or "").inc()
 
-
-async def measure_requests(request: Request, call_next) -> Response:
-    """Latency by route template (``/jobs/{job_id}``, not the id: bounded label values)."""
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
+    def observe_request(self, request: Request, status: int, seconds: float) -> None:
+        """Latency by route template (``/jobs/{job_id}``, not the id: bounded label values); called by
+        the service's one request timer (app.main.time_requests)."""
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
-        request.app.state.metrics.latency.labels(request.method, path, str(status)).observe(
-            time.perf_counter() - start
-        )
+        self.latency.labels(request.method, path, str(status)).observe(seconds)
 
 
 async def _job_facts(engine) -> tuple[Counter, dict, Counter]:
