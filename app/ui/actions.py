@@ -13,13 +13,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.routes.models import artifact_response, registered_artifact, weights_sha256
+from app.routes.models import artifact_response, registered_artifact, weights_download
 from app.routes.status import running_jobs
-from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request
+from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
 from app.ui.routes import review_page
@@ -107,7 +106,7 @@ async def thumb(image_id: str, request: Request, session: Session) -> Response:
 async def ingest_file(request: Request, file: UploadFile, label: str, generator: str | None = None) -> dict:
     """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
     state = request.app.state
-    settings, dataset, metrics = state.settings, state.dataset, state.metrics
+    settings, metrics = state.settings, state.metrics
     name = (file.filename or "file")[-200:]
     data = await file.read(settings.upload_max_bytes + 1)
     if len(data) > settings.upload_max_bytes:
@@ -118,24 +117,8 @@ async def ingest_file(request: Request, file: UploadFile, label: str, generator:
             "reason": "too_large",
             "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)",
         }
-    metadata = {
-        "source": "upload",
-        "label": label,
-        "attribution": {"platform": "upload"},
-        "api_data": {"filename": name},
-    }
-    if generator:
-        metadata["generator"] = generator
-    try:
-        outcome = await dataset.ingest(data, metadata)
-    except (StorageError, OperationalError) as exc:
-        outcome_dict = {"status": "error", "reason": "storage_error", "message": str(exc)}
-    else:
-        outcome_dict = outcome.as_dict()
-    metrics.count_ingest(outcome_dict["status"], outcome_dict.get("reason"))
-    if outcome_dict["status"] == "stored":
-        request.app.state.overview.invalidate()
-    return {"file": name, **outcome_dict}
+    outcome = await store_upload(state, data, label, name, generator)
+    return {"file": name, **outcome.as_dict()}
 
 
 @router.post("/upload")
@@ -203,16 +186,7 @@ def _upload_answer(
 
 @router.get("/models/{name}/{version}/weights.pt")
 async def download_weights(name: str, version: str, request: Request, session: Session):
-    artifact = await run_in_threadpool(
-        registered_artifact, request.app.state.settings, name, version, "weights.pt"
-    )
-    return artifact_response(
-        artifact,
-        "application/octet-stream",
-        weights_sha256(artifact.entry),
-        request,
-        filename=f"{name}-{version}-weights.pt",
-    )
+    return await weights_download(request.app.state.settings, name, version, request)
 
 
 @router.get("/models/{name}/{version}/{document}.json")
