@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.jobs import JOB_KINDS
 from app.jobstore import ACTIVE_STATES, FINAL_STATES
-from app.routes.models import registered_artifact
 from app.routes.status import running_jobs
-from app.ui import views
+from app.ui import compare as compare_versions
+from app.ui import evidence, views
 from app.ui.pages import render
 from app.ui.session import (
     LOGIN_COOKIE,
@@ -116,6 +116,7 @@ async def models(request: Request, session: Session):
         {
             "active": "models",
             "entries": entries,
+            "served": (await request.app.state.overview.get())["latest_model"],
             "chart": views.models_chart(entries),
             "metrics": views.MODEL_METRICS,
         },
@@ -123,13 +124,58 @@ async def models(request: Request, session: Session):
     )
 
 
+@router.get("/models/compare")
+async def compare(request: Request, session: Session, a: str = "", b: str = "", name: str = ""):
+    """Two versions side by side: ``?a=v1&b=v2`` (``name``: the model, MODEL_NAME by default)."""
+    settings = request.app.state.settings
+    name = name or settings.model_name
+    entries = [e for e in views.model_entries(settings) if e.get("model") == name]
+    context: dict = {"active": "models", "name": name, "versions": [e.get("version") for e in entries]}
+    context.update(a=a, b=b, compared=None)
+    if not (a and b):
+        return render(request, "compare.html", context, session=session)
+    if a == b:
+        context["message"] = f"choose two different versions (both were {a[:40]!r})"
+        return render(request, "compare.html", context, session=session, status_code=400)
+    try:
+        sides = [await views.version_files(settings, name, version) for version in (a, b)]
+    except HTTPException as exc:
+        context["message"] = f"{exc.detail}; choose versions from the lists below"
+        return render(request, "compare.html", context, session=session, status_code=exc.status_code)
+    (entry_a, card_a, report_a), (entry_b, card_b, report_b) = sides
+    context["compared"] = {
+        "a": entry_a,
+        "b": entry_b,
+        "metrics": compare_versions.side_by_side(entry_a, entry_b),
+        "changes": compare_versions.changes(entry_a, entry_b, card_a, card_b),
+        "paired": compare_versions.paired(report_a, report_b),
+    }
+    return render(request, "compare.html", context, session=session)
+
+
 @router.get("/models/{name}/{version}")
 async def model_detail(name: str, version: str, request: Request, session: Session):
     settings = request.app.state.settings
-    entry = (await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")).entry
-    card = await run_in_threadpool(views.artifact_json, settings, entry, "model.json")
-    report = await run_in_threadpool(views.artifact_json, settings, entry, "report.json")
-    context = {"active": "models", "entry": entry, "card": card, "report": report}
+    try:
+        entry, card, report = await views.version_files(settings, name, version)
+    except HTTPException as exc:
+        return render(
+            request,
+            "error.html",
+            {"title": "No such version", "message": f"{exc.detail}", "back": ("/ui/models", "all versions")},
+            session=session,
+            status_code=exc.status_code,
+        )
+    others = [e.get("version") for e in views.model_entries(settings) if e.get("model") == name]
+    context = {
+        "active": "models",
+        "entry": entry,
+        "card": card,
+        "report": report,
+        "decision": views.decision_text(entry),
+        "evidence": await run_in_threadpool(evidence.model_evidence, report, card),
+        "others": [v for v in others if v != version],
+    }
     return render(request, "model.html", context, session=session)
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from itertools import accumulate
 from typing import Any
 
+from markupsafe import Markup
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
+from app.routes.models import registered_artifact
 from app.ui.charts import line_chart
 from dataset.index import images
 from dataset.storage import StorageError
@@ -166,6 +169,28 @@ def artifact_json(settings, entry: dict, filename: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+async def version_files(settings, name: str, version: str) -> tuple[dict, dict | None, dict | None]:
+    """(registry entry, model.json, report.json) of a registered version; HTTPException 404 (unknown
+    version) or 503 (registry unreadable) as the API answers."""
+    artifact = await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")
+    entry = artifact.entry
+    card = await run_in_threadpool(artifact_json, settings, entry, "model.json")
+    report = await run_in_threadpool(artifact_json, settings, entry, "report.json")
+    return entry, card, report
+
+
+def decision_text(entry: dict) -> str:
+    """ "Promoted: first promoted version ..." / "Not promoted: AUC 0.71 ..." without saying it twice
+    (the stored reason often starts with its own verdict)."""
+    verdict = "Promoted" if entry.get("promoted") else "Not promoted"
+    reason = str(entry.get("promotion_reason") or "").strip()
+    for prefix in ("not promoted:", "promoted:", "not promoted", "promoted"):
+        if reason.lower().startswith(prefix):
+            reason = reason[len(prefix) :].lstrip(" :")
+            break
+    return f"{verdict}: {reason}" if reason else verdict
+
+
 def read_json(path) -> dict | None:
     """A JSON file beside the weights, or None when it is absent or unreadable."""
     try:
@@ -182,6 +207,24 @@ def safe_url(value: Any) -> str | None:
     if isinstance(value, str) and value.lower().startswith(("https://", "http://")):
         return value
     return None
+
+
+def when(value: Any) -> Markup:
+    """A timestamp as ``<time>``: the page's script shows it as "3 min ago" with the full time in
+    the viewer's zone on hover; without the script, minutes in UTC (never microseconds)."""
+    if not isinstance(value, str) or not value:
+        return Markup("–")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return Markup("{}").format(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    iso = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        iso, moment.strftime("%Y-%m-%d %H:%M:%S UTC"), moment.strftime("%Y-%m-%d %H:%M UTC")
+    )
 
 
 def pretty(value: Any) -> str:
