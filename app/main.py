@@ -23,6 +23,7 @@ from app.routes import jobs, models, review, status, upload
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
 from app.ui import install_console
+from app.ui.thumbnails import ThumbnailMaker
 from config.clock import iso_micro
 from config.settings import Settings, get_settings
 from dataset.manager import DatasetManager
@@ -49,6 +50,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
         app.state.overview = status.overview_cache(app.state)
+        # Review thumbnails made ahead, so a page of them shows at once (app/ui/thumbnails.py).
+        maker = ThumbnailMaker(app.state.dataset, settings)
+        app.state.thumbnails = await stack.enter_async_context(maker)
         app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield

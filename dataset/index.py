@@ -404,6 +404,23 @@ class DedupeIndex:
             self.cache.forget(match.id)
         return match
 
+    async def near_all(self, phash: int, max_distance: int, limit: int = 8) -> list[NearMatch]:
+        """Every indexed image within ``max_distance`` bits, nearest first, at most ``limit`` (the
+        console shows an image's near duplicates beside it)."""
+        await self.refresh()
+        n = len(self.cache.ids)
+        if n == 0:
+            return []
+        if self.cache.near is None:
+            self.cache.near = NearIndex()
+        found: list[NearMatch] = []
+        for distance, i in self.cache.near.within(self.cache.hashes, n, phash, max_distance):
+            if (image_id := self.cache.ids[i]) is not None:
+                found.append(NearMatch(image_id, int(distance)))
+            if len(found) >= limit:
+                break
+        return found
+
     async def near_between(self, phash: int, max_distance: int, after: int, before: int) -> NearMatch | None:
         """The nearest row with after < seq < before: images inserted while one was being stored."""
         if max_distance <= 0 or before <= after + 1:  # detection off, or nothing came in between

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -21,13 +20,12 @@ from app.routes.status import running_jobs
 from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
-from app.ui.routes import review_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
 from config.names import clean_generator
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
-from labeler.review import InvalidImageId, parse_image_id, record_person_label
+from labeler.review import InvalidImageId, parse_image_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -43,50 +41,6 @@ async def live_jobs(request: Request, session: Session) -> dict:
         "jobs": [views.progress_view(job) for job in running_jobs(state.runner, status)],
         "counts": status["dataset_counts"],
     }
-
-
-class LabelIn(BaseModel):
-    id: str
-    label: str
-
-
-async def apply_label(request: Request, raw_id: str, label: str) -> tuple[int, dict]:
-    """(HTTP status, answer) for a person's label; an unknown id or label changes nothing."""
-    if label not in ("real", "ai"):
-        return 400, {"detail": f"label must be real or ai (got {label[:20]!r}); nothing was changed"}
-    try:
-        image_id = parse_image_id(raw_id)
-        doc = await record_person_label(request.app.state.dataset, image_id, label, "console")
-    except (InvalidImageId, UnknownImage, StorageKeyError):
-        return 404, {"detail": f"no image with id {raw_id[:60]!r}; nothing was changed"}
-    except StorageError as exc:
-        return 503, {"detail": f"storage unavailable, label not recorded: {exc}; retry"}
-    state = request.app.state
-    state.overview.invalidate()
-    log.info("image %s labelled %s in the console", image_id, label)
-    counts = (await state.overview.get())["dataset_counts"]
-    return 200, {"id": image_id, "label": doc["label"], "counts": counts}
-
-
-@router.post("/api/label")
-async def label_json(body: LabelIn, request: Request, session: Session):
-    check_csrf(session, request.headers.get("x-csrf-token"))
-    code, answer = await apply_label(request, body.id, body.label)
-    return JSONResponse(answer, status_code=code)
-
-
-@router.post("/review/label")
-async def label_form(
-    request: Request,
-    session: Session,
-    id: Annotated[str, Form()] = "",
-    label: Annotated[str, Form()] = "",
-    csrf_token: Annotated[str, Form()] = "",
-):
-    check_csrf(session, csrf_token)
-    code, answer = await apply_label(request, id, label)
-    message = f"{answer['id']} labelled {answer['label']}" if code == 200 else answer["detail"]
-    return await review_page(request, session, message=message, status_code=code)
 
 
 @router.get("/thumbs/{image_id}")

@@ -31,11 +31,9 @@ from app.ui.session import (
     read_token,
     set_cookie,
 )
-from labeler.review import review_queue
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 Session = Annotated[dict, Depends(current_session)]
-REVIEW_PAGE = 48
 JOB_STATES = ACTIVE_STATES + FINAL_STATES
 
 
@@ -201,24 +199,6 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
         "message": message,
     }
     return render(request, "jobs.html", context, session=session, status_code=400 if message else 200)
-
-
-async def review_page(request: Request, session: dict, message: str | None = None, status_code: int = 200):
-    state = request.app.state
-    page = await review_queue(state.dataset, state.settings, kind="all", limit=REVIEW_PAGE)
-    counts = (await state.overview.get())["dataset_counts"]
-    return render(
-        request,
-        "review.html",
-        {"active": "review", "page": page, "counts": counts, "message": message},
-        session=session,
-        status_code=status_code,
-    )
-
-
-@router.get("/review")
-async def review(request: Request, session: Session):
-    return await review_page(request, session)
 
 
 @router.get("/upload")
