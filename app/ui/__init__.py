@@ -18,11 +18,11 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def install_console(app: FastAPI) -> None:
     """Routes, static files and exception handlers of the console on ``app``."""
-    from app.ui import actions, pages, review, routes
+    from app.ui import act, actions, pages, review, routes
     from app.ui.session import Revocations
 
     app.state.ui_revoked = Revocations()
-    for router in (routes.router, actions.router, review.router):
+    for router in (routes.router, actions.router, review.router, act.router):
         app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC), name="ui-static")
     for exc_class, handler in pages.EXCEPTION_HANDLERS.items():

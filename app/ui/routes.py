@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from app.jobs import JOB_KINDS
 from app.jobstore import ACTIVE_STATES, FINAL_STATES
 from app.routes.status import running_jobs
+from app.ui import act, evidence, views
 from app.ui import compare as compare_versions
-from app.ui import evidence, views
 from app.ui.pages import render
 from app.ui.session import (
     LOGIN_COOKIE,
@@ -101,6 +101,9 @@ async def overview(request: Request, session: Session):
         "chart": views.growth_chart(await views.growth(state.dataset)),
         "scrapes": await views.last_scrape_reports(state.runner.store),
         "scheduler": {"state": state.scheduler.state, "next_runs": state.scheduler.next_runs()},
+        "served": views.served_line(status, await run_in_threadpool(views.model_entries, state.settings)),
+        "actions": [kind for kind in ("scrape", "train", "label") if kind in state.runner.kinds],
+        "sources": (await run_in_threadpool(act.sources_or_none, state.settings))[0],
     }
     return render(request, "overview.html", context, session=session)
 
@@ -189,6 +192,8 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
     for row in rows:
         row["duration"] = views.duration(row)
         row["progress_text"] = views.describe_progress(row.get("progress") or {})
+        row["tables"] = views.result_tables(row) if row.get("state") == "succeeded" else []
+    rows.sort(key=lambda row: row.get("state") not in ACTIVE_STATES)  # running jobs first, then newest
     context = {
         "active": "jobs",
         "jobs": rows,

@@ -18,6 +18,34 @@ function setCounts(counts) {
   }
 }
 
+// ---- one job's page: followed until it ends, then shown with its result ----------------------------
+function followJob(table) {
+  if (!["queued", "running"].includes(table.dataset.state)) return;
+  const tick = async () => {
+    try {
+      const response = await fetch(table.dataset.poll, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+      if (response.status === 401) { window.location.assign("/ui/login"); return; }
+      if (response.ok) {
+        const job = await response.json();
+        document.getElementById("job-state").textContent = job.state;
+        const box = document.getElementById("job-progress");
+        if (box) {
+          box.querySelector(".stage").textContent = job.stage;
+          const bar = box.querySelector("progress");
+          if (job.percent !== null) bar.value = job.percent;
+          box.querySelector(".percent").textContent = job.percent !== null ? `${job.percent}%` : "";
+          box.querySelector(".rate").textContent = job.rate || "";
+          box.querySelector(".eta").textContent = job.eta ? `ETA ${job.eta}` : "";
+          box.querySelector(".detail").textContent = job.detail;
+        }
+        if (!["queued", "running"].includes(job.state)) { window.location.reload(); return; }
+      }
+    } catch (err) { /* the next tick retries */ }
+    window.setTimeout(tick, 1500);
+  };
+  window.setTimeout(tick, 1000);
+}
+
 // ---- times: "3 min ago", the full time in the viewer's zone on hover --------------------------------
 function humanTime(iso) {
   const when = new Date(iso);
@@ -57,7 +85,10 @@ function renderJobs(jobs) {
   list.replaceChildren(...jobs.map((job) => {
     const item = el("li");
     item.dataset.job = job.id;
-    item.append(el("strong", null, job.kind), " ", el("span", "stage", job.stage), " ");
+    const link = el("a");
+    link.href = `/ui/jobs/${encodeURIComponent(job.id)}`;
+    link.append(el("strong", null, job.kind));
+    item.append(link, " ", el("span", "stage", job.stage), " ");
     const bar = el("progress");
     bar.max = 100;
     if (job.percent !== null) bar.value = job.percent;
@@ -398,4 +429,6 @@ document.addEventListener("DOMContentLoaded", () => {
   if (grid) setupReview(grid); else setupKeys();
   const upload = document.getElementById("upload-form");
   if (upload) setupUpload(upload);
+  const job = document.getElementById("job");
+  if (job && job.dataset.poll) followJob(job);
 });
