@@ -397,6 +397,17 @@ function setupUpload(form) {
       status.textContent = result.status;
       if (result.reason) row.append(" ", el("span", "reason", result.reason));
       if (result.message) row.append(" — ", el("span", "why", result.message));
+      if ((result.status === "duplicate" || result.status === "near_duplicate") && result.id) {
+        const link = el("a", "match");
+        link.href = `/ui/images/${encodeURIComponent(result.id)}/file`;
+        const thumb = el("img");
+        thumb.src = `/ui/thumbs/${encodeURIComponent(result.id)}`;
+        thumb.alt = `the stored image ${result.id}`;
+        thumb.width = 64;
+        thumb.height = 48;
+        link.append(" ", thumb, " the stored image");
+        row.append(" ", link);
+      }
     } catch (err) {
       row.className = "outcome-error";
       status.textContent = "error";
