@@ -59,14 +59,16 @@ FINAL_FIELDS = ("state", "started_at", "finished_at", "progress", "result", "err
 BUSY_ROW_WAIT_SECONDS = 2.0
 
 
-async def scrape_job(settings: Settings, progress: Progress) -> ScrapeReport:
-    """Scraping is network-bound: it runs in the service's event loop (or a thread if synchronous)."""
+async def scrape_job(settings: Settings, progress: Progress, only: list[str] | None = None) -> ScrapeReport:
+    """Scraping is network-bound: it runs in the service's event loop (or a thread if synchronous).
+    ``only``: just these enabled sources (a scrape of one source from the console or the API)."""
     from scraper.fetcher_manager import run_scrape
 
+    extra = {"only": only} if only else {}
     if inspect.iscoroutinefunction(run_scrape):
-        result = await run_scrape(settings, progress)
+        result = await run_scrape(settings, progress, **extra)
     else:
-        result = await asyncio.to_thread(run_scrape, settings, progress)
+        result = await asyncio.to_thread(run_scrape, settings, progress, **extra)
     errors = result.get("totals", {}).get("errors", {})
     lost = sum(n for kind, n in errors.items() if kind.startswith("ingest_"))
     if result.get("status") == "failed" and lost:  # nothing could be kept: the job failed, and says why
@@ -142,6 +144,7 @@ class JobRunner:
         self._tasks: dict[str, asyncio.Task] = {}
         self._locks: dict[str, HolderLock] = {}  # kind -> held lock, while its job is active
         self._owed: set[str] = set()  # follow-ups whose kind was busy here: run once more when it ends
+        self._options: dict[str, dict[str, Any]] = {}  # job id -> keyword arguments of its kind's function
         self.on_change: list[Callable[[], None]] = []  # called when a job changes state (cache resets)
         # awaited with the final row when a job succeeded or failed (webhooks); errors are logged
         self.on_finished: list[Callable[[dict], Awaitable[None]]] = []
@@ -191,13 +194,20 @@ class JobRunner:
         """Finished jobs whose final row the database has not taken yet (their truth is here)."""
         return [dict(job) for job in self._unwritten.values()]
 
-    async def submit(self, kind: str, trigger: str = "manual") -> dict:
-        """Start a job of ``kind`` now; raise JobBusy if one of that kind is active."""
+    async def submit(self, kind: str, trigger: str = "manual", options: dict[str, Any] | None = None) -> dict:
+        """Start a job of ``kind`` now; raise JobBusy if one of that kind is active. ``options``: keyword
+        arguments for the kind's function (``only`` for a scrape of some sources), run in this process
+        only: a job queued for a worker carries none (ValueError)."""
         if kind not in self.kinds:
             raise UnknownJobKind(f"unknown job kind {kind!r}; known kinds: {', '.join(sorted(self.kinds))}")
         if kind in self._active:
             raise JobBusy(self._active[kind])
         if kind in self.settings.worker_kind_set and not self.worker:
+            if options:
+                raise ValueError(
+                    f"WORKER_KINDS includes {kind}: a {kind} job with options ({', '.join(options)}) "
+                    "cannot be queued for a worker; start it without them, or on the worker's host"
+                )
             return await self._queue_for_worker(kind, trigger)
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
@@ -227,6 +237,7 @@ class JobRunner:
         except BaseException:
             await self._release(kind)
             raise
+        self._options[job["id"]] = dict(options or {})
         self._changed()
         self._tasks[job["id"]] = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
         lock.watch(lambda reason: self._lost_lock(job, reason))  # a database restart drops the lock
@@ -394,7 +405,10 @@ class JobRunner:
             await self._set(job, state="running", started_at=iso_micro())
             log.info("job %s (%s) running", job_id, kind)
             flusher = asyncio.create_task(self._flush_progress(job))
-            result = await self.kinds[kind](self.settings, lambda data: job.__setitem__("progress", data))
+            options = self._options.pop(job_id, {})
+            result = await self.kinds[kind](
+                self.settings, lambda data: job.__setitem__("progress", data), **options
+            )
             await self._finish(job, "succeeded", result=result)
         except asyncio.CancelledError:
             reason = self._stop_reasons.pop(job_id, "interrupted by service shutdown")

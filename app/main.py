@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from app import api_docs, prometheus
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
@@ -22,6 +23,7 @@ from app.routes import jobs, models, predict, review, status, upload, webhooks
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
 from app.ui import install_console
+from app.ui.thumbnails import ThumbnailMaker
 from app.webhooks import Webhooks
 from config.clock import iso_micro
 from config.settings import Settings, get_settings
@@ -39,6 +41,7 @@ ROUTERS = [
     predict.router,
     review.router,
     webhooks.router,
+    prometheus.router,
 ]
 
 
@@ -63,14 +66,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(scheduler.shutdown)
         app.state.runner, app.state.scheduler = runner, scheduler
         app.state.overview = await status.overview_cache(app.state)
+        # Review thumbnails made ahead, so a page of them shows at once (app/ui/thumbnails.py).
+        maker = ThumbnailMaker(app.state.dataset, settings)
+        app.state.thumbnails = await stack.enter_async_context(maker)
         app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield
         log.info("service stopping: scheduler, running jobs, database")
 
 
-async def log_requests(request: Request, call_next) -> Response:
-    """One line per request: method, path, status, milliseconds. Never headers or query strings."""
+async def time_requests(request: Request, call_next) -> Response:
+    """One clock per request, read by both its users: the log line (method, path, status,
+    milliseconds; never headers or query strings) and Prometheus's latency by route template."""
     start = time.perf_counter()
     status_code = 500
     try:
@@ -78,8 +85,9 @@ async def log_requests(request: Request, call_next) -> Response:
         status_code = response.status_code
         return response
     finally:
-        ms = (time.perf_counter() - start) * 1000
-        request_log.info("%s %s %d %.1fms", request.method, request.url.path, status_code, ms)
+        seconds = time.perf_counter() - start
+        request_log.info("%s %s %d %.1fms", request.method, request.url.path, status_code, seconds * 1000)
+        request.app.state.metrics.observe_request(request, status_code, seconds)
 
 
 def create_app(settings: Settings | None = None, job_kinds: dict | None = None) -> FastAPI:
@@ -91,16 +99,18 @@ def create_app(settings: Settings | None = None, job_kinds: dict | None = None) 
         "Every endpoint except /status, /healthz and the docs needs "
         "'Authorization: Bearer <TRAINER_API_KEY>'.",
         lifespan=lifespan,
-        docs_url=None,  # /docs and /redoc are served from files in the package (app.ui.docs)
+        docs_url=None,  # /docs and /redoc are served from files in the package (app.api_docs)
         redoc_url=None,
     )
     app.state.settings = settings
     app.state.job_kinds = job_kinds
     install_error_handlers(app)
     app.add_middleware(RequestGuard)  # header count and body size, before auth reads anything
-    app.middleware("http")(log_requests)
+    app.state.metrics = prometheus.ConsoleMetrics()
+    app.middleware("http")(time_requests)
     for router in ROUTERS:
         app.include_router(router)
+    api_docs.install_docs(app)  # /docs, /redoc and their files (no CDN)
     install_console(app)
     return app
 

@@ -680,6 +680,14 @@ class DedupeIndex:
                 found.update((int(seq), image_id) for seq, image_id in (await conn.execute(q)).all())
         return found
 
+    async def near_all(self, phash: int, max_distance: int, limit: int = 8) -> list[NearMatch]:
+        """Every indexed image within ``max_distance`` bits, nearest first, at most ``limit`` (the
+        console shows an image's near duplicates beside it); rows deleted since are left out."""
+        await self.refresh()
+        candidates = self.cache.nearest(phash, max_distance)[: 4 * limit]
+        ids = await self.ids_for_seqs(seq for _, seq in candidates)
+        return [NearMatch(ids[seq], int(distance)) for distance, seq in candidates if seq in ids][:limit]
+
     async def earlier_near(
         self, rows: Sequence[tuple[int, int]], look: Look, max_distance: int
     ) -> dict[int, NearMatch]:

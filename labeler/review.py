@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
+from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 from rich import box
@@ -29,6 +30,8 @@ from config.settings import Settings
 
 PERSON_LABELS = ("real", "ai")
 KINDS = ("all", "disagreement", "unlabeled")
+SORTS = ("disagreement", "uncertainty", "newest")  # disagreement: the documented queue order
+LABELS = ("real", "ai", "unlabeled")
 METADATA_READS_AT_ONCE = 64
 # Pillow's name for a camera JPEG with extra frames (previews, stereo) is MPO, its MIME "image/mpo",
 # which browsers do not display; the bytes are a JPEG (and stored as .jpg).
@@ -66,17 +69,52 @@ def review_reason(meta: dict, settings: Settings) -> tuple[str, float, str] | No
     return None
 
 
-def rank(entries: list[dict], settings: Settings, kind: str = "all") -> list[tuple[dict, tuple]]:
-    """(entry, (kind, key, why)) in review order (see the module docstring)."""
+def rank(
+    entries: list[dict], settings: Settings, kind: str = "all", sort: str = "disagreement"
+) -> list[tuple[dict, tuple]]:
+    """(entry, (kind, key, why)) in review order (see the module docstring), or by ``sort``:
+    ``uncertainty`` (|score - 0.5| ascending, unscored first), ``newest`` (latest stored first)."""
     ranked = []
     for entry in entries:
         found = review_reason(entry, settings)
         if found is None or kind not in ("all", found[0]):
             continue
-        group = 0 if found[0] == "disagreement" else 1
-        ranked.append(((group, found[1], entry.get("timestamp") or "", entry["id"]), entry, found))
+        ranked.append((sort_key(entry, found, sort), entry, found))
     ranked.sort(key=lambda item: item[0])
     return [(entry, found) for _, entry, found in ranked]
+
+
+def sort_key(entry: dict, found: tuple[str, float, str], sort: str) -> tuple:
+    when, image_id = entry.get("timestamp") or "", entry["id"]
+    if sort == "uncertainty":
+        score = entry.get("confidence")
+        return (0.0 if score is None else abs(score - 0.5), when, image_id)
+    if sort == "newest":
+        return (_descending(when), image_id)
+    group = 0 if found[0] == "disagreement" else 1
+    return (group, found[1], when, image_id)
+
+
+def _descending(text: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in text)
+
+
+def matches(row: dict, filters: ReviewFilter) -> bool:
+    if filters.label and row["label"] != filters.label:
+        return False
+    if filters.source and row.get("source") != filters.source:
+        return False
+    if filters.generator and (row.get("generator") or "") != filters.generator:
+        return False
+    if filters.min_score is not None or filters.max_score is not None:
+        score = row.get("confidence")
+        if score is None:
+            return False
+        if filters.min_score is not None and score < filters.min_score:
+            return False
+        if filters.max_score is not None and score > filters.max_score:
+            return False
+    return True
 
 
 def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[dict]:
@@ -87,6 +125,7 @@ def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> lis
 def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
     return {
         "id": meta["id"],
+        "generator": meta.get("generator"),
         "reason": kind,
         "why": why,
         "label": meta.get("label"),
@@ -99,16 +138,49 @@ def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class ReviewFilter:
+    """What a page of the queue is narrowed to (every field optional)."""
+
+    label: str | None = None  # real | ai | unlabeled
+    source: str | None = None
+    generator: str | None = None
+    min_score: float | None = None  # P(ai) bounds, inclusive; unscored images are left out
+    max_score: float | None = None
+
+    def check(self) -> ReviewFilter:
+        if self.label is not None and self.label not in LABELS:
+            raise ValueError(f"label must be one of {', '.join(LABELS)}, got {self.label!r}")
+        for name in ("min_score", "max_score"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"min_score {self.min_score} is above max_score {self.max_score}")
+        return self
+
+
 async def review_queue(
-    dataset, settings: Settings, *, kind: str = "all", limit: int = 50, offset: int = 0
+    dataset,
+    settings: Settings,
+    *,
+    kind: str = "all",
+    limit: int = 50,
+    offset: int = 0,
+    filters: ReviewFilter | None = None,
+    sort: str = "disagreement",
 ) -> dict:
-    """One page of the queue: ``{total, limit, offset, kind, items}``.
+    """One page of the queue: ``{total, limit, offset, kind, sort, items, facets}``; ``facets``:
+    the sources and generators in the queue (before the filter), for a person to choose from.
 
     Ranked from the index (label, score, time); metadata files are read only for disputed images
     (is the label a person's?) and for the page's entries (attribution), not for the whole dataset.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    filters = (filters or ReviewFilter()).check()
     offset = max(0, offset)  # a negative offset would count from the end
     rows = [
         {
@@ -117,17 +189,36 @@ async def review_queue(
             "confidence": s.confidence,
             "timestamp": s.created_at,
             "source": s.source,
+            "generator": s.generator,
+            "width": s.width,
+            "height": s.height,
         }
         for s in await dataset.samples(labels=("real", "ai", "unlabeled"))
     ]
     disputed = [row for row in rows if row["label"] != "unlabeled" and review_reason(row, settings)]
     for row, meta in zip(disputed, await read_metadata(dataset, disputed), strict=True):
         row["label_source"] = (meta or {}).get("label_source")
-    ranked = rank(rows, settings, kind)
+    ranked = rank(rows, settings, kind, sort)
+    facets = {
+        "sources": sorted({str(row.get("source")) for row, _ in ranked if row.get("source")}),
+        "generators": sorted({str(row.get("generator")) for row, _ in ranked if row.get("generator")}),
+    }
+    ranked = [(row, found) for row, found in ranked if matches(row, filters)]
     page = ranked[offset : offset + limit]
     metas = await read_metadata(dataset, [row for row, _ in page])
-    items = [queue_entry(meta or row, *found) for (row, found), meta in zip(page, metas, strict=True)]
-    return {"total": len(ranked), "limit": limit, "offset": offset, "kind": kind, "items": items}
+    items = [
+        {**queue_entry(meta or row, *found), "width": row["width"], "height": row["height"]}
+        for (row, found), meta in zip(page, metas, strict=True)
+    ]
+    return {
+        "total": len(ranked),
+        "limit": limit,
+        "offset": offset,
+        "kind": kind,
+        "sort": sort,
+        "items": items,
+        "facets": facets,
+    }
 
 
 async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
@@ -139,11 +230,43 @@ async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
     return metas
 
 
-async def record_person_label(dataset, image_id: str, label: str, reviewer: str | None = None) -> dict:
-    """Store a person's label; ``label_source`` keeps who (the dataset adds when)."""
+async def record_person_label(
+    dataset, image_id: str, label: str, reviewer: str | None = None, keep_previous: bool = False
+) -> dict:
+    """Store a person's label; ``label_source`` keeps who (the dataset adds when), and with
+    ``keep_previous`` the label it replaces (``previous: {label, label_source}``), so
+    :func:`undo_person_label` can put it back."""
     if label not in PERSON_LABELS:
         raise ValueError(f"label must be 'real' or 'ai', got {label!r}")
-    return await dataset.set_label(image_id, label, {"kind": "person", "by": reviewer or "api"})
+    source: dict = {"kind": "person", "by": reviewer or "api"}
+    if keep_previous:
+        meta = await dataset.get_metadata(image_id)
+        if meta is not None:
+            before = dict(meta.get("label_source") or {})
+            before.pop("previous", None)  # one step back is kept, not the whole chain
+            source["previous"] = {"label": meta.get("label"), "label_source": before or None}
+    return await dataset.set_label(image_id, label, source)
+
+
+class NothingToUndo(ValueError):
+    """The image's label does not record the one it replaced."""
+
+
+async def undo_person_label(dataset, image_id: str, reviewer: str | None = None) -> dict:
+    """Put back the label a console label replaced (its ``label_source.previous``); the image goes
+    back into the queue when that label was not a person's. NothingToUndo otherwise."""
+    meta = await dataset.get_metadata(image_id)
+    if meta is None:
+        raise UnknownImageId(image_id)
+    previous = (meta.get("label_source") or {}).get("previous")
+    if not isinstance(previous, dict) or previous.get("label") not in LABELS:
+        raise NothingToUndo(f"image {image_id} has no earlier label recorded: nothing to undo")
+    source = previous.get("label_source") or {"kind": "undone", "by": reviewer or "api"}
+    return await dataset.set_label(image_id, previous["label"], source)
+
+
+class UnknownImageId(KeyError):
+    """No image has this (well-formed) id."""
 
 
 def review_table(page: dict) -> Table:

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import ArrayLike
 
+from trainer.results import DECISION_THRESHOLD  # P(ai) at or above this is called "ai"
+
 CLASS_INDEX = {"real": 0, "ai": 1}
-DECISION_THRESHOLD = 0.5  # P(ai) at or above this is called "ai"
 
 
 @dataclass

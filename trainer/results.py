@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+# P(ai) at or above this is called "ai" (trainer/evaluate.py scores with it; the console draws the
+# confusion matrix at it). Here, without torch, so the app can read it.
+DECISION_THRESHOLD = 0.5
+
 
 class RegistryEntry(TypedDict, total=False):
     """One version in ``models/registry.json`` (``trainer.registry``)."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from app.deps import Authorized, RunnerDep
 from app.jobs import JOB_KINDS, JobBusy
 from app.schemas import ErrorOut, JobAccepted, JobList, JobOut, JobState
+from config.settings import ConfigError
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 
@@ -20,15 +21,39 @@ JobStateFilter = Enum("JobState", {state: state for state in get_args(JobState)}
 _CONFLICT = {409: {"model": ErrorOut, "description": "a job of this kind is already running"}}
 
 
-async def start_job(runner, kind: str) -> dict:
+def enabled_sources(settings) -> list[str]:
+    """The names of the enabled entries of sources.yaml (ConfigError when it cannot be read)."""
+    from config.sources import load_sources
+    from scraper.fetcher_manager import FETCHERS
+
+    return sorted({s.name for s in load_sources(settings.sources_config, FETCHERS).enabled()})
+
+
+async def start_job(runner, kind: str, trigger: str = "manual", source: str | None = None) -> dict:
+    """Start a job for the API and the console alike: 409 naming the running job when its kind is
+    busy; ``source`` (scrape only): just that enabled source, 400 naming the enabled ones otherwise."""
+    options = None
+    if source is not None:
+        try:
+            names = enabled_sources(runner.settings)
+        except ConfigError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=str(exc)) from None
+        if source not in names:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail=f"no enabled source called {source[:64]!r}; enabled: {', '.join(names) or 'none'}",
+            )
+        options = {"only": [source]}
     try:
-        job = await runner.submit(kind, trigger="manual")
+        job = await runner.submit(kind, trigger=trigger, options=options)
     except JobBusy as busy:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
             detail=f"a {kind} job is already {busy.job['state']}: {busy.job['id']}; "
             f"follow it at /jobs/{busy.job['id']} and retry when it has finished",
         ) from busy
+    except ValueError as exc:  # options for a kind that a worker runs
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
     return {"job_id": job["id"], "kind": kind, "state": job["state"], "status_url": f"/jobs/{job['id']}"}
 
 
@@ -36,11 +61,14 @@ async def start_job(runner, kind: str) -> dict:
     "/scrape",
     status_code=202,
     response_model=JobAccepted,
-    responses=_CONFLICT,
-    summary="Start a scrape of every enabled source",
+    responses={**_CONFLICT, 400: {"model": ErrorOut, "description": "source is not an enabled source"}},
+    summary="Start a scrape of every enabled source (or of one, with ?source=)",
 )
-async def post_scrape(runner: RunnerDep) -> dict:
-    return await start_job(runner, "scrape")
+async def post_scrape(
+    runner: RunnerDep,
+    source: Annotated[str | None, Query(max_length=64, description="only this enabled source")] = None,
+) -> dict:
+    return await start_job(runner, "scrape", source=source)
 
 
 @router.post(

@@ -383,6 +383,12 @@ _WEIGHTS_RESPONSES = {
     summary="The weights' size and ETag, without the body",
 )
 async def download_weights(name: str, version: str, settings: SettingsDep, request: Request) -> Response:
+    return await weights_download(settings, name, version, request)
+
+
+async def weights_download(settings, name: str, version: str, request: Request) -> Response:
+    """A registered version's weights, streamed with Content-Length and ETag (304 on a match):
+    the API's route and the console's download link both answer with this."""
     artifact = await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")
     return artifact_response(
         artifact,

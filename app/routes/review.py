@@ -22,6 +22,7 @@ from dataset.rebuild import MetadataInvalid
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import (
     InvalidImageId,
+    ReviewFilter,
     image_media_type,
     parse_image_id,
     record_person_label,
@@ -40,6 +41,9 @@ class ReviewItem(BaseModel):
     score: float | None = Field(description="P(ai-generated) from the labeler, null if not scored yet")
     scored_by: dict[str, Any] | None = None
     source: str | None
+    generator: str | None = None
+    width: int | None = None
+    height: int | None = None
     attribution: dict[str, Any]
     timestamp: str | None
     image_url: str = Field(description="GET it with the same bearer token")
@@ -50,7 +54,11 @@ class ReviewPage(BaseModel):
     limit: int
     offset: int
     kind: str
+    sort: str = "disagreement"
     items: list[ReviewItem]
+    facets: dict[str, list[str]] = Field(
+        default_factory=dict, description="the sources and generators in the queue, before the filter"
+    )
 
 
 class LabelIn(BaseModel):
@@ -90,9 +98,24 @@ async def get_review(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
     kind: Literal["all", "disagreement", "unlabeled"] = "all",
+    label: Annotated[Literal["real", "ai", "unlabeled"] | None, Query(description="only this label")] = None,
+    source: Annotated[str | None, Query(max_length=64, description="only this source")] = None,
+    generator: Annotated[str | None, Query(max_length=64, description="only this generator")] = None,
+    min_score: Annotated[
+        float | None, Query(ge=0, le=1, description="P(ai) at least (unscored left out)")
+    ] = None,
+    max_score: Annotated[
+        float | None, Query(ge=0, le=1, description="P(ai) at most (unscored left out)")
+    ] = None,
+    sort: Literal["disagreement", "uncertainty", "newest"] = "disagreement",
 ) -> dict:
+    filters = ReviewFilter(label, source or None, generator or None, min_score, max_score)
     try:
-        return await review_queue(dataset, settings, kind=kind, limit=limit, offset=offset)
+        return await review_queue(
+            dataset, settings, kind=kind, limit=limit, offset=offset, filters=filters, sort=sort
+        )
+    except ValueError as exc:  # min_score above max_score
+        raise HTTPException(422, detail=f"{exc}; nothing to show") from None
     except StorageError as exc:
         raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
 
@@ -126,7 +149,13 @@ _IMAGE_RESPONSES = {
     responses=_IMAGE_RESPONSES,
 )
 async def get_image(image_id: str, dataset: DatasetDep) -> Response:
-    image_id = _image_id(image_id)
+    return await image_file(dataset, image_id)
+
+
+async def image_file(dataset, raw_id: str) -> Response:
+    """The stored bytes of an image, typed by their real format (the API's route and the console's
+    viewer both answer with this); 404 for an unknown id, 503 when storage is away."""
+    image_id = _image_id(raw_id)
     try:
         data = await dataset.read_image(image_id)
     except (UnknownImage, StorageKeyError):

@@ -19,6 +19,7 @@ from app.deps import Authorized, DatasetDep, SettingsDep
 from app.schemas import ErrorOut, UploadOut
 from config.names import clean_generator
 from dataset.facts import EDIT_PREFIX
+from dataset.manager import IngestOutcome
 from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ _ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
 
 class BodyTooLarge(Exception):
     pass
+
+
+class UnknownOriginal(ValueError):
+    """``edit_of`` names an id no stored image has (the message says what to do)."""
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -126,6 +131,47 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
     return data, label, (filename or None) and filename[-200:], extras
 
 
+async def store_upload(
+    state,
+    data: bytes,
+    label: str,
+    filename: str | None,
+    generator: str | None = None,
+    edit_of: str | None = None,
+) -> IngestOutcome:
+    """One uploaded file into the dataset, for the API and the console alike: the metadata an upload
+    gets, the ingest, the Prometheus count, and /status moving at once when it was stored.
+
+    ``generator`` is already cleaned (config.names.clean_generator). A storage or index failure is
+    an outcome ``error`` (reason ``storage_error``), never an exception; an ``edit_of`` that names
+    no stored image raises :class:`UnknownOriginal` before anything is stored.
+    """
+    metadata = {
+        "source": "upload",
+        "label": label,
+        "attribution": {"platform": "upload"},
+        "api_data": {"filename": filename},
+    }
+    if generator:
+        metadata["generator"] = generator
+    if edit_of:
+        original = await state.dataset.get_metadata(edit_of[:64])
+        if original is None:
+            raise UnknownOriginal(
+                f"edit_of: no stored image has the id {edit_of[:64]!r}; "
+                "give the id an earlier upload answered with, or leave edit_of out"
+            )
+        metadata["group_hint"] = original.get("group_hint") or f"{EDIT_PREFIX}{original['id']}"
+    try:
+        outcome = await state.dataset.ingest(data, metadata)
+    except (StorageError, OperationalError) as exc:
+        outcome = IngestOutcome(status="error", reason="storage_error", message=str(exc))
+    state.metrics.count_ingest(outcome.status, outcome.reason)  # Prometheus
+    if outcome.status == "stored":
+        state.overview.invalidate()  # /status counts move at once
+    return outcome
+
+
 @router.post(
     "/upload",
     status_code=201,
@@ -136,36 +182,15 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, str, str | N
 )
 async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
     data, label, filename, extras = await read_upload(request, settings.upload_max_bytes)
-    metadata = {
-        "source": "upload",
-        "label": label,
-        "attribution": {"platform": "upload"},
-        "api_data": {"filename": filename},
-    }
-    if "generator" in extras:
-        metadata["generator"] = extras["generator"]
-    if "edit_of" in extras:
-        original = await dataset.get_metadata(extras["edit_of"][:64])
-        if original is None:
-            raise HTTPException(
-                400,
-                detail="edit_of: no stored image has the id "
-                f"{extras['edit_of'][:64]!r}; "
-                "give the id an earlier upload answered with, or leave edit_of out",
-            )
-        metadata["group_hint"] = original.get("group_hint") or f"{EDIT_PREFIX}{original['id']}"
     try:
-        outcome = await dataset.ingest(data, metadata)
-    except (StorageError, OperationalError) as exc:
-        raise _unavailable(str(exc)) from exc
-    request.app.state.metrics.count_ingest(outcome.status, outcome.reason)  # Prometheus
+        outcome = await store_upload(request.app.state, data, label, filename, **extras)
+    except UnknownOriginal as exc:
+        raise HTTPException(400, detail=str(exc)) from None
     if outcome.status == "error":
         raise _unavailable(outcome.message)
     if outcome.status == "rejected":
         code = REJECTED_STATUS.get(outcome.reason, 400)
         raise HTTPException(code, detail=f"{outcome.reason}: {outcome.message}")
-    if outcome.status == "stored":
-        request.app.state.overview.invalidate()  # /status counts move at once
     if outcome.status != "stored":
         # An upload never relabels what is stored: answer with the label the image keeps.
         existing = await dataset.get_metadata(outcome.id)

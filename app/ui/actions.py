@@ -12,23 +12,21 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from app.routes.models import artifact_response, registered_artifact, weights_sha256
+from app.routes.models import artifact_response, registered_artifact, weights_download
 from app.routes.status import running_jobs
-from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request
+from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
-from app.ui.routes import models_page, review_page
+from app.ui.routes import models_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
 from config.names import clean_generator
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
-from labeler.review import InvalidImageId, parse_image_id, record_person_label
+from labeler.review import InvalidImageId, parse_image_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -44,50 +42,6 @@ async def live_jobs(request: Request, session: Session) -> dict:
         "jobs": [views.progress_view(job) for job in running_jobs(state.runner, status)],
         "counts": status["dataset_counts"],
     }
-
-
-class LabelIn(BaseModel):
-    id: str
-    label: str
-
-
-async def apply_label(request: Request, raw_id: str, label: str) -> tuple[int, dict]:
-    """(HTTP status, answer) for a person's label; an unknown id or label changes nothing."""
-    if label not in ("real", "ai"):
-        return 400, {"detail": f"label must be real or ai (got {label[:20]!r}); nothing was changed"}
-    try:
-        image_id = parse_image_id(raw_id)
-        doc = await record_person_label(request.app.state.dataset, image_id, label, "console")
-    except (InvalidImageId, UnknownImage, StorageKeyError):
-        return 404, {"detail": f"no image with id {raw_id[:60]!r}; nothing was changed"}
-    except StorageError as exc:
-        return 503, {"detail": f"storage unavailable, label not recorded: {exc}; retry"}
-    state = request.app.state
-    state.overview.invalidate()
-    log.info("image %s labelled %s in the console", image_id, label)
-    counts = (await state.overview.get())["dataset_counts"]
-    return 200, {"id": image_id, "label": doc["label"], "counts": counts}
-
-
-@router.post("/api/label")
-async def label_json(body: LabelIn, request: Request, session: Session):
-    check_csrf(session, request.headers.get("x-csrf-token"))
-    code, answer = await apply_label(request, body.id, body.label)
-    return JSONResponse(answer, status_code=code)
-
-
-@router.post("/review/label")
-async def label_form(
-    request: Request,
-    session: Session,
-    id: Annotated[str, Form()] = "",
-    label: Annotated[str, Form()] = "",
-    csrf_token: Annotated[str, Form()] = "",
-):
-    check_csrf(session, csrf_token)
-    code, answer = await apply_label(request, id, label)
-    message = f"{answer['id']} labelled {answer['label']}" if code == 200 else answer["detail"]
-    return await review_page(request, session, message=message, status_code=code)
 
 
 @router.post("/models/{name}/serve")
@@ -141,7 +95,7 @@ async def thumb(image_id: str, request: Request, session: Session) -> Response:
 async def ingest_file(request: Request, file: UploadFile, label: str, generator: str | None = None) -> dict:
     """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
     state = request.app.state
-    settings, dataset, metrics = state.settings, state.dataset, state.metrics
+    settings, metrics = state.settings, state.metrics
     name = (file.filename or "file")[-200:]
     data = await file.read(settings.upload_max_bytes + 1)
     if len(data) > settings.upload_max_bytes:
@@ -152,24 +106,8 @@ async def ingest_file(request: Request, file: UploadFile, label: str, generator:
             "reason": "too_large",
             "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)",
         }
-    metadata = {
-        "source": "upload",
-        "label": label,
-        "attribution": {"platform": "upload"},
-        "api_data": {"filename": name},
-    }
-    if generator:
-        metadata["generator"] = generator
-    try:
-        outcome = await dataset.ingest(data, metadata)
-    except (StorageError, OperationalError) as exc:
-        outcome_dict = {"status": "error", "reason": "storage_error", "message": str(exc)}
-    else:
-        outcome_dict = outcome.as_dict()
-    metrics.count_ingest(outcome_dict["status"], outcome_dict.get("reason"))
-    if outcome_dict["status"] == "stored":
-        request.app.state.overview.invalidate()
-    return {"file": name, **outcome_dict}
+    outcome = await store_upload(state, data, label, name, generator)
+    return {"file": name, **outcome.as_dict()}
 
 
 @router.post("/upload")
@@ -237,16 +175,7 @@ def _upload_answer(
 
 @router.get("/models/{name}/{version}/weights.pt")
 async def download_weights(name: str, version: str, request: Request, session: Session):
-    artifact = await run_in_threadpool(
-        registered_artifact, request.app.state.settings, name, version, "weights.pt"
-    )
-    return artifact_response(
-        artifact,
-        "application/octet-stream",
-        weights_sha256(artifact.entry),
-        request,
-        filename=f"{name}-{version}-weights.pt",
-    )
+    return await weights_download(request.app.state.settings, name, version, request)
 
 
 @router.get("/models/{name}/{version}/{document}.json")

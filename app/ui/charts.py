@@ -10,6 +10,8 @@ from html import escape
 
 from markupsafe import Markup
 
+from app.ui.plots import fmt, nice_ticks
+
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 48, 120, 12, 36
 COLOURS = ("#2563eb", "#dc2626", "#6b7280", "#059669", "#d97706", "#7c3aed")
@@ -38,6 +40,8 @@ def line_chart(
     low = min(values) if y_min is None else y_min
     high = max(values) if y_max is None else y_max
     high = high if high > low else low + 1
+    ticks = nice_ticks(low, high, 4, integer=all(float(v).is_integer() for v in values) and high - low >= 4)
+    low, high = min(low, ticks[0]), max(high, ticks[-1])  # the axis ends on a round number
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     xs = x_values if x_values is not None else list(range(len(x_labels)))
     x_low, x_span = min(xs), (max(xs) - min(xs)) or 1
@@ -53,15 +57,14 @@ def line_chart(
         f'xmlns="http://www.w3.org/2000/svg" data-series="{len(series)}">',
         f"<title>{escape(title)}</title>",
     ]
-    for tick in range(5):
-        v = low + (high - low) * tick / 4
+    for v in ticks:
         parts.append(
             f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
             'stroke="#e5e7eb"/>'
         )
         parts.append(
             f'<text x="{LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">'
-            f"{escape(_fmt(v))}</text>"
+            f"{escape(fmt(v))}</text>"
         )
     shown = -1e9
     for i, label in enumerate(x_labels):

@@ -15,6 +15,7 @@ from app.ui.session import ConsoleDisabled, CsrfRejected, LoginRequired
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["pretty"] = views.pretty
+templates.env.filters["when"] = views.when
 templates.env.globals["safe_url"] = views.safe_url
 
 # The console's own pages run only our static script: markup that slipped into metadata cannot run.

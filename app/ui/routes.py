@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.jobs import JOB_KINDS
 from app.jobstore import ACTIVE_STATES, FINAL_STATES
-from app.routes.models import registered_artifact
 from app.routes.status import running_jobs
-from app.ui import views
+from app.ui import act, evidence, views
+from app.ui import compare as compare_versions
 from app.ui.pages import render
 from app.ui.session import (
     LOGIN_COOKIE,
@@ -32,11 +32,9 @@ from app.ui.session import (
     read_token,
     set_cookie,
 )
-from labeler.review import review_queue
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 Session = Annotated[dict, Depends(current_session)]
-REVIEW_PAGE = 48
 JOB_STATES = ACTIVE_STATES + FINAL_STATES
 
 
@@ -115,6 +113,9 @@ async def overview(request: Request, session: Session):
         "chart": views.growth_chart(await views.growth(state.dataset)),
         "scrapes": await views.last_scrape_reports(state.runner.store),
         "scheduler": {"state": state.scheduler.state, "next_runs": state.scheduler.next_runs()},
+        "served": views.served_line(status, await run_in_threadpool(views.model_entries, state.settings)),
+        "actions": [kind for kind in ("scrape", "train", "label") if kind in state.runner.kinds],
+        "sources": (await run_in_threadpool(act.sources_or_none, state.settings))[0],
     }
     return render(request, "overview.html", context, session=session)
 
@@ -135,6 +136,7 @@ async def models_page(request: Request, session: dict, message: str | None = Non
         {
             "active": "models",
             "entries": entries,
+            "served": (await request.app.state.overview.get())["latest_model"],
             "chart": views.models_chart(entries),
             "metrics": views.MODEL_METRICS,
             "aliases": aliases,
@@ -146,13 +148,58 @@ async def models_page(request: Request, session: dict, message: str | None = Non
     )
 
 
+@router.get("/models/compare")
+async def compare(request: Request, session: Session, a: str = "", b: str = "", name: str = ""):
+    """Two versions side by side: ``?a=v1&b=v2`` (``name``: the model, MODEL_NAME by default)."""
+    settings = request.app.state.settings
+    name = name or settings.model_name
+    entries = [e for e in views.model_entries(settings) if e.get("model") == name]
+    context: dict = {"active": "models", "name": name, "versions": [e.get("version") for e in entries]}
+    context.update(a=a, b=b, compared=None)
+    if not (a and b):
+        return render(request, "compare.html", context, session=session)
+    if a == b:
+        context["message"] = f"choose two different versions (both were {a[:40]!r})"
+        return render(request, "compare.html", context, session=session, status_code=400)
+    try:
+        sides = [await views.version_files(settings, name, version) for version in (a, b)]
+    except HTTPException as exc:
+        context["message"] = f"{exc.detail}; choose versions from the lists below"
+        return render(request, "compare.html", context, session=session, status_code=exc.status_code)
+    (entry_a, card_a, report_a), (entry_b, card_b, report_b) = sides
+    context["compared"] = {
+        "a": entry_a,
+        "b": entry_b,
+        "metrics": compare_versions.side_by_side(entry_a, entry_b),
+        "changes": compare_versions.changes(entry_a, entry_b, card_a, card_b),
+        "paired": compare_versions.paired(report_a, report_b),
+    }
+    return render(request, "compare.html", context, session=session)
+
+
 @router.get("/models/{name}/{version}")
 async def model_detail(name: str, version: str, request: Request, session: Session):
     settings = request.app.state.settings
-    entry = (await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")).entry
-    card = await run_in_threadpool(views.artifact_json, settings, entry, "model.json")
-    report = await run_in_threadpool(views.artifact_json, settings, entry, "report.json")
-    context = {"active": "models", "entry": entry, "card": card, "report": report}
+    try:
+        entry, card, report = await views.version_files(settings, name, version)
+    except HTTPException as exc:
+        return render(
+            request,
+            "error.html",
+            {"title": "No such version", "message": f"{exc.detail}", "back": ("/ui/models", "all versions")},
+            session=session,
+            status_code=exc.status_code,
+        )
+    others = [e.get("version") for e in views.model_entries(settings) if e.get("model") == name]
+    context = {
+        "active": "models",
+        "entry": entry,
+        "card": card,
+        "report": report,
+        "decision": views.decision_text(entry),
+        "evidence": await run_in_threadpool(evidence.model_evidence, report, card),
+        "others": [v for v in others if v != version],
+    }
     return render(request, "model.html", context, session=session)
 
 
@@ -168,6 +215,8 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
     for row in rows:
         row["duration"] = views.duration(row)
         row["progress_text"] = views.describe_progress(row.get("progress") or {})
+        row["tables"] = views.result_tables(row) if row.get("state") == "succeeded" else []
+    rows.sort(key=lambda row: row.get("state") not in ACTIVE_STATES)  # running jobs first, then newest
     context = {
         "active": "jobs",
         "jobs": rows,
@@ -178,24 +227,6 @@ async def jobs(request: Request, session: Session, kind: str = "", state: str = 
         "message": message,
     }
     return render(request, "jobs.html", context, session=session, status_code=400 if message else 200)
-
-
-async def review_page(request: Request, session: dict, message: str | None = None, status_code: int = 200):
-    state = request.app.state
-    page = await review_queue(state.dataset, state.settings, kind="all", limit=REVIEW_PAGE)
-    counts = (await state.overview.get())["dataset_counts"]
-    return render(
-        request,
-        "review.html",
-        {"active": "review", "page": page, "counts": counts, "message": message},
-        session=session,
-        status_code=status_code,
-    )
-
-
-@router.get("/review")
-async def review(request: Request, session: Session):
-    return await review_page(request, session)
 
 
 @router.get("/upload")

@@ -1,4 +1,9 @@
-"""Review thumbnails: made on the server from the stored image, cached on local disk.
+"""Review thumbnails: made on the server from the stored image, cached on local disk, made ahead.
+
+:class:`ThumbnailMaker` runs in the service (app/main.py's lifespan): at start-up it makes the
+thumbnail of every image that has none, then follows the index (rows newer than the last it saw:
+uploads, scrapes, other hosts' imports) so a thumbnail exists before anyone asks; a review page
+puts its own images first in line. A thumbnail asked for before it was made is made on the spot.
 
 The cache lives in ``DATASET_DIR/.thumbnails/{id[:2]}/{id}.jpg`` (local even with S3 storage: it
 is only a cache). The id is parsed as a UUID before anything else, so the path is never built
@@ -9,12 +14,22 @@ EXIF orientation). Files are written atomically: a reader never sees half a thum
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import os
 import tempfile
+from collections import deque
 from pathlib import Path
 
+from sqlalchemy import select
+
 from dataset.images import ImageRejected, decode_rgb
+from dataset.index import images
+from dataset.storage import StorageError
+
+log = logging.getLogger(__name__)
+FOLLOW_SECONDS = 2.0  # how often the index is asked for new rows when there is nothing to make
 
 SIDE = 256
 QUALITY = 82
@@ -61,4 +76,82 @@ async def thumbnail(dataset, settings, image_id: str) -> bytes:
     return thumb
 
 
-__all__ = ["ImageRejected", "cache_path", "make_thumbnail", "thumbnail"]
+class ThumbnailMaker:
+    """Makes missing thumbnails in the background, a page's images first (see the module doc)."""
+
+    def __init__(self, dataset, settings, workers: int = 1) -> None:
+        self.dataset, self.settings, self.workers = dataset, settings, workers
+        self.urgent: deque[str] = deque()
+        self.backlog: deque[str] = deque()
+        self.queued: set[str] = set()
+        self.last_seq = 0
+        self.made = 0
+        self.wake = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []
+
+    def missing(self, image_id: str) -> bool:
+        return not cache_path(self.settings.dataset_dir, image_id).is_file()
+
+    def warm(self, image_ids: list[str]) -> None:
+        """These images next (a page that is being shown), unless they have a thumbnail."""
+        for image_id in reversed(image_ids):
+            if self.missing(image_id):
+                self.urgent.appendleft(image_id)
+                self.queued.add(image_id)
+        if self.urgent:
+            self.wake.set()
+
+    async def follow_index(self) -> None:
+        """Queue the images stored since the last look (all of them the first time)."""
+        query = select(images.c.seq, images.c.id).where(images.c.seq > self.last_seq).order_by(images.c.seq)
+        async with self.dataset.index.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        for seq, image_id in rows:
+            self.last_seq = max(self.last_seq, seq)
+            if image_id not in self.queued and self.missing(image_id):
+                self.backlog.append(image_id)
+                self.queued.add(image_id)
+
+    def next_id(self) -> str | None:
+        for line in (self.urgent, self.backlog):
+            while line:
+                image_id = line.popleft()
+                if image_id in self.queued:
+                    self.queued.discard(image_id)
+                    return image_id
+        return None
+
+    async def work(self) -> None:
+        while True:
+            image_id = self.next_id()
+            if image_id is None:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), FOLLOW_SECONDS)
+                try:
+                    await self.follow_index()
+                except Exception as exc:  # the database away for a moment: the next look retries
+                    log.warning("thumbnails: cannot read the index: %s", exc)
+                continue
+            if not self.missing(image_id):
+                continue
+            try:
+                await thumbnail(self.dataset, self.settings, image_id)
+                self.made += 1
+            except (ImageRejected, StorageError, KeyError, OSError) as exc:  # shown as a 404/422 when asked
+                log.info("thumbnail of %s not made: %s", image_id, exc)
+
+    async def __aenter__(self) -> ThumbnailMaker:
+        self.tasks = [asyncio.create_task(self.work(), name=f"thumbnails-{i}") for i in range(self.workers)]
+        self.wake.set()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+__all__ = ["ImageRejected", "ThumbnailMaker", "cache_path", "make_thumbnail", "thumbnail"]

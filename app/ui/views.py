@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from itertools import accumulate
 from typing import Any
 
+from markupsafe import Markup
 from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
+from app.routes.models import registered_artifact
 from app.ui.charts import line_chart
+from app.ui.plots import Frame, bar_plot, nice_ticks
 from dataset.index import images
 from dataset.storage import StorageError
 from trainer.model_store import ArtifactMissing, model_store
@@ -35,20 +39,34 @@ PROGRESS_PAIRS = (
 
 
 async def growth(dataset) -> dict[str, Any]:
-    """Cumulative image count per label, one point per day with new images."""
+    """Images added per label: per day (cumulative line) over a history of days, per hour (bars)
+    when everything arrived within one day."""
     day = func.substr(images.c.created_at, 1, 10)
     query = select(day, images.c.label, func.count()).group_by(day, images.c.label).order_by(day)
     async with dataset.index.engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    days = sorted({row[0] for row in rows})
-    added = {label: dict.fromkeys(days, 0) for label in LABELS}
-    for when, label, n in rows:
-        added.setdefault(label, dict.fromkeys(days, 0))[when] += n
+        days = sorted({row[0] for row in rows})
+        if len(days) == 1:
+            hour = func.substr(images.c.created_at, 1, 13)
+            query = select(hour, images.c.label, func.count()).group_by(hour, images.c.label).order_by(hour)
+            hourly = (await conn.execute(query)).all()
+            return {"days": days, "hours": _per_label(hourly), "series": {}}
+    added = _per_label(rows)
     series = {label: list(accumulate(per_day.values())) for label, per_day in added.items()}
     return {"days": days, "series": series}
 
 
+def _per_label(rows) -> dict[str, dict[str, int]]:
+    keys = sorted({row[0] for row in rows})
+    added = {label: dict.fromkeys(keys, 0) for label in LABELS}
+    for when, label, n in rows:
+        added.setdefault(label, dict.fromkeys(keys, 0))[when] += n
+    return added
+
+
 def growth_chart(data: dict) -> Any:
+    if data.get("hours"):
+        return hourly_chart(data["days"][0], data["hours"])
     days = []
     for day in data["days"]:
         try:
@@ -56,6 +74,28 @@ def growth_chart(data: dict) -> Any:
         except ValueError:  # a row written by hand with an odd timestamp: keep its order
             days.append(days[-1] + 1 if days else 0.0)
     return line_chart(data["days"], data["series"], title="dataset size by label", y_min=0, x_values=days)
+
+
+def hourly_chart(day: str, added: dict[str, dict[str, int]]) -> Any:
+    """One day of arrivals: images added per hour (UTC), stacked by label."""
+    hours = list(range(24))
+    series = {
+        label: [sum(n for when, n in per_hour.items() if when[11:13] == f"{h:02d}") for h in hours]
+        for label, per_hour in added.items()
+    }
+    high = max(sum(values[h] for values in series.values()) for h in hours) or 1
+    frame = Frame(
+        f"images added per hour on {day} (UTC)",
+        (0, 24),
+        (0, high * 1.1),
+        x_label="hour (UTC)",
+        y_label="images",
+        width=640,
+        height=260,
+    )
+    frame.x_ticks = [(h, f"{h:02d}:00") for h in range(0, 25, 3)]
+    frame.y_ticks = nice_ticks(0, high * 1.1, 5, integer=True)
+    return bar_plot([float(h) for h in range(25)], series, frame, overlay=False)
 
 
 def progress_view(job: dict) -> dict[str, Any]:
@@ -182,6 +222,28 @@ def artifact_json(settings, entry: dict, filename: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+async def version_files(settings, name: str, version: str) -> tuple[dict, dict | None, dict | None]:
+    """(registry entry, model.json, report.json) of a registered version; HTTPException 404 (unknown
+    version) or 503 (registry unreadable) as the API answers."""
+    artifact = await run_in_threadpool(registered_artifact, settings, name, version, "weights.pt")
+    entry = artifact.entry
+    card = await run_in_threadpool(artifact_json, settings, entry, "model.json")
+    report = await run_in_threadpool(artifact_json, settings, entry, "report.json")
+    return entry, card, report
+
+
+def decision_text(entry: dict) -> str:
+    """ "Promoted: first promoted version ..." / "Not promoted: AUC 0.71 ..." without saying it twice
+    (the stored reason often starts with its own verdict)."""
+    verdict = "Promoted" if entry.get("promoted") else "Not promoted"
+    reason = str(entry.get("promotion_reason") or "").strip()
+    for prefix in ("not promoted:", "promoted:", "not promoted", "promoted"):
+        if reason.lower().startswith(prefix):
+            reason = reason[len(prefix) :].lstrip(" :")
+            break
+    return f"{verdict}: {reason}" if reason else verdict
+
+
 def read_json(path) -> dict | None:
     """A JSON file beside the weights, or None when it is absent or unreadable."""
     try:
@@ -198,6 +260,110 @@ def safe_url(value: Any) -> str | None:
     if isinstance(value, str) and value.lower().startswith(("https://", "http://")):
         return value
     return None
+
+
+def when(value: Any) -> Markup:
+    """A timestamp as ``<time>``: the page's script shows it as "3 min ago" with the full time in
+    the viewer's zone on hover; without the script, minutes in UTC (never microseconds)."""
+    if not isinstance(value, str) or not value:
+        return Markup("–")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return Markup("{}").format(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    iso = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        iso, moment.strftime("%Y-%m-%d %H:%M:%S UTC"), moment.strftime("%Y-%m-%d %H:%M UTC")
+    )
+
+
+SCRAPE_COLUMNS = ("label", "status", "downloaded", "stored", "duplicates", "near_duplicates")
+TRAIN_FACTS = (
+    ("version", "version"),
+    ("promoted", "promoted"),
+    ("promotion_reason", "why"),
+    ("val_auc", "AUC"),
+    ("val_acc", "accuracy"),
+    ("dataset_size", "dataset size"),
+    ("train_size", "training images"),
+    ("val_size", "evaluation images"),
+    ("epochs", "epochs"),
+    ("device", "device"),
+    ("duration_s", "seconds"),
+)
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {cell(v)}" for k, v in sorted(value.items())) or "0"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value[:10]) + (" …" if len(value) > 10 else "")
+    return "–" if value is None else str(value)
+
+
+def result_tables(job: dict) -> list[dict]:
+    """A succeeded job's result as small tables (``{title, columns, rows, link}``): a scrape per
+    source, a training's version and figures, any other kind (those added later too) as its fields."""
+    result = job.get("result")
+    if not isinstance(result, dict) or not result:
+        return []
+    if job.get("kind") == "scrape" and isinstance(result.get("sources"), dict):
+        rows = [
+            [
+                name,
+                *(cell(r.get(c)) for c in SCRAPE_COLUMNS),
+                cell(r.get("rejected") or {}),
+                cell(r.get("errors") or {}),
+            ]
+            for name, r in sorted(result["sources"].items())
+            if isinstance(r, dict)
+        ]
+        totals = result.get("totals") or {}
+        if totals:
+            rows.append(
+                [
+                    "total",
+                    "",
+                    cell(result.get("status")),
+                    *(cell(totals.get(c)) for c in SCRAPE_COLUMNS[2:]),
+                    cell(totals.get("rejected") or {}),
+                    cell(totals.get("errors") or {}),
+                ]
+            )
+        columns = ["source", *SCRAPE_COLUMNS, "rejected", "errors"]
+        return [
+            {"title": "images per source", "columns": [c.replace("_", " ") for c in columns], "rows": rows}
+        ]
+    if job.get("kind") == "train" and result.get("version"):
+        rows = [[title, cell(result.get(key))] for key, title in TRAIN_FACTS if key in result]
+        link = f"/ui/models/{result.get('model')}/{result.get('version')}" if result.get("model") else None
+        return [{"title": "the trained version", "columns": ["", ""], "rows": rows, "link": link}]
+    rows = []
+    for key, value in sorted(result.items()):
+        if isinstance(value, dict) and value and all(not isinstance(v, dict | list) for v in value.values()):
+            rows += [[f"{key} · {k}", cell(v)] for k, v in sorted(value.items())]
+        else:
+            rows.append([key, cell(value)])
+    return [{"title": "result", "columns": ["", ""], "rows": rows[:60]}]
+
+
+def served_line(status: dict, entries: list[dict]) -> dict:
+    """The overview's served-model card: the version, or none with how many were trained and why
+    the newest one did not pass the gate."""
+    served = status.get("latest_model")
+    if served:
+        return {"served": served}
+    if not entries:
+        return {"served": None, "trained": 0}
+    newest = entries[0]  # model_entries: newest first
+    return {"served": None, "trained": len(entries), "newest": newest, "why": decision_text(newest)}
 
 
 def pretty(value: Any) -> str:

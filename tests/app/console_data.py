@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import uuid
 from pathlib import Path
+
+import numpy as np
 
 from tests.images import encode, jpeg, scene
 from trainer.registry import commit_version, make_staging_dir
@@ -50,6 +54,46 @@ def report_for(
             "reason": reason,
         },
     }
+
+
+def image_rows(seed: int, n_real: int = 30, n_ai: int = 30, ids: list[str] | None = None, skill: float = 1.5):
+    """Per-image evaluation rows as report.json keeps them (trainer/report.py per_image_scores): a
+    model of some skill (margins of ai images shifted up by ``skill``), temperature 1.5."""
+    rng = np.random.default_rng(seed)
+    labels = ["real"] * n_real + ["ai"] * n_ai
+    ids = ids or [str(uuid.UUID(int=i + 1)) for i in range(len(labels))]
+    rows = []
+    for image_id, label in zip(ids, labels, strict=True):
+        margin = float(rng.normal(skill if label == "ai" else -skill / 2, 1.5))
+        rows.append(
+            {
+                "id": image_id,
+                "sha256": hashlib.sha256(image_id.encode()).hexdigest(),
+                "label": label,
+                "generator": ("SDXL 1.0" if int(image_id[-1], 16) % 2 else "Flux.1 D")
+                if label == "ai"
+                else "camera",
+                "source": "pexels" if label == "real" else "civitai",
+                "margin": round(margin, 6),
+                "p_ai_raw": round(1 / (1 + math.exp(-margin)), 6),
+                "p_ai": round(1 / (1 + math.exp(-margin / 1.5)), 6),
+            }
+        )
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def epoch_rows(epochs: int = 4) -> list[dict]:
+    return [
+        {
+            "epoch": e,
+            "train_loss": round(0.7 / e, 4),
+            "val_loss": round(0.6 / e + 0.1, 4),
+            "val_auc": round(0.6 + 0.08 * e, 4),
+            "val_acc": round(0.55 + 0.07 * e, 4),
+            "lr": 0.001,
+        }
+        for e in range(1, epochs + 1)
+    ]
 
 
 def register_version(

@@ -277,11 +277,13 @@ def test_overview_plots_dataset_size_by_label(client):
     page = client.get("/ui/").text
     svg = page[page.index('<figure id="growth">') : page.index("</figure>")]
     assert '<svg class="chart"' in svg
-    assert re.findall(r'data-name="(\w+)" data-points="(\d+)"', svg) == [
-        ("real", "1"),
-        ("ai", "1"),
-        ("unlabeled", "1"),
-    ]  # all ingested today: one point per label
+    # All ingested today: bars per hour, stacked by label, not three lone dots.
+    per_label = {
+        name: sum(int(v) for v in values.split())
+        for name, values in re.findall(r'<g class="series" data-name="(\w+)" data-values="([^"]*)"', svg)
+    }
+    assert per_label == {"real": 2, "ai": 1, "unlabeled": 1}
+    assert "images added per hour" in svg and "12:00" in svg
     assert re.search(r'data-count="real">2<', page) and re.search(r'data-count="total">4<', page)
 
 
@@ -327,7 +329,8 @@ def test_jobs_page_filters_by_kind_and_state_and_shows_result_or_error(make_clie
         client.portal.call(client.app.state.runner.wait, ids[kind])
     everything = client.get("/ui/jobs").text
     assert ids["scrape"] in everything and ids["train"] in everything
-    assert "the dataset is too small: 3 images" in everything and "&#34;stored&#34;: 3" in everything
+    assert "the dataset is too small: 3 images" in everything
+    assert "<td>stored</td><td>3</td>" in everything  # a small table, not folded JSON
     failed = client.get("/ui/jobs", params={"state": "failed"}).text
     assert ids["train"] in failed and ids["scrape"] not in failed
     scrapes = client.get("/ui/jobs", params={"kind": "scrape"}).text

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app.ui import STATIC
+from app.api_docs import VENDOR_DIR
 from tests.app.conftest import AUTH
 from tests.app.console_data import register_version
 
@@ -27,7 +27,7 @@ def test_docs_load_every_asset_from_this_service(client, path):
 
 
 def test_vendored_files_ship_with_their_licences():
-    vendor = STATIC / "vendor"
+    vendor = VENDOR_DIR
     for name in (
         "swagger-ui/swagger-ui-bundle.js",
         "swagger-ui/swagger-ui.css",

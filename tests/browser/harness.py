@@ -95,6 +95,54 @@ def running_server(settings: Settings, job_kinds: dict | None = None) -> Iterato
         thread.join(timeout=120)
 
 
+def seed_queue(settings: Settings, n: int) -> list[str]:
+    """``n`` unlabeled images to review (fewer if two happen to be near duplicates), from two
+    sources, every other one scored; returns the stored ids."""
+
+    async def ingest_all() -> list[str]:
+        stored = []
+        async with DatasetManager(settings) as dataset:
+            for i in range(n):
+                meta = {"source": "folder" if i % 4 == 0 else "pexels", "label": "unlabeled"}
+                outcome = await dataset.ingest(jpeg(50_000 + i, (64, 48)), meta)
+                if outcome.status != "stored":
+                    continue
+                stored.append(outcome.id)
+                if i % 2:
+                    await dataset.set_score(outcome.id, (i % 97) / 97, {"kind": "test"})
+        return stored
+
+    return asyncio.run(ingest_all())
+
+
+def folder_sources(root: Path, per_label: int = 6) -> Path:
+    """A sources.yaml with two folder sources (real JPEGs, AI PNGs) under ``root``."""
+    import yaml
+
+    entries = []
+    for label in ("real", "ai"):
+        folder = root / "import" / label
+        folder.mkdir(parents=True)
+        for i in range(per_label):
+            data = jpeg(7000 + i, (120, 90)) if label == "real" else encode(scene(8000 + i, (120, 90)), "PNG")
+            (folder / f"{label}-{i}.{'jpg' if label == 'real' else 'png'}").write_bytes(data)
+        entries.append({"name": "folder", "label": label, "path": str(folder)})
+    path = root / "sources.yaml"
+    path.write_text(yaml.safe_dump({"sources": entries}))
+    return path
+
+
+def assert_clean(browser, base: str) -> None:
+    """Nothing went wrong in the page's scripts and no request left this service on 127.0.0.1.
+    (The browser's log is emptied by reading it: each call covers what happened since the last.)"""
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    urls = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
+    )
+    assert all(url.startswith(base) or url.startswith("data:") for url in urls), urls
+
+
 def seed(settings: Settings, unlabeled: int = 6) -> None:
     """Labelled images over a few days, unlabeled ones for review (one credited to `<script>`),
     and two model versions, the second with an evaluation report."""

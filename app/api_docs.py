@@ -1,18 +1,23 @@
 """``/docs`` (Swagger UI) and ``/redoc`` served from files in this package, and the OpenAPI touches
 that apply to every protected endpoint.
 
-The vendored files live in ``app/ui/static/vendor`` with their licences (swagger-ui-dist and
-redoc from the npm registry); nothing is loaded from a CDN, so the docs work on an offline network.
+The vendored files live in ``app/static/vendor`` (served at ``/static/vendor``) with their licences
+(swagger-ui-dist and redoc from the npm registry); nothing is loaded from a CDN, so the docs work
+on an offline network.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
-VENDOR = "/ui/static/vendor"
+VENDOR = "/static/vendor"
+VENDOR_DIR = Path(__file__).resolve().parent / "static" / "vendor"
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorOut"}
 AUTH_ERRORS = {
     "401": "missing or wrong bearer token (answer carries WWW-Authenticate: Bearer)",
@@ -74,6 +79,13 @@ def _add_auth_errors(schema: dict) -> None:
                     code,
                     {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}},
                 )
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs, /redoc, their vendored files and the OpenAPI touches on ``app``."""
+    app.include_router(router)
+    app.mount(VENDOR, StaticFiles(directory=VENDOR_DIR), name="api-docs-vendor")
+    install_openapi(app)
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -15,7 +15,6 @@ The JSON ``GET /metrics`` is unchanged; this endpoint is for Prometheus.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -125,23 +124,14 @@ class ConsoleMetrics:
     def count_ingest(self, status: str, reason: str | None = None, source: str = "upload") -> None:
         self.uploads.labels(source, status, reason or "").inc()
 
-
-async def measure_requests(request: Request, call_next) -> Response:
-    """Latency by method (``other`` outside the standard ones), route template (``/jobs/{job_id}``,
-    not the id; ``unmatched`` for unknown paths) and status: every label from a closed set."""
-    start = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
+    def observe_request(self, request: Request, status: int, seconds: float) -> None:
+        """Latency by method (``other`` outside the standard ones), route template (``/jobs/{job_id}``,
+        not the id; ``unmatched`` for unknown paths) and status: every label from a closed set.
+        Called by the service's one request timer (app.main.time_requests)."""
         route = request.scope.get("route")
         path = getattr(route, "path", None) or "unmatched"
         method = request.method if request.method in METHODS else "other"
-        request.app.state.metrics.latency.labels(method, path, str(status)).observe(
-            time.perf_counter() - start
-        )
+        self.latency.labels(method, path, str(status)).observe(seconds)
 
 
 async def _job_facts(engine) -> tuple[Counter, dict, Counter]:
