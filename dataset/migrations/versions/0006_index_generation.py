@@ -7,7 +7,7 @@ be trusted there: each database gets a random generation when this revision runs
 records it, and a file of another generation is rebuilt.
 
 Revision ID: i27_index_generation
-Revises: 0003
+Revises: i21_index_rebuild
 """
 
 import uuid
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "i27_index_generation"
-down_revision = "0003"
+down_revision = "i21_index_rebuild"
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """The webhook outbox: one row per (event, subscriber) delivery, its attempts and its next try.
 
 Revision ID: i23_webhooks
-Revises: 0003
+Revises: i27_index_generation
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "i23_webhooks"
-down_revision = "0003"
+down_revision = "i27_index_generation"
 branch_labels = None
 depends_on = None
 
