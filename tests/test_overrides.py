@@ -81,7 +81,7 @@ REASONS: dict[tuple[str, str], str] = {
     ("tests/app/test_report_api.py", "eval_holdout_generators"): SUBJECT,
     ("tests/app/test_scheduled_training.py", "scheduler_enabled"): SUBJECT,
     ("tests/app/test_scheduled_training.py", "scrape_every_hours"): "only the training schedule is exercised",
-    ("tests/app/test_scheduled_training.py", "train_every_days"): "the schedule fires within the test: every 8 s",
+    ("tests/app/test_scheduled_training.py", "train_every_days"): "fires within the test: every 8 s",
     ("tests/app/test_scheduled_training.py", "min_train_samples"): SMALL_DATA,
     ("tests/app/test_scheduled_training.py", "val_fraction"): QUARTER,
     ("tests/app/test_scheduler.py", "scheduler_enabled"): SUBJECT,
