@@ -192,3 +192,21 @@ def test_the_gates_need_is_true_adding_what_the_reason_asks_adds_that_many_evalu
     # Without the gate's figure the same new images would mostly train (10 % of the class).
     plain = assign_splits(stored + new, **PLAN)
     assert sum(s.label == "real" for s in plain.eval) < wanted["real"]
+
+
+def test_a_model_near_chance_does_not_send_new_images_to_the_evaluation_side():
+    """At AUC ~0.5 the interval would need thousands of evaluation images: the gate asks for none
+    (the training needs the new images) and says why."""
+    import numpy as np
+
+    from config.settings import Settings
+    from trainer.promotion import chance_check
+    from trainer.report import Scored
+
+    evaluation = _balanced(20, seed=3, prefix="e")
+    labels = np.array([1 if s.label == "ai" else 0 for s in evaluation])
+    # Pairs of one real and one AI image share a score but for the AI's +0.5: AUC exactly 0.55.
+    margins = np.arange(20) // 2 + 0.5 * labels
+    estimate, reason, wanted = chance_check(Settings(_env_file=None), Scored(evaluation, labels, margins))
+    assert estimate.auc == 0.55 and wanted is None
+    assert "too little signal to decide with more evaluation images" in reason and "pretrained" in reason
