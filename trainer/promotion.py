@@ -37,8 +37,8 @@ from trainer.stats import AucEstimate, auc_estimate, images_needed, paired_auc_d
 log = logging.getLogger(__name__)
 
 TRAIN_IDS_FILE = "train_ids.json"
-# The gate asks for more evaluation images (and the split sends new ones there first) only while
-# the interval would clear 0.5 with at most this many times the current evaluation set.
+# Past this many times the current evaluation set, the reason stops counting images to add and
+# says that a better model is the shorter way (the split still fills the evaluation side first).
 FEASIBLE_EVAL_GROWTH = 4
 AI = CLASS_INDEX["ai"]
 
@@ -109,13 +109,15 @@ def chance_check(
             "apart by pixels"
         )
     elif needed[0] + needed[1] > FEASIBLE_EVAL_GROWTH * (n_real + n_ai):
-        # Deciding this AUC would take an evaluation set many times this one: sending new images
-        # there would starve the training, which is what needs them (or a pretrained backbone).
+        # True at this AUC, but no dataset will get there: new images still go to evaluation first
+        # (up to half of each class, so training keeps the other half), and the reason says what
+        # helps more than images alone.
+        wanted = {"real": n_real + needed[1], "ai": n_ai + needed[0]}
         more = (
-            f"the model shows too little signal to decide with more evaluation images (about "
-            f"{n_real + needed[1]} real + {n_ai + needed[0]} ai would be needed at this AUC): train a "
-            "better model first -- more labelled images for training, or a pretrained backbone "
-            "(TRAIN_PRETRAINED, TRAIN_PRETRAINED_FILE)"
+            f"the model shows little signal: at this AUC about {wanted['real']} real + {wanted['ai']} ai "
+            "evaluation images would be needed; new images go to the evaluation side first (up to half "
+            "of each class), but a better model is the shorter way -- more labelled images for "
+            "training, or a pretrained backbone (TRAIN_PRETRAINED, TRAIN_PRETRAINED_FILE)"
         )
     else:
         wanted = {"real": n_real + needed[1], "ai": n_ai + needed[0]}

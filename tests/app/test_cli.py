@@ -56,7 +56,7 @@ def test_bad_sources_file_stops_uvicorn_app_main_app_too(env, tmp_path):
 def test_status_command_prints_counts(env, capsys):
     assert cli.main(["status"]) == 0
     out = capsys.readouterr().out
-    assert "dataset_counts" in out and "total=0" in out
+    assert "Dataset" in out and "total=0" in out
 
 
 def test_check_command_reports(env, capsys):
