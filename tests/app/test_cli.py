@@ -83,13 +83,26 @@ def test_check_exits_1_on_drift_and_0_once_repaired(env, make_settings, capsys):
 
 
 def test_check_exits_1_when_the_repair_cannot_fix_everything(env, make_settings, capsys):
+    import json
+
     settings = make_settings()
     image_id = asyncio.run(_ingest_one(settings))
     meta = next(settings.dataset_dir.glob(f"meta/**/{image_id}.json"))
-    meta.write_text("{not json")  # unreadable metadata: reported, never deleted by a repair
+    doc = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**doc, "hash": "0" * 64}))  # a hash that is not its image's: reported only
     assert cli.main(["check", "--repair"]) == 1
     captured = capsys.readouterr()
     assert "after the repair" in captured.out and "drift left after the repair" in captured.err
+
+
+def test_check_repair_writes_unparsable_metadata_again_from_its_row(env, make_settings, capsys):
+    settings = make_settings()
+    image_id = asyncio.run(_ingest_one(settings))
+    meta = next(settings.dataset_dir.glob(f"meta/**/{image_id}.json"))
+    meta.write_text("{not json")  # set apart beside the index, written again from the row
+    assert cli.main(["check", "--repair"]) == 0
+    assert f'"id": "{image_id}"' in meta.read_text()
+    assert list((settings.dataset_dir / "quarantine" / image_id).glob("*.json"))
 
 
 def test_predict_without_a_model_says_what_to_do(env, tmp_path, capsys):
