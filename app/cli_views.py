@@ -36,6 +36,8 @@ STAGES = {  # training steps before the epochs (trainer/train_vit.py), as the ba
 def describe(data: dict) -> str:
     """A one-line description of a progress dict: its short scalar fields (training: its rate)."""
     stage = data.get("stage")
+    if stage == "evaluate" and "images_per_s" in data:  # after the epochs: their figures stay in view
+        return describe_training(data) + "  evaluating"
     if stage in STAGES:
         if stage == "cache" and isinstance(data.get("total"), int):
             return f"cache {data.get('done', 0)}/{data['total']}"
@@ -96,7 +98,8 @@ def progress_bar(title: str, console: Console = console) -> Iterator[Callable[[d
             fresh = False
             fields = {k: v for k, v in data.items() if k != "source"} if part else data
             previous = seen.get(part, {})
-            if "stage" in fields and fields["stage"] != previous.get("stage", fields["stage"]):
+            stage = fields.get("stage")
+            if stage not in (None, "evaluate") and stage != previous.get("stage", stage):
                 previous = {}  # a new step: the last one's counts (cache 117/117) do not carry over
             fields = seen[part] = {**previous, **fields}
             progress.update(
