@@ -142,9 +142,9 @@ def test_a_garbled_sqlite_index_gets_the_rebuild_hint_not_the_postgresql_advice(
 
 
 def test_s3_without_credentials_stops_start_up_naming_the_fix(settings, monkeypatch, capsys, s3_server):
-    from app import cli
-
     import boto3
+
+    from app import cli
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
