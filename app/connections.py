@@ -20,7 +20,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 MAX_HALF_OPEN = 4096  # half-open connections from all clients together (file descriptors, buffers)
-REFUSE_DELAY_S = 1.0
+REFUSE_DELAY_S = 10.0
+MAX_REFUSED_HELD = 2048  # refused connections held open (not read) until REFUSE_DELAY_S
 LOG_BURST = 5
 LOG_WINDOW_S = 60.0
 LOG_CLIENTS = 10_000  # clients remembered by the log's rate limit (the oldest forgotten first)
@@ -42,6 +43,7 @@ class ClientTable:
         self.open: Counter[str] = Counter()
         self.half_open: Counter[str] = Counter()
         self.half_open_count = 0
+        self.refused_held = 0
 
     def admit(self, client: str) -> str | None:
         """Count a new (half-open) connection from ``client``, or say why it is refused."""

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from app.connections import REFUSE_DELAY_S, ClientTable, client_address
+from app.connections import MAX_REFUSED_HELD, REFUSE_DELAY_S, ClientTable, client_address
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,20 @@ class HardenedH11Protocol(H11Protocol):
                 self._peer, "refused a connection from %s: it has %s", self._peer, refused
             )
             self._refused = True  # never read; closed a little later, so it cannot reconnect at once
+            table = self._clients()
+            if table.refused_held >= MAX_REFUSED_HELD:
+                transport.close()
+                return
+            table.refused_held += 1
             transport.pause_reading()
-            self.loop.call_later(REFUSE_DELAY_S, transport.close)
+            self.loop.call_later(REFUSE_DELAY_S, self._close_refused, table)
             return
         self._admitted = self._half_open = True
         self._arm_read_timer()
+
+    def _close_refused(self, table: ClientTable) -> None:
+        table.refused_held -= 1
+        self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:  # uvloop may deliver a first read despite pause_reading()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TypeGuard
 
 import orjson
 
@@ -113,10 +114,10 @@ def _confidence(value: object) -> float | None:
         return None
     if not (_is_number(value) and 0 <= value <= 1):
         raise MetadataUnparsable(f"'confidence' {_short(value)} is out of range (0 to 1, or null)")
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))  # 10**400: an int

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_check_exits_1_when_the_repair_cannot_fix_everything(env, make_settings,
     image_id = asyncio.run(_ingest_one(settings))
     meta = next(settings.dataset_dir.glob(f"meta/**/{image_id}.json"))
     doc = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**doc, "hash": "0" * 64}))  # a hash that is not its image's: reported only
+    meta.write_text(json.dumps({**doc, "hash": "0" * 64}))  # not its image's record: reported only
     assert cli.main(["check", "--repair"]) == 1
     captured = capsys.readouterr()
     assert "after the repair" in captured.out and "drift left after the repair" in captured.err

@@ -44,7 +44,7 @@ def test_half_open_connections_hold_no_request_slot(make_settings):
     # 60 half-open sockets from 12 addresses (5 each: under the per-client cap) against 20 slots:
     # uvicorn's own limit counted them and answered 503; only complete heads take a slot now.
     settings = make_settings(http_read_timeout=60.0)  # why: the sockets must outlive the probes
-    with LiveServer(settings, limit_concurrency=20) as server:
+    with LiveServer(settings, limit_concurrency=20) as server:  # why: 20 slots, so 60 sockets would fill them
         socks = [s for i in range(12) for s in open_half(server, f"127.0.0.{i + 2}", 5)]
         try:
             assert probe(server) == [200] * 20

@@ -110,8 +110,8 @@ def test_a_faulty_bucket_never_holds_the_public_answers(faulty_bucket, make_sett
     register_in_bucket(endpoint, bucket)
     settings = make_settings(
         storage_driver="s3",  # why: the models are in the bucket under test
-        s3_bucket=bucket,
-        s3_endpoint_url=proxy.url,
+        s3_bucket=bucket,  # why: the bucket under test
+        s3_endpoint_url=proxy.url,  # why: reached through the faulty proxy
         s3_timeout=2,  # why: a hanging bucket fails in seconds here, not the default 15 s
     )
     with LiveServer(settings) as server:

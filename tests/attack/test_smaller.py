@@ -115,7 +115,7 @@ def _serve(settings, monkeypatch, capsys, **env) -> tuple[int, str]:
     from app import cli
 
     monkeypatch.chdir(settings.log_dir.parent)
-    for name, value in {
+    for name, value in {  # why: the test's folders and a key, as tests/attack/test_index_loss.py does
         "DATASET_DIR": settings.dataset_dir,
         "MODELS_DIR": settings.models_dir,
         "LOG_DIR": settings.log_dir,
@@ -142,21 +142,24 @@ def test_a_garbled_sqlite_index_gets_the_rebuild_hint_not_the_postgresql_advice(
 
 
 def test_s3_without_credentials_stops_start_up_naming_the_fix(settings, monkeypatch, capsys, s3_server):
+    import boto3
+
     from app import cli
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # earlier tests' credentials stay cached there
     missing = settings.log_dir.parent / "no-such-aws-file"
     code, err = _serve(
         settings,
         monkeypatch,
         capsys,
-        STORAGE_DRIVER="s3",
-        S3_BUCKET="any-bucket",
-        S3_ENDPOINT_URL=s3_server,
-        AWS_CONFIG_FILE=missing,
-        AWS_SHARED_CREDENTIALS_FILE=missing,
-        AWS_EC2_METADATA_DISABLED="true",
+        STORAGE_DRIVER="s3",  # why: the start-up under test is the bucket's
+        S3_BUCKET="any-bucket",  # why: any name; it fails at the credentials first
+        S3_ENDPOINT_URL=s3_server,  # why: loopback, never the network
+        AWS_CONFIG_FILE=missing,  # why: no credentials anywhere
+        AWS_SHARED_CREDENTIALS_FILE=missing,  # why: no credentials anywhere
+        AWS_EC2_METADATA_DISABLED="true",  # why: no instance-metadata lookup off the machine
     )
     assert code == cli.EXIT_CONFIG and "Traceback" not in err
     assert "no S3 credentials found" in err and "AWS_ACCESS_KEY_ID" in err
