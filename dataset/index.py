@@ -257,7 +257,7 @@ class PhashCache:
         ``last_seq`` without a hole (or fill a gap): a hole would be a row of another writer that
         only a catch-up may vouch for."""
         fill = [r for r in rows if r[0] in self.gaps]
-        following = []
+        following: list[tuple[int, int]] = []
         for row in sorted(r for r in rows if r[0] > self.last_seq):
             if row[0] != self.last_seq + len(following) + 1:
                 break

@@ -256,7 +256,7 @@ class NearFileInvalid(Exception):
 
 def _layout(n: int, dead: int, gaps: int) -> tuple[list[tuple[str, np.dtype, int, int]], int]:
     """(name, dtype, count, offset) of each array, and the file's size."""
-    specs = [
+    specs: list[tuple[str, np.dtype, int]] = [
         ("hashes", np.dtype(np.uint64), n),
         ("seqs", np.dtype(np.int64), n),
         ("offsets", np.dtype(np.uint32), NHASH * (BUCKETS + 1)),
@@ -264,7 +264,8 @@ def _layout(n: int, dead: int, gaps: int) -> tuple[list[tuple[str, np.dtype, int
         ("dead", np.dtype(np.int64), dead),
         ("gaps", np.dtype(np.int64), gaps),
     ]
-    out, pos = [], HEADER_BYTES
+    out: list[tuple[str, np.dtype, int, int]] = []
+    pos = HEADER_BYTES
     for name, dtype, count in specs:
         out.append((name, dtype, count, pos))
         pos += -(-count * dtype.itemsize // _ALIGN) * _ALIGN
