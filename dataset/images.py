@@ -23,7 +23,7 @@ import threading
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import imagecodecs
 import imagehash
@@ -364,14 +364,15 @@ def _inflated_png(img: Image.Image, data: bytes) -> bytes | None:
     expected = height * (1 + width * len(img.mode))  # a filter byte, then the row's 8-bit samples
     if expected > INFLATE_FIRST_MAX:
         return None
-    view, parts, pos = memoryview(data), [], 8
+    view, pos = memoryview(data), 8
+    parts: list[Any] = []  # memoryviews of the IDAT bodies (imagecodecs takes any buffer)
     while pos + 12 <= len(data):
         length, kind = _CHUNK_HEAD.unpack_from(data, pos)
         if kind == b"IEND":
             break
         if kind == b"IDAT":
             body = view[pos + 8 : pos + 8 + length]
-            if imagecodecs.deflate_crc32(body, _IDAT_CRC) != int.from_bytes(
+            if imagecodecs.deflate_crc32(cast(bytes, body), _IDAT_CRC) != int.from_bytes(
                 data[pos + 8 + length : pos + 12 + length]
             ):
                 return None
@@ -387,7 +388,7 @@ def _inflated_png(img: Image.Image, data: bytes) -> bytes | None:
     blocks = -(-expected // _STORED_BLOCK)
     size = 2 + 5 * blocks + expected + 4  # zlib header, block headers, rows, Adler-32
     out = [data[:33], struct.pack(">I", size), b"IDAT"]  # signature and IHDR: a plain PNG's start
-    stored = [b"\x78\x01"]
+    stored: list[Any] = [b"\x78\x01"]  # bytes and memoryviews of the rows
     for start in range(0, expected, _STORED_BLOCK):
         end = min(expected, start + _STORED_BLOCK)
         stored += (struct.pack("<BHH", end == expected, end - start, (end - start) ^ 0xFFFF), raw[start:end])
