@@ -360,3 +360,25 @@ async def test_the_cli_training_outcome_is_queued_for_the_senders(make_settings,
     assert total == 3 and {r["id"] for r in rows} == {failed, *promoted}
     assert sorted(r["event"] for r in rows) == ["alias.changed", "model.promoted", "training.failed"]
     assert all(r["state"] == "pending" for r in rows)
+
+
+def test_the_console_lists_deliveries_and_sends_one_again(make_client, receiver, tmp_path):
+    from tests.app.test_console import login
+
+    train_versions(tmp_path / "models", 2)
+    target = receiver(script=[500] * 100)
+    client = make_client(webhooks=hooks(target.url, ["model.rolled_back"]), **FAST)
+    assert client.get("/ui/webhooks", follow_redirects=False).status_code == 303  # login first
+    csrf = login(client)
+    client.post("/models/vit/aliases/champion", json={"version": "v1", "reason": "x"}, headers=AUTH)
+    wait_for(lambda: len(target.requests) >= 2, "two refused attempts")
+    page = client.get("/ui/webhooks")
+    assert page.status_code == 200 and "model.rolled_back v1" in page.text and "500, 500" in page.text
+    assert SECRET not in page.text
+    (row,) = deliveries(client)
+    target.script.clear()
+    forged = client.post(f"/ui/webhooks/{row['id']}/resend", data={"csrf_token": "y" * 20})
+    assert forged.status_code == 403
+    again = client.post(f"/ui/webhooks/{row['id']}/resend", data={"csrf_token": csrf})
+    assert again.status_code == 200 and "sending again" in again.text
+    wait_for(lambda: deliveries(client, state="delivered"), "the delivery")
