@@ -134,6 +134,22 @@ def test_other_aliases_are_set_and_read_the_same_way(client, models):
     assert bad.status_code == 422
     only = client.get("/models/vit/history", params={"alias": "canary"}, headers=AUTH).json()
     assert [r["to"] for r in only["rows"]] == ["v2"]
+    canary = client.get("/models/vit/aliases/canary", headers=AUTH)  # polled like /models/latest
+    assert canary.json()["model_version"] == "v2" and canary.json()["alias"] == "canary"
+    assert canary.json()["download_url"] == "/models/vit/v2/weights.pt"
+    unchanged = client.get(
+        "/models/vit/aliases/canary", headers={**AUTH, "If-None-Match": canary.headers["etag"]}
+    )
+    assert unchanged.status_code == 304
+    champion = client.get("/models/vit/aliases/champion", headers=AUTH).json()
+    assert champion["model_version"] == "v3"
+    assert (
+        client.get(
+            "/models/vit/aliases/canary", params={"at": "2020-01-01T00:00:00Z"}, headers=AUTH
+        ).status_code
+        == 404
+    )
+    assert client.get("/models/vit/aliases/nightly", headers=AUTH).status_code == 404
 
 
 def test_history_is_paged_newest_first(client, models):
