@@ -207,9 +207,9 @@ def check_with_the_documented_snippets(request: dict) -> None:
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "exposr-core.md").read_text(encoding="utf-8")
-    library, three_lines = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    assert len([line for line in three_lines.splitlines() if line.strip()]) == 3
-    for snippet in (library, three_lines):
+    library, by_hand = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len([line for line in library.splitlines() if line.strip()]) <= 3  # "in three lines of Python"
+    for snippet in (library, by_hand):
         exec(snippet, {"secret": SECRET, "body": request["raw"], "headers": request["headers"]})
         with pytest.raises(Exception):  # noqa: B017 (the library raises its own, the snippet AssertionError)
             exec(snippet, {"secret": SECRET, "body": request["raw"] + b" ", "headers": request["headers"]})
