@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
+import os
 import sys
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,18 @@ def validate_sources(settings: Settings) -> None:
     validate_sources_file(settings)
 
 
+def validate_training_settings(settings: Settings) -> None:
+    """TRAIN_ARCH must name a timm architecture: a service or worker with a typo would otherwise
+    start and fail every scheduled training (ConfigError naming the variable; no torch import)."""
+    from trainer.architectures import check_architecture
+    from trainer.errors import TrainingError
+
+    try:
+        check_architecture(settings.train_arch)
+    except TrainingError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 async def prepare_database(settings: Settings) -> None:
     """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
     from dataset.index import make_engine
@@ -55,6 +68,7 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     validate_sources(settings)
     load_subscribers(settings)  # bad WEBHOOKS / WEBHOOKS_FILE stops start-up naming the field
+    validate_training_settings(settings)
     ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
@@ -77,21 +91,81 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_as_job(settings: Settings, kind: str, work, report: Callable[[dict], None]) -> dict:
+    """Run ``work(settings, progress)`` as a ``kind`` job with trigger ``cli``, as the service runs its
+    jobs: a row in the jobs table (so /jobs, /status and the console see it), the kind's lock held
+    across processes and hosts (a service or worker running the same kind refuses this one, and
+    the other way round: :class:`app.jobs.JobBusy` names the running job), progress saved as it
+    goes, and Ctrl-C recorded as ``interrupted``. Returns the job's final row."""
+    from app.jobs import JobRunner
+    from app.jobstore import JobStore, make_engine
+    from app.webhooks import Webhooks
+    from config.webhooks import load_subscribers
+
+    async def with_bar(settings: Settings, progress: Callable[[dict], None]) -> Any:
+        def both(data: dict) -> None:
+            progress(data)
+            report(data)
+
+        return await work(settings, both)
+
+    subscribers = load_subscribers(settings)  # bad webhook configuration: refused before the job (exit 2)
+    engine = make_engine(settings)
+    # worker=True: run the kind here even when WORKER_KINDS hands it to workers (the user asked).
+    runner = JobRunner(settings, JobStore(engine), kinds={kind: with_bar}, worker=True)
+    # A training's outcome is queued for the webhook subscribers (the service's senders send it).
+    runner.on_finished.append(Webhooks(settings, engine, subscribers).job_finished)
+    try:
+        await runner.start()
+        job = await runner.submit(kind, trigger="cli")
+        row = await runner.wait(job["id"])
+        return row or await runner.get(job["id"]) or job
+    finally:
+        await runner.shutdown()
+        await engine.dispose()
+
+
+def _busy(exc: Exception) -> int:
+    job = getattr(exc, "job", {})
+    print(
+        f"refused: {exc} (trigger {job.get('trigger', '?')}, on {job.get('holder') or 'another process'}); "
+        "wait for it to end (`exposr-trainer status`, GET /jobs) and run this again",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
 def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
+    from app.jobs import JobBusy, scrape_job
+    from config.sources import load_sources
     from dataset.manager import load_ingest_libraries
-    from scraper.fetcher_manager import format_report_table, run_scrape
+    from scraper.fetcher_manager import FETCHERS, format_report_table, only_sources, run_scrape
 
     validate_sources(settings)
+    if args.source:  # an unknown --source is a usage error (exit 2), before any job is recorded
+        only_sources(load_sources(settings.sources_config, FETCHERS), set(args.source), settings)
     # Everything start-up made (modules, settings) lives until the command ends: frozen, the cyclic
     # garbage collector no longer walks it again and again while thousands of images go through.
     load_ingest_libraries()
     gc.collect()  # start-up's garbage first: what is frozen is never collected
     gc.freeze()
+
+    async def scrape(settings: Settings, progress: Callable[[dict], None]) -> Any:
+        if args.source:
+            return await run_scrape(settings, progress, only=args.source)
+        return await scrape_job(settings, progress)  # the service's job: the same failure rule
+
     try:
         with progress_bar("scrape") as report_progress:
-            report = asyncio.run(run_scrape(settings, report_progress, only=args.source or None))
+            row = asyncio.run(run_as_job(settings, "scrape", scrape, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
     finally:
         gc.unfreeze()  # the command may run inside a longer process (tests call main())
+    if row["state"] != "succeeded":
+        print(f"scrape {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    report = row["result"]
     console.print(format_report_table(report))
     statuses = [r["status"] for r in report["sources"].values()]
     if not statuses:
@@ -107,24 +181,28 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.webhooks import record_training
-    from config.webhooks import load_subscribers
-    from dataset.storage import StorageError
+    from app.jobs import JobBusy, train_job
+    from trainer.architectures import check_architecture
     from trainer.errors import TrainingError
-    from trainer.model_store import RegistryConflict, train_with_shared_store
     from trainer.summary import summary_table
 
-    load_subscribers(settings)  # bad webhook configuration: refused before the training (exit 2)
-    job = {"id": f"cli-{uuid.uuid4().hex[:12]}", "kind": "train", "trigger": "cli"}
+    try:  # a typo in --arch is caught here, in milliseconds, before any data work
+        check_architecture(settings.train_arch, "--arch / TRAIN_ARCH")
+    except TrainingError as exc:
+        print(f"training refused: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         with progress_bar("train") as report_progress:
-            result = train_with_shared_store(settings, report_progress)
-    except (TrainingError, RegistryConflict, StorageError) as exc:
-        print(f"training failed: {exc}", file=sys.stderr)
-        asyncio.run(record_training(settings, {**job, "state": "failed", "error": str(exc)}))
-        return 1
-    asyncio.run(record_training(settings, {**job, "state": "succeeded", "result": dict(result)}))
-    console.print(summary_table(result))
+            report_progress({"stage": "starting the training process"})
+            # The service's train job: the same spawned process, DataLoader workers and cache.
+            foreground = functools.partial(train_job, background=False)  # the user's own priority
+            row = asyncio.run(run_as_job(settings, "train", foreground, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
+    if row["state"] != "succeeded":
+        print(f"training {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    console.print(summary_table(row["result"]))
     return 0
 
 
@@ -132,39 +210,118 @@ def run_status_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobstore import JobStore, make_engine
     from app.overview import collect_status
     from dataset.manager import DatasetManager
+    from trainer.model_store import model_store
+    from trainer.model_sync import why_none_served
 
-    async def collect() -> dict:
+    async def collect() -> tuple[dict, list[dict], dict]:
         engine = make_engine(settings)
         try:
             store = JobStore(engine)
             await store.create_tables()
             async with DatasetManager(settings) as dataset:
-                return await collect_status(settings, dataset, store)
+                status = await collect_status(settings, dataset, store)
+            running = await store.list(limit=20, state="running") + await store.list(limit=20, state="queued")
+            scheduler = await scheduler_facts(settings, store)
+            return status, running, scheduler
         finally:
             await engine.dispose()
 
-    status = asyncio.run(collect())
+    status, running, scheduler = asyncio.run(collect())
+    entries = [e for e in model_store(settings).load_registry() if e.get("model") == settings.model_name]
     last_jobs = status.pop("last_jobs")
-    print_mapping("Status", status)
+    print_mapping("Dataset", {"counts": status["dataset_counts"], "by source": status["by_source"]})
+    latest = status["latest_model"]
     print_mapping(
-        "Last job of each kind",
+        "Served model",
+        {"served": f"{latest['version']} (AUC {_auc_text(latest)})"}
+        if latest
+        else {"served": why_none_served(entries, settings.model_name)},
+    )
+    print_mapping(
+        "Versions",
         {
-            kind: f"{job['state']} {job.get('finished_at') or job['created_at']} ({job['id']})"
-            for kind, job in last_jobs.items()
+            e["version"]: f"{e.get('timestamp')}  AUC {_auc_text(e)}  "
+            + ("promoted" if e.get("promoted") else "not promoted")
+            for e in entries[-10:]
+        }
+        or {"none": "no version trained yet"},
+    )
+    last_scrape = last_jobs.get("scrape")
+    print_mapping(
+        "Last scrape",
+        {
+            "finished": status["last_scrape"] or "no scrape has finished yet",
+            "last job": _job_text(last_scrape) if last_scrape else "none",
         },
     )
+    print_mapping("Scheduler", scheduler)
+    print_mapping(
+        "Running jobs", {job["kind"]: _job_text(job) for job in running} or {"jobs": "none running"}
+    )
+    print_mapping("Last job of each kind", {kind: _job_text(job) for kind, job in last_jobs.items()})
     return 0
+
+
+def _auc_text(entry: dict) -> str:
+    auc, ci = entry.get("val_auc"), entry.get("val_auc_ci95")
+    if not isinstance(auc, int | float):
+        return "n/a"
+    return f"{auc:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else "")
+
+
+def _job_text(job: dict) -> str:
+    when = job.get("finished_at") or job.get("started_at") or job.get("created_at") or ""
+    return f"{job['state']} {str(when)[:19]} (trigger {job.get('trigger')}, {job['id']})"
+
+
+async def scheduler_facts(settings: Settings, store) -> dict:
+    """Whether a scheduler runs on this deployment (its lock is held), its intervals, and the last
+    scheduled run of each kind with the next one it implies."""
+    from datetime import datetime
+
+    from app.locks import holder_lock
+    from app.scheduler import LOCK_NAME, job_intervals
+
+    if not settings.scheduler_enabled:
+        state = "disabled (SCHEDULER_ENABLED=false)"
+    else:
+        lock = holder_lock(settings, store.engine, LOCK_NAME[:-5])
+        free = await lock.acquire()
+        if free:
+            await lock.release()
+        state = "not running (no service holds the schedule)" if free else "running in a service"
+    intervals = job_intervals(settings)
+    facts = {
+        "state": state,
+        "intervals": (
+            f"scrape every {settings.scrape_every_hours:g} h, train every {settings.train_every_days:g} d"
+        ),
+    }
+    for kind, interval in intervals.items():
+        rows = [r for r in await store.list(limit=50, kind=kind) if r.get("trigger") == "scheduled"]
+        if rows:
+            last = rows[0]["created_at"]
+            nxt = datetime.fromisoformat(str(last).replace("Z", "+00:00")) + interval
+            facts[f"last scheduled {kind}"] = f"{str(last)[:19]} (next about {nxt.isoformat()[:19]})"
+    return facts
 
 
 def run_predict_command(settings: Settings, args: argparse.Namespace) -> int:
     from trainer.errors import ModelNotFound
-    from trainer.predict import load_promoted
+    from trainer.predict import load_promoted, load_version
 
     try:
-        predictor = load_promoted(settings)
+        predictor = load_version(settings, args.version) if args.version else load_promoted(settings)
     except ModelNotFound as exc:
         print(f"no model to predict with: {exc}", file=sys.stderr)
         return 1
+    if not predictor.served:
+        served = predictor.served_version
+        print(
+            f"scoring with {settings.model_name} {predictor.version}, which is not the served version "
+            f"({served + ' is' if served else 'none is served yet'}; /models/latest)",
+            file=sys.stderr,
+        )
     images = [Path(p) for p in args.images]
     predictions = predictor.predict_files(images)
     for path, prediction in zip(images, predictions, strict=True):
@@ -206,10 +363,18 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.scoring import run_labeler
+    from app.jobs import JobBusy, label_job
 
-    with progress_bar("label") as report_progress:
-        report = asyncio.run(run_labeler(settings, report_progress))
+    try:
+        with progress_bar("label") as report_progress:
+            foreground = functools.partial(label_job, background=False)
+            row = asyncio.run(run_as_job(settings, "label", foreground, report_progress))
+    except JobBusy as exc:
+        return _busy(exc)
+    if row["state"] != "succeeded":
+        print(f"labelling {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
+        return EXIT_FAILED
+    report = row["result"]
     print_mapping("Labeler report", report)
     if report["scorer"] is None and report["total"]:
         print(f"nothing scored: {report['reason']}", file=sys.stderr)
@@ -220,6 +385,7 @@ def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
 def run_worker_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.worker import run_worker
 
+    validate_training_settings(settings)
     asyncio.run(prepare_database(settings))
     asyncio.run(run_worker(settings))
     return 0
@@ -286,7 +452,13 @@ SETTINGS_NOTE = (
     prog_name="exposr-trainer",
     message="%(prog)s %(version)s",
 )
-def cli() -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also show the libraries' own INFO lines (alembic's migrations, faiss's loader).",
+)
+def cli(verbose: bool) -> None:
     """Exposr Trainer: collects labelled images, trains a real-vs-AI image detector, serves it.
 
     Every setting is an environment variable or a line in .env, read from the current folder
@@ -303,6 +475,10 @@ def cli() -> None:
            the message names what to change
       130  interrupted (Ctrl-C)
     """
+    from app.logging_setup import VERBOSE_ENV
+
+    if verbose:  # an environment variable, so that the spawned training or labelling process has it too
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def _dispatch(
@@ -406,13 +582,20 @@ def status() -> int:
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Print P(ai) per image.")
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE...")
-def predict(images: tuple[str, ...]) -> int:
-    """Print P(ai) per image with the promoted model.
+@click.option(
+    "--version",
+    "version",
+    metavar="vN",
+    help="Score with this registered version (served or not; stderr says when it is not the "
+    "served one). Default: the served (promoted) version.",
+)
+def predict(images: tuple[str, ...], version: str | None) -> int:
+    """Print P(ai) per image with the promoted model (or --version vN).
 
     A file that cannot be scored is named on stderr with the reason and the others are still
     scored; exits 1 when any image could not be scored, or when there is no model yet.
     """
-    return _dispatch(run_predict_command, images=list(images))
+    return _dispatch(run_predict_command, images=list(images), version=version)
 
 
 @cli.command(epilog=SETTINGS_NOTE, short_help="Report (and --repair) dataset drift.")

@@ -22,8 +22,24 @@ def _first(data: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
+STAGES = {  # training steps before the epochs (trainer/train_vit.py), as the bar names them
+    "starting the training process": "starting the training process",
+    "load": "loading the labelled samples",
+    "split": "split (train / evaluation sides)",
+    "audit": "audit (shortcut probe)",
+    "model": "building the model",
+    "cache": "cache",
+    "evaluate": "evaluating, report, promotion",
+}
+
+
 def describe(data: dict) -> str:
     """A one-line description of a progress dict: its short scalar fields (training: its rate)."""
+    stage = data.get("stage")
+    if stage in STAGES:
+        if stage == "cache" and isinstance(data.get("total"), int):
+            return f"cache {data.get('done', 0)}/{data['total']}"
+        return STAGES[stage]
     if "images_per_s" in data:
         return describe_training(data)
     parts = [
@@ -79,7 +95,10 @@ def progress_bar(title: str, console: Console = console) -> Iterator[Callable[[d
                 tasks[part] = tasks.pop(None) if fresh else progress.add_task("", total=None, name=title)
             fresh = False
             fields = {k: v for k, v in data.items() if k != "source"} if part else data
-            fields = seen[part] = {**seen.get(part, {}), **fields}
+            previous = seen.get(part, {})
+            if "stage" in fields and fields["stage"] != previous.get("stage", fields["stage"]):
+                previous = {}  # a new step: the last one's counts (cache 117/117) do not carry over
+            fields = seen[part] = {**previous, **fields}
             progress.update(
                 tasks[part],
                 name=f"{title} {part}" if part else title,

@@ -76,22 +76,25 @@ async def scrape_job(settings: Settings, progress: Progress) -> ScrapeReport:
     return result
 
 
-async def train_job(settings: Settings, progress: Progress) -> TrainResult:
-    """Training is CPU-bound: a separate process, so the API keeps answering."""
+async def train_job(settings: Settings, progress: Progress, *, background: bool = True) -> TrainResult:
+    """Training is CPU-bound: a separate process, so the API keeps answering (``background``: at a
+    lower priority than the API; the CLI's foreground training runs at the user's priority)."""
     # With STORAGE_DRIVER=s3 the registry and artifacts are the bucket's (trainer/model_store.py).
     from trainer.model_store import train_with_shared_store
     from trainer.progress import cumulative  # per-epoch reports keep the last batch's rate and ETA
 
-    return await run_in_process(train_with_shared_store, settings, cumulative(progress), name="train")
+    return await run_in_process(
+        train_with_shared_store, settings, cumulative(progress), name="train", background=background
+    )
 
 
-async def label_job(settings: Settings, progress: Progress) -> LabelReport:
+async def label_job(settings: Settings, progress: Progress, *, background: bool = True) -> LabelReport:
     """Labeling may run the local model (torch, CPU-bound): a separate process, like training."""
     from labeler.scoring import run_labeler_sync
     from trainer.model_store import sync_models_down
 
     await asyncio.to_thread(sync_models_down, settings)  # the promoted model, from the bucket if shared
-    return await run_in_process(run_labeler_sync, settings, progress, name="label")
+    return await run_in_process(run_labeler_sync, settings, progress, name="label", background=background)
 
 
 JOB_KINDS: dict[str, JobFunction] = {"scrape": scrape_job, "train": train_job, "label": label_job}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import sys
 from collections.abc import Iterable
 from typing import TextIO
@@ -141,3 +142,16 @@ def configure_logging(settings: Settings) -> None:
     )
     for noisy in noisy_loggers:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Chatter of libraries we call (alembic's migration context lines, faiss's loader trying its
+    # AVX variants) is for debugging: shown with `exposr-trainer --verbose` or LOG_LEVEL=DEBUG.
+    chatty = logging.NOTSET if verbose() else max(logging.WARNING, root.level)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(chatty)
+
+
+VERBOSE_ENV = "EXPOSR_VERBOSE"  # set by `exposr-trainer --verbose`; spawned job processes inherit it
+CHATTY_LIBRARIES = ("alembic", "faiss")
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"

@@ -18,7 +18,7 @@ from starlette.responses import Response
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
-from app.routes import jobs, models, review, status, upload, webhooks
+from app.routes import jobs, models, predict, review, status, upload, webhooks
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
 from app.ui import install_console
@@ -31,7 +31,15 @@ from dataset.manager import DatasetManager
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("app.requests")
 
-ROUTERS = [status.router, jobs.router, upload.router, models.router, review.router, webhooks.router]
+ROUTERS = [
+    status.router,
+    jobs.router,
+    upload.router,
+    models.router,
+    predict.router,
+    review.router,
+    webhooks.router,
+]
 
 
 @asynccontextmanager

@@ -40,15 +40,26 @@ JobTarget = Callable[[Settings, Callable[[dict], None]], Any]
 
 
 async def run_in_process(
-    target: JobTarget | str, settings: Settings, progress: Callable[[dict], None], name: str = "job"
+    target: JobTarget | str,
+    settings: Settings,
+    progress: Callable[[dict], None],
+    name: str = "job",
+    *,
+    background: bool = True,
 ) -> dict:
     """Call ``target`` (a module-level function, called as fn(settings, progress); or its
     "module:function" name) in a spawned process. A function travels by its qualified name, as
-    pickle sends functions: the child imports its module."""
+    pickle sends functions: the child imports its module.
+
+    ``background``: the service's jobs run at a lower priority than the API
+    (:func:`_yield_cpu_to_the_service`); a command in the foreground (``exposr-trainer train``)
+    runs at the user's own priority."""
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     # Not a daemon: the trainer's DataLoader may start worker processes of its own.
-    proc = ctx.Process(target=child_main, args=(target, settings, messages, os.getpid()), name=name)
+    proc = ctx.Process(
+        target=child_main, args=(target, settings, messages, os.getpid(), background), name=name
+    )
     proc.start()
     log.info("started %s in process %s (%s)", name, proc.pid, target)
     finished = False
@@ -99,13 +110,16 @@ async def _stop(proc: Any, name: str, finished: bool) -> None:
     await asyncio.to_thread(proc.join)
 
 
-def child_main(target: JobTarget | str, settings: Settings, messages: Any, parent_pid: int) -> None:
+def child_main(
+    target: JobTarget | str, settings: Settings, messages: Any, parent_pid: int, background: bool = True
+) -> None:
     """Entry point of the spawned process: run the function, report progress and the outcome."""
     from app.logging_setup import configure_logging
 
     configure_logging(settings)
     _exit_with_parent(parent_pid)
-    _yield_cpu_to_the_service()
+    if background:
+        _yield_cpu_to_the_service()
     # SIGTERM from the service raises SystemExit, so `finally` blocks and DataLoader workers unwind.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if isinstance(target, str):
@@ -130,21 +144,15 @@ def child_main(target: JobTarget | str, settings: Settings, messages: Any, paren
 
 
 def _yield_cpu_to_the_service() -> None:
-    """Lowest CPU priority for this process and the DataLoader workers it forks (both inherited).
+    """A lower CPU priority (nice 10) for this process and the DataLoader workers it forks (both
+    inherited), so that a request handler waking up is scheduled before the training's threads.
 
-    nice alone still lets a busy training thread finish its time slice before a waking request
-    handler runs (milliseconds of tail latency on a small machine). SCHED_IDLE runs the training
-    only on CPU time nothing else wants, so the API is scheduled at once; training loses nothing
-    while the API is idle. Where SCHED_IDLE is unavailable (not Linux), nice is what we have.
+    Not SCHED_IDLE, which this used to take: it runs a process only on CPU time nothing else
+    wants, so on a machine busy with anything else (other services, a CI box running two suites)
+    the training made no progress at all -- a 10-epoch training at load 13 sat for minutes without
+    finishing an epoch. nice 10 weighs ~1/10 of the API under contention and still moves.
     """
     os.nice(CHILD_NICENESS)
-    if hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError as exc:  # a container's seccomp profile may refuse it: nice still applies
-            logging.getLogger(__name__).info(
-                "SCHED_IDLE unavailable (%s); running at nice %d", exc, CHILD_NICENESS
-            )
 
 
 def _plain(data: Any) -> Any:

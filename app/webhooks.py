@@ -493,12 +493,6 @@ async def record_alias_change(settings: Settings, row: dict) -> list[str]:
     return await _record(settings, alias_events(settings, row, await _entry(settings, row)))
 
 
-async def record_training(settings: Settings, job: dict) -> list[str]:
-    """For the CLI's ``train``: the events of its outcome (``job``: id, state, result or error)."""
-    champion = await run_in_threadpool(_champion, settings)
-    return await _record(settings, training_events(settings, job, champion))
-
-
 async def _record(settings: Settings, events: list[tuple[str, dict]]) -> list[str]:
     subscribers = load_subscribers(settings)
     if not subscribers or not events:

@@ -347,12 +347,13 @@ async def run_scrape(
 
     sources = load_sources(settings.sources_config, FETCHERS)
     if only:
-        sources = _only(sources, set(only), settings)
+        sources = only_sources(sources, set(only), settings)
     async with DatasetManager(settings) as dataset:
         return await FetcherManager(settings, sources, dataset, client).run(progress)
 
 
-def _only(sources: SourcesFile, names: set[str], settings: Settings) -> SourcesFile:
+def only_sources(sources: SourcesFile, names: set[str], settings: Settings) -> SourcesFile:
+    """The enabled entries named in ``names``; ConfigError naming the enabled ones for a name that is not."""
     enabled = {s.name for s in sources.enabled()}
     if missing := names - enabled:
         raise ConfigError(

@@ -128,11 +128,9 @@ def served(tmp_path_factory):
         "TRAIN_EPOCHS": "4",
         "TRAIN_BATCH_SIZE": "8",
         "TRAIN_LR": "0.003",
-        "TRAIN_WORKERS": "0",
         "MIN_TRAIN_SAMPLES": "12",
         "VAL_FRACTION": "0.25",
         "TRAIN_SEED": "1",
-        "TRAIN_DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
         # Exposr-Core is not there: the labeler example scores with the local model.
         "EXPOSR_CORE_ENDPOINT": "http://127.0.0.1:9/analyze",
@@ -154,7 +152,7 @@ def served(tmp_path_factory):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             try:
                 if httpx.get(f"{env['T']}/healthz", timeout=2).status_code == 200:
@@ -162,7 +160,7 @@ def served(tmp_path_factory):
             except httpx.TransportError:
                 pass
             assert server.poll() is None, f"serve exited: {(root / 'serve.log').read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "serve did not answer /healthz in 120 s"
+            assert time.monotonic() < deadline, "serve did not answer /healthz in 300 s"
             time.sleep(0.3)
         auth = {"Authorization": f"Bearer {KEY}"}
         latest = httpx.get(f"{env['T']}/models/latest", headers=auth, timeout=10)
@@ -193,14 +191,14 @@ def served(tmp_path_factory):
 PRELUDE = r"""
 set -euo pipefail
 wait_idle() {
-  for _ in $(seq 1200); do
+  for _ in $(seq 4800); do
     if curl -fsS -H "Authorization: Bearer $TRAINER_API_KEY" "$T/jobs?limit=20" | python3 -c \
       'import json, sys; jobs = json.load(sys.stdin)["jobs"]
 sys.exit(any(j["state"] in ("queued", "running") for j in jobs))'
     then return 0; fi
     sleep 0.25
   done
-  echo "jobs still running after 300 s" >&2; return 1
+  echo "jobs still running after 1200 s" >&2; return 1
 }
 """
 
@@ -219,7 +217,7 @@ def test_every_curl_example_runs_as_written(served, page):
         script += [f"echo '>>> example {i}' >&2", command]
     script.append("wait_idle")
     done = subprocess.run(
-        ["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True, timeout=600
+        ["bash", "-c", "\n".join(script)], cwd=work, env=env, capture_output=True, text=True, timeout=3000
     )
     failed = re.findall(r">>> example (\d+)", done.stderr)
     where = commands[int(failed[-1])] if failed else "(before the first example)"

@@ -28,7 +28,7 @@ import io
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -136,20 +136,31 @@ class ImageCache:
         prefix = f"{CACHE_PREFIX}/{cache_id(self.side, self.quality)}/"
         return {key.rsplit("/", 1)[-1].removesuffix(".jpg") for key in self.storage.list(prefix)}
 
-    def build(self, items: Iterable[tuple[str, str]], workers: int = 4) -> CacheBuild:
+    def build(
+        self,
+        items: Iterable[tuple[str, str]],
+        workers: int = 4,
+        on_entry: Callable[[int, int], None] | None = None,
+    ) -> CacheBuild:
         """Write the entries that are missing; ``items`` are (sha256, original's storage key).
 
         Incremental (only new images) and in parallel threads: Pillow decodes and encodes outside
-        the GIL, and storage requests overlap.
+        the GIL, and storage requests overlap. ``on_entry(done, total)`` follows the pass (entries
+        already present count as done).
         """
         started = time.perf_counter()
         have = self.present()
+        items = list(items)
         missing = {sha: key for sha, key in items if sha not in have}
+        total, done = len(items), len(items) - len(missing)
         report = CacheBuild(present=len(have))
         with ThreadPoolExecutor(max(1, workers)) as pool:
             for ok in bounded_map(pool, self._write, missing.items(), in_flight=4 * max(1, workers)):
                 report.built += ok
                 report.failed += not ok
+                done += 1
+                if on_entry is not None:
+                    on_entry(done, total)
         report.seconds = time.perf_counter() - started
         if report.built or report.failed:
             log.info(

@@ -529,6 +529,21 @@ def train_with_shared_store(settings: Settings, progress) -> TrainResult:
     return result
 
 
+def version_folder(settings: Settings, entry: dict) -> Path:
+    """A registered version's folder on this host (copied down from the bucket when it is shared and
+    not here yet), for scoring with it; ArtifactMissing when its weights are not in the store."""
+    folder = Path(settings.models_dir) / entry["model"] / entry["version"]
+    if (folder / "weights.pt").is_file():
+        return folder
+    store = model_store(settings)
+    if isinstance(store, SharedModelStore):
+        store.artifact(entry, "weights.pt")  # ArtifactMissing when the bucket lacks it
+        with registry_lock(store.models_dir):
+            store._download_folder(entry, folder)
+        return folder
+    raise ArtifactMissing(f"{folder / 'weights.pt'} is registered but missing on disk; retrain or restore it")
+
+
 def sync_models_down(settings: Settings) -> None:
     """Before a label job on a host of a fleet: the promoted model's files from the bucket."""
     store = model_store(settings)

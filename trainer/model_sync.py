@@ -52,6 +52,28 @@ def latest_payload(entry: dict) -> dict:
     }
 
 
+def why_none_served(entries: list[dict], model_name: str) -> str:
+    """What /models/latest and `exposr-trainer predict` say when no version of ``model_name`` is
+    served: how many were trained, that none passed the promotion gate, and where the newest one's
+    report (which says why) is."""
+    mine = [e for e in entries if e.get("model") == model_name and e.get("version")]
+    if not mine:
+        return (
+            f"no {model_name!r} model trained yet: POST /train (or `exposr-trainer train`) once the "
+            "dataset is large enough"
+        )
+    newest = mine[-1]
+    versions = f"{mine[0]['version']}" if len(mine) == 1 else f"{mine[0]['version']}..{newest['version']}"
+    reason = str(newest.get("promotion_reason") or "").strip()
+    return (
+        f"no {model_name!r} model is served: {len(mine)} version(s) trained ({versions}), none passed the "
+        f"promotion gate; the newest, {newest['version']}: {reason or 'no reason recorded'} "
+        f"(report: /models/{model_name}/{newest['version']}/report; score with it anyway: "
+        f"`exposr-trainer predict --version {newest['version']}` or "
+        f"POST /models/{model_name}/{newest['version']}/predict)"
+    )
+
+
 def get_model_path(config: Settings, model_name: str | None = None, version: str | None = None) -> Path:
     """Path of a registered version's weights.pt (the promoted one when ``version`` is None).
 

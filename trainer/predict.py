@@ -21,7 +21,8 @@ from trainer.cache import prepared
 from trainer.data import Normalizer, eval_transform
 from trainer.errors import ModelNotFound
 from trainer.evaluate import CLASS_INDEX
-from trainer.model_store import ModelRegistry
+from trainer.model_store import ArtifactMissing, ModelRegistry, version_folder
+from trainer.model_sync import why_none_served
 from trainer.modeling import load_artifacts, pick_device
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,16 @@ class Predictor:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
+    served_version: str | None = None  # the version served now (None: none is)
+
     @property
     def version(self) -> str | None:
         return self.card.get("version")
+
+    @property
+    def served(self) -> bool:
+        """Whether this is the version /models/latest serves."""
+        return self.version is not None and self.version == self.served_version
 
     def predict_each(self, images: Sequence[bytes]) -> list[Prediction]:
         """A Prediction per encoded image, in order; a bad image gets its reason, the rest are scored."""
@@ -112,20 +120,45 @@ class Predictor:
 
 def load_promoted(settings: Settings, batch_size: int | None = None) -> Predictor:
     """The served model; ModelNotFound (with what to do) when none has been promoted yet."""
-    entry = ModelRegistry.local(settings).champion()
+    registry = ModelRegistry.local(settings)
+    entry = registry.champion()
     if entry is None:
-        raise ModelNotFound(
-            f"no promoted {settings.model_name!r} model in {settings.models_dir}; "
-            "run `exposr-trainer train` first"
-        )
+        raise ModelNotFound(why_none_served([dict(e) for e in registry.entries()], settings.model_name))
     folder = Path(settings.models_dir) / entry["model"] / entry["version"]
+    return _predictor(settings, dict(entry), folder, batch_size)
+
+
+def load_version(settings: Settings, version: str, batch_size: int | None = None) -> Predictor:
+    """Any registered version of MODEL_NAME, served or not (``Predictor.served`` tells which);
+    ModelNotFound naming the registered versions when ``version`` is not one of them."""
+    registry = ModelRegistry(settings)
+    entry = registry.entry(settings.model_name, version)
+    if entry is None:
+        known = [e["version"] for e in registry.entries() if e.get("model") == settings.model_name]
+        raise ModelNotFound(
+            f"no {settings.model_name!r} version {version!r} is registered"
+            + (f"; registered: {', '.join(known)}" if known else "; none is registered yet")
+        )
+    try:
+        folder = version_folder(settings, dict(entry))
+    except ArtifactMissing as exc:
+        raise ModelNotFound(str(exc)) from exc
+    served = registry.champion()
+    return _predictor(settings, dict(entry), folder, batch_size, served=served["version"] if served else None)
+
+
+def _predictor(
+    settings: Settings, entry: dict, folder: Path, batch_size: int | None, served: str | None = "self"
+) -> Predictor:
     log.info("loading %s %s from %s", entry["model"], entry["version"], folder)
-    return Predictor(
+    predictor = Predictor(
         folder,
         device=settings.train_device,
         batch_size=batch_size or settings.train_batch_size,
         max_pixels=settings.max_image_pixels,
     )
+    predictor.served_version = entry["version"] if served == "self" else served
+    return predictor
 
 
 def _read(path: Path) -> bytes | Prediction:

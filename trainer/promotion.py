@@ -49,35 +49,75 @@ def rule_text(settings: Settings) -> str:
     )
 
 
-def chance_check(settings: Settings, challenger: Scored) -> tuple[AucEstimate | None, str | None]:
-    """(estimate, None) when the challenger may be promoted on its own; (estimate, reason) otherwise."""
+def images_to_add(
+    wanted: dict[str, int], have: dict[str, int], totals: dict[str, int] | None
+) -> dict[str, int]:
+    """Labelled images of each class to add so that the evaluation side reaches ``wanted``.
+
+    New images go to the evaluation side first while it is short (trainer/split.py), one for one,
+    but a class's evaluation side never holds more than half the class: past that, each evaluation
+    image needs one training image beside it. ``totals``: the class sizes (None: no cap known).
+    """
+    out = {}
+    for label, want in wanted.items():
+        more = max(0, want - have.get(label, 0))
+        if totals is not None and more:
+            more = max(more, 2 * want - totals.get(label, 0))
+        out[label] = more
+    return out
+
+
+def _add_text(more: dict[str, int]) -> str:
+    return " and ".join(f"{n} more {label}" for label, n in more.items() if n > 0)
+
+
+def chance_check(
+    settings: Settings, challenger: Scored, totals: dict[str, int] | None = None
+) -> tuple[AucEstimate | None, str | None, dict[str, int] | None]:
+    """(estimate, None, None) when the challenger may be promoted on its own; otherwise (estimate,
+    reason, the evaluation images per class the gate needs -- ``eval_wanted``, which the next split
+    fills first with new images)."""
     labels = (challenger.labels == AI).astype(int)
     n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
+    have = {"real": n_real, "ai": n_ai}
     need = settings.eval_min_per_class
-    short = {name: need - have for name, have in (("real", n_real), ("ai", n_ai)) if have < need}
-    if short:
-        more = " and ".join(f"{n} more {name}" for name, n in short.items())
-        missing = [name for name, have in (("real", n_real), ("ai", n_ai)) if have == 0]
+    wanted: dict[str, int] | None  # the evaluation images per class the gate needs, when known
+    if min(n_real, n_ai) < need:
+        wanted = {label: max(n, need) for label, n in have.items()}
+        missing = [name for name, n in have.items() if n == 0]
         what = f"lacks the class {', '.join(missing)}" if missing else "is too small to decide"
-        return auc_estimate(labels, challenger.margins), (
-            f"not promoted: the evaluation set {what} ({n_real} real, {n_ai} ai; EVAL_MIN_PER_CLASS={need}); "
-            f"add {more} labelled image(s) not near-duplicates of the training images"
+        return (
+            auc_estimate(labels, challenger.margins),
+            f"not promoted: the evaluation set {what} ({n_real} real, {n_ai} ai; "
+            f"EVAL_MIN_PER_CLASS={need}); add {_add_text(images_to_add(wanted, have, totals))} "
+            "labelled image(s) not near-duplicates of the training images (new images go to the "
+            "evaluation side until it has enough)",
+            wanted,
         )
     est = auc_estimate(labels, challenger.margins)
     assert est is not None  # both classes are present (checked above)
     if est.better_than_chance():
-        return est, None
+        return est, None, None
     lo, hi = est.ci95
     needed = images_needed(est)
-    more = (
-        "the model shows no signal: more images will not help unless the labels can be told apart by pixels"
-        if needed is None
-        else f"about {needed[1]} more real and {needed[0]} more ai evaluation images would be needed "
-        "at this AUC"
-    )
-    return est, (
+    wanted = None
+    if needed is None:
+        more = (
+            "the model shows no signal: more images will not help unless the labels can be told "
+            "apart by pixels"
+        )
+    else:
+        wanted = {"real": n_real + needed[1], "ai": n_ai + needed[0]}
+        more = (
+            f"at this AUC the evaluation side would need {wanted['real']} real + {wanted['ai']} ai "
+            f"images: add {_add_text(images_to_add(wanted, have, totals))} labelled image(s) not "
+            "near-duplicates of the training images (new images go to the evaluation side first)"
+        )
+    return (
+        est,
         f"not promoted: AUC {est.auc:.3f} [95% CI {lo:.3f}, {hi:.3f}] on {n_real} real + {n_ai} ai "
-        f"images cannot be told from chance (lower bound <= 0.5); {more}"
+        f"images cannot be told from chance (lower bound <= 0.5); {more}",
+        wanted,
     )
 
 
@@ -87,13 +127,20 @@ def decide_promotion(
     eval_data: StoredImages,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    totals: dict[str, int] | None = None,
 ) -> dict:
-    """The decision with its figures: promoted, reason, rule, compared_with, auc_difference (+ CI) ..."""
-    est, refused = chance_check(settings, challenger)
+    """The decision with its figures: promoted, reason, rule, compared_with, auc_difference (+ CI),
+    eval_wanted (evaluation images per class the gate needs; None when it needs no more) ...
+
+    ``totals``: labelled images per class outside the held-out sets (the split's class sizes), so
+    that "add N images" accounts for the evaluation side's cap of half a class.
+    """
+    est, refused, wanted = chance_check(settings, challenger, totals)
     base = {
         "rule": rule_text(settings),
         "auc": None if est is None else round(est.auc, 4),
         "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
+        "eval_wanted": wanted,
     }
     if refused is not None or est is None:
         return _decision(base, False, refused or "not promoted: no AUC", None)
@@ -119,10 +166,20 @@ def decide_promotion(
         return _decision(
             base, True, f"promoted {incumbent['version']} could not be scored: {exc}", incumbent["version"]
         )
-    return compare_with_champion(settings, base, incumbent["version"], comparable, old)
+    return compare_with_champion(settings, base, incumbent["version"], comparable, old, challenger, totals)
 
 
-def compare_with_champion(settings: Settings, base: dict, version: str, new: Scored, old: Scored) -> dict:
+def compare_with_champion(
+    settings: Settings,
+    base: dict,
+    version: str,
+    new: Scored,
+    old: Scored,
+    evaluation: Scored | None = None,
+    totals: dict[str, int] | None = None,
+) -> dict:
+    """``evaluation``: the challenger's whole evaluation set (``new`` is its part the champion never
+    trained on), to say how many evaluation images a comparison that is too small would need."""
     keep = np.isin([s.id for s in new.samples], [s.id for s in old.samples])
     new = new.subset(keep)
     old_by_id = dict(zip((s.id for s in old.samples), old.margins, strict=True))
@@ -130,12 +187,25 @@ def compare_with_champion(settings: Settings, base: dict, version: str, new: Sco
     labels = (new.labels == AI).astype(int)
     n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
     if min(n_ai, n_real) < settings.eval_min_per_class:
+        # New images are never in the champion's training set: each one added to the evaluation
+        # side adds one comparable image.
+        everyone = evaluation if evaluation is not None else new
+        have = {
+            "real": int((everyone.labels != AI).sum()),
+            "ai": int((everyone.labels == AI).sum()),
+        }
+        short = {
+            "real": max(0, settings.eval_min_per_class - n_real),
+            "ai": max(0, settings.eval_min_per_class - n_ai),
+        }
+        wanted = {label: have[label] + short[label] for label in have}
         return _decision(
-            base,
+            {**base, "eval_wanted": wanted},
             False,
             f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
             f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
-            f"{version} stays",
+            f"{version} stays; add {_add_text(images_to_add(wanted, have, totals))} labelled image(s) "
+            "(new images go to the evaluation side first)",
             version,
             n_compared=len(labels),
         )

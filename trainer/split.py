@@ -12,8 +12,10 @@ training sees it, and keeps it:
    train group *and* an evaluation group is ``excluded`` from both (it would leak either way).
 3. A new group gets the key of its smallest id, and goes to evaluation while the evaluation set
    still needs images of its classes -- ``VAL_FRACTION`` of each class, at least
-   ``EVAL_MIN_PER_CLASS``, at most half the class -- in the order of a hash of its key
-   (deterministic, independent of arrival order); otherwise to training.
+   ``EVAL_MIN_PER_CLASS``, at least what the promotion gate last asked for (``gate_wanted``: the
+   newest version's ``eval_wanted``, trainer/promotion.py), at most half the class -- in the order
+   of a hash of its key (deterministic, independent of arrival order); otherwise to training.
+   So when the gate said "add N real images", the next N new real images go to evaluation.
 
 Only new decisions are returned for storing; a stored side is never changed, so no image a model
 trained on can ever reach a later evaluation set.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,11 +95,19 @@ def order_key(group: str) -> str:
     return hashlib.sha256(group.encode("utf-8")).hexdigest()
 
 
-def eval_targets(samples: Sequence, eval_fraction: float, min_per_class: int) -> dict[str, int]:
-    """Evaluation images wanted per class: the fraction, at least the minimum, at most half."""
+def eval_targets(
+    samples: Sequence,
+    eval_fraction: float,
+    min_per_class: int,
+    gate_wanted: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Evaluation images wanted per class: the fraction, at least the minimum and what the gate asked
+    for, at most half the class."""
     totals = Counter(s.label for s in samples)
+    gate = gate_wanted or {}
     return {
-        label: min(max(math.ceil(n * eval_fraction), min_per_class), n // 2) for label, n in totals.items()
+        label: min(max(math.ceil(n * eval_fraction), min_per_class, int(gate.get(label, 0))), n // 2)
+        for label, n in totals.items()
     }
 
 
@@ -109,6 +119,7 @@ def assign_splits(
     min_per_class: int,
     holdout_generators: Iterable[str] = (),
     holdout_sources: Iterable[str] = (),
+    gate_wanted: Mapping[str, int] | None = None,
 ) -> SplitPlan:
     """Sides for every labelled sample (stored ones kept, new ones decided); see the module doc."""
     ordered = sorted(samples, key=lambda s: s.id)
@@ -136,7 +147,7 @@ def assign_splits(
                 plan.decided[s.id] = (group, side)
 
     in_distribution = [s for s in ordered if s.id not in held]
-    wanted = eval_targets(in_distribution, eval_fraction, min_per_class)
+    wanted = eval_targets(in_distribution, eval_fraction, min_per_class, gate_wanted)
     have = Counter(s.label for s in in_distribution if plan.side_of.get(s.id) == EVAL)
     for group, members in sorted(fresh, key=lambda gm: order_key(gm[0])):
         need = Counter(ordered[i].label for i in members if ordered[i].id not in held)

@@ -34,6 +34,7 @@ from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
 from trainer import ddp
+from trainer.architectures import check_architecture
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
@@ -53,7 +54,7 @@ from trainer.modeling import build_model, pick_device, save_artifacts
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
-from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
+from trainer.registry import clean_stale, commit_version, load_registry, make_staging_dir, write_json_atomic
 from trainer.report import (
     FORMAT_SWAP_MAX_IMAGES,
     ROBUSTNESS,
@@ -85,6 +86,8 @@ def train_model(settings: Settings, progress: Progress | None = None) -> TrainRe
     The split sides decided for new images are stored in the index before training starts, so they
     hold for every later training (trainer/split.py).
     """
+    check_architecture(settings.train_arch)  # a typo fails now, not after loading and splitting
+    _stage(progress, "load")
     samples, storage = load_samples(settings)
     return train_on_samples(
         settings,
@@ -103,13 +106,16 @@ def train_on_samples(
     record_splits: Callable[[dict], object] | None = None,
 ) -> TrainResult:
     started = time.monotonic()
+    check_architecture(settings.train_arch)
     samples = [s for s in samples if s.label in CLASS_INDEX]  # unlabeled never enters training
     check_dataset(samples, settings.min_train_samples)
     clean_stale(settings.models_dir)
 
+    _stage(progress, "split")
     plan = plan_split(settings, samples, record_splits)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
+    _stage(progress, "audit")
     shortcut = shortcut_probe(
         train_set + val_set, _facts_reader(storage), plan.group_of, settings.shortcut_warn_auc
     )
@@ -125,13 +131,14 @@ def train_on_samples(
         )
 
     seed_everything(settings.train_seed)
+    _stage(progress, "model")
     device, amp_dtype = pick_device(settings.train_device)
     model = build_model(settings).to(device)
     pre = preprocessing_for(
         model, settings.train_image_size, cache_quality=CACHE_QUALITY if settings.train_cache else None
     )
     prepare = Normalizer(pre, device)
-    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out)
+    cache = build_cache(settings, storage, pre, train_set + val_set + plan.held_out, progress)
     train_loader, val_data, val_loader = build_loaders(
         storage, train_set, val_set, pre, settings, device, cache
     )
@@ -167,8 +174,7 @@ def train_on_samples(
         if not ddp.is_main():  # rank 0 alone evaluates promotion, writes and registers
             shutil.rmtree(staging, ignore_errors=True)
             return {"rank": "follower", "metrics": metrics}
-        if progress is not None:
-            progress({"stage": "evaluate"})
+        _stage(progress, "evaluate")
         evaluated = scored(val_set, scores)
         report = build_report(
             settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut
@@ -177,7 +183,7 @@ def train_on_samples(
         metrics["by_source"] = accuracy_by_source(
             scores.labels, scores.probs, [val_set[i].source for i in scores.positions]
         )
-        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
+        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype, class_totals(plan))
         report["promotion"] = promotion
         report["training"] = {"epochs": facts.get("epoch_history", [])}  # the loss / AUC curves
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
@@ -226,6 +232,7 @@ def plan_split(
     settings: Settings, samples: list[Sample], record_splits: Callable[[dict], object] | None = None
 ) -> SplitPlan:
     """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
+    gate = gate_wanted(settings)
     plan = assign_splits(
         samples,
         radius=settings.split_near_dup_distance,
@@ -233,7 +240,10 @@ def plan_split(
         min_per_class=settings.eval_min_per_class,
         holdout_generators=settings.holdout_generators,
         holdout_sources=settings.holdout_sources,
+        gate_wanted=gate,
     )
+    if gate:
+        log.info("split: the promotion gate asked for %s evaluation images (new images go there first)", gate)
     if record_splits is not None and plan.decided:
         record_splits(plan.decided)
     log.info(
@@ -246,6 +256,22 @@ def plan_split(
         settings.split_near_dup_distance,
     )
     return plan
+
+
+def gate_wanted(settings: Settings) -> dict[str, int] | None:
+    """The evaluation images per class the newest version's promotion decision asked for, if any."""
+    entries = [e for e in load_registry(settings.models_dir) if e.get("model") == settings.model_name]
+    if not entries:
+        return None
+    wanted = entries[-1].get("eval_wanted")
+    return {str(k): int(v) for k, v in wanted.items()} if isinstance(wanted, dict) else None
+
+
+def class_totals(plan: SplitPlan) -> dict[str, int]:
+    """Labelled images per class outside the held-out sets: what the evaluation side's cap of half a
+    class is taken of (trainer/split.py eval_targets)."""
+    counts = Counter(s.label for s in (*plan.train, *plan.eval, *plan.excluded))
+    return {label: counts[label] for label in CLASS_INDEX}
 
 
 def build_report(
@@ -605,13 +631,40 @@ def _weights_dict(weights: torch.Tensor | None) -> dict | None:
     return {label: round(float(weights[i]), 4) for label, i in CLASS_INDEX.items()}
 
 
-def build_cache(settings: Settings, storage: StorageDriver, pre, samples: list[Sample]) -> ImageCache | None:
+def build_cache(
+    settings: Settings, storage: StorageDriver, pre, samples: list[Sample], progress: Progress | None = None
+) -> ImageCache | None:
     """The training cache at this preprocessing, with every sample's entry present (TRAIN_CACHE)."""
     if not settings.train_cache:
         return None
     cache = ImageCache(storage, pre.decode_side, settings.max_image_pixels, pre.cache_quality)
-    cache.build(((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers))
+    on_entry = None
+    if progress is not None:
+        _stage(progress, "cache", done=0, total=len(samples))
+        on_entry = throttled(lambda done, total: _stage(progress, "cache", done=done, total=total))
+    cache.build(
+        ((s.sha256, s.image_key) for s in samples), workers=max(2, settings.train_workers), on_entry=on_entry
+    )
     return cache
+
+
+def throttled(report: Callable[[int, int], None], every_s: float = 0.5) -> Callable[[int, int], None]:
+    """``report(done, total)`` at most every ``every_s`` seconds, and always for the last one."""
+    last = [0.0]
+
+    def call(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every_s:
+            last[0] = now
+            report(done, total)
+
+    return call
+
+
+def _stage(progress: Progress | None, stage: str, **fields) -> None:
+    """Which step the training is in ("split", "audit", "cache" 37/117 ...), for the bar and /jobs."""
+    if progress is not None:
+        progress({"stage": stage, **fields})
 
 
 def _cache_facts(cache: ImageCache | None) -> dict | None:
@@ -797,6 +850,7 @@ def _registry_entry(
         "auc_difference_ci95": promotion["auc_difference_ci95"],
         "compared_with": promotion["compared_with"],
         "incumbent_metrics": promotion["incumbent_metrics"],
+        "eval_wanted": promotion.get("eval_wanted"),
         "epochs": settings.train_epochs,
         "device": device.type,
     }
@@ -804,11 +858,20 @@ def _registry_entry(
 
 def _report(progress: Progress | None, event: dict) -> None:
     log.info(
-        "epoch %(epoch)d/%(epochs)d train_loss=%(train_loss).4f val_loss=%(val_loss)s val_auc=%(val_auc)s",
-        event,
+        "epoch %d/%d train_loss=%s val_loss=%s val_auc=%s",
+        event["epoch"],
+        event["epochs"],
+        _fmt(event["train_loss"]),
+        _fmt(event["val_loss"]),
+        _fmt(event["val_auc"]),
     )
     if progress is not None:
         progress(event)
+
+
+def _fmt(value, digits: int = 4) -> str:
+    """A metric for a log line: 4 decimals (what the figures mean at these sample sizes), or n/a."""
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.{digits}f}"
 
 
 def _now() -> str:

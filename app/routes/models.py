@@ -33,7 +33,7 @@ from trainer.model_store import (
     ModelRegistry,
     RegistryConflict,
 )
-from trainer.model_sync import latest_payload, push_latest_model
+from trainer.model_sync import latest_payload, push_latest_model, why_none_served
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])
 
@@ -91,13 +91,14 @@ async def latest_model(
     instant = _instant(at)
     with registry_errors():
         latest = await run_in_threadpool(push_latest_model, settings, instant)
-    if latest is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"no model was served at {at}"
-            if at is not None
-            else "no model trained yet: POST /train once the dataset is large enough",
-        )
+        if latest is None and at is not None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model was served at {at}")
+        if latest is None:  # how many were trained, that none passed the gate, and where to read why
+            entries = await run_in_threadpool(ModelRegistry(settings).entries)
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=why_none_served([dict(e) for e in entries], settings.model_name),
+            )
     return json_with_etag(latest, request)
 
 

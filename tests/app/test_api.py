@@ -76,7 +76,7 @@ def test_job_endpoints_start_conflict_list_and_finish(client, gate):
     assert conflict.status_code == 409 and job_id in conflict.json()["detail"]
     assert client.get("/status").json()["running_jobs"][0]["id"] == job_id
     gate.open = True
-    deadline = time.monotonic() + 30  # a bound, not a timing assertion: a loaded CI box is slow
+    deadline = time.monotonic() + 120  # a bound, not a timing assertion: a loaded CI box is slow
     while True:
         job = client.get(f"/jobs/{job_id}", headers=AUTH).json()
         if job["state"] == "succeeded" or time.monotonic() > deadline:
@@ -169,6 +169,6 @@ def test_status_answers_while_a_new_job_waits_for_the_database(client, gate):
     finally:
         database.rollback()
         database.close()
-        poster.join(timeout=30)
+        poster.join(timeout=120)
         gate.open = True
     assert started[0].status_code == 202

@@ -49,7 +49,7 @@ def write_sources(tmp_path, n: int = 24):
     return config
 
 
-def wait_for(client, job_id: str, seconds: float = 240) -> dict:
+def wait_for(client, job_id: str, seconds: float = 900) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         job = client.get(f"/jobs/{job_id}", headers=AUTH).json()

@@ -62,8 +62,6 @@ def fleet_env(postgres_server, s3_bucket, tmp_path) -> dict[str, str]:
             "TRAIN_EPOCHS": "5",
             "TRAIN_BATCH_SIZE": "8",
             "TRAIN_LR": "0.003",
-            "TRAIN_WORKERS": "0",
-            "TRAIN_DEVICE": "cpu",
             "TRAIN_SEED": "1",
             "MIN_TRAIN_SAMPLES": "8",
             "VAL_FRACTION": "0.25",
@@ -105,7 +103,7 @@ class Fleet:
         port = free_port()
         self.start(name, ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
@@ -148,7 +146,7 @@ def job(url: str, job_id: str) -> dict:
     return httpx.get(f"{url}/jobs/{job_id}", headers=AUTH, timeout=10).json()
 
 
-def wait_state(url: str, job_id: str, states: tuple[str, ...], seconds: float = 240) -> dict:
+def wait_state(url: str, job_id: str, states: tuple[str, ...], seconds: float = 900) -> dict:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         row = job(url, job_id)

@@ -100,7 +100,7 @@ async def test_a_killed_replicas_job_is_marked_interrupted_by_the_sweep(replica_
     live_settings = replica_settings(2, job_sweep_seconds=0.2)
     runner = None
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 3000
         while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         job_id = ready.read_text()
@@ -110,7 +110,7 @@ async def test_a_killed_replicas_job_is_marked_interrupted_by_the_sweep(replica_
         assert (await runner.store.get(job_id))["state"] == "running"
         os.kill(other.pid, signal.SIGKILL)
         await asyncio.to_thread(other.join, 30)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300
         while (await runner.store.get(job_id))["state"] == "running" and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         row = await runner.store.get(job_id)
@@ -134,7 +134,7 @@ async def test_one_scheduler_leads_the_fleet_and_another_takes_over(replica_sett
         await schedulers[1].start()
         assert [s.state for s in schedulers] == ["running", "refused"]
         await schedulers[0].shutdown()  # the leader goes away
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300
         while schedulers[1].state != "running" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert schedulers[1].state == "running" and set(schedulers[1].next_runs()) == {"scrape", "train"}

@@ -64,8 +64,6 @@ def server_env(tmp_path: Path) -> dict:
         "TRAIN_IMAGE_SIZE": "32",
         "TRAIN_EPOCHS": "1000",
         "TRAIN_BATCH_SIZE": "4",
-        "TRAIN_WORKERS": "0",
-        "TRAIN_DEVICE": "cpu",
         "MIN_TRAIN_SAMPLES": "8",
         "MIN_IMAGE_SIDE": "16",
         "VAL_FRACTION": "0.25",
@@ -98,11 +96,11 @@ def test_sigterm_during_training_interrupts_the_job_and_leaves_the_registry(tmp_
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            wait_until(lambda: _healthy(client), 60, "the server to start")
+            wait_until(lambda: _healthy(client), 300, "the server to start")
             scrape = client.post("/scrape", headers=AUTH).json()["job_id"]
-            assert wait_until(lambda: _done(client, scrape), 60, "the scrape")["state"] == "succeeded"
+            assert wait_until(lambda: _done(client, scrape), 300, "the scrape")["state"] == "succeeded"
             train = client.post("/train", headers=AUTH).json()["job_id"]
-            child = wait_until(lambda: _child_pid(tmp_path / "logs" / "trainer.log"), 60, "the child")
+            child = wait_until(lambda: _child_pid(tmp_path / "logs" / "trainer.log"), 300, "the child")
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -SIGTERM).
         assert proc.wait(timeout=60) in (0, -signal.SIGTERM)

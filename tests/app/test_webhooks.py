@@ -344,22 +344,28 @@ def env(monkeypatch, tmp_path, database_url):
 
 async def test_the_cli_training_outcome_is_queued_for_the_senders(make_settings, tmp_path):
     from app.jobstore import make_engine
-    from app.webhooks import record_training
 
     train_versions(tmp_path / "models", 1)
     settings = make_settings(webhooks=hooks("https://core.example/hooks"))  # why: a subscriber to queue for
-    job = {"id": "cli-1", "kind": "train", "trigger": "cli", "state": "failed", "error": "too few images"}
-    (failed,) = await record_training(settings, job)
-    result = {"version": "v1", "model": "vit", "promoted": True, "val_auc": 0.9}
-    promoted = await record_training(settings, {**job, "state": "succeeded", "result": result})
+
+    async def trained(settings, progress):  # what the train job answers for v1, promoted
+        return {"version": "v1", "model": "vit", "promoted": True, "val_auc": 0.9}
+
+    async def failed(settings, progress):
+        raise RuntimeError("too few images")
+
+    done = await cli.run_as_job(settings, "train", trained, lambda data: None)
+    assert done["state"] == "succeeded" and done["trigger"] == "cli"
+    assert (await cli.run_as_job(settings, "train", failed, lambda data: None))["state"] == "failed"
     engine = make_engine(settings)
     try:
         total, rows = await Outbox(engine, settings, load_subscribers(settings)).list()
     finally:
         await engine.dispose()
-    assert total == 3 and {r["id"] for r in rows} == {failed, *promoted}
     assert sorted(r["event"] for r in rows) == ["alias.changed", "model.promoted", "training.failed"]
-    assert all(r["state"] == "pending" for r in rows)
+    assert all(r["state"] == "pending" for r in rows) and total == 3
+    failure = next(r for r in rows if r["event"] == "training.failed")["payload"]["data"]
+    assert failure["trigger"] == "cli" and "too few images" in failure["error"]
 
 
 def test_the_console_lists_deliveries_and_sends_one_again(make_client, receiver, tmp_path):

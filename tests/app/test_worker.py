@@ -49,7 +49,7 @@ async def trained(settings, progress):
     return {"version": "v1", "promoted": True, "ran_on": str(settings.dataset_dir)}
 
 
-async def wait_for(predicate, seconds: float = 30):
+async def wait_for(predicate, seconds: float = 300):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if value := await predicate():

@@ -49,7 +49,7 @@ class LiveServer:
 
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
             time.sleep(0.02)
@@ -57,7 +57,7 @@ class LiveServer:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(30)
+        self.thread.join(120)
 
     def raw(self, timeout: float = 10):
         import socket

@@ -162,7 +162,7 @@ def test_a_client_aborting_an_upload_is_an_info_line_not_a_500(live_server, capl
     assert healthy(live_server)
 
 
-def _wait_for_log(caplog, text: str, seconds: float = 10) -> None:
+def _wait_for_log(caplog, text: str, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if any(text in r.getMessage() for r in caplog.records):

@@ -83,7 +83,7 @@ def running_server(settings: Settings, job_kinds: dict | None = None) -> Iterato
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="console-server", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the console server did not start")
@@ -92,7 +92,7 @@ def running_server(settings: Settings, job_kinds: dict | None = None) -> Iterato
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
-        thread.join(timeout=30)
+        thread.join(timeout=120)
 
 
 def seed(settings: Settings, unlabeled: int = 6) -> None:

@@ -44,7 +44,7 @@ def core_url():
         threading.Event().wait(0.01)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/api/v1/analyze", seen
     server.should_exit = True
-    thread.join(10)
+    thread.join(60)
     sock.close()
 
 

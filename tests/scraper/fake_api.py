@@ -53,7 +53,7 @@ class FakeSourceApi:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not self._server.started:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("fake source API did not start")
@@ -63,7 +63,7 @@ class FakeSourceApi:
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None and self._thread is not None
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=60)
 
     def settings_overrides(self) -> dict[str, str]:
         return {

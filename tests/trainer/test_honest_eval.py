@@ -318,3 +318,26 @@ async def test_sides_survive_a_lost_index(tiny):
         await run_check_dataset(dm, repair=True, force=False)
     after = {i: (s.split, s.split_group) for i, s in (await _rows(settings)).items()}
     assert after == before
+
+
+async def test_the_images_the_gate_asks_for_go_to_the_evaluation_side(tiny):
+    """A gate short of evaluation images says how many to add; adding exactly that many gives the
+    next training exactly that many more evaluation images (sides already given never move)."""
+    settings = tiny(eval_min_per_class=10, val_fraction=0.1)
+    await _ingest(settings, 0, 24)  # 12 + 12: the evaluation side may hold at most half, 6 + 6
+    v1 = train_model(settings)
+    report1 = _read(settings.models_dir / "vit" / "v1" / "report.json")
+    assert report1["evaluation"]["n"] == {"real": 6, "ai": 6} and not v1["promoted"]
+    # 10 evaluation images per class wanted; 4 more each, and the class must double past 2 x 10.
+    assert report1["promotion"]["eval_wanted"] == {"real": 10, "ai": 10}
+    assert "add 8 more real and 8 more ai labelled image(s)" in v1["promotion_reason"]
+    assert "not promoted: not promoted" not in v1["promotion_reason"]
+
+    await _ingest(settings, 24, 16)  # exactly what the reason asked for
+    train_model(settings)
+    report2 = _read(settings.models_dir / "vit" / "v2" / "report.json")
+    assert report2["evaluation"]["n"] == {"real": 10, "ai": 10}
+    assert set(report1["evaluation"]["image_ids"]) < set(report2["evaluation"]["image_ids"])
+    assert not set(report2["evaluation"]["image_ids"]) & set(
+        _read(settings.models_dir / "vit" / "v1" / TRAIN_IDS_FILE)
+    )

@@ -40,7 +40,6 @@ def host(make_settings, s3_bucket, tmp_path):
             train_epochs=5,
             train_batch_size=8,
             train_lr=3e-3,
-            train_workers=0,
             min_train_samples=8,
             val_fraction=0.25,
             train_seed=1,

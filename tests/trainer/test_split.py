@@ -150,3 +150,45 @@ def test_held_out_generators_and_sources_never_train():
     assert plan.held_out and all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.train)
     assert all(s.generator != "Flux.1 D" and s.source != "pexels" for s in plan.eval)
     assert _ids(plan.held_out) == {s.id for s in samples if s.generator == "Flux.1 D" or s.source == "pexels"}
+
+
+def _balanced(n: int, seed: int, prefix: str):
+    rng = random.Random(seed)
+    return [fake_sample(f"{prefix}{i:04d}", "ai" if i % 2 else "real", rng.getrandbits(64)) for i in range(n)]
+
+
+def test_the_gates_need_is_true_adding_what_the_reason_asks_adds_that_many_evaluation_images():
+    """The promotion gate's "add N more" (trainer/promotion.py) and the split agree: the next N new
+    images of a class go to the evaluation side, counted against the half-a-class cap."""
+    import numpy as np
+
+    from config.settings import Settings
+    from trainer.promotion import chance_check, images_to_add
+    from trainer.report import Scored
+
+    first = _balanced(120, seed=7, prefix="old")  # 60 + 60: 10 % gives the minimum, 10 + 10
+    plan1 = assign_splits(first, **PLAN)
+    evaluation = plan1.eval
+    assert [sum(s.label == c for s in evaluation) for c in ("real", "ai")] == [10, 10]
+    # A challenger at AUC ~0.70 on 10 + 10: its interval reaches below 0.5.
+    labels = np.array([1 if s.label == "ai" else 0 for s in evaluation])
+    margins = np.where(labels == 1, 0.6, 0.0) + np.linspace(-1, 1, len(labels))[np.argsort(np.arange(20) % 7)]
+    scored = Scored(list(evaluation), labels, margins)
+    totals = {"real": 60, "ai": 60}
+    estimate, reason, wanted = chance_check(Settings(_env_file=None), scored, totals)
+    assert reason is not None and wanted is not None and 0.5 < estimate.auc < 0.9
+    more = images_to_add(wanted, {"real": 10, "ai": 10}, totals)
+    assert f"add {more['real']} more real and {more['ai']} more ai" in reason
+
+    stored = _store(first, plan1)
+    new = [
+        fake_sample(f"new-real-{i}", "real", random.Random(100 + i).getrandbits(64))
+        for i in range(more["real"])
+    ] + [fake_sample(f"new-ai-{i}", "ai", random.Random(900 + i).getrandbits(64)) for i in range(more["ai"])]
+    plan2 = assign_splits(stored + new, **PLAN, gate_wanted=wanted)
+    got = {c: sum(s.label == c for s in plan2.eval) for c in ("real", "ai")}
+    assert got == wanted  # exactly what the gate asked for
+    assert _ids(plan1.eval) <= _ids(plan2.eval) and not _ids(plan1.train) & _ids(plan2.eval)
+    # Without the gate's figure the same new images would mostly train (10 % of the class).
+    plain = assign_splits(stored + new, **PLAN)
+    assert sum(s.label == "real" for s in plain.eval) < wanted["real"]

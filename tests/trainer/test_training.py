@@ -37,7 +37,11 @@ def test_learns_a_learnable_difference_and_saves_a_rebuildable_model(tiny, stora
     epochs = [e for e in events if "train_loss" in e]  # the others: per-batch progress, audit, evaluate
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and all(e["epochs"] == 4 for e in epochs)
     assert {"train_loss", "val_loss", "val_auc"} <= set(epochs[-1])
-    assert [e["stage"] for e in events if e["stage"] != "train"] == ["audit", "evaluate"]
+    steps = [e["stage"] for e in events if e["stage"] != "train"]
+    steps = [stage for i, stage in enumerate(steps) if i == 0 or steps[i - 1] != stage]
+    assert steps == ["split", "audit", "model", "cache", "evaluate"]  # the bar names each step
+    cache = [e for e in events if e["stage"] == "cache"]
+    assert (cache[0]["done"], cache[-1]["done"]) == (0, 120) and cache[-1]["total"] == 120
     assert result["val_auc"] > 0.9 and result["version"] == "v1" and result["promoted"] is True
     assert (result["dataset_size"], result["train_size"] + result["val_size"]) == (120, 120)
 
