@@ -67,8 +67,8 @@ def run_serve(settings: Settings, args: argparse.Namespace) -> int:
     from config.webhooks import load_subscribers
 
     validate_sources(settings)
-    validate_training_settings(settings)
     load_subscribers(settings)  # bad WEBHOOKS / WEBHOOKS_FILE stops start-up naming the field
+    validate_training_settings(settings)
     ensure_port_free(args.host, args.port)  # before the heavy imports and checks: fails in a second
 
     import uvicorn
@@ -99,6 +99,8 @@ async def run_as_job(settings: Settings, kind: str, work, report: Callable[[dict
     goes, and Ctrl-C recorded as ``interrupted``. Returns the job's final row."""
     from app.jobs import JobRunner
     from app.jobstore import JobStore, make_engine
+    from app.webhooks import Webhooks
+    from config.webhooks import load_subscribers
 
     async def with_bar(settings: Settings, progress: Callable[[dict], None]) -> Any:
         def both(data: dict) -> None:
@@ -107,9 +109,12 @@ async def run_as_job(settings: Settings, kind: str, work, report: Callable[[dict
 
         return await work(settings, both)
 
+    subscribers = load_subscribers(settings)  # bad webhook configuration: refused before the job (exit 2)
     engine = make_engine(settings)
     # worker=True: run the kind here even when WORKER_KINDS hands it to workers (the user asked).
     runner = JobRunner(settings, JobStore(engine), kinds={kind: with_bar}, worker=True)
+    # A training's outcome is queued for the webhook subscribers (the service's senders send it).
+    runner.on_finished.append(Webhooks(settings, engine, subscribers).job_finished)
     try:
         await runner.start()
         job = await runner.submit(kind, trigger="cli")
@@ -177,8 +182,6 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
     from app.jobs import JobBusy, train_job
-    from app.webhooks import record_training
-    from config.webhooks import load_subscribers
     from trainer.architectures import check_architecture
     from trainer.errors import TrainingError
     from trainer.summary import summary_table

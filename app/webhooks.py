@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, Text, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
@@ -452,7 +453,19 @@ class Webhooks:
         return ids
 
     async def alias_moved(self, row: dict) -> list[str]:
-        return await self.emit(alias_events(self.settings, row, await _entry(self.settings, row)))
+        """Queue the events of an alias move; the move itself stands even if the database refuses
+        them (logged as an error: the subscribers must then be told by hand or by the next move)."""
+        try:
+            return await self.emit(alias_events(self.settings, row, await _entry(self.settings, row)))
+        except SQLAlchemyError as exc:
+            log.error(
+                "%s of %s moved to %s, but its webhook events could not be queued: %s",
+                row["alias"],
+                row["model"],
+                row["to"],
+                str(getattr(exc, "orig", None) or exc).splitlines()[0],
+            )
+            return []
 
     async def job_finished(self, job: dict) -> None:
         if job.get("kind") != "train" or not self.outbox.subscribers:
@@ -478,12 +491,6 @@ async def _entry(settings: Settings, row: dict) -> dict | None:
 async def record_alias_change(settings: Settings, row: dict) -> list[str]:
     """For the CLI: the events of an alias move, queued in the outbox (the service's senders send them)."""
     return await _record(settings, alias_events(settings, row, await _entry(settings, row)))
-
-
-async def record_training(settings: Settings, job: dict) -> list[str]:
-    """For the CLI's ``train``: the events of its outcome (``job``: id, state, result or error)."""
-    champion = await run_in_threadpool(_champion, settings)
-    return await _record(settings, training_events(settings, job, champion))
 
 
 async def _record(settings: Settings, events: list[tuple[str, dict]]) -> list[str]:

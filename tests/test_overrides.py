@@ -39,7 +39,7 @@ SEED = "a seed at which the tiny from-scratch model separates the two tints with
 CPU = "scores are compared with CPU computations; auto would pick a GPU where there is one"
 SWEEP = "a dead holder or a queued job is noticed within a second instead of 15 s / 2 s"
 SUBJECT = "the setting is what the test is about"
-RETRY_FAST = "the retry schedule runs in seconds instead of minutes (its shape is what is checked)"
+WEBHOOK_RETRIES = "several retries observed in seconds (the shipped schedule waits 5 s, 10 s, 20 s ...)"
 
 REASONS: dict[tuple[str, str], str] = {
     ("tests/conftest.py", "scheduler_enabled"): NO_SCHEDULE,
@@ -97,13 +97,6 @@ REASONS: dict[tuple[str, str], str] = {
     ("tests/app/test_worker.py", "job_sweep_seconds"): SWEEP,
     ("tests/app/test_worker.py", "worker_poll_seconds"): SWEEP,
     ("tests/app/test_worker.py", "worker_kinds"): SUBJECT,
-    ("tests/app/test_webhooks.py", "webhooks"): "the subscribers under test (none by default)",
-    ("tests/app/test_webhooks.py", "webhooks_file"): SUBJECT,
-    ("tests/app/test_webhooks.py", "public_url"): "payload URLs name the service's public address",
-    ("tests/app/test_webhooks.py", "webhook_poll_seconds"): RETRY_FAST,
-    ("tests/app/test_webhooks.py", "webhook_retry_base_seconds"): RETRY_FAST,
-    ("tests/app/test_webhooks.py", "webhook_retry_max_seconds"): RETRY_FAST,
-    ("tests/app/test_webhooks.py", "webhook_retry_hours"): "giving up after the retry window, in a second",
     ("tests/attack/conftest.py", "http_read_timeout"): "slow-client attacks end in seconds, not 30",
     ("tests/attack/test_decode_budget.py", "decode_memory_budget_mb"): SUBJECT,
     (
@@ -144,6 +137,16 @@ REASONS: dict[tuple[str, str], str] = {
     ("tests/trainer/test_shared_models.py", "val_fraction"): QUARTER,
     ("tests/trainer/test_shared_models.py", "train_lr"): FAST_LR,
     ("tests/trainer/test_shared_models.py", "train_seed"): SEED,
+    ("tests/app/test_webhooks.py", "webhooks"): "the subscriber under test: a receiver on 127.0.0.1",
+    ("tests/app/test_webhooks.py", "webhooks_file"): SUBJECT,
+    ("tests/app/test_webhooks.py", "public_url"): SUBJECT,
+    ("tests/app/test_webhooks.py", "webhook_retry_base_seconds"): WEBHOOK_RETRIES,
+    ("tests/app/test_webhooks.py", "webhook_retry_max_seconds"): WEBHOOK_RETRIES,
+    ("tests/app/test_webhooks.py", "webhook_poll_seconds"): WEBHOOK_RETRIES,
+    (
+        "tests/app/test_webhooks.py",
+        "webhook_retry_hours",
+    ): "a delivery given up within the test, not after 24 h",
 }
 
 

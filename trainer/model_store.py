@@ -409,10 +409,11 @@ class ModelRegistry:
         version = current(effective_history(self.store.load_history(), entries), name).get(alias)
         return cast(RegistryEntry | None, _registered(entries, name, version))
 
-    def served_at(self, name: str, at: datetime) -> RegistryEntry | None:
-        """The entry the champion alias named at instant ``at``; None before the first promotion."""
+    def served_at(self, name: str, at: datetime, alias: str = CHAMPION) -> RegistryEntry | None:
+        """The entry ``alias`` (the champion: the served one) named at instant ``at``; None before
+        its first row."""
         entries = self.store.load_registry()
-        version = served_at(effective_history(self.store.load_history(), entries), name, at)
+        version = served_at(effective_history(self.store.load_history(), entries), name, at, alias)
         return cast(RegistryEntry | None, _registered(entries, name, version))
 
     def artifact(self, entry: RegistryEntry | dict, filename: str) -> Artifact:

@@ -123,9 +123,9 @@ def load_promoted(settings: Settings, batch_size: int | None = None) -> Predicto
     registry = ModelRegistry.local(settings)
     entry = registry.champion()
     if entry is None:
-        raise ModelNotFound(why_none_served(registry.entries(), settings.model_name))
+        raise ModelNotFound(why_none_served([dict(e) for e in registry.entries()], settings.model_name))
     folder = Path(settings.models_dir) / entry["model"] / entry["version"]
-    return _predictor(settings, entry, folder, batch_size)
+    return _predictor(settings, dict(entry), folder, batch_size)
 
 
 def load_version(settings: Settings, version: str, batch_size: int | None = None) -> Predictor:
@@ -140,11 +140,11 @@ def load_version(settings: Settings, version: str, batch_size: int | None = None
             + (f"; registered: {', '.join(known)}" if known else "; none is registered yet")
         )
     try:
-        folder = version_folder(settings, entry)
+        folder = version_folder(settings, dict(entry))
     except ArtifactMissing as exc:
         raise ModelNotFound(str(exc)) from exc
     served = registry.champion()
-    return _predictor(settings, entry, folder, batch_size, served=served["version"] if served else None)
+    return _predictor(settings, dict(entry), folder, batch_size, served=served["version"] if served else None)
 
 
 def _predictor(

@@ -84,6 +84,7 @@ def chance_check(
     n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
     have = {"real": n_real, "ai": n_ai}
     need = settings.eval_min_per_class
+    wanted: dict[str, int] | None  # the evaluation images per class the gate needs, when known
     if min(n_real, n_ai) < need:
         wanted = {label: max(n, need) for label, n in have.items()}
         missing = [name for name, n in have.items() if n == 0]

@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -24,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import Authorized, SettingsDep
 from app.schemas import AliasesOut, AliasMove, AliasMoved, ErrorOut, HistoryPage, LatestModel, ModelCard
 from dataset.storage import StorageError
-from trainer.aliases import AliasError, parse_instant
+from trainer.aliases import AliasError, check_alias_name, parse_instant
 from trainer.model_store import (
     ARTIFACTS,
     Artifact,
@@ -32,7 +33,7 @@ from trainer.model_store import (
     ModelRegistry,
     RegistryConflict,
 )
-from trainer.model_sync import push_latest_model, why_none_served
+from trainer.model_sync import latest_payload, push_latest_model, why_none_served
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])
 
@@ -87,24 +88,29 @@ async def latest_model(
 ) -> Response:
     """The champion's entry, with an ETag (a hash of the answer): send it back in If-None-Match and
     an unchanged answer is a 304 without a body."""
-    instant = None
-    if at is not None:
-        instant = parse_instant(at)
-        if instant is None:
-            raise HTTPException(
-                422,
-                detail=f"at={at!r} is not an RFC 3339 instant with a timezone; use e.g. 2026-12-01T00:00:00Z",
-            )
+    instant = _instant(at)
     with registry_errors():
         latest = await run_in_threadpool(push_latest_model, settings, instant)
-        if latest is None and at is None:  # how many were trained, none passed the gate, and why
+        if latest is None and at is not None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model was served at {at}")
+        if latest is None:  # how many were trained, that none passed the gate, and where to read why
             entries = await run_in_threadpool(ModelRegistry(settings).entries)
             raise HTTPException(
-                status.HTTP_404_NOT_FOUND, detail=why_none_served(entries, settings.model_name)
+                status.HTTP_404_NOT_FOUND,
+                detail=why_none_served([dict(e) for e in entries], settings.model_name),
             )
-    if latest is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no model was served at {at}")
     return json_with_etag(latest, request)
+
+
+def _instant(at: str | None) -> datetime | None:
+    if at is None:
+        return None
+    instant = parse_instant(at)
+    if instant is None:
+        raise HTTPException(
+            422, detail=f"at={at!r} is not an RFC 3339 instant with a timezone; use e.g. 2026-12-01T00:00:00Z"
+        )
+    return instant
 
 
 def json_with_etag(data: object, request: Request) -> Response:
@@ -149,6 +155,41 @@ async def model_aliases(name: str, settings: SettingsDep) -> dict:
     with registry_errors():
         rows = await run_in_threadpool(ModelRegistry(settings).aliases, name)
     return {"model": name, "aliases": {alias: alias_view(row) for alias, row in rows.items()}}
+
+
+@router.get(
+    "/models/{name}/aliases/{alias}",
+    response_model=LatestModel,
+    responses={304: {"description": "If-None-Match named the current ETag"}, 404: {"model": ErrorOut}},
+    summary="The version an alias names, in /models/latest's shape (ETag, 304, ?at=)",
+)
+async def aliased_model(
+    name: str,
+    alias: str,
+    settings: SettingsDep,
+    request: Request,
+    at: Annotated[
+        str | None, Query(description="an RFC 3339 instant: the version the alias named then")
+    ] = None,
+) -> Response:
+    """/models/latest for any alias: ``/models/vit/aliases/champion`` is /models/latest,
+    ``/models/vit/aliases/canary`` the canary, polled the same way."""
+    with alias_errors():
+        check_alias_name(alias)
+    instant = _instant(at)
+    registry = ModelRegistry(settings)
+    with registry_errors():
+        entry = await run_in_threadpool(
+            lambda: (
+                registry.aliased(name, alias) if instant is None else registry.served_at(name, instant, alias)
+            )
+        )
+    if entry is None:
+        when = f" at {at}" if at is not None else ""
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, detail=f"alias {alias!r} of {name!r} named no version{when}"
+        )
+    return json_with_etag({**latest_payload(dict(entry)), "alias": alias}, request)
 
 
 @router.get(

@@ -20,7 +20,7 @@ from app.routes.status import running_jobs
 from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
-from app.ui.routes import models_page
+from app.ui.routes import models_page, webhooks_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
 from config.names import clean_generator
@@ -54,7 +54,7 @@ async def serve_version(
     confirm: Annotated[str, Form()] = "",
     csrf_token: Annotated[str, Form()] = "",
 ):
-    """"Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
+    """ "Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
     only with the session's CSRF token and the confirmation box ticked; actor ``console``."""
     from trainer.aliases import AliasError
     from trainer.model_store import ModelRegistry, RegistryConflict
@@ -76,6 +76,22 @@ async def serve_version(
     await request.app.state.webhooks.alias_moved(row)
     message = f"{name} {row['to']} is served now ({row['cause']}; was {row['from'] or 'none'})"
     return await models_page(request, session, message=message)
+
+
+@router.post("/webhooks/{delivery_id}/resend")
+async def resend_delivery(
+    delivery_id: str, request: Request, session: Session, csrf_token: Annotated[str, Form()] = ""
+):
+    """A delivery sent again now (as POST /webhooks/deliveries/{id}/resend)."""
+    check_csrf(session, csrf_token)
+    webhooks = request.app.state.webhooks
+    row = await webhooks.outbox.resend(delivery_id)
+    if row is None:
+        return await webhooks_page(request, session, message="no such delivery", status_code=404)
+    webhooks.sender.poke()
+    return await webhooks_page(
+        request, session, message=f"{row['event']} to {row['subscriber']}: sending again"
+    )
 
 
 @router.get("/thumbs/{image_id}")

@@ -34,6 +34,7 @@ NAV = (
     ("jobs", "/ui/jobs", "Jobs"),
     ("review", "/ui/review", "Review"),
     ("upload", "/ui/upload", "Upload"),
+    ("webhooks", "/ui/webhooks", "Webhooks"),
 )
 
 

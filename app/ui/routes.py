@@ -203,6 +203,32 @@ async def model_detail(name: str, version: str, request: Request, session: Sessi
     return render(request, "model.html", context, session=session)
 
 
+@router.get("/webhooks")
+async def webhooks(request: Request, session: Session, state: str = ""):
+    return await webhooks_page(request, session, state=state)
+
+
+async def webhooks_page(
+    request: Request, session: dict, state: str = "", message: str | None = None, status_code: int = 200
+):
+    """Each webhook delivery: event, subscriber, state, attempts with their status codes, next try."""
+    states = ("pending", "delivered", "failed")
+    if state and state not in states:
+        message, state, status_code = f"unknown state {state!r}: choose one of {', '.join(states)}", "", 400
+    webhooks = request.app.state.webhooks
+    total, rows = await webhooks.outbox.list(limit=200, state=state or None)
+    context = {
+        "active": "webhooks",
+        "deliveries": rows,
+        "total": total,
+        "state": state,
+        "states": states,
+        "subscribers": [s.label for s in webhooks.outbox.subscribers],
+        "message": message,
+    }
+    return render(request, "webhooks.html", context, session=session, status_code=status_code)
+
+
 @router.get("/jobs")
 async def jobs(request: Request, session: Session, kind: str = "", state: str = ""):
     kinds = sorted(request.app.state.runner.kinds) or sorted(JOB_KINDS)

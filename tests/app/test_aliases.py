@@ -134,6 +134,22 @@ def test_other_aliases_are_set_and_read_the_same_way(client, models):
     assert bad.status_code == 422
     only = client.get("/models/vit/history", params={"alias": "canary"}, headers=AUTH).json()
     assert [r["to"] for r in only["rows"]] == ["v2"]
+    canary = client.get("/models/vit/aliases/canary", headers=AUTH)  # polled like /models/latest
+    assert canary.json()["model_version"] == "v2" and canary.json()["alias"] == "canary"
+    assert canary.json()["download_url"] == "/models/vit/v2/weights.pt"
+    unchanged = client.get(
+        "/models/vit/aliases/canary", headers={**AUTH, "If-None-Match": canary.headers["etag"]}
+    )
+    assert unchanged.status_code == 304
+    champion = client.get("/models/vit/aliases/champion", headers=AUTH).json()
+    assert champion["model_version"] == "v3"
+    assert (
+        client.get(
+            "/models/vit/aliases/canary", params={"at": "2020-01-01T00:00:00Z"}, headers=AUTH
+        ).status_code
+        == 404
+    )
+    assert client.get("/models/vit/aliases/nightly", headers=AUTH).status_code == 404
 
 
 def test_history_is_paged_newest_first(client, models):
@@ -275,8 +291,15 @@ def test_the_console_serves_a_version_with_csrf_and_confirmation_and_shows_the_t
     served = client.post("/ui/models/vit/serve", data={**form, "confirm": "yes"})
     assert served.status_code == 200 and "vit v1 is served now (rollback; was v3)" in served.text
     row = history_file(models)[-1]
-    assert (row["to"], row["cause"], row["actor"], row["reason"]) == ("v1", "rollback", "console", "v3 misbehaves")
+    assert (row["to"], row["cause"], row["actor"], row["reason"]) == (
+        "v1",
+        "rollback",
+        "console",
+        "v3 misbehaves",
+    )
     assert client.get("/models/latest", headers=AUTH).json()["model_version"] == "v1"
     assert "v3 misbehaves" in client.get("/ui/models").text  # the trail shows the reason
-    empty = client.post("/ui/models/vit/serve", data={**form, "version": "v2", "reason": " ", "confirm": "yes"})
+    empty = client.post(
+        "/ui/models/vit/serve", data={**form, "version": "v2", "reason": " ", "confirm": "yes"}
+    )
     assert empty.status_code == 422 and "reason is required" in empty.text

@@ -84,7 +84,6 @@ def test_check_exits_1_on_drift_and_0_once_repaired(env, make_settings, capsys):
 
 
 def test_check_exits_1_when_the_repair_cannot_fix_everything(env, make_settings, capsys):
-    import json
 
     settings = make_settings()
     image_id = asyncio.run(_ingest_one(settings))

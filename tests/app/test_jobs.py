@@ -212,7 +212,7 @@ async def test_the_train_job_hands_the_child_the_training_function_itself(settin
 
     handed = []
 
-    async def fake_run_in_process(target, settings, progress, name="job"):
+    async def fake_run_in_process(target, settings, progress, name="job", background=True):
         handed.append(target)
         return {"version": "v1"}
 
