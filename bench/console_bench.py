@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +40,7 @@ import httpx  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
+from dataset.storage import image_key, meta_key  # noqa: E402
 from tests.browser.harness import missing_browser, running_server, start_browser  # noqa: E402
 from tests.images import encode, jpeg, scene  # noqa: E402
 
@@ -46,42 +51,86 @@ PHOTOS = 200
 
 
 def seed(settings: Settings, n: int, photos: int) -> None:
-    """``n`` small images, and ``photos`` camera-sized ones (1600 x 1200 JPEGs and PNGs, source
-    "photos") for the first-paint page: decoding those is what a thumbnail made on demand costs."""
+    """``n`` small images, and ``photos`` camera-sized ones (1600 x 1200, half PNG as generators save
+    them, source "photos") for the first-paint page: decoding those is what a thumbnail made on
+    demand costs. Rows and files are written directly (the same picture under many ids)."""
 
     async def run() -> None:
         async with DatasetManager(settings) as dataset:
-            for start in range(0, photos, 20):
-                items = [
-                    (photo(i), {"source": "photos", "label": "unlabeled"})
-                    for i in range(start, min(photos, start + 20))
-                ]
-                await dataset.ingest_many(items)
+            pictures = {
+                "PNG": encode(scene(900_000, (1600, 1200)), "PNG"),
+                "JPEG": jpeg(900_001, (1600, 1200)),
+            }
+            rows, files = [], []
+            for i in range(photos):
+                row, meta = small_row(n + i)
+                fmt = "PNG" if i % 2 else "JPEG"
+                ext = "png" if fmt == "PNG" else "jpg"
+                row.update(source="photos", label="unlabeled", format=fmt, width=1600, height=1200)
+                row["image_key"] = row["image_key"].rsplit(".", 1)[0] + f".{ext}"
+                meta.update(source="photos", label="unlabeled", format=fmt, width=1600, height=1200)
+                files += [(row["image_key"], pictures[fmt]), (row["meta_key"], json.dumps(meta).encode())]
+                rows.append(row)
+            await asyncio.to_thread(dataset.storage.put_many, files)
+            await dataset.index.insert_many(rows)
+            picture = jpeg(100_000, (64, 48), quality=80)
             for start in range(0, n, BATCH):
-                items = []
+                rows, files = [], []
                 for i in range(start, min(n, start + BATCH)):
-                    label = "unlabeled" if i % 10 < 7 else ("real" if i % 2 else "ai")
-                    source = ("pexels", "unsplash", "civitai", "upload")[i % 4]
-                    items.append(
-                        (jpeg(100_000 + i, (64, 48), quality=80), {"source": source, "label": label})
-                    )
-                outcomes = await dataset.ingest_many(items)
-                for i, outcome in zip(range(start, start + len(items)), outcomes, strict=True):
-                    if outcome.status == "stored" and (i % 10 >= 7 or i % 2):
-                        await dataset.set_score(outcome.id, (i * 37 % 100) / 100, {"kind": "bench"})
+                    row, meta = small_row(i)
+                    files += [(row["image_key"], picture), (row["meta_key"], json.dumps(meta).encode())]
+                    rows.append(row)
+                await asyncio.to_thread(dataset.storage.put_many, files)
+                await dataset.index.insert_many(rows)
                 print(f"  seeded {min(n, start + BATCH)}/{n}", end="\r", flush=True)
         print()
 
     asyncio.run(run())
 
 
-def photo(i: int) -> bytes:
-    """Camera-sized: every other one a PNG (as generators save them; a PNG has no reduced decode)."""
-    return (
-        jpeg(900_000 + i, (1600, 1200), quality=88)
-        if i % 2
-        else encode(scene(900_000 + i, (1600, 1200)), "PNG")
-    )
+def small_row(i: int) -> tuple[dict, dict]:
+    """An index row and metadata file of a small image, written directly (the queue and the pages
+    read these; ingest's own cost is bench/ingest_bench.py's): 70 % unlabeled, half of them
+    scored; 30 % labelled and scored, some disagreeing with their label."""
+    image_id = str(uuid.UUID(int=i + 1))
+    now = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(minutes=i)
+    label = "unlabeled" if i % 10 < 7 else ("real" if i % 2 else "ai")
+    score = (i * 37 % 100) / 100 if (i % 10 >= 7 or i % 2) else None
+    sha = hashlib.sha256(image_id.encode()).hexdigest()
+    source = ("pexels", "unsplash", "civitai", "upload")[i % 4]
+    meta = {
+        "id": image_id,
+        "source": source,
+        "label": label,
+        "confidence": score,
+        "timestamp": now.isoformat().replace("+00:00", "Z"),
+        "hash": sha,
+        "attribution": {"platform": source, "photographer": f"P{i}"},
+        "api_data": {},
+        "generator": "camera" if label != "ai" else "SDXL 1.0",
+        "format": "JPEG",
+        "width": 64,
+        "height": 48,
+    }
+    if score is not None:
+        meta["scored_by"] = {"kind": "bench"}
+    row = {
+        "id": image_id,
+        "sha256": sha,
+        "phash": int.from_bytes(hashlib.sha256(sha.encode()).digest()[:8], "big", signed=True),
+        "label": label,
+        "confidence": score,
+        "scorer": '{"kind": "bench"}' if score is not None else None,
+        "source": source,
+        "image_key": image_key(image_id, "jpg", now),
+        "meta_key": meta_key(image_id, now),
+        "format": "JPEG",
+        "width": 64,
+        "height": 48,
+        "created_at": meta["timestamp"],
+        "generator": meta["generator"],
+    }
+    return row, meta
 
 
 def login(client: httpx.Client) -> None:
