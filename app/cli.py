@@ -191,7 +191,6 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"training refused: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    load_subscribers(settings)  # bad webhook configuration: refused before the training (exit 2)
     try:
         with progress_bar("train") as report_progress:
             report_progress({"stage": "starting the training process"})
@@ -200,8 +199,6 @@ def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
             row = asyncio.run(run_as_job(settings, "train", foreground, report_progress))
     except JobBusy as exc:
         return _busy(exc)
-    if row["state"] in ("succeeded", "failed"):  # subscribers hear of the CLI's trainings too
-        asyncio.run(record_training(settings, row))
     if row["state"] != "succeeded":
         print(f"training {row['state']}: {row.get('error')} (job {row['id']})", file=sys.stderr)
         return EXIT_FAILED

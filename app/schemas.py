@@ -23,7 +23,7 @@ class PublicJob(BaseModel):
 
     id: str
     kind: str = Field(description="scrape, train, ...")
-    trigger: Literal["manual", "scheduled", "console"]
+    trigger: Literal["manual", "scheduled", "console", "cli"]  # cli: the CLI's own jobs (issue 20)
     state: JobState
     created_at: str
     started_at: str | None = None

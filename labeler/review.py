@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import uuid
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ KINDS = ("all", "disagreement", "unlabeled")
 SORTS = ("disagreement", "uncertainty", "newest")  # disagreement: the documented queue order
 LABELS = ("real", "ai", "unlabeled")
 METADATA_READS_AT_ONCE = 64
+METADATA_READS_PER_THREAD = 256
 # Pillow's name for a camera JPEG with extra frames (previews, stereo) is MPO, its MIME "image/mpo",
 # which browsers do not display; the bytes are a JPEG (and stored as .jpg).
 MEDIA_TYPES = {"MPO": "image/jpeg"}
@@ -80,7 +82,7 @@ def rank(
         if found is None or kind not in ("all", found[0]):
             continue
         ranked.append((sort_key(entry, found, sort), entry, found))
-    ranked.sort(key=lambda item: item[0])
+    ranked.sort(key=lambda item: item[0], reverse=sort == "newest")
     return [(entry, found) for _, entry, found in ranked]
 
 
@@ -89,14 +91,10 @@ def sort_key(entry: dict, found: tuple[str, float, str], sort: str) -> tuple:
     if sort == "uncertainty":
         score = entry.get("confidence")
         return (0.0 if score is None else abs(score - 0.5), when, image_id)
-    if sort == "newest":
-        return (_descending(when), image_id)
+    if sort == "newest":  # sorted in reverse: newest first, ties by id descending
+        return (when, image_id)
     group = 0 if found[0] == "disagreement" else 1
     return (group, found[1], when, image_id)
-
-
-def _descending(text: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in text)
 
 
 def matches(row: dict, filters: ReviewFilter) -> bool:
@@ -182,21 +180,11 @@ async def review_queue(
         raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
     filters = (filters or ReviewFilter()).check()
     offset = max(0, offset)  # a negative offset would count from the end
-    rows = [
-        {
-            "id": s.id,
-            "label": s.label,
-            "confidence": s.confidence,
-            "timestamp": s.created_at,
-            "source": s.source,
-            "generator": s.generator,
-            "width": s.width,
-            "height": s.height,
-        }
-        for s in await dataset.samples(labels=("real", "ai", "unlabeled"))
-    ]
+    rows = [dict(zip(QUEUE_COLUMNS, values, strict=True)) async for values in _queue_rows(dataset)]
+    for row in rows:
+        row["timestamp"] = row.pop("created_at")
     disputed = [row for row in rows if row["label"] != "unlabeled" and review_reason(row, settings)]
-    for row, meta in zip(disputed, await read_metadata(dataset, disputed), strict=True):
+    for row, meta in zip(disputed, await read_metadata_files(dataset, disputed), strict=True):
         row["label_source"] = (meta or {}).get("label_source")
     ranked = rank(rows, settings, kind, sort)
     facets = {
@@ -205,7 +193,7 @@ async def review_queue(
     }
     ranked = [(row, found) for row, found in ranked if matches(row, filters)]
     page = ranked[offset : offset + limit]
-    metas = await read_metadata(dataset, [row for row, _ in page])
+    metas = await read_metadata_files(dataset, [row for row, _ in page])
     items = [
         {**queue_entry(meta or row, *found), "width": row["width"], "height": row["height"]}
         for (row, found), meta in zip(page, metas, strict=True)
@@ -219,6 +207,45 @@ async def review_queue(
         "items": items,
         "facets": facets,
     }
+
+
+# The index columns the queue ranks and filters on (one query, no metadata file read).
+QUEUE_COLUMNS = (
+    "id",
+    "label",
+    "confidence",
+    "created_at",
+    "source",
+    "generator",
+    "width",
+    "height",
+    "meta_key",
+)
+
+
+async def _queue_rows(dataset):
+    async for page in dataset.index.column_pages(QUEUE_COLUMNS, ("real", "ai", "unlabeled")):
+        for values in page:
+            yield values
+
+
+async def read_metadata_files(dataset, rows: list[dict]) -> list[dict | None]:
+    """The metadata documents of ``rows`` read straight from their ``meta_key`` (no index lookup
+    per image), in worker threads; None for a file that is gone or unreadable."""
+
+    def read(keys: list[str]) -> list[dict | None]:
+        out: list[dict | None] = []
+        for key in keys:
+            try:
+                out.append(json.loads(dataset.storage.get(key)))
+            except (KeyError, OSError, ValueError):  # StorageKeyError is a KeyError; `check` reports it
+                out.append(None)
+        return out
+
+    keys = [row["meta_key"] for row in rows]
+    chunks = [keys[i : i + METADATA_READS_PER_THREAD] for i in range(0, len(keys), METADATA_READS_PER_THREAD)]
+    results = await asyncio.gather(*(asyncio.to_thread(read, chunk) for chunk in chunks))
+    return [meta for chunk in results for meta in chunk]
 
 
 async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:

@@ -79,7 +79,7 @@ async def act(
         return confirm_page(request, session, kind, source, "not started: confirm with the button", 400)
     try:
         answer = await start_job(
-            request.app.state.runner, kind, "console", source or None if kind == "scrape" else None
+            request.app.state.runner, kind, "console", (source or None) if kind == "scrape" else None
         )
     except HTTPException as exc:
         return confirm_page(request, session, kind, source, f"not started: {exc.detail}", exc.status_code)

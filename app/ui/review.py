@@ -138,8 +138,8 @@ async def review_page(
         raise HTTPException(503, detail=f"storage unavailable: {exc}; retry later") from exc
     pages = max(1, -(-page["total"] // per))
     if page_no > pages and page["total"]:
-        problems.append(f"page {page_no} is past the last page ({pages}): showing the last page")
-        return await review_page(request, session, q.model_copy(update={"page": str(pages)}), message, code)
+        past = f"page {page_no} is past the last page ({pages}): showing the last page"
+        return await review_page(request, session, q.model_copy(update={"page": str(pages)}), past, 400)
     for item in page["items"]:
         item["thumb_w"], item["thumb_h"] = thumb_size(item.get("width"), item.get("height"))
     if problems:

@@ -140,6 +140,8 @@ class ThumbnailMaker:
                 self.made += 1
             except (ImageRejected, StorageError, KeyError, OSError) as exc:  # shown as a 404/422 when asked
                 log.info("thumbnail of %s not made: %s", image_id, exc)
+            except Exception:  # a background worker outlives any one image: the next one is made
+                log.exception("thumbnail of %s not made", image_id)
 
     async def __aenter__(self) -> ThumbnailMaker:
         self.tasks = [asyncio.create_task(self.work(), name=f"thumbnails-{i}") for i in range(self.workers)]

@@ -428,3 +428,29 @@ def test_models_show_the_auc_interval_and_the_overview_a_shortcut_warning(client
     assert "95% 0.850–0.940" in client.get("/ui/models").text
     overview = client.get("/ui/").text
     assert 'id="shortcut-warning"' in overview and "metadata alone separates the classes" in overview
+
+
+def test_one_clock_per_request_feeds_the_log_line_and_prometheus(client, caplog):
+    """The console and the API share one request timer: each request is logged once and counted
+    once in the latency histogram, by its route template."""
+    import logging
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    login(client)
+    with caplog.at_level(logging.INFO, logger="app.requests"):
+        for _ in range(3):
+            assert client.get("/ui/jobs").status_code == 200
+    lines = [
+        r.getMessage() for r in caplog.records if r.name == "app.requests" and "/ui/jobs " in r.getMessage()
+    ]
+    assert len(lines) == 3
+    text = client.get("/metrics/prometheus", headers=AUTH).text
+    counts = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "exposr_http_request_duration_seconds_count"
+        and sample.labels.get("route") == "/ui/jobs"
+    ]
+    assert counts == [3.0]

@@ -67,6 +67,7 @@ def test_filters_and_sort_are_kept_in_the_url_and_match_the_api(client):
         ({"min_score": "0.8", "max_score": "0.1"}, "min_score 0.8 is above max_score 0.1"),
         ({"kind": "everything"}, "kind &#39;everything&#39; is not one of"),
         ({"page": "-3"}, "page &#39;-3&#39; is not a page number"),
+        ({"page": "99"}, "page 99 is past the last page (1): showing the last page"),
     ],
 )
 def test_bad_filters_are_named_on_the_page(client, query, text):

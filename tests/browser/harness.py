@@ -143,9 +143,9 @@ def assert_clean(browser, base: str) -> None:
     assert all(url.startswith(base) or url.startswith("data:") for url in urls), urls
 
 
-def seed(settings: Settings, unlabeled: int = 6) -> None:
+def seed(settings: Settings, unlabeled: int = 6, versions: bool = True) -> None:
     """Labelled images over a few days, unlabeled ones for review (one credited to `<script>`),
-    and two model versions, the second with an evaluation report."""
+    and (``versions``) two registered model versions, the second with an evaluation report."""
 
     async def ingest_all() -> None:
         async with DatasetManager(settings) as dataset:
@@ -179,6 +179,8 @@ def seed(settings: Settings, unlabeled: int = 6) -> None:
                 )
 
     asyncio.run(ingest_all())
+    if not versions:
+        return
     register_version(settings.models_dir, val_auc=0.82, promoted=True, reason="first model: nothing to beat")
     register_version(
         settings.models_dir,

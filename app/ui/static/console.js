@@ -375,6 +375,7 @@ function setupUpload(form) {
   const outcomes = document.getElementById("outcomes");
   const input = document.getElementById("files");
   const zone = document.getElementById("dropzone");
+  document.getElementById("choose").addEventListener("click", () => input.click());
 
   async function send(file) {
     const row = el("li", "outcome-pending");
