@@ -147,7 +147,9 @@ def run_demo(browser, base: str, out: Path) -> None:
         if name == "review":
             wait.until(
                 lambda b: b.execute_script(
-                    "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+                    "return [...document.querySelectorAll('#review-grid img')]"
+                    ".filter(i => i.getBoundingClientRect().top < innerHeight)"
+                    ".every(i => i.complete && i.naturalWidth > 0)"  # lazy: those in view
                 )
             )
             browser.find_element(By.TAG_NAME, "body").send_keys("r")
