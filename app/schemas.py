@@ -23,7 +23,7 @@ class PublicJob(BaseModel):
 
     id: str
     kind: str = Field(description="scrape, train, ...")
-    trigger: Literal["manual", "scheduled"]
+    trigger: Literal["manual", "scheduled", "cli"]  # cli: the command line's own jobs
     state: JobState
     created_at: str
     started_at: str | None = None
