@@ -122,3 +122,16 @@ def test_an_unknown_architecture_stops_train_and_serve_at_once_naming_the_settin
     env.setenv("TRAIN_ARCH", "not_a_model")
     assert cli.main(["serve", "--port", "1"]) == cli.EXIT_CONFIG
     assert "TRAIN_ARCH='not_a_model'" in capsys.readouterr().err
+
+
+def test_the_service_shows_the_cli_jobs(env, make_client, capsys):
+    assert cli.main(["scrape"]) == 0
+    settings = load_settings()
+    client = make_client(
+        **{k: getattr(settings, k) for k in ("dataset_dir", "models_dir", "log_dir", "sources_config")}
+    )
+    status = client.get("/status")
+    assert status.status_code == 200, status.text
+    assert status.json()["last_jobs"]["scrape"]["trigger"] == "cli"
+    jobs = client.get("/jobs", headers={"Authorization": "Bearer test-token-0123456789"}).json()["jobs"]
+    assert [(j["kind"], j["trigger"], j["state"]) for j in jobs] == [("scrape", "cli", "succeeded")]
