@@ -157,6 +157,10 @@ class ModelCard(BaseModel):
     sha256: str | None = Field(None, description="sha256 of the weights file (also its ETag)")
     metrics: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = Field(None, description="calibration: P(ai) = softmax(logits / T)[ai]")
+    threshold: float | None = Field(
+        None, description="calibrated P(ai) at or above this is ai, at SERVE_TARGET_FPR"
+    )
+    threshold_target_fpr: float | None = None
 
 
 class HistoryRowOut(BaseModel):

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
     promotion_margin: float = Field(0.02, ge=0, le=0.5)
     shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
+    # The false-positive rate the served threshold is chosen for (trainer/operating.py).
+    serve_target_fpr: float = Field(0.01, gt=0, lt=0.5)
 
     upload_max_bytes: int = Field(20_000_000, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)

@@ -51,6 +51,7 @@ from trainer.data import (
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
 from trainer.modeling import build_model, pick_device, save_artifacts
+from trainer.operating import TARGET_FPRS, operating_points, served_threshold
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
@@ -199,6 +200,7 @@ def train_on_samples(
             "train_mode": settings.train_mode,
             "ema_decay": settings.train_ema_decay or None,
             "evaluation": headline(report),
+            **served_threshold(report["operating_points"], settings.serve_target_fpr),
         }
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
@@ -344,6 +346,12 @@ def build_report(
         "unseen_sources": unseen_src,
         "robustness": robustness_block(block["auc"], robust),
         "shortcut": {**shortcut, **swap},
+        "operating_points": operating_points(
+            [row["label"] for row in block["images"]],
+            [row["p_ai"] for row in block["images"]],
+            [plan.group_of.get(row["id"], row["id"]) for row in block["images"]],
+            (*TARGET_FPRS, settings.serve_target_fpr),
+        ),
     }
 
 
@@ -837,6 +845,7 @@ def _registry_entry(
         "report": REPORT_FILE,
         "shortcut_warning": report["shortcut"]["warning"],
         "unseen_generators": headline(report)["unseen_generators"],
+        **served_threshold(report["operating_points"], settings.serve_target_fpr),
         "model": settings.model_name,
         "timestamp": _now(),
         **sizes,
