@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     train_mode: Literal["finetune", "linear_probe"] = "finetune"
     train_ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights (timm ModelEmaV3); 0 = off
     train_balance: Literal["loss", "none"] = "loss"  # class-weighted loss for imbalanced datasets
+    # Probability that a training image goes through one of the laundering chains (trainer/launder.py).
+    train_launder_aug: float = Field(0.0, ge=0, le=1)
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.

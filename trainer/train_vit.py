@@ -50,6 +50,7 @@ from trainer.data import (
 )
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
+from trainer.launder import CHAINS, Launder
 from trainer.modeling import build_model, pick_device, save_artifacts
 from trainer.operating import TARGET_FPRS, operating_points, served_threshold
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
@@ -65,6 +66,7 @@ from trainer.report import (
     calibrate,
     evaluation_block,
     format_swap_auc,
+    laundered,
     perturbed,
     robustness_block,
     scored,
@@ -305,6 +307,7 @@ def build_report(
     )
     robust = (
         {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()}
+        | {name: score(laundered(val_data, name)) for name in CHAINS}
         if len(val_data)
         else {}
     )
@@ -696,6 +699,8 @@ def build_loaders(
 ):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
+    if settings.train_launder_aug > 0:  # docs/evaluation.md: the laundering chains as augmentation
+        train_data.launder = Launder(settings.train_launder_aug)
     train_loader = settings_loader(
         train_data, settings, device, shuffle=True, drop_last=len(train_set) > settings.train_batch_size
     )

@@ -17,6 +17,7 @@ from dataset.storage import LocalStorage
 from tests.images import encode
 from tests.trainer.builders import make_samples, tinted
 from trainer.data import StoredImages
+from trainer.launder import CHAINS
 from trainer.model_sync import latest_payload
 from trainer.operating import operating_points
 from trainer.promotion import TRAIN_IDS_FILE, compare_with_champion
@@ -125,7 +126,7 @@ def test_held_out_generators_never_reach_a_training_batch_and_are_reported_apart
     unseen = report["unseen_generators"]["Flux.1 D"]
     assert unseen["n_ai"] == len(held) and unseen["auc"] is not None and len(unseen["auc_ci95"]) == 2
     assert set(report["by_generator"]) == {"SDXL 1.0", "camera"} and result["version"] == "v1"
-    for name in ("jpeg65", "resize50", "jpeg65_resize50"):
+    for name in ("jpeg65", "resize50", "jpeg65_resize50", *CHAINS):
         fig = report["robustness"][name]
         assert 0 <= fig["auc"] <= 1 and fig["drop"] == pytest.approx(
             report["evaluation"]["auc"] - fig["auc"], abs=1e-3
