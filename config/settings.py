@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
     # The false-positive rate the served threshold is chosen for (trainer/operating.py).
     serve_target_fpr: float = Field(0.01, gt=0, lt=0.5)
+    # A model.degraded event (app/monitoring.py) queues a training (one at a time, as always).
+    retrain_on_degradation: bool = False
 
     upload_max_bytes: int = Field(20_000_000, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)

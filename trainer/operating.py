@@ -117,7 +117,7 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     order = np.argsort(member, kind="stable")
     starts = np.searchsorted(member[order], np.arange(n_groups + 1))
-    tprs = []
+    tprs: list[float] = []
     for _ in range(rounds):
         drawn = rng.integers(0, n_groups, n_groups)
         rows = np.concatenate([order[starts[g] : starts[g + 1]] for g in drawn])
@@ -125,7 +125,8 @@ def _bootstrap(
         if len(real) == 0 or len(ai) == 0:
             continue
         _, tpr = rates(real, ai, threshold_at(real, ai, target))
-        tprs.append(tpr)
+        if tpr is not None:
+            tprs.append(tpr)
     if not tprs:
         return None
     lo, hi = np.percentile(tprs, [2.5, 97.5])
