@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
     promotion_margin: float = Field(0.02, ge=0, le=0.5)
     shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
+    # The k AI generators first seen most recently never train (trainer/future.py); unset: 1 when at
+    # least 3 AI generators have EVAL_MIN_PER_CLASS images each, else 0 (the report says why).
+    eval_future_generators: int | None = Field(None, ge=0, le=20)
     # The false-positive rate the served threshold is chosen for (trainer/operating.py).
     serve_target_fpr: float = Field(0.01, gt=0, lt=0.5)
     # A model.degraded event (app/monitoring.py) queues a training (one at a time, as always).
