@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ import pytest
 from dataset import manager as manager_module
 from dataset.manager import DatasetManager
 from tests.app.conftest import AUTH
+from tests.app.test_console import login
 from tests.app.test_webhooks import FAST, Receiver, hooks, wait_for
 from tests.images import jpeg
 from trainer.monitoring import PSI_ALARM, Observation, degradation, psi, weekly_rows
@@ -38,8 +40,10 @@ def _register_champion(models, rng: random.Random) -> None:
     folder.mkdir(parents=True)
     (folder / "weights.pt").write_bytes(b"w")
     (folder / "model.json").write_text(json.dumps({"architecture": "x"}))
-    images = [{"id": f"r{i}", "label": "real", "p_ai": rng.uniform(0.0, 0.45)} for i in range(60)]
-    images += [{"id": f"a{i}", "label": "ai", "p_ai": rng.uniform(0.55, 1.0)} for i in range(60)]
+    images = [{"id": f"r{i}", "label": "real", "p_ai": rng.uniform(0.01, 0.45)} for i in range(60)]
+    images += [{"id": f"a{i}", "label": "ai", "p_ai": rng.uniform(0.55, 0.99)} for i in range(60)]
+    for row in images:  # the rest of a report row: the console redraws its plots from them
+        row.update(margin=math.log(row["p_ai"] / (1 - row["p_ai"])), p_ai_raw=row["p_ai"], generator=None)
     (folder / "report.json").write_text(json.dumps({"evaluation": {"images": images}}))
     entry = {
         "model": "vit",
@@ -129,6 +133,9 @@ def test_a_new_generator_arriving_later_degrades_the_model_and_fires_the_event(
     )
     assert 'exposr_model_degraded{model="vit"} 1.0' in page and "exposr_score_psi{" in page
     wait_for(lambda: trained, "the training queued by RETRAIN_ON_DEGRADATION")
+    login(client)  # the console's model page plots the weeks and says why the model degraded
+    page = client.get("/ui/models/vit/v1").text
+    assert 'id="monitoring-plot"' in page and second["week"] in page and 'id="degraded"' in page
 
     # A second run writes nothing new and fires nothing more: the rows stand as written.
     assert client.post("/label", headers=AUTH).status_code in (200, 201, 202)
