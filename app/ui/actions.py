@@ -54,7 +54,7 @@ async def serve_version(
     confirm: Annotated[str, Form()] = "",
     csrf_token: Annotated[str, Form()] = "",
 ):
-    """"Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
+    """ "Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
     only with the session's CSRF token and the confirmation box ticked; actor ``console``."""
     from trainer.aliases import AliasError
     from trainer.model_store import ModelRegistry, RegistryConflict

@@ -275,8 +275,15 @@ def test_the_console_serves_a_version_with_csrf_and_confirmation_and_shows_the_t
     served = client.post("/ui/models/vit/serve", data={**form, "confirm": "yes"})
     assert served.status_code == 200 and "vit v1 is served now (rollback; was v3)" in served.text
     row = history_file(models)[-1]
-    assert (row["to"], row["cause"], row["actor"], row["reason"]) == ("v1", "rollback", "console", "v3 misbehaves")
+    assert (row["to"], row["cause"], row["actor"], row["reason"]) == (
+        "v1",
+        "rollback",
+        "console",
+        "v3 misbehaves",
+    )
     assert client.get("/models/latest", headers=AUTH).json()["model_version"] == "v1"
     assert "v3 misbehaves" in client.get("/ui/models").text  # the trail shows the reason
-    empty = client.post("/ui/models/vit/serve", data={**form, "version": "v2", "reason": " ", "confirm": "yes"})
+    empty = client.post(
+        "/ui/models/vit/serve", data={**form, "version": "v2", "reason": " ", "confirm": "yes"}
+    )
     assert empty.status_code == 422 and "reason is required" in empty.text
