@@ -32,6 +32,9 @@ from trainer.cache import decode_cached, encode_cached, shrink
 # The decoder may reduce a large original by a power of two as long as its shorter side stays at
 # least this: above every chain's own target size, so the chain's resize is what shrinks it.
 LAUNDER_DECODE_SIDE = 1280
+# The report launders at most this many evaluation images (evenly spread): on a 12 MP original the
+# five chains take about 4 s of CPU (WebP at full size the most), against 0.04 s for the plain path.
+LAUNDER_MAX_IMAGES = 200
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ act as an augmentation at the probability asked for."""
 from __future__ import annotations
 
 import io
+import json
 import random
 
 import pytest
@@ -124,10 +125,16 @@ def test_train_launder_aug_sends_training_pictures_through_the_chains(tiny, tmp_
         return chain
 
     monkeypatch.setattr(Launder, "pick", spy)
+    monkeypatch.setattr("trainer.train_vit.LAUNDER_MAX_IMAGES", 12)  # the report's cap, made small
     settings = tiny(train_launder_aug=0.5, train_epochs=2)
     train_on_samples(settings, make_samples(storage, 60), storage)
+    report = json.loads((settings.models_dir / "vit" / "v1" / "report.json").read_text())
+    n_eval = sum(report["evaluation"]["n"].values())
+    assert n_eval > 12 and report["robustness"]["jpeg65"]["n"] == n_eval
+    assert all(report["robustness"][name]["n"] == 12 for name in CHAINS)
     training = [name for p, name in picks if p == 0.5]  # the evaluation's chains have p = 1
     laundered = [name for name in training if name is not None]
     assert len(training) >= 60  # every training picture of both epochs asked
     assert 0.3 < len(laundered) / len(training) < 0.7 and len(set(laundered)) >= 3
     assert {name for p, name in picks if p == 1.0} == set(CHAINS)  # the report's robustness section
+    assert len([p for p, _ in picks if p == 1.0]) == 12 * len(CHAINS)
