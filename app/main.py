@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from app import api_docs, prometheus
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
+from app.monitoring import Monitor
 from app.routes import jobs, models, predict, review, status, upload, webhooks
 from app.scheduler import JobScheduler
 from app.server import RequestGuard
@@ -29,6 +31,7 @@ from config.clock import iso_micro
 from config.settings import Settings, get_settings
 from config.webhooks import load_subscribers
 from dataset.manager import DatasetManager
+from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("app.requests")
@@ -61,6 +64,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.webhooks.start()
         stack.push_async_callback(app.state.webhooks.stop)
         runner.on_finished.append(app.state.webhooks.job_finished)
+        app.state.monitor = Monitor(
+            settings,
+            engine,
+            app.state.dataset,
+            emit=app.state.webhooks.emit,
+            retrain=lambda: runner.submit_scheduled("train"),
+        )
+        runner.on_finished.append(app.state.monitor.job_finished)  # after a label job: new scores
+        await _quietly(app.state.monitor.load_latest(), "the served model's monitoring rows")
         scheduler = JobScheduler(settings, runner)
         await scheduler.start()
         stack.push_async_callback(scheduler.shutdown)
@@ -73,6 +85,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield
         log.info("service stopping: scheduler, running jobs, database")
+
+
+async def _quietly(work, what: str) -> None:
+    """Start-up reads that only warm a cache: a failure is logged, the service starts anyway."""
+    try:
+        await work
+    except (OSError, ValueError, StorageError, SQLAlchemyError) as exc:
+        log.warning("could not read %s at start-up: %s", what, exc)
 
 
 async def time_requests(request: Request, call_next) -> Response:

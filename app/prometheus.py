@@ -75,6 +75,32 @@ class SharedState:
             durations.add_metric([kind, state], count_value=count, sum_value=total)
         yield durations
         yield from _model_families(snap["models"], snap["promoted"])
+        yield from _live_families(snap.get("live"))
+
+
+def _live_families(latest: dict | None):
+    """The served version's latest monitoring week (app/monitoring.py)."""
+    auc = GaugeMetricFamily(
+        "exposr_model_live_auc",
+        "AUC of the served model on the latest ended week's new labelled images",
+        labels=["model", "version", "week"],
+    )
+    psi = GaugeMetricFamily(
+        "exposr_score_psi",
+        "PSI of the latest ended week's scores against the evaluation set's",
+        labels=["model", "version", "week"],
+    )
+    degraded = GaugeMetricFamily(
+        "exposr_model_degraded", "1 when the latest week says the served model degraded", labels=["model"]
+    )
+    if latest:
+        key = [str(latest["model"]), str(latest["version"]), str(latest["week"])]
+        if isinstance(latest.get("auc"), int | float):
+            auc.add_metric(key, latest["auc"])
+        if isinstance(latest.get("psi"), int | float):
+            psi.add_metric(key, latest["psi"])
+        degraded.add_metric([str(latest["model"])], 1 if latest.get("degraded") else 0)
+    yield from (auc, psi, degraded)
 
 
 def _model_families(entries: list[dict], promoted: dict | None):
@@ -213,6 +239,7 @@ async def prometheus_metrics(request: Request) -> Response:
         "scrape_outcomes": scrape,
         "models": entries,
         "promoted": (await state.overview.get())["latest_model"],  # from memory: never a wait here
+        "live": getattr(getattr(state, "monitor", None), "latest", None),
     }
     page = await run_in_threadpool(generate_latest, metrics.registry)  # never on the event loop
     return Response(page, media_type=CONTENT_TYPE_LATEST)

@@ -105,6 +105,11 @@ class MetricsOut(BaseModel):
     evaluation_n: dict[str, int] | None = Field(None, description="evaluation images per class")
     model_version: str | None = None
     shortcut_warning: str | None = None
+    live_auc: float | None = Field(None, description="the served model's AUC in the latest ended week")
+    live_auc_ci95: list[float] | None = None
+    live_week: str | None = None
+    score_psi: float | None = Field(None, description="PSI of that week's scores vs the evaluation set's")
+    model_degraded: str | None = Field(None, description="why the served model is degraded, else null")
     dataset_counts: DatasetCounts
     by_source: dict[str, dict[str, int]] = Field(default_factory=dict)
     jobs_running: list[str] = Field(default_factory=list, description="kinds running now")
@@ -135,6 +140,31 @@ class LatestModel(BaseModel):
     download_url: str
 
 
+class MonitoringRow(BaseModel):
+    """One ended week of a served version on images stored after its training (design.md §13)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    week: str = Field(description="ISO week of the images' created_at, e.g. 2026-W49")
+    n: dict[str, int] = Field(description="labelled, scored images of the week per class")
+    auc: float | None
+    auc_ci95: list[float] | None
+    psi: float | None = Field(description="population stability index against the evaluation set's scores")
+    ks_p: float | None = Field(description="two-sample Kolmogorov-Smirnov p-value, same comparison")
+    degraded: str | None = Field(None, description="why this week says the model degraded, else null")
+
+
+class MonitoringOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str
+    version: str
+    trained_at: str | None
+    promotion_auc_ci95: list[float] | None
+    rows: list[MonitoringRow]
+    degraded: str | None = Field(None, description="the latest row's degradation, if any")
+
+
 class ErrorOut(BaseModel):
     detail: str
 
@@ -157,6 +187,10 @@ class ModelCard(BaseModel):
     sha256: str | None = Field(None, description="sha256 of the weights file (also its ETag)")
     metrics: dict[str, Any] = Field(default_factory=dict)
     temperature: float | None = Field(None, description="calibration: P(ai) = softmax(logits / T)[ai]")
+    threshold: float | None = Field(
+        None, description="calibrated P(ai) at or above this is ai, at SERVE_TARGET_FPR"
+    )
+    threshold_target_fpr: float | None = None
 
 
 class HistoryRowOut(BaseModel):

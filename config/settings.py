@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     train_mode: Literal["finetune", "linear_probe"] = "finetune"
     train_ema_decay: float = Field(0.0, ge=0, lt=1)  # EMA of the weights (timm ModelEmaV3); 0 = off
     train_balance: Literal["loss", "none"] = "loss"  # class-weighted loss for imbalanced datasets
+    # Probability that a training image goes through one of the laundering chains (trainer/launder.py).
+    train_launder_aug: float = Field(0.0, ge=0, le=1)
 
     # Honest evaluation (docs/evaluation.md): who is held out, how big the evaluation set must be,
     # how the champion is challenged.
@@ -97,6 +99,13 @@ class Settings(BaseSettings):
     split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
     promotion_margin: float = Field(0.02, ge=0, le=0.5)
     shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
+    # The k AI generators first seen most recently never train (trainer/future.py); unset: 1 when at
+    # least 3 AI generators have EVAL_MIN_PER_CLASS images each, else 0 (the report says why).
+    eval_future_generators: int | None = Field(None, ge=0, le=20)
+    # The false-positive rate the served threshold is chosen for (trainer/operating.py).
+    serve_target_fpr: float = Field(0.01, gt=0, lt=0.5)
+    # A model.degraded event (app/monitoring.py) queues a training (one at a time, as always).
+    retrain_on_degradation: bool = False
 
     upload_max_bytes: int = Field(20_000_000, gt=0)
     max_image_pixels: int = Field(50_000_000, gt=0)

@@ -75,6 +75,8 @@ REASONS: dict[tuple[str, str], str] = {
         "worker_kinds",
     ): "the fleet's topology: the API replicas hand training to the worker",
     ("tests/app/test_fleet.py", "log_level"): "the test reads the INFO lines of each host's log",
+    ("tests/app/test_monitoring.py", "retrain_on_degradation"): SUBJECT,
+    ("tests/app/test_monitoring.py", "webhooks"): "the subscriber is the receiver under test",
     ("tests/app/test_predict_version.py", "min_train_samples"): SMALL_DATA,
     ("tests/app/test_predict_version.py", "val_fraction"): QUARTER,
     ("tests/app/test_replicas.py", "job_sweep_seconds"): SWEEP,

@@ -31,6 +31,7 @@ from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
 from dataset.storage import StorageDriver, StorageError
 from trainer.cache import prepared
+from trainer.launder import Launder, laundered_picture
 from trainer.workers import worker_context
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,9 @@ class StoredImages(Dataset):
         self.cache = cache
         self.sha256s = PackedStrings(sha256s) if sha256s is not None else None
         self.quality = quality  # Preprocessing.cache_quality: the cache's JPEG round trip, cached or not
+        # trainer.launder: a laundering chain applied to the original before the transform
+        # (TRAIN_LAUNDER_AUG in training; one fixed chain in the report's robustness section).
+        self.launder: Launder | None = None
 
     def subset(self, positions: Sequence[int]) -> StoredImages:
         """A copy holding only ``positions`` (in that order): keys, labels, sha256s and samples alike."""
@@ -247,6 +251,11 @@ class StoredImages(Dataset):
     def load(self, index: int) -> Image.Image | None:
         key = self.keys[index]
         try:
+            chain = self.launder.pick() if self.launder is not None else None
+            if chain is not None:  # from the original: the chain's resize must see its full size
+                return laundered_picture(
+                    self.storage.get(key), chain, self.reduce_to, self.max_pixels, self.quality
+                )
             cache = self.cache
             if (
                 cache is not None

@@ -46,6 +46,13 @@ def latest_payload(entry: dict) -> dict:
             "unseen_generators": entry.get("unseen_generators") or {},
         },
         "temperature": entry.get("temperature", 1.0),
+        # The operating threshold on calibrated P(ai) at SERVE_TARGET_FPR (docs/evaluation.md);
+        # None for versions trained before it was computed.
+        "threshold": entry.get("threshold"),
+        "threshold_target_fpr": entry.get("threshold_target_fpr"),
+        "threshold_tpr": entry.get("threshold_tpr"),
+        "threshold_tpr_ci95": entry.get("threshold_tpr_ci95"),
+        "threshold_warning": entry.get("threshold_warning"),
         "report_url": (
             f"/models/{entry['model']}/{entry['version']}/report" if entry.get("report") else None
         ),

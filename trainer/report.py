@@ -4,8 +4,9 @@ and 95 % interval, computed only on images the model never trained on.
 Sections (docs/evaluation.md explains each with a worked example): ``evaluation`` (AUC, interval,
 accuracy, calibration, the exact evaluation ids), ``by_generator`` and ``by_source`` (AUC per
 group), ``unseen_generators`` / ``unseen_sources`` (held out of training entirely),
-``robustness`` (JPEG q=65, half size, both), ``shortcut`` (metadata-only probe before training,
-format-swap probe after), ``promotion`` (trainer/promotion.py).
+``robustness`` (JPEG q=65, half size, both, and the laundering chains of trainer/launder.py),
+``shortcut`` (metadata-only probe before training, format-swap probe after), ``promotion``
+(trainer/promotion.py).
 
 AUC of a group: the group's images of one class against the evaluation images of the other class
 (a generator's AI images against all real evaluation images; a camera's real photos against all AI
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.evaluate import CLASS_INDEX, DECISION_THRESHOLD
+from trainer.launder import Launder
 from trainer.split import order_key
 from trainer.stats import (
     auc_estimate,
@@ -209,6 +211,14 @@ def perturbed(data, perturb: Perturb):
     """A copy of a StoredImages whose transform applies ``perturb`` first."""
     out = copy.copy(data)
     out.transform = Chain(perturb, data.transform)
+    return out
+
+
+def laundered(data, chain: str):
+    """A copy of a StoredImages whose every picture goes through the laundering chain ``chain``
+    (trainer/launder.py), from its original, before the evaluation transform."""
+    out = copy.copy(data)
+    out.launder = Launder(1.0, (chain,))
     return out
 
 

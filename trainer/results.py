@@ -35,6 +35,11 @@ class RegistryEntry(TypedDict, total=False):
     report: str
     shortcut_warning: str | None
     unseen_generators: Any
+    threshold: float | None  # P(ai) >= threshold is "ai" at SERVE_TARGET_FPR (trainer/operating.py)
+    threshold_target_fpr: float
+    threshold_tpr: float | None
+    threshold_tpr_ci95: list[float] | None
+    threshold_warning: str | None
     auc_difference: float | None
     auc_difference_ci95: list[float] | None
     compared_with: str | None

@@ -50,7 +50,10 @@ from trainer.data import (
 )
 from trainer.errors import TrainingError
 from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_metrics, evaluate
+from trainer.future import FutureChoice, by_month, choose_future
+from trainer.launder import CHAINS, LAUNDER_MAX_IMAGES, Launder
 from trainer.modeling import build_model, pick_device, save_artifacts
+from trainer.operating import TARGET_FPRS, operating_points, served_threshold
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
 from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
@@ -63,7 +66,9 @@ from trainer.report import (
     by_attribute,
     calibrate,
     evaluation_block,
+    figure,
     format_swap_auc,
+    laundered,
     perturbed,
     robustness_block,
     scored,
@@ -112,7 +117,10 @@ def train_on_samples(
     clean_stale(settings.models_dir)
 
     _stage(progress, "split")
-    plan = plan_split(settings, samples, record_splits)
+    future = choose_future(samples, settings.eval_future_generators, settings.eval_min_per_class)
+    if future.held_out:
+        log.info("future generators held out of training: %s", ", ".join(future.held_out))
+    plan = plan_split(settings, samples, record_splits, future.held_out)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
     _stage(progress, "audit")
@@ -177,7 +185,7 @@ def train_on_samples(
         _stage(progress, "evaluate")
         evaluated = scored(val_set, scores)
         report = build_report(
-            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut
+            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut, future
         )
         metrics["val_auc_ci95"] = report["evaluation"]["auc_ci95"]
         metrics["by_source"] = accuracy_by_source(
@@ -199,6 +207,7 @@ def train_on_samples(
             "train_mode": settings.train_mode,
             "ema_decay": settings.train_ema_decay or None,
             "evaluation": headline(report),
+            **served_threshold(report["operating_points"], settings.serve_target_fpr),
         }
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
@@ -229,16 +238,20 @@ def train_on_samples(
 
 
 def plan_split(
-    settings: Settings, samples: list[Sample], record_splits: Callable[[dict], object] | None = None
+    settings: Settings,
+    samples: list[Sample],
+    record_splits: Callable[[dict], object] | None = None,
+    future_generators: tuple[str, ...] = (),
 ) -> SplitPlan:
-    """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
+    """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``;
+    ``future_generators`` (trainer/future.py) are held out like EVAL_HOLDOUT_GENERATORS."""
     gate = gate_wanted(settings)
     plan = assign_splits(
         samples,
         radius=settings.split_near_dup_distance,
         eval_fraction=settings.val_fraction,
         min_per_class=settings.eval_min_per_class,
-        holdout_generators=settings.holdout_generators,
+        holdout_generators=settings.holdout_generators | set(future_generators),
         holdout_sources=settings.holdout_sources,
         gate_wanted=gate,
     )
@@ -285,12 +298,18 @@ def build_report(
     val_data: StoredImages,
     evaluated: Scored,
     shortcut: dict,
+    future: FutureChoice | None = None,
 ) -> dict:
     """report.json without its promotion section: every figure on images the model never trained on."""
 
-    def score(data: StoredImages) -> Scored:
+    def score(data: StoredImages, workers: int = 0) -> Scored:
         loader = make_loader(
-            data, batch_size=settings.train_batch_size, shuffle=False, workers=0, seed=settings.train_seed
+            data,
+            batch_size=settings.train_batch_size,
+            shuffle=False,
+            workers=workers,
+            seed=settings.train_seed,
+            persistent=False,
         )
         return scored(data.samples, evaluate(model, loader, prepare, amp_dtype))
 
@@ -306,6 +325,20 @@ def build_report(
         if len(val_data)
         else {}
     )
+    # The laundering chains work on the originals (seconds per 12 MP picture): at most
+    # LAUNDER_MAX_IMAGES evaluation images, evenly spread, in TRAIN_WORKERS processes; their drop is
+    # taken from the clean AUC of the same images.
+    few_positions = np.unique(
+        np.linspace(0, len(val_data) - 1, min(len(val_data), LAUNDER_MAX_IMAGES)).astype(int)
+    )
+    launder_set = val_data.subset(few_positions.tolist()) if len(val_data) else None
+    chains = (
+        {name: score(laundered(launder_set, name), settings.train_workers) for name in CHAINS}
+        if launder_set is not None
+        else {}
+    )
+    launder_ids = {s.id for s in launder_set.samples} if launder_set is not None else set()
+    clean_few = evaluated.subset(np.array([s.id in launder_ids for s in evaluated.samples], dtype=bool))
     few = _images(
         storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings, val_data.cache
     )
@@ -316,6 +349,8 @@ def build_report(
         if len(few)
         else {}
     )
+    future = future or FutureChoice(())
+    future_block = future_report(future, held, evaluated)
     unseen_gen = unseen_src = {}
     if held is not None:
         in_gen = np.array([s.generator in settings.holdout_generators for s in held.samples], dtype=bool)
@@ -342,8 +377,46 @@ def build_report(
         "by_source": by_attribute(evaluated, _source),
         "unseen_generators": unseen_gen,
         "unseen_sources": unseen_src,
-        "robustness": robustness_block(block["auc"], robust),
+        "robustness": robustness_block(block["auc"], robust)
+        | robustness_block(figure(clean_few.labels, clean_few.margins)["auc"], chains),
+        "future_generators": future_block,
+        "by_month": by_month(evaluated.samples, evaluated.labels, evaluated.margins, figure),
         "shortcut": {**shortcut, **swap},
+        "operating_points": operating_points(
+            [row["label"] for row in block["images"]],
+            [row["p_ai"] for row in block["images"]],
+            [plan.group_of.get(row["id"], row["id"]) for row in block["images"]],
+            (*TARGET_FPRS, settings.serve_target_fpr),
+        ),
+    }
+
+
+def future_report(future: FutureChoice, held: Scored | None, evaluated: Scored) -> dict:
+    """``future_generators``: the held-out newest generators' AI images against the real evaluation
+    images, AUC with interval and n; each generator apart under ``by_generator``."""
+    out: dict = {
+        "held_out": list(future.held_out),
+        "k": future.k,
+        "first_seen": future.first_seen,
+        "reason": future.reason,
+    }
+    mine = (
+        np.array([s.generator in future.held_out and s.label == "ai" for s in held.samples], dtype=bool)
+        if held is not None and future.held_out
+        else None
+    )
+    if held is None or mine is None or not mine.any():
+        return {**out, "auc": None, "auc_ci95": None, "n": {"real": 0, "ai": 0}}
+    ai = held.subset(mine)
+    real = evaluated.subset(evaluated.labels != CLASS_INDEX["ai"])
+    fig = figure(np.concatenate([ai.labels, real.labels]), np.concatenate([ai.margins, real.margins]))
+    return {
+        **out,
+        "auc": fig["auc"],
+        "auc_ci95": fig["auc_ci95"],
+        "n": {"real": fig["n_real"], "ai": fig["n_ai"]},
+        **({"note": fig["note"]} if "note" in fig else {}),
+        "by_generator": by_attribute(ai, _generator, others=evaluated),
     }
 
 
@@ -362,6 +435,9 @@ def headline(report: dict) -> dict:
         "ece": ev["ece"],
         "temperature": ev["temperature"],
         "unseen_generators": unseen,
+        "future_generators": {
+            k: report.get("future_generators", {}).get(k) for k in ("held_out", "auc", "auc_ci95", "n")
+        },
         "shortcut_warning": report["shortcut"].get("warning"),
     }
 
@@ -688,6 +764,8 @@ def build_loaders(
 ):
     """(train loader, validation dataset, validation loader): shuffled/augmented vs fixed order."""
     train_data = _images(storage, train_set, train_transform(pre), pre, settings, cache)
+    if settings.train_launder_aug > 0:  # docs/evaluation.md: the laundering chains as augmentation
+        train_data.launder = Launder(settings.train_launder_aug)
     train_loader = settings_loader(
         train_data, settings, device, shuffle=True, drop_last=len(train_set) > settings.train_batch_size
     )
@@ -837,6 +915,7 @@ def _registry_entry(
         "report": REPORT_FILE,
         "shortcut_warning": report["shortcut"]["warning"],
         "unseen_generators": headline(report)["unseen_generators"],
+        **served_threshold(report["operating_points"], settings.serve_target_fpr),
         "model": settings.model_name,
         "timestamp": _now(),
         **sizes,

@@ -23,7 +23,16 @@ from fastapi.responses import FileResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized, SettingsDep
-from app.schemas import AliasesOut, AliasMove, AliasMoved, ErrorOut, HistoryPage, LatestModel, ModelCard
+from app.schemas import (
+    AliasesOut,
+    AliasMove,
+    AliasMoved,
+    ErrorOut,
+    HistoryPage,
+    LatestModel,
+    ModelCard,
+    MonitoringOut,
+)
 from dataset.storage import StorageError
 from trainer.aliases import AliasError, check_alias_name, parse_instant
 from trainer.model_store import (
@@ -396,6 +405,30 @@ async def model_report(name: str, version: str, settings: SettingsDep) -> dict:
             detail=f"the report.json of model {name} {version} is not valid JSON ({exc}); "
             "train a new version or restore the file",
         ) from exc
+
+
+@router.get(
+    "/models/{name}/{version}/monitoring",
+    response_model=MonitoringOut,
+    responses={404: {"model": ErrorOut}},
+    summary="The version's weekly figures on images stored after its training (docs/evaluation.md)",
+)
+async def model_monitoring(name: str, version: str, request: Request, settings: SettingsDep) -> dict:
+    """Rows ``{week, n, auc, auc_ci95, psi, ks_p, by_generator, scorers, degraded}``, oldest first,
+    each written once its week ended (while the version was served) and never recomputed."""
+    with registry_errors():
+        entry = await run_in_threadpool(ModelRegistry(settings).entry, name, version)
+    if entry is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"model {name} has no version {version!r}")
+    rows = await request.app.state.monitor.rows(name, version)
+    return {
+        "model": name,
+        "version": version,
+        "trained_at": entry.get("timestamp"),
+        "promotion_auc_ci95": entry.get("val_auc_ci95"),
+        "rows": rows,
+        "degraded": rows[-1]["degraded"] if rows else None,
+    }
 
 
 _WEIGHTS_RESPONSES = {

@@ -89,8 +89,24 @@ async def get_metrics(request: Request, runner: RunnerDep) -> dict:
         "evaluation_n": promoted.get("eval_n"),
         "model_version": promoted.get("version"),
         "shortcut_warning": overview.get("shortcut_warning"),
+        **live_figures(request, promoted.get("version")),
         "dataset_counts": overview["dataset_counts"],
         "by_source": overview["by_source"],
         "jobs_running": [job["kind"] for job in running_jobs(runner, overview)],
         "stale": overview["stale"],
+    }
+
+
+def live_figures(request: Request, version: str | None) -> dict:
+    """The served version's latest monitoring week (app/monitoring.py), from memory."""
+    monitor = getattr(request.app.state, "monitor", None)
+    latest = getattr(monitor, "latest", None) or {}
+    if not latest or latest.get("version") != version:
+        return {}
+    return {
+        "live_auc": latest.get("auc"),
+        "live_auc_ci95": latest.get("auc_ci95"),
+        "live_week": latest.get("week"),
+        "score_psi": latest.get("psi"),
+        "model_degraded": latest.get("degraded"),
     }

@@ -274,3 +274,21 @@ def model_evidence(report: dict | None, card: dict | None) -> dict[str, Any]:
     )
     out["loss"], out["auc_curve"] = epochs(report)
     return out
+
+
+def monitoring(rows: list[dict]) -> Markup:
+    """The served version over time (app/monitoring.py): AUC with its interval per ended week, oldest
+    at the top, PSI and a degradation in each week's note."""
+    if not rows:
+        return empty(
+            "no monitoring week yet: rows appear once a week of new labelled, scored images has ended"
+        )
+    out = []
+    for row in rows:
+        name = f"{row['week']} (n {row['n'].get('real', 0)}+{row['n'].get('ai', 0)}, PSI {row.get('psi')})"
+        ci = row.get("auc_ci95") or [None, None]
+        note = "too few to evaluate" if row.get("auc") is None else ""
+        out.append(
+            Interval(("DEGRADED " if row.get("degraded") else "") + name, row.get("auc"), ci[0], ci[1], note)
+        )
+    return interval_plot(out, "live AUC per week, 95% interval")

@@ -199,6 +199,7 @@ async def model_detail(name: str, version: str, request: Request, session: Sessi
         "decision": views.decision_text(entry),
         "evidence": await run_in_threadpool(evidence.model_evidence, report, card),
         "others": [v for v in others if v != version],
+        "monitoring": await _monitoring(request, name, version),
     }
     return render(request, "model.html", context, session=session)
 
@@ -227,6 +228,12 @@ async def webhooks_page(
         "message": message,
     }
     return render(request, "webhooks.html", context, session=session, status_code=status_code)
+
+
+async def _monitoring(request: Request, name: str, version: str) -> dict:
+    """The version's monitoring rows as a plot and its latest degradation (app/monitoring.py)."""
+    rows = await request.app.state.monitor.rows(name, version)
+    return {"plot": evidence.monitoring(rows), "degraded": rows[-1]["degraded"] if rows else None}
 
 
 @router.get("/jobs")

@@ -17,6 +17,9 @@ from dataset.storage import LocalStorage
 from tests.images import encode
 from tests.trainer.builders import make_samples, tinted
 from trainer.data import StoredImages
+from trainer.launder import CHAINS
+from trainer.model_sync import latest_payload
+from trainer.operating import operating_points
 from trainer.promotion import TRAIN_IDS_FILE, compare_with_champion
 from trainer.report import Scored, calibrate, shortcut_probe
 from trainer.stats import (
@@ -123,12 +126,23 @@ def test_held_out_generators_never_reach_a_training_batch_and_are_reported_apart
     unseen = report["unseen_generators"]["Flux.1 D"]
     assert unseen["n_ai"] == len(held) and unseen["auc"] is not None and len(unseen["auc_ci95"]) == 2
     assert set(report["by_generator"]) == {"SDXL 1.0", "camera"} and result["version"] == "v1"
-    for name in ("jpeg65", "resize50", "jpeg65_resize50"):
+    for name in ("jpeg65", "resize50", "jpeg65_resize50", *CHAINS):
         fig = report["robustness"][name]
         assert 0 <= fig["auc"] <= 1 and fig["drop"] == pytest.approx(
             report["evaluation"]["auc"] - fig["auc"], abs=1e-3
         )
     assert 0.3 <= report["shortcut"]["format_swap_auc"] <= 0.7  # preprocessing hides PNG vs JPEG
+    # The operating threshold (trainer/operating.py) on the report's own calibrated scores, in
+    # report.json, model.json, the registry entry and what /models/latest answers.
+    rows = report["evaluation"]["images"]
+    points = operating_points([r["label"] for r in rows], [r["p_ai"] for r in rows], [r["id"] for r in rows])
+    one = report["operating_points"]["fpr_0.01"]
+    assert one["threshold"] == points["fpr_0.01"]["threshold"] and one["tpr"] == points["fpr_0.01"]["tpr"]
+    assert "fpr_0.05" in report["operating_points"] and one["warning"].startswith("the evaluation set has")
+    card = _read(settings.models_dir / "vit" / "v1" / "model.json")
+    assert card["threshold"] == one["threshold"] and card["threshold_target_fpr"] == 0.01
+    assert result["threshold"] == one["threshold"]
+    assert latest_payload(dict(result))["threshold"] == one["threshold"]
 
 
 def test_a_held_out_generator_with_too_few_images_is_said_so_and_training_runs(tiny, tmp_path):
