@@ -69,6 +69,7 @@ from trainer.report import (
     shortcut_probe,
 )
 from trainer.results import TrainResult
+from trainer.signatures import content_signatures
 from trainer.split import SplitPlan, assign_splits
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,10 @@ def train_on_samples(
     check_dataset(samples, settings.min_train_samples)
     clean_stale(settings.models_dir)
 
-    plan = plan_split(settings, samples, record_splits)
+    signatures = content_signatures(
+        settings.models_dir, storage, samples, settings.max_image_pixels, max(1, settings.train_workers)
+    )
+    plan = plan_split(settings, samples, record_splits, signatures)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
     shortcut = shortcut_probe(
@@ -223,9 +227,13 @@ def train_on_samples(
 
 
 def plan_split(
-    settings: Settings, samples: list[Sample], record_splits: Callable[[dict], object] | None = None
+    settings: Settings,
+    samples: list[Sample],
+    record_splits: Callable[[dict], object] | None = None,
+    signatures: dict | None = None,
 ) -> SplitPlan:
-    """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``."""
+    """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``;
+    ``signatures`` (trainer/signatures.py) let edited copies join their originals' groups."""
     plan = assign_splits(
         samples,
         radius=settings.split_near_dup_distance,
@@ -233,6 +241,7 @@ def plan_split(
         min_per_class=settings.eval_min_per_class,
         holdout_generators=settings.holdout_generators,
         holdout_sources=settings.holdout_sources,
+        signatures=signatures,
     )
     if record_splits is not None and plan.decided:
         record_splits(plan.decided)
