@@ -31,6 +31,7 @@ from PIL import Image
 from scipy.fft import dctn
 
 THUMB = 64  # side of the stored grey thumbnail
+COLOUR = 8  # side of the colour thumbnail the content-only baseline sees (no generation trace survives)
 HASH_SIDE = 32  # pHash's resample
 CHECK_SIDE = 24  # side of the pictures compared by cross-correlation
 CHECK_BASE = 32  # the thumbnail is box-reduced to this before windows are sampled for that
@@ -63,6 +64,7 @@ class Signature:
     dihedral: np.ndarray  # (8,) uint64: pHash of each flip/rotation (index 0: the picture as is)
     windows: np.ndarray  # (len(WINDOWS),) uint64: pHash of each grid window (index 0: whole)
     aspect: float  # width / height of the original picture
+    colour: np.ndarray  # (COLOUR, COLOUR, 3) uint8: a tiny colour thumbnail (the content-only baseline)
 
     def to_bytes(self) -> bytes:
         return (
@@ -70,24 +72,28 @@ class Signature:
             + self.dihedral.astype("<u8").tobytes()
             + self.windows.astype("<u8").tobytes()
             + self.thumb.astype(np.uint8).tobytes()
+            + self.colour.astype(np.uint8).tobytes()
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Signature:
         n_win = len(WINDOWS)
-        want = 8 + 8 * 8 + 8 * n_win + THUMB * THUMB
+        want = 8 + 8 * 8 + 8 * n_win + THUMB * THUMB + COLOUR * COLOUR * 3
         if len(data) != want:
             raise ValueError(f"a signature of {len(data)} bytes (version {SIGNATURE_VERSION} has {want})")
         aspect = float(np.frombuffer(data[:8], "<f8")[0])
         dihedral = np.frombuffer(data[8:72], "<u8").astype(np.uint64)
         windows = np.frombuffer(data[72 : 72 + 8 * n_win], "<u8").astype(np.uint64)
-        thumb = np.frombuffer(data[72 + 8 * n_win :], np.uint8).reshape(THUMB, THUMB)
-        return cls(thumb, dihedral, windows, aspect)
+        at = 72 + 8 * n_win
+        thumb = np.frombuffer(data[at : at + THUMB * THUMB], np.uint8).reshape(THUMB, THUMB)
+        colour = np.frombuffer(data[at + THUMB * THUMB :], np.uint8).reshape(COLOUR, COLOUR, 3)
+        return cls(thumb, dihedral, windows, aspect, colour)
 
 
 def signature(image: Image.Image) -> Signature:
     """The signature of a decoded picture (any mode; EXIF orientation already applied)."""
-    grey = image.convert("L")
+    rgb = image.convert("RGB")
+    grey = rgb.convert("L")
     # Box-reduce large pictures first (cheap), then one Lanczos resample to the thumbnail.
     factor = min(grey.size) // (4 * THUMB)
     if factor > 1:
@@ -100,6 +106,7 @@ def signature(image: Image.Image) -> Signature:
         dihedral=np.array([_bits(b) for b in dihedral_blocks(blocks[0])], dtype=np.uint64),
         windows=np.array([_bits(b) for b in blocks], dtype=np.uint64),
         aspect=image.width / image.height,
+        colour=np.asarray(rgb.resize((COLOUR, COLOUR), Image.Resampling.BOX), dtype=np.uint8),
     )
 
 
@@ -274,7 +281,7 @@ def copy_pairs(signatures: Sequence[Signature | None], new: Iterable[int]) -> li
     fresh = sorted({k for k in new if signatures[k] is not None})
     if not fresh or len(have) < 2:
         return []
-    sig = {k: signatures[k] for k in have}
+    sig: dict[int, Signature] = {k: s for k, s in enumerate(signatures) if s is not None}
     pos = np.array(have)
     n_tr, n_win = 8, len(WINDOWS)
     whole = np.array([sig[k].dihedral[0] for k in have], dtype=np.uint64)

@@ -34,6 +34,7 @@ from dataset.facts import has_exif
 from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
 from trainer import ddp
+from trainer.baseline import content_baseline
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
@@ -52,7 +53,7 @@ from trainer.evaluate import CLASS_INDEX, accuracy_by_source, classification_met
 from trainer.modeling import build_model, pick_device, save_artifacts
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
-from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
+from trainer.promotion import TRAIN_IDS_FILE, decide_promotion, training_record
 from trainer.registry import clean_stale, commit_version, make_staging_dir, write_json_atomic
 from trainer.report import (
     FORMAT_SWAP_MAX_IMAGES,
@@ -174,14 +175,31 @@ def train_on_samples(
         if progress is not None:
             progress({"stage": "evaluate"})
         evaluated = scored(val_set, scores)
+        held_out: dict = {}
         report = build_report(
-            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut
+            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut, held_out
         )
+        report["content_baseline"], baseline_scores = content_baseline(
+            train_set, evaluated, signatures, plan.group_of
+        )
+        report["backbone_warning"] = backbone_warning(settings)
+        if report["backbone_warning"]:
+            log.warning("%s", report["backbone_warning"])
         metrics["val_auc_ci95"] = report["evaluation"]["auc_ci95"]
         metrics["by_source"] = accuracy_by_source(
             scores.labels, scores.probs, [val_set[i].source for i in scores.positions]
         )
-        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype)
+        promotion = decide_promotion(
+            settings,
+            evaluated,
+            val_data,
+            device,
+            amp_dtype,
+            dataset=samples,
+            group_of=plan.group_of,
+            unseen=(held_out["data"], held_out["scored"]) if held_out else None,
+            baseline_scores=baseline_scores,
+        )
         report["promotion"] = promotion
         report["training"] = {"epochs": facts.get("epoch_history", [])}  # the loss / AUC curves
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
@@ -200,7 +218,7 @@ def train_on_samples(
         }
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
-        write_json_atomic(staging / TRAIN_IDS_FILE, sorted(s.id for s in train_set))
+        write_json_atomic(staging / TRAIN_IDS_FILE, training_record(train_set))
         entry = commit_version(
             settings.models_dir,
             staging,
@@ -221,6 +239,7 @@ def train_on_samples(
             **facts,
             "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS],
             "shortcut_warning": shortcut["warning"],
+            "backbone_warning": report["backbone_warning"],
             "duration_s": round(time.monotonic() - started, 1),
         },
     )
@@ -268,8 +287,12 @@ def build_report(
     val_data: StoredImages,
     evaluated: Scored,
     shortcut: dict,
+    held_out: dict | None = None,
 ) -> dict:
-    """report.json without its promotion section: every figure on images the model never trained on."""
+    """report.json without its promotion section: every figure on images the model never trained on.
+
+    ``held_out`` (when given) receives the held-out images (``data``) and their scores (``scored``)
+    for the promotion decision."""
 
     def score(data: StoredImages) -> Scored:
         loader = make_loader(
@@ -279,11 +302,14 @@ def build_report(
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = (
-        score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
+    held_data = (
+        _images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache)
         if plan.held_out
         else None
     )
+    held = score(held_data) if held_data is not None else None
+    if held_out is not None and held is not None:
+        held_out.update(data=held_data, scored=held)
     robust = (
         {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()}
         if len(val_data)
@@ -347,6 +373,19 @@ def headline(report: dict) -> dict:
         "unseen_generators": unseen,
         "shortcut_warning": report["shortcut"].get("warning"),
     }
+
+
+def backbone_warning(settings: Settings) -> str | None:
+    """A linear probe or fine-tune of a backbone without pretrained weights: said in the report, the
+    log and the result (the audit promoted a linear head on a random-weight network, unwarned)."""
+    if settings.train_pretrained:
+        return None
+    what = "a linear probe on its random features" if settings.train_mode == "linear_probe" else "a fine-tune"
+    return (
+        f"the backbone {settings.train_arch} has no pretrained weights (TRAIN_PRETRAINED=false): this is "
+        f"{what} from scratch; compare its AUC with the content-only baseline in the report "
+        "before trusting it"
+    )
 
 
 def check_training_set(train_set: list[Sample]) -> None:

@@ -197,6 +197,7 @@ def test_signature_round_trips_and_refuses_other_lengths():
     back = copies.Signature.from_bytes(sig.to_bytes())
     assert back.aspect == sig.aspect and (back.windows == sig.windows).all()
     assert (back.dihedral == sig.dihedral).all() and (back.thumb == sig.thumb).all()
+    assert (back.colour == sig.colour).all() and back.colour.shape == (8, 8, 3)
     with pytest.raises(ValueError, match="signature of 3 bytes"):
         copies.Signature.from_bytes(b"abc")
     assert list(itertools.islice(copies.WINDOWS, 1)) == [(0.0, 0.0, 1.0, 1.0)]
