@@ -1,7 +1,7 @@
 """Edited copies on the acceptance pictures: recall and false joins of the split's grouping, and the
 cost of a content signature per image (trainer/copies.py).
 
-    python bench/copies_bench.py /path/to/acceptance-data
+    python bench/copies_bench.py /path/to/acceptance-data [PICTURES_PER_FOLDER]
 
 Every picture of `real/` and `ai/` is re-posted as the audit of issue 22 did, plus more edits:
 crops keeping 80 %, 60 % and 50 % of the area (at a random place, one of them with another
@@ -37,6 +37,7 @@ from trainer.split import _find, _union, hamming_groups  # noqa: E402
 L = dict(max_bytes=200_000_000, min_side=16, max_pixels=100_000_000)
 RADIUS = 12
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/acceptance-data")
+LIMIT = int(sys.argv[2]) if len(sys.argv) > 2 else None  # pictures per folder (a quicker run)
 rng = random.Random(22)
 
 
@@ -81,7 +82,9 @@ def readable(path: Path) -> bytes | None:
 
 
 def main() -> None:
-    originals = [(f, b) for d in ("real", "ai") for f in sorted((root / d).iterdir()) if (b := readable(f))]
+    originals = [
+        (f, b) for d in ("real", "ai") for f in sorted((root / d).iterdir())[:LIMIT] if (b := readable(f))
+    ]
     items: list[tuple[str, str, bytes]] = []  # (family, edit, bytes)
     for path, data in originals:
         items.append((path.name, "original", data))
