@@ -104,7 +104,7 @@ def grow(data: Path, args) -> None:
         train_model(settings)
         print(f"v1 trained in {time.perf_counter() - started:.1f} s")
         print(json.dumps(summary(settings, "v1"), indent=1))
-        v1_train = set(json.loads((settings.models_dir / "vit" / "v1" / "train_ids.json").read_text()))
+        v1_train = set(json.loads((settings.models_dir / "vit" / "v1" / "train_ids.json").read_text())["ids"])
         print("ingest the other 30 %:", asyncio.run(ingest(settings, items[cut:])))
         train_model(settings)
         v2 = summary(settings, "v2")

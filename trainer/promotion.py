@@ -6,13 +6,22 @@ Rule (docs/evaluation.md has a worked example):
    95 % interval must lie above 0.5; otherwise it is never promoted -- first version included --
    and the reason says how many more images of which class would be needed.
 2. With no champion (or one whose files cannot be read) a challenger that passes 1 is promoted.
-3. Otherwise both are scored on the evaluation images *neither trained on*: the challenger's
-   evaluation set less the champion's recorded training images (``train_ids.json``; a champion
-   from before that record only on images that arrived after it was trained). The challenger is
+3. Otherwise both are scored on the evaluation images *neither trained on*, by content: the
+   challenger's evaluation set less every image with the id or the SHA-256 of one of the
+   champion's training images (``train_ids.json``) or in the same split group as one (a crop, a
+   flip, a re-post: trainer/copies.py) -- so the same files re-ingested into a new dataset are
+   still recognised. A record from before the SHA-256s were kept is completed from the index for
+   the ids it still holds, and the reason says when the rest could be excluded by id only; a
+   champion from before any record only on images that arrived after it was trained. The challenger is
    promoted when the paired DeLong 95 % interval of AUC(challenger) − AUC(champion) has its lower
-   end above −``PROMOTION_MARGIN`` (non-inferiority: a model trained on fresher data replaces the
-   served one unless it is shown to be worse by more than the margin). Fewer than
-   ``EVAL_MIN_PER_CLASS`` comparable images of a class: the champion stays, saying so.
+   end above −``PROMOTION_MARGIN`` (non-inferiority, which must be *shown*: at small sizes the
+   champion stays whatever the challenger; each decision states the difference it could detect at
+   80 % power). Fewer than ``EVAL_MIN_PER_CLASS`` comparable images of a class: the champion
+   stays, saying so.
+4. With at least ``EVAL_MIN_PER_CLASS`` comparable images of held-out generators, the challenger
+   must be non-inferior there too (:func:`with_unseen`; ``decided_by`` says which criterion decided).
+5. With ``PROMOTION_CONTENT_BASELINE`` the model must also beat the content-only baseline
+   (trainer/baseline.py) on the same images, paired, the interval above 0 (:func:`baseline_check`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +43,7 @@ from trainer.evaluate import CLASS_INDEX, evaluate
 from trainer.modeling import load_artifacts
 from trainer.registry import promoted_entry
 from trainer.report import Scored
-from trainer.stats import AucEstimate, auc_estimate, images_needed, paired_auc_difference
+from trainer.stats import AucEstimate, auc_estimate, images_needed, min_detectable, paired_auc_difference
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +54,44 @@ FEASIBLE_EVAL_GROWTH = 4
 AI = CLASS_INDEX["ai"]
 
 
+@dataclass
+class TrainingRecord:
+    """What a version trained on (``train_ids.json``): ids, and their SHA-256s where recorded."""
+
+    ids: list[str]
+    sha256: list[str] | None  # None: written before the SHA-256s were kept
+
+
+def training_record(samples: Sequence) -> dict:
+    """The ``train_ids.json`` document: ids and SHA-256s of the training images, sorted by id."""
+    ordered = sorted(samples, key=lambda s: s.id)
+    return {"ids": [s.id for s in ordered], "sha256": [s.sha256 for s in ordered]}
+
+
+def read_training_record(folder: Path) -> TrainingRecord | None:
+    """The record of a version folder; None when it has none. Reads both the current document and
+    the older plain list of ids."""
+    path = Path(folder) / TRAIN_IDS_FILE
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(doc, list):
+        return TrainingRecord([str(i) for i in doc], None)
+    return TrainingRecord([str(i) for i in doc["ids"]], [str(h) for h in doc["sha256"]])
+
+
 def rule_text(settings: Settings) -> str:
+    baseline = (
+        ", the paired 95% interval of AUC(model) - AUC(content-only baseline) lies above 0"
+        if settings.promotion_content_baseline
+        else ""
+    )
     return (
         f"promote when the evaluation set has >= {settings.eval_min_per_class} images per class, the "
-        "AUC's 95% lower bound is above 0.5, and (against a champion, on images neither trained on) "
-        f"the paired DeLong 95% interval of the AUC difference has its lower end above "
-        f"-{settings.promotion_margin}"
+        f"AUC's 95% lower bound is above 0.5{baseline}, and (against a champion, on images neither "
+        f"trained on by content) the paired DeLong 95% interval of the AUC difference has its lower end "
+        f"above -{settings.promotion_margin}, on held-out generators too when they have >= "
+        f"{settings.eval_min_per_class} images"
     )
 
 
@@ -135,6 +178,32 @@ def chance_check(
     )
 
 
+def baseline_check(
+    settings: Settings, base: dict, challenger: Scored, baseline: np.ndarray
+) -> tuple[dict, str | None]:
+    """The paired comparison with the content-only baseline (trainer/baseline.py) on the same
+    images; with PROMOTION_CONTENT_BASELINE the reason to refuse when the model does not beat it."""
+    labels = (challenger.labels == AI).astype(int)
+    paired = paired_auc_difference(labels, challenger.margins, baseline)
+    if paired is None:
+        return base, None
+    lo, hi = paired.ci()
+    base = {
+        **base,
+        "content_baseline_auc": round(paired.old.auc, 4),
+        "model_minus_baseline": round(paired.difference, 4),
+        "model_minus_baseline_ci95": [round(lo, 4), round(hi, 4)],
+    }
+    if not settings.promotion_content_baseline or lo > 0:
+        return base, None
+    return base, (
+        f"not promoted: no better than a content-only baseline: AUC {paired.new.auc:.4f} vs "
+        f"{paired.old.auc:.4f} of a logistic regression on 8x8 colour thumbnails, on the same "
+        f"{len(labels)} images; difference {paired.difference:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}] "
+        "(must lie above 0): the model may see what is pictured, not how it was made"
+    )
+
+
 def decide_promotion(
     settings: Settings,
     challenger: Scored,
@@ -142,22 +211,36 @@ def decide_promotion(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     totals: dict[str, int] | None = None,
+    dataset: Sequence = (),
+    group_of: dict[str, str] | None = None,
+    unseen: tuple[StoredImages, Scored] | None = None,
+    baseline_scores: np.ndarray | None = None,
 ) -> dict:
     """The decision with its figures: promoted, reason, rule, compared_with, auc_difference (+ CI),
     eval_wanted (evaluation images per class the gate needs; None when it needs no more) ...
 
     ``totals``: labelled images per class outside the held-out sets (the split's class sizes), so
     that "add N images" accounts for the evaluation side's cap of half a class.
-    """
+    ``dataset`` (every labelled sample) and ``group_of`` (the split's groups) let the champion's
+    training images be excluded by content and group, not by id alone. ``unseen``: the held-out
+    images and the challenger's scores on them; the images of held-out generators enter the
+    decision when there are at least ``EVAL_MIN_PER_CLASS`` of them (:func:`with_unseen`)."""
     est, refused, wanted = chance_check(settings, challenger, totals)
-    base = {
+    base: dict = {
         "rule": rule_text(settings),
         "auc": None if est is None else round(est.auc, 4),
         "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
         "eval_wanted": wanted,
+        # Power (80 %) at this size: the AUC gain over chance the chance test could show.
+        "min_detectable_auc_above_chance": None if est is None else round(min_detectable(est.variance), 4),
+        "min_detectable_auc_difference": None,
     }
     if refused is not None or est is None:
         return _decision(base, False, refused or "not promoted: no AUC", None)
+    if baseline_scores is not None:
+        base, refused = baseline_check(settings, base, challenger, baseline_scores)
+        if refused is not None:
+            return _decision(base, False, refused, None)
     incumbent = promoted_entry(settings.models_dir, settings.model_name)
     if incumbent is None:
         return _decision(
@@ -165,7 +248,8 @@ def decide_promotion(
         )
     folder = settings.models_dir / incumbent["model"] / incumbent["version"]
     try:
-        comparable, why = comparable_subset(folder, challenger)
+        comparable, why, excluded = comparable_subset(folder, challenger, dataset, group_of or {})
+        base = {**base, "excluded_from_comparison": excluded}
         if comparable is None:
             return _decision(
                 base,
@@ -180,7 +264,25 @@ def decide_promotion(
         return _decision(
             base, True, f"promoted {incumbent['version']} could not be scored: {exc}", incumbent["version"]
         )
-    return compare_with_champion(settings, base, incumbent["version"], comparable, old, challenger, totals)
+    decision = compare_with_champion(
+        settings, base, incumbent["version"], comparable, old, challenger, totals
+    )
+    decision = _unseen_part(
+        settings,
+        decision,
+        folder,
+        incumbent["version"],
+        comparable,
+        old,
+        unseen,
+        dataset,
+        group_of,
+        device,
+        amp_dtype,
+    )
+    if excluded.get("note"):
+        decision["reason"] += f"; {excluded['note']}"
+    return decision
 
 
 def compare_with_champion(
@@ -226,12 +328,15 @@ def compare_with_champion(
     paired = paired_auc_difference(labels, new.margins, old_scores)
     assert paired is not None  # both classes are present (checked above)
     lo, hi = paired.ci()
+    detectable = min_detectable(paired.variance)
+    base = {**base, "min_detectable_auc_difference": round(detectable, 4)}
     promoted = lo > -settings.promotion_margin
     verdict = "promoted" if promoted else "not promoted"
     reason = (
         f"{verdict}: AUC {paired.new.auc:.4f} vs {paired.old.auc:.4f} of {version} on {n_real} real + "
         f"{n_ai} ai images neither trained on; difference {paired.difference:+.4f} "
-        f"[95% CI {lo:+.4f}, {hi:+.4f}], margin {settings.promotion_margin}"
+        f"[95% CI {lo:+.4f}, {hi:+.4f}], margin {settings.promotion_margin}; at this size only a "
+        f"difference of about {detectable:.3f} would be detected (80% power)"
     )
     return _decision(
         base,
@@ -248,25 +353,174 @@ def compare_with_champion(
     )
 
 
-def comparable_subset(folder: Path, challenger: Scored) -> tuple[Scored | None, str | None]:
-    """The challenger's evaluation images the champion never trained on, or (None, why not)."""
-    record = folder / TRAIN_IDS_FILE
+def _unseen_part(
+    settings: Settings,
+    decision: dict,
+    folder: Path,
+    version: str,
+    comparable: Scored,
+    old: Scored,
+    unseen: tuple[StoredImages, Scored] | None,
+    dataset: Sequence,
+    group_of: dict[str, str] | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> dict:
+    """Scores the champion on the held-out generators' images (never trained on by either, by
+    content) and applies :func:`with_unseen`; the real side is the comparison's real images."""
+    if unseen is None or decision.get("n_compared") is None:
+        return with_unseen(settings, decision, version, None, None)
+    data, held = unseen
+    wanted = set(settings.holdout_generators)
+    ai = np.array([s.generator in wanted for s in held.samples], dtype=bool) & (held.labels == AI)
+    held_ai, _, _ = comparable_subset(folder, held.subset(ai), dataset, group_of)
+    if held_ai is None or len(held_ai.labels) < settings.eval_min_per_class:
+        return with_unseen(settings, decision, version, held_ai, None)
+    try:
+        old_ai = score_saved_model(folder, data, held_ai, settings, device, amp_dtype)
+    except (ModelNotFound, RuntimeError, OSError, KeyError, ValueError, pickle.UnpicklingError) as exc:
+        log.warning("promoted %s cannot be scored on the held-out generators (%s)", version, exc)
+        return with_unseen(settings, decision, version, None, None)
+    in_both = {s.id for s in old.samples}
+    real = np.array([s.id in in_both for s in comparable.samples], dtype=bool) & (comparable.labels != AI)
+    new_real = comparable.subset(real)
+    old_by_id = dict(zip((s.id for s in old.samples), old.margins, strict=True))
+    scored_ai = {s.id for s in old_ai.samples}
+    new_ai = held_ai.subset(np.array([s.id in scored_ai for s in held_ai.samples], dtype=bool))
+    old_ai_by_id = dict(zip((s.id for s in old_ai.samples), old_ai.margins, strict=True))
+    new_all = Scored(
+        new_real.samples + new_ai.samples,
+        np.concatenate([new_real.labels, new_ai.labels]),
+        np.concatenate([new_real.margins, new_ai.margins]),
+    )
+    old_all = Scored(
+        new_all.samples,
+        new_all.labels,
+        np.array([old_by_id[s.id] for s in new_real.samples] + [old_ai_by_id[s.id] for s in new_ai.samples]),
+    )
+    return with_unseen(settings, decision, version, new_all, old_all)
+
+
+def with_unseen(
+    settings: Settings, decision: dict, version: str, new: Scored | None, old: Scored | None
+) -> dict:
+    """Adds the unseen-generator criterion to an in-distribution decision against a champion.
+
+    ``new``/``old``: both models' scores on the same images -- the held-out generators' AI images
+    and the comparison's real images. With at least ``EVAL_MIN_PER_CLASS`` of each class the
+    challenger must also be non-inferior there (paired DeLong, the same margin); ``decided_by``
+    says which criterion decided: ``in-distribution``, ``unseen generators`` or ``both``.
+    """
+    out = {**decision, "unseen_generators": None, "decided_by": "in-distribution"}
+    if decision.get("n_compared") is None or new is None or old is None:
+        n_ai = 0 if new is None else int((new.labels == AI).sum())
+        out["unseen_generators"] = {
+            "used": False,
+            "note": f"not in the decision: {n_ai} comparable images of held-out generators "
+            f"(EVAL_HOLDOUT_GENERATORS; at least EVAL_MIN_PER_CLASS={settings.eval_min_per_class} needed)",
+        }
+        return out
+    labels = (new.labels == AI).astype(int)
+    n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(n_ai, n_real) < settings.eval_min_per_class:
+        out["unseen_generators"] = {
+            "used": False,
+            "note": f"not in the decision: {n_ai} ai and {n_real} real comparable images "
+            f"(at least EVAL_MIN_PER_CLASS={settings.eval_min_per_class} of each needed)",
+        }
+        return out
+    paired = paired_auc_difference(labels, new.margins, old.margins)
+    assert paired is not None  # both classes are present (checked above)
+    lo, hi = paired.ci()
+    ok = lo > -settings.promotion_margin
+    out["unseen_generators"] = {
+        "used": True,
+        "n_real": n_real,
+        "n_ai": n_ai,
+        "auc": round(paired.new.auc, 4),
+        "incumbent_auc": round(paired.old.auc, 4),
+        "auc_difference": round(paired.difference, 4),
+        "auc_difference_ci95": [round(lo, 4), round(hi, 4)],
+        "min_detectable_auc_difference": round(min_detectable(paired.variance), 4),
+    }
+    in_dist = bool(decision["promoted"])
+    out["promoted"] = in_dist and ok
+    out["decided_by"] = "both" if in_dist == ok else ("unseen generators" if in_dist else "in-distribution")
+    what = (
+        f"on held-out generators AUC {paired.new.auc:.4f} vs {paired.old.auc:.4f} of {version} "
+        f"({n_real} real + {n_ai} ai), difference {paired.difference:+.4f} [95% CI {lo:+.4f}, {hi:+.4f}]"
+    )
+    if in_dist and not ok:
+        out["reason"] = (
+            f"not promoted: worse than {version} on unseen generators by more than the margin "
+            f"{settings.promotion_margin}: {what}; in-distribution it passed ({decision['reason']})"
+        )
+    else:
+        out["reason"] = f"{decision['reason']}; {what}"
+    return out
+
+
+def comparable_subset(
+    folder: Path, challenger: Scored, dataset: Sequence = (), group_of: dict[str, str] | None = None
+) -> tuple[Scored | None, str | None, dict]:
+    """The challenger's evaluation images the champion never trained on -- by id, SHA-256 and split
+    group -- or (None, why not); with what was excluded for which reason."""
+    group_of = group_of or {}
+    record = read_training_record(folder)
     ids = [s.id for s in challenger.samples]
-    if record.is_file():
-        trained = set(json.loads(record.read_text(encoding="utf-8")))
-        return challenger.subset(~np.isin(ids, list(trained))), None
+    if record is not None:
+        trained_ids = set(record.ids)
+        note = None
+        if record.sha256 is not None:
+            trained_sha = set(record.sha256)
+        else:  # an older record: the SHA-256s of the ids the index still holds
+            by_id = {s.id: s.sha256 for s in dataset}
+            trained_sha = {by_id[i] for i in trained_ids if i in by_id}
+            unknown = len(trained_ids) - len(trained_sha)
+            if unknown:
+                note = (
+                    f"{unknown} of the champion's {len(trained_ids)} training images are no longer in "
+                    "the index and its record has no SHA-256s: those are excluded by id only"
+                )
+        # Groups (in today's split) holding a training image of the champion, found by content.
+        trained_groups = {
+            group_of[s.id]
+            for s in dataset
+            if (s.sha256 in trained_sha or s.id in trained_ids) and s.id in group_of
+        }
+        same_id = np.isin(ids, list(trained_ids))
+        same_sha = np.array([s.sha256 in trained_sha for s in challenger.samples], dtype=bool) & ~same_id
+        same_group = (
+            np.array([group_of.get(s.id) in trained_groups for s in challenger.samples], dtype=bool)
+            & ~same_id
+            & ~same_sha
+        )
+        keep = ~(same_id | same_sha | same_group)
+        excluded = {
+            "same_id": int(same_id.sum()),
+            "same_sha256": int(same_sha.sum()),
+            "same_group": int(same_group.sum()),
+            "basis": "ids only" if record.sha256 is None and note else "content",
+            "note": note,
+        }
+        return challenger.subset(keep), None, excluded
+    excluded = {"same_id": 0, "same_sha256": 0, "same_group": 0, "basis": "arrival time", "note": None}
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     trained_at = card.get("trained_at")
     if not trained_at:
-        return None, "has no record of its training images"
+        return None, "has no record of its training images", excluded
     # Trained before this record existed: only images stored after it was trained are safe.
     after = np.array([s.created_at > trained_at for s in challenger.samples], dtype=bool)
     if not after.any():
-        return None, (
-            "has no record of its training images and every evaluation image is older than it, "
-            "so it cannot be scored fairly"
+        return (
+            None,
+            (
+                "has no record of its training images and every evaluation image is older than it, "
+                "so it cannot be scored fairly"
+            ),
+            excluded,
         )
-    return challenger.subset(after), None
+    return challenger.subset(after), None, excluded
 
 
 def score_saved_model(

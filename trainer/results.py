@@ -65,3 +65,4 @@ class TrainResult(RegistryEntry, total=False):
     linear_probe: dict[str, Any]  # TRAIN_MODE=linear_probe: embedded, reused, features, seconds
     rank: str  # torchrun: "follower" on the ranks other than 0 (trainer/distributed.py)
     world_size: int  # torchrun: the number of ranks that trained
+    backbone_warning: str | None  # TRAIN_PRETRAINED=false: the backbone had no pretrained weights

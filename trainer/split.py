@@ -5,9 +5,10 @@ training images (it wins every time). Here every labelled image gets a *side* th
 training sees it, and keeps it:
 
 1. Images are grouped: perceptual hashes within ``SPLIT_NEAR_DUP_DISTANCE`` bits (wider than
-   ingest's rejection radius, measured in docs/evaluation.md), the same source-given
-   ``group_hint`` (one CivitAI post, an edit and its original), or a stored ``split_group``;
-   transitively (union-find).
+   ingest's rejection radius, measured in docs/evaluation.md), edited copies -- crops down to half
+   the area, flips, 90° rotations -- found from content signatures (trainer/copies.py), the same
+   source-given ``group_hint`` (one CivitAI post, an edit and its original), or a stored
+   ``split_group``; transitively (union-find).
 2. A group with members that already have a side: new members take it. A new image that joins a
    train group *and* an evaluation group is ``excluded`` from both (it would leak either way).
 3. A new group gets the key of its smallest id, and goes to evaluation while the evaluation set
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dataset.facts import EDIT_PREFIX
+from trainer.copies import Signature, copy_pairs
 
 TRAIN, EVAL, EXCLUDED = "train", "eval", "excluded"
 _BLOCK_CELLS = 1_000_000  # pairwise distances per step: ~10 MB of temporaries (10 bytes a cell) at any N
@@ -120,11 +122,15 @@ def assign_splits(
     holdout_generators: Iterable[str] = (),
     holdout_sources: Iterable[str] = (),
     gate_wanted: Mapping[str, int] | None = None,
+    signatures: Mapping[str, Signature] | None = None,
 ) -> SplitPlan:
-    """Sides for every labelled sample (stored ones kept, new ones decided); see the module doc."""
+    """Sides for every labelled sample (stored ones kept, new ones decided); see the module doc.
+
+    ``signatures``: {sample id: content signature}; without them edited copies are not looked for.
+    """
     ordered = sorted(samples, key=lambda s: s.id)
     held = _held_out(ordered, set(holdout_generators), set(holdout_sources))
-    parent = _link(ordered, radius)
+    parent = _link(ordered, radius, signatures)
     components: dict[int, list[int]] = {}
     for i in range(len(ordered)):
         components.setdefault(_find(parent, i), []).append(i)
@@ -179,8 +185,9 @@ def _held_out(samples: Sequence, generators: set[str], sources: set[str]) -> set
     return {s.id for s in samples if (s.generator in generators) or (s.source in sources)}
 
 
-def _link(ordered: Sequence, radius: int) -> list[int]:
-    """Union-find parents: new samples joined to every sample within the radius, plus hints/groups.
+def _link(ordered: Sequence, radius: int, signatures: Mapping[str, Signature] | None = None) -> list[int]:
+    """Union-find parents: new samples joined to every sample within the radius and to their edited
+    copies (or originals), plus hints/groups.
 
     Only pairs with at least one undecided member are looked for (decided ones already carry their
     group), so a retrain costs new x all comparisons, not all x all.
@@ -192,6 +199,9 @@ def _link(ordered: Sequence, radius: int) -> list[int]:
         everyone = _as_uint64(s.phash for s in ordered)
         for a, b in close_pairs(everyone[new], everyone, radius):
             _union(parent, new[a], b)
+    if signatures and new:
+        for a, b in copy_pairs([signatures.get(s.id) for s in ordered], new):
+            _union(parent, a, b)
     by_key: dict[str, int] = {}
     for i, s in enumerate(ordered):
         keys = [f"group:{s.split_group}"] if s.split_group else []

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+Z80 = 0.8416212335729143  # one-sided 80 % normal quantile (power)
 ECE_BINS = 15
 T_MIN, T_MAX = 0.25, 20.0  # temperature search range
 
@@ -121,6 +122,13 @@ def paired_auc_difference(
     if var <= 0.0:  # both perfect, or identical rankings: fall back to the two marginal variances
         var = new.variance + old.variance if new.auc != old.auc else 0.0
     return PairedDifference(new, old, new.auc - old.auc, float(var))
+
+
+def min_detectable(variance: float) -> float:
+    """The smallest true difference a 95 % interval with this variance excludes 0 for, 80 % of the
+    time: (z_0.975 + z_0.8) x standard error. For an AUC, the gain over chance (0.5) it could show;
+    for a paired difference, the gain over the champion."""
+    return (Z95 + Z80) * math.sqrt(max(variance, 0.0))
 
 
 def images_needed(estimate: AucEstimate) -> tuple[int, int] | None:

@@ -35,6 +35,7 @@ from dataset.manager import DatasetManager, Sample
 from dataset.storage import StorageDriver, StorageError
 from trainer import ddp
 from trainer.architectures import check_architecture
+from trainer.baseline import content_baseline
 from trainer.cache import CACHE_QUALITY, ImageCache, cache_id
 from trainer.checkpoint import Resume, fingerprint, restore_rng, rng_state
 from trainer.data import (
@@ -56,7 +57,7 @@ from trainer.modeling import build_model, pick_device, save_artifacts
 from trainer.operating import TARGET_FPRS, operating_points, served_threshold
 from trainer.probe import FeatureMatrix, FeatureStore, embed_chunks, feature_id, fit_head, set_head
 from trainer.progress import OnBatch, batch_reporter
-from trainer.promotion import TRAIN_IDS_FILE, decide_promotion
+from trainer.promotion import TRAIN_IDS_FILE, decide_promotion, training_record
 from trainer.registry import clean_stale, commit_version, load_registry, make_staging_dir, write_json_atomic
 from trainer.report import (
     FORMAT_SWAP_MAX_IMAGES,
@@ -75,6 +76,7 @@ from trainer.report import (
     shortcut_probe,
 )
 from trainer.results import TrainResult
+from trainer.signatures import content_signatures
 from trainer.split import SplitPlan, assign_splits
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,10 @@ def train_on_samples(
     future = choose_future(samples, settings.eval_future_generators, settings.eval_min_per_class)
     if future.held_out:
         log.info("future generators held out of training: %s", ", ".join(future.held_out))
-    plan = plan_split(settings, samples, record_splits, future.held_out)
+    signatures = content_signatures(
+        settings.models_dir, storage, samples, settings.max_image_pixels, max(1, settings.train_workers)
+    )
+    plan = plan_split(settings, samples, record_splits, future.held_out, signatures)
     train_set, val_set = plan.train, plan.eval
     check_training_set(train_set)
     _stage(progress, "audit")
@@ -184,14 +189,43 @@ def train_on_samples(
             return {"rank": "follower", "metrics": metrics}
         _stage(progress, "evaluate")
         evaluated = scored(val_set, scores)
+        held_out: dict = {}
         report = build_report(
-            settings, model, prepare, pre, amp_dtype, storage, plan, val_data, evaluated, shortcut, future
+            settings,
+            model,
+            prepare,
+            pre,
+            amp_dtype,
+            storage,
+            plan,
+            val_data,
+            evaluated,
+            shortcut,
+            future,
+            held_out,
         )
+        report["content_baseline"], baseline_scores = content_baseline(
+            train_set, evaluated, signatures, plan.group_of
+        )
+        report["backbone_warning"] = backbone_warning(settings)
+        if report["backbone_warning"]:
+            log.warning("%s", report["backbone_warning"])
         metrics["val_auc_ci95"] = report["evaluation"]["auc_ci95"]
         metrics["by_source"] = accuracy_by_source(
             scores.labels, scores.probs, [val_set[i].source for i in scores.positions]
         )
-        promotion = decide_promotion(settings, evaluated, val_data, device, amp_dtype, class_totals(plan))
+        promotion = decide_promotion(
+            settings,
+            evaluated,
+            val_data,
+            device,
+            amp_dtype,
+            class_totals(plan),
+            dataset=samples,
+            group_of=plan.group_of,
+            unseen=(held_out["data"], held_out["scored"]) if held_out else None,
+            baseline_scores=baseline_scores,
+        )
         report["promotion"] = promotion
         report["training"] = {"epochs": facts.get("epoch_history", [])}  # the loss / AUC curves
         sizes = {"dataset_size": len(samples), "train_size": len(train_set), "val_size": len(val_set)}
@@ -211,7 +245,7 @@ def train_on_samples(
         }
         sha256 = save_artifacts(staging, model, pre, info)
         write_json_atomic(staging / REPORT_FILE, report)
-        write_json_atomic(staging / TRAIN_IDS_FILE, sorted(s.id for s in train_set))
+        write_json_atomic(staging / TRAIN_IDS_FILE, training_record(train_set))
         entry = commit_version(
             settings.models_dir,
             staging,
@@ -232,6 +266,7 @@ def train_on_samples(
             **facts,
             "skipped_ids": sorted(skipped)[:MAX_SKIPPED_IDS],
             "shortcut_warning": shortcut["warning"],
+            "backbone_warning": report["backbone_warning"],
             "duration_s": round(time.monotonic() - started, 1),
         },
     )
@@ -242,9 +277,11 @@ def plan_split(
     samples: list[Sample],
     record_splits: Callable[[dict], object] | None = None,
     future_generators: tuple[str, ...] = (),
+    signatures: dict | None = None,
 ) -> SplitPlan:
     """Sides for every sample (stored ones kept), the new decisions stored through ``record_splits``;
-    ``future_generators`` (trainer/future.py) are held out like EVAL_HOLDOUT_GENERATORS."""
+    ``future_generators`` (trainer/future.py) are held out like EVAL_HOLDOUT_GENERATORS;
+    ``signatures`` (trainer/signatures.py) let edited copies join their originals' groups."""
     gate = gate_wanted(settings)
     plan = assign_splits(
         samples,
@@ -254,6 +291,7 @@ def plan_split(
         holdout_generators=settings.holdout_generators | set(future_generators),
         holdout_sources=settings.holdout_sources,
         gate_wanted=gate,
+        signatures=signatures,
     )
     if gate:
         log.info("split: the promotion gate asked for %s evaluation images (new images go there first)", gate)
@@ -299,8 +337,12 @@ def build_report(
     evaluated: Scored,
     shortcut: dict,
     future: FutureChoice | None = None,
+    held_out: dict | None = None,
 ) -> dict:
-    """report.json without its promotion section: every figure on images the model never trained on."""
+    """report.json without its promotion section: every figure on images the model never trained on.
+
+    ``held_out`` (when given) receives the held-out images (``data``) and their scores (``scored``)
+    for the promotion decision."""
 
     def score(data: StoredImages, workers: int = 0) -> Scored:
         loader = make_loader(
@@ -315,11 +357,14 @@ def build_report(
 
     calibration = calibrate(evaluated, plan.group_of)
     block = evaluation_block(evaluated, calibration)
-    held = (
-        score(_images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache))
+    held_data = (
+        _images(storage, plan.held_out, eval_transform(pre), pre, settings, val_data.cache)
         if plan.held_out
         else None
     )
+    held = score(held_data) if held_data is not None else None
+    if held_out is not None and held is not None:
+        held_out.update(data=held_data, scored=held)
     robust = (
         {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()}
         if len(val_data)
@@ -440,6 +485,19 @@ def headline(report: dict) -> dict:
         },
         "shortcut_warning": report["shortcut"].get("warning"),
     }
+
+
+def backbone_warning(settings: Settings) -> str | None:
+    """A linear probe or fine-tune of a backbone without pretrained weights: said in the report, the
+    log and the result (the audit promoted a linear head on a random-weight network, unwarned)."""
+    if settings.train_pretrained:
+        return None
+    what = "a linear probe on its random features" if settings.train_mode == "linear_probe" else "a fine-tune"
+    return (
+        f"the backbone {settings.train_arch} has no pretrained weights (TRAIN_PRETRAINED=false): this is "
+        f"{what} from scratch; compare its AUC with the content-only baseline in the report "
+        "before trusting it"
+    )
 
 
 def check_training_set(train_set: list[Sample]) -> None:

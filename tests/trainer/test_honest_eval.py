@@ -20,7 +20,7 @@ from trainer.data import StoredImages
 from trainer.launder import CHAINS
 from trainer.model_sync import latest_payload
 from trainer.operating import operating_points
-from trainer.promotion import TRAIN_IDS_FILE, compare_with_champion
+from trainer.promotion import compare_with_champion, read_training_record
 from trainer.report import Scored, calibrate, shortcut_probe
 from trainer.stats import (
     Z95,
@@ -61,7 +61,7 @@ async def test_grow_by_half_and_retrain_never_evaluates_on_the_champions_trainin
     await _ingest(settings, 0, 60)
     v1 = train_model(settings)
     folder1 = settings.models_dir / "vit" / "v1"
-    v1_train = set(_read(folder1 / TRAIN_IDS_FILE))
+    v1_train = set(read_training_record(folder1).ids)
     v1_eval = set(_read(folder1 / "report.json")["evaluation"]["image_ids"])
     sides1 = {i: s.split for i, s in (await _rows(settings)).items()}
     assert v1["promoted"] and len(v1_train) == v1["train_size"] and len(v1_eval) == v1["val_size"]
@@ -120,7 +120,7 @@ def test_held_out_generators_never_reach_a_training_batch_and_are_reported_apart
     report = _read(settings.models_dir / "vit" / "v1" / "report.json")
 
     assert loaded_for_training and not held & set(loaded_for_training)
-    trained = set(_read(settings.models_dir / "vit" / "v1" / TRAIN_IDS_FILE))
+    trained = set(read_training_record(settings.models_dir / "vit" / "v1").ids)
     assert not trained & {s.id for s in samples if s.generator == "Flux.1 D"}
     assert not set(report["evaluation"]["image_ids"]) & {s.id for s in samples if s.generator == "Flux.1 D"}
     unseen = report["unseen_generators"]["Flux.1 D"]
@@ -352,6 +352,5 @@ async def test_the_images_the_gate_asks_for_go_to_the_evaluation_side(tiny):
     report2 = _read(settings.models_dir / "vit" / "v2" / "report.json")
     assert report2["evaluation"]["n"] == {"real": 10, "ai": 10}
     assert set(report1["evaluation"]["image_ids"]) < set(report2["evaluation"]["image_ids"])
-    assert not set(report2["evaluation"]["image_ids"]) & set(
-        _read(settings.models_dir / "vit" / "v1" / TRAIN_IDS_FILE)
-    )
+    trained = read_training_record(settings.models_dir / "vit" / "v1")
+    assert trained is not None and not set(report2["evaluation"]["image_ids"]) & set(trained.ids)

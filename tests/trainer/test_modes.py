@@ -75,7 +75,7 @@ def test_class_weights_balance_an_imbalanced_dataset_and_are_reported(tiny, stor
     samples = [s for i, s in enumerate(samples) if s.label == "real" or i % 6 == 1]  # 80 real, ~27 ai
     settings = tiny()
     result = train_on_samples(settings, samples, storage)
-    trained = set(json.loads((settings.models_dir / "vit" / "v1" / "train_ids.json").read_text()))
+    trained = set(json.loads((settings.models_dir / "vit" / "v1" / "train_ids.json").read_text())["ids"])
     n_real = sum(s.label == "real" and s.id in trained for s in samples)
     n_ai = sum(s.label == "ai" and s.id in trained for s in samples)
     total = n_real + n_ai

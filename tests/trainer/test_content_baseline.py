@@ -1,0 +1,79 @@
+"""Issue 22 point 3: a content-only baseline (8x8 colour thumbnails) the model must beat."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from tests.images import scene
+from tests.trainer.builders import make_samples, tinted
+from trainer.baseline import content_baseline
+from trainer.copies import signature
+from trainer.promotion import baseline_check
+from trainer.report import Scored
+from trainer.train_vit import train_on_samples
+
+
+def _sample(i: int, label: str):
+    return type("S", (), {"id": f"s{i:03d}", "label": label})()
+
+
+def _set(n: int, shortcut: bool):
+    """Samples with signatures: with ``shortcut`` the classes differ by a colour cast (a thumbnail
+    sees it), without it they are the same kind of picture."""
+    samples, sigs = [], {}
+    for i in range(n):
+        label = "ai" if i % 2 else "real"
+        s = _sample(i, label)
+        samples.append(s)
+        sigs[s.id] = signature(tinted(i, label, (96, 72)) if shortcut else scene(i, (96, 72)))
+    return samples, sigs
+
+
+def test_a_model_no_better_than_the_thumbnail_probe_is_refused_when_the_gate_is_on(make_settings):
+    samples, sigs = _set(120, shortcut=True)
+    train, evaluation = samples[:80], samples[80:]
+    labels = np.array([1 if s.label == "ai" else 0 for s in evaluation])
+    # The 'model' is the colour cast itself: it sees what the thumbnail sees, nothing more.
+    cast = np.array(
+        [float(sigs[s.id].colour[..., 0].mean() - sigs[s.id].colour[..., 1].mean()) for s in evaluation]
+    )
+    evaluated = Scored(evaluation, labels, cast)
+    block, scores = content_baseline(train, evaluated, sigs, {})
+    assert block["auc"] > 0.95 and block["cv_auc_train"] > 0.95 and scores is not None
+    assert block["auc_ci95"][0] <= block["auc"] <= block["auc_ci95"][1]
+    gate = make_settings(promotion_content_baseline=True)  # why: the gate under test
+    base, refused = baseline_check(gate, {}, evaluated, scores)
+    assert refused.startswith("not promoted: no better than a content-only baseline")
+    assert base["model_minus_baseline_ci95"][0] <= 0
+    _, off = baseline_check(make_settings(), {}, evaluated, scores)
+    assert off is None  # reported, not deciding, with the gate off (the default)
+
+
+def test_a_model_that_sees_more_than_content_beats_the_baseline(make_settings):
+    samples, sigs = _set(160, shortcut=False)
+    train, evaluation = samples[:100], samples[100:]
+    labels = np.array([1 if s.label == "ai" else 0 for s in evaluation])
+    rng = np.random.default_rng(1)
+    evaluated = Scored(evaluation, labels, labels * 4.0 + rng.normal(0, 1, len(labels)))
+    block, scores = content_baseline(train, evaluated, sigs, {})
+    assert 0.2 < block["auc"] < 0.8  # the same kind of picture in both classes: no content signal
+    base, refused = baseline_check(make_settings(promotion_content_baseline=True), {}, evaluated, scores)
+    assert refused is None and base["model_minus_baseline_ci95"][0] > 0  # why: the gate under test
+
+
+def test_a_training_reports_the_baseline_warns_without_pretrained_weights_and_the_gate_refuses(tiny, storage):
+    samples = make_samples(storage, 80, seed=8)  # the classes differ by a colour cast: content only
+    settings = tiny(promotion_content_baseline=True, train_pretrained=False)  # why: the gate under test
+    result = train_on_samples(settings, samples, storage)
+    report = json.loads((settings.models_dir / "vit" / "v1" / "report.json").read_text())
+    baseline = report["content_baseline"]
+    assert baseline["auc"] is not None and baseline["n_train"] == result["train_size"]
+    assert "no pretrained weights" in result["backbone_warning"]
+    assert report["backbone_warning"] == result["backbone_warning"]
+    if report["promotion"]["auc_ci95"][0] > 0.5:  # passed the chance test: the baseline decides
+        assert result["promoted"] is False
+        assert report["promotion"]["reason"].startswith(
+            "not promoted: no better than a content-only baseline"
+        )
