@@ -363,12 +363,19 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.jobs import JobBusy, label_job
+    from app.jobs import JobBusy
+    from labeler.scoring import run_labeler
+    from trainer.model_store import sync_models_down
+
+    async def label_here(settings: Settings, progress: Callable[[dict], None]) -> Any:
+        # In this process: a foreground command has no API to keep answering (the service's label
+        # job runs in a child for that), and the labeler's Core client is this process's.
+        await asyncio.to_thread(sync_models_down, settings)  # the promoted model, from the bucket if shared
+        return await run_labeler(settings, progress)
 
     try:
         with progress_bar("label") as report_progress:
-            foreground = functools.partial(label_job, background=False)
-            row = asyncio.run(run_as_job(settings, "label", foreground, report_progress))
+            row = asyncio.run(run_as_job(settings, "label", label_here, report_progress))
     except JobBusy as exc:
         return _busy(exc)
     if row["state"] != "succeeded":
