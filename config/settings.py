@@ -161,6 +161,7 @@ class Settings(BaseSettings):
         "train_pretrained_file",
         "webhooks",
         "webhooks_file",
+        "eval_future_generators",
         mode="before",
     )
     @classmethod
