@@ -650,25 +650,25 @@ class DedupeIndex:
     async def _resolve(self, found: Sequence[list[tuple[int, int]]]) -> list[NearMatch | None]:
         """The first candidate (distance, seq) of each list whose row exists, as a NearMatch."""
         out: list[NearMatch | None] = [None] * len(found)
-        todo = [i for i, candidates in enumerate(found) if candidates]
+        unresolved = [i for i, candidates in enumerate(found) if candidates]
         gone: set[int] = set()
-        while todo:
+        while unresolved:
             heads = {}
-            for i in todo:
+            for i in unresolved:
                 head = next(((d, seq) for d, seq in found[i] if seq not in gone), None)
                 if head is not None:
                     heads[i] = head
             if not heads:
                 break
             ids = await self.ids_for_seqs({seq for _d, seq in heads.values()})
-            todo = []
+            unresolved = []
             for i, (distance, seq) in heads.items():
                 if seq in ids:
                     out[i] = NearMatch(ids[seq], int(distance))
                 else:
                     gone.add(seq)
                     self.cache.forget(seq)
-                    todo.append(i)
+                    unresolved.append(i)
         return out
 
     async def ids_for_seqs(self, seqs: Iterable[int]) -> dict[int, str]:
