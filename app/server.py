@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from urllib.parse import urlsplit
 
 import h11
@@ -51,6 +52,18 @@ MAX_REQUESTS = 1000
 # Routes that bound their own multipart bodies by UPLOAD_MAX_BYTES while they read them:
 # app/routes/upload.py, and the console's upload form (app/ui/actions.py).
 UNBOUNDED_BODY_ROUTES = {("POST", "/upload"), ("POST", "/ui/upload")}
+# ... and POST /models/{name}/{version}/predict (app/routes/predict.py), whose path has parameters.
+UNBOUNDED_BODY_PATTERNS = {"POST": re.compile(r"/models/[^/]+/[^/]+/predict")}
+
+
+def bounds_its_own_body(method: str, path: str) -> bool:
+    """Whether the route reads its (multipart) body within UPLOAD_MAX_BYTES itself."""
+    if (method, path) in UNBOUNDED_BODY_ROUTES:
+        return True
+    pattern = UNBOUNDED_BODY_PATTERNS.get(method)
+    return pattern is not None and pattern.fullmatch(path) is not None
+
+
 UVICORN_INVALID_REQUEST = "Invalid HTTP request received."
 
 
@@ -264,7 +277,7 @@ class RequestGuard:
             return await _reject(send, 431, f"request headers over {MAX_HEAD_BYTES} bytes; send fewer")
         if len(headers) > self.max_headers:
             return await _reject(send, 431, f"more than {self.max_headers} request headers; send fewer")
-        if (scope["method"], scope["path"]) in UNBOUNDED_BODY_ROUTES:
+        if bounds_its_own_body(scope["method"], scope["path"]):
             return await self.app(scope, receive, send)
         declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):

@@ -8,7 +8,7 @@ import pytest
 from app import cli
 from dataset.storage import LocalStorage
 from tests.app.conftest import AUTH
-from tests.images import encode, scene
+from tests.images import encode, noise, scene
 from tests.trainer.builders import make_samples
 from trainer.predict import load_version
 from trainer.train_vit import train_on_samples
@@ -61,6 +61,15 @@ def test_api_scores_with_an_unserved_version_and_says_so(unserved, make_client):
     expected = load_version(unserved, "v1").predict_bytes(IMAGES)
     assert [p["p_ai"] for p in body["predictions"][:2]] == pytest.approx(expected, abs=1e-5)
     assert body["predictions"][2]["p_ai"] is None and body["predictions"][2]["reason"] == "not_an_image"
+
+    # A photo-sized file (past the 64 KB body limit of the JSON routes) is read like an upload.
+    large = encode(noise(13, size=(400, 300)), "PNG")
+    assert len(large) > 64 * 1024
+    big = client.post("/models/vit/v1/predict", headers=AUTH, files=[("file", ("big.png", large))])
+    assert big.status_code == 200, big.text
+    assert big.json()["predictions"][0]["p_ai"] == pytest.approx(
+        load_version(unserved, "v1").predict_bytes([large])[0], abs=1e-5
+    )
 
     unknown = client.post("/models/vit/v9/predict", headers=AUTH, files=files[:1])
     assert unknown.status_code == 404 and "registered: v1" in unknown.json()["detail"]
