@@ -1,6 +1,6 @@
 """Locks that say "a live process holds this", across processes and, on PostgreSQL, across hosts.
 
-* SQLite (one host by construction): an OS file lock under DATASET_DIR (:class:`app.filelock.
+* SQLite (one host by construction): an OS file lock under DATASET_DIR (:class:`config.filelock.
   ProcessLock`); the kernel drops it when the holder exits, even after kill -9.
 * PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) held on a connection of its own
   for as long as the lock is held. The server drops it when that connection ends: at once when the
@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.filelock import ProcessLock
+from config.filelock import ProcessLock
 from config.settings import Settings
 from dataset.schema import advisory_key
 

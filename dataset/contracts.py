@@ -1,11 +1,17 @@
-"""What the dataset hands to the other packages, typed once: the counts and the check report.
+"""What the dataset hands to the other packages, typed once: the label vocabulary, the counts and
+the check report.
 
 (``IngestOutcome`` and ``Sample`` are dataclasses in ``dataset/manager.py``.)
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
+
+# The one label vocabulary: what an image's ``label`` may be, and what a person may give it.
+Label = Literal["real", "ai", "unlabeled"]
+LABELS: tuple[Label, ...] = ("real", "ai", "unlabeled")
+PERSON_LABELS: tuple[Label, ...] = ("real", "ai")
 
 
 class LabelCounts(TypedDict):

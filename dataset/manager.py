@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import logging
 import math
 import os
@@ -36,8 +35,9 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from config.clock import iso_seconds, utc_now
+from config.filelock import FileLock
 from config.settings import ConfigError, Settings
-from dataset.contracts import CheckReport, DatasetCounts
+from dataset.contracts import LABELS, CheckReport, DatasetCounts
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, ImageRejected, inspect_image
 from dataset.index import (
@@ -65,7 +65,6 @@ class StorageUnavailable(ConfigError):
     """Start-up found the dataset's storage unreadable (the message says what to fix)."""
 
 
-LABELS = ("real", "ai", "unlabeled")
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
 
 
@@ -560,13 +559,13 @@ class DatasetManager:
     async def _metadata_update(self):
         """Exclusive read-modify-write of metadata, within this process and across processes."""
         async with self._meta_lock:
-            self._meta_lock_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self._meta_lock_path, "a+b") as handle:
-                await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            lock = FileLock(self._meta_lock_path)
+            lock.open()
+            try:
+                await asyncio.to_thread(lock.acquire)
+                yield
+            finally:
+                lock.release()
 
     async def _rewrite_meta(self, image_id: str, change) -> dict:
         row = await self._row(image_id)

@@ -14,10 +14,10 @@ from typing import TypeGuard
 
 import orjson
 
+from dataset.contracts import LABELS
 from dataset.facts import has_exif
 from dataset.images import FORMAT_EXT, ImageRejected, inspect_image
 
-LABELS = ("real", "ai", "unlabeled")
 SPLITS = ("train", "eval", "excluded")
 _TEXT_COLUMNS = {"generator": 64, "group_hint": 100, "split_group": 36}
 

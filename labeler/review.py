@@ -28,11 +28,10 @@ from rich.table import Table
 from rich.text import Text
 
 from config.settings import Settings
+from dataset.contracts import LABELS, PERSON_LABELS
 
-PERSON_LABELS = ("real", "ai")
 KINDS = ("all", "disagreement", "unlabeled")
 SORTS = ("disagreement", "uncertainty", "newest")  # disagreement: the documented queue order
-LABELS = ("real", "ai", "unlabeled")
 METADATA_READS_AT_ONCE = 64
 METADATA_READS_PER_THREAD = 256
 # Pillow's name for a camera JPEG with extra frames (previews, stereo) is MPO, its MIME "image/mpo",

@@ -17,7 +17,6 @@ as they were.  :func:`clean_stale` removes what a killed process left behind.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from config.filelock import FileLock
 from dataset.storage import write_file_atomic
 from trainer.aliases import (
     CHAMPION,
@@ -130,14 +130,8 @@ def write_json_atomic(path: Path, data: object) -> None:
 @contextmanager
 def registry_lock(models_dir: Path) -> Iterator[None]:
     """Exclusive lock over registry.json and the version folders, across processes."""
-    models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
-    with open(models_dir / LOCK_FILE, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with FileLock(Path(models_dir) / LOCK_FILE):
+        yield
 
 
 def make_staging_dir(models_dir: Path) -> Path:

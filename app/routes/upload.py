@@ -18,6 +18,7 @@ from starlette.types import Message
 from app.deps import Authorized, DatasetDep, SettingsDep
 from app.schemas import ErrorOut, UploadOut
 from config.names import clean_generator
+from dataset.contracts import LABELS
 from dataset.facts import EDIT_PREFIX
 from dataset.manager import IngestOutcome
 from dataset.storage import StorageError
@@ -25,7 +26,6 @@ from dataset.storage import StorageError
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["dataset"], dependencies=[Authorized])
 
-LABELS = ("real", "ai", "unlabeled")
 ENVELOPE_SLACK = 64 * 1024  # multipart boundaries, headers and the label field
 REJECTED_STATUS = {
     "not_an_image": 415,

@@ -17,13 +17,14 @@ from starlette.datastructures import UploadFile
 
 from app.routes.models import artifact_response, registered_artifact, weights_download
 from app.routes.status import running_jobs
-from app.routes.upload import ENVELOPE_SLACK, LABELS, BodyTooLarge, _counting_request, store_upload
+from app.routes.upload import ENVELOPE_SLACK, BodyTooLarge, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
 from app.ui.routes import models_page, webhooks_page
 from app.ui.session import check_csrf, current_session
 from app.ui.thumbnails import ImageRejected, thumbnail
 from config.names import clean_generator
+from dataset.contracts import LABELS
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import InvalidImageId, parse_image_id

@@ -20,11 +20,11 @@ from app.routes.review import image_file
 from app.ui import views
 from app.ui.pages import render
 from app.ui.session import check_csrf, current_session
+from dataset.contracts import LABELS
 from dataset.manager import UnknownImage
 from dataset.storage import StorageError, StorageKeyError
 from labeler.review import (
     KINDS,
-    LABELS,
     SORTS,
     InvalidImageId,
     NothingToUndo,

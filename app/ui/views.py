@@ -19,13 +19,13 @@ from starlette.concurrency import run_in_threadpool
 from app.routes.models import registered_artifact
 from app.ui.charts import line_chart
 from app.ui.plots import Frame, bar_plot, nice_ticks
+from dataset.contracts import LABELS
 from dataset.index import images
 from dataset.storage import StorageError
 from trainer.model_store import ArtifactMissing, model_store
 
 log = logging.getLogger(__name__)
 
-LABELS = ("real", "ai", "unlabeled")
 MODEL_METRICS = ("val_auc", "val_acc", "f1", "precision", "recall")
 SCRAPE_HISTORY = 20  # newest succeeded scrape jobs searched for each source's last report
 # (done, total) pairs a progress dict may carry, most specific first.

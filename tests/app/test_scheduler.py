@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import logging
 
-from app.filelock import ProcessLock
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
 from app.scheduler import JobScheduler, misfire_grace
+from config.filelock import ProcessLock
 
 
 async def ok_job(settings, progress):
