@@ -22,7 +22,8 @@ import click
 
 from app.cli_views import console, print_mapping, progress_bar
 from app.logging_setup import configure_logging
-from config.settings import ConfigError, Settings, load_settings
+from config.errors import ConfigError
+from config.settings import Settings, load_settings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -136,7 +137,8 @@ def _busy(exc: Exception) -> int:
 
 
 def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.jobs import JobBusy, scrape_job
+    from app.errors import JobBusy
+    from app.jobs import scrape_job
     from config.sources import load_sources
     from dataset.manager import load_ingest_libraries
     from scraper.fetcher_manager import FETCHERS, format_report_table, only_sources, run_scrape
@@ -181,7 +183,8 @@ def run_scrape_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_train_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.jobs import JobBusy, train_job
+    from app.errors import JobBusy
+    from app.jobs import train_job
     from trainer.architectures import check_architecture
     from trainer.errors import TrainingError
     from trainer.summary import summary_table
@@ -363,7 +366,7 @@ def run_check_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_label_command(settings: Settings, args: argparse.Namespace) -> int:
-    from app.jobs import JobBusy
+    from app.errors import JobBusy
     from labeler.scoring import run_labeler
     from trainer.model_store import sync_models_down
 
@@ -402,9 +405,9 @@ def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
     """promote / rollback: move an alias through the model registry, as POST /models/{name}/aliases does."""
     from app.webhooks import record_alias_change
     from config.webhooks import load_subscribers
-    from dataset.storage import StorageError
-    from trainer.aliases import AliasError
-    from trainer.model_store import ModelRegistry, RegistryConflict
+    from dataset.errors import StorageError
+    from trainer.errors import AliasError, RegistryConflict
+    from trainer.model_store import ModelRegistry
 
     load_subscribers(settings)  # bad webhook configuration: refused before anything moves (exit 2)
     registry = ModelRegistry(settings)

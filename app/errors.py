@@ -1,8 +1,11 @@
-"""Every error answer is JSON with a ``detail`` a person can act on, and none shows internals.
+"""Every error answer is JSON with a ``detail`` a person can act on, and none shows internals; and
+the service branch of the exception tree (drawn in config/errors.py): ``ServiceError``, the
+service's own refusals.
 
 - :func:`public_text` replaces the absolute paths of DATASET_DIR, MODELS_DIR and LOG_DIR (and the
   current directory) with the setting's name: answers say ``DATASET_DIR/images/...`` and the log
   keeps the full text for the operator.
+- The answers key on branches, never on a list of leaf classes (:data:`ANSWERS`).
 - The database (SQLAlchemy) failing under a request (disk full, locked past its timeout, server
   gone) is ``503`` with the reason, and so is storage or the file system failing (StorageError,
   OSError: a full disk, a bucket down); a client that goes away before its request was read is an
@@ -25,10 +28,51 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.connections import ClientLog
+from config.errors import ExposrError
 from config.settings import Settings
-from dataset.storage import StorageError
+from dataset.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+
+class ServiceError(ExposrError):
+    """The service refused or could not run something; the message says what and why."""
+
+
+class JobBusy(ServiceError):
+    """A job of that kind is already queued or running (``job`` is its row)."""
+
+    def __init__(self, job: dict) -> None:
+        super().__init__(f"a {job['kind']} job is already {job['state']}: {job['id']}")
+        self.job = job
+
+
+class UnknownJobKind(ServiceError, KeyError):
+    """No job of that kind (the message lists the known ones)."""
+
+
+class ChildFailed(ServiceError):
+    """The child's function raised (message for a person) or the child died without a result."""
+
+
+class BodyTooLarge(ServiceError):
+    """A request body grew past its limit while being read (the route or the guard answers 413)."""
+
+
+class UnknownOriginal(ServiceError, ValueError):
+    """``edit_of`` names an id no stored image has (the message says what to do)."""
+
+
+class ConsoleDisabled(ServiceError):
+    """TRAINER_API_KEY is not set: nobody can log in."""
+
+
+class LoginRequired(ServiceError):
+    """No valid session: the page redirects to the login form."""
+
+
+class CsrfRejected(ServiceError):
+    """A state-changing request without the right CSRF token."""
 
 
 def _path_names(settings: Settings) -> list[tuple[str, str]]:
@@ -106,11 +150,21 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+# What escapes a route, by branch (Starlette picks the handler of the nearest class in the MRO):
+# the project's StorageError branch and the file system's OSError are 503, the database's errors
+# too; anything else is a 500 without internals. Routes turn the other branches into their own
+# 4xx answers where they call them (an alias move's AliasError carries its status).
+ANSWERS: dict[type[Exception], Any] = {
+    HTTPException: _http_error,
+    SQLAlchemyError: _database_error,
+    ClientDisconnect: _client_gone,
+    StorageError: _environment_error,
+    OSError: _environment_error,
+    Exception: _unexpected,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.state.client_log = ClientLog(log)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(SQLAlchemyError, _database_error)
-    app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(StorageError, _environment_error)
-    app.add_exception_handler(OSError, _environment_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for exc_class, handler in ANSWERS.items():
+        app.add_exception_handler(exc_class, handler)

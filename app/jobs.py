@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import public_text
+from app.errors import JobBusy, UnknownJobKind, public_text
 from app.jobstore import JobStore
 from app.locks import HolderLock, holder_lock
 from app.processes import run_in_process
 from config.clock import iso_micro
 from config.progress import Progress
 from config.settings import Settings
-from dataset.storage import StorageError
+from dataset.errors import StorageError
 
 if TYPE_CHECKING:  # the result types only: no scraper, labeler or trainer import at start-up
     from labeler.scoring import LabelReport
@@ -110,18 +110,8 @@ FOLLOW_UPS: dict[str, list[tuple[str, Callable[[dict], bool]]]] = {
 }
 
 
-class JobBusy(Exception):
-    def __init__(self, job: dict) -> None:
-        super().__init__(f"a {job['kind']} job is already {job['state']}: {job['id']}")
-        self.job = job
-
-
 def kind_lock(settings: Settings, store: JobStore, kind: str) -> HolderLock:
     return holder_lock(settings, store.engine, f"job-{kind}")
-
-
-class UnknownJobKind(KeyError):
-    pass
 
 
 class JobRunner:

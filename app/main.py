@@ -30,8 +30,8 @@ from app.webhooks import Webhooks
 from config.clock import iso_micro
 from config.settings import Settings, get_settings
 from config.webhooks import load_subscribers
+from dataset.errors import StorageError
 from dataset.manager import DatasetManager
-from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("app.requests")

@@ -27,8 +27,9 @@ from starlette.concurrency import run_in_threadpool
 
 from config.clock import iso_micro, utc_now
 from config.settings import Settings
-from dataset.storage import StorageError
-from trainer.model_store import ArtifactMissing, ModelRegistry
+from dataset.errors import StorageError
+from trainer.errors import ArtifactMissing
+from trainer.model_store import ModelRegistry
 from trainer.monitoring import Observation, degradation, parse_time, weekly_rows
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from fastapi import HTTPException
 
 from app.jobstore import JobStore
 from config.settings import Settings
-from dataset.storage import StorageError
+from dataset.errors import StorageError
 from trainer.model_store import ModelRegistry
 
 log = logging.getLogger(__name__)

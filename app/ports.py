@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from config.settings import ConfigError
+from config.errors import ConfigError
 
 
 def ensure_port_free(host: str, port: int) -> None:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from app.errors import ChildFailed
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ POLL_SECONDS = 0.2
 TERMINATE_GRACE_SECONDS = 10
 EXIT_GRACE_SECONDS = 30
 CHILD_NICENESS = 10
-
-
-class ChildFailed(Exception):
-    """The child's function raised (message for a person) or the child died without a result."""
 
 
 JobTarget = Callable[[Settings, Callable[[dict], None]], Any]

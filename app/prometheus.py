@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized
 from app.jobstore import jobs_table
-from dataset.storage import StorageError
+from dataset.errors import StorageError
 from trainer.model_store import model_store
 
 # Label values come from closed sets, so no client can add series: h11 accepts any token as a method.

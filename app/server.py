@@ -40,6 +40,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from app.connections import MAX_REFUSED_HELD, REFUSE_DELAY_S, ClientTable, client_address
+from app.errors import BodyTooLarge
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -253,10 +254,6 @@ def server_options(settings: Settings) -> dict:
         "limit_concurrency": MAX_REQUESTS,
         "ws": "none",  # no WebSocket routes: an Upgrade header is an ordinary request
     }
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class RequestGuard:

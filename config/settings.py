@@ -14,13 +14,11 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.errors import ConfigError
+
 WORKER_KIND_NAMES = ("train", "label", "scrape")
 MIN_API_KEY_LENGTH = 16
 LINEAR_PROBE_ARCH = "vit_large_patch14_clip_224.openai"
-
-
-class ConfigError(Exception):
-    """Configuration that cannot be used: the message names the file or variable and the problem."""
 
 
 class Settings(BaseSettings):

@@ -20,8 +20,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from config.errors import ConfigError, OptionsInvalid
 from config.names import clean_generator
-from config.settings import ConfigError
 
 Label = Literal["real", "ai"]
 
@@ -76,12 +76,6 @@ class OptionProblem:
     @property
     def detail(self) -> str:
         return self.message + ("" if self.missing else f" (got {self.value!r})")
-
-
-class OptionsInvalid(ValueError):
-    def __init__(self, problems: list[OptionProblem]):
-        super().__init__("; ".join(map(str, problems)))
-        self.problems = problems
 
 
 def read_options(model: type[SourceOptions], config: SourceConfig) -> SourceOptions:

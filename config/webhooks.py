@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from config.settings import ConfigError
+from config.errors import ConfigError
 
 if TYPE_CHECKING:
     from config.settings import Settings

@@ -45,16 +45,10 @@ from sqlalchemy import Column, MetaData, String, Table, Text, delete, insert, se
 
 from config.clock import utc_now
 from dataset.contracts import CheckReport
-from dataset.index import DuplicateHash, sqlite_path
-from dataset.rebuild import (
-    MetadataInvalid,
-    MetadataUnparsable,
-    json_bytes,
-    metadata_from_row,
-    read_metadata,
-    row_from_metadata,
-)
-from dataset.storage import StorageError, StorageKeyError, write_file_atomic
+from dataset.errors import DuplicateHash, MetadataInvalid, MetadataUnparsable, StorageError, StorageKeyError
+from dataset.index import sqlite_path
+from dataset.rebuild import json_bytes, metadata_from_row, read_metadata, row_from_metadata
+from dataset.storage import write_file_atomic
 
 if TYPE_CHECKING:
     from dataset.manager import DatasetManager

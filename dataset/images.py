@@ -30,6 +30,8 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from dataset.errors import ImageRejected
+
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_DECODE_BUDGET = 1024 * 2**20  # bytes; DECODE_MEMORY_BUDGET_MB
 EXIF_ORIENTATION = 0x0112
@@ -58,15 +60,6 @@ FORMAT_EXT = {
 }
 _OPEN_FORMATS = [f for f in FORMAT_EXT if f != "MPO"]  # the JPEG plugin itself returns MPO images
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
-
-
-class ImageRejected(Exception):
-    """The bytes cannot enter the dataset: `reason` is a code from REASONS, `message` for a person."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,11 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.clock import iso_seconds, utc_now
-from config.settings import ConfigError
+from config.errors import DatabaseUnavailable, IndexUnusable
 from dataset import nearindex
-from dataset.nearindex import NearFile, NearFileInvalid, NearIndex, read_tables, write_tables
-from dataset.schema import DatabaseUnavailable, masked_url, migrate, unavailable
+from dataset.errors import DuplicateHash, NearFileInvalid
+from dataset.nearindex import NearFile, NearIndex, read_tables, write_tables
+from dataset.schema import masked_url, migrate, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,6 @@ index_state = Table(
 )
 
 
-class IndexUnusable(ConfigError):
-    """The index database cannot be read (not a database, corrupt): the message names the file and
-    what to do. A ConfigError, so the CLI prints it without a traceback and exits with code 2."""
-
-
 # SQLite's words for a file that is not (or no longer) a database it can read.
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted", "disk image is malformed")
 
@@ -129,14 +125,6 @@ def describe_db(db_url: str) -> str:
     """Where the index lives, for an operator's message: the SQLite file, or the URL without password."""
     path = sqlite_path(db_url)
     return str(path) if path else make_url(db_url).render_as_string(hide_password=True)
-
-
-class DuplicateHash(Exception):
-    """An image with the same SHA-256 is already indexed."""
-
-    def __init__(self, existing_id: str) -> None:
-        super().__init__(f"duplicate of {existing_id}")
-        self.existing_id = existing_id
 
 
 def to_signed(h: int) -> int:

@@ -35,15 +35,15 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from config.clock import iso_seconds, utc_now
+from config.errors import IndexUnusable, StorageUnavailable
 from config.filelock import FileLock
-from config.settings import ConfigError, Settings
+from config.settings import Settings
 from dataset.contracts import LABELS, CheckReport, DatasetCounts
+from dataset.errors import DuplicateHash, ImageRejected, StorageError, StorageKeyError, UnknownImage
 from dataset.facts import generator_for, group_hint_for, has_exif
-from dataset.images import ImageInfo, ImageRejected, inspect_image
+from dataset.images import ImageInfo, inspect_image
 from dataset.index import (
     DedupeIndex,
-    DuplicateHash,
-    IndexUnusable,
     Look,
     NearMatch,
     describe_db,
@@ -56,13 +56,9 @@ from dataset.rebuild import (  # the metadata file's text; the scorer column
     scorer_json,
 )
 from dataset.schema import unavailable
-from dataset.storage import StorageDriver, StorageError, StorageKeyError, image_key, make_storage, meta_key
+from dataset.storage import StorageDriver, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
-
-
-class StorageUnavailable(ConfigError):
-    """Start-up found the dataset's storage unreadable (the message says what to fix)."""
 
 
 COUNT_NAMES = {"real": "real", "ai": "ai_generated", "unlabeled": "unlabeled"}
@@ -78,10 +74,6 @@ INDEX_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 UPLOAD_CATCH_UP_SECONDS = 1.0
 
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
-
-
-class UnknownImage(KeyError):
-    """No image with this id in the index."""
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from dataset.errors import NearFileInvalid
+
 NHASH = 3
 SUBSTRING_BITS = 21
 BUCKETS = 1 << SUBSTRING_BITS
@@ -244,14 +246,6 @@ FORMAT_VERSION = 1
 HEADER_BYTES = 4096  # magic, the header's length, the SHA-256, the header as JSON; then the arrays
 _TEXT_AT = len(MAGIC) + 4 + 32
 _ALIGN = 64
-
-
-class NearFileInvalid(Exception):
-    """The file cannot be used (missing, of another format, damaged): ``reason`` says which."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _layout(n: int, dead: int, gaps: int) -> tuple[list[tuple[str, np.dtype, int, int]], int]:

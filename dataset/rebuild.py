@@ -15,8 +15,9 @@ from typing import TypeGuard
 import orjson
 
 from dataset.contracts import LABELS
+from dataset.errors import ImageRejected, MetadataInvalid, MetadataUnparsable
 from dataset.facts import has_exif
-from dataset.images import FORMAT_EXT, ImageRejected, inspect_image
+from dataset.images import FORMAT_EXT, inspect_image
 
 SPLITS = ("train", "eval", "excluded")
 _TEXT_COLUMNS = {"generator": 64, "group_hint": 100, "split_group": 36}
@@ -29,15 +30,6 @@ def scorer_json(scored_by: object) -> str | None:
         return None
     identity = {k: v for k, v in scored_by.items() if k != "at"}
     return json.dumps(identity, sort_keys=True, separators=(",", ":"))
-
-
-class MetadataInvalid(ValueError):
-    """A metadata file that cannot be the record of its image; the message says why."""
-
-
-class MetadataUnparsable(MetadataInvalid):
-    """A metadata file that is not a bounded JSON object, or whose values are out of range: the
-    rebuild sets it apart (quarantine) and goes on with the others."""
 
 
 MAX_METADATA_BYTES = 1 << 20  # a metadata file is a few hundred bytes; API data included, a few KB

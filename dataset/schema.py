@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from config.settings import ConfigError
+from config.errors import DatabaseUnavailable, SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +34,6 @@ MIGRATE_ATTEMPTS = 8
 # SQLite, two processes migrating one new file: busy, or the other one created the table first.
 _MIGRATING = threading.Lock()
 RETRYABLE = ("locked", "already exists", "duplicate column")
-
-
-class DatabaseUnavailable(ConfigError):
-    """The database in DATABASE_URL cannot be reached (or refused us)."""
-
-
-class SchemaMismatch(ConfigError):
-    """The database's schema revision is one this release does not know."""
 
 
 def masked_url(url: str) -> str:

@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dataset.errors import StorageError, StorageKeyError
+
 if TYPE_CHECKING:
     from config.settings import Settings
 
@@ -32,17 +34,6 @@ log = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 S3_TIMEOUT_S = 15.0  # S3_TIMEOUT: connect and read timeout of each S3 call
 S3_ATTEMPTS = 2  # one retry (botocore's standard mode: throttling, 5xx, connection errors)
-
-
-class StorageError(Exception):
-    """The storage backend failed; the message says where and why (never a secret)."""
-
-
-class StorageKeyError(StorageError, KeyError):
-    """The key does not exist."""
-
-    def __str__(self) -> str:  # KeyError's str() would add quotes around the message
-        return str(self.args[0]) if self.args else "missing key"
 
 
 def image_key(image_id: str, ext: str, when: datetime) -> str:

@@ -8,14 +8,7 @@ Retries follow the source APIs' policy (``scraper.http.RetryPolicy``): exponenti
 full jitter, ``Retry-After`` honoured (a longer one than the policy waits gives up at once),
 bounded attempts.
 
-Exceptions (``kind`` is the name the labeler counts the failure under):
-
-    CoreError                 base class
-    ├── CoreUnavailable       no usable answer after bounded retries: ``timeout``, ``unreachable``,
-    │                         ``http_429``, ``http_5xx`` (the real status code)
-    └── CoreBadAnswer         Core answered, but not with a probability: ``http_4xx`` (the real
-                              status code), ``bad_json``, ``missing_field``, ``not_a_number``,
-                              ``out_of_range``
+Exceptions: the core branch, drawn in ``labeler/errors.py`` (``CoreError`` is a ``FetchError``).
 """
 
 from __future__ import annotations
@@ -29,31 +22,15 @@ from dataclasses import dataclass
 import httpx
 
 from config.settings import Settings
-from scraper.http import RetryPolicy, Sleep, TryAgain, parse_retry_after, retrying
+from labeler.errors import CoreBadAnswer, CoreError, CoreUnavailable
+from scraper.errors import TryAgain
+from scraper.http import RetryPolicy, Sleep, parse_retry_after, retrying
 
 log = logging.getLogger(__name__)
 
 # Core is a sibling service, not a rate-limited public API: shorter waits than the sources'.
 CORE_RETRY = RetryPolicy(attempts=4, base_delay=0.5, max_delay=30.0, max_retry_after=120.0)
 MAX_ATTEMPTS = CORE_RETRY.attempts
-
-
-class CoreError(Exception):
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message  # the message may gain detail after construction
-
-
-class CoreUnavailable(CoreError):
-    """Core did not answer usefully even after retries (network, timeouts, 429, 5xx)."""
-
-
-class CoreBadAnswer(CoreError):
-    """Core answered, but the answer is not a probability we may store."""
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from rich.text import Text
 
 from config.settings import Settings
 from dataset.contracts import LABELS, PERSON_LABELS
+from dataset.errors import InvalidImageId, NothingToUndo, UnknownImageId
 
 KINDS = ("all", "disagreement", "unlabeled")
 SORTS = ("disagreement", "uncertainty", "newest")  # disagreement: the documented queue order
@@ -37,10 +38,6 @@ METADATA_READS_PER_THREAD = 256
 # Pillow's name for a camera JPEG with extra frames (previews, stereo) is MPO, its MIME "image/mpo",
 # which browsers do not display; the bytes are a JPEG (and stored as .jpg).
 MEDIA_TYPES = {"MPO": "image/jpeg"}
-
-
-class InvalidImageId(ValueError):
-    """Not a UUID: no image can have this id (raised before any lookup)."""
 
 
 def parse_image_id(raw: str) -> str:
@@ -274,10 +271,6 @@ async def record_person_label(
     return await dataset.set_label(image_id, label, source)
 
 
-class NothingToUndo(ValueError):
-    """The image's label does not record the one it replaced."""
-
-
 async def undo_person_label(dataset, image_id: str, reviewer: str | None = None) -> dict:
     """Put back the label a console label replaced (its ``label_source.previous``); the image goes
     back into the queue when that label was not a person's. NothingToUndo otherwise."""
@@ -289,10 +282,6 @@ async def undo_person_label(dataset, image_id: str, reviewer: str | None = None)
         raise NothingToUndo(f"image {image_id} has no earlier label recorded: nothing to undo")
     source = previous.get("label_source") or {"kind": "undone", "by": reviewer or "api"}
     return await dataset.set_label(image_id, previous["label"], source)
-
-
-class UnknownImageId(KeyError):
-    """No image has this (well-formed) id."""
 
 
 def review_table(page: dict) -> Table:

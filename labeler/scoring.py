@@ -30,10 +30,10 @@ import httpx
 
 from config.progress import Progress
 from config.settings import Settings
-from dataset.images import ImageRejected
+from dataset.errors import ImageRejected, StorageError
 from dataset.manager import DatasetManager
-from dataset.storage import StorageError
-from labeler.core_client import CoreBadAnswer, CoreClient, CoreError, CoreScore, CoreUnavailable, Sleep
+from labeler.core_client import CoreClient, CoreScore, Sleep
+from labeler.errors import CoreBadAnswer, CoreError, CoreUnavailable
 from trainer.errors import ModelNotFound
 from trainer.model_store import ModelRegistry
 

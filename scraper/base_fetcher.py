@@ -16,19 +16,17 @@ from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import httpx
 
+from config.errors import OptionsInvalid, SourceUnavailable
 from config.settings import Settings
-from config.sources import OptionsInvalid, SourceConfig, SourceOptions, read_options
-from scraper.http import FetchError, RateLimited, SourceHttp, decode_json, default_is_rate_limited
+from config.sources import SourceConfig, SourceOptions, read_options
+from scraper.errors import FetchError, RateLimited
+from scraper.http import SourceHttp, decode_json, default_is_rate_limited
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 OptionsT = TypeVar("OptionsT", bound=SourceOptions)
-
-
-class SourceUnavailable(Exception):
-    """The source cannot run at all (no key, no folder): it is skipped with this message."""
 
 
 def source_options(model: type[SourceOptions], config: SourceConfig) -> SourceOptions:

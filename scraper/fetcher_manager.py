@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from config.errors import ConfigError, SourceUnavailable
 from config.progress import Progress
-from config.settings import ConfigError, Settings
+from config.settings import Settings
 from config.sources import SourceConfig, SourcesFile, load_sources
-from scraper.base_fetcher import BaseFetcher, SourceUnavailable, source_options
+from scraper.base_fetcher import BaseFetcher, source_options
 from scraper.civitai_fetcher import CivitaiFetcher
 from scraper.folder_fetcher import FolderFetcher
 from scraper.http import RetryPolicy, Sleep, SourceHttp, bucket_for, make_client

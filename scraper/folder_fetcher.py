@@ -15,8 +15,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from config.errors import SourceUnavailable
 from config.sources import SourceOptions
-from scraper.base_fetcher import BaseFetcher, SourceUnavailable
+from scraper.base_fetcher import BaseFetcher
 
 # Every image type a camera or tool writes, including those the dataset refuses (HEIC) or may refuse
 # (animated APNG/AVIF sequences): those are read and rejected with the dataset's reason, not skipped

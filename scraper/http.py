@@ -1,12 +1,7 @@
 """HTTP plumbing shared by the fetchers: rate limits, retries, bounded downloads.
 
-Exceptions (one tree):
-
-    FetchError            a request that finally failed; ``kind`` is a short code for the report
-    ├── RateLimited       429 (or a source-specific rate-limit answer) after the allowed retries
-    └── (kinds)           timeout, connection, http_<status>, server_error, bad_json, html_page, too_large,
-                          bad_url, bad_encoding, too_many_redirects (these three are never retried),
-                          dns (the host name does not resolve: never retried, the source stops)
+Exceptions: the fetch branch, drawn in ``scraper/errors.py`` (``FetchError``, ``RateLimited``,
+``TryAgain``).
 
 Callers catch ``FetchError`` per item or per page and count ``exc.kind``; nothing here logs a secret
 (headers are never logged, URLs are logged without their query string).
@@ -27,6 +22,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from scraper.errors import FetchError, RateLimited, TryAgain
+
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "ExposrTrainer/0.1 (+https://github.com/exposr/exposr-trainer; image dataset collector)"
@@ -35,24 +32,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 Sleep = Callable[[float], Awaitable[None]]
 T = TypeVar("T")
 Clock = Callable[[], float]
-
-
-class FetchError(Exception):
-    """A request that failed for good; ``kind`` goes into the report's ``errors`` counts."""
-
-    def __init__(self, kind: str, message: str, status: int | None = None):
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-
-    def __str__(self) -> str:
-        return self.message  # callers may append detail to .message
-
-
-class RateLimited(FetchError):
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__("rate_limited", message, status)
 
 
 def make_client() -> httpx.AsyncClient:
@@ -133,15 +112,6 @@ class RetryPolicy:
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
         """The wait before the next try: a Retry-After plus up to 1 s of jitter, else the backoff."""
         return retry_after + rng.uniform(0, 1) if retry_after is not None else self.backoff(attempt, rng)
-
-
-class TryAgain(Exception):
-    """Raised by one try of :func:`retrying`: ``error`` may go away; wait ``wait`` seconds first."""
-
-    def __init__(self, error: Exception, wait: float):
-        super().__init__(str(error))
-        self.error = error
-        self.wait = wait
 
 
 async def retrying(

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from config.sources import SourceOptions
 from scraper.base_fetcher import BaseFetcher
-from scraper.http import FetchError, RateLimited
+from scraper.errors import FetchError, RateLimited
 
 PER_PAGE_MAX = 30
 PAGE_CAP = 200

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Literal, TypedDict
 
 from config.clock import iso_micro
+from trainer.errors import AliasError
 
 HISTORY_FILE = "history.json"
 CHAMPION = "champion"
@@ -43,14 +44,6 @@ class HistoryRow(TypedDict, total=False):
     reason: str
     report: dict[str, Any] | None
     reconstructed: bool
-
-
-class AliasError(Exception):
-    """An alias change that cannot be made; ``status`` is the HTTP answer (404, 409, 422)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def check_alias_name(alias: str) -> str:

@@ -43,8 +43,10 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from dataset.images import ImageRejected, decode_rgb
-from dataset.storage import StorageDriver, StorageError
+from dataset.errors import ImageRejected, StorageError
+from dataset.images import decode_rgb
+from dataset.storage import StorageDriver
+from trainer.errors import EntryMismatch
 from trainer.workers import worker_context
 
 log = logging.getLogger(__name__)
@@ -93,10 +95,6 @@ def encode_cached(image: Image.Image, quality: int) -> bytes:
 def decode_cached(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
-
-
-class EntryMismatch(ValueError):
-    """A cache entry that is not what its original gave (the message says how it differs)."""
 
 
 def entry_bytes(jpeg: bytes, original: bytes) -> bytes:

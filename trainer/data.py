@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from config.settings import Settings
-from dataset.images import ImageRejected, decode_rgb
-from dataset.storage import StorageDriver, StorageError
+from dataset.errors import ImageRejected, StorageError
+from dataset.images import decode_rgb
+from dataset.storage import StorageDriver
 from trainer.cache import prepared
 from trainer.launder import Launder, laundered_picture
 from trainer.workers import worker_context

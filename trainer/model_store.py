@@ -34,19 +34,11 @@ from typing import cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from config.settings import Settings
-from dataset.storage import (
-    MISSING_KEY_CODES,
-    S3Storage,
-    StorageError,
-    StorageKeyError,
-    error_code,
-    make_storage,
-    write_file_atomic,
-)
+from dataset.errors import StorageError, StorageKeyError
+from dataset.storage import MISSING_KEY_CODES, S3Storage, error_code, make_storage, write_file_atomic
 from trainer.aliases import (
     CHAMPION,
     HISTORY_FILE,
-    AliasError,
     alias_rows,
     append_row,
     check_alias_name,
@@ -55,6 +47,7 @@ from trainer.aliases import (
     served_at,
     version_number,
 )
+from trainer.errors import AliasError, ArtifactMissing, RegistryConflict
 from trainer.registry import (
     REGISTRY_FILE,
     load_history,
@@ -77,10 +70,6 @@ HistoryChange = Callable[[list[dict], list[dict]], "dict | None"]
 # The files an API may serve from a version folder (never a name taken from a request).
 ARTIFACTS = ("weights.pt", "model.json", "report.json")
 CHUNK = 1 << 20
-
-
-class RegistryConflict(Exception):
-    """Another host published to the shared registry since this host read it."""
 
 
 @dataclass
@@ -121,10 +110,6 @@ class Artifact:
             yield from body.iter_chunks(CHUNK)
         finally:
             body.close()
-
-
-class ArtifactMissing(LookupError):
-    """Registered, but the file is not where it should be (message names where)."""
 
 
 class LocalModelStore:

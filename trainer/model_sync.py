@@ -9,8 +9,8 @@ from datetime import datetime
 from pathlib import Path
 
 from config.settings import Settings
-from trainer.errors import ModelNotFound
-from trainer.model_store import ArtifactMissing, ModelRegistry
+from trainer.errors import ArtifactMissing, ModelNotFound
+from trainer.model_store import ModelRegistry
 
 METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from config.settings import Settings
-from dataset.images import ImageRejected
+from dataset.errors import ImageRejected
 from trainer.cache import prepared
 from trainer.data import Normalizer, eval_transform
-from trainer.errors import ModelNotFound
+from trainer.errors import ArtifactMissing, ModelNotFound
 from trainer.evaluate import CLASS_INDEX
-from trainer.model_store import ArtifactMissing, ModelRegistry, version_folder
+from trainer.model_store import ModelRegistry, version_folder
 from trainer.model_sync import why_none_served
 from trainer.modeling import load_artifacts, pick_device
 

@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 
-from dataset.images import ImageRejected, decode_rgb
-from dataset.storage import StorageDriver, StorageError
+from dataset.errors import ImageRejected, StorageError
+from dataset.images import decode_rgb
+from dataset.storage import StorageDriver
 from trainer.copies import SIGNATURE_VERSION, Signature, signature
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,10 @@ from typing import Annotated, get_args
 from fastapi import APIRouter, HTTPException, Query, status
 
 from app.deps import Authorized, RunnerDep
-from app.jobs import JOB_KINDS, JobBusy
+from app.errors import JobBusy
+from app.jobs import JOB_KINDS
 from app.schemas import ErrorOut, JobAccepted, JobList, JobOut, JobState
-from config.settings import ConfigError
+from config.errors import ConfigError
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 

@@ -33,15 +33,10 @@ from app.schemas import (
     ModelCard,
     MonitoringOut,
 )
-from dataset.storage import StorageError
-from trainer.aliases import AliasError, check_alias_name, parse_instant
-from trainer.model_store import (
-    ARTIFACTS,
-    Artifact,
-    ArtifactMissing,
-    ModelRegistry,
-    RegistryConflict,
-)
+from dataset.errors import StorageError
+from trainer.aliases import check_alias_name, parse_instant
+from trainer.errors import AliasError, ArtifactMissing, RegistryConflict
+from trainer.model_store import ARTIFACTS, Artifact, ModelRegistry
 from trainer.model_sync import latest_payload, push_latest_model, why_none_served
 
 router = APIRouter(tags=["models"], dependencies=[Authorized])

@@ -20,7 +20,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from app.deps import Authorized, SettingsDep
-from app.routes.upload import ENVELOPE_SLACK, BodyTooLarge, _counting_request, _too_large
+from app.errors import BodyTooLarge
+from app.routes.upload import ENVELOPE_SLACK, _counting_request, _too_large
 from app.schemas import ErrorOut
 from config.settings import Settings
 

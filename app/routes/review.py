@@ -17,17 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.deps import Authorized, DatasetDep, SettingsDep
 from app.schemas import ErrorOut
-from dataset.manager import UnknownImage
-from dataset.rebuild import MetadataInvalid
-from dataset.storage import StorageError, StorageKeyError
-from labeler.review import (
-    InvalidImageId,
-    ReviewFilter,
-    image_media_type,
-    parse_image_id,
-    record_person_label,
-    review_queue,
-)
+from dataset.errors import InvalidImageId, MetadataInvalid, StorageError, StorageKeyError, UnknownImage
+from labeler.review import ReviewFilter, image_media_type, parse_image_id, record_person_label, review_queue
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["review"], dependencies=[Authorized])

@@ -16,12 +16,13 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from app.deps import Authorized, DatasetDep, SettingsDep
+from app.errors import BodyTooLarge, UnknownOriginal
 from app.schemas import ErrorOut, UploadOut
 from config.names import clean_generator
 from dataset.contracts import LABELS
+from dataset.errors import StorageError
 from dataset.facts import EDIT_PREFIX
 from dataset.manager import IngestOutcome
-from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["dataset"], dependencies=[Authorized])
@@ -62,14 +63,6 @@ _BODY_SCHEMA = {
     }
 }
 _ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class UnknownOriginal(ValueError):
-    """``edit_of`` names an id no stored image has (the message says what to do)."""
 
 
 def _too_large(limit: int) -> HTTPException:

@@ -18,7 +18,7 @@ from app.routes.jobs import enabled_sources, start_job
 from app.ui import views
 from app.ui.pages import render
 from app.ui.session import check_csrf, current_session
-from config.settings import ConfigError
+from config.errors import ConfigError
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 Session = Annotated[dict, Depends(current_session)]

@@ -15,19 +15,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from app.errors import BodyTooLarge
 from app.routes.models import artifact_response, registered_artifact, weights_download
 from app.routes.status import running_jobs
-from app.routes.upload import ENVELOPE_SLACK, BodyTooLarge, _counting_request, store_upload
+from app.routes.upload import ENVELOPE_SLACK, _counting_request, store_upload
 from app.ui import views
 from app.ui.pages import render
 from app.ui.routes import models_page, webhooks_page
 from app.ui.session import check_csrf, current_session
-from app.ui.thumbnails import ImageRejected, thumbnail
+from app.ui.thumbnails import thumbnail
 from config.names import clean_generator
 from dataset.contracts import LABELS
-from dataset.manager import UnknownImage
-from dataset.storage import StorageError, StorageKeyError
-from labeler.review import InvalidImageId, parse_image_id
+from dataset.errors import ImageRejected, InvalidImageId, StorageError, StorageKeyError, UnknownImage
+from labeler.review import parse_image_id
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -57,8 +57,8 @@ async def serve_version(
 ):
     """ "Serve this version": the champion alias moves (as POST /models/{name}/aliases/champion does),
     only with the session's CSRF token and the confirmation box ticked; actor ``console``."""
-    from trainer.aliases import AliasError
-    from trainer.model_store import ModelRegistry, RegistryConflict
+    from trainer.errors import AliasError, RegistryConflict
+    from trainer.model_store import ModelRegistry
 
     check_csrf(session, csrf_token)
     if confirm != "yes":

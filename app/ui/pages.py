@@ -9,8 +9,8 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from app.errors import ConsoleDisabled, CsrfRejected, LoginRequired
 from app.ui import views
-from app.ui.session import ConsoleDisabled, CsrfRejected, LoginRequired
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")

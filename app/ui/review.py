@@ -21,15 +21,18 @@ from app.ui import views
 from app.ui.pages import render
 from app.ui.session import check_csrf, current_session
 from dataset.contracts import LABELS
-from dataset.manager import UnknownImage
-from dataset.storage import StorageError, StorageKeyError
+from dataset.errors import (
+    InvalidImageId,
+    NothingToUndo,
+    StorageError,
+    StorageKeyError,
+    UnknownImage,
+    UnknownImageId,
+)
 from labeler.review import (
     KINDS,
     SORTS,
-    InvalidImageId,
-    NothingToUndo,
     ReviewFilter,
-    UnknownImageId,
     parse_image_id,
     record_person_label,
     review_queue,

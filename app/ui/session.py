@@ -26,23 +26,13 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from app.errors import ConsoleDisabled, CsrfRejected, LoginRequired
+
 SESSION_COOKIE = "exposr_session"
 LOGIN_COOKIE = "exposr_login"
 LOGIN_FORM_SECONDS = 3600
 LOGIN_TRIES, LOGIN_WINDOW_S = 10, 60.0  # failed logins per client address, then 429
 COOKIE_PATH = "/ui"
-
-
-class ConsoleDisabled(Exception):
-    """TRAINER_API_KEY is not set: nobody can log in."""
-
-
-class LoginRequired(Exception):
-    """No valid session: the page redirects to the login form."""
-
-
-class CsrfRejected(Exception):
-    """A state-changing request without the right CSRF token."""
 
 
 def _serializer(api_key: str, purpose: str) -> URLSafeSerializer:

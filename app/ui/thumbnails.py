@@ -24,9 +24,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from dataset.images import ImageRejected, decode_rgb
+from dataset.errors import ImageRejected, StorageError
+from dataset.images import decode_rgb
 from dataset.index import images
-from dataset.storage import StorageError
 
 log = logging.getLogger(__name__)
 FOLLOW_SECONDS = 2.0  # how often the index is asked for new rows when there is nothing to make

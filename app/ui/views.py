@@ -20,9 +20,10 @@ from app.routes.models import registered_artifact
 from app.ui.charts import line_chart
 from app.ui.plots import Frame, bar_plot, nice_ticks
 from dataset.contracts import LABELS
+from dataset.errors import StorageError
 from dataset.index import images
-from dataset.storage import StorageError
-from trainer.model_store import ArtifactMissing, model_store
+from trainer.errors import ArtifactMissing
+from trainer.model_store import model_store
 
 log = logging.getLogger(__name__)
 
