@@ -51,8 +51,7 @@ def validate_training_settings(settings: Settings) -> None:
 
 async def prepare_database(settings: Settings) -> None:
     """Migrate the schema before serving (DatabaseUnavailable / SchemaMismatch are ConfigErrors)."""
-    from dataset.index import make_engine
-    from dataset.schema import migrate
+    from dataset.db import make_engine, migrate
 
     if settings.db_url.startswith("sqlite"):
         settings.dataset_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Job history in the database (table ``jobs``, same DATABASE_URL as the dedupe index).
+"""Job history in the database (table ``jobs`` of dataset/db.py, same DATABASE_URL as the dedupe index).
 
 States: ``queued`` -> ``running`` -> ``succeeded`` | ``failed`` | ``interrupted``; a scheduled run
 that finds its kind already running is recorded directly as ``skipped``. Timestamps are ISO-8601
@@ -10,40 +10,22 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import JSON, Column, MetaData, String, Table, Text, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.clock import iso_micro
 from config.settings import Settings
-from dataset.index import make_engine as make_index_engine
-from dataset.schema import migrate
+from dataset.db import jobs_table, migrate
+from dataset.db import make_engine as make_db_engine
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "interrupted", "skipped")
 
-metadata = MetaData()
-jobs_table = Table(
-    "jobs",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("kind", String(32), nullable=False, index=True),
-    Column("trigger", String(16), nullable=False),
-    Column("state", String(16), nullable=False, index=True),
-    Column("created_at", String(32), nullable=False, index=True),
-    Column("started_at", String(32)),
-    Column("finished_at", String(32)),
-    Column("progress", JSON),
-    Column("result", JSON),
-    Column("error", Text),
-    Column("runner", String(16)),  # None: the accepting service runs it; "worker": exposr-trainer worker
-    Column("holder", String(200)),  # "host:pid" of the process running it (for people; liveness is the lock)
-)
-
 
 def make_engine(settings: Settings) -> AsyncEngine:
-    """The engine on DATABASE_URL, from the one factory (dataset.index.make_engine: on SQLite WAL
+    """The engine on DATABASE_URL, from the one factory (dataset.db.make_engine: on SQLite WAL
     and a 30 s wait for another writer); the jobs table lives beside the image index."""
-    return make_index_engine(settings.db_url)
+    return make_db_engine(settings.db_url)
 
 
 class JobStore:

@@ -5,7 +5,7 @@
 * PostgreSQL: a session advisory lock (``pg_try_advisory_lock``) held on a connection of its own
   for as long as the lock is held. The server drops it when that connection ends: at once when the
   holder's process dies (its socket is closed by the kernel), and within about 25 s when the
-  holder's whole host is gone (TCP keepalives, dataset/index.py PG_KEEPALIVES).
+  holder's whole host is gone (TCP keepalives, dataset/db.py PG_KEEPALIVES).
 
 Either way the lock tells a live job from a dead process's leftover without any clock, and the
 same code in app/jobs.py and app/scheduler.py serves one host and many.
@@ -17,7 +17,7 @@ run. So on PostgreSQL:
   LOCK_CHECK_S, answered within LOCK_PING_TIMEOUT_S); when it is lost, the holder re-takes the lock
   on a new connection, trying until LOCK_REGAIN_S have passed, and otherwise stops its job
   (``on_lost``) -- well before the server would free the lock of a holder cut off by the network
-  (dataset/index.py PG_KEEPALIVES, about 25 s);
+  (dataset/db.py PG_KEEPALIVES, about 25 s);
 * another process that takes a free lock trusts it only once the server has been up for
   LOCK_SETTLE_S (:meth:`AdvisoryLock.settled`): until then a job row still marked active belongs to
   a holder that may be re-taking its lock, so that process answers "busy" instead of calling the
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from config.filelock import ProcessLock
 from config.settings import Settings
-from dataset.schema import advisory_key
+from dataset.db import advisory_key
 
 log = logging.getLogger(__name__)
 

@@ -20,31 +20,20 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import JSON, Column, MetaData, String, Table, Text, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.concurrency import run_in_threadpool
 
 from config.clock import iso_micro, utc_now
 from config.settings import Settings
+from dataset.db import monitoring_table
 from dataset.errors import StorageError
 from trainer.errors import ArtifactMissing
 from trainer.model_store import ModelRegistry
 from trainer.monitoring import Observation, degradation, parse_time, weekly_rows
 
 log = logging.getLogger(__name__)
-
-metadata = MetaData()
-monitoring_table = Table(
-    "model_monitoring",
-    metadata,
-    Column("model", String(64), primary_key=True),
-    Column("version", String(64), primary_key=True),
-    Column("week", String(10), primary_key=True),
-    Column("row", JSON, nullable=False),
-    Column("degraded", Text),
-    Column("computed_at", String(32), nullable=False),
-)
 
 
 def scorer_name(stored: str | None) -> str:

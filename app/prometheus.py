@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import Authorized
-from app.jobstore import jobs_table
+from dataset.db import jobs_table
 from dataset.errors import StorageError
 from trainer.model_store import model_store
 

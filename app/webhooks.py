@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, Text, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +49,7 @@ from starlette.concurrency import run_in_threadpool
 from config.clock import iso_micro
 from config.settings import Settings
 from config.webhooks import Subscriber, load_subscribers, signing_key
+from dataset.db import deliveries
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +57,6 @@ CLAIM_BATCH = 16  # rows one sender claims at a time
 LEASE_GRACE_SECONDS = 30  # a claim outlives the request's timeout by this much
 MAX_ERROR_CHARS = 300
 STATES = ("pending", "delivered", "failed")
-
-metadata = MetaData()
-deliveries = Table(
-    "webhook_deliveries",
-    metadata,
-    Column("id", String(40), primary_key=True),
-    Column("event_id", String(40), nullable=False, index=True),
-    Column("event", String(64), nullable=False, index=True),
-    Column("subscriber", String(2000), nullable=False),
-    Column("url", String(2000), nullable=False),
-    Column("body", Text, nullable=False),
-    Column("state", String(16), nullable=False, index=True),
-    Column("attempts", Integer, nullable=False),
-    Column("attempt_log", JSON, nullable=False),
-    Column("created_at", String(32), nullable=False, index=True),
-    Column("next_at", Float, nullable=False, index=True),
-    Column("give_up_at", Float, nullable=False),
-    Column("delivered_at", String(32)),
-    Column("claimed_until", Float),
-    Column("claimed_by", String(200)),
-    Column("last_status", Integer),
-    Column("last_error", Text),
-)
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -498,7 +476,7 @@ async def _record(settings: Settings, events: list[tuple[str, dict]]) -> list[st
     if not subscribers or not events:
         return []
     from app.jobstore import make_engine
-    from dataset.schema import migrate
+    from dataset.db import migrate
 
     if settings.db_url.startswith("sqlite"):
         settings.dataset_dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy import text  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
+from dataset.db import migrate  # noqa: E402
 from dataset.index import DedupeIndex, images, make_engine, to_signed  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
-from dataset.schema import migrate  # noqa: E402
 from tests.images import encode, scene  # noqa: E402
 
 PROCESS_COUNTS = (1, 2, 4)

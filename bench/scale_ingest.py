@@ -62,8 +62,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from dataset import nearindex  # noqa: E402
+from dataset.db import migrate  # noqa: E402
 from dataset.index import DedupeIndex, make_engine, near_file_for  # noqa: E402
-from dataset.schema import migrate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLUMNS = (

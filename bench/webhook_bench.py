@@ -246,7 +246,7 @@ def exactly_once(events: int) -> None:
     from app.jobstore import make_engine
     from app.webhooks import Outbox
     from config.webhooks import load_subscribers
-    from dataset.schema import migrate
+    from dataset.db import migrate
     from tests.pgserver import PostgresServer, missing_reason
 
     reason = missing_reason()

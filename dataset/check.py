@@ -41,12 +41,12 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Column, MetaData, String, Table, Text, delete, insert, select
+from sqlalchemy import delete, insert, select
 
 from config.clock import utc_now
 from dataset.contracts import CheckReport
+from dataset.db import marks_table, sqlite_path
 from dataset.errors import DuplicateHash, MetadataInvalid, MetadataUnparsable, StorageError, StorageKeyError
-from dataset.index import sqlite_path
 from dataset.rebuild import json_bytes, metadata_from_row, read_metadata, row_from_metadata
 from dataset.storage import write_file_atomic
 
@@ -66,12 +66,6 @@ PARTIAL_FRACTION = 0.9
 PARTIAL_SLACK = 10
 QUARANTINE = "quarantine"
 REBUILD_MARK = "rebuild"
-marks_table = Table(
-    "index_marks",
-    MetaData(),
-    Column("name", String(32), primary_key=True),
-    Column("value", Text, nullable=False),
-)
 REPAIR_MAX_DELETE_FRACTION = 0.05
 REPAIR_MAX_DELETE_COUNT = 10
 DRIFT_KINDS = (

@@ -29,18 +29,8 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
-    Column,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
     and_,
     delete,
-    event,
     func,
     insert,
     or_,
@@ -50,81 +40,27 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from config.clock import iso_seconds, utc_now
 from config.errors import DatabaseUnavailable, IndexUnusable
 from dataset import nearindex
+from dataset.db import (
+    describe_db,
+    images,
+    index_state,
+    make_engine,
+    masked_url,
+    migrate,
+    sqlite_path,
+    unavailable,
+)
 from dataset.errors import DuplicateHash, NearFileInvalid
 from dataset.nearindex import NearFile, NearIndex, read_tables, write_tables
-from dataset.schema import masked_url, migrate, unavailable
 
 log = logging.getLogger(__name__)
 
-metadata = MetaData()
-
-images = Table(
-    "images",
-    metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=True),  # insertion order, for the cache
-    Column("id", String(36), nullable=False, unique=True),
-    Column("sha256", String(64), nullable=False, unique=True),
-    Column("phash", BigInteger, nullable=False),  # signed 64-bit in SQL, see to_signed()
-    Column("label", String(16), nullable=False),
-    Column("confidence", Float, nullable=True),
-    # Who produced `confidence` (the scorer dict given to set_score, as sorted JSON): lets the
-    # labeler find "not scored by the current scorer" with one query instead of reading every file.
-    Column("scorer", Text, nullable=True),
-    Column("source", String(64), nullable=False),
-    Column("image_key", String(200), nullable=False),
-    Column("meta_key", String(200), nullable=False),
-    Column("format", String(16), nullable=False),
-    Column("width", Integer, nullable=False),
-    Column("height", Integer, nullable=False),
-    Column("created_at", String(32), nullable=False),  # ISO 8601 UTC, as in the metadata file
-    # Honest evaluation (trainer/split.py): what made the image, a source-given group key (a CivitAI
-    # post, the original of an edit), and its side of the split, decided once for its group.
-    Column("generator", String(64), nullable=True),
-    Column("group_hint", String(100), nullable=True),
-    Column("split_group", String(36), nullable=True),
-    Column("split", String(8), nullable=True),  # "train" | "eval" | None (not decided yet)
-    # File facts for the metadata-only shortcut probe (None on rows from before the columns).
-    Column("size_bytes", BigInteger, nullable=True),
-    Column("has_exif", Integer, nullable=True),
-    # Covering index: counts() (GROUP BY label, source) and samples(labels) never touch the table.
-    Index("ix_images_label_source", "label", "source"),
-    # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a
-    # cache that has read "up to seq N" would never see the new row N.
-    sqlite_autoincrement=True,
-)
-
-# One row per fact about the index as a whole. "generation": a random id given to the database when
-# its schema was made (migration i27); a near-duplicate file written for another database -- a
-# rebuilt or replaced one -- carries another and is not used.
-index_state = Table(
-    "index_state",
-    metadata,
-    Column("name", String(64), primary_key=True),
-    Column("value", String(200), nullable=False),
-)
-
-
 # SQLite's words for a file that is not (or no longer) a database it can read.
 _CORRUPT_MARKERS = ("not a database", "malformed", "file is encrypted", "disk image is malformed")
-
-
-def sqlite_path(db_url: str) -> Path | None:
-    """The database file of a SQLite URL, None for other backends and in-memory databases."""
-    url = make_url(db_url)
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    return Path(url.database)
-
-
-def describe_db(db_url: str) -> str:
-    """Where the index lives, for an operator's message: the SQLite file, or the URL without password."""
-    path = sqlite_path(db_url)
-    return str(path) if path else make_url(db_url).render_as_string(hide_password=True)
 
 
 def to_signed(h: int) -> int:
@@ -264,59 +200,6 @@ class PhashCache:
         return self.near.within(phash, max_distance)
 
 
-# A dead client host (power cut, network gone) is noticed by the server within about
-# idle + interval * count = 10 + 5 * 3 s, which releases the locks its connection held (app/locks.py).
-PG_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
-PG_CONNECT_TIMEOUT_SECONDS = 10
-PG_COMMAND_TIMEOUT_SECONDS = 120  # no statement of ours takes long: a hung server is noticed
-
-
-def postgres_connect_args() -> dict:
-    return {
-        "timeout": PG_CONNECT_TIMEOUT_SECONDS,
-        "command_timeout": PG_COMMAND_TIMEOUT_SECONDS,
-        "server_settings": {"application_name": "exposr-trainer", **PG_KEEPALIVES},
-    }
-
-
-def make_engine(db_url: str) -> AsyncEngine:
-    url = make_url(db_url)
-    if url.get_backend_name() == "postgresql":
-        return create_async_engine(db_url, pool_pre_ping=True, connect_args=postgres_connect_args())
-    if url.get_backend_name() != "sqlite":
-        return create_async_engine(db_url, pool_pre_ping=True)
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    # timeout: wait for another writer (another process) instead of failing with "database is locked".
-    engine = create_async_engine(db_url, connect_args={"timeout": 30})
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # WAL: readers never block the writer
-        cur = dbapi_conn.cursor()
-        _switch_to_wal(cur)
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    return engine
-
-
-WAL_SWITCH_ATTEMPTS = 20  # 5 s in all
-
-
-def _switch_to_wal(cur) -> None:
-    """Connections that open a new database at once (replicas starting together) race to switch it
-    to WAL; SQLite can answer the loser "database is locked" at once, without waiting out the busy
-    timeout, so the switch is tried again (in the connection's own thread) before giving up."""
-    for attempt in range(1, WAL_SWITCH_ATTEMPTS + 1):
-        try:
-            cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except Exception as exc:  # the driver's OperationalError, whichever adapter raised it
-            if "locked" not in str(exc) or attempt == WAL_SWITCH_ATTEMPTS:
-                raise
-            time.sleep(0.025 * attempt)
-
-
 @dataclass
 class NearState:
     """Where this process's near-duplicate structure came from, for logs, tests and benchmarks."""
@@ -366,7 +249,7 @@ class DedupeIndex:
         self._caught_up_at = -math.inf  # when that one began (monotonic)
 
     async def open(self) -> None:
-        """Migrate the schema to this release's revision (dataset/schema.py), then load the cache.
+        """Migrate the schema to this release's revision (dataset/db.py), then load the cache.
 
         An unreachable server is DatabaseUnavailable (naming DATABASE_URL, password masked); a damaged
         SQLite file is IndexUnusable (saying how to rebuild it from the metadata files). A refused
@@ -831,6 +714,20 @@ class DedupeIndex:
             q = select(images).where(images.c.id == image_id).with_for_update()
             row = (await conn.execute(q)).mappings().first()
             yield conn, (_row_dict(row) if row else None)
+
+    async def added_by_label(self, period_chars: int) -> list[tuple[str, str, int]]:
+        """(period, label, rows) per period and label, oldest period first; a period is the first
+        ``period_chars`` characters of ``created_at`` (10: a day, 13: an hour)."""
+        period = func.substr(images.c.created_at, 1, period_chars)
+        query = select(period, images.c.label, func.count()).group_by(period, images.c.label).order_by(period)
+        async with self.engine.connect() as conn:
+            return [(when, label, n) for when, label, n in (await conn.execute(query)).all()]
+
+    async def ids_after(self, seq: int) -> list[tuple[int, str]]:
+        """(seq, id) of the rows inserted after ``seq``, in insertion order."""
+        query = select(images.c.seq, images.c.id).where(images.c.seq > seq).order_by(images.c.seq)
+        async with self.engine.connect() as conn:
+            return [(row_seq, image_id) for row_seq, image_id in (await conn.execute(query)).all()]
 
     @property
     def shared(self) -> bool:

@@ -28,34 +28,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from config.clock import iso_seconds, utc_now
 from config.errors import IndexUnusable, StorageUnavailable
 from config.filelock import FileLock
 from config.settings import Settings
 from dataset.contracts import LABELS, CheckReport, DatasetCounts
+from dataset.db import describe_db, images, sqlite_path, unavailable
 from dataset.errors import DuplicateHash, ImageRejected, StorageError, StorageKeyError, UnknownImage
 from dataset.facts import generator_for, group_hint_for, has_exif
 from dataset.images import ImageInfo, inspect_image
-from dataset.index import (
-    DedupeIndex,
-    Look,
-    NearMatch,
-    describe_db,
-    images,
-    sqlite_path,
-)
+from dataset.index import DedupeIndex, Look, NearMatch
 from dataset.rebuild import (  # the metadata file's text; the scorer column
     json_bytes,
     read_metadata,
     scorer_json,
 )
-from dataset.schema import unavailable
 from dataset.storage import StorageDriver, image_key, make_storage, meta_key
 
 log = logging.getLogger(__name__)
@@ -440,6 +434,20 @@ class DatasetManager:
             src[name] = src.get(name, 0) + n
             src["total"] += n
         return cast(DatasetCounts, {"total": sum(totals.values()), **totals, "by_source": by_source})
+
+    async def added_by_label(self, period: Literal["day", "hour"]) -> list[tuple[str, str, int]]:
+        """(day or hour, label, images added) from the index, oldest first (the console's growth)."""
+        return await self.index.added_by_label(10 if period == "day" else 13)
+
+    async def stored_after(self, seq: int) -> list[tuple[int, str]]:
+        """(seq, id) of the images indexed after ``seq``, in the order they were (thumbnails ahead)."""
+        return await self.index.ids_after(seq)
+
+    @property
+    def shared_engine(self) -> AsyncEngine | None:
+        """The database engine when other hosts share it (PostgreSQL), for the tables beside the
+        index (the scraper's ``rate_buckets``); None on SQLite, which one host uses alone."""
+        return self.index.engine if self.index.shared else None
 
     async def samples(self, labels: tuple[str, ...] | list[str] = ("real", "ai")) -> list[Sample]:
         # A page of rows at a time, and the strings that repeat (label, source, format, generator,

@@ -40,6 +40,8 @@ from scraper.report import (
 from scraper.unsplash_fetcher import UnsplashFetcher
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from dataset.images import ImageInfo
     from dataset.manager import DatasetManager, IngestOutcome
 
@@ -100,8 +102,12 @@ class FetcherManager:
         sleep: Sleep = asyncio.sleep,
         retry: RetryPolicy | None = None,
         download_concurrency: int = 4,
+        rate_engine: AsyncEngine | None = None,
     ):
+        """``rate_engine``: the database replicas share (PostgreSQL), where the sources' token
+        buckets live (``rate_buckets``); None keeps them in this process."""
         self.settings = settings
+        self.rate_engine = rate_engine
         self.sources = sources
         self.dataset = dataset
         self.client = client
@@ -182,11 +188,10 @@ class FetcherManager:
 
     def _bucket(self, cfg: SourceConfig):
         """The source's rate limit: in the database when replicas share it (PostgreSQL), else in-process."""
-        index = getattr(self.dataset, "index", None)
-        if index is not None and index.shared:
+        if self.rate_engine is not None:
             from scraper.shared_rate import SharedTokenBucket
 
-            return SharedTokenBucket(index.engine, cfg.name, cfg.rate_limit_per_hour)
+            return SharedTokenBucket(self.rate_engine, cfg.name, cfg.rate_limit_per_hour)
         return bucket_for(cfg.name, cfg.rate_limit_per_hour)
 
     async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
@@ -350,7 +355,8 @@ async def run_scrape(
     if only:
         sources = only_sources(sources, set(only), settings)
     async with DatasetManager(settings) as dataset:
-        return await FetcherManager(settings, sources, dataset, client).run(progress)
+        manager = FetcherManager(settings, sources, dataset, client, rate_engine=dataset.shared_engine)
+        return await manager.run(progress)
 
 
 def only_sources(sources: SourcesFile, names: set[str], settings: Settings) -> SourcesFile:

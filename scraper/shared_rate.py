@@ -2,7 +2,7 @@
 
 Same contract as :class:`scraper.http.TokenBucket` (``acquire(sleep)`` takes a token at once, going
 into debt when the bucket is empty, then sleeps until the debt is repaid; the burst is one
-minute's worth), but the state is the ``rate_buckets`` row of the source and each take is one
+minute's worth), but the state is the ``rate_buckets`` row (dataset/db.py) of the source and each take is one
 atomic ``UPDATE ... RETURNING`` on PostgreSQL, timed by the database server's clock (the replicas'
 clocks never matter). Used when DATABASE_URL is PostgreSQL; one host with SQLite keeps the
 in-process bucket.
@@ -13,9 +13,11 @@ from __future__ import annotations
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dataset.db import rate_buckets
 from scraper.http import Sleep
 
 NOW = "extract(epoch from clock_timestamp())"
+TABLE = rate_buckets.name  # defined in dataset/db.py, made by migration 0003
 
 
 class SharedTokenBucket:
@@ -31,7 +33,7 @@ class SharedTokenBucket:
         async with self.engine.begin() as conn:
             await conn.execute(
                 text(
-                    f"INSERT INTO rate_buckets (source, tokens, updated_at) VALUES (:s, :cap, {NOW}) "
+                    f"INSERT INTO {TABLE} (source, tokens, updated_at) VALUES (:s, :cap, {NOW}) "
                     "ON CONFLICT (source) DO NOTHING"
                 ),
                 params,
@@ -40,7 +42,7 @@ class SharedTokenBucket:
                 (
                     await conn.execute(
                         text(
-                            "UPDATE rate_buckets SET "
+                            f"UPDATE {TABLE} SET "
                             f"tokens = LEAST(:cap, tokens + ({NOW} - updated_at) * :rate) - 1, "
                             f"updated_at = {NOW} WHERE source = :s RETURNING tokens"
                         ),

@@ -23,10 +23,11 @@ from collections import OrderedDict, deque
 
 from fastapi import Request
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import BigInteger, Column, MetaData, String, Table, delete, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from app.errors import ConsoleDisabled, CsrfRejected, LoginRequired
+from dataset.db import revocations_table
 
 SESSION_COOKIE = "exposr_session"
 LOGIN_COOKIE = "exposr_login"
@@ -73,14 +74,6 @@ def api_key(request: Request) -> str:
     if not key or not key.get_secret_value():
         raise ConsoleDisabled
     return key.get_secret_value()
-
-
-revocations_table = Table(
-    "ui_revocations",
-    MetaData(),
-    Column("sid", String(64), primary_key=True),
-    Column("until", BigInteger, nullable=False),
-)
 
 
 class Revocations:

@@ -22,11 +22,8 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from sqlalchemy import select
-
 from dataset.errors import ImageRejected, StorageError
 from dataset.images import decode_rgb
-from dataset.index import images
 
 log = logging.getLogger(__name__)
 FOLLOW_SECONDS = 2.0  # how often the index is asked for new rows when there is nothing to make
@@ -103,10 +100,7 @@ class ThumbnailMaker:
 
     async def follow_index(self) -> None:
         """Queue the images stored since the last look (all of them the first time)."""
-        query = select(images.c.seq, images.c.id).where(images.c.seq > self.last_seq).order_by(images.c.seq)
-        async with self.dataset.index.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        for seq, image_id in rows:
+        for seq, image_id in await self.dataset.stored_after(self.last_seq):
             self.last_seq = max(self.last_seq, seq)
             if image_id not in self.queued and self.missing(image_id):
                 self.backlog.append(image_id)

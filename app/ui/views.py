@@ -13,7 +13,6 @@ from itertools import accumulate
 from typing import Any
 
 from markupsafe import Markup
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from app.routes.models import registered_artifact
@@ -21,7 +20,6 @@ from app.ui.charts import line_chart
 from app.ui.plots import Frame, bar_plot, nice_ticks
 from dataset.contracts import LABELS
 from dataset.errors import StorageError
-from dataset.index import images
 from trainer.errors import ArtifactMissing
 from trainer.model_store import model_store
 
@@ -42,16 +40,11 @@ PROGRESS_PAIRS = (
 async def growth(dataset) -> dict[str, Any]:
     """Images added per label: per day (cumulative line) over a history of days, per hour (bars)
     when everything arrived within one day."""
-    day = func.substr(images.c.created_at, 1, 10)
-    query = select(day, images.c.label, func.count()).group_by(day, images.c.label).order_by(day)
-    async with dataset.index.engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-        days = sorted({row[0] for row in rows})
-        if len(days) == 1:
-            hour = func.substr(images.c.created_at, 1, 13)
-            query = select(hour, images.c.label, func.count()).group_by(hour, images.c.label).order_by(hour)
-            hourly = (await conn.execute(query)).all()
-            return {"days": days, "hours": _per_label(hourly), "series": {}}
+    rows = await dataset.added_by_label("day")
+    days = sorted({row[0] for row in rows})
+    if len(days) == 1:
+        hourly = await dataset.added_by_label("hour")
+        return {"days": days, "hours": _per_label(hourly), "series": {}}
     added = _per_label(rows)
     series = {label: list(accumulate(per_day.values())) for label, per_day in added.items()}
     return {"days": days, "series": series}

@@ -1,7 +1,7 @@
-"""Alembic environment: migrations run on the connection dataset.schema.migrate hands over.
+"""Alembic environment: migrations run on the connection dataset.db.migrate hands over.
 
 There is no alembic.ini and no URL here: the service migrates its own database at start-up, on
-SQLite and PostgreSQL alike (see dataset/schema.py).
+SQLite and PostgreSQL alike (see dataset/db.py).
 """
 
 from alembic import context

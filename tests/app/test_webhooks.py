@@ -300,7 +300,7 @@ def test_training_events(make_settings):
 @pytest.mark.postgres_only
 async def test_two_replicas_on_one_postgres_deliver_each_event_once(make_settings, postgres_server, receiver):
     from app.jobstore import make_engine
-    from dataset.schema import migrate
+    from dataset.db import migrate
 
     target = receiver()
     url = postgres_server.new_database()

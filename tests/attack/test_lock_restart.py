@@ -61,7 +61,7 @@ def test_a_holder_that_cannot_take_its_lock_again_stops_its_job(own_postgres, ma
     import asyncpg
 
     from app import locks
-    from dataset.schema import advisory_key
+    from dataset.db import advisory_key
 
     monkeypatch.setattr(locks, "LOCK_REGAIN_S", 2.0)  # the holder gives up quickly here
     gate = Gate()

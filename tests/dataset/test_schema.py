@@ -1,4 +1,4 @@
-"""Versioned schema (dataset/schema.py + dataset/migrations), on SQLite and PostgreSQL alike."""
+"""Versioned schema (dataset/db.py + dataset/migrations), on SQLite and PostgreSQL alike."""
 
 from __future__ import annotations
 
@@ -7,10 +7,18 @@ import asyncio
 import pytest
 from sqlalchemy import inspect, text
 
-from app.jobstore import jobs_table
-from dataset.index import images, index_state, make_engine
+from config.errors import DatabaseUnavailable, SchemaMismatch
+from dataset.db import (
+    current_revision,
+    head_revision,
+    images,
+    index_state,
+    jobs_table,
+    make_engine,
+    metadata,
+    migrate,
+)
 from dataset.manager import DatasetManager
-from dataset.schema import DatabaseUnavailable, SchemaMismatch, current_revision, head_revision, migrate
 from tests.pgserver import free_port
 
 
@@ -28,21 +36,21 @@ async def test_migrations_create_every_column_the_code_uses(url):
     try:
         assert await migrate(engine) == head_revision()
         async with engine.connect() as conn:
-            image_columns = await conn.run_sync(_columns, "images")
-            job_columns = await conn.run_sync(_columns, "jobs")
-            state_columns = await conn.run_sync(_columns, "index_state")
+            found = {
+                table.name: await conn.run_sync(_columns, table.name) for table in metadata.sorted_tables
+            }
             generation = (
                 await conn.execute(text("SELECT value FROM index_state WHERE name = 'generation'"))
             ).scalar()
         assert generation and len(generation) == 36  # the database's random id (near-duplicate file)
-        for table, found in (
-            (images, image_columns),
-            (jobs_table, job_columns),
-            (index_state, state_columns),
-        ):
+        assert {images.name, index_state.name, jobs_table.name} <= set(found)
+        for table in metadata.sorted_tables:  # every table dataset/db.py defines, each column
             for column in table.columns:
-                assert column.name in found, f"{table.name}.{column.name} has no migration"
-                assert found[column.name] == column.nullable, f"{table.name}.{column.name} nullability"
+                assert column.name in found[table.name], f"{table.name}.{column.name} has no migration"
+                assert found[table.name][column.name] == column.nullable, (
+                    f"{table.name}.{column.name} nullability"
+                )
+        image_columns = found["images"]
         for name in ("generator", "group_hint", "split_group", "split", "size_bytes", "has_exif"):
             assert image_columns[name] is True
         assert await current_revision(engine) == head_revision()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dataset.db import migrate
 from dataset.index import make_engine
-from dataset.schema import migrate
 from scraper.http import TokenBucket
 from scraper.shared_rate import SharedTokenBucket
 
