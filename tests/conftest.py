@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import trainer  # noqa: F401  first, so OpenMP's wait policy (trainer/__init__.py) holds before torch loads
 from config.settings import Settings
 
 # Suites that run against SQLite and a real PostgreSQL server (tests/pgserver.py) alike.
