@@ -55,8 +55,9 @@ PROGRESS_FLUSH_SECONDS = 2.0
 # A job's final state that the database refused (disk full, locked) is written again this often.
 FINAL_WRITE_RETRY_SECONDS = (1.0, 30.0)
 FINAL_FIELDS = ("state", "started_at", "finished_at", "progress", "result", "error")
-# How long a refused submit waits for the lock holder's row (it takes the lock, then inserts).
-BUSY_ROW_WAIT_SECONDS = 2.0
+# How long a submit that finds the kind locked but no job of it active waits: for the holder's row
+# (it takes the lock, then inserts) or for a holder whose job has just finished to let the lock go.
+BUSY_ROW_WAIT_SECONDS = 5.0
 
 
 async def scrape_job(settings: Settings, progress: Progress, only: list[str] | None = None) -> ScrapeReport:
@@ -213,13 +214,10 @@ class JobRunner:
         self._active[kind] = job
         lock = kind_lock(self.settings, self.store, kind)
         try:
-            acquired = await lock.acquire()
-        except BaseException:  # the lock cannot be taken (full disk, database away): no claim may stay
+            await self._take(kind, lock)
+        except BaseException:  # busy, or the lock cannot be taken (full disk, database away): no claim stays
             self._active.pop(kind, None)
             raise
-        if not acquired:
-            self._active.pop(kind, None)
-            raise JobBusy(await self._running_elsewhere(kind))
         self._locks[kind] = lock
         try:
             await self._interrupt_leftovers(kind, lock)  # lock held: an active row is a dead one's
@@ -238,8 +236,7 @@ class JobRunner:
         """A queued row for ``exposr-trainer worker``; the kind's lock makes the check-and-insert
         atomic across replicas, and a row already waiting makes the kind busy (409 naming it)."""
         lock = kind_lock(self.settings, self.store, kind)
-        if not await lock.acquire():
-            raise JobBusy(await self._running_elsewhere(kind))
+        await self._take(kind, lock)
         try:
             waiting = await self.store.waiting_for_worker(kind)
             if waiting is not None:
@@ -298,12 +295,21 @@ class JobRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
 
-    async def _running_elsewhere(self, kind: str) -> dict:
-        """The job another process runs (its row; the holder inserts it just after taking the lock)."""
+    async def _take(self, kind: str, lock: HolderLock) -> None:
+        """Take ``kind``'s lock, or raise JobBusy naming the job that holds it.
+
+        A lock held while no row of the kind is active belongs to a process between its row and
+        its lock: one starting (its row appears in a moment) or one that has just finished (its row
+        is final and the lock goes in a moment; a client that saw "succeeded" and asks again must not
+        be refused). Both are waited for, up to BUSY_ROW_WAIT_SECONDS."""
         deadline = time.monotonic() + BUSY_ROW_WAIT_SECONDS
-        while (row := await self.store.active(kind)) is None and time.monotonic() < deadline:
+        while not await lock.acquire():
+            row = await self.store.active(kind)
+            if row is not None:
+                raise JobBusy(row)
+            if time.monotonic() >= deadline:
+                raise JobBusy({"id": "in-another-process", "kind": kind, "state": "running"})
             await asyncio.sleep(0.05)
-        return row or {"id": "in-another-process", "kind": kind, "state": "running"}
 
     async def _interrupt_leftovers(self, kind: str, lock: HolderLock) -> int:
         """With ``lock`` held, active rows of ``kind`` are a dead process's: marked interrupted. Not

@@ -219,3 +219,41 @@ async def test_the_train_job_hands_the_child_the_training_function_itself(settin
     monkeypatch.setattr(jobs, "run_in_process", fake_run_in_process)
     await jobs.train_job(settings, lambda data: None)
     assert handed == [train_with_shared_store]
+
+
+async def test_a_job_asked_for_just_after_the_last_one_finished_elsewhere_is_accepted(settings, store):
+    """A worker writes its job's final row, then lets the kind's lock go: a client that saw
+    "succeeded" in between and asks again is served, not refused with a made-up running job."""
+    from app.jobs import kind_lock
+
+    runner = await make_runner(settings, store, {"train": ok_job})
+    await store.insert(id="finished-elsewhere", kind="train", trigger="manual", state="succeeded")
+    holder = kind_lock(settings, store, "train")  # the other process, between its final row and release
+    assert await holder.acquire()
+
+    async def let_go_later() -> None:
+        await asyncio.sleep(0.5)
+        await holder.release()
+
+    letting_go = asyncio.create_task(let_go_later())
+    job = await runner.submit("train")
+    await letting_go
+    assert (await runner.wait(job["id"]))["state"] == "succeeded"
+    assert (await store.get("finished-elsewhere"))["state"] == "succeeded"  # left as it was
+
+
+async def test_a_lock_held_with_no_job_row_is_busy_after_the_wait(settings, store, monkeypatch):
+    from app import jobs
+    from app.jobs import kind_lock
+
+    monkeypatch.setattr(jobs, "BUSY_ROW_WAIT_SECONDS", 0.3)
+    runner = await make_runner(settings, store, {"train": ok_job})
+    holder = kind_lock(settings, store, "train")
+    assert await holder.acquire()
+    try:
+        with pytest.raises(JobBusy) as busy:
+            await runner.submit("train")
+        assert busy.value.job["id"] == "in-another-process"
+        assert "train" not in runner._active  # the claim did not stay
+    finally:
+        await holder.release()
