@@ -66,7 +66,8 @@ def train_on_samples(
 
 
 def train_on_sides(settings: Settings, sides: Sides, progress: Progress | None = None) -> TrainResult:
-    clean_stale(settings.models_dir)
+    """The training once its samples have their sides: audit, build, fit, evaluate, report, register."""
+    clean_stale(settings.models_dir)  # what killed runs left in models/
     shortcut = audit(settings, sides, progress)
     seed_everything(settings.train_seed)
     stage(progress, "model")
