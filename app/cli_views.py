@@ -22,7 +22,7 @@ def _first(data: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
-STAGES = {  # training steps before the epochs (trainer/train_vit.py), as the bar names them
+STAGES = {  # training steps before the epochs (trainer/train.py), as the bar names them
     "starting the training process": "starting the training process",
     "load": "loading the labelled samples",
     "split": "split (train / evaluation sides)",

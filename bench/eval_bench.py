@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import Settings  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
-from trainer.train_vit import train_model  # noqa: E402
+from trainer.train import train_model  # noqa: E402
 
 
 def files(root: Path, label: str) -> list[tuple[Path, str]]:

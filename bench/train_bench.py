@@ -66,9 +66,10 @@ from trainer.data import (  # noqa: E402
     preprocessing_for,
     train_transform,
 )
+from trainer.fit import seed_everything, train_one_epoch  # noqa: E402
 from trainer.modeling import build_model, pick_device  # noqa: E402
 from trainer.probe import CHUNK_ROWS, RowFile, embed_chunks, fit_head  # noqa: E402
-from trainer.train_vit import seed_everything, train_on_samples, train_one_epoch  # noqa: E402
+from trainer.train import train_on_samples  # noqa: E402
 
 
 def generate_dataset(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:

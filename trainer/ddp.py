@@ -1,6 +1,6 @@
-"""The rank's side of distributed training (torchrun + DistributedDataParallel), as train_vit.py
-calls it: each piece is a no-op in a single process. The caller's side (starting torchrun, reading
-rank 0's result) is ``trainer/distributed.py``.
+"""The rank's side of distributed training (torchrun + DistributedDataParallel), as the training
+calls it (trainer/train.py, fit.py, loaders.py): each piece is a no-op in a single process. The
+caller's side (starting torchrun, reading rank 0's result) is ``trainer/distributed.py``.
 """
 
 from __future__ import annotations

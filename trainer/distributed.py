@@ -1,8 +1,8 @@
 """Multi-GPU (and multi-node) training with torchrun and DistributedDataParallel.
 
 ``TRAIN_NPROC_PER_NODE=N`` (N > 1) makes :func:`train` start ``torchrun --standalone
---nproc_per_node N -m trainer.distributed``: N ranks run trainer.train_vit's ``train_model``, with
-these pieces (``trainer/ddp.py``) switched on (each is a no-op in a single process, so train_vit.py
+--nproc_per_node N -m trainer.distributed``: N ranks run trainer.train's ``train_model``, with
+these pieces (``trainer/ddp.py``) switched on (each is a no-op in a single process, so the training
 calls them always):
 
 * :func:`wrap`: the model in DDP (gradients averaged across ranks after every backward);
@@ -51,9 +51,9 @@ POLL_SECONDS = 0.5
 
 
 def train(settings: Settings, progress: Progress | None = None) -> TrainResult:
-    """Train (trainer.train_vit.train_model) in this process, or with torchrun when
+    """Train (trainer.train.train_model) in this process, or with torchrun when
     TRAIN_NPROC_PER_NODE > 1; returns rank 0's result either way."""
-    from trainer.train_vit import train_model
+    from trainer.train import train_model
 
     nproc = settings.train_nproc_per_node
     if nproc > 1 and settings.train_mode == "linear_probe":
@@ -117,7 +117,7 @@ def _outcome(work: Path, returncode: int) -> TrainResult:
 
 
 def rank_main(argv: list[str]) -> int:
-    from trainer.train_vit import train_model
+    from trainer.train import train_model
 
     from_env = argv == ["--from-env"]
     if from_env:

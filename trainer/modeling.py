@@ -1,4 +1,4 @@
-"""Building, saving and loading the timm model, and choosing the device.
+"""Building (``build_network``), saving and loading the timm model, and choosing the device.
 
 An artifact folder holds ``weights.pt`` (a plain ``state_dict``) and ``model.json`` (architecture,
 preprocessing, class index map, metrics, sha256 of the weights): enough for Exposr-Core to call
@@ -12,13 +12,15 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 import torch
 
 from config.settings import Settings
-from trainer.data import Preprocessing
+from trainer.cache import CACHE_QUALITY
+from trainer.data import Normalizer, Preprocessing, preprocessing_for
 from trainer.errors import ModelNotFound, TrainingError
 from trainer.evaluate import CLASS_INDEX
 from trainer.registry import write_json_atomic
@@ -129,6 +131,27 @@ def _from_file(arch: str, file: Path) -> torch.nn.Module:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300].rstrip(".") if text else type(exc).__name__
+
+
+@dataclass
+class Network:
+    """The model of a training and how it is fed: device, mixed precision, preprocessing."""
+
+    model: torch.nn.Module
+    pre: Preprocessing
+    prepare: Normalizer  # a uint8 batch to the device, normalised
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def build_network(settings: Settings) -> Network:
+    """The timm model on its device, with the preprocessing it is trained and evaluated with."""
+    device, amp_dtype = pick_device(settings.train_device)
+    model = build_model(settings).to(device)
+    pre = preprocessing_for(
+        model, settings.train_image_size, cache_quality=CACHE_QUALITY if settings.train_cache else None
+    )
+    return Network(model, pre, Normalizer(pre, device), device, amp_dtype)
 
 
 def pick_device(name: str) -> tuple[torch.device, torch.dtype | None]:

@@ -75,3 +75,22 @@ def cumulative(progress: Progress) -> Progress:
         progress(dict(seen))
 
     return report
+
+
+def stage(progress: Progress | None, name: str, **fields) -> None:
+    """Which step the training is in ("split", "audit", "cache" 37/117 ...), for the bar and /jobs."""
+    if progress is not None:
+        progress({"stage": name, **fields})
+
+
+def throttled(report: Callable[[int, int], None], every_s: float = 0.5) -> Callable[[int, int], None]:
+    """``report(done, total)`` at most every ``every_s`` seconds, and always for the last one."""
+    last = [0.0]
+
+    def call(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - last[0] >= every_s:
+            last[0] = now
+            report(done, total)
+
+    return call

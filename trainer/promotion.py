@@ -226,15 +226,7 @@ def decide_promotion(
     images and the challenger's scores on them; the images of held-out generators enter the
     decision when there are at least ``EVAL_MIN_PER_CLASS`` of them (:func:`with_unseen`)."""
     est, refused, wanted = chance_check(settings, challenger, totals)
-    base: dict = {
-        "rule": rule_text(settings),
-        "auc": None if est is None else round(est.auc, 4),
-        "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
-        "eval_wanted": wanted,
-        # Power (80 %) at this size: the AUC gain over chance the chance test could show.
-        "min_detectable_auc_above_chance": None if est is None else round(min_detectable(est.variance), 4),
-        "min_detectable_auc_difference": None,
-    }
+    base = _base_figures(settings, est, wanted)
     if refused is not None or est is None:
         return _decision(base, False, refused or "not promoted: no AUC", None)
     if baseline_scores is not None:
@@ -246,6 +238,51 @@ def decide_promotion(
         return _decision(
             base, True, f"first promoted version of this model: AUC {_ci(est)}, better than chance", None
         )
+    return against_champion(
+        settings,
+        base,
+        est,
+        incumbent,
+        challenger,
+        eval_data,
+        device,
+        amp_dtype,
+        totals,
+        dataset,
+        group_of,
+        unseen,
+    )
+
+
+def _base_figures(settings: Settings, est: AucEstimate | None, wanted: dict[str, int] | None) -> dict:
+    """The decision's figures before any comparison: the rule, the AUC against chance, its power."""
+    return {
+        "rule": rule_text(settings),
+        "auc": None if est is None else round(est.auc, 4),
+        "auc_ci95": None if est is None else [round(x, 4) for x in est.ci95],
+        "eval_wanted": wanted,
+        # Power (80 %) at this size: the AUC gain over chance the chance test could show.
+        "min_detectable_auc_above_chance": None if est is None else round(min_detectable(est.variance), 4),
+        "min_detectable_auc_difference": None,
+    }
+
+
+def against_champion(
+    settings: Settings,
+    base: dict,
+    est: AucEstimate,
+    incumbent: dict,
+    challenger: Scored,
+    eval_data: StoredImages,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    totals: dict[str, int] | None,
+    dataset: Sequence,
+    group_of: dict[str, str] | None,
+    unseen: tuple[StoredImages, Scored] | None,
+) -> dict:
+    """The decision against the served version: scored on the images neither trained on (paired
+    DeLong, then the held-out generators); promoted when the champion cannot be scored at all."""
     folder = settings.models_dir / incumbent["model"] / incumbent["version"]
     try:
         comparable, why, excluded = comparable_subset(folder, challenger, dataset, group_of or {})
@@ -303,28 +340,8 @@ def compare_with_champion(
     labels = (new.labels == AI).astype(int)
     n_ai, n_real = int(labels.sum()), int(len(labels) - labels.sum())
     if min(n_ai, n_real) < settings.eval_min_per_class:
-        # New images are never in the champion's training set: each one added to the evaluation
-        # side adds one comparable image.
         everyone = evaluation if evaluation is not None else new
-        have = {
-            "real": int((everyone.labels != AI).sum()),
-            "ai": int((everyone.labels == AI).sum()),
-        }
-        short = {
-            "real": max(0, settings.eval_min_per_class - n_real),
-            "ai": max(0, settings.eval_min_per_class - n_ai),
-        }
-        wanted = {label: have[label] + short[label] for label in have}
-        return _decision(
-            {**base, "eval_wanted": wanted},
-            False,
-            f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
-            f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
-            f"{version} stays; add {_add_text(images_to_add(wanted, have, totals))} labelled image(s) "
-            "(new images go to the evaluation side first)",
-            version,
-            n_compared=len(labels),
-        )
+        return _too_few_comparable(settings, base, version, n_real, n_ai, everyone, totals)
     paired = paired_auc_difference(labels, new.margins, old_scores)
     assert paired is not None  # both classes are present (checked above)
     lo, hi = paired.ci()
@@ -350,6 +367,39 @@ def compare_with_champion(
             "val_auc": round(paired.old.auc, 6),
             "val_auc_ci95": [round(x, 4) for x in paired.old.ci95],
         },
+    )
+
+
+def _too_few_comparable(
+    settings: Settings,
+    base: dict,
+    version: str,
+    n_real: int,
+    n_ai: int,
+    everyone: Scored,
+    totals: dict[str, int] | None,
+) -> dict:
+    """Not promoted: too few images neither model trained on; how many evaluation images to add."""
+    # New images are never in the champion's training set: each one added to the evaluation
+    # side adds one comparable image.
+    have = {
+        "real": int((everyone.labels != AI).sum()),
+        "ai": int((everyone.labels == AI).sum()),
+    }
+    short = {
+        "real": max(0, settings.eval_min_per_class - n_real),
+        "ai": max(0, settings.eval_min_per_class - n_ai),
+    }
+    wanted = {label: have[label] + short[label] for label in have}
+    return _decision(
+        {**base, "eval_wanted": wanted},
+        False,
+        f"not promoted: only {n_real} real and {n_ai} ai evaluation images were "
+        f"never trained on by either model (EVAL_MIN_PER_CLASS={settings.eval_min_per_class}); "
+        f"{version} stays; add {_add_text(images_to_add(wanted, have, totals))} labelled image(s) "
+        "(new images go to the evaluation side first)",
+        version,
+        n_compared=n_real + n_ai,
     )
 
 
@@ -467,43 +517,8 @@ def comparable_subset(
     group -- or (None, why not); with what was excluded for which reason."""
     group_of = group_of or {}
     record = read_training_record(folder)
-    ids = [s.id for s in challenger.samples]
     if record is not None:
-        trained_ids = set(record.ids)
-        note = None
-        if record.sha256 is not None:
-            trained_sha = set(record.sha256)
-        else:  # an older record: the SHA-256s of the ids the index still holds
-            by_id = {s.id: s.sha256 for s in dataset}
-            trained_sha = {by_id[i] for i in trained_ids if i in by_id}
-            unknown = len(trained_ids) - len(trained_sha)
-            if unknown:
-                note = (
-                    f"{unknown} of the champion's {len(trained_ids)} training images are no longer in "
-                    "the index and its record has no SHA-256s: those are excluded by id only"
-                )
-        # Groups (in today's split) holding a training image of the champion, found by content.
-        trained_groups = {
-            group_of[s.id]
-            for s in dataset
-            if (s.sha256 in trained_sha or s.id in trained_ids) and s.id in group_of
-        }
-        same_id = np.isin(ids, list(trained_ids))
-        same_sha = np.array([s.sha256 in trained_sha for s in challenger.samples], dtype=bool) & ~same_id
-        same_group = (
-            np.array([group_of.get(s.id) in trained_groups for s in challenger.samples], dtype=bool)
-            & ~same_id
-            & ~same_sha
-        )
-        keep = ~(same_id | same_sha | same_group)
-        excluded = {
-            "same_id": int(same_id.sum()),
-            "same_sha256": int(same_sha.sum()),
-            "same_group": int(same_group.sum()),
-            "basis": "ids only" if record.sha256 is None and note else "content",
-            "note": note,
-        }
-        return challenger.subset(keep), None, excluded
+        return _exclude_trained(record, challenger, dataset, group_of)
     excluded = {"same_id": 0, "same_sha256": 0, "same_group": 0, "basis": "arrival time", "note": None}
     card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     trained_at = card.get("trained_at")
@@ -521,6 +536,48 @@ def comparable_subset(
             excluded,
         )
     return challenger.subset(after), None, excluded
+
+
+def _exclude_trained(
+    record: TrainingRecord, challenger: Scored, dataset: Sequence, group_of: dict[str, str]
+) -> tuple[Scored | None, str | None, dict]:
+    """The challenger's images less those whose id, SHA-256 or split group the record names."""
+    ids = [s.id for s in challenger.samples]
+    trained_ids = set(record.ids)
+    note = None
+    if record.sha256 is not None:
+        trained_sha = set(record.sha256)
+    else:  # an older record: the SHA-256s of the ids the index still holds
+        by_id = {s.id: s.sha256 for s in dataset}
+        trained_sha = {by_id[i] for i in trained_ids if i in by_id}
+        unknown = len(trained_ids) - len(trained_sha)
+        if unknown:
+            note = (
+                f"{unknown} of the champion's {len(trained_ids)} training images are no longer in "
+                "the index and its record has no SHA-256s: those are excluded by id only"
+            )
+    # Groups (in today's split) holding a training image of the champion, found by content.
+    trained_groups = {
+        group_of[s.id]
+        for s in dataset
+        if (s.sha256 in trained_sha or s.id in trained_ids) and s.id in group_of
+    }
+    same_id = np.isin(ids, list(trained_ids))
+    same_sha = np.array([s.sha256 in trained_sha for s in challenger.samples], dtype=bool) & ~same_id
+    same_group = (
+        np.array([group_of.get(s.id) in trained_groups for s in challenger.samples], dtype=bool)
+        & ~same_id
+        & ~same_sha
+    )
+    keep = ~(same_id | same_sha | same_group)
+    excluded = {
+        "same_id": int(same_id.sum()),
+        "same_sha256": int(same_sha.sum()),
+        "same_group": int(same_group.sum()),
+        "basis": "ids only" if record.sha256 is None and note else "content",
+        "note": note,
+    }
+    return challenger.subset(keep), None, excluded
 
 
 def score_saved_model(

@@ -6,7 +6,8 @@ accuracy, calibration, the exact evaluation ids), ``by_generator`` and ``by_sour
 group), ``unseen_generators`` / ``unseen_sources`` (held out of training entirely),
 ``robustness`` (JPEG q=65, half size, both, and the laundering chains of trainer/launder.py),
 ``shortcut`` (metadata-only probe before training, format-swap probe after), ``promotion``
-(trainer/promotion.py).
+(trainer/promotion.py). ``audit()`` runs the metadata probe before training; ``build_report()``
+scores the fitted model and assembles the report.
 
 AUC of a group: the group's images of one class against the evaluation images of the other class
 (a generator's AI images against all real evaluation images; a camera's real photos against all AI
@@ -26,9 +27,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from trainer.evaluate import CLASS_INDEX, DECISION_THRESHOLD
-from trainer.launder import Launder
-from trainer.split import order_key
+from config.clock import iso_seconds
+from config.progress import Progress
+from config.settings import Settings
+from dataset.facts import has_exif
+from dataset.manager import Sample
+from dataset.storage import StorageDriver, StorageError
+from trainer.data import Preprocessing, StoredImages, eval_transform, make_loader
+from trainer.evaluate import CLASS_INDEX, DECISION_THRESHOLD, evaluate
+from trainer.future import FutureChoice, by_month
+from trainer.launder import CHAINS, LAUNDER_MAX_IMAGES, Launder
+from trainer.loaders import stored_images
+from trainer.modeling import Network
+from trainer.operating import TARGET_FPRS, operating_points
+from trainer.progress import stage
+from trainer.sides import Sides
+from trainer.split import SplitPlan, order_key
 from trainer.stats import (
     auc_estimate,
     cross_validated_auc,
@@ -302,3 +316,252 @@ def shortcut_probe(
 
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), digits)
+
+
+def audit(settings: Settings, sides: Sides, progress: Progress | None = None) -> dict:
+    """The shortcut audit before training: can file metadata alone tell the classes apart?"""
+    stage(progress, "audit")
+    plan = sides.plan
+    shortcut = shortcut_probe(
+        plan.train + plan.eval, facts_reader(sides.storage), plan.group_of, settings.shortcut_warn_auc
+    )
+    if shortcut["warning"]:
+        log.warning("shortcut audit: %s", shortcut["warning"])
+    if progress is not None:
+        progress(
+            {
+                "stage": "audit",
+                "shortcut_warning": shortcut["warning"],
+                "metadata_probe_auc": shortcut["metadata_probe_auc"],
+            }
+        )
+    return shortcut
+
+
+def facts_reader(storage: StorageDriver) -> Callable[[Any], tuple[int, bool]]:
+    """(bytes, has EXIF) of a sample: from the index, or read from storage for older rows."""
+
+    def facts(sample: Sample) -> tuple[int, bool]:
+        if sample.size_bytes is not None and sample.has_exif is not None:
+            return sample.size_bytes, bool(sample.has_exif)
+        try:
+            data = storage.get(sample.image_key)
+        except StorageError:
+            return 0, False
+        return len(data), has_exif(data)
+
+    return facts
+
+
+# ---- the report of a fitted model -----------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    """The fitted model evaluated: report.json but its promotion and training sections, and what the
+    promotion decision is taken from."""
+
+    report: dict
+    metrics: dict  # the fit's metrics with the interval of the AUC and the accuracy by source
+    evaluated: Scored  # the evaluation side's scores
+    unseen: tuple[StoredImages, Scored] | None  # the held-out images and their scores
+    baseline_scores: np.ndarray | None  # the content-only baseline's, aligned with ``evaluated``
+
+
+@dataclass
+class Scorer:
+    """Scores a StoredImages with the fitted model, in order, in one pass."""
+
+    settings: Settings
+    net: Network
+
+    def __call__(self, data: StoredImages, workers: int = 0) -> Scored:
+        loader = make_loader(
+            data,
+            batch_size=self.settings.train_batch_size,
+            shuffle=False,
+            workers=workers,
+            seed=self.settings.train_seed,
+            persistent=False,
+        )
+        return scored(data.samples, evaluate(self.net.model, loader, self.net.prepare, self.net.amp_dtype))
+
+
+def build_report(
+    settings: Settings, net: Network, sides: Sides, val_data: StoredImages, evaluated: Scored, shortcut: dict
+) -> tuple[dict, tuple[StoredImages, Scored] | None]:
+    """(report.json without its promotion section, the held-out images and their scores or None):
+    every figure on images the model never trained on."""
+    score, plan = Scorer(settings, net), sides.plan
+    calibration = calibrate(evaluated, plan.group_of)
+    block = evaluation_block(evaluated, calibration)
+    held_data = (
+        stored_images(
+            sides.storage, plan.held_out, eval_transform(net.pre), net.pre, settings, val_data.cache
+        )
+        if plan.held_out
+        else None
+    )
+    held = score(held_data) if held_data is not None else None
+    robust = robustness(score, val_data, evaluated, block["auc"], settings.train_workers)
+    swap = format_swap(score, sides.storage, val_data, net.pre, settings)
+    report = {
+        "version": None,
+        "model": settings.model_name,
+        "created_at": iso_seconds(),
+        "split": split_block(settings, plan),
+        "evaluation": block,
+        "by_generator": by_attribute(evaluated, _generator),
+        "by_source": by_attribute(evaluated, _source),
+        **unseen_blocks(settings, held, evaluated),
+        "robustness": robust,
+        "future_generators": future_report(sides.future, held, evaluated),
+        "by_month": by_month(evaluated.samples, evaluated.labels, evaluated.margins, figure),
+        "shortcut": {**shortcut, **swap},
+        "operating_points": operating_points(
+            [row["label"] for row in block["images"]],
+            [row["p_ai"] for row in block["images"]],
+            [plan.group_of.get(row["id"], row["id"]) for row in block["images"]],
+            (*TARGET_FPRS, settings.serve_target_fpr),
+        ),
+    }
+    return report, ((held_data, held) if held_data is not None and held is not None else None)
+
+
+def split_block(settings: Settings, plan: SplitPlan) -> dict:
+    return {
+        "train": len(plan.train),
+        "eval": len(plan.eval),
+        "held_out": len(plan.held_out),
+        "excluded": len(plan.excluded),
+        "newly_decided": len(plan.decided),
+        "radius": settings.split_near_dup_distance,
+        "eval_min_per_class": settings.eval_min_per_class,
+        "holdout_generators": sorted(settings.holdout_generators),
+        "holdout_sources": sorted(settings.holdout_sources),
+    }
+
+
+def robustness(
+    score: Scorer, val_data: StoredImages, evaluated: Scored, clean_auc: float | None, workers: int
+) -> dict:
+    """AUC and drop after JPEG q=65, half size, both (every evaluation image) and after the
+    laundering chains (at most LAUNDER_MAX_IMAGES, evenly spread: seconds per 12 MP picture, so in
+    ``workers`` processes; their drop is taken from the clean AUC of the same images)."""
+    robust = (
+        {name: score(perturbed(val_data, Perturb(*how))) for name, how in ROBUSTNESS.items()}
+        if len(val_data)
+        else {}
+    )
+    few_positions = np.unique(
+        np.linspace(0, len(val_data) - 1, min(len(val_data), LAUNDER_MAX_IMAGES)).astype(int)
+    )
+    launder_set = val_data.subset(few_positions.tolist()) if len(val_data) else None
+    chains = (
+        {name: score(laundered(launder_set, name), workers) for name in CHAINS}
+        if launder_set is not None
+        else {}
+    )
+    launder_ids = {s.id for s in launder_set.samples} if launder_set is not None else set()
+    clean_few = evaluated.subset(np.array([s.id in launder_ids for s in evaluated.samples], dtype=bool))
+    return robustness_block(clean_auc, robust) | robustness_block(
+        figure(clean_few.labels, clean_few.margins)["auc"], chains
+    )
+
+
+def format_swap(
+    score: Scorer, storage: StorageDriver, val_data: StoredImages, pre: Preprocessing, settings: Settings
+) -> dict:
+    """The format-swap probe on the first FORMAT_SWAP_MAX_IMAGES evaluation images ({} without any)."""
+    few = stored_images(
+        storage, val_data.samples[:FORMAT_SWAP_MAX_IMAGES], eval_transform(pre), pre, settings, val_data.cache
+    )
+    if not len(few):
+        return {}
+    return format_swap_auc(
+        score(perturbed(few, Perturb("png", None, 1.0))), score(perturbed(few, Perturb("jpeg", 95, 1.0)))
+    )
+
+
+def unseen_blocks(settings: Settings, held: Scored | None, evaluated: Scored) -> dict:
+    """``unseen_generators`` and ``unseen_sources``: AUC per held-out generator and source."""
+    unseen_gen: dict = {}
+    unseen_src: dict = {}
+    if held is not None:
+        in_gen = np.array([s.generator in settings.holdout_generators for s in held.samples], dtype=bool)
+        unseen_gen = by_attribute(held.subset(in_gen), _generator, others=evaluated) if in_gen.any() else {}
+        in_src = np.array([s.source in settings.holdout_sources for s in held.samples], dtype=bool)
+        unseen_src = by_attribute(held.subset(in_src), _source, others=evaluated) if in_src.any() else {}
+    return {"unseen_generators": unseen_gen, "unseen_sources": unseen_src}
+
+
+def future_report(future: FutureChoice, held: Scored | None, evaluated: Scored) -> dict:
+    """``future_generators``: the held-out newest generators' AI images against the real evaluation
+    images, AUC with interval and n; each generator apart under ``by_generator``."""
+    out: dict = {
+        "held_out": list(future.held_out),
+        "k": future.k,
+        "first_seen": future.first_seen,
+        "reason": future.reason,
+    }
+    mine = (
+        np.array([s.generator in future.held_out and s.label == "ai" for s in held.samples], dtype=bool)
+        if held is not None and future.held_out
+        else None
+    )
+    if held is None or mine is None or not mine.any():
+        return {**out, "auc": None, "auc_ci95": None, "n": {"real": 0, "ai": 0}}
+    ai = held.subset(mine)
+    real = evaluated.subset(evaluated.labels != CLASS_INDEX["ai"])
+    fig = figure(np.concatenate([ai.labels, real.labels]), np.concatenate([ai.margins, real.margins]))
+    return {
+        **out,
+        "auc": fig["auc"],
+        "auc_ci95": fig["auc_ci95"],
+        "n": {"real": fig["n_real"], "ai": fig["n_ai"]},
+        **({"note": fig["note"]} if "note" in fig else {}),
+        "by_generator": by_attribute(ai, _generator, others=evaluated),
+    }
+
+
+def headline(report: dict) -> dict:
+    """The figures /models/latest and /metrics carry: AUC with its interval and sample size."""
+    ev = report["evaluation"]
+    unseen = {
+        g: {"auc": f["auc"], "auc_ci95": f["auc_ci95"], "n": f["n"]}
+        for g, f in report.get("unseen_generators", {}).items()
+    }
+    return {
+        "auc": ev["auc"],
+        "auc_ci95": ev["auc_ci95"],
+        "n": ev["n"],
+        "acc": ev["acc"],
+        "ece": ev["ece"],
+        "temperature": ev["temperature"],
+        "unseen_generators": unseen,
+        "future_generators": {
+            k: report.get("future_generators", {}).get(k) for k in ("held_out", "auc", "auc_ci95", "n")
+        },
+        "shortcut_warning": report["shortcut"].get("warning"),
+    }
+
+
+def backbone_warning(settings: Settings) -> str | None:
+    """A linear probe or fine-tune of a backbone without pretrained weights: said in the report, the
+    log and the result (the audit promoted a linear head on a random-weight network, unwarned)."""
+    if settings.train_pretrained:
+        return None
+    what = "a linear probe on its random features" if settings.train_mode == "linear_probe" else "a fine-tune"
+    return (
+        f"the backbone {settings.train_arch} has no pretrained weights (TRAIN_PRETRAINED=false): this is "
+        f"{what} from scratch; compare its AUC with the content-only baseline in the report "
+        "before trusting it"
+    )
+
+
+def _generator(sample: Sample) -> str:
+    return sample.generator or "unknown"
+
+
+def _source(sample: Sample) -> str:
+    return sample.source

@@ -167,7 +167,12 @@ def assign_splits(
         for i in members:
             plan.group_of[ordered[i].id], plan.side_of[ordered[i].id] = group, side
             plan.decided[ordered[i].id] = (group, side)
+    _sort_into_sides(plan, ordered, held)
+    return plan
 
+
+def _sort_into_sides(plan: SplitPlan, ordered: Sequence, held: set[str]) -> None:
+    """Each sample into its list: held out, train, evaluation or excluded (in id order)."""
     for s in ordered:
         side = plan.side_of[s.id]
         if s.id in held:
@@ -178,7 +183,6 @@ def assign_splits(
             plan.eval.append(s)
         else:
             plan.excluded.append(s)
-    return plan
 
 
 def _held_out(samples: Sequence, generators: set[str], sources: set[str]) -> set[str]:

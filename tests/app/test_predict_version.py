@@ -11,7 +11,7 @@ from tests.app.conftest import AUTH
 from tests.images import encode, noise, scene
 from tests.trainer.builders import make_samples
 from trainer.predict import load_version
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 pytestmark = pytest.mark.slow
 TINY = dict(

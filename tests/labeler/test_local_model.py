@@ -13,7 +13,7 @@ from labeler.scoring import run_labeler
 from tests.images import encode
 from tests.trainer.builders import tinted
 from trainer.predict import load_promoted
-from trainer.train_vit import train_model
+from trainer.train import train_model
 
 ENDPOINT = "https://core.test/api/v1/analyze"
 N_PER_CLASS = 12

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from dataset.storage import StorageError
 from tests.images import jpeg, png, scene
-from trainer.train_vit import load_samples
+from trainer.train import load_samples
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
 SCORER = {"name": "exposr-core", "version": "core-1"}

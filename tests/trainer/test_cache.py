@@ -12,7 +12,7 @@ from trainer.cache import CACHE_QUALITY, ImageCache, cache_key, check_cache
 from trainer.data import Preprocessing, StoredImages, eval_transform
 from trainer.evaluate import CLASS_INDEX
 from trainer.stats import auc_estimate
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 PRE = Preprocessing(32, (0.5,) * 3, (0.5,) * 3)  # decode side 48
 

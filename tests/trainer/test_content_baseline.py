@@ -12,7 +12,7 @@ from trainer.baseline import content_baseline
 from trainer.copies import signature
 from trainer.promotion import baseline_check
 from trainer.report import Scored
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 def _sample(i: int, label: str):

@@ -10,7 +10,7 @@ import numpy as np
 from tests.trainer.builders import fake_sample, make_samples
 from trainer.promotion import TRAIN_IDS_FILE, comparable_subset, read_training_record, training_record
 from trainer.report import Scored
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 def _scored(samples) -> Scored:

@@ -13,7 +13,7 @@ from tests.trainer.builders import make_samples, store, tinted
 from trainer.data import StoredImages
 from trainer.future import choose_future
 from trainer.promotion import TRAIN_IDS_FILE
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 def _dataset(storage) -> list:

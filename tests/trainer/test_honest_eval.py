@@ -30,7 +30,7 @@ from trainer.stats import (
     paired_auc_difference,
     sigmoid,
 )
-from trainer.train_vit import train_model, train_on_samples
+from trainer.train import train_model, train_on_samples
 
 
 async def _ingest(settings, start: int, n: int, **extra) -> list[str]:

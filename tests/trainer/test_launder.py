@@ -113,7 +113,7 @@ def test_stored_images_launder_at_the_probability_asked(tmp_path):
 
 def test_train_launder_aug_sends_training_pictures_through_the_chains(tiny, tmp_path, monkeypatch):
     from tests.trainer.builders import make_samples
-    from trainer.train_vit import train_on_samples
+    from trainer.train import train_on_samples
 
     storage = LocalStorage(tmp_path / "datasets")
     picks: list[tuple[float, str | None]] = []
@@ -125,7 +125,7 @@ def test_train_launder_aug_sends_training_pictures_through_the_chains(tiny, tmp_
         return chain
 
     monkeypatch.setattr(Launder, "pick", spy)
-    monkeypatch.setattr("trainer.train_vit.LAUNDER_MAX_IMAGES", 12)  # the report's cap, made small
+    monkeypatch.setattr("trainer.report.LAUNDER_MAX_IMAGES", 12)  # the report's cap, made small
     settings = tiny(train_launder_aug=0.5, train_epochs=2)
     train_on_samples(settings, make_samples(storage, 60), storage)
     report = json.loads((settings.models_dir / "vit" / "v1" / "report.json").read_text())

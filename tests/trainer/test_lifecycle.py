@@ -13,7 +13,7 @@ from tests.images import encode
 from tests.trainer.builders import make_samples, tinted
 from trainer.registry import load_registry
 from trainer.summary import summary_table
-from trainer.train_vit import train_model, train_on_samples
+from trainer.train import train_model, train_on_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 # Real worker processes, but no more than the CPUs (more makes torch warn, and warnings are errors).
@@ -74,7 +74,7 @@ def test_killed_training_leaves_models_as_they_were_and_is_cleaned_up(make_setti
     script = textwrap.dedent(f"""
         import os
         from config.settings import Settings
-        from trainer.train_vit import train_model, train_on_samples
+        from trainer.train import train_model, train_on_samples
         settings = Settings(_env_file=None, **{settings.model_dump(mode="json", include=_FIELDS)!r})
         train_model(settings, progress=lambda event: event.get("epoch") and os._exit(9))  # like SIGKILL
     """)

@@ -15,7 +15,7 @@ import pytest
 from tests.trainer.builders import make_samples
 from trainer.cache import bounded_map
 from trainer.data import PackedStrings, StoredImages
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 class CountingPool(ThreadPoolExecutor):

@@ -21,7 +21,7 @@ from tests.trainer.builders import make_samples, tinted
 from trainer.errors import TrainingError
 from trainer.predict import Predictor
 from trainer.probe import FEATURES_PREFIX
-from trainer.train_vit import train_model, train_on_samples
+from trainer.train import train_model, train_on_samples
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,7 +141,7 @@ def test_a_killed_training_resumes_from_its_last_epoch_with_the_same_loss_curve(
     script = textwrap.dedent(f"""
         import os
         from config.settings import Settings
-        from trainer.train_vit import train_model
+        from trainer.train import train_model
         settings = Settings(_env_file=None, **{settings.model_dump(mode="json", include=_FIELDS)!r})
         train_model(settings, progress=lambda e: e.get("stage") == "train" and e.get("epoch") == 2
                     and os._exit(9))

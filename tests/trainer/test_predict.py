@@ -11,7 +11,7 @@ from dataset.storage import LocalStorage
 from tests.images import encode, scene
 from tests.trainer.builders import make_samples
 from trainer.predict import load_promoted
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 @pytest.fixture(scope="module")

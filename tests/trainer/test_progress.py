@@ -12,7 +12,7 @@ from app.cli_views import progress_bar
 from dataset.storage import LocalStorage
 from tests.trainer.builders import make_samples
 from trainer.progress import REPORT_EVERY_SECONDS, batch_event, batch_reporter, cumulative
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 
 def test_batch_event_counts_the_whole_run():

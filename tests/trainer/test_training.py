@@ -23,7 +23,7 @@ from trainer.modeling import build_model, hub_reachable
 from trainer.predict import load_promoted
 from trainer.registry import load_registry, promoted_entry
 from trainer.split import assign_splits
-from trainer.train_vit import train_on_samples
+from trainer.train import train_on_samples
 
 ARCH = "test_resnet"
 

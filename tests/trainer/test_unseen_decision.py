@@ -61,7 +61,7 @@ def test_a_retrain_scores_the_champion_on_the_held_out_generator_for_the_decisio
     import json
 
     from tests.trainer.builders import make_samples
-    from trainer.train_vit import train_on_samples
+    from trainer.train import train_on_samples
 
     samples = [
         dataclasses.replace(s, generator="Flux.1 D" if s.label == "ai" and i % 4 == 1 else "SDXL 1.0")
