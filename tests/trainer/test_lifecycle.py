@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dataset.manager import DatasetManager
 from tests.images import encode
-from tests.trainer.builders import make_samples, tinted
+from tests.trainer.builders import make_samples, textured
 from trainer.registry import load_registry
 from trainer.summary import summary_table
 from trainer.train_vit import train_model, train_on_samples
@@ -40,7 +40,7 @@ async def _ingest(settings, n: int, unlabeled: int = 0) -> None:
             label = "unlabeled" if i >= n else ("ai" if i % 2 else "real")
             drawn = "ai" if i % 2 else "real"
             outcome = await dm.ingest(
-                encode(tinted(7000 + i, drawn, size=(64, 48)), "JPEG"),
+                encode(textured(7000 + i, drawn, size=(64, 48)), "JPEG"),
                 {"source": "folder", "label": label, "attribution": {}, "api_data": {}},
             )
             assert outcome.status == "stored", outcome
