@@ -65,7 +65,9 @@ async def build_dataset_and_model(settings) -> None:
         for i in range(ALL):
             label = ("real", "ai")[i % 2] if i < 2 * N_PER_CLASS else "unlabeled"
             drawn = label if label != "unlabeled" else "ai"
-            outcome = await dm.ingest(encode(textured(i, drawn), "JPEG"), {"source": "folder", "label": label})
+            outcome = await dm.ingest(
+                encode(textured(i, drawn), "JPEG"), {"source": "folder", "label": label}
+            )
             assert outcome.status == "stored", outcome
     result = train_model(settings)
     assert result["promoted"] is True, result["promotion_reason"]
