@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     eval_min_per_class: int = Field(10, ge=2)
     split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
     promotion_margin: float = Field(0.02, ge=0, le=0.5)
+    # A frozen benchmark (issue 22 point 5): a folder with real/ and ai/ every version is scored on
+    # (trainer/benchmark.py); unset: none.
+    eval_benchmark_dir: Path | None = None
     # Promotion also requires beating the content-only baseline (trainer/baseline.py), paired
     # (issue 22 point 3): on by default; false only reports it.
     promotion_content_baseline: bool = True
@@ -163,6 +166,7 @@ class Settings(BaseSettings):
         "webhooks",
         "webhooks_file",
         "eval_future_generators",
+        "eval_benchmark_dir",
         mode="before",
     )
     @classmethod
