@@ -224,13 +224,14 @@ def score_version(
     labels = np.array([1 if i.label == "ai" else 0 for i, _ in scored], dtype=int)
     est = auc_estimate(labels, np.array([p for _, p in scored], dtype=np.float64)) if scored else None
     reasons = list(excluded.values())
-    doc = {
+    counts = {"real": int((labels == 0).sum()), "ai": int(labels.sum())}
+    doc: dict = {
         "model": name,
         "version": version,
         "folder": str(manifest.folder),
         "manifest": manifest.digest,
         "scored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "n": {"real": int((labels == 0).sum()), "ai": int(labels.sum())},
+        "n": counts,
         "excluded": {
             "same_sha256": reasons.count("same_sha256"),
             "copy_of_training_image": reasons.count("copy_of_training_image"),
@@ -250,8 +251,8 @@ def score_version(
         name,
         version,
         doc["auc"],
-        doc["n"]["real"],
-        doc["n"]["ai"],
+        counts["real"],
+        counts["ai"],
         len(excluded),
     )
     return doc
