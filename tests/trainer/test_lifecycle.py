@@ -59,7 +59,8 @@ async def test_train_model_reads_the_dataset_with_workers_and_skips_unlabeled(ma
 
 
 def test_trains_from_s3_storage_in_worker_processes(make_settings, s3_storage):
-    samples = make_samples(s3_storage, 40)
+    # About S3 and worker processes, not promotion: the colour cast is learnt in 2 epochs, the texture is not.
+    samples = make_samples(s3_storage, 40, signal="cast")
     result = train_on_samples(_tiny(make_settings, train_workers=1), samples, s3_storage)
     assert result["version"] == "v1" and result["skipped_images"] == 0 and result["val_auc"] > 0.8
 
