@@ -14,7 +14,8 @@ from tests.images import encode, scene
 
 # A colour cast per class: survives crop, flip and JPEG, so a tiny model can learn it in seconds --
 # but so does a logistic regression on 8x8 colour thumbnails: a *content* shortcut, which the
-# content-baseline gate (PROMOTION_CONTENT_BASELINE) refuses. Only for tests about shortcuts.
+# content-baseline gate (PROMOTION_CONTENT_BASELINE) refuses. For tests about shortcuts, and for
+# tests that expect no promotion and need a signal learnt in 2 epochs.
 TINT = {"real": (40, 200, 60), "ai": (200, 40, 200)}
 # The class signal of the sets that must reach promotion: AI pictures carry a fine zero-mean
 # checkerboard (a stand-in for a generator's periodic upsampling trace), real ones do not. The
