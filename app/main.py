@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response
 
 from app import api_docs, prometheus
+from app.benchmark import BenchmarkScorer
 from app.errors import install_error_handlers
 from app.jobs import JobRunner
 from app.jobstore import JobStore, make_engine
@@ -81,6 +82,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Review thumbnails made ahead, so a page of them shows at once (app/ui/thumbnails.py).
         maker = ThumbnailMaker(app.state.dataset, settings)
         app.state.thumbnails = await stack.enter_async_context(maker)
+        # Versions not yet scored on the frozen benchmark are scored in the background (app/benchmark.py).
+        app.state.benchmark = BenchmarkScorer(settings)
+        runner.on_finished.append(app.state.benchmark.job_finished)
+        app.state.benchmark.kick()
         app.state.started_at, app.state.started_monotonic = iso_micro(), time.monotonic()
         log.info("service started (storage %s)", app.state.dataset.storage.describe())
         yield

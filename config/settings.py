@@ -96,8 +96,12 @@ class Settings(BaseSettings):
     eval_min_per_class: int = Field(10, ge=2)
     split_near_dup_distance: int = Field(12, ge=0, le=32)  # measured: docs/evaluation.md
     promotion_margin: float = Field(0.02, ge=0, le=0.5)
-    # Promotion also requires beating the content-only baseline (trainer/baseline.py), paired.
-    promotion_content_baseline: bool = False
+    # A frozen benchmark (issue 22 point 5): a folder with real/ and ai/ every version is scored on
+    # (trainer/benchmark.py); unset: none.
+    eval_benchmark_dir: Path | None = None
+    # Promotion also requires beating the content-only baseline (trainer/baseline.py), paired
+    # (issue 22 point 3): on by default; false only reports it.
+    promotion_content_baseline: bool = True
     shortcut_warn_auc: float = Field(0.8, gt=0.5, le=1)
     # The k AI generators first seen most recently never train (trainer/future.py); unset: 1 when at
     # least 3 AI generators have EVAL_MIN_PER_CLASS images each, else 0 (the report says why).
@@ -160,6 +164,7 @@ class Settings(BaseSettings):
         "webhooks",
         "webhooks_file",
         "eval_future_generators",
+        "eval_benchmark_dir",
         mode="before",
     )
     @classmethod

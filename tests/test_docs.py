@@ -18,7 +18,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.images import encode, jpeg, noise
+from tests.images import encode, jpeg
+from tests.trainer.builders import textured
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -97,7 +98,7 @@ def served(tmp_path_factory):
     ai.mkdir()
     for i in range(24):
         (real / f"r{i}.jpg").write_bytes(jpeg(100 + i))
-        (ai / f"a{i}.png").write_bytes(encode(noise(200 + i, size=(72, 72)), "PNG"))
+        (ai / f"a{i}.png").write_bytes(encode(textured(200 + i, "ai", size=(72, 72)), "PNG"))
     sources = root / "sources.yaml"
     sources.write_text(
         yaml.safe_dump(

@@ -35,7 +35,7 @@ NO_CORE = "no Exposr-Core in tests: a closed port on 127.0.0.1 (the default is l
 NO_SCHEDULE = "the test starts each job itself: a schedule firing meanwhile would race it"
 TINY_PICTURES = "the generated pictures are 64-96 px; the shipped minimum side is 32 but some are 16-24"
 FAST_LR = "a tiny model from scratch in 4-5 epochs needs a larger step than the fine-tuning default"
-SEED = "a seed at which the tiny from-scratch model separates the two tints within its epochs"
+SEED = "a seed at which the tiny from-scratch model separates the two classes within its epochs"
 CPU = "scores are compared with CPU computations; auto would pick a GPU where there is one"
 SWEEP = "a dead holder or a queued job is noticed within a second instead of 15 s / 2 s"
 SUBJECT = "the setting is what the test is about"
@@ -45,6 +45,10 @@ REASONS: dict[tuple[str, str], str] = {
     ("tests/conftest.py", "scheduler_enabled"): NO_SCHEDULE,
     ("tests/conftest.py", "train_device"): CPU,
     ("tests/conftest.py", "min_image_side"): TINY_PICTURES,
+    ("tests/app/test_benchmark_api.py", "eval_benchmark_dir"): SUBJECT,
+    ("tests/app/test_benchmark_api.py", "min_train_samples"): SMALL_DATA,
+    ("tests/app/test_benchmark_api.py", "val_fraction"): QUARTER,
+    ("tests/app/test_benchmark_api.py", "train_lr"): FAST_LR,
     ("tests/app/test_cli.py", "min_train_samples"): SMALL_DATA,
     ("tests/app/test_cli.py", "val_fraction"): QUARTER,
     ("tests/app/test_cli.py", "scrape_every_hours"): SUBJECT,

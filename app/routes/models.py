@@ -222,6 +222,30 @@ async def model_history(
     }
 
 
+@router.get(
+    "/models/{name}/benchmark",
+    responses={404: {"model": ErrorOut}},
+    summary="Every version's AUC on the frozen benchmark (EVAL_BENCHMARK_DIR), oldest first",
+)
+async def model_benchmark(name: str, request: Request, settings: SettingsDep) -> dict:
+    """Each version's benchmark AUC with its 95 % interval, images scored and images excluded as
+    trained on (trainer/benchmark.py). A version not yet scored on the benchmark's current content
+    is ``pending``: this request starts the background scoring and answers at once."""
+    from app.benchmark import BenchmarkScorer
+    from trainer.benchmark import BenchmarkError, benchmark_view
+
+    try:
+        view = await run_in_threadpool(benchmark_view, settings, name)
+    except BenchmarkError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    scorer = getattr(request.app.state, "benchmark", None)
+    if view["pending"] and isinstance(scorer, BenchmarkScorer):
+        scorer.kick()
+    view["scoring"] = isinstance(scorer, BenchmarkScorer) and scorer.running
+    view["error"] = scorer.last_error if isinstance(scorer, BenchmarkScorer) else None
+    return view
+
+
 @router.post(
     "/models/{name}/aliases/{alias}",
     response_model=AliasMoved,

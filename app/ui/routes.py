@@ -138,6 +138,7 @@ async def models_page(request: Request, session: dict, message: str | None = Non
             "entries": entries,
             "served": (await request.app.state.overview.get())["latest_model"],
             "chart": views.models_chart(entries),
+            "benchmark_chart": await run_in_threadpool(views.benchmark_chart, request, settings),
             "metrics": views.MODEL_METRICS,
             "aliases": aliases,
             "trail": trail,

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.routes.models import registered_artifact
 from app.ui.charts import line_chart
-from app.ui.plots import Frame, bar_plot, nice_ticks
+from app.ui.plots import Frame, Interval, bar_plot, empty, interval_plot, nice_ticks
 from dataset.contracts import LABELS
 from dataset.errors import StorageError
 from trainer.errors import ArtifactMissing
@@ -201,6 +201,31 @@ def models_chart(entries: list[dict]) -> Any:
         y_min=0,
         y_max=1,
     )
+
+
+def benchmark_chart(request, settings) -> Any:
+    """The frozen benchmark's AUC of every version of MODEL_NAME on one plot (oldest at the top),
+    with its 95 % interval; a version not yet scored says so, and the background scoring is kicked
+    (app/benchmark.py). None when EVAL_BENCHMARK_DIR is not set."""
+    from trainer.benchmark import BenchmarkError, benchmark_view
+
+    if settings.eval_benchmark_dir is None:
+        return None
+    try:
+        view = benchmark_view(settings, settings.model_name)
+    except (BenchmarkError, OSError, ValueError, StorageError) as exc:
+        return empty(f"benchmark: {exc}")
+    scorer = getattr(request.app.state, "benchmark", None)
+    if view["pending"] and scorer is not None:
+        scorer.kick()
+    rows = []
+    for v in view["versions"]:
+        ci = v.get("auc_ci95") or [None, None]
+        note = "being scored" if v["pending"] else (v.get("note") or "no AUC")
+        rows.append(Interval(f"{view['model']} {v['version']}", v.get("auc"), ci[0], ci[1], note))
+    n = view["n"]
+    title = f"benchmark AUC per version ({n['real']} real + {n['ai']} ai, manifest {view['manifest'][:8]})"
+    return interval_plot(rows, title)
 
 
 def artifact_json(settings, entry: dict, filename: str) -> dict | None:

@@ -122,7 +122,7 @@ def test_every_command_is_registered_with_help():
 def test_train_command_shows_per_batch_progress_in_80_columns(env, capsys):
     from config.settings import load_settings
     from tests.images import encode
-    from tests.trainer.builders import tinted
+    from tests.trainer.builders import textured
 
     for name, value in {
         "TRAIN_ARCH": "test_resnet",
@@ -141,7 +141,7 @@ def test_train_command_shows_per_batch_progress_in_80_columns(env, capsys):
             for i in range(40):
                 drawn = "ai" if i % 2 else "real"
                 await dm.ingest(
-                    encode(tinted(9100 + i, drawn, size=(64, 48)), "JPEG"),
+                    encode(textured(9100 + i, drawn, size=(64, 48)), "JPEG"),
                     {"source": "folder", "label": drawn, "attribution": {}},
                 )
 

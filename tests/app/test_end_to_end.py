@@ -12,7 +12,8 @@ import yaml
 
 from app.jobs import scrape_job, train_job
 from tests.app.conftest import AUTH
-from tests.images import encode, jpeg, noise
+from tests.images import encode, jpeg
+from tests.trainer.builders import textured
 
 pytestmark = pytest.mark.slow
 KINDS = {"scrape": scrape_job, "train": train_job}  # without follow-up label jobs
@@ -34,7 +35,7 @@ def write_sources(tmp_path, n: int = 24):
     ai.mkdir()
     for i in range(n):
         (real / f"r{i}.jpg").write_bytes(jpeg(100 + i))
-        (ai / f"a{i}.png").write_bytes(encode(noise(200 + i, size=(72, 72)), "PNG"))
+        (ai / f"a{i}.png").write_bytes(encode(textured(200 + i, "ai", size=(72, 72)), "PNG"))
     config = tmp_path / "sources.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -104,7 +105,7 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     ci = report["evaluation"]["auc_ci95"]
     assert latest["evaluation"]["auc_ci95"] == metrics["validation_auc_ci95"] == ci
     assert card["temperature"] == report["evaluation"]["temperature"] == latest["temperature"]
-    # JPEG photos against PNG noise: the metadata-only probe sees the format shortcut and says so.
+    # JPEG photos against PNG textured scenes: the metadata-only probe sees the format shortcut and says so.
     assert report["shortcut"]["metadata_probe_auc"] > 0.9
     assert "without looking at pixels" in client.get("/status").json()["shortcut_warning"]
     assert client.get("/models/vit/v1/report").status_code == 401
@@ -116,7 +117,9 @@ def test_scrape_train_download_predict(make_client, tmp_path):
     folder.mkdir()
     (folder / "weights.pt").write_bytes(weights.content)
     (folder / "model.json").write_text(json.dumps(card))
-    scores = Predictor(folder, device="cpu").predict_bytes([jpeg(999), encode(noise(999), "PNG")])
+    scores = Predictor(folder, device="cpu").predict_bytes(
+        [jpeg(999), encode(textured(999, "ai", size=(72, 72)), "PNG")]
+    )
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
 
     for bad in (

@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from dataset.manager import DatasetManager
-from tests.images import encode, jpeg, noise
+from tests.images import encode, jpeg
 from tests.pgserver import free_port
+from tests.trainer.builders import textured
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,7 +139,7 @@ async def fill(env: dict[str, str], root: Path, make_settings) -> None:
     async with DatasetManager(settings) as dm:
         for i in range(2 * N_PER_CLASS):
             label = ("real", "ai")[i % 2]
-            data = jpeg(100 + i) if label == "real" else encode(noise(200 + i, size=(72, 72)), "PNG")
+            data = jpeg(100 + i) if label == "real" else encode(textured(200 + i, "ai", size=(72, 72)), "PNG")
             assert (await dm.ingest(data, {"source": "folder", "label": label})).status == "stored"
 
 

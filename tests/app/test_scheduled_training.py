@@ -13,7 +13,7 @@ from app.jobstore import JobStore, make_engine
 from app.scheduler import JobScheduler
 from dataset.manager import DatasetManager
 from tests.images import encode
-from tests.trainer.builders import tinted
+from tests.trainer.builders import textured
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ async def test_the_scheduler_fires_a_training_with_the_shipped_defaults(make_set
         for i in range(40):
             label = "ai" if i % 2 else "real"
             await dm.ingest(
-                encode(tinted(5200 + i, label, size=(64, 48)), "JPEG"), {"source": "folder", "label": label}
+                encode(textured(5200 + i, label, size=(64, 48)), "JPEG"), {"source": "folder", "label": label}
             )
     engine = make_engine(settings)
     runner = JobRunner(settings, JobStore(engine), {"train": train_job})

@@ -12,7 +12,7 @@ import pytest
 
 from dataset.manager import DatasetManager
 from tests.images import encode
-from tests.trainer.builders import tinted
+from tests.trainer.builders import textured
 from trainer.distributed import train
 
 N_PER_CLASS = 40
@@ -28,7 +28,9 @@ async def fill(settings) -> None:
     async with DatasetManager(settings) as dm:
         for i in range(2 * N_PER_CLASS):
             label = ("real", "ai")[i % 2]
-            outcome = await dm.ingest(encode(tinted(i, label), "JPEG"), {"source": "folder", "label": label})
+            outcome = await dm.ingest(
+                encode(textured(i, label), "JPEG"), {"source": "folder", "label": label}
+            )
             assert outcome.status == "stored", outcome
 
 

@@ -9,7 +9,7 @@ import json
 
 from dataset.storage import LocalStorage
 from tests.images import encode
-from tests.trainer.builders import make_samples, store, tinted
+from tests.trainer.builders import make_samples, store, textured
 from trainer.data import StoredImages
 from trainer.future import choose_future
 from trainer.promotion import TRAIN_IDS_FILE
@@ -25,7 +25,7 @@ def _dataset(storage) -> list:
         samples.append(dataclasses.replace(s, generator=generator, created_at=when))
     # A new generator, first seen in June, whose pictures look like the real ones to this model.
     for i in range(16):
-        new = store(storage, f"flux-{i:03d}", "ai", encode(tinted(7_000 + i, "real"), "JPEG"))
+        new = store(storage, f"flux-{i:03d}", "ai", encode(textured(7_000 + i, "real"), "JPEG"))
         samples.append(dataclasses.replace(new, generator="Flux.2", created_at="2026-06-01T00:00:00Z"))
     return samples
 

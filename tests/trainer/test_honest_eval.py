@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from dataset.manager import DatasetManager
 from dataset.storage import LocalStorage
 from tests.images import encode
-from tests.trainer.builders import make_samples, tinted
+from tests.trainer.builders import make_samples, textured
 from trainer.data import StoredImages
 from trainer.launder import CHAINS
 from trainer.model_sync import latest_payload
@@ -39,7 +39,7 @@ async def _ingest(settings, start: int, n: int, **extra) -> list[str]:
         for i in range(start, start + n):
             label = "ai" if i % 2 else "real"
             outcome = await dm.ingest(
-                encode(tinted(9000 + i, label, size=(64, 48)), "JPEG"),
+                encode(textured(9000 + i, label, size=(64, 48)), "JPEG"),
                 {"source": "folder", "label": label, **extra},
             )
             assert outcome.status == "stored", outcome

@@ -17,7 +17,7 @@ import torch
 
 from dataset.manager import DatasetManager
 from tests.images import encode
-from tests.trainer.builders import make_samples, tinted
+from tests.trainer.builders import make_samples, textured
 from trainer.errors import TrainingError
 from trainer.predict import Predictor
 from trainer.probe import FEATURES_PREFIX
@@ -112,7 +112,7 @@ async def _ingest(settings, n: int) -> None:
         for i in range(n):
             label = "ai" if i % 2 else "real"
             await dm.ingest(
-                encode(tinted(4000 + i, label, size=(64, 48)), "JPEG"), {"source": "folder", "label": label}
+                encode(textured(4000 + i, label, size=(64, 48)), "JPEG"), {"source": "folder", "label": label}
             )
 
 

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from dataset.manager import DatasetManager
-from tests.images import encode, jpeg, noise
+from tests.images import encode, jpeg
+from tests.trainer.builders import textured
 from trainer.model_store import REGISTRY_KEY, RegistryConflict, SharedModelStore, train_with_shared_store
 
 AUTH = {"Authorization": "Bearer test-token-0123456789"}
@@ -52,7 +53,7 @@ async def fill(settings) -> None:
     async with DatasetManager(settings) as dm:
         for i in range(2 * N_PER_CLASS):
             label = ("real", "ai")[i % 2]
-            data = jpeg(100 + i) if label == "real" else encode(noise(200 + i, size=(72, 72)), "PNG")
+            data = jpeg(100 + i) if label == "real" else encode(textured(200 + i, "ai", size=(72, 72)), "PNG")
             outcome = await dm.ingest(data, {"source": "folder", "label": label})
             assert outcome.status == "stored", outcome
 
