@@ -77,7 +77,7 @@ from trainer.report import (
 )
 from trainer.results import TrainResult
 from trainer.signatures import content_signatures
-from trainer.split import SplitPlan, assign_splits
+from trainer.split import SplitPlan, assign_splits, leakage
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +427,7 @@ def build_report(
         "future_generators": future_block,
         "by_month": by_month(evaluated.samples, evaluated.labels, evaluated.margins, figure),
         "shortcut": {**shortcut, **swap},
+        "leakage": leakage(plan, settings.split_near_dup_distance),
         "operating_points": operating_points(
             [row["label"] for row in block["images"]],
             [row["p_ai"] for row in block["images"]],
