@@ -42,7 +42,7 @@ GENERATORS = (
     ("CompVis/stable-diffusion", "stable-diffusion-v1"),
     ("edmundhong/stable-diffusion", "stable-diffusion-v1"),
     ("ML72/AI-Image-Classifier-Playground", "ml72-diffusion"),  # dates unspecified in its source
-    ("necenzurat/ai-image-filter", "chatgpt-image"),  # 2025
+    ("necenzurat/ai-image-filter", "chatgpt-image"),  # 2025; 16 ChatGPT + 2 Gemini, one source
 )
 
 
