@@ -33,7 +33,8 @@ keeps the built-in base that callers already catch it by (``KeyError``, ``ValueE
     │       ├── CoreUnavailable        no usable answer after the retries
     │       └── CoreBadAnswer          an answer that is not a probability we may store
     ├── TrainingError                  trainer/errors.py: a training that cannot run or finish
-    │   └── EntryMismatch              (ValueError) a training-cache entry is not its picture's
+    │   ├── EntryMismatch              (ValueError) a training-cache entry is not its picture's
+    │   └── BenchmarkError             the frozen benchmark (EVAL_BENCHMARK_DIR) is not set or usable
     ├── RegistryError                  trainer/errors.py: the model registry and its files
     │   ├── ModelNotFound              (LookupError) no such (promoted) model on this host
     │   ├── ArtifactMissing            (LookupError) a registered version lacks a file

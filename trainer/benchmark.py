@@ -37,6 +37,7 @@ import numpy as np
 from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
 from trainer.copies import SIGNATURE_VERSION, Signature, copy_pairs, signature
+from trainer.errors import BenchmarkError
 from trainer.registry import write_json_atomic
 from trainer.signatures import DECODE_SIDE, store_path
 from trainer.stats import auc_estimate
@@ -47,10 +48,6 @@ LABELS = ("real", "ai")
 RESULT_FILE = "benchmark.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _BATCH = 500  # signatures looked up per statement
-
-
-class BenchmarkError(Exception):
-    """The benchmark folder cannot be used (missing, no real/ or ai/ in it)."""
 
 
 @dataclass(frozen=True)

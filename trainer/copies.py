@@ -265,12 +265,10 @@ def verify_crop(
             windows.append((x, y, w, h))
     if not windows:
         return -1.0
-    if bases is None:
-        base = _base(original)
-    else:
-        base = bases.get(original_key)
-        if base is None:
-            base = bases[original_key] = _base(original)
+    known = bases.get(original_key) if bases is not None else None
+    base = known if known is not None else _base(original)
+    if bases is not None:
+        bases[original_key] = base
     samples = _sample(base, np.array(windows))
     return float(_similarity(samples, _whole(crop, cache, key)).max())
 

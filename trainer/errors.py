@@ -2,7 +2,8 @@
 
 - ``TrainingError``: a training that cannot run or finish; the message tells a person what was
   wrong and what to do (too few samples, pretrained weights unavailable, bad architecture ...).
-  ``EntryMismatch`` (also a ``ValueError``): a training-cache entry that is not its picture's.
+  ``EntryMismatch`` (also a ``ValueError``): a training-cache entry that is not its picture's;
+  ``BenchmarkError``: the frozen benchmark (EVAL_BENCHMARK_DIR) is not set or not usable.
 - ``RegistryError``: the model registry and the versions' files.
   ``ModelNotFound`` (also a ``LookupError``): no promoted model, or the asked-for version or its
   files are missing; ``ArtifactMissing`` (also a ``LookupError``): a registered version's file is
@@ -17,6 +18,10 @@ from config.errors import ExposrError
 
 class TrainingError(ExposrError):
     """A training job that cannot run or finish; str(exc) is meant for a person."""
+
+
+class BenchmarkError(TrainingError):
+    """The frozen benchmark (EVAL_BENCHMARK_DIR) is not set or not usable; the message says which."""
 
 
 class EntryMismatch(TrainingError, ValueError):

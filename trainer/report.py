@@ -42,7 +42,7 @@ from trainer.modeling import Network
 from trainer.operating import TARGET_FPRS, operating_points
 from trainer.progress import stage
 from trainer.sides import Sides
-from trainer.split import SplitPlan, order_key
+from trainer.split import SplitPlan, leakage, order_key
 from trainer.stats import (
     auc_estimate,
     cross_validated_auc,
@@ -418,6 +418,7 @@ def build_report(
         "future_generators": future_report(sides.future, held, evaluated),
         "by_month": by_month(evaluated.samples, evaluated.labels, evaluated.margins, figure),
         "shortcut": {**shortcut, **swap},
+        "leakage": leakage(plan, settings.split_near_dup_distance),
         "operating_points": operating_points(
             [row["label"] for row in block["images"]],
             [row["p_ai"] for row in block["images"]],

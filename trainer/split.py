@@ -185,6 +185,34 @@ def _sort_into_sides(plan: SplitPlan, ordered: Sequence, held: set[str]) -> None
             plan.excluded.append(s)
 
 
+def leakage(plan: SplitPlan, radius: int) -> dict:
+    """report.json's ``leakage`` (design.md §13): how close each evaluated image (evaluation set and
+    held-out generators/sources) comes to the nearest training image, in perceptual-hash bits.
+
+    The split keeps groups within ``radius`` bits on one side, so ``eval_within_radius_of_train``
+    must be 0; more means the grouping was bypassed (a stored side moved, a hash changed) and the
+    evaluation figures are inflated by near-copies of training images."""
+    evaluated = [*plan.eval, *plan.held_out]
+    nearest: dict[str, int | None] = {}
+    if plan.train and evaluated:
+        train = _as_uint64(s.phash for s in plan.train)
+        per_block = max(1, _BLOCK_CELLS // len(train))
+        for start in range(0, len(evaluated), per_block):
+            block = evaluated[start : start + per_block]
+            rows = _as_uint64(s.phash for s in block)
+            distances = np.bitwise_count(rows[:, None] ^ train[None, :]).min(axis=1)
+            nearest.update({s.id: int(d) for s, d in zip(block, distances.tolist(), strict=True)})
+    else:
+        nearest = {s.id: None for s in evaluated}
+    known = [d for d in nearest.values() if d is not None]
+    return {
+        "invariant_hash_radius": radius,
+        "eval_within_radius_of_train": sum(d <= radius for d in known),
+        "min_distance": min(known) if known else None,
+        "nearest_train_distance": dict(sorted(nearest.items())),
+    }
+
+
 def _held_out(samples: Sequence, generators: set[str], sources: set[str]) -> set[str]:
     return {s.id for s in samples if (s.generator in generators) or (s.source in sources)}
 

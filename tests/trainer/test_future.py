@@ -63,6 +63,12 @@ def test_the_newest_generator_is_held_out_never_trains_and_scores_lower(tiny, tm
     )
     card = json.loads((folder / "model.json").read_text())
     assert card["evaluation"]["future_generators"]["held_out"] == ["Flux.2"]
+    leak = report["leakage"]  # design.md §13: every evaluated image's distance to training
+    assert leak["invariant_hash_radius"] == settings.split_near_dup_distance
+    assert set(leak["nearest_train_distance"]) == set(report["evaluation"]["image_ids"]) | {
+        s.id for s in samples if s.generator == "Flux.2"
+    }
+    assert leak["eval_within_radius_of_train"] == 0
 
 
 def test_the_default_holds_none_out_with_fewer_than_three_generators_and_says_why(tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 import random
 
 from tests.trainer.builders import fake_sample
-from trainer.split import EVAL, EXCLUDED, TRAIN, assign_splits, hamming_groups
+from trainer.split import EVAL, EXCLUDED, TRAIN, SplitPlan, assign_splits, hamming_groups, leakage
 
 PLAN = dict(radius=12, eval_fraction=0.1, min_per_class=10)
 
@@ -211,3 +211,36 @@ def test_a_model_near_chance_is_told_that_a_better_model_is_the_shorter_way():
     estimate, reason, wanted = chance_check(Settings(_env_file=None), Scored(evaluation, labels, margins))
     assert estimate.auc == 0.55 and wanted["real"] > 4 * 20
     assert "little signal" in reason and "pretrained backbone" in reason and "add " not in reason
+
+
+def test_leakage_finds_an_evaluation_image_near_a_training_one():
+    """report.json's leakage block (design.md §13): a near copy on the evaluation side is counted
+    with its distance, a far one is not; all 64 bits count."""
+    top = 1 << 63
+    plan = SplitPlan(
+        train=[fake_sample("t1", "real", top | 0b0), fake_sample("t2", "ai", 0xFFFF_0000)],
+        eval=[fake_sample("e1", "real", top | 0b111), fake_sample("e2", "ai", (1 << 40) - 1)],
+        held_out=[fake_sample("h1", "ai", 0xFFFF_0001)],
+    )
+    out = leakage(plan, radius=3)
+    assert out["invariant_hash_radius"] == 3
+    assert out["nearest_train_distance"] == {"e1": 3, "e2": 24, "h1": 1}
+    assert out["eval_within_radius_of_train"] == 2  # e1 (3 bits) and the held-out h1 (1 bit)
+    assert out["min_distance"] == 1
+
+
+def test_assigned_split_leaves_no_evaluation_image_within_the_radius_of_training():
+    base = _random_samples(300)
+    near = [fake_sample(f"near{i:03d}", s.label, s.phash ^ 0b1011) for i, s in enumerate(base[:60])]
+    plan = assign_splits(base + near, **PLAN)
+    out = leakage(plan, radius=PLAN["radius"])
+    assert plan.eval and plan.train
+    assert out["eval_within_radius_of_train"] == 0
+    assert out["min_distance"] > PLAN["radius"]
+    assert set(out["nearest_train_distance"]) == _ids(plan.eval) | _ids(plan.held_out)
+
+
+def test_leakage_without_training_images_has_no_distances():
+    out = leakage(SplitPlan(eval=[fake_sample("e1", "real", 1)]), radius=12)
+    assert out["nearest_train_distance"] == {"e1": None}
+    assert out["eval_within_radius_of_train"] == 0 and out["min_distance"] is None
