@@ -6,6 +6,9 @@
 PYTHON ?= python3
 PORT ?= 8001
 HOST ?= 127.0.0.1
+# Test processes (pytest-xdist): most tests wait on servers and child processes, so more than the
+# cores keeps them busy; a module that shares one costly fixture runs in one (xdist_group).
+TEST_WORKERS ?= 3
 # An index with torch wheels for this machine (e.g. the PyTorch CPU index); empty = the default index.
 TORCH_INDEX_URL ?=
 VENV := .venv
@@ -40,7 +43,7 @@ run: $(STAMP)
 	$(BIN)/exposr-trainer serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

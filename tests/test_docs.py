@@ -21,6 +21,9 @@ import yaml
 from tests.images import encode, jpeg
 from tests.trainer.builders import textured
 
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("test_docs")
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 KEY = "docs-test-key-0123456789abcdef"

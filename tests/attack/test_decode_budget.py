@@ -14,6 +14,9 @@ import pytest
 
 from dataset.images import ImageRejected, decode_cost, inspect_image
 
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("attack.test_decode_budget")
+
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_MB = 512
 

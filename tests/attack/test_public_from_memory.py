@@ -20,6 +20,9 @@ from tests.attack.conftest import LiveServer
 from tests.faultyproxy import FaultyProxy
 from tests.images import jpeg
 
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("attack.test_public_from_memory")
+
 IDLE = 2 * STATUS_CACHE_SECONDS + 0.5  # an idle spell longer than twice the refresh interval
 
 

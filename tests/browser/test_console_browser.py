@@ -19,7 +19,8 @@ from tests.app.conftest import AUTH, TOKEN
 from tests.browser.harness import running_server, seed
 from tests.images import jpeg
 
-pytestmark = pytest.mark.slow
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = [pytest.mark.xdist_group("browser.test_console_browser"), pytest.mark.slow]
 WAIT = 120  # seconds: a bound for a loaded machine (20x an idle wait), not a timing assertion
 
 

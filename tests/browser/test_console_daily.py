@@ -24,7 +24,8 @@ from tests.browser.harness import assert_clean, folder_sources, running_server, 
 from tests.browser.test_console_browser import counts, log_in, wait
 from trainer.stats import paired_auc_difference
 
-pytestmark = pytest.mark.slow
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = [pytest.mark.xdist_group("browser.test_console_daily"), pytest.mark.slow]
 
 
 def press(browser, *keys) -> None:

@@ -20,7 +20,8 @@ N_PER_CLASS = 12
 ALL = 2 * N_PER_CLASS + 2  # both classes plus two unlabeled images
 # One trained dataset is copied per test as files (the SQLite index with it); the labeler's
 # database work runs against PostgreSQL in test_integration.py and test_scorer_index.py.
-pytestmark = pytest.mark.sqlite_only
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = [pytest.mark.xdist_group("labeler.test_local_model"), pytest.mark.sqlite_only]
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+
+_buckets = itertools.count()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -46,5 +50,6 @@ def s3_storage(s3_server, aws_env):
 
     from dataset.storage import S3Storage
 
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="train-bucket")
-    return S3Storage("train-bucket", "ds/", s3_server)
+    bucket = f"train-bucket-{next(_buckets)}"  # one per test: no test sees another's cache entries
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return S3Storage(bucket, "ds/", s3_server)

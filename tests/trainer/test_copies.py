@@ -25,6 +25,9 @@ from trainer.copies import copy_pairs, dihedral_blocks, signature
 from trainer.signatures import content_signatures, store_path
 from trainer.split import EVAL, EXCLUDED, TRAIN, _find, _link, assign_splits
 
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("trainer.test_copies")
+
 T = Image.Transpose
 TRANSFORMS = [  # dihedral_blocks' order
     None,

@@ -13,6 +13,9 @@ from tests.trainer.builders import make_samples
 from trainer.predict import load_promoted
 from trainer.train import train_on_samples
 
+# One test process runs this module: its module-scoped fixture is costly (make test: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("trainer.test_predict")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Settings:
