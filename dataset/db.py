@@ -87,6 +87,13 @@ images = Table(
     # File facts for the metadata-only shortcut probe (None on rows from before the columns).
     Column("size_bytes", BigInteger, nullable=True),
     Column("has_exif", Integer, nullable=True),
+    # Whether the label is a person's (label_source.kind == "person"): 1, 0, or NULL on rows from
+    # before the column (labeler/review.py fills those in from the metadata file when it needs to).
+    # The review queue leaves a person's label alone, and decides that in SQL.
+    Column("person_label", Integer, nullable=True),
+    # The review queue's filters and orders (labeler/review.py, migration i26).
+    Index("ix_images_label_confidence", "label", "confidence"),
+    Index("ix_images_created_at_id", "created_at", "id"),
     # Covering index: counts() (GROUP BY label, source) and samples(labels) never touch the table.
     Index("ix_images_label_source", "label", "source"),
     # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a
