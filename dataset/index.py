@@ -768,22 +768,29 @@ class DedupeIndex:
             where.append(c.confidence >= min_score)
         if max_score is not None:
             where.append(c.confidence <= max_score)
-        page = (
-            select(*(c[name] for name in columns))
-            .where(*where)
-            .order_by(*self._queue_order(sort))
-            .limit(max(0, limit))
-            .offset(max(0, offset))
+        # The order over ids alone (index-only), then the page's rows by id: sorting whole rows
+        # would read the table for every row in the queue.
+        order = select(c.id).where(*where).order_by(*self._queue_order(sort)).limit(max(0, limit))
+        order = order.offset(max(0, offset))
+        filtered = case((and_(*where[1:]), 1), else_=0) if len(where) > 1 else literal(1)
+        groups = (
+            select(c.source, c.generator, func.sum(filtered)).where(queue).group_by(c.source, c.generator)
         )
         async with self.engine.connect() as conn:
-            total = int(
-                (await conn.execute(select(func.count()).select_from(images).where(*where))).scalar() or 0
-            )
-            rows = [tuple(row) for row in (await conn.execute(page)).all()] if limit > 0 else []
-            facets = {}
-            for name in ("source", "generator"):
-                q = select(c[name]).where(queue, c[name].isnot(None), c[name] != "").distinct()
-                facets[name + "s"] = sorted(str(v) for v in (await conn.execute(q)).scalars().all())
+            total, sources, generators = 0, set(), set()
+            for source_name, generator_name, n in (await conn.execute(groups)).all():
+                total += int(n or 0)
+                if source_name:
+                    sources.add(str(source_name))
+                if generator_name:
+                    generators.add(str(generator_name))
+            ids = list((await conn.execute(order)).scalars().all()) if limit > 0 else []
+            found = {}
+            if ids:
+                q = select(c.id, *(c[name] for name in columns)).where(c.id.in_(ids))
+                found = {row[0]: tuple(row[1:]) for row in (await conn.execute(q)).all()}
+        rows = [found[image_id] for image_id in ids if image_id in found]
+        facets = {"sources": sorted(sources), "generators": sorted(generators)}
         return total, rows, facets
 
     async def unknown_person_labels(self, real_max: float, ai_min: float) -> list[tuple[str, str]]:

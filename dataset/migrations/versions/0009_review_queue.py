@@ -1,7 +1,7 @@
 """The review queue ranked, filtered, paged and counted in the database (issue 26 point 1): whether
 an image's label is a person's (``person_label``: 1 a person's, 0 not, NULL not known yet -- rows
 from before this column; the queue reads those rows' metadata files once and fills it in), and
-indexes for the queue's filters and orders.
+a covering index for the queue's filters, counts and orders.
 
 Revision ID: i26_review_queue
 Revises: i25_monitoring
@@ -15,9 +15,10 @@ down_revision = "i25_monitoring"
 branch_labels = None
 depends_on = None
 
+# Every column the queue selects, filters, counts and orders on (dataset/db.py REVIEW_INDEX_COLUMNS,
+# spelled out here: a migration keeps the schema of its day).
 INDEXES = {
-    "ix_images_label_confidence": ["label", "confidence"],
-    "ix_images_created_at_id": ["created_at", "id"],
+    "ix_images_review": ["label", "confidence", "person_label", "source", "generator", "created_at", "id"],
 }
 
 
