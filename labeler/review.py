@@ -385,6 +385,7 @@ def image_media_type(data: bytes) -> str:
     """The content type from the bytes themselves (the stored extension came from them too)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return MEDIA_TYPES.get(img.format) or Image.MIME.get(img.format or "", "application/octet-stream")
+            name = img.format or ""
+            return MEDIA_TYPES.get(name) or Image.MIME.get(name, "application/octet-stream")
     except (UnidentifiedImageError, OSError):
         return "application/octet-stream"
