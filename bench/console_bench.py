@@ -1,9 +1,15 @@
 """The review console at scale: time per page at N images, and first paint of a 200-thumbnail page.
 
-    python bench/console_bench.py [--images 10000] [--repeat 7]
+    python bench/console_bench.py [--images 10000] [--repeat 7] [--queue-only] [--no-paint]
 
 In one run, on a temporary dataset of N small images (70 % unlabeled, half of them scored; 30 %
 labelled and scored, some disagreeing with their label), with the service on 127.0.0.1:
+
+0. The queue underneath, in process (no HTTP, before the service starts): one page of the review
+   queue as the database ranks, filters, pages and counts it (``review_queue``) against the same page
+   ranked in Python from every row (``review_queue_in_python``, how ``GET /review`` worked before
+   issue 26's database queue) as the baseline, same pages checked equal. Ratio = database / Python.
+   ``--queue-only`` stops after this (the 100k run: no service, no thumbnail pass).
 
 1. Time per page (server side, wall time of the request through a logged-in session): the console's
    review page at the first, a middle and the last page, filtered and sorted, against the JSON
@@ -41,6 +47,7 @@ import httpx  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
 from dataset.storage import image_key, meta_key  # noqa: E402
+from labeler.review import ReviewFilter, review_queue, review_queue_in_python  # noqa: E402
 from tests.browser.harness import missing_browser, running_server, start_browser  # noqa: E402
 from tests.images import encode, jpeg, scene  # noqa: E402
 
@@ -133,6 +140,52 @@ def small_row(i: int) -> tuple[dict, dict]:
     return row, meta
 
 
+def queue(settings: Settings, images: int, repeat: int) -> None:
+    per = 48
+
+    async def queued() -> int:
+        async with DatasetManager(settings) as dataset:
+            return (await review_queue(dataset, settings, limit=0))["total"]
+
+    total = asyncio.run(queued())
+    last_offset = max(0, (total - 1) // per * per)
+    cases = [
+        ("first page", {}),
+        ("middle page", {"offset": last_offset // 2 // per * per}),
+        ("last page", {"offset": last_offset}),
+        ("disagreements", {"kind": "disagreement"}),
+        ("newest", {"sort": "newest", "offset": per * 10}),
+        (
+            "filtered + sorted",
+            {"filters": ReviewFilter(source="unsplash", min_score=0.2, max_score=0.8), "sort": "uncertainty"},
+        ),
+    ]
+
+    async def run() -> None:
+        async with DatasetManager(settings) as dataset:
+
+            async def median(fn, query) -> tuple[float, dict]:
+                page = await fn(dataset, settings, limit=per, **query)  # warm (and fill person_label)
+                times = []
+                for _ in range(repeat):
+                    start = time.perf_counter()
+                    await fn(dataset, settings, limit=per, **query)
+                    times.append(time.perf_counter() - start)
+                return statistics.median(times), page
+
+            print(f"\n0. the review queue at {images} images, {total} queued (median of {repeat}, ms)")
+            print(f"   {'case':<20}{'database':>10}{'Python (before)':>17}{'ratio':>8}{'total':>8}")
+            for name, query in cases:
+                new, page = await median(review_queue, query)
+                old, before = await median(review_queue_in_python, query)
+                assert page == before, f"{name}: the database's page differs from Python's"
+                print(
+                    f"   {name:<20}{new * 1000:>10.1f}{old * 1000:>17.0f}{new / old:>8.3f}{page['total']:>8}"
+                )
+
+    asyncio.run(run())
+
+
 def login(client: httpx.Client) -> None:
     form = client.get("/ui/login").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form)[1]
@@ -151,7 +204,8 @@ def timed(client: httpx.Client, url: str, repeat: int, **kwargs) -> list[float]:
 
 def pages(base: str, total: int, repeat: int) -> None:
     per = 48
-    last = max(1, -(-total // per))
+    queued = httpx.get(f"{base}/review", params={"limit": 1}, headers=AUTH, timeout=60).json()["total"]
+    last = max(1, -(-queued // per))  # the queue's last page (a page past it is answered 400)
     cases = [
         ("first page", {"page": 1}),
         ("middle page", {"page": last // 2}),
@@ -250,8 +304,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--queue-only", action="store_true", help="only step 0: no service, no browser")
+    parser.add_argument("--no-paint", action="store_true", help="skip step 2 (first paint in Chromium)")
     args = parser.parse_args()
-    reason = missing_browser()
+    reason = None if args.queue_only or args.no_paint else missing_browser()
     if reason:
         print(f"cannot measure first paint: {reason}", file=sys.stderr)
         return 1
@@ -269,12 +325,17 @@ def main() -> int:
         start = time.perf_counter()
         seed(settings, args.images - PHOTOS, PHOTOS)
         print(f"seeded {args.images} images in {time.perf_counter() - start:.0f} s")
+        queue(settings, args.images, args.repeat)
+        if args.queue_only:
+            shutil.rmtree(root, ignore_errors=True)
+            return 0
         with running_server(settings) as base:
             total = httpx.get(f"{base}/status").json()["dataset_counts"]["total"]
             made = all_made(settings.dataset_dir / ".thumbnails", total)
             print(f"the background pass made {total} thumbnails in {made:.0f} s after start-up")
             pages(base, total, args.repeat)
-            first_paint(base, settings, max(3, args.repeat // 2))
+            if not args.no_paint:
+                first_paint(base, settings, max(3, args.repeat // 2))
         shutil.rmtree(root, ignore_errors=True)
     return 0
 

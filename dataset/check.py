@@ -358,7 +358,10 @@ async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: boo
             done["meta_rewritten"] += 1
     for diff in report["mismatched"]:
         if diff["field"] in REPAIRABLE_FIELDS:
-            await dm.index.update(diff["id"], **{diff["field"]: diff["meta"]})
+            values = {diff["field"]: diff["meta"]}
+            if diff["field"] == "label":  # whose label it is: read again from the file (review queue)
+                values["person_label"] = None
+            await dm.index.update(diff["id"], **values)
             done["rows_updated"] += 1
     log.info("check --repair: %s", done)
     return done

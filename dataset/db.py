@@ -59,6 +59,8 @@ metadata = MetaData()
 
 # --- the tables ---------------------------------------------------------------------------------
 
+REVIEW_INDEX_COLUMNS = ("label", "confidence", "person_label", "source", "generator", "created_at", "id")
+
 images = Table(
     "images",
     metadata,
@@ -87,6 +89,13 @@ images = Table(
     # File facts for the metadata-only shortcut probe (None on rows from before the columns).
     Column("size_bytes", BigInteger, nullable=True),
     Column("has_exif", Integer, nullable=True),
+    # Whether the label is a person's (label_source.kind == "person"): 1, 0, or NULL on rows from
+    # before the column (labeler/review.py fills those in from the metadata file when it needs to).
+    # The review queue leaves a person's label alone, and decides that in SQL.
+    Column("person_label", Integer, nullable=True),
+    # The review queue (labeler/review.py, migration i26): every column it selects, filters, counts
+    # and orders on, so that ranking and counting 100k rows reads this index, never the table.
+    Index("ix_images_review", *REVIEW_INDEX_COLUMNS),
     # Covering index: counts() (GROUP BY label, source) and samples(labels) never touch the table.
     Index("ix_images_label_source", "label", "source"),
     # AUTOINCREMENT: SQLite would otherwise reuse the largest seq once its row is deleted, and a

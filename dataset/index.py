@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import (
     and_,
+    case,
     delete,
     func,
     insert,
+    literal,
     or_,
     select,
     text,
@@ -693,6 +695,131 @@ class DedupeIndex:
             yield out
             if len(rows) < page:
                 return
+
+    # ---- the review queue (labeler/review.py documents who is in it and in what order) -----------
+
+    def _queue_where(self, kind: str, real_max: float, ai_min: float):
+        c = images.c
+        disagreement = and_(
+            c.person_label == 0,  # NULL (not known yet) is filled in first: see unknown_person_labels
+            c.confidence.isnot(None),
+            or_(
+                and_(c.label == "real", c.confidence > real_max),
+                and_(c.label == "ai", c.confidence < ai_min),
+            ),
+        )
+        unlabeled = c.label == "unlabeled"
+        return {"all": or_(unlabeled, disagreement), "disagreement": disagreement, "unlabeled": unlabeled}[
+            kind
+        ]
+
+    def _text_order(self, column):
+        """Python's order of strings (code points): PostgreSQL's default collation may follow a locale."""
+        return column.collate("C") if self.engine.dialect.name == "postgresql" else column
+
+    def _queue_order(self, sort: str) -> list:
+        c = images.c
+        when, image_id = self._text_order(c.created_at), self._text_order(c.id)
+        uncertainty = func.coalesce(func.abs(c.confidence - literal(0.5)), literal(0.0))
+        if sort == "uncertainty":
+            return [uncertainty, when, image_id]
+        if sort == "newest":
+            return [when.desc(), image_id.desc()]
+        unlabeled = c.label == "unlabeled"
+        group = case((unlabeled, 1), else_=0)
+        key = case(
+            (unlabeled, uncertainty),
+            (c.label == "real", -c.confidence),
+            else_=-(literal(1.0) - c.confidence),
+        )
+        return [group, key, when, image_id]
+
+    async def review_page(
+        self,
+        columns: Sequence[str],
+        *,
+        kind: str,
+        sort: str,
+        real_max: float,
+        ai_min: float,
+        label: str | None = None,
+        source: str | None = None,
+        generator: str | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[int, list[tuple], dict[str, list[str]]]:
+        """(total, rows, facets) of one page of the review queue, ranked, filtered, paged and counted
+        by the database: ``rows`` holds ``columns`` of the page's rows in queue order; ``facets`` the
+        sources and generators in the ``kind`` queue before the filter."""
+        c = images.c
+        queue = self._queue_where(kind, real_max, ai_min)
+        where = [queue]
+        if label:
+            where.append(c.label == label)
+        if source:
+            where.append(c.source == source)
+        if generator:
+            where.append(func.coalesce(c.generator, "") == generator)
+        if min_score is not None or max_score is not None:
+            where.append(c.confidence.isnot(None))
+        if min_score is not None:
+            where.append(c.confidence >= min_score)
+        if max_score is not None:
+            where.append(c.confidence <= max_score)
+        # The order over ids alone (index-only), then the page's rows by id: sorting whole rows
+        # would read the table for every row in the queue.
+        order = select(c.id).where(*where).order_by(*self._queue_order(sort)).limit(max(0, limit))
+        order = order.offset(max(0, offset))
+        filtered = case((and_(*where[1:]), 1), else_=0) if len(where) > 1 else literal(1)
+        groups = (
+            select(c.source, c.generator, func.sum(filtered)).where(queue).group_by(c.source, c.generator)
+        )
+        async with self.engine.connect() as conn:
+            total, sources, generators = 0, set(), set()
+            for source_name, generator_name, n in (await conn.execute(groups)).all():
+                total += int(n or 0)
+                if source_name:
+                    sources.add(str(source_name))
+                if generator_name:
+                    generators.add(str(generator_name))
+            ids = list((await conn.execute(order)).scalars().all()) if limit > 0 else []
+            found = {}
+            if ids:
+                q = select(c.id, *(c[name] for name in columns)).where(c.id.in_(ids))
+                found = {row[0]: tuple(row[1:]) for row in (await conn.execute(q)).all()}
+        rows = [found[image_id] for image_id in ids if image_id in found]
+        facets = {"sources": sorted(sources), "generators": sorted(generators)}
+        return total, rows, facets
+
+    async def unknown_person_labels(self, real_max: float, ai_min: float) -> list[tuple[str, str]]:
+        """(id, meta_key) of the rows the disagreement queue would hold but whose ``person_label`` is
+        not known yet (rows from before the column): their metadata files decide it, once."""
+        c = images.c
+        q = select(c.id, c.meta_key).where(
+            c.person_label.is_(None),
+            c.confidence.isnot(None),
+            or_(
+                and_(c.label == "real", c.confidence > real_max), and_(c.label == "ai", c.confidence < ai_min)
+            ),
+        )
+        async with self.engine.connect() as conn:
+            return [(image_id, key) for image_id, key in (await conn.execute(q)).all()]
+
+    async def set_person_labels(self, values: dict[str, int]) -> None:
+        """Fill in ``person_label`` (id -> 0 or 1) where it is not known yet (a label set meanwhile wins)."""
+        items = list(values.items())
+        for start in range(0, len(items), 500):
+            async with self.engine.begin() as conn:
+                for flag in (0, 1):
+                    ids = [image_id for image_id, v in items[start : start + 500] if v == flag]
+                    if ids:
+                        await conn.execute(
+                            update(images)
+                            .where(images.c.id.in_(ids), images.c.person_label.is_(None))
+                            .values(person_label=flag)
+                        )
 
     async def all_rows(self, labels: tuple[str, ...] | None = None) -> list[dict]:
         q = select(images).order_by(images.c.seq)

@@ -514,7 +514,12 @@ class DatasetManager:
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
         source = {"at": iso(utc_now()), **label_source}
-        return await self._edit(image_id, lambda d: d.update(label=label, label_source=source), label=label)
+        return await self._edit(
+            image_id,
+            lambda d: d.update(label=label, label_source=source),
+            label=label,
+            person_label=person_label(source),
+        )
 
     async def set_score(self, image_id: str, confidence: float, scorer: dict) -> dict:
         """A model's P(ai): stored as confidence; the label is never touched."""
@@ -638,6 +643,11 @@ def _confidence(value: object) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
+def person_label(label_source: object) -> int:
+    """The index's ``person_label``: 1 when the label is a person's (the review queue leaves it alone)."""
+    return int(isinstance(label_source, dict) and label_source.get("kind") == "person")
+
+
 def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | None = None) -> dict:
     facts = {} if data is None else {"size_bytes": len(data), "has_exif": int(has_exif(data))}
     return dict(
@@ -648,6 +658,7 @@ def index_row(doc: dict, info: ImageInfo, keys: tuple[str, str], data: bytes | N
         sha256=info.sha256,
         phash=info.phash,
         label=doc["label"],
+        person_label=person_label(doc.get("label_source")),
         confidence=doc.get("confidence"),
         scorer=scorer_json(doc.get("scored_by")),
         source=doc["source"],

@@ -63,6 +63,9 @@ def row_from_metadata(doc: dict, data: bytes, keys: tuple[str, str], *, max_pixe
         id=doc["id"],
         sha256=doc["hash"],
         label=doc["label"],
+        person_label=int(
+            isinstance(doc.get("label_source"), dict) and doc["label_source"].get("kind") == "person"
+        ),
         confidence=_confidence(doc.get("confidence")),
         scorer=scorer_json(doc.get("scored_by")),
         source=str(doc.get("source") or "unknown")[:64],

@@ -167,18 +167,68 @@ async def review_queue(
     """One page of the queue: ``{total, limit, offset, kind, sort, items, facets}``; ``facets``:
     the sources and generators in the queue (before the filter), for a person to choose from.
 
-    Ranked from the index (label, score, time); metadata files are read only for disputed images
-    (is the label a person's?) and for the page's entries (attribution), not for the whole dataset.
+    Ranked, filtered, paged and counted by the database (dataset/index.py ``review_page``, in the
+    order :func:`rank` defines); metadata files are read for the page's entries (attribution), and
+    once for rows whose ``person_label`` is not known yet (see :func:`fill_person_labels`).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    check_query(kind, sort)
     filters = (filters or ReviewFilter()).check()
     offset = max(0, offset)  # a negative offset would count from the end
-    rows = [dict(zip(QUEUE_COLUMNS, values, strict=True)) async for values in _queue_rows(dataset)]
-    for row in rows:
-        row["timestamp"] = row.pop("created_at")
+    await fill_person_labels(dataset, settings)
+    total, values, facets = await dataset.index.review_page(
+        QUEUE_COLUMNS,
+        kind=kind,
+        sort=sort,
+        real_max=settings.review_real_max_score,
+        ai_min=settings.review_ai_min_score,
+        label=filters.label,
+        source=filters.source,
+        generator=filters.generator,
+        min_score=filters.min_score,
+        max_score=filters.max_score,
+        limit=limit,
+        offset=offset,
+    )
+    rows = [_queue_row(row) for row in values]
+    page = [(row, found) for row in rows if (found := review_reason(row, settings)) is not None]
+    return await _page(dataset, page, total, facets, kind=kind, sort=sort, limit=limit, offset=offset)
+
+
+async def fill_person_labels(dataset, settings: Settings) -> int:
+    """Rows the disagreement queue would hold whose ``person_label`` is NULL (indexed before the
+    column) get it from their metadata files (``label_source.kind``), once; how many were filled."""
+    unknown = await dataset.index.unknown_person_labels(
+        settings.review_real_max_score, settings.review_ai_min_score
+    )
+    if not unknown:
+        return 0
+    metas = await read_metadata_files(dataset, [{"meta_key": key} for _, key in unknown])
+    values = {
+        image_id: int(((meta or {}).get("label_source") or {}).get("kind") == "person")
+        for (image_id, _), meta in zip(unknown, metas, strict=True)
+    }
+    await dataset.index.set_person_labels(values)
+    return len(values)
+
+
+async def review_queue_in_python(
+    dataset,
+    settings: Settings,
+    *,
+    kind: str = "all",
+    limit: int = 50,
+    offset: int = 0,
+    filters: ReviewFilter | None = None,
+    sort: str = "disagreement",
+) -> dict:
+    """:func:`review_queue` as it was before the database ranked it: every row read and ranked in
+    Python per request, the disputed rows' metadata files read for their ``label_source``. Kept as
+    the reference the database's order is tested against (tests/labeler/test_review_sql.py) and as
+    bench/console_bench.py's baseline; not used to serve."""
+    check_query(kind, sort)
+    filters = (filters or ReviewFilter()).check()
+    offset = max(0, offset)
+    rows = [_queue_row(values) async for values in _queue_rows(dataset)]
     disputed = [row for row in rows if row["label"] != "unlabeled" and review_reason(row, settings)]
     for row, meta in zip(disputed, await read_metadata_files(dataset, disputed), strict=True):
         row["label_source"] = (meta or {}).get("label_source")
@@ -189,17 +239,34 @@ async def review_queue(
     }
     ranked = [(row, found) for row, found in ranked if matches(row, filters)]
     page = ranked[offset : offset + limit]
+    return await _page(dataset, page, len(ranked), facets, kind=kind, sort=sort, limit=limit, offset=offset)
+
+
+def check_query(kind: str, sort: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if sort not in SORTS:
+        raise ValueError(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+
+
+def _queue_row(values: tuple) -> dict:
+    row = dict(zip(QUEUE_COLUMNS, values, strict=True))
+    row["timestamp"] = row.pop("created_at")
+    return row
+
+
+async def _page(dataset, page: list, total: int, facets: dict, **query) -> dict:
     metas = await read_metadata_files(dataset, [row for row, _ in page])
     items = [
         {**queue_entry(meta or row, *found), "width": row["width"], "height": row["height"]}
         for (row, found), meta in zip(page, metas, strict=True)
     ]
     return {
-        "total": len(ranked),
-        "limit": limit,
-        "offset": offset,
-        "kind": kind,
-        "sort": sort,
+        "total": total,
+        "limit": query["limit"],
+        "offset": query["offset"],
+        "kind": query["kind"],
+        "sort": query["sort"],
         "items": items,
         "facets": facets,
     }
@@ -318,6 +385,7 @@ def image_media_type(data: bytes) -> str:
     """The content type from the bytes themselves (the stored extension came from them too)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return MEDIA_TYPES.get(img.format) or Image.MIME.get(img.format or "", "application/octet-stream")
+            name = img.format or ""
+            return MEDIA_TYPES.get(name) or Image.MIME.get(name, "application/octet-stream")
     except (UnidentifiedImageError, OSError):
         return "application/octet-stream"

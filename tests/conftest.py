@@ -16,6 +16,7 @@ POSTGRES_SUITES = (
     "tests/dataset/test_ingest_batch.py",
     "tests/dataset/test_schema.py",
     "tests/dataset/test_metadata_lock.py",
+    "tests/labeler/test_review_sql.py",
     "tests/app/",
     "tests/labeler/",
 )
