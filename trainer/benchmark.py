@@ -36,10 +36,10 @@ import numpy as np
 
 from config.settings import Settings
 from dataset.images import ImageRejected, decode_rgb
-from trainer.copies import SIGNATURE_VERSION, Signature, copy_pairs, signature
+from trainer.copies import Signature, copy_pairs, signature
 from trainer.errors import BenchmarkError
 from trainer.registry import write_json_atomic
-from trainer.signatures import DECODE_SIDE, store_path
+from trainer.signatures import DECODE_SIDE, read_stored, store_path
 from trainer.stats import auc_estimate
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 LABELS = ("real", "ai")
 RESULT_FILE = "benchmark.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-_BATCH = 500  # signatures looked up per statement
 
 
 @dataclass(frozen=True)
@@ -132,18 +131,7 @@ def stored_signatures(models_dir: Path, shas: Iterable[str]) -> dict[str, Signat
     if not path.is_file() or not wanted:
         return out
     with closing(sqlite3.connect(path, timeout=60)) as con:
-        for start in range(0, len(wanted), _BATCH):
-            chunk = wanted[start : start + _BATCH]
-            marks = ",".join("?" * len(chunk))
-            rows = con.execute(
-                f"SELECT sha256, data FROM signatures WHERE version = ? AND sha256 IN ({marks})",  # noqa: S608
-                [SIGNATURE_VERSION, *chunk],
-            )
-            for sha, data in rows:
-                try:
-                    out[sha] = Signature.from_bytes(data)
-                except ValueError:
-                    log.warning("content signature of %s is damaged; not used for the benchmark", sha)
+        out.update(read_stored(con, wanted, "not used for the benchmark"))
     return out
 
 

@@ -53,6 +53,25 @@ def compute(storage: StorageDriver, image_key: str, max_pixels: int) -> Signatur
         return None
 
 
+def read_stored(con: sqlite3.Connection, wanted: Sequence[str], if_damaged: str) -> dict[str, Signature]:
+    """{SHA-256: signature} of the ``wanted`` ones kept in the store at this SIGNATURE_VERSION; a
+    damaged one is left out with a warning that ends with ``if_damaged`` (what the caller does)."""
+    out: dict[str, Signature] = {}
+    for start in range(0, len(wanted), _BATCH):
+        chunk = list(wanted[start : start + _BATCH])
+        marks = ",".join("?" * len(chunk))
+        rows = con.execute(
+            f"SELECT sha256, data FROM signatures WHERE version = ? AND sha256 IN ({marks})",  # noqa: S608
+            [SIGNATURE_VERSION, *chunk],
+        )
+        for sha, data in rows:
+            try:
+                out[sha] = Signature.from_bytes(data)
+            except ValueError:
+                log.warning("content signature of %s is damaged; %s", sha, if_damaged)
+    return out
+
+
 def content_signatures(
     models_dir: Path, storage: StorageDriver, samples: Sequence, max_pixels: int, workers: int = 4
 ) -> dict[str, Signature]:
@@ -61,18 +80,7 @@ def content_signatures(
     by_sha: dict[str, Signature] = {}
     wanted = sorted({s.sha256 for s in samples})
     with closing(_connect(path)) as con:
-        for start in range(0, len(wanted), _BATCH):
-            chunk = wanted[start : start + _BATCH]
-            marks = ",".join("?" * len(chunk))
-            rows = con.execute(
-                f"SELECT sha256, data FROM signatures WHERE version = ? AND sha256 IN ({marks})",  # noqa: S608
-                [SIGNATURE_VERSION, *chunk],
-            )
-            for sha, data in rows:
-                try:
-                    by_sha[sha] = Signature.from_bytes(data)
-                except ValueError:
-                    log.warning("content signature of %s is damaged; computing it again", sha)
+        by_sha.update(read_stored(con, wanted, "computing it again"))
     missing = {s.sha256: s.image_key for s in samples if s.sha256 not in by_sha}
     if missing:
         with ThreadPoolExecutor(max(1, workers)) as pool:
