@@ -266,13 +266,13 @@ def score_pending(settings: Settings, name: str | None = None) -> list[str]:
     if settings.eval_benchmark_dir is None:
         return []
     manifest = read_manifest(settings.eval_benchmark_dir)
-    todo = pending(settings, manifest, name)
-    if not todo:
+    unscored = pending(settings, manifest, name)
+    if not unscored:
         return []
     data = {i.path: (manifest.folder / i.path).read_bytes() for i in manifest.images}
     sigs = bench_signatures(manifest, data, settings.max_image_pixels)
     done = []
-    for entry in todo:
+    for entry in unscored:
         try:
             score_version(settings, entry, manifest, data, sigs)
         except (LookupError, RuntimeError, OSError, ValueError) as exc:  # ModelNotFound, ArtifactMissing ...
