@@ -222,6 +222,11 @@ class DatasetManager:
             known = await self.index.find_shas([infos[i].sha256 for i in valid])
             found = await self.index.near_many([infos[i].phash for i in valid], distance)
             nears = dict(zip(valid, found, strict=True))
+            if near_ones := [
+                infos[i].sha256 for i in valid if nears[i] is not None and infos[i].sha256 not in known
+            ]:
+                # an identical image may have been stored since the exact check (as in ingest)
+                known.update(await self.index.find_shas(near_ones))
             for i in valid:
                 info = infos[i]
                 if info.sha256 in known:

@@ -168,6 +168,26 @@ async def test_a_lost_exact_duplicate_race_refuses_that_image_only(dm, monkeypat
     assert (await dm.check())["ok"]
 
 
+async def test_an_identical_image_stored_between_the_checks_is_a_duplicate(dm, monkeypatch):
+    # Another source's batch stores image 71 after this batch's exact check and before its near
+    # check (seen under load in the three-source scrape): it is a duplicate, not a near duplicate.
+    real_find_shas, calls = dm.index.find_shas, []
+
+    async def the_other_batch_lands_after_the_exact_check(shas):
+        calls.append(list(shas))
+        known = await real_find_shas(shas)
+        if len(calls) == 1:
+            calls.append(await dm.ingest(jpeg(71), meta_in()))
+        return known
+
+    monkeypatch.setattr(dm.index, "find_shas", the_other_batch_lands_after_the_exact_check)
+    outs = await dm.ingest_many([(jpeg(70), meta_in()), (jpeg(71), meta_in())])
+    winner = calls[1]
+    assert winner.status == "stored"
+    assert [(o.status, o.id == winner.id) for o in outs] == [("stored", False), ("duplicate", True)]
+    assert (await dm.counts())["total"] == 2
+
+
 async def test_a_near_duplicate_stored_elsewhere_during_the_batch_wins(driver_settings, monkeypatch):
     # Another manager (another process) stores a near copy of image 2 after this batch caught up
     # with the index: the re-check after the batch's rows withdraws the later one, rows then files.
