@@ -78,3 +78,41 @@ def test_the_dockerfile_installs_dependencies_before_copying_the_code():
     installs = [i for i, line in enumerate(lines) if "pip install" in line]
     assert deps < installs[0] < installs[1] < code < installs[-1]  # torch, deps, then the code
     assert any("--no-deps" in lines[i] for i in range(code, len(lines)))
+
+
+def test_make_tests_xdist_groups_share_one_process(tmp_path):
+    # make test relies on --dist loadgroup keeping a module's xdist_group in one process, so its
+    # module fixture (a trained model, a served tour) is built once; pytest 9.2 broke that silently.
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "pytestmark = pytest.mark.xdist_group('g')\n"
+        "@pytest.mark.parametrize('i', range(6))\n"
+        "def test_record(i):\n"
+        "    open(f'worker-{i}', 'w').write(os.environ['PYTEST_XDIST_WORKER'])\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "2",
+            "--dist",
+            "loadgroup",
+            "-p",
+            "no:cacheprovider",
+            "-c",
+            os.devnull,
+            "--rootdir",
+            str(tmp_path),
+            "test_grouped.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    workers = {(tmp_path / f"worker-{i}").read_text() for i in range(6)}
+    assert len(workers) == 1, f"one xdist_group ran on {sorted(workers)}"
