@@ -14,7 +14,7 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -706,7 +706,7 @@ def worker() -> int:
 
 
 #: Every command by name (``exposr-trainer COMMAND``).
-COMMANDS: dict[str, click.Command] = cli.commands
+COMMANDS: MutableMapping[str, click.Command] = cli.commands
 
 
 class _Parser:

@@ -93,7 +93,7 @@ class Outbox:
             default=str,
         )
         now = time.time()
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": f"msg_{uuid.uuid4().hex}",
                 "event_id": event_id,

@@ -70,9 +70,12 @@ UPLOAD_CATCH_UP_SECONDS = 1.0
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
 
 
+IngestStatus = Literal["stored", "duplicate", "near_duplicate", "rejected", "error"]
+
+
 @dataclass(frozen=True)
 class IngestOutcome:
-    status: str  # "stored" | "duplicate" | "near_duplicate" | "rejected" | "error"
+    status: IngestStatus
     id: str | None = None  # the new id (stored) or the existing image's id (duplicates)
     reason: str | None = None  # rejection reason code, or "storage_error" / "index_error"
     message: str | None = None  # for a person

@@ -32,6 +32,7 @@ from app.schemas import (
     LatestModel,
     ModelCard,
     MonitoringOut,
+    Responses,
 )
 from dataset.errors import StorageError
 from trainer.aliases import check_alias_name, parse_instant
@@ -450,7 +451,7 @@ async def model_monitoring(name: str, version: str, request: Request, settings: 
     }
 
 
-_WEIGHTS_RESPONSES = {
+_WEIGHTS_RESPONSES: Responses = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         "description": "the weights; ETag is their sha256, Repr-Digest the same as RFC 9530 base64",

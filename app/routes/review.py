@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.deps import Authorized, DatasetDep, SettingsDep
-from app.schemas import ErrorOut
+from app.schemas import ErrorOut, Responses
 from dataset.errors import InvalidImageId, MetadataInvalid, StorageError, StorageKeyError, UnknownImage
 from labeler.review import ReviewFilter, image_media_type, parse_image_id, record_person_label, review_queue
 
@@ -112,7 +112,7 @@ async def get_review(
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_IMAGE_RESPONSES = {
+_IMAGE_RESPONSES: Responses = {
     200: {
         "description": "the stored bytes, typed by their real format",
         "content": {

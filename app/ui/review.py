@@ -74,7 +74,7 @@ def parse_query(q: ReviewQuery) -> tuple[dict, list[str]]:
     label = q.label if q.label in LABELS else None
     if q.label and q.label not in LABELS:
         problems.append(f"label {q.label[:20]!r} is not one of {', '.join(LABELS)}")
-    scores = {}
+    scores: dict[str, float | None] = {}
     for name in ("min_score", "max_score"):
         raw = getattr(q, name).strip()
         try:
@@ -85,7 +85,8 @@ def parse_query(q: ReviewQuery) -> tuple[dict, list[str]]:
             problems.append(f"{name} {raw[:20]!r} is not a number between 0 and 1")
             value = None
         scores[name] = value
-    if None not in scores.values() and scores["min_score"] > scores["max_score"]:
+    low, high = scores["min_score"], scores["max_score"]
+    if low is not None and high is not None and low > high:
         problems.append(f"min_score {scores['min_score']} is above max_score {scores['max_score']}")
         scores = {"min_score": None, "max_score": None}
     per = int(q.per) if q.per.isdigit() and int(q.per) in PAGE_SIZES else 48

@@ -52,7 +52,7 @@ async def growth(dataset) -> dict[str, Any]:
 
 def _per_label(rows) -> dict[str, dict[str, int]]:
     keys = sorted({row[0] for row in rows})
-    added = {label: dict.fromkeys(keys, 0) for label in LABELS}
+    added: dict[str, dict[str, int]] = {label: dict.fromkeys(keys, 0) for label in LABELS}
     for when, label, n in rows:
         added.setdefault(label, dict.fromkeys(keys, 0))[when] += n
     return added
