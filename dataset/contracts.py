@@ -1,12 +1,18 @@
 """What the dataset hands to the other packages, typed once: the label vocabulary, the counts and
 the check report.
 
-(``IngestOutcome`` and ``Sample`` are dataclasses in ``dataset/manager.py``.)
+(``IngestOutcome`` and ``Sample`` are dataclasses in ``dataset/manager.py``.) ``DatasetParts``: what
+the check needs of a ``DatasetManager`` (dataset/check.py takes it, and never imports the manager).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from config.settings import Settings
+    from dataset.index import DedupeIndex
+    from dataset.storage import StorageDriver
 
 # The one label vocabulary: what an image's ``label`` may be, and what a person may give it.
 Label = Literal["real", "ai", "unlabeled"]
@@ -54,3 +60,11 @@ class CheckReport(TypedDict, total=False):
     repaired: dict[str, Any]
     ok: bool
     index_moved_aside: str
+
+
+class DatasetParts(Protocol):
+    """The parts of an open ``DatasetManager`` that ``check_dataset`` reads and repairs."""
+
+    settings: Settings
+    storage: StorageDriver
+    index: DedupeIndex
