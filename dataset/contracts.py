@@ -33,6 +33,35 @@ class DatasetCounts(LabelCounts):
     by_source: dict[str, LabelCounts]
 
 
+class ImageMetadata(TypedDict, total=False):
+    """An image's metadata file (``meta/YYYY/MM/DD/{id}.json``, docs/dataset.md): what
+    ``DatasetManager.get_metadata()``, ``set_label()`` and ``set_score()`` return.
+
+    ``total=False``: a file rebuilt from the index, or written before a field existed, lacks some;
+    a file also keeps the extra fields its source gave (``edit_of``, ...), which are not listed.
+    """
+
+    id: str
+    source: str
+    label: str  # one of LABELS in a valid file
+    confidence: float | None  # the last model's P(ai)
+    timestamp: str
+    hash: str  # SHA-256
+    attribution: dict[str, Any]
+    api_data: dict[str, Any]
+    format: str
+    width: int
+    height: int
+    phash: str  # 16 hex digits
+    generator: str | None
+    group_hint: str
+    split_group: str
+    split: str
+    label_source: dict[str, Any]  # who labelled it and when (a person's label: kind "person")
+    scored_by: dict[str, Any]  # the scorer of ``confidence`` and when
+    rebuilt_from_index: bool
+
+
 class CheckReport(TypedDict, total=False):
     """``DatasetManager.check()`` / ``run_check()``: drift between files and index, and any repair.
 

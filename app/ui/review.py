@@ -9,7 +9,7 @@ undo can put it back. Every state change checks the session's CSRF token first.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -144,8 +144,10 @@ async def review_page(
     if page_no > pages and page["total"]:
         past = f"page {page_no} is past the last page ({pages}): showing the last page"
         return await review_page(request, session, q.model_copy(update={"page": str(pages)}), past, 400)
+    items: list[dict[str, Any]] = []  # the queue's entries and their thumbnails' size on the page
     for item in page["items"]:
-        item["thumb_w"], item["thumb_h"] = thumb_size(item.get("width"), item.get("height"))
+        thumb_w, thumb_h = thumb_size(item.get("width"), item.get("height"))
+        items.append({**item, "thumb_w": thumb_w, "thumb_h": thumb_h})
     if problems:
         message = "; ".join(problems) + (f" — {message}" if message else "")
         code = 400
@@ -153,7 +155,7 @@ async def review_page(
     state.thumbnails.warm([item["id"] for item in page["items"]])  # usually made already
     context = {
         "active": "review",
-        "page": page,
+        "page": {**page, "items": items},
         "args": args,
         "counts": counts,
         "message": message,
