@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
@@ -140,7 +140,7 @@ def alias_errors() -> Iterator[None]:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
 
 
-def alias_view(row: dict) -> dict:
+def alias_view(row: Mapping[str, Any]) -> dict:
     return {
         "alias": row["alias"],
         "version": row["to"],
@@ -266,7 +266,7 @@ async def move_alias(name: str, alias: str, move: AliasMove, request: Request, s
     return {"alias": alias, "version": row["to"], "row": row}
 
 
-async def alias_moved(request: Request, row: dict) -> None:
+async def alias_moved(request: Request, row: Mapping[str, Any]) -> None:
     """After an alias moved: subscribers are told (webhooks), the status cache is stale."""
     overview = getattr(request.app.state, "overview", None)
     if overview is not None:
