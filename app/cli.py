@@ -14,7 +14,7 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -433,9 +433,9 @@ def run_alias_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_review_command(settings: Settings, args: argparse.Namespace) -> int:
     from dataset.manager import DatasetManager
-    from labeler.review import review_queue, review_table
+    from labeler.review import QueuePage, review_queue, review_table
 
-    async def collect() -> dict:
+    async def collect() -> QueuePage:
         async with DatasetManager(settings) as dataset:
             return await review_queue(dataset, settings, kind=args.kind, limit=args.limit, offset=args.offset)
 
@@ -706,7 +706,7 @@ def worker() -> int:
 
 
 #: Every command by name (``exposr-trainer COMMAND``).
-COMMANDS: dict[str, click.Command] = cli.commands
+COMMANDS: MutableMapping[str, click.Command] = cli.commands
 
 
 class _Parser:

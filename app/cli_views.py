@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -121,7 +121,7 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def print_mapping(title: str, data: dict) -> None:
+def print_mapping(title: str, data: Mapping[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     for key, value in data.items():
         table.add_row(str(key), _cell(value))

@@ -11,6 +11,7 @@ from app.auth import bearer_scheme, require_token
 from app.jobs import JobRunner
 from app.scheduler import JobScheduler
 from config.settings import Settings
+from dataset.manager import DatasetManager
 
 
 def _settings(request: Request) -> Settings:
@@ -25,7 +26,7 @@ def _scheduler(request: Request) -> JobScheduler:
     return request.app.state.scheduler
 
 
-def _dataset(request: Request):
+def _dataset(request: Request) -> DatasetManager:
     return request.app.state.dataset
 
 
@@ -38,5 +39,5 @@ def _authorized(
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RunnerDep = Annotated[JobRunner, Depends(_runner)]
 SchedulerDep = Annotated[JobScheduler, Depends(_scheduler)]
-DatasetDep = Annotated[object, Depends(_dataset)]  # dataset.manager.DatasetManager
+DatasetDep = Annotated[DatasetManager, Depends(_dataset)]
 Authorized = Depends(_authorized)

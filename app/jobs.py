@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -27,7 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -65,11 +66,13 @@ async def scrape_job(settings: Settings, progress: Progress, only: list[str] | N
     ``only``: just these enabled sources (a scrape of one source from the console or the API)."""
     from scraper.fetcher_manager import run_scrape
 
-    extra = {"only": only} if only else {}
+    extra: dict[str, Any] = {"only": only} if only else {}
     if inspect.iscoroutinefunction(run_scrape):
         result = await run_scrape(settings, progress, **extra)
-    else:
-        result = await asyncio.to_thread(run_scrape, settings, progress, **extra)
+    else:  # a synchronous stand-in for run_scrape (the type checker knows only the async one)
+        result = await asyncio.to_thread(
+            cast("Callable[..., ScrapeReport]", run_scrape), settings, progress, **extra
+        )
     errors = result.get("totals", {}).get("errors", {})
     lost = sum(n for kind, n in errors.items() if kind.startswith("ingest_"))
     if result.get("status") == "failed" and lost:  # nothing could be kept: the job failed, and says why
@@ -202,7 +205,7 @@ class JobRunner:
             return await self._queue_for_worker(kind, trigger)
         # Claim the kind before the first await so two concurrent submits cannot both pass the check.
         # The claim is already a complete job: /status lists it while its row is still being written.
-        job = {
+        job: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "kind": kind,
             "trigger": trigger,
@@ -269,7 +272,7 @@ class JobRunner:
             except BaseException:
                 await lock.release()
                 raise
-            if not claimed:
+            if row is None or not claimed:
                 await lock.release()
                 continue
             job = {**row, "state": "running", "holder": self.holder}
@@ -278,7 +281,7 @@ class JobRunner:
             log.info("worker claimed job %s (%s)", job["id"], kind)
             task = asyncio.create_task(self._run(job), name=f"job-{kind}-{job['id']}")
             self._tasks[job["id"]] = task
-            lock.watch(lambda reason, job=job: self._lost_lock(job, reason))
+            lock.watch(functools.partial(self._lost_lock, job))
             await self.wait(job["id"])
             return await self.store.get(job["id"])
         return None
@@ -317,7 +320,7 @@ class JobRunner:
         its lock again, so the kind is busy (JobBusy naming the row) instead."""
         active = await self.store.active(kind)
         held_elsewhere = active is not None and active.get("holder") and active["id"] not in self._tasks
-        if held_elsewhere and not await lock.settled(_epoch(active.get("created_at"))):
+        if active is not None and held_elsewhere and not await lock.settled(_epoch(active.get("created_at"))):
             raise JobBusy(active)
         leftovers = await self.store.interrupt_leftovers(kind)
         if leftovers:
@@ -459,7 +462,7 @@ class JobRunner:
         written once the database takes it, like any final state), never a lost task exception."""
         now = iso_micro()
         reason = public_text(str(getattr(exc, "orig", None) or exc).splitlines()[0], self.settings)
-        job = {
+        job: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "kind": kind,
             "trigger": "scheduled",

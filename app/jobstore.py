@@ -137,9 +137,9 @@ class JobStore:
         newest = select(jobs_table.c.kind, func.max(jobs_table.c.created_at).label("created_at"))
         if state:
             newest = newest.where(jobs_table.c.state == state)
-        newest = newest.group_by(jobs_table.c.kind).subquery()
+        latest = newest.group_by(jobs_table.c.kind).subquery()
         query = select(jobs_table).join(
-            newest, (jobs_table.c.kind == newest.c.kind) & (jobs_table.c.created_at == newest.c.created_at)
+            latest, (jobs_table.c.kind == latest.c.kind) & (jobs_table.c.created_at == latest.c.created_at)
         )
         if state:
             query = query.where(jobs_table.c.state == state)

@@ -94,7 +94,7 @@ class Monitor:
         if champion is None:
             self.latest = None
             return None
-        entry = dict(champion)
+        entry: dict[str, Any] = dict(champion)
         reference = await run_in_threadpool(_reference_scores, registry, entry)
         if reference is None:
             return None

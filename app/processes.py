@@ -19,8 +19,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
 
 from app.errors import ChildFailed
 from config.settings import Settings
@@ -34,6 +34,30 @@ CHILD_NICENESS = 10
 
 
 JobTarget = Callable[[Settings, Callable[[dict], None]], Any]
+# A job's result: a mapping (the TypedDict results), which comes back as the same plain JSON data.
+Result = TypeVar("Result", bound=Mapping[str, object])
+
+
+@overload
+async def run_in_process(
+    target: Callable[[Settings, Callable[[dict], None]], Result],
+    settings: Settings,
+    progress: Callable[[dict], None],
+    name: str = "job",
+    *,
+    background: bool = True,
+) -> Result: ...
+
+
+@overload
+async def run_in_process(
+    target: str,
+    settings: Settings,
+    progress: Callable[[dict], None],
+    name: str = "job",
+    *,
+    background: bool = True,
+) -> dict: ...
 
 
 async def run_in_process(
@@ -43,7 +67,7 @@ async def run_in_process(
     name: str = "job",
     *,
     background: bool = True,
-) -> dict:
+) -> Any:  # the overloads say what
     """Call ``target`` (a module-level function, called as fn(settings, progress); or its
     "module:function" name) in a spawned process. A function travels by its qualified name, as
     pickle sends functions: the child imports its module.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# A route's extra OpenAPI answers (FastAPI's ``responses=``): code -> {"model": ..., "description": ...}
+Responses: TypeAlias = dict[int | str, dict[str, Any]]
 
 
 class DatasetCounts(BaseModel):

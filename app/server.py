@@ -92,7 +92,8 @@ class HardenedH11Protocol(H11Protocol):
         if self.limit_concurrency is not None:
             self.app = RequestSlots(self.app, self.tasks, self.limit_concurrency, self._client, self._clients)
             self.limit_concurrency = None
-        self.logger = _UvicornLog(self.logger)
+        # uvicorn declares a Logger; the adapter has every method the protocol calls on it
+        self.logger = _UvicornLog(self.logger)  # type: ignore[assignment]
         self._peer = "unknown"
         self._refused = False
         self._admitted = False
@@ -106,10 +107,10 @@ class HardenedH11Protocol(H11Protocol):
         if table is None:  # one table per server: its protocols share the server's state
             assert self.max_per_client is not None and self.max_half_open_per_client is not None
             table = ClientTable(self.max_per_client, self.max_half_open_per_client, log)
-            self.server_state.exposr_clients = table  # type: ignore[attr-defined]
+            self.server_state.exposr_clients = table  # type: ignore[attr-defined]  # our own slot on uvicorn's state
         return table
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._peer = client_address(self.client)
         refused = self._clients().admit(self._peer)
@@ -213,7 +214,7 @@ class _UvicornLog(logging.LoggerAdapter):
     def level(self) -> int:  # uvicorn reads it to decide on its trace lines
         return self.logger.level
 
-    def warning(self, msg, *args, **kwargs) -> None:  # type: ignore[override]
+    def warning(self, msg, *args, **kwargs) -> None:
         if msg != UVICORN_INVALID_REQUEST:
             self.logger.warning(msg, *args, **kwargs)
 

@@ -37,7 +37,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -93,7 +93,7 @@ class Outbox:
             default=str,
         )
         now = time.time()
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": f"msg_{uuid.uuid4().hex}",
                 "event_id": event_id,
@@ -359,7 +359,7 @@ def version_data(settings: Settings, entry: dict) -> dict:
     }
 
 
-def alias_events(settings: Settings, row: dict, entry: dict | None) -> list[tuple[str, dict]]:
+def alias_events(settings: Settings, row: Mapping[str, Any], entry: dict | None) -> list[tuple[str, dict]]:
     """The events of one alias move: ``alias.changed`` always; for the champion, ``model.rolled_back``
     (cause rollback) or ``model.promoted`` (promotion, manual)."""
     data = {
@@ -430,7 +430,7 @@ class Webhooks:
             self.sender.poke()
         return ids
 
-    async def alias_moved(self, row: dict) -> list[str]:
+    async def alias_moved(self, row: Mapping[str, Any]) -> list[str]:
         """Queue the events of an alias move; the move itself stands even if the database refuses
         them (logged as an error: the subscribers must then be told by hand or by the next move)."""
         try:
@@ -459,14 +459,14 @@ def _champion(settings: Settings) -> dict | None:
     return dict(entry) if entry else None
 
 
-async def _entry(settings: Settings, row: dict) -> dict | None:
+async def _entry(settings: Settings, row: Mapping[str, Any]) -> dict | None:
     from trainer.model_store import ModelRegistry
 
     found = await run_in_threadpool(ModelRegistry(settings).entry, row["model"], row["to"])
     return dict(found) if found else None
 
 
-async def record_alias_change(settings: Settings, row: dict) -> list[str]:
+async def record_alias_change(settings: Settings, row: Mapping[str, Any]) -> list[str]:
     """For the CLI: the events of an alias move, queued in the outbox (the service's senders send them)."""
     return await _record(settings, alias_events(settings, row, await _entry(settings, row)))
 

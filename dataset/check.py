@@ -39,19 +39,16 @@ import hashlib
 import logging
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import delete, insert, select
 
 from config.clock import utc_now
-from dataset.contracts import CheckReport
+from dataset.contracts import CheckReport, DatasetParts
 from dataset.db import marks_table, sqlite_path
 from dataset.errors import DuplicateHash, MetadataInvalid, MetadataUnparsable, StorageError, StorageKeyError
 from dataset.rebuild import json_bytes, metadata_from_row, read_metadata, row_from_metadata
 from dataset.storage import write_file_atomic
-
-if TYPE_CHECKING:
-    from dataset.manager import DatasetManager
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +79,7 @@ DRIFT_KINDS = (
 
 
 async def check_dataset(
-    dm: DatasetManager,
+    dm: DatasetParts,
     repair: bool,
     force: bool = False,
     grace: timedelta = ORPHAN_GRACE,
@@ -141,7 +138,7 @@ def deletion_candidates(report: dict) -> list[str]:
 
 
 async def _set_apart_copies(
-    dm: DatasetManager, rebuildable: list[dict], report: dict, grace: timedelta | None
+    dm: DatasetParts, rebuildable: list[dict], report: dict, grace: timedelta | None
 ) -> list[dict]:
     """The rebuildable rows whose SHA-256 is indexed under another id are copies, not lost rows:
     moved from ``unindexed`` to ``duplicate_copies`` (a young one to ``in_flight``: an ingest that
@@ -174,15 +171,15 @@ async def _set_apart_copies(
     return [row for row in rebuildable if row["id"] not in files]
 
 
-def _list(dm: DatasetManager, prefix: str) -> list[str]:
+def _list(dm: DatasetParts, prefix: str) -> list[str]:
     return list(dm.storage.list(prefix))
 
 
-def _temp_files(dm: DatasetManager) -> list[str]:
+def _temp_files(dm: DatasetParts) -> list[str]:
     return [key for prefix in ("images/", "meta/") for key in dm.storage.temp_files(prefix)]
 
 
-def _judge_suspects(dm: DatasetManager, suspects: list[dict], report: dict) -> None:
+def _judge_suspects(dm: DatasetParts, suspects: list[dict], report: dict) -> None:
     """Rows whose files the listing missed, asked one by one: a file written after the listing
     started belongs to a row inserted before the rows were read, and that row is alive."""
     for row in suspects:
@@ -199,7 +196,7 @@ def _judge_suspects(dm: DatasetManager, suspects: list[dict], report: dict) -> N
             report["missing_meta"].append({"id": row["id"], "key": row["meta_key"]})
 
 
-def _younger_than(dm: DatasetManager, keys: set[str], grace: timedelta) -> set[str]:
+def _younger_than(dm: DatasetParts, keys: set[str], grace: timedelta) -> set[str]:
     cutoff = utc_now() - grace
     young = set()
     for key in keys:
@@ -219,7 +216,7 @@ def _pair_by_id(images: set[str], metas: set[str]) -> dict[str, dict[str, str]]:
     return pairs
 
 
-def _classify_unowned(dm: DatasetManager, pairs: dict[str, dict[str, str]], report: dict) -> list[dict]:
+def _classify_unowned(dm: DatasetParts, pairs: dict[str, dict[str, str]], report: dict) -> list[dict]:
     """Sort files without a row into orphans, unreadable metadata and rebuildable rows."""
     rebuildable = []
     for image_id, keys in sorted(pairs.items()):
@@ -241,7 +238,7 @@ def _classify_unowned(dm: DatasetManager, pairs: dict[str, dict[str, str]], repo
     return rebuildable
 
 
-def _rebuilt_row(dm: DatasetManager, image_id: str, keys: dict[str, str]) -> dict:
+def _rebuilt_row(dm: DatasetParts, image_id: str, keys: dict[str, str]) -> dict:
     raw = dm.storage.get(keys["meta"])
     data = dm.storage.get(keys["image"])
     doc = read_metadata(raw, keys["meta"])
@@ -259,7 +256,7 @@ def _rebuilt_row(dm: DatasetManager, image_id: str, keys: dict[str, str]) -> dic
         raise MetadataUnparsable(f"a value cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
-async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
+async def _compare(dm: DatasetParts, row: dict, report: dict) -> None:
     try:
         doc = read_metadata(await asyncio.to_thread(dm.storage.get, row["meta_key"]), row["meta_key"])
     except (StorageError, ValueError) as exc:
@@ -275,7 +272,7 @@ async def _compare(dm: DatasetManager, row: dict, report: dict) -> None:
             )
 
 
-async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
+async def _rebuild_rows(dm: DatasetParts, rebuildable: list[dict], report: dict) -> int:
     """Insert the rebuilt rows, marked in the index as a rebuild in progress until the last one is
     in: a rebuild cut off leaves the mark, and start-up refuses the index (:func:`index_problem`)."""
     await _set_mark(dm, f"{len(rebuildable)} rows to insert, begun {utc_now():%Y-%m-%d %H:%M:%S} UTC")
@@ -284,18 +281,18 @@ async def _rebuild_rows(dm: DatasetManager, rebuildable: list[dict], report: dic
     return rebuilt
 
 
-async def _set_mark(dm: DatasetManager, value: str) -> None:
+async def _set_mark(dm: DatasetParts, value: str) -> None:
     async with dm.index.engine.begin() as conn:
         await conn.execute(delete(marks_table).where(marks_table.c.name == REBUILD_MARK))
         await conn.execute(insert(marks_table).values(name=REBUILD_MARK, value=value))
 
 
-async def _clear_mark(dm: DatasetManager) -> None:
+async def _clear_mark(dm: DatasetParts) -> None:
     async with dm.index.engine.begin() as conn:
         await conn.execute(delete(marks_table).where(marks_table.c.name == REBUILD_MARK))
 
 
-async def _insert_rows(dm: DatasetManager, rebuildable: list[dict], report: dict) -> int:
+async def _insert_rows(dm: DatasetParts, rebuildable: list[dict], report: dict) -> int:
     rebuilt = 0
     for row in rebuildable:
         try:
@@ -317,7 +314,7 @@ async def _insert_rows(dm: DatasetManager, rebuildable: list[dict], report: dict
     return rebuilt
 
 
-def _refusal(dm: DatasetManager, report: dict) -> str | None:
+def _refusal(dm: DatasetParts, report: dict) -> str | None:
     planned = len(report["deletion_candidates"])
     images = max(report["rows"], report["image_files"])
     allowed = max(REPAIR_MAX_DELETE_COUNT, int(REPAIR_MAX_DELETE_FRACTION * images))
@@ -331,7 +328,7 @@ def _refusal(dm: DatasetManager, report: dict) -> str | None:
     )
 
 
-async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: bool) -> dict:
+async def _repair(dm: DatasetParts, rows: list[dict], report: dict, force: bool) -> dict:
     done: dict[str, Any] = {
         "rows_deleted": 0,
         "files_deleted": 0,
@@ -367,7 +364,7 @@ async def _repair(dm: DatasetManager, rows: list[dict], report: dict, force: boo
     return done
 
 
-async def _delete_drift(dm: DatasetManager, by_id: dict, report: dict, done: dict) -> None:
+async def _delete_drift(dm: DatasetParts, by_id: dict, report: dict, done: dict) -> None:
     for dead in report["dead_rows"]:
         await dm.index.delete(dead["id"])
         done["rows_deleted"] += 1
@@ -382,13 +379,13 @@ async def _delete_drift(dm: DatasetManager, by_id: dict, report: dict, done: dic
         done["files_deleted"] += 1
 
 
-def quarantine_dir(dm: DatasetManager) -> Path:
+def quarantine_dir(dm: DatasetParts) -> Path:
     """Beside the index: the SQLite file's folder, else DATASET_DIR (a local folder either way)."""
     path = sqlite_path(dm.index.db_url)
     return (path.parent if path else Path(dm.settings.dataset_dir)) / QUARANTINE
 
 
-def _quarantine(dm: DatasetManager, report: dict, rows: dict[str, dict]) -> list[dict]:
+def _quarantine(dm: DatasetParts, report: dict, rows: dict[str, dict]) -> list[dict]:
     """Metadata files that cannot be parsed or hold out-of-range values are moved beside the index
     (``quarantine/<id>/``, with ``reason.txt``), so the rebuild goes on with every other row:
     without a row, together with their image (which has no record without them); with a row, the
@@ -418,7 +415,7 @@ def _quarantine(dm: DatasetManager, report: dict, rows: dict[str, dict]) -> list
     return moved
 
 
-async def index_problem(dm: DatasetManager) -> str | None:
+async def index_problem(dm: DatasetParts) -> str | None:
     """At start-up: an index with no rows beside a dataset with metadata files has been lost or
     replaced (truncated, deleted, a new DATABASE_URL): serving it would show an empty dataset. An
     index marked as being rebuilt, or far short of the metadata files, is partial: refused too."""
@@ -446,7 +443,7 @@ async def index_problem(dm: DatasetManager) -> str | None:
     )
 
 
-def _far_short(dm: DatasetManager, rows: int) -> str | None:
+def _far_short(dm: DatasetParts, rows: int) -> str | None:
     """Metadata files counted until they show the index is partial (or the listing ends)."""
     limit = max(rows / PARTIAL_FRACTION, rows + PARTIAL_SLACK)
     for files, _key in enumerate(dm.storage.list("meta/"), start=1):

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +39,7 @@ from config.clock import iso_seconds, utc_now
 from config.errors import IndexUnusable, StorageUnavailable
 from config.filelock import FileLock
 from config.settings import Settings
-from dataset.contracts import LABELS, CheckReport, DatasetCounts
+from dataset.contracts import LABELS, CheckReport, DatasetCounts, ImageMetadata
 from dataset.db import describe_db, images, sqlite_path, unavailable
 from dataset.errors import DuplicateHash, ImageRejected, StorageError, StorageKeyError, UnknownImage
 from dataset.facts import generator_for, group_hint_for, has_exif
@@ -70,9 +70,12 @@ UPLOAD_CATCH_UP_SECONDS = 1.0
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
 
 
+IngestStatus = Literal["stored", "duplicate", "near_duplicate", "rejected", "error"]
+
+
 @dataclass(frozen=True)
 class IngestOutcome:
-    status: str  # "stored" | "duplicate" | "near_duplicate" | "rejected" | "error"
+    status: IngestStatus
     id: str | None = None  # the new id (stored) or the existing image's id (duplicates)
     reason: str | None = None  # rejection reason code, or "storage_error" / "index_error"
     message: str | None = None  # for a person
@@ -493,12 +496,13 @@ class DatasetManager:
                 log.warning("split of %s not written to its metadata file: %s", image_id, exc)
         return changed
 
-    async def get_metadata(self, image_id: str) -> dict | None:
+    async def get_metadata(self, image_id: str) -> ImageMetadata | None:
         row = await self.index.get(image_id)
         if row is None:
             return None
         try:
-            return read_metadata(await asyncio.to_thread(self.storage.get, row["meta_key"]), row["meta_key"])
+            raw = await asyncio.to_thread(self.storage.get, row["meta_key"])
+            return cast(ImageMetadata, read_metadata(raw, row["meta_key"]))  # a JSON object, as written
         except StorageKeyError:
             log.warning("image %s has an index row but no metadata file: run `check`", image_id)
             return None
@@ -514,7 +518,7 @@ class DatasetManager:
 
     # ---- updates ------------------------------------------------------------------------------
 
-    async def set_label(self, image_id: str, label: str, label_source: dict) -> dict:
+    async def set_label(self, image_id: str, label: str, label_source: dict) -> ImageMetadata:
         """A person's (or reviewer's) label: recorded with who and when, in file and index."""
         if label not in LABELS:
             raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
@@ -526,7 +530,7 @@ class DatasetManager:
             person_label=person_label(source),
         )
 
-    async def set_score(self, image_id: str, confidence: float, scorer: dict) -> dict:
+    async def set_score(self, image_id: str, confidence: float, scorer: dict) -> ImageMetadata:
         """A model's P(ai): stored as confidence; the label is never touched."""
         if not 0.0 <= float(confidence) <= 1.0:
             raise ValueError(f"confidence {confidence!r} must be between 0 and 1")
@@ -542,7 +546,7 @@ class DatasetManager:
         """Copy a metadata file's ``scored_by`` into the index: rows scored before it had the column."""
         await self.index.update(image_id, scorer=scorer_json(scored_by))
 
-    async def _edit(self, image_id: str, change, **index_values) -> dict:
+    async def _edit(self, image_id: str, change: Callable[[dict], None], **index_values) -> ImageMetadata:
         """Read-modify-write of one image's metadata file and index row, never losing a concurrent edit.
 
         One host (SQLite): a process lock plus a file lock under DATASET_DIR. Shared database
@@ -554,7 +558,7 @@ class DatasetManager:
                 doc = await self._rewrite_meta(image_id, change)
                 if index_values:
                     await self.index.update(image_id, **index_values)
-            return doc
+            return cast(ImageMetadata, doc)  # the file's JSON object, as written back
         async with self.index.locked_row(image_id) as (conn, row):
             if row is None:
                 raise UnknownImage(f"no image with id {image_id!r}")
@@ -563,7 +567,7 @@ class DatasetManager:
             await asyncio.to_thread(self.storage.put, row["meta_key"], json_bytes(doc))
             if index_values:
                 await conn.execute(update(images).where(images.c.id == image_id).values(**index_values))
-        return doc
+        return cast(ImageMetadata, doc)  # the file's JSON object, as written back
 
     @contextlib.asynccontextmanager
     async def _metadata_update(self):

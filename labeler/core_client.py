@@ -75,7 +75,9 @@ class CoreClient:
             except httpx.DecodingError as exc:  # a body its Content-Encoding cannot decode: garbage
                 raise CoreBadAnswer("bad_json", f"Exposr-Core's answer could not be decoded ({exc})") from exc
             except httpx.TimeoutException as exc:
-                failure = CoreUnavailable("timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})")
+                failure: CoreError = CoreUnavailable(
+                    "timeout", f"Exposr-Core timed out after {self.timeout}s ({exc!r})"
+                )
                 raise TryAgain(failure, self._retry.delay(attempt, self._rng)) from None
             except httpx.TransportError as exc:
                 failure = CoreUnavailable("unreachable", f"Exposr-Core at {self.shown_endpoint}: {exc!r}")

@@ -20,7 +20,9 @@ import asyncio
 import io
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from PIL import Image, UnidentifiedImageError
 from rich import box
@@ -28,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from config.settings import Settings
-from dataset.contracts import LABELS, PERSON_LABELS
+from dataset.contracts import LABELS, PERSON_LABELS, ImageMetadata
 from dataset.errors import InvalidImageId, NothingToUndo, UnknownImageId
 
 KINDS = ("all", "disagreement", "unlabeled")
@@ -111,12 +113,45 @@ def matches(row: dict, filters: ReviewFilter) -> bool:
     return True
 
 
-def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[dict]:
+def build_queue(metas: list[dict], settings: Settings, kind: str = "all") -> list[QueueEntry]:
     """Queue entries in review order, from full metadata documents."""
     return [queue_entry(meta, *found) for meta, found in rank(metas, settings, kind)]
 
 
-def queue_entry(meta: dict, kind: str, _key: float, why: str) -> dict:
+class QueueEntry(TypedDict):
+    """One image of the review queue, from its metadata file (or its index row when the file is gone)."""
+
+    id: str
+    generator: str | None
+    reason: str  # the queue kind that holds it
+    why: str  # for a person
+    label: str | None
+    score: float | None
+    scored_by: dict[str, Any] | None
+    source: str | None
+    attribution: dict[str, Any]
+    timestamp: str | None
+    image_url: str
+
+
+class QueueItem(QueueEntry):
+    width: int
+    height: int
+
+
+class QueuePage(TypedDict):
+    """:func:`review_queue`'s page (``GET /review``, the console, ``exposr-trainer review``)."""
+
+    total: int
+    limit: int
+    offset: int
+    kind: str
+    sort: str
+    items: list[QueueItem]
+    facets: dict[str, list[str]]  # {"sources": [...], "generators": [...]} in the queue before the filter
+
+
+def queue_entry(meta: Mapping[str, Any], kind: str, _key: float, why: str) -> QueueEntry:
     return {
         "id": meta["id"],
         "generator": meta.get("generator"),
@@ -163,7 +198,7 @@ async def review_queue(
     offset: int = 0,
     filters: ReviewFilter | None = None,
     sort: str = "disagreement",
-) -> dict:
+) -> QueuePage:
     """One page of the queue: ``{total, limit, offset, kind, sort, items, facets}``; ``facets``:
     the sources and generators in the queue (before the filter), for a person to choose from.
 
@@ -220,7 +255,7 @@ async def review_queue_in_python(
     offset: int = 0,
     filters: ReviewFilter | None = None,
     sort: str = "disagreement",
-) -> dict:
+) -> QueuePage:
     """:func:`review_queue` as it was before the database ranked it: every row read and ranked in
     Python per request, the disputed rows' metadata files read for their ``label_source``. Kept as
     the reference the database's order is tested against (tests/labeler/test_review_sql.py) and as
@@ -255,9 +290,9 @@ def _queue_row(values: tuple) -> dict:
     return row
 
 
-async def _page(dataset, page: list, total: int, facets: dict, **query) -> dict:
+async def _page(dataset, page: list, total: int, facets: dict[str, list[str]], **query) -> QueuePage:
     metas = await read_metadata_files(dataset, [row for row, _ in page])
-    items = [
+    items: list[QueueItem] = [
         {**queue_entry(meta or row, *found), "width": row["width"], "height": row["height"]}
         for (row, found), meta in zip(page, metas, strict=True)
     ]
@@ -322,7 +357,7 @@ async def read_metadata(dataset, rows: list[dict]) -> list[dict | None]:
 
 async def record_person_label(
     dataset, image_id: str, label: str, reviewer: str | None = None, keep_previous: bool = False
-) -> dict:
+) -> ImageMetadata:
     """Store a person's label; ``label_source`` keeps who (the dataset adds when), and with
     ``keep_previous`` the label it replaces (``previous: {label, label_source}``), so
     :func:`undo_person_label` can put it back."""
@@ -338,7 +373,7 @@ async def record_person_label(
     return await dataset.set_label(image_id, label, source)
 
 
-async def undo_person_label(dataset, image_id: str, reviewer: str | None = None) -> dict:
+async def undo_person_label(dataset, image_id: str, reviewer: str | None = None) -> ImageMetadata:
     """Put back the label a console label replaced (its ``label_source.previous``); the image goes
     back into the queue when that label was not a person's. NothingToUndo otherwise."""
     meta = await dataset.get_metadata(image_id)
@@ -351,7 +386,7 @@ async def undo_person_label(dataset, image_id: str, reviewer: str | None = None)
     return await dataset.set_label(image_id, previous["label"], source)
 
 
-def review_table(page: dict) -> Table:
+def review_table(page: QueuePage) -> Table:
     """The queue page as a rich table for ``exposr-trainer review``.
 
     Each image's reason sits under its id (the id is never cut: PATCH /images/{id} takes it), so the
@@ -375,7 +410,7 @@ def review_table(page: dict) -> Table:
     return table
 
 
-def source_and_credit(item: dict) -> str:
+def source_and_credit(item: Mapping[str, Any]) -> str:
     credit = item["attribution"].get("photographer") or item["attribution"].get("platform") or ""
     source = item["source"] or ""
     return f"{source} ({credit})" if credit and str(credit).lower() != source.lower() else source

@@ -164,9 +164,10 @@ class Labeler:
         for chunk in chunks(legacy, BATCH_SIZE):
             metas = await asyncio.gather(*(self.dataset.get_metadata(item.id) for item in chunk))
             for item, meta in zip(chunk, metas, strict=True):
-                item.scorer = identity_of((meta or {}).get("scored_by"))
-                if item.scorer is not None:
-                    await self.dataset.index_scorer(item.id, meta["scored_by"])
+                scored_by = (meta or {}).get("scored_by")
+                item.scorer = identity_of(scored_by)
+                if item.scorer is not None and isinstance(scored_by, dict):  # a scorer is a dict's
+                    await self.dataset.index_scorer(item.id, scored_by)
 
     # -- Exposr-Core -------------------------------------------------------------------------
 
@@ -190,9 +191,11 @@ class Labeler:
                 last_garbage = exc
                 if len(refused) < PROBE_TRIES:
                     continue
-                return self._core_not_used(exc)
+                self._core_not_used(exc)
+                return None
             except CoreError as exc:  # unavailable even after the retries
-                return self._core_not_used(exc)
+                self._core_not_used(exc)
+                return None
             self.report["core"]["available"] = True
             identity = core_identity(result)
             needed = sum(not same_scorer(i.scorer, identity) for i in [*refused, item])
@@ -200,14 +203,14 @@ class Labeler:
                 await self._store(item, result.probability, identity)
             return Probe(identity, [*refused, item], needed)
         if last_garbage is not None:  # fewer images than PROBE_TRIES, all answered with garbage
-            return self._core_not_used(last_garbage)
+            self._core_not_used(last_garbage)
+            return None
         self.report["core"].update(error="no_readable_image", message="no image could be read to probe Core")
         return None
 
     def _core_not_used(self, exc: CoreError) -> None:
         self.report["core"].update(error=exc.kind, message=exc.message)
         log.warning("Exposr-Core not used: %s", exc.message)
-        return None
 
     async def _score_with_core(self, pending: list[Item], identity: dict) -> None:
         limit = asyncio.Semaphore(self.settings.exposr_core_concurrency)

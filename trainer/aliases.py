@@ -33,17 +33,26 @@ Actor = Literal["scheduler", "api", "console", "cli"]
 _VERSION_RE = re.compile(r"^v(\d+)$")
 
 
-class HistoryRow(TypedDict, total=False):
-    seq: int
-    model: str
-    alias: str
-    # "from"/"to" are Python keywords as attribute names, not as keys: rows are plain dicts.
-    at: str
-    cause: str
-    actor: str
-    reason: str
-    report: dict[str, Any] | None
-    reconstructed: bool
+# One row of models/history.json: ``alias`` of ``model`` moved ``from`` a version (None: first set)
+# ``to`` another. The functional form: "from" is a Python keyword. ``reconstructed`` only on rows
+# rebuilt from a registry that predates aliases.
+HistoryRow = TypedDict(
+    "HistoryRow",
+    {
+        "seq": int,
+        "model": str,
+        "alias": str,
+        "from": str | None,
+        "to": str,
+        "at": str,
+        "cause": str,
+        "actor": str,
+        "reason": str,
+        "report": dict[str, Any] | None,
+        "reconstructed": bool,
+    },
+    total=False,
+)
 
 
 def check_alias_name(alias: str) -> str:

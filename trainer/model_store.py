@@ -39,6 +39,7 @@ from dataset.storage import MISSING_KEY_CODES, S3Storage, error_code, make_stora
 from trainer.aliases import (
     CHAMPION,
     HISTORY_FILE,
+    HistoryRow,
     alias_rows,
     append_row,
     check_alias_name,
@@ -374,16 +375,19 @@ class ModelRegistry:
     def entry(self, name: str, version: str) -> RegistryEntry | None:
         return cast(RegistryEntry | None, _registered(self.store.load_registry(), name, version))
 
-    def history(self) -> list[dict]:
+    def history(self) -> list[HistoryRow]:
         """Every alias row, oldest first (reconstructed for a registry that predates aliases)."""
+        return cast(list[HistoryRow], self._rows())  # the history file's rows, as entries() reads entries
+
+    def _rows(self) -> list[dict]:
         return effective_history(self.store.load_history(), self.store.load_registry())
 
-    def model_history(self, name: str) -> list[dict]:
+    def model_history(self, name: str) -> list[HistoryRow]:
         return [row for row in self.history() if row.get("model") == name]
 
-    def aliases(self, name: str) -> dict[str, dict]:
+    def aliases(self, name: str) -> dict[str, HistoryRow]:
         """alias -> the row that set it (its ``to`` is the version)."""
-        return alias_rows(self.history(), name)
+        return cast(dict[str, HistoryRow], alias_rows(self._rows(), name))
 
     def champion(self, name: str | None = None) -> RegistryEntry | None:
         """The served version's entry: the one the ``champion`` alias names."""
@@ -433,7 +437,7 @@ class ModelRegistry:
         reason: str,
         actor: str,
         cause: str | None = None,
-    ) -> dict:
+    ) -> HistoryRow:
         """Point ``alias`` of model ``name`` at ``version`` and append the history row (returned).
 
         AliasError: 422 an empty reason or a bad alias name, 404 an unknown version, 409 weights
@@ -469,7 +473,7 @@ class ModelRegistry:
         row = self.store.change_history(move)
         assert row is not None  # move() always appends
         log.info("%s of %s: %s -> %s (%s by %s)", alias, name, row["from"], version, row["cause"], actor)
-        return row
+        return cast(HistoryRow, row)  # append_row's row
 
     def rollback_target(self, name: str) -> str:
         """The version served before the current champion (the newest earlier champion that is older)."""
@@ -485,8 +489,8 @@ class ModelRegistry:
                 and (version_number(candidate) or 0) < (version_number(served) or 0)
             ):
                 return candidate
-        if rows[-1].get("from") and rows[-1]["from"] != served:
-            return rows[-1]["from"]
+        if (before := rows[-1].get("from")) and before != served:
+            return before
         raise AliasError(409, f"model {name!r}: no version was served before {served}; name one with promote")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypedDict
 
 from config.settings import Settings
 from trainer.errors import ArtifactMissing, ModelNotFound
@@ -15,7 +16,27 @@ from trainer.model_store import ModelRegistry
 METRIC_KEYS = ("val_acc", "val_auc", "val_auc_ci95", "val_loss", "precision", "recall", "f1")
 
 
-def push_latest_model(config: Settings, at: datetime | None = None) -> dict | None:
+class LatestPayload(TypedDict):
+    """What ``GET /models/latest`` answers for a registered entry (app/schemas.py ``LatestModel``)."""
+
+    model_version: str
+    timestamp: str | None
+    metrics: dict[str, Any]
+    download_url: str
+    model: str
+    architecture: str | None
+    sha256: str | None
+    evaluation: dict[str, Any]  # auc, auc_ci95, n, ece, unseen_generators
+    temperature: float
+    threshold: float | None
+    threshold_target_fpr: float | None
+    threshold_tpr: float | None
+    threshold_tpr_ci95: list[float] | None
+    threshold_warning: str | None
+    report_url: str | None
+
+
+def push_latest_model(config: Settings, at: datetime | None = None) -> LatestPayload | None:
     """{model_version, timestamp, metrics, download_url} of the served model (the ``champion``
     alias), None if there is none; with ``at``, of the version served at that instant.
 
@@ -26,7 +47,7 @@ def push_latest_model(config: Settings, at: datetime | None = None) -> dict | No
     return None if entry is None else latest_payload(dict(entry))
 
 
-def latest_payload(entry: dict) -> dict:
+def latest_payload(entry: dict) -> LatestPayload:
     """What /models/latest answers for a registered entry."""
     return {
         "model_version": entry["version"],

@@ -43,6 +43,7 @@ from trainer.evaluate import CLASS_INDEX, evaluate
 from trainer.modeling import load_artifacts
 from trainer.registry import promoted_entry
 from trainer.report import Scored
+from trainer.results import RegistryEntry
 from trainer.stats import AucEstimate, auc_estimate, images_needed, min_detectable, paired_auc_difference
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ def against_champion(
     settings: Settings,
     base: dict,
     est: AucEstimate,
-    incumbent: dict,
+    incumbent: RegistryEntry,
     challenger: Scored,
     eval_data: StoredImages,
     device: torch.device,

@@ -26,6 +26,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from config.filelock import FileLock
 from dataset.storage import write_file_atomic
@@ -37,6 +38,7 @@ from trainer.aliases import (
     effective_history,
     promotion_report,
 )
+from trainer.results import RegistryEntry
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +107,15 @@ def history(models_dir: Path) -> list[dict]:
     return effective_history(load_history(models_dir), load_registry(models_dir))
 
 
-def promoted_entry(models_dir: Path, model_name: str) -> dict | None:
+def promoted_entry(models_dir: Path, model_name: str) -> RegistryEntry | None:
     """The entry served as "latest": the version the ``champion`` alias names, in ``models_dir``.
 
     Callers outside the trainer's commit read through ``trainer.model_store.ModelRegistry``
     (``.champion()``); this is the same lookup on this host's files, for the promotion rule."""
     entries = load_registry(models_dir)
     version = current(effective_history(load_history(models_dir), entries), model_name).get(CHAMPION)
-    return _find(entries, model_name, version) if version else None
+    # the registry file's rows are its entries (as ModelRegistry.entry reads them)
+    return cast(RegistryEntry | None, _find(entries, model_name, version)) if version else None
 
 
 def _find(entries: list[dict], model_name: str, version: str) -> dict | None:

@@ -10,16 +10,17 @@ from fastapi import APIRouter, HTTPException, Query, status
 from app.deps import Authorized, RunnerDep
 from app.errors import JobBusy
 from app.jobs import JOB_KINDS
-from app.schemas import ErrorOut, JobAccepted, JobList, JobOut, JobState
+from app.schemas import ErrorOut, JobAccepted, JobList, JobOut, JobState, Responses
 from config.errors import ConfigError
 
 router = APIRouter(tags=["jobs"], dependencies=[Authorized])
 
 # The filters are enums in the OpenAPI schema (a wrong value is a 422 naming the allowed ones).
-JobKindFilter = Enum("JobKind", {kind: kind for kind in JOB_KINDS}, type=str)
-JobStateFilter = Enum("JobState", {state: state for state in get_args(JobState)}, type=str)
+# mypy cannot see members made at import time: [misc] ("must be a literal") on both, nothing else.
+JobKindFilter = Enum("JobKind", {kind: kind for kind in JOB_KINDS}, type=str)  # type: ignore[misc]
+JobStateFilter = Enum("JobState", {state: state for state in get_args(JobState)}, type=str)  # type: ignore[misc]
 
-_CONFLICT = {409: {"model": ErrorOut, "description": "a job of this kind is already running"}}
+_CONFLICT: Responses = {409: {"model": ErrorOut, "description": "a job of this kind is already running"}}
 
 
 def enabled_sources(settings) -> list[str]:

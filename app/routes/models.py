@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, StreamingResponse
@@ -32,6 +32,7 @@ from app.schemas import (
     LatestModel,
     ModelCard,
     MonitoringOut,
+    Responses,
 )
 from dataset.errors import StorageError
 from trainer.aliases import check_alias_name, parse_instant
@@ -139,7 +140,7 @@ def alias_errors() -> Iterator[None]:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
 
 
-def alias_view(row: dict) -> dict:
+def alias_view(row: Mapping[str, Any]) -> dict:
     return {
         "alias": row["alias"],
         "version": row["to"],
@@ -265,7 +266,7 @@ async def move_alias(name: str, alias: str, move: AliasMove, request: Request, s
     return {"alias": alias, "version": row["to"], "row": row}
 
 
-async def alias_moved(request: Request, row: dict) -> None:
+async def alias_moved(request: Request, row: Mapping[str, Any]) -> None:
     """After an alias moved: subscribers are told (webhooks), the status cache is stale."""
     overview = getattr(request.app.state, "overview", None)
     if overview is not None:
@@ -450,7 +451,7 @@ async def model_monitoring(name: str, version: str, request: Request, settings: 
     }
 
 
-_WEIGHTS_RESPONSES = {
+_WEIGHTS_RESPONSES: Responses = {
     200: {
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         "description": "the weights; ETag is their sha256, Repr-Digest the same as RFC 9530 base64",

@@ -16,9 +16,16 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.deps import Authorized, DatasetDep, SettingsDep
-from app.schemas import ErrorOut
+from app.schemas import ErrorOut, Responses
 from dataset.errors import InvalidImageId, MetadataInvalid, StorageError, StorageKeyError, UnknownImage
-from labeler.review import ReviewFilter, image_media_type, parse_image_id, record_person_label, review_queue
+from labeler.review import (
+    QueuePage,
+    ReviewFilter,
+    image_media_type,
+    parse_image_id,
+    record_person_label,
+    review_queue,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["review"], dependencies=[Authorized])
@@ -99,7 +106,7 @@ async def get_review(
         float | None, Query(ge=0, le=1, description="P(ai) at most (unscored left out)")
     ] = None,
     sort: Literal["disagreement", "uncertainty", "newest"] = "disagreement",
-) -> dict:
+) -> QueuePage:
     filters = ReviewFilter(label, source or None, generator or None, min_score, max_score)
     try:
         return await review_queue(
@@ -112,7 +119,7 @@ async def get_review(
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_IMAGE_RESPONSES = {
+_IMAGE_RESPONSES: Responses = {
     200: {
         "description": "the stored bytes, typed by their real format",
         "content": {

@@ -17,7 +17,7 @@ from starlette.types import Message
 
 from app.deps import Authorized, DatasetDep, SettingsDep
 from app.errors import BodyTooLarge, UnknownOriginal
-from app.schemas import ErrorOut, UploadOut
+from app.schemas import ErrorOut, Responses, UploadOut
 from config.names import clean_generator
 from dataset.contracts import LABELS
 from dataset.errors import StorageError
@@ -62,7 +62,7 @@ _BODY_SCHEMA = {
         },
     }
 }
-_ERRORS = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
+_ERRORS: Responses = {code: {"model": ErrorOut} for code in (400, 413, 415, 503)}
 
 
 def _too_large(limit: int) -> HTTPException:
@@ -182,8 +182,9 @@ async def upload(request: Request, settings: SettingsDep, dataset: DatasetDep):
     if outcome.status == "error":
         raise _unavailable(outcome.message)
     if outcome.status == "rejected":
-        code = REJECTED_STATUS.get(outcome.reason, 400)
+        code = REJECTED_STATUS.get(outcome.reason or "", 400)
         raise HTTPException(code, detail=f"{outcome.reason}: {outcome.message}")
+    assert outcome.id is not None  # a stored image and a duplicate always name an image
     if outcome.status != "stored":
         # An upload never relabels what is stored: answer with the label the image keeps.
         existing = await dataset.get_metadata(outcome.id)

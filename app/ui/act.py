@@ -9,7 +9,7 @@ model registry's aliases (the models page gets that action then).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse
@@ -41,7 +41,7 @@ def confirm_page(
 ):
     if kind not in ACTIONS or kind not in request.app.state.runner.kinds:
         known = ", ".join(k for k in ACTIONS if k in request.app.state.runner.kinds)
-        context = {
+        context: dict[str, Any] = {
             "title": "No such action",
             "message": f"no action {kind[:30]!r}; the console can start: {known}",
         }
@@ -90,7 +90,7 @@ async def act(
 async def job_page(job_id: str, request: Request, session: Session):
     job = await request.app.state.runner.get(job_id[:64])
     if job is None:
-        context = {
+        context: dict[str, Any] = {
             "title": "No such job",
             "message": f"no job {job_id[:64]!r}",
             "back": ("/ui/jobs", "all jobs"),

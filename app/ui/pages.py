@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
@@ -76,7 +77,8 @@ async def csrf_rejected(request: Request, exc: CsrfRejected):
     return render(request, "error.html", {"title": "Refused", "message": message}, status_code=403)
 
 
-EXCEPTION_HANDLERS = {
+# Starlette types a handler as taking any Exception; each of these takes its own class only.
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]] = {
     ConsoleDisabled: console_disabled,
     LoginRequired: login_required,
     CsrfRejected: csrf_rejected,

@@ -9,7 +9,7 @@ can check a curve against the numbers it was drawn from.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from html import escape
 
@@ -39,7 +39,8 @@ def nice_ticks(low: float, high: float, count: int = 5, integer: bool = False) -
     if integer:
         step = max(1.0, math.ceil(step))
     start = math.floor(low / step + 1e-9) * step
-    ticks, value = [], start
+    ticks: list[float] = []
+    value = start
     while value < high + step * 0.5 and len(ticks) < 50:
         ticks.append(round(value, 10))
         value += step
@@ -185,7 +186,8 @@ class Frame:
         head.append(
             f'<text x="{self.left}" y="16" font-size="12" font-weight="600">{escape(self.title)}</text>'
         )
-        legend, lx = [], self.width - self.right
+        legend: list[str] = []
+        lx: float = self.width - self.right
         for name, colour, dashed in reversed(self.legend):
             lx -= 18 + 6.5 * len(name)
             dash = ' stroke-dasharray="4 3"' if dashed else ""
@@ -211,7 +213,7 @@ def line_plot(series: list[Series], frame: Frame, diagonal: str | None = None) -
 
 
 def bar_plot(
-    edges: Sequence[float], series: dict[str, Sequence[float]], frame: Frame, overlay: bool = True
+    edges: Sequence[float], series: Mapping[str, Sequence[float]], frame: Frame, overlay: bool = True
 ) -> Markup:
     """Bars between consecutive ``edges`` (one count per bin per series): a histogram, or counts per
     hour. ``overlay``: series drawn over each other, half transparent; otherwise stacked."""

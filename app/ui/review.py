@@ -9,7 +9,7 @@ undo can put it back. Every state change checks the session's CSRF token first.
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -74,7 +74,7 @@ def parse_query(q: ReviewQuery) -> tuple[dict, list[str]]:
     label = q.label if q.label in LABELS else None
     if q.label and q.label not in LABELS:
         problems.append(f"label {q.label[:20]!r} is not one of {', '.join(LABELS)}")
-    scores = {}
+    scores: dict[str, float | None] = {}
     for name in ("min_score", "max_score"):
         raw = getattr(q, name).strip()
         try:
@@ -85,7 +85,8 @@ def parse_query(q: ReviewQuery) -> tuple[dict, list[str]]:
             problems.append(f"{name} {raw[:20]!r} is not a number between 0 and 1")
             value = None
         scores[name] = value
-    if None not in scores.values() and scores["min_score"] > scores["max_score"]:
+    low, high = scores["min_score"], scores["max_score"]
+    if low is not None and high is not None and low > high:
         problems.append(f"min_score {scores['min_score']} is above max_score {scores['max_score']}")
         scores = {"min_score": None, "max_score": None}
     per = int(q.per) if q.per.isdigit() and int(q.per) in PAGE_SIZES else 48
@@ -143,8 +144,10 @@ async def review_page(
     if page_no > pages and page["total"]:
         past = f"page {page_no} is past the last page ({pages}): showing the last page"
         return await review_page(request, session, q.model_copy(update={"page": str(pages)}), past, 400)
+    items: list[dict[str, Any]] = []  # the queue's entries and their thumbnails' size on the page
     for item in page["items"]:
-        item["thumb_w"], item["thumb_h"] = thumb_size(item.get("width"), item.get("height"))
+        thumb_w, thumb_h = thumb_size(item.get("width"), item.get("height"))
+        items.append({**item, "thumb_w": thumb_w, "thumb_h": thumb_h})
     if problems:
         message = "; ".join(problems) + (f" — {message}" if message else "")
         code = 400
@@ -152,7 +155,7 @@ async def review_page(
     state.thumbnails.warm([item["id"] for item in page["items"]])  # usually made already
     context = {
         "active": "review",
-        "page": page,
+        "page": {**page, "items": items},
         "args": args,
         "counts": counts,
         "message": message,

@@ -20,6 +20,7 @@ from app.ui.charts import line_chart
 from app.ui.plots import Frame, Interval, bar_plot, empty, interval_plot, nice_ticks
 from dataset.contracts import LABELS
 from dataset.errors import StorageError
+from trainer.aliases import HistoryRow
 from trainer.errors import ArtifactMissing
 from trainer.model_store import model_store
 
@@ -52,7 +53,7 @@ async def growth(dataset) -> dict[str, Any]:
 
 def _per_label(rows) -> dict[str, dict[str, int]]:
     keys = sorted({row[0] for row in rows})
-    added = {label: dict.fromkeys(keys, 0) for label in LABELS}
+    added: dict[str, dict[str, int]] = {label: dict.fromkeys(keys, 0) for label in LABELS}
     for when, label, n in rows:
         added.setdefault(label, dict.fromkeys(keys, 0))[when] += n
     return added
@@ -171,7 +172,7 @@ def model_entries(settings) -> list[dict]:
     return list(reversed(entries))
 
 
-def alias_trail(settings, rows: int = 50) -> tuple[dict[str, list[str]], list[dict]]:
+def alias_trail(settings, rows: int = 50) -> tuple[dict[str, list[str]], list[HistoryRow]]:
     """version -> the aliases naming it (champion = served), and the newest ``rows`` alias changes."""
     from trainer.model_store import ModelRegistry
 
