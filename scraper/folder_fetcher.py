@@ -52,7 +52,7 @@ class FolderOptions(SourceOptions):
 class FolderFetcher(BaseFetcher[FolderOptions]):
     options_model = FolderOptions
     # No quota to spend: two whole ingest batches in flight and the next one read and validated
-    # (fetcher_manager.INGEST_BATCH, INGEST_PIPELINE). At most read_ahead + READ_CHUNK files are held
+    # (dataset.manager.INGEST_BATCH, INGEST_PIPELINE). At most read_ahead + READ_CHUNK files are held
     # at once: ~30 MB of 0.3 MB photos, 104 x UPLOAD_MAX_BYTES at worst.
     read_ahead = 96
     _listing: list[Path] | None = None

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from config.settings import ConfigError
 from config.sources import SourceConfig, load_sources
-from scraper import fetcher_manager
+from dataset import manager as manager_module
 from scraper.base_fetcher import BaseFetcher
 from scraper.fetcher_manager import (
     FETCHERS,
@@ -164,7 +164,7 @@ async def test_finished_on_stored_hooks_are_let_go_and_their_failures_counted(
 ):
     # One hook task per stored image: held until the run ended, they grew with the import
     # (about 0.7 kB each, 700 MB for a folder of a million images). Now at most two batches' are.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 2)
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 2)
     monkeypatch.setitem(FETCHERS, "hooked", HookedFolder)
     monkeypatch.setattr(HookedFolder, "held", [])
     monkeypatch.setattr(HookedFolder, "refs", [], raising=False)
@@ -281,14 +281,14 @@ async def test_a_folder_is_ingested_in_full_batches_and_a_network_source_image_b
 ):
     # The folder reads ahead, so the dataset gets whole batches (the fixed costs of a batch paid once
     # per INGEST_BATCH images); an API source is ingested as each image arrives.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 8)
-    sizes, real_ingest_many = [], dataset.ingest_many
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 8)
+    sizes, real_ingest_checked = [], dataset._ingest_checked
 
-    async def measured(items, validation=None):
+    async def measured(items, checked):
         sizes.append(len(items))
-        return await real_ingest_many(items, validation)
+        return await real_ingest_checked(items, checked)
 
-    monkeypatch.setattr(dataset, "ingest_many", measured)
+    monkeypatch.setattr(dataset, "_ingest_checked", measured)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(700 + i) for i in range(40)})
     report = await make_manager(folder_source(root)).run()
     assert report["sources"]["folder"]["stored"] == 40 and sum(sizes) == 40
@@ -311,8 +311,8 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
 ):
     # While the first batch is being stored, the next whole batch starts (INGEST_PIPELINE) and the
     # images after it are already being validated: the pump must not wait for the oldest batch.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 4)
-    real_ingest_many, real_validate = dataset.ingest_many, dataset.validate
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 4)
+    real_ingest_checked, real_validate = dataset._ingest_checked, dataset._validate
     first_may_finish = asyncio.Event()
     calls, validated_while_first_held = [], []
 
@@ -321,17 +321,17 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
             validated_while_first_held.append(metadata["api_data"]["path"])
         return real_validate(data, metadata)
 
-    async def held(items, validation=None):
+    async def held(items, checked):
         calls.append(len(items))
         if len(calls) == 1:  # held until the second batch starts (a pump that waits fails here)
             await asyncio.wait_for(first_may_finish.wait(), 10)
         elif len(calls) == 2:
             await asyncio.sleep(0.2)  # give the source time to read and validate what follows
             first_may_finish.set()
-        return await real_ingest_many(items, validation)
+        return await real_ingest_checked(items, checked)
 
-    monkeypatch.setattr(dataset, "validate", counted_validate)
-    monkeypatch.setattr(dataset, "ingest_many", held)
+    monkeypatch.setattr(dataset, "_validate", counted_validate)
+    monkeypatch.setattr(dataset, "_ingest_checked", held)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(900 + i) for i in range(20)})
     report = await make_manager(folder_source(root)).run()
     assert report["sources"]["folder"]["stored"] == 20 and sum(calls) == 20
