@@ -24,7 +24,7 @@ import os
 import sys
 import uuid
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -177,7 +177,7 @@ class DatasetManager:
 
     async def ingest_stream(
         self, items: AsyncIterable[tuple[bytes, dict]], *, read_ahead: int | None = None
-    ) -> AsyncIterator[IngestOutcome]:
+    ) -> AsyncGenerator[IngestOutcome, None]:
         """The one door for many images (a scrape, a folder import, a multi-file upload): one
         :class:`IngestOutcome` for each ``(bytes, metadata)`` item, **in the order the items came**
         (the caller pairs them up by position), as :meth:`ingest` one by one would give them.

@@ -88,9 +88,6 @@ class FolderFetcher(BaseFetcher[FolderOptions]):
             if not any(part.startswith(".") for part in relative.parts) and path.is_file():
                 yield path
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        return await self.collect(limit)
-
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         wanted: list[Path] = []  # the image files read, up to the limit, in order
         for path in await asyncio.to_thread(self.listing):  # scrapes run in the service's event loop

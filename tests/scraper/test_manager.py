@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -131,8 +132,9 @@ class ExplodingFetcher(BaseFetcher):
     def get_source_name(self) -> str:
         return "exploding"
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         raise RuntimeError("the upstream SDK broke")
+        yield  # an async generator, as the contract asks
 
 
 async def test_a_crashing_source_is_reported_and_never_stops_the_others(make_manager, monkeypatch, tmp_path):
@@ -312,7 +314,7 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
     # While the first batch is being stored, the next whole batch starts (INGEST_PIPELINE) and the
     # images after it are already being validated: the pump must not wait for the oldest batch.
     monkeypatch.setattr(manager_module, "INGEST_BATCH", 4)
-    real_ingest_checked, real_validate = dataset._ingest_checked, dataset._validate
+    real_ingest_arrived, real_validate = dataset._ingest_arrived, dataset._validate
     first_may_finish = asyncio.Event()
     calls, validated_while_first_held = [], []
 
@@ -321,17 +323,17 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
             validated_while_first_held.append(metadata["api_data"]["path"])
         return real_validate(data, metadata)
 
-    async def held(items, checked):
-        calls.append(len(items))
+    async def held(batch):  # a batch as it starts (DatasetManager.ingest_stream), validations pending
+        calls.append(len(batch))
         if len(calls) == 1:  # held until the second batch starts (a pump that waits fails here)
             await asyncio.wait_for(first_may_finish.wait(), 10)
         elif len(calls) == 2:
             await asyncio.sleep(0.2)  # give the source time to read and validate what follows
             first_may_finish.set()
-        return await real_ingest_checked(items, checked)
+        return await real_ingest_arrived(batch)
 
     monkeypatch.setattr(dataset, "_validate", counted_validate)
-    monkeypatch.setattr(dataset, "_ingest_checked", held)
+    monkeypatch.setattr(dataset, "_ingest_arrived", held)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(900 + i) for i in range(20)})
     report = await make_manager(folder_source(root)).run()
     assert report["sources"]["folder"]["stored"] == 20 and sum(calls) == 20
