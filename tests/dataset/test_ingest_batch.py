@@ -342,3 +342,48 @@ async def test_a_lone_writer_asks_the_index_for_no_rows_per_batch(driver_setting
         assert second[0].id == first[1].id
         assert reads == []
         assert (await dm.check())["ok"] and (await dm.counts())["total"] == 6
+
+
+async def test_the_stream_reads_at_most_read_ahead_beyond_the_outcome_taken(dm):
+    pulled: list[int] = []
+
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        for i in range(6):
+            pulled.append(i)
+            yield jpeg(90 + i), meta_in()
+
+    stream = dm.ingest_stream(fed(), read_ahead=2)
+    seen = []
+    async for outcome in stream:
+        # the outcome of item k is out: items up to k + 1 read at most (k's own place not yet freed)
+        assert len(pulled) <= len(seen) + 2
+        seen.append(outcome.status)
+    assert seen == ["stored"] * 6
+
+
+async def test_a_failing_source_gets_the_outcomes_of_what_arrived_then_its_error(dm):
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        yield jpeg(95), meta_in()
+        yield jpeg(96), meta_in()
+        raise RuntimeError("the source broke")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="the source broke"):
+        async for outcome in dm.ingest_stream(fed()):
+            seen.append(outcome.status)
+    assert seen == ["stored", "stored"] and (await dm.counts())["total"] == 2
+
+
+async def test_a_stream_closed_midway_leaves_no_row_without_files(dm):
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        for i in range(40):
+            yield jpeg(100 + i), meta_in()
+
+    stream = dm.ingest_stream(fed())
+    taken = [await anext(stream) for _ in range(3)]
+    await stream.aclose()  # what was in flight is cancelled: at worst files without rows
+    assert [o.status for o in taken] == ["stored"] * 3
+    report = await dm.check(repair=True, force=True)
+    assert report["dead_rows"] == [] and report["missing_meta"] == []
+    assert (await dm.check())["ok"]
+    assert len(list(dm.storage.list("images/"))) == (await dm.counts())["total"] >= 3
