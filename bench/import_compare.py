@@ -54,7 +54,7 @@ its 2N runs than on its N runs (its process pool's start varies by ~1 s), which 
   ~256 px, other formats at full size; ``dataset/images.py`` ``inspect_image``), SHA-256 of the
   bytes, a 64-bit pHash, an exact and a near-duplicate (Hamming radius 6) lookup against the index,
   writes the original bytes and a metadata JSON durably (temp file, fsync, rename) and inserts the
-  row in the SQLite index. Since the batched ingest (``DatasetManager.ingest_many``) the folder
+  row in the SQLite index. Since the batched ingest (``DatasetManager.ingest_stream``) the folder
   source reads ahead and does the lookups, the fsyncs (a group commit) and the index transaction per
   batch rather than per image. It has no worker setting for a folder source: ``--workers`` does not
   apply to it.

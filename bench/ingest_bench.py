@@ -8,7 +8,7 @@
    product's ingest of the same files: validation (a DCT-scaled decode that still reads every
    entropy-coded byte), SHA-256, pHash, near-duplicate lookup, image and metadata files (durable)
    and the index rows, on a local dataset in a temp folder.
-   Both the batched path a folder import takes (``DatasetManager.ingest_many``, one group commit and
+   Both the batched path a folder import takes (``DatasetManager.ingest_stream``, one group commit and
    one transaction per batch) and the one-image path an upload takes (``ingest``) are measured.
    The process is pinned to ONE CPU, so every thread shares one core: the ratios are per core.
    The three are interleaved batch by batch, so a shared machine's load swings hit them alike.
@@ -46,6 +46,17 @@ from dataset.manager import DatasetManager  # noqa: E402
 from tests.images import scene  # noqa: E402
 
 SIZES = [(1280, 960), (1920, 1080), (2048, 1536), (2304, 1728)]  # 1.2 to 4 MP
+
+
+async def stream_all(dm: DatasetManager, items: list[tuple[bytes, dict]]) -> list:
+    """A list through DatasetManager.ingest_stream: all of it arrives at once, so it is one batch
+    (up to INGEST_BATCH), as ingest_many's was."""
+
+    async def fed():
+        for item in items:
+            yield item
+
+    return [outcome async for outcome in dm.ingest_stream(fed(), read_ahead=max(1, len(items)))]
 
 
 def generated_jpegs(n: int) -> list[bytes]:
@@ -91,7 +102,7 @@ def bench_meta() -> dict:
     return {"source": "bench", "label": "real"}
 
 
-PHASES = ("plain decode to RGB", "ingest_many (batch)", "ingest (one image)", "decode only (load)")
+PHASES = ("plain decode to RGB", "ingest_stream (batch)", "ingest (one image)", "decode only (load)")
 
 
 async def decode_and_ingest(
@@ -112,7 +123,7 @@ async def decode_and_ingest(
         async with DatasetManager(settings("many")) as many, DatasetManager(settings("one")) as one:
             # Warm-up outside the timing: plugin imports, faiss, the first transaction of each.
             warm = generated_jpegs(1)[0]
-            await many.ingest_many([(warm, {"source": "warm", "label": "real"})] * 2)
+            await stream_all(many, [(warm, {"source": "warm", "label": "real"})] * 2)
             await one.ingest(warm, {"source": "warm", "label": "real"})
             for start in range(0, len(images), batch):
                 part = images[start : start + batch]
@@ -123,7 +134,7 @@ async def decode_and_ingest(
                     return []
 
                 async def batched(part=part) -> list:
-                    return await many.ingest_many([(data, bench_meta()) for data in part])
+                    return await stream_all(many, [(data, bench_meta()) for data in part])
 
                 async def singly(part=part) -> list:
                     return [await one.ingest(data, bench_meta()) for data in part]
@@ -271,7 +282,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folder", type=Path, action="append", help="take images from this folder (repeatable)")
     ap.add_argument("--n", type=int, default=96, help="images (generated, or the first N of the folders)")
-    ap.add_argument("--batch", type=int, default=32, help="images per ingest_many batch (a folder import's)")
+    ap.add_argument(
+        "--batch", type=int, default=32, help="images per ingest_stream batch (a folder import's)"
+    )
     ap.add_argument(
         "--tricky", type=Path, help="the acceptance set's tricky/ folder: truncation still caught?"
     )

@@ -23,7 +23,8 @@ import math
 import os
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,6 +70,15 @@ UPLOAD_CATCH_UP_SECONDS = 1.0
 
 MAX_DECODE_THREADS = 4  # validation threads of a manager at most (one per usable core below that)
 
+# Images stored together at most (ingest_stream): enough to spread the fixed costs of a batch
+# (catch-up query, transaction, folder fsyncs) to well under a millisecond per image, while a batch's
+# bytes (at most this many images of UPLOAD_MAX_BYTES) stay a modest amount of memory.
+INGEST_BATCH = 32
+INGEST_PIPELINE = 2  # batches being stored at once (ingest_stream)
+# Images read ahead of the outcome the caller last took, by default: two batches in flight and the
+# next one read and validated meanwhile.
+INGEST_READ_AHEAD = INGEST_BATCH * (INGEST_PIPELINE + 1)
+
 
 IngestStatus = Literal["stored", "duplicate", "near_duplicate", "rejected", "error"]
 
@@ -83,6 +93,10 @@ class IngestOutcome:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# An item of ingest_stream as it arrived: its bytes, its metadata and its validation (started then)
+_Arrival = tuple[bytes, dict, "asyncio.Future[ImageInfo | IngestOutcome]"]
 
 
 @dataclass(frozen=True, slots=True)  # slots: ~56 bytes less per image (100k in a training)
@@ -160,50 +174,113 @@ class DatasetManager:
     # ---- ingest -------------------------------------------------------------------------------
 
     async def ingest(self, data: bytes, metadata: dict) -> IngestOutcome:
-        """One image (an upload): validate, check, store. A batch goes faster through :meth:`ingest_many`."""
-        info = await self.validate(data, metadata)
-        if isinstance(info, IngestOutcome):
-            return info
-        try:
-            existing = await self.index.find_sha(info.sha256)
-            if existing is not None:
-                return _duplicate(existing)
-            near, look = await self.index.near_check(
-                info.phash, self.settings.near_dup_max_distance, max_age=UPLOAD_CATCH_UP_SECONDS
-            )
-            if near is not None:
-                # An identical image may have been inserted since the exact check: say so precisely.
-                existing = await self.index.find_sha(info.sha256)
-                if existing is not None:
-                    return _duplicate(existing)
-                return _near_duplicate(near)
-        except INDEX_ERRORS as exc:  # the database is away: this image fails, nothing was written
-            return self._index_error(None, exc)
-        return await self._store(data, metadata, info, look)
+        """One image (an upload): the one-item case of :meth:`ingest_stream`, without its reader."""
+        checked = await self._validate(data, metadata)
+        return (await self._ingest_checked([(data, metadata)], [checked]))[0]
 
-    async def ingest_many(
-        self,
-        items: Sequence[tuple[bytes, dict]],
-        validation: Sequence[Awaitable[ImageInfo | IngestOutcome]] | None = None,
-    ) -> list[IngestOutcome]:
-        """Ingest a batch: the outcome of each image, in order, as :meth:`ingest` one by one gives it,
-        for a fraction of the cost per image -- the batch is validated in worker threads, caught
-        up with the index once, checked for exact duplicates in one query, written with one group
-        commit (:meth:`StorageDriver.put_many`), indexed in one transaction and re-checked for racing
-        near duplicates in one query. The crash guarantees are those of :meth:`ingest`: every file
-        is durable before any row of the batch exists.
+    async def ingest_stream(
+        self, items: AsyncIterable[tuple[bytes, dict]], *, read_ahead: int | None = None
+    ) -> AsyncGenerator[IngestOutcome, None]:
+        """The one door for many images (a scrape, a folder import, a multi-file upload): one
+        :class:`IngestOutcome` for each ``(bytes, metadata)`` item, **in the order the items came**
+        (the caller pairs them up by position), as :meth:`ingest` one by one would give them.
 
-        An image that repeats (or nearly repeats) an earlier one of the same batch is decided after
-        the batch is stored, against it. A storage failure or a lost exact-duplicate race falls back
-        to one image at a time, so each image still gets its own outcome.
+        Each item is validated as it arrives, in the validation threads (one per usable core, at
+        most MAX_DECODE_THREADS): Pillow's decoders and SHA-256 run without the GIL. Items are read
+        at most ``read_ahead`` (default INGEST_READ_AHEAD) ahead of the outcome the caller last
+        took, so memory holds that many images at most; an item's place is freed when the caller
+        asks for the outcome after it. ``read_ahead=1`` reads the next item only once the last
+        outcome was taken (a source whose next request depends on it, a quota say).
 
-        ``validation``: what :meth:`validate` returned for each item, when the caller started it as
-        the images arrived (a folder import does, so the decodes never wait for a batch to form).
+        What has arrived is stored in batches of up to INGEST_BATCH, up to INGEST_PIPELINE batches
+        at once: one batch's files and rows are written while the next is checked and the threads
+        validate what arrives meanwhile. A batch starts as soon as a whole one is waiting (or the
+        items have ended), not when the oldest is done, so batches stay full. Racing batches are
+        safe: the index decides exact duplicates, the near re-check after the rows the near ones.
+        A batch costs one catch-up, one exact-duplicate query, one group commit
+        (:meth:`StorageDriver.put_many`), one transaction and one near re-check; the crash
+        guarantees are those of :meth:`ingest` (every file durable before any row of its batch).
+
+        Per-image failures are outcomes; a batch whose ingest raised gets ``error`` outcomes with
+        the exception's class name as ``reason``. An exception from ``items`` itself is raised
+        after the outcomes of what arrived before it. Closing or cancelling the stream cancels the
+        reads, validations and batches in flight (a killed batch leaves at worst files without rows).
         """
-        if validation is not None and len(validation) != len(items):
-            raise ValueError(f"{len(validation)} validations for {len(items)} images")
-        checked = await asyncio.gather(*(validation or [self.validate(data, meta) for data, meta in items]))
-        return await self._ingest_checked(items, checked)
+        room = asyncio.Semaphore(max(1, INGEST_READ_AHEAD if read_ahead is None else read_ahead))
+        arrived: asyncio.Queue[_Arrival | None] = asyncio.Queue()  # unbounded: `room` bounds it
+        batch_waiting = asyncio.Event()  # a whole batch, or the end, is in `arrived`
+        end_queued = False
+
+        async def read() -> None:
+            nonlocal end_queued
+            source = aiter(items)
+            try:
+                while True:
+                    await room.acquire()
+                    try:
+                        data, metadata = await anext(source)
+                    except StopAsyncIteration:
+                        break
+                    arrived.put_nowait((data, metadata, self._validate(data, metadata)))
+                    if arrived.qsize() >= INGEST_BATCH:
+                        batch_waiting.set()
+            finally:
+                arrived.put_nowait(None)  # the end, also after a failure (re-raised by `await reader`)
+                end_queued = True
+                batch_waiting.set()
+
+        def whole() -> bool:
+            return arrived.qsize() >= INGEST_BATCH or end_queued
+
+        reader = asyncio.create_task(read())
+        ingesting: deque[tuple[list[_Arrival], asyncio.Task[list[IngestOutcome]]]] = deque()
+        try:
+            ended = False  # the end of the items was taken from the queue
+            while not ended or ingesting:
+                if ingesting:
+                    if not ended and len(ingesting) < INGEST_PIPELINE and not whole():
+                        batch_waiting.clear()  # no await since whole(): the reader cannot run between
+                        waiter = asyncio.ensure_future(batch_waiting.wait())
+                        try:  # the oldest batch done, or a whole new one waiting: whichever is first
+                            await asyncio.wait((ingesting[0][1], waiter), return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            waiter.cancel()
+                    if ended or len(ingesting) >= INGEST_PIPELINE or not whole():
+                        _batch, task = ingesting.popleft()
+                        for outcome in await task:
+                            yield outcome
+                            room.release()  # the caller took it: the reader may read one more
+                        continue
+                batch: list[_Arrival] = []
+                item = await arrived.get()
+                while item is not None:
+                    batch.append(item)
+                    if len(batch) == INGEST_BATCH or arrived.empty():
+                        break
+                    item = arrived.get_nowait()
+                ended = item is None
+                if batch:
+                    ingesting.append((batch, asyncio.create_task(self._ingest_arrived(batch))))
+            await reader  # the items' failure is raised here, after what arrived before it was stored
+        finally:
+            reader.cancel()
+            for batch, task in ingesting:
+                task.cancel()
+                for *_item, checked in batch:  # a batch whose task never ran still holds its validations
+                    checked.cancel()
+            while not arrived.empty():  # images not batched yet: their decodes are not wanted
+                if (left := arrived.get_nowait()) is not None:
+                    left[2].cancel()
+
+    async def _ingest_arrived(self, batch: list[_Arrival]) -> list[IngestOutcome]:
+        """One batch of :meth:`ingest_stream`: its validations awaited, then checked and stored."""
+        try:
+            checked = await asyncio.gather(*(validation for *_item, validation in batch))
+            return await self._ingest_checked([(data, metadata) for data, metadata, _v in batch], checked)
+        except Exception as exc:  # noqa: BLE001 - each image gets an outcome; the stream goes on
+            log.warning("ingest of a batch of %d images failed: %s", len(batch), exc)
+            failed = IngestOutcome("error", reason=type(exc).__name__, message=str(exc))
+            return [failed] * len(batch)
 
     async def _ingest_checked(
         self, items: Sequence[tuple[bytes, dict]], checked: Sequence[ImageInfo | IngestOutcome]
@@ -253,11 +330,11 @@ class DatasetManager:
                 outcomes[i] = outcome
         return cast(list[IngestOutcome], outcomes)
 
-    def validate(self, data: bytes, metadata: dict) -> asyncio.Future[ImageInfo | IngestOutcome]:
+    def _validate(self, data: bytes, metadata: dict) -> asyncio.Future[ImageInfo | IngestOutcome]:
         """Start validating one image (decode, hashes) in the manager's validation threads, one per
         usable core: Pillow's decoders and SHA-256 run without the GIL, so the cores decode side by
         side while the event loop goes on; DECODE_MEMORY_BUDGET_MB bounds what the decodes hold
-        together. The result goes to :meth:`ingest_many`."""
+        together. The result goes to :meth:`_ingest_checked`."""
         if self._decoders is None:
             threads = max(1, min(len(os.sched_getaffinity(0)), MAX_DECODE_THREADS))
             self._decoders = ThreadPoolExecutor(threads, thread_name_prefix="validate")

@@ -1,8 +1,9 @@
 """The source contract (docs/sources.md, "Adding a source") and what every fetcher shares.
 
-A source implements ``fetch_images(limit)`` and ``get_source_name()``, as the guide in
-docs/sources.md shows. Built-in sources also override ``iter_images(limit)`` so images are ingested while they
-arrive (memory stays bounded), and may override ``on_stored`` (Unsplash reports the download).
+A source implements one iteration method, ``iter_images(limit)`` (an async generator of
+``(bytes, metadata)``), and ``get_source_name()``, as the guide in docs/sources.md shows; the scrape
+feeds what it yields to the dataset as it arrives (memory stays bounded). A source may override
+``on_stored`` (Unsplash reports the download).
 """
 
 from __future__ import annotations
@@ -90,17 +91,13 @@ class BaseFetcher(ABC, Generic[OptionsT]):
         return self._options
 
     @abstractmethod
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        """Up to ``limit`` images as (bytes, metadata) pairs; metadata as docs/dataset.md describes."""
+    def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
+        """Up to ``limit`` images as (bytes, metadata) pairs, one by one as they arrive (an async
+        generator); metadata as docs/dataset.md describes."""
 
     @abstractmethod
     def get_source_name(self) -> str:
         """The name this source is registered under in ``FETCHERS``."""
-
-    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
-        """Images one by one as they arrive; by default whatever ``fetch_images`` returns."""
-        for item in await self.fetch_images(limit):
-            yield item
 
     async def spread_over_queries(
         self, limit: int, images_for: Callable[[str, int], AsyncIterator[tuple[bytes, dict]]]
@@ -226,7 +223,7 @@ class BaseFetcher(ABC, Generic[OptionsT]):
                 yield result
 
     async def collect(self, limit: int) -> list[tuple[bytes, dict]]:
-        """``fetch_images`` for sources that stream: gather what ``iter_images`` yields."""
+        """All that ``iter_images`` yields, as a list (for a look at a source's images)."""
         return [item async for item in self.iter_images(limit)]
 
 

@@ -56,9 +56,6 @@ class CivitaiFetcher(BaseFetcher[CivitaiOptions]):
         key = self.settings.civitai_api_key
         return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        return await self.collect(limit)
-
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         self.seen: set[Any] = set()
         if not self.config.queries:

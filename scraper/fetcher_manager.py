@@ -4,18 +4,19 @@ To add a source, write ``scraper/mysource_fetcher.py`` (a ``BaseFetcher``), add 
 ``FETCHERS`` below, and an entry to ``sources.yaml`` (docs/sources.md, "Adding a source").
 
 ``FetcherManager.run()`` runs the enabled sources side by side on one shared ``httpx.AsyncClient``;
-a source that is skipped (no key) or fails never stops the others. Downloaded images are handed to
-``DatasetManager.ingest_many`` in batches of what has arrived (at most INGEST_BATCH), so memory
-holds a batch or two of images at most.
+a source that is skipped (no key) or fails never stops the others. Downloaded images are fed to
+``DatasetManager.ingest_stream`` (which validates, batches and stores them, reading at most the
+source's ``read_ahead`` images ahead); the scrape only counts the outcomes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -42,7 +43,6 @@ from scraper.unsplash_fetcher import UnsplashFetcher
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from dataset.images import ImageInfo
     from dataset.manager import DatasetManager, IngestOutcome
 
 __all__ = [
@@ -56,14 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Images ingested together at most (DatasetManager.ingest_many): enough to spread the fixed costs of
-# a batch (catch-up query, transaction, folder fsyncs) to well under a millisecond per image, while a
-# batch's bytes (at most this many downloads of UPLOAD_MAX_BYTES) stay a modest amount of memory.
-INGEST_BATCH = 32
-INGEST_PIPELINE = 2  # batches being ingested at once (see FetcherManager._pump)
-
-# An image from a source, its metadata and its validation (started as it arrived)
-Arrival = tuple[bytes, dict, "asyncio.Future[ImageInfo | IngestOutcome]"]
+PROGRESS_EVERY = 32  # a progress event at least this often (images), and whenever ingest caught up
 
 
 FETCHERS: dict[str, type[BaseFetcher[Any]]] = {
@@ -195,134 +188,66 @@ class FetcherManager:
         return bucket_for(cfg.name, cfg.rate_limit_per_hour)
 
     async def _pump(self, fetcher: BaseFetcher, report: SourceReport, progress: Progress | None) -> None:
-        """Downloads (the fetcher's iterator) run beside ingest, at most ``fetcher.read_ahead`` images
-        ahead, each validated as it arrives (DatasetManager.validate). A network source (read_ahead
-        1) is ingested image by image as it arrives; a local folder in batches of up to INGEST_BATCH
-        that pay for the index round trips and durability once (DatasetManager.ingest_many)."""
+        """Feed the fetcher's images to the dataset's one door (DatasetManager.ingest_stream, which
+        validates, reads ahead at most ``fetcher.read_ahead`` images and stores in batches) and count
+        what comes back. A network source (read_ahead 1) fetches its next image only once the last
+        one's outcome is in and its ``on_stored`` hook started; a local folder reads well ahead."""
         total = await asyncio.to_thread(fetcher.planned_limit)  # the folder source walks its folder
         name = fetcher.config.name
         _notify(progress, {"source": report.source, "done": 0, "total": total, "stored": 0})
         # on_stored hooks (Unsplash's download event) run beside the next downloads, not before them.
         # Only the unfinished ones are held: one task per stored image would grow with the run.
         hooks: set[asyncio.Task] = set()
-        # each image with its validation, started as it arrives (DatasetManager.validate): the decode
-        # threads work on the next images while a batch's files and rows are written
-        arrived: asyncio.Queue[Arrival | None] = asyncio.Queue()
-        room = asyncio.Semaphore(max(1, fetcher.read_ahead))  # fetched, not yet ingested
-        batch_waiting = asyncio.Event()  # a whole batch, or the end, is in `arrived`
-        end_queued = False
+        fed: deque[dict] = deque()  # the metadata of the images given and not yet answered, in order
 
         def finished(task: asyncio.Task) -> None:
             hooks.discard(task)
             if not task.cancelled() and isinstance(task.exception(), Exception):
                 report.errors[f"on_stored_{type(task.exception()).__name__}"] += 1
 
-        async def download() -> None:
-            nonlocal end_queued
-            images = aiter(fetcher.iter_images(total))
-            try:
-                while True:
-                    await room.acquire()
-                    try:
-                        data, metadata = await anext(images)
-                    except StopAsyncIteration:
-                        break
-                    metadata.setdefault("source", name)
-                    metadata.setdefault("label", fetcher.config.label)
-                    arrived.put_nowait((data, metadata, self.dataset.validate(data, metadata)))
-                    if arrived.qsize() >= INGEST_BATCH:
-                        batch_waiting.set()
-            finally:
-                await arrived.put(None)  # the end, also after a failure (re-raised by `await downloads`)
-                end_queued = True
-                batch_waiting.set()
-
-        async def settle(batch: list[Arrival], ingest: asyncio.Task[list[bool]]) -> None:
-            for (_data, metadata, _checked), stored in zip(batch, await ingest, strict=True):
-                if stored:
-                    hook = asyncio.ensure_future(fetcher.on_stored(metadata))
-                    hooks.add(hook)
-                    hook.add_done_callback(finished)
-                room.release()
-            _notify(
-                progress,
-                {"source": report.source, "done": report.downloaded, "total": total, "stored": report.stored},
-            )
-
-        downloads = asyncio.create_task(download())
-        # Up to INGEST_PIPELINE batches in flight: one's files and rows are written while the next
-        # is checked, and the decode threads validate what arrives meanwhile, so a folder import
-        # keeps the cores busy. A further batch starts as soon as a whole one is waiting (or the
-        # source has ended), not when the oldest is done; so batches stay full. Racing batches are
-        # safe: the index decides exact duplicates, the near re-check after the rows the near ones.
-        ingesting: deque[tuple[list[Arrival], asyncio.Task[list[bool]]]] = deque()
-
-        def whole() -> bool:
-            return arrived.qsize() >= INGEST_BATCH or end_queued
+        async def feed() -> AsyncIterator[tuple[bytes, dict]]:
+            async for data, metadata in fetcher.iter_images(total):
+                metadata.setdefault("source", name)
+                metadata.setdefault("label", fetcher.config.label)
+                fed.append(metadata)
+                yield data, metadata
 
         try:
-            ended = False  # the end of the downloads was taken from the queue
-            while not ended or ingesting:
-                if ingesting:
-                    if not ended and len(ingesting) < INGEST_PIPELINE and not whole():
-                        batch_waiting.clear()  # no await since whole(): the source cannot run between
-                        waiter = asyncio.ensure_future(batch_waiting.wait())
-                        try:  # the oldest batch done, or a whole new one waiting: whichever is first
-                            await asyncio.wait((ingesting[0][1], waiter), return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            waiter.cancel()
-                    if ended or len(ingesting) >= INGEST_PIPELINE or not whole():
-                        await settle(*ingesting.popleft())  # also frees room for the source to read ahead
-                        continue
-                batch: list[Arrival] = []
-                item = await arrived.get()
-                while item is not None:
-                    batch.append(item)
-                    if len(batch) == INGEST_BATCH or arrived.empty():
-                        break
-                    item = arrived.get_nowait()
-                ended = item is None
-                if batch:
-                    report.downloaded += len(batch)
-                    ingesting.append((batch, asyncio.create_task(self._ingest(batch, report))))
-            await downloads  # a source's failure is raised here, after what it downloaded was stored
+            stream = self.dataset.ingest_stream(feed(), read_ahead=fetcher.read_ahead)
+            async with contextlib.aclosing(stream) as outcomes:
+                async for outcome in outcomes:  # one per image, in the order they were fed
+                    metadata = fed.popleft()
+                    report.downloaded += 1
+                    if _count(report, outcome):
+                        hook = asyncio.ensure_future(fetcher.on_stored(metadata))
+                        hooks.add(hook)
+                        hook.add_done_callback(finished)
+                    if not fed or report.downloaded % PROGRESS_EVERY == 0:  # caught up, or every so often
+                        _notify(progress, _progress(report, total))
             await asyncio.gather(*hooks, return_exceptions=True)  # `finished` counts the failures
         finally:
-            downloads.cancel()
-            for batch, task in ingesting:
-                task.cancel()
-                for *_item, checked in batch:  # a batch whose task never ran still holds its validations
-                    checked.cancel()
-            while not arrived.empty():  # a failure left images unbatched: their decodes are not wanted
-                if (left := arrived.get_nowait()) is not None:
-                    left[2].cancel()
             for task in list(hooks):
                 task.cancel()
 
-    async def _ingest(self, batch: list[Arrival], report: SourceReport) -> list[bool]:
-        """Hand a batch to the dataset and count the outcomes; True for each image that was stored."""
-        try:
-            outcomes = await self.dataset.ingest_many(
-                [(data, metadata) for data, metadata, _checked in batch],
-                [checked for *_item, checked in batch],
-            )
-        except Exception as exc:  # noqa: BLE001 - a storage fault is counted per image; the run goes on
-            report.errors[f"ingest_{type(exc).__name__}"] += len(batch)
-            logger.warning("%s: ingest of %d images failed: %s", report.source, len(batch), exc)
-            return [False] * len(batch)
-        for outcome in outcomes:
-            status = outcome.status
-            if status == "stored":
-                report.stored += 1
-            elif status == "duplicate":
-                report.duplicates += 1
-            elif status == "near_duplicate":
-                report.near_duplicates += 1
-            elif status == "rejected":
-                report.rejected[outcome.reason or "rejected"] += 1
-            else:
-                report.errors[f"ingest_{outcome.reason or status}"] += 1
-        return [outcome.status == "stored" for outcome in outcomes]
+
+def _count(report: SourceReport, outcome: IngestOutcome) -> bool:
+    """One image's outcome into the source's report; True when it was stored."""
+    status = outcome.status
+    if status == "stored":
+        report.stored += 1
+    elif status == "duplicate":
+        report.duplicates += 1
+    elif status == "near_duplicate":
+        report.near_duplicates += 1
+    elif status == "rejected":
+        report.rejected[outcome.reason or "rejected"] += 1
+    else:
+        report.errors[f"ingest_{outcome.reason or status}"] += 1
+    return status == "stored"
+
+
+def _progress(report: SourceReport, total: int) -> dict:
+    return {"source": report.source, "done": report.downloaded, "total": total, "stored": report.stored}
 
 
 def _notify(progress: Progress | None, event: dict) -> None:

@@ -52,7 +52,7 @@ class FolderOptions(SourceOptions):
 class FolderFetcher(BaseFetcher[FolderOptions]):
     options_model = FolderOptions
     # No quota to spend: two whole ingest batches in flight and the next one read and validated
-    # (fetcher_manager.INGEST_BATCH, INGEST_PIPELINE). At most read_ahead + READ_CHUNK files are held
+    # (dataset.manager.INGEST_BATCH, INGEST_PIPELINE). At most read_ahead + READ_CHUNK files are held
     # at once: ~30 MB of 0.3 MB photos, 104 x UPLOAD_MAX_BYTES at worst.
     read_ahead = 96
     _listing: list[Path] | None = None
@@ -87,9 +87,6 @@ class FolderFetcher(BaseFetcher[FolderOptions]):
             relative = path.relative_to(self.root)
             if not any(part.startswith(".") for part in relative.parts) and path.is_file():
                 yield path
-
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        return await self.collect(limit)
 
     async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         wanted: list[Path] = []  # the image files read, up to the limit, in order

@@ -38,9 +38,6 @@ class PexelsFetcher(BaseFetcher[PexelsOptions]):
     def image_size(self) -> str:
         return self.options.image_size
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        return await self.collect(limit)
-
     def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         return self.spread_over_queries(limit, self._query_images)
 

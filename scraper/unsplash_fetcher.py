@@ -62,9 +62,6 @@ class UnsplashFetcher(BaseFetcher[UnsplashOptions]):
     def api_headers(self) -> dict[str, str]:
         return {"Authorization": f"Client-ID {self.secret()}", "Accept-Version": "v1"}
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
-        return await self.collect(limit)
-
     def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         return self.spread_over_queries(limit, self._query_images)
 

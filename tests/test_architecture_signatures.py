@@ -135,7 +135,9 @@ def differences(doc: Documented, func) -> list[str]:
     """What the map says of ``func`` that is not so."""
     node = doc.node
     problems = []
-    if isinstance(node, ast.AsyncFunctionDef) != inspect.iscoroutinefunction(func):
+    if isinstance(node, ast.AsyncFunctionDef) != (
+        inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func)
+    ):
         problems.append("async" if isinstance(node, ast.AsyncFunctionDef) else "not async")
     real = list(inspect.signature(func).parameters.values())
     args = node.args

@@ -7,7 +7,9 @@ refused at once, and the body is counted chunk by chunk as Starlette's multipart
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterable, AsyncIterator
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -132,21 +134,15 @@ async def store_upload(
     generator: str | None = None,
     edit_of: str | None = None,
 ) -> IngestOutcome:
-    """One uploaded file into the dataset, for the API and the console alike: the metadata an upload
-    gets, the ingest, the Prometheus count, and /status moving at once when it was stored.
+    """One uploaded file into the dataset (POST /upload): the metadata an upload gets, the ingest,
+    the Prometheus count, and /status moving at once when it was stored. Several files at once (the
+    console) go through :func:`store_uploads`.
 
     ``generator`` is already cleaned (config.names.clean_generator). A storage or index failure is
     an outcome ``error`` (reason ``storage_error``), never an exception; an ``edit_of`` that names
     no stored image raises :class:`UnknownOriginal` before anything is stored.
     """
-    metadata = {
-        "source": "upload",
-        "label": label,
-        "attribution": {"platform": "upload"},
-        "api_data": {"filename": filename},
-    }
-    if generator:
-        metadata["generator"] = generator
+    metadata = upload_metadata(label, filename, generator)
     if edit_of:
         original = await state.dataset.get_metadata(edit_of[:64])
         if original is None:
@@ -159,9 +155,42 @@ async def store_upload(
         outcome = await state.dataset.ingest(data, metadata)
     except (StorageError, OperationalError) as exc:
         outcome = IngestOutcome(status="error", reason="storage_error", message=str(exc))
-    state.metrics.count_ingest(outcome.status, outcome.reason)  # Prometheus
+    return counted_upload(state, outcome)
+
+
+async def store_uploads(
+    state, files: AsyncIterable[tuple[bytes, str | None]], label: str, generator: str | None = None
+) -> AsyncIterator[IngestOutcome]:
+    """Several uploaded ``(bytes, filename)`` with one label through the dataset's one door
+    (DatasetManager.ingest_stream: validated side by side, stored in batches): one outcome per
+    file, in the order given, each counted as :func:`store_upload` counts it."""
+
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        async for data, filename in files:
+            yield data, upload_metadata(label, filename, generator)
+
+    async with contextlib.aclosing(state.dataset.ingest_stream(fed())) as outcomes:
+        async for outcome in outcomes:
+            yield counted_upload(state, outcome)
+
+
+def upload_metadata(label: str, filename: str | None, generator: str | None) -> dict:
+    metadata = {
+        "source": "upload",
+        "label": label,
+        "attribution": {"platform": "upload"},
+        "api_data": {"filename": filename},
+    }
+    if generator:
+        metadata["generator"] = generator
+    return metadata
+
+
+def counted_upload(state, outcome: IngestOutcome) -> IngestOutcome:
+    """The Prometheus count of an upload's outcome, and /status moving at once when it was stored."""
+    state.metrics.count_ingest(outcome.status, outcome.reason)
     if outcome.status == "stored":
-        state.overview.invalidate()  # /status counts move at once
+        state.overview.invalidate()
     return outcome
 
 

@@ -8,6 +8,8 @@ functions as the JSON API (labeler.review.record_person_label, DatasetManager.in
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -18,7 +20,7 @@ from starlette.datastructures import UploadFile
 from app.errors import BodyTooLarge
 from app.routes.models import artifact_response, registered_artifact, weights_download
 from app.routes.status import running_jobs
-from app.routes.upload import ENVELOPE_SLACK, _counting_request, store_upload
+from app.routes.upload import ENVELOPE_SLACK, _counting_request, store_uploads
 from app.ui import views
 from app.ui.pages import render
 from app.ui.routes import models_page, webhooks_page
@@ -109,22 +111,39 @@ async def thumb(image_id: str, request: Request, session: Session) -> Response:
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
-async def ingest_file(request: Request, file: UploadFile, label: str, generator: str | None = None) -> dict:
-    """One file's outcome: stored / duplicate / near_duplicate / rejected (with reason) / error."""
+async def ingest_files(
+    request: Request, files: list[UploadFile], label: str, generator: str | None = None
+) -> list[dict]:
+    """Each file's outcome, in order: stored / duplicate / near_duplicate / rejected (with reason) /
+    error. The files go through the dataset's one door together (app.routes.upload.store_uploads),
+    read as it asks for them; one over UPLOAD_MAX_BYTES is rejected here, without being fed."""
     state = request.app.state
     settings, metrics = state.settings, state.metrics
-    name = (file.filename or "file")[-200:]
-    data = await file.read(settings.upload_max_bytes + 1)
-    if len(data) > settings.upload_max_bytes:
-        metrics.count_ingest("rejected", "too_large")
-        return {
-            "file": name,
-            "status": "rejected",
-            "reason": "too_large",
-            "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)",
-        }
-    outcome = await store_upload(state, data, label, name, generator)
-    return {"file": name, **outcome.as_dict()}
+    results: list[dict] = []
+    fed: deque[dict] = deque()  # the results of the files fed and not yet answered, in order
+
+    async def read() -> AsyncIterator[tuple[bytes, str]]:
+        for file in files:
+            name = (file.filename or "file")[-200:]
+            data = await file.read(settings.upload_max_bytes + 1)
+            if len(data) > settings.upload_max_bytes:
+                metrics.count_ingest("rejected", "too_large")
+                results.append(
+                    {
+                        "file": name,
+                        "status": "rejected",
+                        "reason": "too_large",
+                        "message": f"larger than UPLOAD_MAX_BYTES ({settings.upload_max_bytes} bytes)",
+                    }
+                )
+                continue
+            results.append({"file": name})
+            fed.append(results[-1])
+            yield data, name
+
+    async for outcome in store_uploads(state, read(), label, generator):
+        fed.popleft().update(outcome.as_dict())
+    return results
 
 
 @router.post("/upload")
@@ -162,7 +181,7 @@ async def upload(request: Request, session: Session):
                 )
             except ValueError as exc:
                 return _upload_answer(request, session, None, f"generator: {exc}; nothing was stored", 400)
-            results = [await ingest_file(request, f, label, generator) for f in files]
+            results = await ingest_files(request, files, label, generator)
     except BodyTooLarge:
         return _upload_answer(
             request,

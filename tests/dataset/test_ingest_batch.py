@@ -1,4 +1,4 @@
-"""The batched ingest (DatasetManager.ingest_many): the same outcomes as one image at a time, the same
+"""The batched ingest (DatasetManager.ingest_stream): the same outcomes as one image at a time, the same
 crash guarantees, with the group commit and one transaction per batch (both drivers, both databases)."""
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from dataset.manager import DatasetManager
+from dataset.manager import DatasetManager, IngestOutcome
 from dataset.storage import LocalStorage, StorageError, make_storage
 from tests.dataset.conftest import meta_in
 from tests.dataset.test_integrity import FlakyStorage, files
@@ -49,6 +50,16 @@ def mixed_batch() -> list[tuple[bytes, dict]]:
     ]
 
 
+async def ingest_all(dm: DatasetManager, items: list[tuple[bytes, dict]]) -> list[IngestOutcome]:
+    """A list through the public door: what has arrived is one batch (the list, up to INGEST_BATCH)."""
+
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        for item in items:
+            yield item
+
+    return [outcome async for outcome in dm.ingest_stream(fed())]
+
+
 async def _before(dm: DatasetManager) -> None:
     assert (await dm.ingest(jpeg(1), meta_in())).status == "stored"
     assert (await dm.ingest(jpeg(2), meta_in())).status == "stored"
@@ -64,7 +75,7 @@ async def test_a_batch_gets_the_outcomes_of_one_image_at_a_time(make_settings, t
         await _before(a)
         await _before(b)
         singly = [await a.ingest(data, meta) for data, meta in mixed_batch()]
-        batched = await b.ingest_many(mixed_batch())
+        batched = await ingest_all(b, mixed_batch())
     shape = [(o.status, o.reason, o.distance) for o in batched]
     assert shape == [(o.status, o.reason, o.distance) for o in singly]
     assert [o.status for o in batched] == [
@@ -84,7 +95,7 @@ async def test_a_batch_gets_the_outcomes_of_one_image_at_a_time(make_settings, t
 
 async def test_a_batch_stores_files_and_rows_that_check_finds_consistent(dm):
     await _before(dm)
-    outs = await dm.ingest_many(mixed_batch())
+    outs = await ingest_all(dm, mixed_batch())
     stored = [o.id for o in outs if o.status == "stored"]
     assert len(stored) == 3 and (await dm.counts())["total"] == 5
     assert len(files(dm.storage)) == 10  # an image and a metadata file for each row, nothing more
@@ -103,7 +114,7 @@ async def test_a_failed_batch_write_falls_back_to_one_image_at_a_time(driver_set
     flaky = FlakyStorage(make_storage(driver_settings), fail_put=3)
     async with DatasetManager(driver_settings, storage=flaky) as dm:
         batch = [(jpeg(20 + i), meta_in()) for i in range(4)]
-        outs = await dm.ingest_many(batch)
+        outs = await ingest_all(dm, batch)
         assert [o.status for o in outs] == ["stored"] * 4  # the disk had room again
         assert (await dm.counts())["total"] == 4 and len(files(flaky)) == 8  # the first try's are gone
         assert (await dm.check())["ok"]
@@ -123,7 +134,7 @@ async def test_a_full_disk_during_the_fallback_fails_only_that_image(driver_sett
 
     flaky.put = put  # type: ignore[method-assign]
     async with DatasetManager(driver_settings, storage=flaky) as dm:
-        outs = await dm.ingest_many([(jpeg(30 + i), meta_in()) for i in range(4)])
+        outs = await ingest_all(dm, [(jpeg(30 + i), meta_in()) for i in range(4)])
         assert [(o.status, o.reason) for o in outs] == [
             ("stored", None),
             ("error", "storage_error"),
@@ -140,11 +151,12 @@ async def test_a_crash_before_the_rows_leaves_no_row_without_files(dm, monkeypat
         raise RuntimeError("killed between the files and the rows")
 
     monkeypatch.setattr(dm.index, "insert_many", crash)
-    with pytest.raises(RuntimeError, match="killed"):
-        await dm.ingest_many([(jpeg(40 + i), meta_in()) for i in range(3)])
+    outs = await ingest_all(dm, [(jpeg(40 + i), meta_in()) for i in range(3)])
+    assert [(o.status, o.reason) for o in outs] == [("error", "RuntimeError")] * 3  # the stream goes on
+    assert "killed" in (outs[0].message or "")
     assert files(dm.storage) == [] and (await dm.counts())["total"] == 0
     monkeypatch.undo()
-    outs = await dm.ingest_many([(jpeg(40 + i), meta_in()) for i in range(3)])
+    outs = await ingest_all(dm, [(jpeg(40 + i), meta_in()) for i in range(3)])
     assert [o.status for o in outs] == ["stored"] * 3
 
 
@@ -158,7 +170,7 @@ async def test_a_lost_exact_duplicate_race_refuses_that_image_only(dm, monkeypat
 
     monkeypatch.setattr(dm.index, "find_shas", nothing_known)
     monkeypatch.setattr(dm.settings, "near_dup_max_distance", 0)
-    outs = await dm.ingest_many([(jpeg(50), meta_in()), (jpeg(51), meta_in()), (jpeg(52), meta_in())])
+    outs = await ingest_all(dm, [(jpeg(50), meta_in()), (jpeg(51), meta_in()), (jpeg(52), meta_in())])
     assert [(o.status, o.id == winner.id) for o in outs] == [
         ("stored", False),
         ("duplicate", True),
@@ -171,18 +183,18 @@ async def test_a_lost_exact_duplicate_race_refuses_that_image_only(dm, monkeypat
 async def test_an_identical_image_stored_between_the_checks_is_a_duplicate(dm, monkeypatch):
     # Another source's batch stores image 71 after this batch's exact check and before its near
     # check (seen under load in the three-source scrape): it is a duplicate, not a near duplicate.
-    real_find_shas, calls = dm.index.find_shas, []
+    real_find_shas, calls, landed = dm.index.find_shas, [], []
 
     async def the_other_batch_lands_after_the_exact_check(shas):
         calls.append(list(shas))
         known = await real_find_shas(shas)
-        if len(calls) == 1:
-            calls.append(await dm.ingest(jpeg(71), meta_in()))
+        if len(calls) == 1:  # (the other ingest's own exact check comes through here as the 2nd call)
+            landed.append(await dm.ingest(jpeg(71), meta_in()))
         return known
 
     monkeypatch.setattr(dm.index, "find_shas", the_other_batch_lands_after_the_exact_check)
-    outs = await dm.ingest_many([(jpeg(70), meta_in()), (jpeg(71), meta_in())])
-    winner = calls[1]
+    outs = await ingest_all(dm, [(jpeg(70), meta_in()), (jpeg(71), meta_in())])
+    winner = landed[0]
     assert winner.status == "stored"
     assert [(o.status, o.id == winner.id) for o in outs] == [("stored", False), ("duplicate", True)]
     assert (await dm.counts())["total"] == 2
@@ -199,7 +211,7 @@ async def test_a_near_duplicate_stored_elsewhere_during_the_batch_wins(driver_se
             return await real_insert(rows)
 
         monkeypatch.setattr(a.index, "insert_many", insert_after_the_other_writer)
-        outs = await a.ingest_many([(jpeg(60), meta_in()), (jpeg(61), meta_in()), (jpeg(62), meta_in())])
+        outs = await ingest_all(a, [(jpeg(60), meta_in()), (jpeg(61), meta_in()), (jpeg(62), meta_in())])
         assert elsewhere[0].status == "stored"
         assert [o.status for o in outs] == ["stored", "near_duplicate", "stored"]
         assert outs[1].id == elsewhere[0].id
@@ -321,12 +333,57 @@ async def test_a_lone_writer_asks_the_index_for_no_rows_per_batch(driver_setting
 
         monkeypatch.setattr(dm.index, "_pull_into", pull)
         monkeypatch.setattr(dm.index, "rows_between", between)
-        first = await dm.ingest_many([(jpeg(70 + i), meta_in()) for i in range(4)])
-        second = await dm.ingest_many(
-            [(near_copy(71), meta_in()), (jpeg(80), meta_in()), (jpeg(81), meta_in())]
+        first = await ingest_all(dm, [(jpeg(70 + i), meta_in()) for i in range(4)])
+        second = await ingest_all(
+            dm, [(near_copy(71), meta_in()), (jpeg(80), meta_in()), (jpeg(81), meta_in())]
         )
         assert [o.status for o in first] == ["stored"] * 4
         assert [o.status for o in second] == ["near_duplicate", "stored", "stored"]
         assert second[0].id == first[1].id
         assert reads == []
         assert (await dm.check())["ok"] and (await dm.counts())["total"] == 6
+
+
+async def test_the_stream_reads_at_most_read_ahead_beyond_the_outcome_taken(dm):
+    pulled: list[int] = []
+
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        for i in range(6):
+            pulled.append(i)
+            yield jpeg(90 + i), meta_in()
+
+    stream = dm.ingest_stream(fed(), read_ahead=2)
+    seen = []
+    async for outcome in stream:
+        # the outcome of item k is out: items up to k + 1 read at most (k's own place not yet freed)
+        assert len(pulled) <= len(seen) + 2
+        seen.append(outcome.status)
+    assert seen == ["stored"] * 6
+
+
+async def test_a_failing_source_gets_the_outcomes_of_what_arrived_then_its_error(dm):
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        yield jpeg(95), meta_in()
+        yield jpeg(96), meta_in()
+        raise RuntimeError("the source broke")
+
+    seen = []
+    with pytest.raises(RuntimeError, match="the source broke"):
+        async for outcome in dm.ingest_stream(fed()):
+            seen.append(outcome.status)
+    assert seen == ["stored", "stored"] and (await dm.counts())["total"] == 2
+
+
+async def test_a_stream_closed_midway_leaves_no_row_without_files(dm):
+    async def fed() -> AsyncIterator[tuple[bytes, dict]]:
+        for i in range(40):
+            yield jpeg(100 + i), meta_in()
+
+    stream = dm.ingest_stream(fed())
+    taken = [await anext(stream) for _ in range(3)]
+    await stream.aclose()  # what was in flight is cancelled: at worst files without rows
+    assert [o.status for o in taken] == ["stored"] * 3
+    report = await dm.check(repair=True, force=True)
+    assert report["dead_rows"] == [] and report["missing_meta"] == []
+    assert (await dm.check())["ok"]
+    assert len(list(dm.storage.list("images/"))) == (await dm.counts())["total"] >= 3

@@ -130,10 +130,10 @@ async def test_concurrent_identical_ingests_store_one(dm):
 
 async def test_the_unique_constraint_decides_a_lost_race(dm, monkeypatch):
     # Widen the race window: the pre-check never sees the winner, only the UNIQUE insert does.
-    async def never_seen(sha256):
-        return None
+    async def never_seen(shas):
+        return {}
 
-    monkeypatch.setattr(dm.index, "find_sha", never_seen)
+    monkeypatch.setattr(dm.index, "find_shas", never_seen)
     monkeypatch.setattr(dm.settings, "near_dup_max_distance", 0)
     first = await dm.ingest(jpeg(3), meta_in())
     second = await dm.ingest(jpeg(3), meta_in())
@@ -143,13 +143,13 @@ async def test_the_unique_constraint_decides_a_lost_race(dm, monkeypatch):
 
 async def test_identical_image_arriving_between_the_checks_is_a_duplicate(dm, monkeypatch):
     first = await dm.ingest(jpeg(4), meta_in())
-    real_find_sha, calls = dm.index.find_sha, []
+    real_find_shas, calls = dm.index.find_shas, []
 
-    async def first_check_misses(sha256):  # the winner's row lands just after the exact check
-        calls.append(sha256)
-        return None if len(calls) == 1 else await real_find_sha(sha256)
+    async def first_check_misses(shas):  # the winner's row lands just after the exact check
+        calls.append(shas)
+        return {} if len(calls) == 1 else await real_find_shas(shas)
 
-    monkeypatch.setattr(dm.index, "find_sha", first_check_misses)
+    monkeypatch.setattr(dm.index, "find_shas", first_check_misses)
     out = await dm.ingest(jpeg(4), meta_in())
     assert (out.status, out.id) == ("duplicate", first.id)
 
@@ -177,12 +177,12 @@ async def test_run_check_entry_point(settings):
 async def test_two_near_duplicates_racing_store_one(dm, monkeypatch):
     # Both near checks run before either row is inserted: only the re-check after the insert can
     # tell, and the later row must withdraw itself with its files.
-    checked, real_check, real_insert = asyncio.Event(), dm.index.near_check, dm.index.insert
+    checked, real_check, real_insert = asyncio.Event(), dm.index.near_many, dm.index.insert
     calls = []
 
-    async def counting_check(phash, max_distance, max_age=0.0):
-        result = await real_check(phash, max_distance, max_age)
-        calls.append(phash)
+    async def counting_check(phashes, max_distance):
+        result = await real_check(phashes, max_distance)
+        calls.append(phashes)
         if len(calls) == 2:
             checked.set()
         return result
@@ -191,7 +191,7 @@ async def test_two_near_duplicates_racing_store_one(dm, monkeypatch):
         await checked.wait()
         return await real_insert(row)
 
-    monkeypatch.setattr(dm.index, "near_check", counting_check)
+    monkeypatch.setattr(dm.index, "near_many", counting_check)
     monkeypatch.setattr(dm.index, "insert", insert_after_both_checks)
     big, small = jpeg(5, (200, 150)), encode(scene(5, (200, 150)).resize((150, 112)), "JPEG", quality=70)
     outs = await asyncio.gather(dm.ingest(big, meta_in()), dm.ingest(small, meta_in()))

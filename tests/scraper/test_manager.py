@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from rich.console import Console
 
 from config.settings import ConfigError
 from config.sources import SourceConfig, load_sources
-from scraper import fetcher_manager
+from dataset import manager as manager_module
 from scraper.base_fetcher import BaseFetcher
 from scraper.fetcher_manager import (
     FETCHERS,
@@ -131,8 +132,9 @@ class ExplodingFetcher(BaseFetcher):
     def get_source_name(self) -> str:
         return "exploding"
 
-    async def fetch_images(self, limit: int) -> list[tuple[bytes, dict]]:
+    async def iter_images(self, limit: int) -> AsyncIterator[tuple[bytes, dict]]:
         raise RuntimeError("the upstream SDK broke")
+        yield  # an async generator, as the contract asks
 
 
 async def test_a_crashing_source_is_reported_and_never_stops_the_others(make_manager, monkeypatch, tmp_path):
@@ -164,7 +166,7 @@ async def test_finished_on_stored_hooks_are_let_go_and_their_failures_counted(
 ):
     # One hook task per stored image: held until the run ended, they grew with the import
     # (about 0.7 kB each, 700 MB for a folder of a million images). Now at most two batches' are.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 2)
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 2)
     monkeypatch.setitem(FETCHERS, "hooked", HookedFolder)
     monkeypatch.setattr(HookedFolder, "held", [])
     monkeypatch.setattr(HookedFolder, "refs", [], raising=False)
@@ -281,14 +283,14 @@ async def test_a_folder_is_ingested_in_full_batches_and_a_network_source_image_b
 ):
     # The folder reads ahead, so the dataset gets whole batches (the fixed costs of a batch paid once
     # per INGEST_BATCH images); an API source is ingested as each image arrives.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 8)
-    sizes, real_ingest_many = [], dataset.ingest_many
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 8)
+    sizes, real_ingest_checked = [], dataset._ingest_checked
 
-    async def measured(items, validation=None):
+    async def measured(items, checked):
         sizes.append(len(items))
-        return await real_ingest_many(items, validation)
+        return await real_ingest_checked(items, checked)
 
-    monkeypatch.setattr(dataset, "ingest_many", measured)
+    monkeypatch.setattr(dataset, "_ingest_checked", measured)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(700 + i) for i in range(40)})
     report = await make_manager(folder_source(root)).run()
     assert report["sources"]["folder"]["stored"] == 40 and sum(sizes) == 40
@@ -311,8 +313,8 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
 ):
     # While the first batch is being stored, the next whole batch starts (INGEST_PIPELINE) and the
     # images after it are already being validated: the pump must not wait for the oldest batch.
-    monkeypatch.setattr(fetcher_manager, "INGEST_BATCH", 4)
-    real_ingest_many, real_validate = dataset.ingest_many, dataset.validate
+    monkeypatch.setattr(manager_module, "INGEST_BATCH", 4)
+    real_ingest_arrived, real_validate = dataset._ingest_arrived, dataset._validate
     first_may_finish = asyncio.Event()
     calls, validated_while_first_held = [], []
 
@@ -321,17 +323,17 @@ async def test_a_folder_keeps_two_batches_in_flight_and_validates_ahead_of_them(
             validated_while_first_held.append(metadata["api_data"]["path"])
         return real_validate(data, metadata)
 
-    async def held(items, validation=None):
-        calls.append(len(items))
+    async def held(batch):  # a batch as it starts (DatasetManager.ingest_stream), validations pending
+        calls.append(len(batch))
         if len(calls) == 1:  # held until the second batch starts (a pump that waits fails here)
             await asyncio.wait_for(first_may_finish.wait(), 10)
         elif len(calls) == 2:
             await asyncio.sleep(0.2)  # give the source time to read and validate what follows
             first_may_finish.set()
-        return await real_ingest_many(items, validation)
+        return await real_ingest_arrived(batch)
 
-    monkeypatch.setattr(dataset, "validate", counted_validate)
-    monkeypatch.setattr(dataset, "ingest_many", held)
+    monkeypatch.setattr(dataset, "_validate", counted_validate)
+    monkeypatch.setattr(dataset, "_ingest_arrived", held)
     root = write_folder(tmp_path / "p", {f"{i:02d}.jpg": jpeg(900 + i) for i in range(20)})
     report = await make_manager(folder_source(root)).run()
     assert report["sources"]["folder"]["stored"] == 20 and sum(calls) == 20
