@@ -37,6 +37,7 @@ from app.jobstore import JobStore
 from app.locks import HolderLock, holder_lock
 from app.processes import run_in_process
 from config.clock import iso_micro
+from config.errors import ExposrError
 from config.progress import Progress
 from config.settings import Settings
 from dataset.errors import StorageError
@@ -413,7 +414,10 @@ class JobRunner:
             reason = self._stop_reasons.pop(job_id, "interrupted by service shutdown")
             await self._finish(job, "interrupted", error=reason)
         except Exception as exc:  # the job's boundary: its failure is the row's state, not a crash
-            log.exception("job %s (%s) failed", job_id, kind)
+            if isinstance(exc, ExposrError):  # foreseen (a setting, the data, the child's own message)
+                log.error("job %s (%s) failed: %s", job_id, kind, exc)
+            else:
+                log.exception("job %s (%s) failed", job_id, kind)
             # The log has the full text; the job row (shown by /jobs) names settings, not server paths.
             error = public_text(str(exc), self.settings) or type(exc).__name__
             await self._finish(job, "failed", error=error)

@@ -150,7 +150,7 @@ def configure_logging(settings: Settings) -> None:
 
 
 VERBOSE_ENV = "EXPOSR_VERBOSE"  # set by `exposr-trainer --verbose`; spawned job processes inherit it
-CHATTY_LIBRARIES = ("alembic", "faiss")
+CHATTY_LIBRARIES = ("alembic", "faiss", "timm")  # timm: "Loading pretrained weights from ..."
 
 
 def verbose() -> bool:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from app.errors import ChildFailed
+from config.errors import ExposrError
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,10 @@ def child_main(
     try:
         result = func(settings, report)
     except Exception as exc:  # the child's boundary: every failure becomes a message for the job row
-        logging.getLogger(where).exception("%s failed", where)
+        if isinstance(exc, ExposrError):  # a failure we foresaw: its message says what to do
+            logging.getLogger(where).error("%s failed: %s", where, exc)
+        else:  # a bug or a library's surprise: the traceback is what finds it
+            logging.getLogger(where).exception("%s failed", where)
         messages.put({"type": "error", "message": str(exc) or type(exc).__name__})
     else:
         messages.put({"type": "result", "data": _plain(result or {})})

@@ -19,8 +19,9 @@ def summary_table(result: dict) -> Table:
     table = Table(title=f"Training {result.get('model')} {result.get('version')}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    promoted = "yes" if result.get("promoted") else "no"
-    table.add_row("promoted", f"{promoted} ({result.get('promotion_reason')})")
+    table.add_row(
+        "promoted", _decision(bool(result.get("promoted")), str(result.get("promotion_reason") or ""))
+    )
     table.add_row("architecture", str(result.get("architecture")))
     table.add_row(
         "images",
@@ -50,5 +51,16 @@ def summary_table(result: dict) -> Table:
     return table
 
 
+def _decision(promoted: bool, reason: str) -> str:
+    """ "no: AUC 0.61 ..." -- the reason's own "not promoted:" would say it twice."""
+    answer = "yes" if promoted else "no"
+    for prefix in ("not promoted: ", "promoted: "):
+        if reason.startswith(prefix):
+            reason = reason[len(prefix) :]
+            break
+    return f"{answer}: {reason}" if reason else answer
+
+
 def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    """Three decimals: an AUC or accuracy on tens to thousands of evaluation images means no more."""
+    return "n/a" if value is None else f"{value:.3f}"

@@ -56,6 +56,8 @@ async def test_train_model_reads_the_dataset_with_workers_and_skips_unlabeled(ma
     assert epoch_ends == [1, 2] and result["val_auc"] > 0.8
     table = summary_table(result)
     assert table.row_count >= 8 and "vit v1" in str(table.title)
+    decision = list(table.columns[1].cells)[0]  # the reason's own "promoted:" is not repeated
+    assert decision.startswith("yes") and "promoted" not in decision.split(":", 1)[1][:12], decision
 
 
 def test_trains_from_s3_storage_in_worker_processes(make_settings, s3_storage):
