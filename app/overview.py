@@ -24,6 +24,8 @@ from trainer.model_store import ModelRegistry
 
 log = logging.getLogger(__name__)
 COUNT_KEYS = ("total", "real", "ai_generated", "unlabeled")
+# After this process wrote (Fresh.invalidate), how long a read waits for the reload at most.
+WRITE_WAIT_SECONDS = 10.0
 
 
 class Fresh:
@@ -31,9 +33,13 @@ class Fresh:
 
     - younger than ``ttl``: served as it is;
     - between ``ttl`` and ``2 * ttl``: served, and refreshed in the background;
-    - older than ``2 * ttl``, never loaded, or ``invalidate()``-d: a refresh is started (or the one in
-      flight joined) and awaited for at most ``wait`` seconds; if it is not done by then, the value
-      in memory is served with its age (:meth:`get` returns the age, None when fresh).
+    - older than ``2 * ttl`` or never loaded: a refresh is started (or the one in flight joined) and
+      awaited for at most ``wait`` seconds; if it is not done by then, the value in memory is served
+      with its age (:meth:`get` returns the age, None when fresh);
+    - ``invalidate()``-d (this process has just written: an upload, a label): the same, awaited for
+      at most ``write_wait`` seconds -- the source has just answered the write, so it is up, and the
+      caller expects to read what it wrote even when a loaded machine makes the reload slower than
+      ``wait``.
 
     So an idle replica answers with what the source holds now, and a hanging source costs an answer
     at most ``wait`` seconds. One refresh at a time: a hanging source never piles up work."""
@@ -45,8 +51,10 @@ class Fresh:
         what: str,
         wait: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        write_wait: float = WRITE_WAIT_SECONDS,
     ) -> None:
         self.ttl, self.load, self.what, self.wait, self.clock = ttl, load, what, wait, clock
+        self.write_wait = max(wait, write_wait)
         self.value: Any = None
         self._loaded_at: float | None = None  # monotonic time of the value in memory
         self._loaded_generation = -1
@@ -69,9 +77,10 @@ class Fresh:
             if age >= self.ttl:
                 self._refresh()
             return self.value, None
+        written = self._loaded_at is not None and self._loaded_generation != self._generation
         task = self._refresh()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), self.wait)
+            await asyncio.wait_for(asyncio.shield(task), self.write_wait if written else self.wait)
         if task.done() and task.result():
             return self.value, None
         return self.value, self.age()

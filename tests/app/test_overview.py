@@ -99,3 +99,25 @@ async def test_invalidate_reloads_and_discards_a_load_begun_before_it():
     gate.set()
     await first
     assert await cache.get() == (7, None)  # the load begun before invalidate() is not kept
+
+
+async def test_after_a_write_a_slow_reload_is_waited_for_not_answered_from_memory():
+    # Under load the reload after an upload took longer than `wait`: /status then showed the counts
+    # from before the upload. After this process's own write, the read waits up to write_wait.
+    source, clock = Source(), Clock()
+    cache = Fresh(10, source.load, "the source", wait=0.05, clock=clock, write_wait=30)
+    await cache.get()
+    source.value, source.gate = 2, asyncio.Event()
+    cache.invalidate()
+    asyncio.get_running_loop().call_later(0.5, source.gate.set)  # ten times `wait`
+    assert await cache.get() == (2, None)
+
+
+async def test_a_source_hanging_after_a_write_is_still_answered_from_memory():
+    source, clock = Source(), Clock()
+    cache = Fresh(10, source.load, "the source", wait=0.05, clock=clock, write_wait=0.2)
+    await cache.get()
+    source.gate, clock.now = asyncio.Event(), 3
+    cache.invalidate()
+    assert await cache.get() == (0, 3)  # bounded: write_wait, then the value in memory with its age
+    source.gate.set()
