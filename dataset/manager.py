@@ -129,6 +129,77 @@ def iso(when: datetime) -> str:
     return iso_seconds(when)
 
 
+class _Arrivals:
+    """The read side of :meth:`DatasetManager.ingest_stream`: a task reads the items, at most
+    ``read_ahead`` ahead of the outcomes taken, and starts each one's validation as it arrives;
+    the stream takes what has arrived in batches."""
+
+    def __init__(
+        self,
+        items: AsyncIterable[tuple[bytes, dict]],
+        validate: Callable[[bytes, dict], asyncio.Future[ImageInfo | IngestOutcome]],
+        read_ahead: int,
+    ) -> None:
+        self.room = asyncio.Semaphore(max(1, read_ahead))
+        self.queue: asyncio.Queue[_Arrival | None] = asyncio.Queue()  # unbounded: `room` bounds it
+        self.batch_waiting = asyncio.Event()  # a whole batch, or the end, is in the queue
+        self.end_queued = False
+        self.reader = asyncio.create_task(self._read(items, validate))
+
+    async def _read(self, items: AsyncIterable[tuple[bytes, dict]], validate: Callable) -> None:
+        source = aiter(items)
+        try:
+            while True:
+                await self.room.acquire()
+                try:
+                    data, metadata = await anext(source)
+                except StopAsyncIteration:
+                    break
+                self.queue.put_nowait((data, metadata, validate(data, metadata)))
+                if self.queue.qsize() >= INGEST_BATCH:
+                    self.batch_waiting.set()
+        finally:
+            self.queue.put_nowait(None)  # the end, also after a failure (re-raised by `await reader`)
+            self.end_queued = True
+            self.batch_waiting.set()
+
+    def whole(self) -> bool:
+        """A whole batch, or the end of the items, is waiting."""
+        return self.queue.qsize() >= INGEST_BATCH or self.end_queued
+
+    async def whole_or(self, oldest: asyncio.Task) -> None:
+        """Until the oldest batch in flight is done or a whole new one is waiting, whichever is first.
+        Called right after ``not whole()``: no await before the clear, so the reader cannot run between."""
+        self.batch_waiting.clear()
+        waiter = asyncio.ensure_future(self.batch_waiting.wait())
+        try:
+            await asyncio.wait((oldest, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def batch(self) -> tuple[list[_Arrival], bool]:
+        """What has arrived, up to INGEST_BATCH (waiting for one item at least), and whether the
+        end of the items was taken with it."""
+        batch: list[_Arrival] = []
+        item = await self.queue.get()
+        while item is not None:
+            batch.append(item)
+            if len(batch) == INGEST_BATCH or self.queue.empty():
+                break
+            item = self.queue.get_nowait()
+        return batch, item is None
+
+    def taken(self) -> None:
+        self.room.release()
+
+    def close(self) -> None:
+        """Stop reading; images not batched yet: their decodes are not wanted."""
+        self.reader.cancel()
+        while not self.queue.empty():
+            if (left := self.queue.get_nowait()) is not None:
+                left[2].cancel()
+
+
 class DatasetManager:
     """``async with DatasetManager(settings) as dm: await dm.ingest(data, meta)``."""
 
@@ -206,71 +277,32 @@ class DatasetManager:
         after the outcomes of what arrived before it. Closing or cancelling the stream cancels the
         reads, validations and batches in flight (a killed batch leaves at worst files without rows).
         """
-        room = asyncio.Semaphore(max(1, INGEST_READ_AHEAD if read_ahead is None else read_ahead))
-        arrived: asyncio.Queue[_Arrival | None] = asyncio.Queue()  # unbounded: `room` bounds it
-        batch_waiting = asyncio.Event()  # a whole batch, or the end, is in `arrived`
-        end_queued = False
-
-        async def read() -> None:
-            nonlocal end_queued
-            source = aiter(items)
-            try:
-                while True:
-                    await room.acquire()
-                    try:
-                        data, metadata = await anext(source)
-                    except StopAsyncIteration:
-                        break
-                    arrived.put_nowait((data, metadata, self._validate(data, metadata)))
-                    if arrived.qsize() >= INGEST_BATCH:
-                        batch_waiting.set()
-            finally:
-                arrived.put_nowait(None)  # the end, also after a failure (re-raised by `await reader`)
-                end_queued = True
-                batch_waiting.set()
-
-        def whole() -> bool:
-            return arrived.qsize() >= INGEST_BATCH or end_queued
-
-        reader = asyncio.create_task(read())
+        arrivals = _Arrivals(items, self._validate, INGEST_READ_AHEAD if read_ahead is None else read_ahead)
         ingesting: deque[tuple[list[_Arrival], asyncio.Task[list[IngestOutcome]]]] = deque()
         try:
             ended = False  # the end of the items was taken from the queue
             while not ended or ingesting:
                 if ingesting:
-                    if not ended and len(ingesting) < INGEST_PIPELINE and not whole():
-                        batch_waiting.clear()  # no await since whole(): the reader cannot run between
-                        waiter = asyncio.ensure_future(batch_waiting.wait())
-                        try:  # the oldest batch done, or a whole new one waiting: whichever is first
-                            await asyncio.wait((ingesting[0][1], waiter), return_when=asyncio.FIRST_COMPLETED)
-                        finally:
-                            waiter.cancel()
-                    if ended or len(ingesting) >= INGEST_PIPELINE or not whole():
+                    if not ended and len(ingesting) < INGEST_PIPELINE and not arrivals.whole():
+                        await arrivals.whole_or(ingesting[0][1])
+                    if ended or len(ingesting) >= INGEST_PIPELINE or not arrivals.whole():
                         _batch, task = ingesting.popleft()
                         for outcome in await task:
                             yield outcome
-                            room.release()  # the caller took it: the reader may read one more
+                            arrivals.taken()  # the caller took it: the reader may read one more
                         continue
-                batch: list[_Arrival] = []
-                item = await arrived.get()
-                while item is not None:
-                    batch.append(item)
-                    if len(batch) == INGEST_BATCH or arrived.empty():
-                        break
-                    item = arrived.get_nowait()
-                ended = item is None
+                batch, ended = await arrivals.batch()
                 if batch:
                     ingesting.append((batch, asyncio.create_task(self._ingest_arrived(batch))))
-            await reader  # the items' failure is raised here, after what arrived before it was stored
+            await (
+                arrivals.reader
+            )  # the items' failure is raised here, after what arrived before it was stored
         finally:
-            reader.cancel()
+            arrivals.close()
             for batch, task in ingesting:
                 task.cancel()
                 for *_item, checked in batch:  # a batch whose task never ran still holds its validations
                     checked.cancel()
-            while not arrived.empty():  # images not batched yet: their decodes are not wanted
-                if (left := arrived.get_nowait()) is not None:
-                    left[2].cancel()
 
     async def _ingest_arrived(self, batch: list[_Arrival]) -> list[IngestOutcome]:
         """One batch of :meth:`ingest_stream`: its validations awaited, then checked and stored."""

@@ -177,20 +177,10 @@ def score_version(
     """Scores one registered version on the benchmark and writes its ``benchmark.json``."""
     from trainer.model_store import version_folder  # torch-free, but heavy: only when scoring
     from trainer.predict import Predictor
-    from trainer.promotion import read_training_record
 
     name, version = str(entry["model"]), str(entry["version"])
     folder = version_folder(settings, dict(entry))
-    record = read_training_record(folder)
-    note = None
-    if record is None:
-        note = "the version has no train_ids.json: no benchmark image could be excluded"
-        train_sha: list[str] = []
-    elif record.sha256 is None:
-        note = "the version's train_ids.json has ids only: benchmark images were excluded by nothing"
-        train_sha = []
-    else:
-        train_sha = record.sha256
+    train_sha, note = _trained_on(folder)
     train_sigs = stored_signatures(settings.models_dir, train_sha)
     if len(train_sigs) < len(set(train_sha)):
         missing = len(set(train_sha)) - len(train_sigs)
@@ -206,17 +196,52 @@ def score_version(
     outcomes = predictor.predict_each([data[i.path] for i in kept])
     scored = [(i, o.probability) for i, o in zip(kept, outcomes, strict=True) if o.probability is not None]
     unscored = {i.path: o.reason or "not scored" for i, o in zip(kept, outcomes, strict=True) if not o.ok}
+    doc = _result(name, version, manifest, scored, unscored, excluded, note)
+    write_json_atomic(result_path(settings, name, version), doc)
+    log.info(
+        "benchmark: %s %s AUC %s on %d real + %d ai (%d excluded as trained on)",
+        name,
+        version,
+        doc["auc"],
+        doc["n"]["real"],
+        doc["n"]["ai"],
+        len(excluded),
+    )
+    return doc
+
+
+def _trained_on(folder: Path) -> tuple[list[str], str | None]:
+    """The SHA-256s the version trained on (its train_ids.json), and a note when it cannot say."""
+    from trainer.promotion import read_training_record
+
+    record = read_training_record(folder)
+    if record is None:
+        return [], "the version has no train_ids.json: no benchmark image could be excluded"
+    if record.sha256 is None:
+        return [], "the version's train_ids.json has ids only: benchmark images were excluded by nothing"
+    return record.sha256, None
+
+
+def _result(
+    name: str,
+    version: str,
+    manifest: Manifest,
+    scored: list,
+    unscored: dict[str, str],
+    excluded: dict[str, str],
+    note: str | None,
+) -> dict:
+    """The ``benchmark.json`` document: sizes, exclusions, the AUC with its interval, each score."""
     labels = np.array([1 if i.label == "ai" else 0 for i, _ in scored], dtype=int)
     est = auc_estimate(labels, np.array([p for _, p in scored], dtype=np.float64)) if scored else None
     reasons = list(excluded.values())
-    counts = {"real": int((labels == 0).sum()), "ai": int(labels.sum())}
-    doc: dict = {
+    return {
         "model": name,
         "version": version,
         "folder": str(manifest.folder),
         "manifest": manifest.digest,
         "scored_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "n": counts,
+        "n": {"real": int((labels == 0).sum()), "ai": int(labels.sum())},
         "excluded": {
             "same_sha256": reasons.count("same_sha256"),
             "copy_of_training_image": reasons.count("copy_of_training_image"),
@@ -230,17 +255,6 @@ def score_version(
             {"path": i.path, "label": i.label, "sha256": i.sha256, "p_ai": round(p, 6)} for i, p in scored
         ],
     }
-    write_json_atomic(result_path(settings, name, version), doc)
-    log.info(
-        "benchmark: %s %s AUC %s on %d real + %d ai (%d excluded as trained on)",
-        name,
-        version,
-        doc["auc"],
-        counts["real"],
-        counts["ai"],
-        len(excluded),
-    )
-    return doc
 
 
 def _entries(settings: Settings, name: str | None = None) -> list[dict]:
