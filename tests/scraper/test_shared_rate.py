@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import pytest
 
 from dataset.db import migrate
@@ -25,11 +28,16 @@ async def engines(postgres_server):
 
 async def test_two_replicas_share_one_bucket(engines, sleeps):
     replicas = [SharedTokenBucket(engine, "pexels", PER_HOUR) for engine in engines]
+    started = time.monotonic()
     for i in range(100):
         await replicas[i % 2].acquire(sleeps)
-    # 60 tokens of burst for the whole fleet: the other 40 calls wait, ever longer.
-    assert 39 <= len(sleeps.calls) <= 40
-    assert sleeps.calls == sorted(sleeps.calls) and sleeps.calls[-1] == pytest.approx(40, abs=1.5)
+    # The bucket refills by the database's clock (one token a second) while the 100 calls run: a
+    # loaded machine took 2 s over them, so that much refill is allowed for, measured.
+    refilled = time.monotonic() - started
+    # 60 tokens of burst for the whole fleet: the other ~40 calls wait, ever longer.
+    assert 39 - math.ceil(refilled) <= len(sleeps.calls) <= 40
+    assert sleeps.calls == sorted(sleeps.calls)
+    assert 40 - refilled - 1.5 <= sleeps.calls[-1] <= 40 + 1.5
     other = SharedTokenBucket(engines[0], "unsplash", PER_HOUR)
     assert await other.acquire(sleeps) == 0.0  # another source has its own row
 
