@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from config.settings import Settings
+from dataset.contracts import PERSON_LABELS
 from dataset.images import ImageRejected, decode_rgb
 from trainer.copies import Signature, copy_pairs, signature
 from trainer.errors import BenchmarkError
@@ -44,7 +45,6 @@ from trainer.stats import auc_estimate
 
 log = logging.getLogger(__name__)
 
-LABELS = ("real", "ai")
 RESULT_FILE = "benchmark.json"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
@@ -64,7 +64,7 @@ class Manifest:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {label: sum(1 for i in self.images if i.label == label) for label in LABELS}
+        return {label: sum(1 for i in self.images if i.label == label) for label in PERSON_LABELS}
 
 
 def _files(folder: Path) -> list[tuple[str, str, Path]]:
@@ -72,7 +72,7 @@ def _files(folder: Path) -> list[tuple[str, str, Path]]:
     if not folder.is_dir():
         raise BenchmarkError(f"EVAL_BENCHMARK_DIR={folder} is not a folder")
     found = []
-    for label in LABELS:
+    for label in PERSON_LABELS:
         sub = folder / label
         if not sub.is_dir():
             continue
