@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.eval_bench import settings_for as eval_settings  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from dataset.manager import DatasetManager  # noqa: E402
 from trainer.launder import CHAINS, Chain, laundered_picture  # noqa: E402
@@ -90,24 +91,7 @@ async def ingest(settings: Settings, root: Path, path_of: dict[str, Path]) -> di
 
 
 def settings_for(root: Path, args, launder: float) -> Settings:
-    return Settings(
-        _env_file=None,
-        dataset_dir=root / "datasets",
-        models_dir=root / "models",
-        log_dir=root / "logs",
-        train_arch=args.arch,
-        train_image_size=args.size,
-        train_epochs=args.epochs,
-        train_batch_size=16,
-        train_workers=0,
-        train_pretrained=False,
-        train_device="cpu",
-        train_launder_aug=launder,
-        val_fraction=args.val_fraction,
-        min_train_samples=20,
-        scheduler_enabled=False,
-        min_image_side=16,
-    )
+    return eval_settings(root, args, train_launder_aug=launder, val_fraction=args.val_fraction)
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:

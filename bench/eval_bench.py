@@ -53,7 +53,8 @@ async def ingest(settings: Settings, items: list[tuple[Path, str]], relabel=None
     return counts
 
 
-def settings_for(root: Path, args) -> Settings:
+def settings_for(root: Path, args, **overrides) -> Settings:
+    """A from-scratch CPU training of ``args.arch`` in ``root``; ``overrides`` win (acceptance_eval)."""
     return Settings(
         _env_file=None,
         dataset_dir=root / "datasets",
@@ -69,6 +70,7 @@ def settings_for(root: Path, args) -> Settings:
         min_train_samples=20,
         scheduler_enabled=False,
         min_image_side=16,
+        **overrides,
     )
 
 
