@@ -478,9 +478,6 @@ class DedupeIndex:
         )
         return (await conn.execute(q)).all()
 
-    async def find_sha(self, sha256: str) -> str | None:
-        return await self._id_for_sha(sha256)
-
     async def _id_for_sha(self, sha256: str) -> str | None:
         async with self.engine.connect() as conn:
             return (await conn.execute(select(images.c.id).where(images.c.sha256 == sha256))).scalar()
