@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
+from threadpoolctl import threadpool_limits
 
 THUMB = 64  # side of the stored grey thumbnail
 COLOUR = 8  # side of the colour thumbnail the content-only baseline sees (no generation trace survives)
@@ -100,11 +101,11 @@ def signature(image: Image.Image) -> Signature:
         grey = grey.reduce(factor)
     thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.LANCZOS), dtype=np.uint8)
     as_float = Image.fromarray(thumb.astype(np.float32), mode="F")
-    blocks = np.stack([_dct_block(_resample(as_float, w)) for w in WINDOWS])
+    blocks = _dct_blocks(np.stack([_resample(as_float, w) for w in WINDOWS]))
     return Signature(
         thumb=thumb,
-        dihedral=np.array([_bits(b) for b in dihedral_blocks(blocks[0])], dtype=np.uint64),
-        windows=np.array([_bits(b) for b in blocks], dtype=np.uint64),
+        dihedral=_bits(np.stack(dihedral_blocks(blocks[0]))),
+        windows=_bits(blocks),
         aspect=image.width / image.height,
         colour=np.asarray(rgb.resize((COLOUR, COLOUR), Image.Resampling.BOX), dtype=np.uint8),
     )
@@ -118,9 +119,10 @@ def _resample(
     return np.asarray(image.resize((side, side), Image.Resampling.BILINEAR, box=box), dtype=np.float64)
 
 
-def _dct_block(pixels: np.ndarray) -> np.ndarray:
-    """The 8 x 8 low-frequency DCT-II block pHash thresholds (rows: vertical frequency)."""
-    return dctn(pixels, type=2, norm=None)[:8, :8]
+def _dct_blocks(pixels: np.ndarray) -> np.ndarray:
+    """(K, 8, 8): the low-frequency DCT-II block pHash thresholds (rows: vertical frequency) of each
+    of K pictures (K, side, side), in one call."""
+    return dctn(pixels, type=2, norm=None, axes=(1, 2))[:, :8, :8]
 
 
 def dihedral_blocks(block: np.ndarray) -> list[np.ndarray]:
@@ -161,29 +163,47 @@ def dihedral_arrays(pixels: np.ndarray) -> list[np.ndarray]:
     ]
 
 
-def _bits(block: np.ndarray) -> int:
-    bits = (block > np.median(block)).flatten()
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+def _bits(blocks: np.ndarray) -> np.ndarray:
+    """(K,) uint64: each 8 x 8 block's pHash, its coefficients above their median, first bit highest."""
+    flat = blocks.reshape(len(blocks), 64)
+    packed = np.packbits(flat > np.median(flat, axis=1, keepdims=True), axis=1)  # (K, 8) bytes
+    return packed.view(">u8").reshape(-1).astype(np.uint64)
 
 
 # ---- matching ------------------------------------------------------------------------------------
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Normalised cross-correlation of each picture in ``a`` (..., S, S) with ``b`` (S, S)."""
-    a = a - a.mean(axis=(-2, -1), keepdims=True)
+    """Normalised cross-correlation of each row of ``a`` (W, N) with ``b`` (N,): one matrix-vector
+    product and one row-wise sum of squares."""
+    a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean()
-    num = (a * b).sum(axis=(-2, -1))
-    denom = np.sqrt((a * a).sum(axis=(-2, -1)) * (b * b).sum())
+    num = a @ b
+    denom = np.sqrt(np.einsum("ij,ij->i", a, a) * (b @ b))
     return np.where(denom > 1e-9, num / np.maximum(denom, 1e-9), 0.0)
 
 
-def _similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The lower of the cross-correlations of the pictures and of their gradients: smooth pictures
-    (a sky, a backdrop) correlate on their shading alone; their edges must line up as well."""
-    grads_a = np.concatenate([np.diff(a, axis=-1)[..., :-1, :], np.diff(a, axis=-2)[..., :, :-1]], axis=-1)
-    grads_b = np.concatenate([np.diff(b, axis=-1)[:-1, :], np.diff(b, axis=-2)[:, :-1]], axis=-1)
-    return np.minimum(_ncc(a, b), _ncc(grads_a, grads_b))
+def _gradients(a: np.ndarray) -> np.ndarray:
+    """(..., S, S) pictures -> (..., (S - 1) * 2 (S - 1)): horizontal then vertical differences."""
+    s = a.shape[-1]
+    grads = np.concatenate([np.diff(a, axis=-1)[..., :-1, :], np.diff(a, axis=-2)[..., :, :-1]], axis=-1)
+    return grads.reshape(*a.shape[:-2], (s - 1) * 2 * (s - 1))
+
+
+def _similarity(a: np.ndarray, b: np.ndarray, at_least: float | None = None) -> np.ndarray:
+    """The lower of the cross-correlations of the pictures ``a`` (W, S, S) with ``b`` (S, S) and of
+    their gradients: smooth pictures (a sky, a backdrop) correlate on their shading alone; their
+    edges must line up as well.
+
+    ``at_least``: only whether a similarity reaches it matters, so the gradients are compared only
+    for the pictures whose own correlation reaches it (the others' similarity is their own
+    correlation, already below)."""
+    flat = a.reshape(len(a), -1)
+    pixels = _ncc(flat, b.reshape(-1))
+    todo = np.arange(len(a)) if at_least is None else np.flatnonzero(pixels >= at_least)
+    if len(todo):
+        pixels[todo] = np.minimum(pixels[todo], _ncc(_gradients(a[todo]), _gradients(b)))
+    return pixels
 
 
 def _base(sig: Signature) -> np.ndarray:
@@ -193,36 +213,47 @@ def _base(sig: Signature) -> np.ndarray:
 
 
 def _interpolation(coords: np.ndarray, n: int) -> np.ndarray:
-    """(W, S, n) bilinear weights: row (w, s) picks coordinate ``coords[w, s]`` (pixels) of a line of n."""
-    c = np.clip(coords, 0, n - 1)
+    """(..., n) bilinear weights: row ``i`` picks coordinate ``coords[i]`` (pixels) of a line of n."""
+    c = np.clip(coords, 0, n - 1).reshape(-1)
     low = np.minimum(c.astype(int), n - 2)
     frac = c - low
-    weights = np.zeros((*c.shape, n))
-    np.put_along_axis(weights, low[..., None], (1 - frac)[..., None], axis=-1)
-    np.put_along_axis(weights, (low + 1)[..., None], frac[..., None], axis=-1)
-    return weights
+    weights = np.zeros((len(c), n))
+    rows = np.arange(len(c))
+    weights[rows, low] = 1 - frac
+    weights[rows, low + 1] = frac
+    return weights.reshape(*coords.shape, n)
 
 
-def _sample(base: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """Bilinear samples, CHECK_SIDE x CHECK_SIDE, of each (x, y, w, h) window (fractions) of ``base``.
-
-    Bilinear sampling is separable: rows then columns, two small matrix products per window
-    (a gather per sample point cost 10 ms a verification; this is ~1 ms)."""
-    n = base.shape[0]
-    steps = (np.arange(CHECK_SIDE) + 0.5) / CHECK_SIDE
-    xs = (windows[:, 0:1] + steps[None, :] * windows[:, 2:3]) * n - 0.5  # (W, S)
-    ys = (windows[:, 1:2] + steps[None, :] * windows[:, 3:4]) * n - 0.5
-    return (_interpolation(ys, n) @ base) @ _interpolation(xs, n).transpose(0, 2, 1)
+_STEPS = (np.arange(CHECK_SIDE) + 0.5) / CHECK_SIDE
+_ORIGIN = np.zeros(1)
+_SHIFTS = np.linspace(-0.12, 0.12, 7)  # window centre offsets searched around a match
 
 
-_WHOLE = np.array([[0.0, 0.0, 1.0, 1.0]])
-_SHIFTS = np.linspace(-0.12, 0.12, 7).tolist()  # window centre offsets searched around a match
+def _sample_windows(
+    base: np.ndarray, cx: float, cy: float, sizes: np.ndarray, shifts: np.ndarray
+) -> np.ndarray:
+    """(len(sizes) * P * P, S, S), P = len(shifts): bilinear samples, CHECK_SIDE x CHECK_SIDE, of
+    ``base``'s windows of each size (w, h) (fractions) centred at (cx + dx, cy + dy) for every dx
+    and dy in ``shifts``, moved inside the picture where they would leave it.
+
+    Bilinear sampling is separable: a window is ``Ry @ base @ Rx.T``, its rows' weights times the
+    picture times its columns'. The windows of one size share those weights by row and by column,
+    so all of them are two batched matrix products (a gather per sample point cost 10 ms a
+    verification; this is ~0.2 ms)."""
+    n, s, k, p = base.shape[0], CHECK_SIDE, len(sizes), len(shifts)
+    w, h = sizes[:, 0:1], sizes[:, 1:2]
+    x0 = np.clip(cx + shifts[None, :] - w / 2, 0.0, 1.0 - w)  # (k, P) window starts
+    y0 = np.clip(cy + shifts[None, :] - h / 2, 0.0, 1.0 - h)
+    cols = _interpolation((x0[..., None] + _STEPS * w[..., None]) * n - 0.5, n).reshape(k, p * s, n)
+    rows = _interpolation((y0[..., None] + _STEPS * h[..., None]) * n - 0.5, n).reshape(k, p * s, n)
+    grid = (rows @ base) @ cols.transpose(0, 2, 1)  # (k, P*S rows of y, P*S columns of x)
+    return grid.reshape(k, p, s, p, s).transpose(0, 1, 3, 2, 4).reshape(-1, s, s)
 
 
 def _whole(sig: Signature, cache: dict | None, key: int) -> np.ndarray:
     if cache is not None and key in cache:
         return cache[key]
-    out = _sample(_base(sig), _WHOLE)[0]
+    out = _sample_windows(_base(sig), 0.5, 0.5, np.array([[1.0, 1.0]]), _ORIGIN)[0]  # the whole picture
     if cache is not None:
         cache[key] = out
     return out
@@ -232,7 +263,8 @@ def verify_transform(
     a: Signature, b: Signature, transform: int, cache: dict | None = None, ka: int = -1, kb: int = -2
 ) -> float:
     """Cross-correlation of ``b`` with transform ``transform`` of ``a`` (dihedral_blocks' order)."""
-    return float(_similarity(dihedral_arrays(_whole(a, cache, ka))[transform], _whole(b, cache, kb)))
+    picture = dihedral_arrays(_whole(a, cache, ka))[transform]
+    return float(_similarity(picture[None], _whole(b, cache, kb))[0])
 
 
 def verify_crop(
@@ -243,34 +275,33 @@ def verify_crop(
     key: int = -1,
     bases: dict | None = None,
     original_key: int = -1,
+    at_least: float | None = None,
 ) -> float:
     """Best cross-correlation of ``crop`` with a window of ``original`` around the grid window ``near``.
 
     The crop's shape fixes the window's height from its width (both pictures' aspects are known);
-    the width is searched around the matched window's, the position around its centre.
+    the width is searched around the matched window's, the position around its centre: 7 widths,
+    7 x 7 positions. ``at_least``: only whether the best reaches it matters (the split's question),
+    so a result below it is only known to be below (:func:`_similarity`).
     """
     ratio = original.aspect / crop.aspect  # h = w * ratio keeps the crop's shape
     x0, y0, w0, h0 = near
     cx, cy = x0 + w0 / 2, y0 + h0 / 2
-    windows = []
+    sizes = []
     for w in (np.sqrt(w0 * h0 / ratio) * np.array([0.8, 0.87, 0.94, 1.0, 1.07, 1.14, 1.22])).tolist():
         h = w * ratio
         if max(w, h) > 1.0:
             w, h = w / max(w, h), h / max(w, h)
-        if w * h < MIN_AREA - 0.1:
-            continue
-        for dx, dy in itertools.product(_SHIFTS, repeat=2):
-            x = min(max(cx + dx - w / 2, 0.0), 1.0 - w)
-            y = min(max(cy + dy - h / 2, 0.0), 1.0 - h)
-            windows.append((x, y, w, h))
-    if not windows:
+        if w * h >= MIN_AREA - 0.1:
+            sizes.append((w, h))
+    if not sizes:
         return -1.0
     known = bases.get(original_key) if bases is not None else None
     base = known if known is not None else _base(original)
     if bases is not None:
         bases[original_key] = base
-    samples = _sample(base, np.array(windows))
-    return float(_similarity(samples, _whole(crop, cache, key)).max())
+    samples = _sample_windows(base, cx, cy, np.array(sizes), _SHIFTS)
+    return float(_similarity(samples, _whole(crop, cache, key), at_least).max())
 
 
 def _pairs_within(rows: np.ndarray, cols: np.ndarray, radius: int) -> Iterable[tuple[int, int, int]]:
@@ -312,16 +343,19 @@ def copy_pairs(signatures: Sequence[Signature | None], new: Iterable[int]) -> li
     for r, c, d in _pairs_within(wins_new, whole, WINDOW_RADIUS):  # an older crop of a new picture
         candidates.append((d, 1, fresh[r // (n_win - 1)], int(pos[c]), r % (n_win - 1) + 1))
     found: set[tuple[int, int]] = set()
-    small: dict[int, np.ndarray] = {}
-    bases: dict[int, np.ndarray] = {}
-    for _, kind, a, b, which in sorted(candidates):
-        pair = (min(a, b), max(a, b))
-        if a == b or pair in found:
-            continue
-        if kind == 0:
-            ncc = verify_transform(sig[a], sig[b], which, small, a, b)
-        else:
-            ncc = verify_crop(sig[a], sig[b], WINDOWS[which], small, b, bases, a)
-        if ncc >= VERIFY_MIN_NCC:
-            found.add(pair)
+    # Thousands of small products (~170 x 32 x 170): a second BLAS thread doubles their CPU time
+    # and leaves their wall time as it was (measured in docs/evaluation.md).
+    with threadpool_limits(limits=1, user_api="blas"):
+        small: dict[int, np.ndarray] = {}
+        bases: dict[int, np.ndarray] = {}
+        for _, kind, a, b, which in sorted(candidates):
+            pair = (min(a, b), max(a, b))
+            if a == b or pair in found:
+                continue
+            if kind == 0:
+                ncc = verify_transform(sig[a], sig[b], which, small, a, b)
+            else:
+                ncc = verify_crop(sig[a], sig[b], WINDOWS[which], small, b, bases, a, VERIFY_MIN_NCC)
+            if ncc >= VERIFY_MIN_NCC:
+                found.add(pair)
     return sorted(found)

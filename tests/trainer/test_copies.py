@@ -204,3 +204,60 @@ def test_signature_round_trips_and_refuses_other_lengths():
     with pytest.raises(ValueError, match="signature of 3 bytes"):
         copies.Signature.from_bytes(b"abc")
     assert list(itertools.islice(copies.WINDOWS, 1)) == [(0.0, 0.0, 1.0, 1.0)]
+
+
+def _bilinear(base: np.ndarray, x: float, y: float, w: float, h: float) -> np.ndarray:
+    """One window sampled point by point: the definition the batched products must equal."""
+    n, side = base.shape[0], copies.CHECK_SIDE
+    out = np.empty((side, side))
+    for i in range(side):
+        for j in range(side):
+            py = min(max((y + (i + 0.5) / side * h) * n - 0.5, 0), n - 1)
+            px = min(max((x + (j + 0.5) / side * w) * n - 0.5, 0), n - 1)
+            y0, x0 = min(int(py), n - 2), min(int(px), n - 2)
+            fy, fx = py - y0, px - x0
+            top = base[y0, x0] * (1 - fx) + base[y0, x0 + 1] * fx
+            bottom = base[y0 + 1, x0] * (1 - fx) + base[y0 + 1, x0 + 1] * fx
+            out[i, j] = top * (1 - fy) + bottom * fy
+    return out
+
+
+def test_every_searched_window_is_the_bilinear_sample_of_that_window():
+    base = np.random.default_rng(5).uniform(0, 255, (copies.CHECK_BASE, copies.CHECK_BASE))
+    sizes = np.array([[0.62, 0.81], [0.9, 0.55]])
+    shifts = np.array([-0.12, 0.0, 0.3])  # 0.3 pushes windows past the edge: moved back inside
+    got = copies._sample_windows(base, 0.55, 0.4, sizes, shifts)
+    assert got.shape == (2 * 3 * 3, copies.CHECK_SIDE, copies.CHECK_SIDE)
+    k = 0
+    for w, h in sizes.tolist():
+        for dy in shifts.tolist():
+            for dx in shifts.tolist():
+                x = min(max(0.55 + dx - w / 2, 0.0), 1.0 - w)
+                y = min(max(0.4 + dy - h / 2, 0.0), 1.0 - h)
+                np.testing.assert_allclose(got[k], _bilinear(base, x, y, w, h), rtol=0, atol=1e-9)
+                k += 1
+
+
+def test_hash_bits_are_the_coefficients_above_their_median_first_bit_highest():
+    blocks = np.random.default_rng(6).normal(size=(5, 8, 8))
+    for block, got in zip(blocks, copies._bits(blocks).tolist(), strict=True):
+        bits = "".join("1" if v > np.median(block) else "0" for v in block.reshape(-1))
+        assert got == int(bits, 2)
+
+
+def test_a_verification_that_only_asks_for_the_threshold_gives_the_same_answer(edited_set):
+    """The split asks only whether a crop reaches VERIFY_MIN_NCC, so the gradients are compared only
+    where the pixels already do: the answer must be the full computation's, for true and false pairs."""
+    family, edit, sigs = edited_set
+    threshold = copies.VERIFY_MIN_NCC
+    originals = [i for i, e in enumerate(edit) if e == "original"][:6]
+    crops = [j for j, e in enumerate(edit) if e.startswith("crop") and family[j] < 6]
+    answers = []
+    for i, j in itertools.product(originals, crops):  # each crop against its own and 5 other originals
+        distances = [(int(w) ^ int(sigs[j].dihedral[0])).bit_count() for w in sigs[i].windows]
+        near = copies.WINDOWS[int(np.argmin(distances))]
+        full = copies.verify_crop(sigs[i], sigs[j], near)
+        quick = copies.verify_crop(sigs[i], sigs[j], near, at_least=threshold)
+        assert (full >= threshold) == (quick >= threshold), (i, j, full, quick)
+        answers.append(full >= threshold)
+    assert any(answers) and not all(answers)  # both kinds of pair were asked
