@@ -64,7 +64,8 @@ async def test_grow_by_half_and_retrain_never_evaluates_on_the_champions_trainin
     v1_train = set(read_training_record(folder1).ids)
     v1_eval = set(_read(folder1 / "report.json")["evaluation"]["image_ids"])
     sides1 = {i: s.split for i, s in (await _rows(settings)).items()}
-    assert v1["promoted"] and len(v1_train) == v1["train_size"] and len(v1_eval) == v1["val_size"]
+    assert v1["promoted"], v1["promotion_reason"]
+    assert len(v1_train) == v1["train_size"] and len(v1_eval) == v1["val_size"], v1
 
     # +50 %: new pictures, and "edits" of a v1 training image and of a v1 evaluation image whose
     # pixels are unrelated (far in pHash) but which the source says belong together.
