@@ -294,9 +294,8 @@ class DatasetManager:
                 batch, ended = await arrivals.batch()
                 if batch:
                     ingesting.append((batch, asyncio.create_task(self._ingest_arrived(batch))))
-            await (
-                arrivals.reader
-            )  # the items' failure is raised here, after what arrived before it was stored
+            # The items' failure is raised here, after what arrived before it was stored.
+            await arrivals.reader
         finally:
             arrivals.close()
             for batch, task in ingesting:
