@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import imagecodecs
-import imagehash
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from dataset.errors import ImageRejected
+from dataset.phash import phash_bits
 
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_DECODE_BUDGET = 1024 * 2**20  # bytes; DECODE_MEMORY_BUDGET_MB
@@ -225,7 +225,7 @@ def phash_int(rgb: Image.Image) -> int:
     image with Lanczos would dominate the ingest time."""
     factor = min(rgb.size) // PHASH_DECODE_SIDE
     small = rgb.reduce(factor) if factor > 1 else rgb
-    bits = imagehash.phash(small).hash.flatten()  # row by row, the first bit the most significant
+    bits = phash_bits(small)  # imagehash.phash's bits, row by row, the first the most significant
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
