@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 from config.names import clean_generator, sanitize_generator
@@ -50,14 +51,70 @@ def group_hint_for(metadata: dict) -> str | None:
 
 
 def has_exif(data: bytes) -> bool:
-    """An EXIF block in the file: JPEG APP1 ``Exif``, PNG ``eXIf``, WebP/HEIF ``EXIF`` chunks.
-
-    A look at the container bytes, not a decode: the header region holds the block in every
-    format we store (JPEG puts APP segments first; the others are chunk names).
+    """An EXIF block in the file: a JPEG's APP1 ``Exif`` segment, a PNG's ``eXIf`` chunk, a WebP's
+    ``EXIF`` chunk -- found by walking the container's segments or chunks (a few dozen header reads,
+    microseconds), so text that merely spells "EXIF" (an XMP packet, a comment, compressed bytes)
+    does not count. A file that cannot be walked that way (another container, a JPEG whose segments
+    run into garbage before the image data) is judged by the three names in its first 64 KB.
     """
+    if data[:2] == b"\xff\xd8":
+        found = _jpeg_exif(data)
+    elif data[:8] == _PNG_SIGNATURE:
+        found = _chunk_named(data, 8, _PNG_CHUNK, b"eXIf", b"IEND")
+    elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        found = _chunk_named(data, 12, _RIFF_CHUNK, b"EXIF", None)
+    else:
+        found = None
+    return _named_in_head(data) if found is None else found
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK = struct.Struct(">I4s")  # length, then the type; 4 bytes of CRC after the body
+_RIFF_CHUNK = struct.Struct("<4sI")  # the type, then the length; bodies padded to an even size
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})  # TEM, RSTn, SOI: no length field
+_JPEG_SCAN_OR_END = frozenset({0xDA, 0xD9})  # SOS (entropy-coded data follows), EOI
+
+
+def _jpeg_exif(data: bytes) -> bool | None:
+    """APP1 "Exif\\0\\0" among the segments before the first scan; None where they cannot be walked."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+        elif marker in _JPEG_STANDALONE:
+            pos += 2
+        elif marker in _JPEG_SCAN_OR_END:
+            return False
+        else:
+            if marker == 0xE1 and data.startswith(b"Exif\x00\x00", pos + 4):
+                return True
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return False  # the file ends among its headers
+
+
+def _chunk_named(data: bytes, pos: int, head: struct.Struct, name: bytes, last: bytes | None) -> bool:
+    """Whether a chunk called ``name`` comes before ``last`` (or the end) in a PNG or RIFF file."""
+    png = head is _PNG_CHUNK
+    while pos + 8 <= len(data):
+        if png:
+            length, kind = head.unpack_from(data, pos)
+        else:
+            kind, length = head.unpack_from(data, pos)
+        if kind == name:
+            return True
+        if kind == last:
+            return False
+        pos += 8 + length + (4 if png else length & 1)
+    return False
+
+
+def _named_in_head(data: bytes) -> bool:
     head = data[: 1 << 16]
     # One pass over a lower-cased copy finds every place where one of the three may start, instead
-    # of a pass per name (half the time, on the ingest's critical path); each is then checked.
+    # of a pass per name; each is then checked.
     lowered = head.lower()
     at = lowered.find(b"exif")
     while at >= 0:

@@ -168,30 +168,97 @@ def test_phash_int_is_imagehashs_bits_read_as_one_number(seed):
     assert f"{phash_int(img):016x}" == str(imagehash.phash(img))  # imagehash's own hex spelling
 
 
-def _exif_by_definition(data: bytes) -> bool:
-    head = data[: 1 << 16]
-    return b"Exif\x00\x00" in head or b"eXIf" in head or b"EXIF" in head
+def _with_exif(fmt: str, exif: bool) -> bytes:
+    img = scene(3, (48, 40))
+    tags = Image.Exif()
+    tags[0x0110] = "Model X"  # camera model
+    out = io.BytesIO()
+    img.save(out, format=fmt, **({"exif": tags} if exif else {}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_has_exif_finds_the_block_each_container_carries(fmt):
+    from dataset.facts import has_exif
+
+    assert has_exif(_with_exif(fmt, exif=True)) is True
+    assert has_exif(_with_exif(fmt, exif=False)) is False
+
+
+def _jpeg_segments(data: bytes, *segments: bytes) -> bytes:
+    """``data`` (a JPEG) with ``segments`` (marker + length + body) inserted right after SOI."""
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def test_has_exif_walks_a_jpegs_segments_past_the_first_64_kb():
+    from dataset.facts import has_exif
+
+    plain = _with_exif("JPEG", exif=False)
+    big_icc = _segment(0xE2, b"ICC_PROFILE\x00" + bytes(65000))
+    exif = _segment(0xE1, b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")
+    # an EXIF segment after a 65 KB profile: found (a scan of the first 64 KB would miss it)
+    assert has_exif(_jpeg_segments(plain, big_icc, exif)) is True
+    # fill bytes before a marker are skipped
+    assert has_exif(_jpeg_segments(plain, b"\xff\xff", exif)) is True
+    # "Exif" spelled in a comment or in XMP is not an EXIF block
+    comment = _segment(0xFE, b"edited; EXIF removed; Exif\x00\x00 eXIf")
+    xmp = _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta exif:Make='EXIF'/>")
+    assert has_exif(_jpeg_segments(plain, comment, xmp)) is False
+    # an APP1 that only comes after the first scan (inside the image data) does not count
+    assert has_exif(plain + exif) is False
+
+
+def test_has_exif_walks_png_and_webp_chunks():
+    from dataset.facts import has_exif
+
+    png_plain = _with_exif("PNG", exif=False)
+    text = b"tEXt" + b"Comment\x00EXIF eXIf Exif\x00\x00"
+    chunk = struct.pack(">I", len(text) - 4) + text + struct.pack(">I", zlib.crc32(text))
+    assert has_exif(png_plain[:33] + chunk + png_plain[33:]) is False  # the names only as text
+    exif_chunk = struct.pack(">I", 4) + b"eXIfMM\x00*" + struct.pack(">I", zlib.crc32(b"eXIfMM\x00*"))
+    assert has_exif(png_plain[:-12] + exif_chunk + png_plain[-12:]) is True  # after the image data
+    webp = _with_exif("WEBP", exif=True)
+    assert webp[12:16] == b"VP8X" and has_exif(webp) is True  # EXIF follows the image data
 
 
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM",  # JPEG APP1
-        b"\x89PNG....eXIf....",  # PNG chunk
-        b"RIFF....WEBPEXIF",  # WebP chunk
-        b"xmlns:exif='...' exif exif EXIf Exif\x00 eXif",  # lower-case and near misses only
-        b"exif" * 5000 + b"EXIF",  # many candidates before the real one
-        b"x" * (2**16 - 6) + b"Exif\x00\x00",  # ends exactly at the limit
-        b"x" * (2**16 - 5) + b"Exif\x00\x00",  # one byte past it
-        b"x" * 2**16 + b"EXIF",  # beyond the header region
-        bytes(range(256)) * 300,
+        b"\xff\xd8",  # a JPEG cut after SOI
+        b"\xff\xd8\xff\xe1\x00\x10Exif",  # cut inside the segment
+        b"\xff\xd8\xff\xfe\xff\xffExif\x00\x00",  # a comment whose length runs past the end
+        b"\x89PNG\r\n\x1a\n\x00\x00",  # a PNG cut inside a chunk header
+        b"\x89PNG\r\n\x1a\n\xff\xff\xff\xffIDAT",  # a chunk longer than the file
+        b"RIFF\x10\x00\x00\x00WEBPVP8 \xff\xff\xff\xff",
     ],
 )
-def test_has_exif_finds_the_three_block_names_in_the_header_region(data):
+def test_has_exif_on_cut_or_broken_headers_says_no_and_never_raises(data):
     from dataset.facts import has_exif
 
-    assert has_exif(data) == _exif_by_definition(data)
+    assert has_exif(data) is False
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\xff\xd8\x00\x00Exif\x00\x00", True),  # a JPEG whose segments cannot be walked
+        (b"GIF89a....EXIF", True),  # another container
+        (b"ftypheic" + b"x" * 100 + b"Exif\x00\x00", True),
+        (b"xmlns:exif='...' exif EXIf Exif\x00 eXif", False),  # lower-case and near misses only
+        (b"exif" * 5000 + b"EXIF", True),  # many candidates before the real one
+        (b"x" * (2**16 - 6) + b"Exif\x00\x00", True),  # ends exactly at the limit
+        (b"x" * (2**16 - 5) + b"Exif\x00\x00", False),  # one byte past it
+    ],
+)
+def test_has_exif_falls_back_to_the_names_in_the_first_64_kb(data, expected):
+    from dataset.facts import has_exif
+
+    assert has_exif(data) is expected
 
 
 # --- PNG: the plain case is decoded by libspng (imagecodecs), every other PNG by Pillow ---
