@@ -521,6 +521,28 @@ def table(summaries: list[Summary], n: int) -> str:
     return "\n".join(lines)
 
 
+def busy_cores(s: Summary) -> float | None:
+    """How many cores a tool's marginal rate implies: its CPU per extra image times extra images per
+    second of its own clock. More than the machine has means the clock leaves part of the work out
+    (it all ran, the CPU says so), so that marginal rate is higher than the tool can keep up."""
+    return s.cpu_ms * s.marginal / 1000 if s.cpu_ms and s.marginal else None
+
+
+def capacity_notes(summaries: Sequence[Summary], cores: int | None = None) -> list[str]:
+    cores = cores or len(os.sched_getaffinity(0))
+    notes = []
+    for s in summaries:
+        busy = busy_cores(s)
+        if busy is not None:
+            verdict = (
+                "more than this machine has: its own clock leaves work out (its marginal rate overstates it)"
+                if busy > cores * 1.02
+                else "within what this machine has"
+            )
+            notes.append(f"  {s.tool}: its marginal rate keeps {busy:.2f} of {cores} cores busy -- {verdict}")
+    return notes
+
+
 def compare(
     folder: Path | str | Sequence[Path | str],
     n: int,
@@ -588,6 +610,8 @@ def compare(
         for s in summaries:
             for line in s.short:
                 log(f"  {s.tool} did not do all the work: {line}")
+        for line in capacity_notes(summaries):
+            log(line)
         if keep:
             log(f"kept: {tmp}")
         ours = summaries[0]
@@ -606,6 +630,7 @@ def compare(
                     "whole_2n_run": s.wall_2n / ours.wall_2n,
                     "in_run": ours.inner_rate / s.inner_rate if ours.inner_rate and s.inner_rate else None,
                     "marginal": ours.marginal / s.marginal if ours.marginal and s.marginal else None,
+                    "marginal_busy_cores": busy_cores(s),
                 }
                 for s in summaries[1:]
             },
