@@ -484,12 +484,7 @@ class DedupeIndex:
 
     async def find_shas(self, shas: list[str]) -> dict[str, str]:
         """{sha256: id} of those already indexed: one query per 500 hashes (a batch's exact check)."""
-        found: dict[str, str] = {}
-        async with self.engine.connect() as conn:
-            for start in range(0, len(shas), 500):
-                q = select(images.c.sha256, images.c.id).where(images.c.sha256.in_(shas[start : start + 500]))
-                found.update((sha, image_id) for sha, image_id in (await conn.execute(q)).all())
-        return found
+        return dict(await self._pairs_where_in("sha256", "id", shas))
 
     async def find_near(self, phash: int, max_distance: int) -> NearMatch | None:
         return (await self.near_check(phash, max_distance))[0]
@@ -542,26 +537,31 @@ class DedupeIndex:
         return out
 
     async def ids_for_seqs(self, seqs: Iterable[int]) -> dict[int, str]:
-        """{seq: id} of the rows that exist. Through the driver where it is one this project ships:
-        a hit's query is what an upload's near check costs, and SQLAlchemy's statement and row
-        objects were most of it."""
-        wanted = sorted(seqs)
-        found: dict[int, str] = {}
+        """{seq: id} of the rows that exist (a hit's query is what an upload's near check costs)."""
+        return {int(seq): image_id for seq, image_id in await self._pairs_where_in("seq", "id", sorted(seqs))}
+
+    async def _pairs_where_in(self, key: str, other: str, wanted: Sequence[Any]) -> list[tuple[Any, Any]]:
+        """(key, other) of the rows whose column ``key`` is one of ``wanted``, 500 at a time. Through
+        the driver where it is one this project ships: SQLAlchemy's statement and row objects were
+        most of such a query's cost, on the event loop (``key`` and ``other`` are our column names)."""
+        found: list[tuple[Any, Any]] = []
         async with self.engine.connect() as conn:
             raw: Any = (await conn.get_raw_connection()).driver_connection
             dialect = self.engine.dialect.name
             for start in range(0, len(wanted), 500):
-                part = wanted[start : start + 500]
+                part = list(wanted[start : start + 500])
                 if dialect == "sqlite" and hasattr(raw, "execute_fetchall"):
-                    sql = f"SELECT seq, id FROM images WHERE seq IN ({', '.join('?' * len(part))})"
+                    sql = f"SELECT {key}, {other} FROM images WHERE {key} IN ({', '.join('?' * len(part))})"
                     rows: Iterable[Any] = await raw.execute_fetchall(sql, part)
                 elif dialect == "postgresql" and hasattr(raw, "fetch"):
-                    rows = await raw.fetch("SELECT seq, id FROM images WHERE seq = ANY($1::int[])", part)
+                    array = "int[]" if key == "seq" else "text[]"
+                    rows = await raw.fetch(
+                        f"SELECT {key}, {other} FROM images WHERE {key} = ANY($1::{array})", part
+                    )
                 else:
-                    rows = (
-                        await conn.execute(select(images.c.seq, images.c.id).where(images.c.seq.in_(part)))
-                    ).all()
-                found.update((int(seq), image_id) for seq, image_id in rows)
+                    columns = select(images.c[key], images.c[other])
+                    rows = (await conn.execute(columns.where(images.c[key].in_(part)))).all()
+                found += [(row[0], row[1]) for row in rows]
         return found
 
     async def near_all(self, phash: int, max_distance: int, limit: int = 8) -> list[NearMatch]:
