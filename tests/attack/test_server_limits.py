@@ -17,7 +17,7 @@ IMAGE_PATH = f"/images/{uuid.uuid4()}"
 
 
 def healthy(server) -> bool:
-    return httpx.get(f"{server.url}/healthz", timeout=5).json() == {"status": "ok"}
+    return httpx.get(f"{server.url}/healthz", timeout=30).json() == {"status": "ok"}
 
 
 def read_answer(sock: socket.socket, seconds: float = 10) -> bytes:
@@ -42,7 +42,7 @@ def _complete(data: bytes) -> bool:
     return False
 
 
-def closed_by_server(sock: socket.socket, seconds: float = 10) -> bool:
+def closed_by_server(sock: socket.socket, seconds: float = 30) -> bool:
     sock.settimeout(seconds)
     try:
         return sock.recv(1) == b""
@@ -117,23 +117,25 @@ def test_auth_is_checked_before_the_body_is_read(live_server):
         assert b"www-authenticate: Bearer" in answer.lower().replace(b"bearer", b"Bearer")
 
 
-def test_slow_clients_are_disconnected_and_healthz_keeps_answering(live_server, caplog):
+def test_slow_clients_are_disconnected_and_healthz_keeps_answering(quick_timeout_server, caplog):
     caplog.set_level(logging.INFO)
-    slow = [live_server.raw(source="127.0.0.2") for _ in range(12)]  # under the per-client cap
+    server = quick_timeout_server
+    slow = [server.raw(source="127.0.0.2") for _ in range(12)]  # under the per-client cap
     try:
         for sock in slow:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and then nothing
-        assert all(healthy(live_server) for _ in range(5))
-        assert all(closed_by_server(sock) for sock in slow)  # HTTP_READ_TIMEOUT is 1 s here
+        assert all(healthy(server) for _ in range(5))
+        assert all(closed_by_server(sock, seconds=60) for sock in slow)  # HTTP_READ_TIMEOUT is 2 s here
     finally:
         for sock in slow:
             sock.close()
     assert any("HTTP_READ_TIMEOUT" in r.getMessage() for r in caplog.records)
-    assert healthy(live_server)
+    assert healthy(server)
 
 
-def test_a_stalled_upload_body_is_dropped_as_an_info_line_not_a_500(live_server, caplog):
+def test_a_stalled_upload_body_is_dropped_as_an_info_line_not_a_500(quick_timeout_server, caplog):
     caplog.set_level(logging.INFO)
+    live_server = quick_timeout_server
     with live_server.raw() as sock:
         sock.sendall(
             f"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH['Authorization']}\r\n"
