@@ -60,9 +60,9 @@ def has_exif(data: bytes) -> bool:
     if data[:2] == b"\xff\xd8":
         found = _jpeg_exif(data)
     elif data[:8] == _PNG_SIGNATURE:
-        found = _chunk_named(data, 8, _PNG_CHUNK, b"eXIf", b"IEND")
+        found = _png_chunk_named(data, b"eXIf")
     elif data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        found = _chunk_named(data, 12, _RIFF_CHUNK, b"EXIF", None)
+        found = _riff_chunk_named(data, b"EXIF")
     else:
         found = None
     return _named_in_head(data) if found is None else found
@@ -95,19 +95,27 @@ def _jpeg_exif(data: bytes) -> bool | None:
     return False  # the file ends among its headers
 
 
-def _chunk_named(data: bytes, pos: int, head: struct.Struct, name: bytes, last: bytes | None) -> bool:
-    """Whether a chunk called ``name`` comes before ``last`` (or the end) in a PNG or RIFF file."""
-    png = head is _PNG_CHUNK
+def _png_chunk_named(data: bytes, name: bytes) -> bool:
+    """Whether a chunk called ``name`` comes before IEND (or the end) of a PNG."""
+    pos = 8
     while pos + 8 <= len(data):
-        if png:
-            length, kind = head.unpack_from(data, pos)
-        else:
-            kind, length = head.unpack_from(data, pos)
+        length, kind = _PNG_CHUNK.unpack_from(data, pos)
         if kind == name:
             return True
-        if kind == last:
+        if kind == b"IEND":
             return False
-        pos += 8 + length + (4 if png else length & 1)
+        pos += 12 + length  # length, type, body, CRC
+    return False
+
+
+def _riff_chunk_named(data: bytes, name: bytes) -> bool:
+    """Whether a RIFF file (WebP) has a chunk called ``name``."""
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = _RIFF_CHUNK.unpack_from(data, pos)
+        if kind == name:
+            return True
+        pos += 8 + length + (length & 1)  # type, length, body padded to an even size
     return False
 
 
